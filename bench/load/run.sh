@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Load benchmark: N NDJSON rows shaped like Facebook insights → typed PostgreSQL table.
+# Reports sluice's wall time and peak memory as ratios to `psql \copy` of the same
+# rows as CSV, measured in the same run. Usage: bench/load/run.sh [ROWS] (default 1000000).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/lib/postgres.sh
+ensure_postgres
+ROWS=${1:-1000000}
+URL=$SLUICE_TEST_DATABASE_URL
+WORK=target/bench-load/$ROWS
+mkdir -p "$WORK/project/data"
+
+if [ ! -f "$WORK/rows.csv" ]; then
+  echo "generating $ROWS rows…"
+  python3 bench/load/generate.py "$ROWS" "$WORK/project/data/insights.ndjson" "$WORK/rows.csv"
+fi
+cargo build --release -p sluice --quiet
+BIN=$PWD/target/release/sluice
+
+COLUMNS="account_id text, campaign_id text, adset_id text, ad_id text, ad_name text, date_start date, date_stop date, impressions bigint, clicks bigint, spend numeric(12,2), reach bigint, account_currency text, actions jsonb"
+psql "$URL" -qc "drop schema if exists bench_ref cascade; create schema bench_ref; create table bench_ref.insights ($COLUMNS)"
+psql "$URL" -qc "drop schema if exists bench_d1 cascade; drop schema if exists bench__sluice cascade"
+
+measure() { # label, command… → prints "seconds maxrss_kib"
+  local out; out=$( { /usr/bin/time -f '%e %M' "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -n 1 )
+  echo "$out"
+}
+
+read -r ref_s ref_kib < <(measure psql "$URL" -qc "\\copy bench_ref.insights from '$WORK/rows.csv' with (format csv)")
+
+cat > "$WORK/project/pipeline.yaml" <<YAML
+name: bench
+lake: ./lake
+destination: { type: postgres, url: "$URL", schema_prefix: "bench_" }
+sources:
+  fb:
+    type: files
+    streams:
+      insights:
+        path: data/insights.ndjson
+        table: insights
+        infer_columns: false
+        columns: { account_id: text, campaign_id: text, adset_id: text, ad_id: text, ad_name: text, date_start: date, date_stop: date, impressions: bigint, clicks: bigint, spend: "numeric(12,2)", reach: bigint, account_currency: text, actions: jsonb }
+        write_mode: append
+YAML
+rm -rf "$WORK/project/lake"
+read -r s_s s_kib < <(measure "$BIN" -p "$WORK/project/pipeline.yaml" run)
+
+ref_rows=$(psql "$URL" -Atqc "select count(*) from bench_ref.insights")
+s_rows=$(psql "$URL" -Atqc "select count(*) from bench_d1.insights")
+same=$(psql "$URL" -Atqc "select count(*) from (select account_id, ad_id, date_start, impressions, clicks, spend, reach, actions from bench_ref.insights except all select account_id, ad_id, date_start, impressions, clicks, spend, reach, actions from bench_d1.insights) d")
+
+printf '\nload benchmark: %s rows (Facebook-insights shape) into PostgreSQL\n' "$ROWS"
+printf '  %-22s %10s %12s %10s\n' "" "seconds" "peak MiB" "rows"
+printf '  %-22s %10s %12s %10s\n' "psql \\copy (CSV)" "$ref_s" "$((ref_kib / 1024))" "$ref_rows"
+printf '  %-22s %10s %12s %10s\n' "sluice run (NDJSON)" "$s_s" "$((s_kib / 1024))" "$s_rows"
+python3 - "$s_s" "$ref_s" <<'PY'
+import sys
+s, ref = map(float, sys.argv[1:3])
+print(f"  time ratio sluice / psql \\copy: {s / ref:.2f}x  (target <= 1.25x)")
+PY
+echo "  rows differing from the reference load: $same"
+echo "  peak memory: $((s_kib / 1024)) MiB (target < 200 MiB)"

@@ -1,0 +1,589 @@
+//! `type: clevertap` — CleverTap events and profiles through the cursor flow.
+//!
+//! Owns the config ([`config`]), the REST conventions ([`api`]) and the two
+//! streams. Slices are `event name × day window` for events and day windows
+//! for profiles. Within a slice: an expired cursor restarts the window (records
+//! already handed over are recognised and not repeated); a window that keeps
+//! failing with server errors is split into single days. Profile PII columns
+//! are marked PII in the stream schema, so the pipeline's PII policy applies.
+
+pub mod api;
+pub mod config;
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+use sluice_core::config::{ConfigDocument, ConfigError, Section};
+use sluice_core::destination::WriteMode;
+use sluice_core::schema::{Field, FieldType, TableSchema};
+use sluice_core::source::{
+    ErrorClass, PageSink, RunWindow, Slice, Source, SourceError, StreamPlan, StreamSpec,
+};
+use sluice_core::typing::{Origin, Record, Rejected};
+
+use crate::http::window::{plan_window, DayWindow, Incremental};
+use crate::http::{parse_base_url, HttpClient};
+use crate::BuildContext;
+use api::{CleverTapApi, CursorPage};
+use config::{CleverTapConfig, ProfilesConfig};
+
+/// Restarts of one window after expired cursors before the slice fails.
+const MAX_RESTARTS: u32 = 3;
+
+pub struct CleverTapSource {
+    name: String,
+    config: CleverTapConfig,
+    api: CleverTapApi,
+    specs: Vec<StreamSpec>,
+}
+
+impl CleverTapSource {
+    /// Builds from `sources.<name>`; errors point at the offending key in the file.
+    #[allow(clippy::result_large_err)] // ConfigError's size is the config module's choice.
+    pub fn build(
+        doc: &ConfigDocument,
+        section: &Section,
+        _ctx: &BuildContext,
+    ) -> Result<Self, ConfigError> {
+        let config: CleverTapConfig = doc.parse_section(section)?;
+        let prefix = section.path.join(".");
+        CleverTapSource::new(&section.name, config, &prefix).map_err(|e| {
+            let mut path = section.path.clone();
+            if let Some(rest) = e
+                .config_key
+                .as_deref()
+                .and_then(|k| k.strip_prefix(&format!("{prefix}.")))
+            {
+                path.extend(rest.split('.').map(String::from));
+            }
+            doc.error_at(&path, e.message)
+        })
+    }
+
+    pub fn new(name: &str, config: CleverTapConfig, key_prefix: &str) -> Result<Self, SourceError> {
+        let key = if config.base_url.is_some() {
+            "base_url"
+        } else {
+            "region"
+        };
+        let root = parse_base_url(&config.root(), &format!("{key_prefix}.{key}"))?;
+        let http = HttpClient::new(config.http.clone(), Some(config.max_in_flight))?;
+        let api = CleverTapApi::new(
+            http,
+            root,
+            config.account_id.clone(),
+            config.passcode.clone(),
+            key_prefix.to_string(),
+        );
+        let mut specs = Vec::new();
+        if let Some(events) = &config.streams.events {
+            if events.names.is_empty() {
+                return Err(SourceError::config(
+                    "list at least one event name",
+                    format!("{key_prefix}.streams.events.names"),
+                ));
+            }
+            specs.push(events_spec(name, events.table.clone()));
+        }
+        if let Some(profiles) = &config.streams.profiles {
+            specs.push(profiles_spec(name, profiles));
+        }
+        Ok(CleverTapSource {
+            name: name.to_string(),
+            config,
+            api,
+            specs,
+        })
+    }
+
+    pub fn http(&self) -> &HttpClient {
+        &self.api.http
+    }
+}
+
+fn events_spec(source: &str, table: Option<String>) -> StreamSpec {
+    let fields = vec![
+        Field::new("event_name", FieldType::Text).required(),
+        Field::new("event_date", FieldType::Date).required(),
+        // `ts` is local time in the account's time zone, kept as sent (yyyyMMddHHmmss).
+        Field::new("ts", FieldType::Bigint).required(),
+        Field::new("event_time_local", FieldType::Text),
+        Field::new("profile_object_id", FieldType::Text),
+        Field::new("profile_identity", FieldType::Text),
+        Field::new("profile_platform", FieldType::Text),
+        Field::new("profile_email", FieldType::Text).pii(),
+        Field::new("profile_phone", FieldType::Text).pii(),
+        Field::new("profile_name", FieldType::Text).pii(),
+        Field::new("event_props", FieldType::Json),
+        Field::new("session_props", FieldType::Json),
+    ];
+    StreamSpec {
+        name: "events".into(),
+        table: table.unwrap_or_else(|| format!("{source}_events")),
+        schema: TableSchema::new(fields),
+        infer_columns: true,
+        primary_key: Vec::new(),
+        // A re-run replaces the days it re-reads: idempotent without an event id.
+        partition_column: Some("event_date".into()),
+        write_mode: WriteMode::OverwritePartitions,
+    }
+}
+
+fn profiles_spec(source: &str, config: &ProfilesConfig) -> StreamSpec {
+    let declared = [
+        ("profile_id", FieldType::Text),
+        ("identity", FieldType::Text),
+        ("object_id", FieldType::Text),
+        ("name", FieldType::Text),
+        ("email", FieldType::Text),
+        ("phone", FieldType::Text),
+        ("gender", FieldType::Text),
+        ("address", FieldType::Text),
+        ("zip", FieldType::Text),
+        ("profile_data", FieldType::Json),
+        ("platform_info", FieldType::Json),
+    ];
+    let mut fields: Vec<Field> = declared
+        .iter()
+        .map(|(n, t)| {
+            let f = Field::new(*n, *t);
+            let f = if *n == "profile_id" { f.required() } else { f };
+            if config.pii.iter().any(|p| p == n) {
+                f.pii()
+            } else {
+                f
+            }
+        })
+        .collect();
+    for p in &config.pii {
+        if !fields.iter().any(|f| &f.name == p) {
+            fields.push(Field::new(p, FieldType::Text).pii());
+        }
+    }
+    StreamSpec {
+        name: "profiles".into(),
+        table: config
+            .table
+            .clone()
+            .unwrap_or_else(|| format!("{source}_profiles")),
+        schema: TableSchema::new(fields),
+        infer_columns: true,
+        primary_key: vec!["profile_id".into()],
+        partition_column: None,
+        write_mode: WriteMode::Merge,
+    }
+}
+
+fn yyyymmdd(d: chrono::NaiveDate) -> u32 {
+    d.format("%Y%m%d").to_string().parse().unwrap_or(0)
+}
+
+fn snake(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else {
+            out.push('_');
+        }
+    }
+    out
+}
+
+/// An event record: profile flattened to `profile_*`, props kept as JSON.
+fn event_record(event: &str, raw: &Map<String, Value>) -> Result<Map<String, Value>, String> {
+    let ts = raw
+        .get("ts")
+        .and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()))
+        .ok_or("event has no `ts`")?;
+    let text = ts.to_string();
+    if text.len() != 14 {
+        return Err(format!("`ts` {ts} is not yyyyMMddHHmmss"));
+    }
+    let mut out = Map::new();
+    out.insert("event_name".into(), json!(event));
+    out.insert(
+        "event_date".into(),
+        json!(format!("{}-{}-{}", &text[0..4], &text[4..6], &text[6..8])),
+    );
+    out.insert("ts".into(), json!(ts));
+    out.insert(
+        "event_time_local".into(),
+        json!(format!(
+            "{}-{}-{} {}:{}:{}",
+            &text[0..4],
+            &text[4..6],
+            &text[6..8],
+            &text[8..10],
+            &text[10..12],
+            &text[12..14]
+        )),
+    );
+    for (k, v) in raw {
+        match k.as_str() {
+            "ts" => {}
+            "profile" => {
+                if let Some(p) = v.as_object() {
+                    for (pk, pv) in p {
+                        out.insert(format!("profile_{}", snake(pk)), pv.clone());
+                    }
+                }
+            }
+            other => {
+                out.insert(snake(other), v.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A profile record: `profileData` keys lifted to columns, `profile_id` = identity or objectId.
+fn profile_record(raw: &Map<String, Value>) -> Result<Map<String, Value>, String> {
+    let mut out = Map::new();
+    for (k, v) in raw {
+        match k.as_str() {
+            "profileData" => {
+                if let Some(data) = v.as_object() {
+                    for (dk, dv) in data {
+                        out.entry(snake(dk)).or_insert(dv.clone());
+                    }
+                }
+                out.insert("profile_data".into(), v.clone());
+            }
+            "platformInfo" => {
+                if let Some(id) = v
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .and_then(|p| p.get("objectId"))
+                {
+                    out.entry("object_id").or_insert(id.clone());
+                }
+                out.insert("platform_info".into(), v.clone());
+            }
+            "objectId" => {
+                out.insert("object_id".into(), v.clone());
+            }
+            other => {
+                out.insert(snake(other), v.clone());
+            }
+        }
+    }
+    let id = out
+        .get("identity")
+        .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()) || v.is_number())
+        .or_else(|| out.get("object_id"))
+        .map(|v| {
+            v.as_str()
+                .map(String::from)
+                .unwrap_or_else(|| v.to_string())
+        })
+        .ok_or("profile has neither identity nor objectId")?;
+    out.insert("profile_id".into(), json!(id));
+    Ok(out)
+}
+
+fn fingerprint(v: &Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
+}
+
+struct WindowRead<'a> {
+    sink: &'a mut dyn PageSink,
+    /// What was already handed over in this slice (by record fingerprint or profile id).
+    seen: HashSet<u64>,
+    pages: u32,
+    emitted: u64,
+    dt: String,
+}
+
+impl CleverTapSource {
+    /// Reads one window through the cursor flow, restarting it when a cursor expires.
+    async fn read_window(
+        &self,
+        what: &str,
+        event: &str,
+        window: DayWindow,
+        state: &mut WindowRead<'_>,
+    ) -> Result<(), SourceError> {
+        let (from, to) = (yyyymmdd(window.since), yyyymmdd(window.until));
+        let mut restarts = 0;
+        'restart: loop {
+            let Some(mut cursor) = self
+                .api
+                .open_cursor(what, event, from, to, self.config.batch_size)
+                .await?
+            else {
+                return Ok(());
+            };
+            loop {
+                let (response, page) = match self.api.page(what, &cursor).await? {
+                    CursorPage::Page(page) => *page,
+                    CursorPage::Expired(message) => {
+                        restarts += 1;
+                        if restarts > MAX_RESTARTS {
+                            return Err(SourceError::transient(format!(
+                                "{what} {event} {}: cursors keep expiring: {message}",
+                                window.key()
+                            )));
+                        }
+                        tracing::debug!(what, event, window = %window.key(), "cursor expired; restarting the window");
+                        continue 'restart;
+                    }
+                };
+                state.pages += 1;
+                let landed = state
+                    .sink
+                    .land(
+                        &format!("p{:05}", state.pages),
+                        "json",
+                        &state.dt,
+                        &response.body,
+                    )
+                    .await?;
+                let mut records = Vec::new();
+                let mut rejected = Vec::new();
+                for (i, raw) in page
+                    .get("records")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let origin = Origin {
+                        page: landed.path.clone(),
+                        line: i as u64 + 1,
+                    };
+                    let decoded = raw
+                        .as_object()
+                        .ok_or_else(|| "record is not an object".to_string())
+                        .and_then(|o| {
+                            if what == "events" {
+                                event_record(event, o)
+                            } else {
+                                profile_record(o)
+                            }
+                        });
+                    match decoded {
+                        Ok(fields) => {
+                            // Events have no id: the whole record identifies it. Profiles: their id.
+                            let fp = if what == "events" {
+                                fingerprint(raw)
+                            } else {
+                                fingerprint(&fields["profile_id"])
+                            };
+                            if state.seen.insert(fp) {
+                                state.emitted += 1;
+                                records.push(Record { fields, origin });
+                            }
+                        }
+                        Err(reason) => rejected.push(Rejected {
+                            origin,
+                            reason,
+                            raw: raw.to_string(),
+                        }),
+                    }
+                }
+                if !rejected.is_empty() {
+                    state.sink.rejected(rejected).await?;
+                }
+                state.sink.records(records).await?;
+                if state.sink.is_cancelled() {
+                    return Err(SourceError::transient("cancelled"));
+                }
+                match page
+                    .get("next_cursor")
+                    .and_then(Value::as_str)
+                    .filter(|c| !c.is_empty())
+                {
+                    Some(next) => cursor = next.to_string(),
+                    None => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Source for CleverTapSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn streams(&self) -> Vec<StreamSpec> {
+        self.specs.clone()
+    }
+
+    async fn check(&self) -> Result<(), SourceError> {
+        let event = self
+            .config
+            .streams
+            .events
+            .as_ref()
+            .and_then(|e| e.names.first().cloned())
+            .unwrap_or_else(|| "App Launched".into());
+        let today = yyyymmdd(chrono::Utc::now().date_naive());
+        self.api.count(&event, today, today).await.map(|_| ())
+    }
+
+    async fn plan(
+        &self,
+        stream: &StreamSpec,
+        cursor: Option<&Value>,
+        window: &RunWindow,
+    ) -> Result<StreamPlan, SourceError> {
+        let incremental = Incremental {
+            start_date: self.config.start_date,
+            default_history_days: 30,
+            lookback_days: self.config.lookback_days,
+        };
+        let (days, cursor_after) = plan_window(&incremental, cursor, window);
+        let chunks = days
+            .map(|d| d.chunks(self.config.slice_days as i64))
+            .unwrap_or_default();
+        let mut slices = Vec::new();
+        if stream.name == "events" {
+            for event in self
+                .config
+                .streams
+                .events
+                .iter()
+                .flat_map(|e| e.names.iter())
+            {
+                for w in &chunks {
+                    slices.push(Slice {
+                        key: format!("{event}/{}", w.key()),
+                        params: json!({"event": event, "window": w.to_json()}),
+                    });
+                }
+            }
+        } else {
+            let event = self
+                .config
+                .streams
+                .profiles
+                .as_ref()
+                .map(|p| p.event_name.clone())
+                .unwrap_or_default();
+            for w in &chunks {
+                slices.push(Slice {
+                    key: w.key(),
+                    params: json!({"event": event, "window": w.to_json()}),
+                });
+            }
+        }
+        Ok(StreamPlan {
+            slices,
+            cursor_after: Some(cursor_after),
+        })
+    }
+
+    async fn read(
+        &self,
+        stream: &StreamSpec,
+        slice: &Slice,
+        sink: &mut dyn PageSink,
+    ) -> Result<(), SourceError> {
+        let event = slice
+            .params
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let Some(window) = slice.params.get("window").and_then(DayWindow::from_json) else {
+            return Err(SourceError::data(format!(
+                "slice `{}` has malformed parameters",
+                slice.key
+            )));
+        };
+        let what = if stream.name == "events" {
+            "events"
+        } else {
+            "profiles"
+        };
+        let mut state = WindowRead {
+            sink,
+            seen: HashSet::new(),
+            pages: 0,
+            emitted: 0,
+            dt: window.since.to_string(),
+        };
+        let mut queue = VecDeque::from([window]);
+        while let Some(w) = queue.pop_front() {
+            match self.read_window(what, &event, w, &mut state).await {
+                Ok(()) => {}
+                // Large windows time out or 5xx on CleverTap's side: retry them day by day.
+                Err(e) if e.class == ErrorClass::Transient && w.days() > 1 => {
+                    tracing::debug!(what, event, window = %w.key(), error = %e, "splitting the window by day");
+                    for day in w.chunks(1).into_iter().rev() {
+                        queue.push_front(day);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if what == "events" && self.config.reconcile {
+            if let Some(count) = self
+                .api
+                .count(&event, yyyymmdd(window.since), yyyymmdd(window.until))
+                .await?
+            {
+                if count != state.emitted {
+                    state.sink.warn(format!(
+                        "clevertap {event} {}: read {} events but the counts endpoint reports {count}",
+                        window.key(),
+                        state.emitted
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn max_concurrency(&self) -> usize {
+        self.config.max_concurrency.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_records_are_flattened_and_dated() {
+        let raw = json!({"profile": {"objectId": "__g4c", "identity": "C-10042", "email": "a@b.c"},
+            "ts": 20240701134502i64, "event_props": {"Amount": 49.9}, "session_props": {"utm_source": "facebook"}});
+        let r = event_record("Charged", raw.as_object().unwrap()).unwrap();
+        assert_eq!(r["event_date"], "2024-07-01");
+        assert_eq!(r["event_time_local"], "2024-07-01 13:45:02");
+        assert_eq!(r["profile_object_id"], "__g4c");
+        assert_eq!(r["profile_email"], "a@b.c");
+        assert_eq!(r["event_props"]["Amount"], 49.9);
+    }
+
+    #[test]
+    fn profiles_lift_profile_data_and_get_an_id() {
+        let raw = json!({"identity": "C-1", "name": "Ann", "profileData": {"address": "12 Main St", "zip": "10115"},
+            "platformInfo": [{"platform": "Android", "objectId": "__x"}]});
+        let r = profile_record(raw.as_object().unwrap()).unwrap();
+        assert_eq!(r["profile_id"], "C-1");
+        assert_eq!(r["address"], "12 Main St");
+        assert_eq!(r["object_id"], "__x");
+        let anon = json!({"platformInfo": [{"objectId": "__y"}]});
+        assert_eq!(
+            profile_record(anon.as_object().unwrap()).unwrap()["profile_id"],
+            "__y"
+        );
+        let spec = profiles_spec("app", &ProfilesConfig::default());
+        assert!(spec.schema.field("email").unwrap().pii);
+        assert!(spec.schema.field("address").unwrap().pii);
+        assert!(!spec.schema.field("gender").unwrap().pii);
+    }
+}

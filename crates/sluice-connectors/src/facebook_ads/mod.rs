@@ -1,0 +1,286 @@
+//! `type: facebook_ads` — the Facebook (Meta) Marketing API source.
+//!
+//! Owns: the config ([`config`]), Graph API errors, usage headers and paging
+//! ([`api`]), the D1 tables of each stream ([`streams`]), reading insights
+//! with sync/async report runs, splitting and reconciliation ([`insights`]) and
+//! the entity streams ([`entities`]). Transport (retries, pacing, budgets) is
+//! the shared [`crate::http`] client's job.
+//!
+//! Slices are `account × day window` (at most `slice_days` long): accounts are
+//! read in parallel, each window as ONE request/job with `time_increment=1`, and
+//! a slice is self-contained so the executor can retry it whole.
+
+pub mod api;
+pub mod config;
+pub mod entities;
+pub mod insights;
+pub mod streams;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use sluice_core::config::{ConfigDocument, ConfigError, Section};
+use sluice_core::source::{
+    PageSink, RunWindow, Slice, Source, SourceError, StreamPlan, StreamSpec,
+};
+use tokio::sync::Mutex;
+
+use crate::http::window::{plan_window, Incremental};
+use crate::http::{parse_base_url, HttpClient};
+use crate::BuildContext;
+use api::GraphApi;
+use config::{effective_streams, FacebookConfig, InsightsConfig, StreamChoice};
+
+/// Fields read for every ad account (also the `ad_accounts` stream).
+pub const ACCOUNT_FIELDS: &str =
+    "id,account_id,name,currency,timezone_name,timezone_offset_hours_utc,account_status";
+/// Accounts are re-listed at most this often (new accounts are picked up by the next run).
+const ACCOUNT_CACHE_TTL: Duration = Duration::from_secs(600);
+
+/// An ad account as the streams need it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    /// `act_<digits>`
+    pub id: String,
+    pub currency: Option<String>,
+    pub timezone: Option<String>,
+}
+
+impl Account {
+    fn from_json(v: &Value) -> Option<Account> {
+        let id = v.get("id").and_then(Value::as_str)?;
+        Some(Account {
+            id: config::normalize_account(id),
+            currency: v.get("currency").and_then(Value::as_str).map(String::from),
+            timezone: v
+                .get("timezone_name")
+                .and_then(Value::as_str)
+                .map(String::from),
+        })
+    }
+}
+
+pub struct FacebookSource {
+    name: String,
+    config: FacebookConfig,
+    api: GraphApi,
+    specs: Vec<StreamSpec>,
+    insights: Option<InsightsConfig>,
+    accounts: Mutex<Option<(Instant, Arc<Vec<Account>>)>>,
+}
+
+impl FacebookSource {
+    /// Builds from `sources.<name>`; errors point at the offending key in the file.
+    #[allow(clippy::result_large_err)] // ConfigError's size is the config module's choice.
+    pub fn build(
+        doc: &ConfigDocument,
+        section: &Section,
+        _ctx: &BuildContext,
+    ) -> Result<Self, ConfigError> {
+        let config: FacebookConfig = doc.parse_section(section)?;
+        let at = |key: &str| {
+            let mut p = section.path.clone();
+            p.push(key.into());
+            p
+        };
+        FacebookSource::new(&section.name, config, &section.path.join(".")).map_err(|e| {
+            let key = e
+                .config_key
+                .as_deref()
+                .and_then(|k| k.rsplit('.').next())
+                .unwrap_or("type")
+                .to_string();
+            doc.error_at(&at(&key), e.message)
+        })
+    }
+
+    /// Builds from a typed config; `key_prefix` is where the section sits (`sources.facebook`).
+    pub fn new(name: &str, config: FacebookConfig, key_prefix: &str) -> Result<Self, SourceError> {
+        let base = parse_base_url(&config.base_url, &format!("{key_prefix}.base_url"))?;
+        let root = crate::http::join(&base, &format!("{}/", config.api_version.trim_matches('/')))?;
+        let http = HttpClient::new(config.http.clone(), None)?;
+        let api = GraphApi::new(
+            http,
+            root,
+            config.access_token.clone(),
+            config.app_secret.as_ref(),
+            key_prefix.to_string(),
+        );
+        let chosen = effective_streams(&config.streams);
+        let insights = chosen.get("insights").and_then(|c| match c {
+            StreamChoice::Insights(i) => Some(i.clone()),
+            _ => None,
+        });
+        let mut specs = Vec::new();
+        for (stream, choice) in &chosen {
+            match choice {
+                StreamChoice::Insights(i) => specs.push(streams::insights_spec(name, i)),
+                StreamChoice::Entity(e) if *stream == "insights_actions" => {
+                    let base = insights.clone().unwrap_or_default();
+                    specs.push(streams::insights_actions_spec(name, &base, e));
+                }
+                StreamChoice::Entity(e) => specs.push(streams::entity_spec(name, stream, e)),
+            }
+        }
+        Ok(FacebookSource {
+            name: name.to_string(),
+            config,
+            api,
+            specs,
+            insights,
+            accounts: Mutex::new(None),
+        })
+    }
+
+    /// The HTTP client (its stats are the benchmark's request counters).
+    pub fn http(&self) -> &HttpClient {
+        &self.api.http
+    }
+
+    pub(crate) fn insights_config(&self) -> InsightsConfig {
+        self.insights.clone().unwrap_or_default()
+    }
+
+    /// The ad accounts to read, with currency and time zone, cached for a few minutes.
+    pub async fn accounts(&self) -> Result<Arc<Vec<Account>>, SourceError> {
+        let mut cache = self.accounts.lock().await;
+        if let Some((at, accounts)) = cache.as_ref() {
+            if at.elapsed() < ACCOUNT_CACHE_TTL {
+                return Ok(accounts.clone());
+            }
+        }
+        let mut accounts = Vec::new();
+        for v in entities::list_accounts(&self.api, &self.config).await? {
+            accounts.extend(Account::from_json(&v));
+        }
+        accounts.sort_by(|a, b| a.id.cmp(&b.id));
+        accounts.dedup_by(|a, b| a.id == b.id);
+        let accounts = Arc::new(accounts);
+        *cache = Some((Instant::now(), accounts.clone()));
+        Ok(accounts)
+    }
+
+    fn incremental(&self) -> Incremental {
+        Incremental {
+            start_date: self.config.start_date,
+            default_history_days: 90,
+            lookback_days: self.config.lookback_days,
+        }
+    }
+}
+
+#[async_trait]
+impl Source for FacebookSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn streams(&self) -> Vec<StreamSpec> {
+        self.specs.clone()
+    }
+
+    async fn check(&self) -> Result<(), SourceError> {
+        let accounts = self.accounts().await?;
+        if accounts.is_empty() {
+            return Err(SourceError::config(
+                "the access token reaches no ad account: grant it `ads_read` on the accounts or list them in `accounts`",
+                format!("{}.accounts", self.api.key_prefix),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn plan(
+        &self,
+        stream: &StreamSpec,
+        cursor: Option<&Value>,
+        window: &RunWindow,
+    ) -> Result<StreamPlan, SourceError> {
+        let accounts = self.accounts().await?;
+        match stream.name.as_str() {
+            "insights" | "insights_actions" => {
+                let (days, cursor_after) = plan_window(&self.incremental(), cursor, window);
+                let mut slices = Vec::new();
+                if let Some(days) = days {
+                    for account in accounts.iter() {
+                        for w in days.chunks(self.config.slice_days as i64) {
+                            slices.push(Slice {
+                                key: format!("{}/{}", account.id, w.key()),
+                                params: json!({
+                                    "account": account.id,
+                                    "currency": account.currency,
+                                    "timezone": account.timezone,
+                                    "window": w.to_json(),
+                                }),
+                            });
+                        }
+                    }
+                }
+                Ok(StreamPlan {
+                    slices,
+                    cursor_after: Some(cursor_after),
+                })
+            }
+            "ad_accounts" => Ok(StreamPlan {
+                slices: vec![Slice {
+                    key: "accounts".into(),
+                    params: json!({"dt": window.today.to_string()}),
+                }],
+                cursor_after: None,
+            }),
+            _ => {
+                // Entities: everything changed since the previous run's "today" (minus a day of margin).
+                let since = if window.full_refresh || window.is_backfill() {
+                    None
+                } else {
+                    cursor
+                        .and_then(|c| c.get("updated_since"))
+                        .and_then(Value::as_i64)
+                };
+                let next = window
+                    .today
+                    .pred_opt()
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    .map(|t| t.and_utc().timestamp());
+                let slices = accounts
+                    .iter()
+                    .map(|a| Slice {
+                        key: a.id.clone(),
+                        params: json!({
+                            "account": a.id,
+                            "currency": a.currency,
+                            "updated_since": since,
+                            "dt": window.today.to_string(),
+                        }),
+                    })
+                    .collect();
+                Ok(StreamPlan {
+                    slices,
+                    cursor_after: next.map(|n| json!({"updated_since": n})),
+                })
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        stream: &StreamSpec,
+        slice: &Slice,
+        sink: &mut dyn PageSink,
+    ) -> Result<(), SourceError> {
+        match stream.name.as_str() {
+            "insights" => insights::read(self, &self.insights_config(), false, slice, sink).await,
+            "insights_actions" => {
+                insights::read(self, &self.insights_config(), true, slice, sink).await
+            }
+            "ad_accounts" => entities::read_accounts(&self.api, &self.config, slice, sink).await,
+            other => entities::read_entities(&self.api, &self.config, other, slice, sink).await,
+        }
+    }
+
+    fn max_concurrency(&self) -> usize {
+        self.config.max_concurrency.max(1)
+    }
+}

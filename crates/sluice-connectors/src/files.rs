@@ -1,0 +1,648 @@
+//! `type: files` — NDJSON, CSV and Parquet files from a local folder or the lake.
+//!
+//! Each stream is a glob. A run reads the files that are new or changed since the
+//! cursor (path → size and modification time), one slice per file. Files are read
+//! in pages (line-aligned chunks for NDJSON) that are landed as received, then
+//! decoded; a line that does not parse is quarantined with its file and line.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use globset::{Glob, GlobMatcher};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use sluice_core::config::{ConfigDocument, ConfigError, Section};
+use sluice_core::destination::WriteMode;
+use sluice_core::schema::{Field, FieldType, TableSchema};
+use sluice_core::source::{
+    DecodedPage, LandedPage, PageSink, RunWindow, Slice, Source, SourceError, StreamPlan,
+    StreamSpec,
+};
+use sluice_core::typing::{Origin, Record, Rejected};
+
+use crate::BuildContext;
+
+/// Records handed to the executor at a time.
+const RECORDS_PER_CHUNK: usize = 8192;
+/// NDJSON pages are cut at the first line end after this many bytes.
+const PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// A `files` source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Read from the lake instead of the local file system (paths are then relative to the lake root).
+    #[serde(default)]
+    pub from_lake: bool,
+    /// The streams: name → files and how to read them.
+    pub streams: BTreeMap<String, FilesStreamConfig>,
+    /// Files read at once.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+}
+
+fn default_concurrency() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Ndjson,
+    Csv,
+    Parquet,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesStreamConfig {
+    /// A glob relative to the pipeline folder (or the lake root): `data/orders/*.ndjson`.
+    pub path: String,
+    /// `ndjson`, `csv` or `parquet`; by default from the file extension.
+    #[serde(default)]
+    pub format: Option<FileFormat>,
+    /// Declared column types (`id: bigint`, `amount: numeric(12,2)`); others are inferred.
+    #[serde(default)]
+    pub columns: indexmap_like::OrderedColumns,
+    /// Add columns found in the data but not declared (default true).
+    #[serde(default = "yes")]
+    pub infer_columns: bool,
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    /// A date column that partitions the table.
+    #[serde(default)]
+    pub partition_column: Option<String>,
+    /// append (default), replace, merge (needs primary_key) or overwrite_partitions (needs partition_column).
+    #[serde(default)]
+    pub write_mode: WriteMode,
+    /// The D1 table name (default `<source>_<stream>`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// CSV field delimiter (default `,`).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+
+/// Column declarations keep the order they are written in.
+mod indexmap_like {
+    use serde::de::{MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Debug, Default, Clone)]
+    pub struct OrderedColumns(pub Vec<(String, String)>);
+
+    impl<'de> Deserialize<'de> for OrderedColumns {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = OrderedColumns;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a mapping of column name to type")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some((k, v)) = map.next_entry::<String, String>()? {
+                        out.push((k, v));
+                    }
+                    Ok(OrderedColumns(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+}
+
+struct FileStream {
+    spec: StreamSpec,
+    matcher: GlobMatcher,
+    /// The fixed folder part of the glob, listed on every run.
+    list_prefix: String,
+    format: Option<FileFormat>,
+    delimiter: u8,
+}
+
+pub struct FilesSource {
+    name: String,
+    store: Arc<dyn ObjectStore>,
+    root: StorePath,
+    streams: Vec<FileStream>,
+    max_concurrency: usize,
+}
+
+impl FilesSource {
+    pub fn build(
+        doc: &ConfigDocument,
+        section: &Section,
+        ctx: &BuildContext,
+    ) -> Result<Self, ConfigError> {
+        let config: FilesConfig = doc.parse_section(section)?;
+        let at = |rest: &[&str]| {
+            let mut p = section.path.clone();
+            p.extend(rest.iter().map(|s| s.to_string()));
+            p
+        };
+        let (store, root): (Arc<dyn ObjectStore>, StorePath) = if config.from_lake {
+            (ctx.lake.store(), ctx.lake.object_path(""))
+        } else {
+            let fs = LocalFileSystem::new_with_prefix(&ctx.root).map_err(|e| {
+                doc.error_at(
+                    &section.path,
+                    format!("cannot open {}: {e}", ctx.root.display()),
+                )
+            })?;
+            (Arc::new(fs), StorePath::default())
+        };
+        let mut streams = Vec::new();
+        for (name, s) in config.streams {
+            if !sluice_core::config::is_identifier(&name) {
+                return Err(doc.error_at(
+                    &at(&["streams", &name]),
+                    "stream names may use lowercase letters, digits and `_`",
+                ));
+            }
+            let path = s.path.trim_start_matches("./").to_string();
+            let matcher = Glob::new(&path)
+                .map_err(|e| {
+                    doc.error_at(
+                        &at(&["streams", &name, "path"]),
+                        format!("invalid glob: {e}"),
+                    )
+                })?
+                .compile_matcher();
+            let list_prefix = path
+                .split('/')
+                .take_while(|part| !part.contains(['*', '?', '[', '{']))
+                .collect::<Vec<_>>();
+            // The last part is a file name unless the glob continues below it.
+            let list_prefix = if list_prefix.len() == path.split('/').count() {
+                list_prefix[..list_prefix.len().saturating_sub(1)].join("/")
+            } else {
+                list_prefix.join("/")
+            };
+            let mut fields = Vec::new();
+            for (column, ty) in &s.columns.0 {
+                let ty = FieldType::parse(ty)
+                    .map_err(|e| doc.error_at(&at(&["streams", &name, "columns", column]), e))?;
+                let mut field = Field::new(column, ty);
+                if s.primary_key.contains(column) {
+                    field = field.required();
+                }
+                fields.push(field);
+            }
+            match s.write_mode {
+                WriteMode::Merge if s.primary_key.is_empty() => {
+                    return Err(doc.error_at(
+                        &at(&["streams", &name, "write_mode"]),
+                        "write_mode merge needs a primary_key",
+                    ))
+                }
+                WriteMode::OverwritePartitions if s.partition_column.is_none() => {
+                    return Err(doc.error_at(
+                        &at(&["streams", &name, "write_mode"]),
+                        "write_mode overwrite_partitions needs a partition_column",
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(pc) = &s.partition_column {
+                if !fields.iter().any(|f| &f.name == pc) {
+                    fields.push(Field::new(pc, FieldType::Date).required());
+                }
+            }
+            let table = s
+                .table
+                .clone()
+                .unwrap_or_else(|| format!("{}_{}", section.name, name));
+            let delimiter = u8::try_from(s.delimiter).map_err(|_| {
+                doc.error_at(
+                    &at(&["streams", &name, "delimiter"]),
+                    "the delimiter must be one ASCII character",
+                )
+            })?;
+            streams.push(FileStream {
+                spec: StreamSpec {
+                    name: name.clone(),
+                    table,
+                    schema: TableSchema::new(fields),
+                    infer_columns: s.infer_columns,
+                    primary_key: s.primary_key,
+                    partition_column: s.partition_column,
+                    write_mode: s.write_mode,
+                },
+                matcher,
+                list_prefix,
+                format: s.format,
+                delimiter,
+            });
+        }
+        Ok(FilesSource {
+            name: section.name.clone(),
+            store,
+            root,
+            streams,
+            max_concurrency: config.max_concurrency.max(1),
+        })
+    }
+
+    fn stream(&self, name: &str) -> Result<&FileStream, SourceError> {
+        self.streams
+            .iter()
+            .find(|s| s.spec.name == name)
+            .ok_or_else(|| SourceError::data(format!("unknown stream {name}")))
+    }
+
+    fn full_path(&self, relative: &str) -> StorePath {
+        let mut path = self.root.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            path = path.join(part);
+        }
+        path
+    }
+
+    fn relative(&self, path: &StorePath) -> String {
+        path.as_ref()
+            .strip_prefix(self.root.as_ref())
+            .unwrap_or(path.as_ref())
+            .trim_start_matches('/')
+            .to_string()
+    }
+}
+
+fn format_of(path: &str, declared: Option<FileFormat>) -> Result<FileFormat, SourceError> {
+    if let Some(f) = declared {
+        return Ok(f);
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.ends_with(".ndjson") || lower.ends_with(".jsonl") || lower.ends_with(".json") {
+        Ok(FileFormat::Ndjson)
+    } else if lower.ends_with(".csv") || lower.ends_with(".tsv") {
+        Ok(FileFormat::Csv)
+    } else if lower.ends_with(".parquet") {
+        Ok(FileFormat::Parquet)
+    } else {
+        Err(SourceError::data(format!(
+            "{path}: cannot tell the format from the extension; set `format:` on the stream"
+        )))
+    }
+}
+
+#[async_trait]
+impl Source for FilesSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn streams(&self) -> Vec<StreamSpec> {
+        self.streams.iter().map(|s| s.spec.clone()).collect()
+    }
+
+    async fn check(&self) -> Result<(), SourceError> {
+        for stream in &self.streams {
+            let prefix = self.full_path(&stream.list_prefix);
+            let mut listing = self.store.list(Some(&prefix));
+            if let Some(Err(e)) = listing.next().await {
+                return Err(SourceError::config(
+                    format!("cannot list {}: {e}", stream.list_prefix),
+                    format!("sources.{}.streams.{}.path", self.name, stream.spec.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn plan(
+        &self,
+        stream: &StreamSpec,
+        cursor: Option<&Value>,
+        _window: &RunWindow,
+    ) -> Result<StreamPlan, SourceError> {
+        let fs = self.stream(&stream.name)?;
+        let seen: Map<String, Value> = cursor
+            .and_then(|c| c.get("files"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let prefix = self.full_path(&fs.list_prefix);
+        let mut listing = self.store.list(Some(&prefix));
+        let mut current = Map::new();
+        let mut slices = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta
+                .map_err(|e| SourceError::transient(format!("listing {}: {e}", fs.list_prefix)))?;
+            let relative = self.relative(&meta.location);
+            if !fs.matcher.is_match(&relative) {
+                continue;
+            }
+            let version = format!("{}@{}", meta.size, meta.last_modified.timestamp_micros());
+            if seen.get(&relative).and_then(Value::as_str) != Some(version.as_str()) {
+                slices.push(Slice {
+                    key: format!("{relative}#{version}"),
+                    params: serde_json::json!({ "path": relative }),
+                });
+            }
+            current.insert(relative, Value::String(version));
+        }
+        slices.sort_by(|a, b| a.key.cmp(&b.key));
+        let cursor_after = (!slices.is_empty()).then(|| serde_json::json!({ "files": current }));
+        Ok(StreamPlan {
+            slices,
+            cursor_after,
+        })
+    }
+
+    async fn read(
+        &self,
+        stream: &StreamSpec,
+        slice: &Slice,
+        sink: &mut dyn PageSink,
+    ) -> Result<(), SourceError> {
+        let fs = self.stream(&stream.name)?;
+        let relative = slice.params["path"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let format = format_of(&relative, fs.format)?;
+        let location = self.full_path(&relative);
+        let origin_page: Arc<str> = relative.clone().into();
+        let dt = chrono::Utc::now().date_naive().to_string();
+        let page_name = relative.replace(['/', '\\'], "_");
+        let get = self
+            .store
+            .get(&location)
+            .await
+            .map_err(|e| SourceError::transient(format!("reading {relative}: {e}")))?;
+        match format {
+            FileFormat::Ndjson => {
+                let mut body = get.into_stream();
+                let mut buffer: Vec<u8> = Vec::with_capacity(PAGE_BYTES + 64 * 1024);
+                let mut line_no: u64 = 0;
+                let mut page_no = 0u32;
+                loop {
+                    let chunk =
+                        body.next().await.transpose().map_err(|e| {
+                            SourceError::transient(format!("reading {relative}: {e}"))
+                        })?;
+                    let done = chunk.is_none();
+                    if let Some(chunk) = chunk {
+                        buffer.extend_from_slice(&chunk);
+                    }
+                    if buffer.len() < PAGE_BYTES && !done {
+                        continue;
+                    }
+                    // Cut after the last complete line; the rest starts the next page.
+                    let cut = if done {
+                        buffer.len()
+                    } else {
+                        match buffer.iter().rposition(|&b| b == b'\n') {
+                            Some(i) => i + 1,
+                            None => continue,
+                        }
+                    };
+                    let rest = buffer.split_off(cut);
+                    let page = std::mem::replace(&mut buffer, rest);
+                    if !page.is_empty() {
+                        page_no += 1;
+                        sink.land(&format!("{page_name}-p{page_no:05}"), "ndjson", &dt, &page)
+                            .await?;
+                        hand_over(decode_ndjson(&page, &origin_page, &mut line_no), sink).await?;
+                    }
+                    if done {
+                        break;
+                    }
+                    if sink.is_cancelled() {
+                        return Err(SourceError::transient("cancelled"));
+                    }
+                }
+            }
+            FileFormat::Csv => {
+                let bytes = get
+                    .bytes()
+                    .await
+                    .map_err(|e| SourceError::transient(format!("reading {relative}: {e}")))?;
+                sink.land(&format!("{page_name}-p00001"), "csv", &dt, &bytes)
+                    .await?;
+                hand_over(decode_csv(&bytes, fs.delimiter, &origin_page)?, sink).await?;
+            }
+            FileFormat::Parquet => {
+                let bytes = get
+                    .bytes()
+                    .await
+                    .map_err(|e| SourceError::transient(format!("reading {relative}: {e}")))?;
+                sink.land(&format!("{page_name}-p00001"), "parquet", &dt, &bytes)
+                    .await?;
+                decode_parquet(bytes, &origin_page, sink).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn decode(
+        &self,
+        stream: &StreamSpec,
+        page: &LandedPage,
+        body: &[u8],
+    ) -> Option<Result<DecodedPage, SourceError>> {
+        let fs = self.stream(&stream.name).ok()?;
+        let origin: Arc<str> = page.path.clone();
+        if page.path.ends_with(".ndjson.zst") {
+            Some(Ok(decode_ndjson(body, &origin, &mut 0)))
+        } else if page.path.ends_with(".csv.zst") {
+            Some(decode_csv(body, fs.delimiter, &origin))
+        } else {
+            None
+        }
+    }
+
+    fn max_concurrency(&self) -> usize {
+        self.max_concurrency
+    }
+}
+
+/// Decodes NDJSON lines; lines that are not JSON objects are rejected with their line number.
+fn decode_ndjson(page: &[u8], origin: &Arc<str>, line_no: &mut u64) -> DecodedPage {
+    let mut decoded = DecodedPage::default();
+    for line in page.split(|&b| b == b'\n') {
+        *line_no += 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let origin = Origin {
+            page: origin.clone(),
+            line: *line_no,
+        };
+        match serde_json::from_slice::<Value>(line) {
+            Ok(Value::Object(fields)) => decoded.records.push(Record { fields, origin }),
+            Ok(other) => decoded.rejected.push(Rejected {
+                origin,
+                reason: format!("expected a JSON object, got {}", json_kind(&other)),
+                raw: String::from_utf8_lossy(line).into_owned(),
+            }),
+            Err(e) => decoded.rejected.push(Rejected {
+                origin,
+                reason: format!("malformed JSON: {e}"),
+                raw: String::from_utf8_lossy(line).into_owned(),
+            }),
+        }
+    }
+    decoded
+}
+
+/// Hands a decoded page to the executor in bounded chunks.
+async fn hand_over(decoded: DecodedPage, sink: &mut dyn PageSink) -> Result<(), SourceError> {
+    let mut records = decoded.records;
+    while records.len() > RECORDS_PER_CHUNK {
+        let rest = records.split_off(RECORDS_PER_CHUNK);
+        sink.records(std::mem::replace(&mut records, rest)).await?;
+    }
+    if !records.is_empty() {
+        sink.records(records).await?;
+    }
+    if !decoded.rejected.is_empty() {
+        sink.rejected(decoded.rejected).await?;
+    }
+    Ok(())
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Decodes CSV with a header row; a row with the wrong number of fields is rejected with its line.
+fn decode_csv(bytes: &[u8], delimiter: u8, origin: &Arc<str>) -> Result<DecodedPage, SourceError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .flexible(true)
+        .from_reader(bytes);
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|e| SourceError::data(format!("{origin}: cannot read the CSV header: {e}")))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let mut records = Vec::new();
+    let mut rejected = Vec::new();
+    let mut row = csv::StringRecord::new();
+    loop {
+        let line = reader.position().line();
+        match reader.read_record(&mut row) {
+            Ok(false) => break,
+            Ok(true) => {
+                let origin = Origin {
+                    page: origin.clone(),
+                    line: row.position().map(|p| p.line()).unwrap_or(line),
+                };
+                if row.len() != headers.len() {
+                    rejected.push(Rejected {
+                        origin,
+                        reason: format!(
+                            "ragged row: {} fields, the header has {}",
+                            row.len(),
+                            headers.len()
+                        ),
+                        raw: row
+                            .iter()
+                            .collect::<Vec<_>>()
+                            .join(&(delimiter as char).to_string()),
+                    });
+                    continue;
+                }
+                // Empty CSV cells are NULL: CSV cannot tell them apart.
+                let fields: Map<String, Value> = headers
+                    .iter()
+                    .zip(row.iter())
+                    .map(|(h, v)| {
+                        (
+                            h.clone(),
+                            if v.is_empty() {
+                                Value::Null
+                            } else {
+                                Value::String(v.to_string())
+                            },
+                        )
+                    })
+                    .collect();
+                records.push(Record { fields, origin });
+            }
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(line);
+                rejected.push(Rejected {
+                    origin: Origin {
+                        page: origin.clone(),
+                        line,
+                    },
+                    reason: format!("unreadable CSV row: {e}"),
+                    raw: String::new(),
+                });
+                if !matches!(
+                    e.kind(),
+                    csv::ErrorKind::Utf8 { .. } | csv::ErrorKind::UnequalLengths { .. }
+                ) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(DecodedPage { records, rejected })
+}
+
+/// Decodes Parquet row by row into records (types are re-checked against the stream's schema).
+async fn decode_parquet(
+    bytes: Bytes,
+    origin: &Arc<str>,
+    sink: &mut dyn PageSink,
+) -> Result<(), SourceError> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.with_batch_size(RECORDS_PER_CHUNK).build())
+        .map_err(|e| SourceError::data(format!("{origin}: not a readable Parquet file: {e}")))?;
+    let mut row_no = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| SourceError::data(format!("{origin}: {e}")))?;
+        let mut out = Vec::new();
+        {
+            let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
+            writer
+                .write(&batch)
+                .and_then(|_| writer.finish())
+                .map_err(|e| SourceError::data(format!("{origin}: {e}")))?;
+        }
+        let mut records = Vec::with_capacity(batch.num_rows());
+        for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            row_no += 1;
+            let fields: Map<String, Value> = serde_json::from_slice(line)
+                .map_err(|e| SourceError::data(format!("{origin}: {e}")))?;
+            records.push(Record {
+                fields,
+                origin: Origin {
+                    page: origin.clone(),
+                    line: row_no,
+                },
+            });
+        }
+        sink.records(records).await?;
+    }
+    Ok(())
+}

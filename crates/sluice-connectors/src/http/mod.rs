@@ -1,0 +1,538 @@
+//! The one HTTP client every API source uses (Facebook, Google Ads, CleverTap).
+//!
+//! It owns the transport concerns no connector should re-implement: timeouts,
+//! HTTPS-only (loopback excepted, for the sandbox), bounded response sizes,
+//! retries with jittered exponential back-off (honouring server-specified waits
+//! such as `Retry-After`), proactive pacing per account from usage signals
+//! ([`Pacer`]), an optional request budget (requests per second) and an optional
+//! cap on requests in flight. It knows nothing about any API's error format:
+//! each connector passes a *judge* that looks at a response and says whether to
+//! accept it, retry it (and after how long) or fail with a classified
+//! [`SourceError`]. URLs are logged without their query string and every error
+//! message goes through the secret redactor, so tokens sent as query parameters
+//! (Facebook's `access_token`) never reach a log or a run record.
+
+mod pacer;
+pub mod window;
+
+pub use pacer::Pacer;
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::Method;
+use serde::Deserialize;
+use sluice_core::source::{ErrorClass, SourceError};
+use tokio::sync::Semaphore;
+use url::Url;
+
+/// Transport settings shared by the API sources; every field has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Seconds before a request (connect + response body) is abandoned and retried.
+    pub timeout_secs: u64,
+    /// Seconds allowed to open a connection.
+    pub connect_timeout_secs: u64,
+    /// Largest response body accepted, in bytes; bigger responses are split requests.
+    pub max_response_bytes: usize,
+    /// Attempts after the first for a request that failed transiently.
+    pub max_retries: usize,
+    /// First back-off delay in milliseconds; it doubles with jitter up to `max_backoff_ms`.
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// The longest server-requested wait (Retry-After, regain time) honoured inside a
+    /// request, in seconds; a longer one fails the request as transient so the run
+    /// can move on and retry later.
+    pub max_wait_secs: u64,
+    /// Request budget: at most this many requests per second for the whole source (0 = unlimited).
+    pub requests_per_second: f64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            timeout_secs: 120,
+            connect_timeout_secs: 10,
+            max_response_bytes: 256 * 1024 * 1024,
+            max_retries: 8,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 30_000,
+            max_wait_secs: 600,
+            requests_per_second: 50.0,
+        }
+    }
+}
+
+/// What a connector decides about one response.
+#[derive(Debug)]
+pub enum Verdict {
+    Accept,
+    /// Retry the same request, after `after` if the server said how long to wait.
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+    Fail(SourceError),
+}
+
+/// A request body.
+#[derive(Debug, Clone)]
+pub enum Body {
+    None,
+    Json(serde_json::Value),
+    Form(Vec<(String, String)>),
+}
+
+/// One request, rebuilt for every attempt.
+#[derive(Debug, Clone)]
+pub struct ApiRequest {
+    pub method: Method,
+    pub url: Url,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(HeaderName, String)>,
+    pub body: Body,
+    /// The account whose budget this request spends (pacing and in-flight caps).
+    pub pace_key: Option<String>,
+}
+
+impl ApiRequest {
+    pub fn new(method: Method, url: Url) -> Self {
+        ApiRequest {
+            method,
+            url,
+            query: Vec::new(),
+            headers: Vec::new(),
+            body: Body::None,
+            pace_key: None,
+        }
+    }
+    pub fn get(url: Url) -> Self {
+        Self::new(Method::GET, url)
+    }
+    pub fn post(url: Url) -> Self {
+        Self::new(Method::POST, url)
+    }
+    pub fn query(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.query.push((key.to_string(), value.into()));
+        self
+    }
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers
+            .push((HeaderName::from_static(name), value.into()));
+        self
+    }
+    pub fn json(mut self, body: serde_json::Value) -> Self {
+        self.body = Body::Json(body);
+        self
+    }
+    pub fn form(mut self, fields: Vec<(String, String)>) -> Self {
+        self.body = Body::Form(fields);
+        self
+    }
+    pub fn paced(mut self, key: impl Into<String>) -> Self {
+        self.pace_key = Some(key.into());
+        self
+    }
+    /// `GET /v26.0/act_1/insights`: what logs and errors show (never the query string).
+    pub fn label(&self) -> String {
+        format!("{} {}", self.method, self.url.path())
+    }
+}
+
+/// A response as received, with its body fully read.
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub label: String,
+}
+
+impl ApiResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// `Retry-After` in seconds (the HTTP-date form is rare for APIs and ignored).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+    }
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+    /// A short, redacted excerpt of the body for error messages.
+    pub fn excerpt(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        let text: String = text.chars().take(300).collect();
+        sluice_core::secret::redact(&text)
+    }
+}
+
+/// Counters for the benchmark and the run record.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub bytes: AtomicU64,
+    pub latency_micros: AtomicU64,
+    pub waited_micros: AtomicU64,
+}
+
+/// A point-in-time copy of [`HttpStats`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatsSnapshot {
+    pub requests: u64,
+    pub retries: u64,
+    pub bytes: u64,
+    pub latency: Duration,
+    pub waited: Duration,
+}
+
+impl HttpStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            requests: self.requests.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            latency: Duration::from_micros(self.latency_micros.load(Ordering::Relaxed)),
+            waited: Duration::from_micros(self.waited_micros.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// The shared client. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: reqwest::Client,
+    settings: Arc<HttpSettings>,
+    budget: Option<Arc<DefaultDirectRateLimiter>>,
+    pacer: Pacer,
+    in_flight: Option<Arc<Semaphore>>,
+    stats: Arc<HttpStats>,
+}
+
+impl HttpClient {
+    /// `max_in_flight` caps concurrent requests across the source (CleverTap allows only a few).
+    pub fn new(settings: HttpSettings, max_in_flight: Option<usize>) -> Result<Self, SourceError> {
+        let inner = reqwest::Client::builder()
+            .timeout(Duration::from_secs(settings.timeout_secs.max(1)))
+            .connect_timeout(Duration::from_secs(settings.connect_timeout_secs.max(1)))
+            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+            .gzip(true)
+            .build()
+            .map_err(|e| {
+                SourceError::new(
+                    ErrorClass::Configuration,
+                    format!("cannot build the HTTP client: {e}"),
+                )
+            })?;
+        let budget = (settings.requests_per_second > 0.0).then(|| {
+            let period = Duration::from_secs_f64(1.0 / settings.requests_per_second);
+            // A small burst keeps parallel accounts from queueing behind each other at start.
+            let burst = NonZeroU32::new((settings.requests_per_second.ceil() as u32).clamp(1, 10))
+                .expect("clamped to >= 1");
+            let quota = Quota::with_period(period.max(Duration::from_micros(1)))
+                .expect("non-zero period")
+                .allow_burst(burst);
+            Arc::new(RateLimiter::direct(quota))
+        });
+        Ok(HttpClient {
+            inner,
+            settings: Arc::new(settings),
+            budget,
+            pacer: Pacer::default(),
+            in_flight: max_in_flight.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            stats: Arc::new(HttpStats::default()),
+        })
+    }
+
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
+    }
+
+    pub fn stats(&self) -> &HttpStats {
+        &self.stats
+    }
+
+    pub fn settings(&self) -> &HttpSettings {
+        &self.settings
+    }
+
+    /// Sends `request`, retrying as `judge` says, until it is accepted or fails.
+    pub async fn send(
+        &self,
+        request: &ApiRequest,
+        judge: &(dyn Fn(&ApiResponse) -> Verdict + Sync),
+    ) -> Result<ApiResponse, SourceError> {
+        require_secure(&request.url).map_err(|m| SourceError::new(ErrorClass::Configuration, m))?;
+        let label = request.label();
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.settings.initial_backoff_ms))
+            .with_max_delay(Duration::from_millis(
+                self.settings
+                    .max_backoff_ms
+                    .max(self.settings.initial_backoff_ms),
+            ))
+            .with_max_times(self.settings.max_retries)
+            .with_jitter()
+            .build();
+        let max_wait = Duration::from_secs(self.settings.max_wait_secs);
+        loop {
+            let (reason, after) = match self.attempt(request, &label).await {
+                Ok(response) => match judge(&response) {
+                    Verdict::Accept => return Ok(response),
+                    Verdict::Fail(e) => return Err(e),
+                    Verdict::Retry { after, reason } => (reason, after),
+                },
+                Err(Attempt::Retry(reason)) => (reason, None),
+                Err(Attempt::Fail(e)) => return Err(e),
+            };
+            let Some(delay) = backoff.next() else {
+                return Err(SourceError::transient(format!(
+                    "{label}: giving up after {} retries: {reason}",
+                    self.settings.max_retries
+                )));
+            };
+            if let Some(after) = after.filter(|a| *a > max_wait) {
+                let message = format!(
+                    "{label}: the API asks to wait {}s (more than max_wait_secs = {}): {reason}",
+                    after.as_secs(),
+                    self.settings.max_wait_secs
+                );
+                return Err(SourceError::transient(message));
+            }
+            // The server's wait plus a little jitter, so parallel accounts do not return in lock-step.
+            let delay = after.map_or(delay, |after| after + delay.min(Duration::from_millis(250)));
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(request = %label, reason = %sluice_core::secret::redact(&reason), ?delay, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(&self, request: &ApiRequest, label: &str) -> Result<ApiResponse, Attempt> {
+        let wait_start = Instant::now();
+        let _slot = match &self.in_flight {
+            Some(s) => Some(
+                s.clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Attempt::Retry("client closed".into()))?,
+            ),
+            None => None,
+        };
+        if let Some(key) = &request.pace_key {
+            self.pacer.wait(key).await;
+        }
+        if let Some(budget) = &self.budget {
+            budget.until_ready().await;
+        }
+        self.stats
+            .waited_micros
+            .fetch_add(wait_start.elapsed().as_micros() as u64, Ordering::Relaxed);
+
+        let mut builder = self
+            .inner
+            .request(request.method.clone(), request.url.clone());
+        if !request.query.is_empty() {
+            builder = builder.query(&request.query);
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in &request.headers {
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                Attempt::Fail(SourceError::new(
+                    ErrorClass::Configuration,
+                    format!("{label}: header `{name}` has an invalid value"),
+                ))
+            })?;
+            headers.insert(name.clone(), value);
+        }
+        builder = builder.headers(headers);
+        builder = match &request.body {
+            Body::None => builder,
+            Body::Json(v) => builder.json(v),
+            Body::Form(fields) => builder.form(fields),
+        };
+        let started = Instant::now();
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let result = self.receive(builder, label).await;
+        self.stats
+            .latency_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if let Ok(r) = &result {
+            tracing::debug!(request = %label, status = r.status, bytes = r.body.len(), elapsed_ms = started.elapsed().as_millis() as u64, "response");
+        }
+        result
+    }
+
+    async fn receive(
+        &self,
+        builder: reqwest::RequestBuilder,
+        label: &str,
+    ) -> Result<ApiResponse, Attempt> {
+        // `without_url` keeps the query string (and its token) out of the message.
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| Attempt::Retry(format!("{label}: {}", e.without_url())))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let limit = self.settings.max_response_bytes;
+        if response
+            .content_length()
+            .is_some_and(|n| n as usize > limit)
+        {
+            return Err(Attempt::Fail(too_large(label, limit)));
+        }
+        let mut body = BytesMut::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                Attempt::Retry(format!("{label}: body interrupted: {}", e.without_url()))
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(Attempt::Fail(too_large(label, limit)));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        self.stats
+            .bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        Ok(ApiResponse {
+            status,
+            headers,
+            body: body.freeze(),
+            label: label.to_string(),
+        })
+    }
+}
+
+enum Attempt {
+    Retry(String),
+    Fail(SourceError),
+}
+
+fn too_large(label: &str, limit: usize) -> SourceError {
+    SourceError::new(
+        ErrorClass::NeedsSplitting,
+        format!("{label}: response larger than max_response_bytes ({limit})"),
+    )
+}
+
+/// HTTPS only, except for loopback hosts (the sandbox, a local proxy).
+pub fn require_secure(url: &Url) -> Result<(), String> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(url) => Ok(()),
+        scheme => Err(format!(
+            "`{}://{}` is not allowed: use https (plain http is accepted only for localhost)",
+            scheme,
+            url.host_str().unwrap_or("")
+        )),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Parses a configured base URL, checking the scheme; the error names the key.
+pub fn parse_base_url(text: &str, key: &str) -> Result<Url, SourceError> {
+    let mut url = Url::parse(text.trim())
+        .map_err(|e| SourceError::config(format!("`{key}` is not a URL: {e}"), key))?;
+    require_secure(&url).map_err(|m| SourceError::config(m, key))?;
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// Joins path segments onto a base URL that ends with `/`.
+pub fn join(base: &Url, path: &str) -> Result<Url, SourceError> {
+    base.join(path.trim_start_matches('/')).map_err(|e| {
+        SourceError::new(
+            ErrorClass::Configuration,
+            format!("bad URL path `{path}`: {e}"),
+        )
+    })
+}
+
+/// The generic judgement for 5xx / 429 / timeouts that every API shares.
+pub fn generic_retry(response: &ApiResponse) -> Option<Verdict> {
+    match response.status {
+        429 | 500..=599 => Some(Verdict::Retry {
+            after: response.retry_after(),
+            reason: format!(
+                "{} answered HTTP {}: {}",
+                response.label,
+                response.status,
+                response.excerpt()
+            ),
+        }),
+        _ => None,
+    }
+}
+
+/// Accepts a 2xx body only if it is complete JSON; a truncated body is retried.
+pub fn require_json(response: &ApiResponse) -> Verdict {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(&response.body) {
+        Ok(_) => Verdict::Accept,
+        Err(e) => Verdict::Retry {
+            after: None,
+            reason: format!("{}: malformed JSON body ({e})", response.label),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_required_except_loopback() {
+        assert!(require_secure(&Url::parse("https://graph.facebook.com/").unwrap()).is_ok());
+        assert!(require_secure(&Url::parse("http://127.0.0.1:8080/").unwrap()).is_ok());
+        assert!(require_secure(&Url::parse("http://localhost:8080/").unwrap()).is_ok());
+        assert!(require_secure(&Url::parse("http://[::1]:8080/").unwrap()).is_ok());
+        let err = require_secure(&Url::parse("http://graph.facebook.com/").unwrap()).unwrap_err();
+        assert!(err.contains("use https"), "{err}");
+        let err = parse_base_url("http://example.com", "sources.fb.base_url").unwrap_err();
+        assert_eq!(err.config_key.as_deref(), Some("sources.fb.base_url"));
+    }
+
+    #[test]
+    fn labels_never_carry_the_query() {
+        let r =
+            ApiRequest::get(Url::parse("https://x/v1/act_1/insights?access_token=abc").unwrap())
+                .query("access_token", "secret-token-value");
+        assert_eq!(r.label(), "GET /v1/act_1/insights");
+    }
+
+    #[test]
+    fn truncated_json_is_retried() {
+        let r = ApiResponse {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{\"data\":[{\"a\":1"),
+            label: "GET /x".into(),
+        };
+        assert!(matches!(require_json(&r), Verdict::Retry { .. }));
+    }
+}

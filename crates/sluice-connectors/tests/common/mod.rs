@@ -1,0 +1,166 @@
+//! A test harness standing in for the executor: plans a stream, reads every
+//! slice (in parallel, each retried whole on transient errors, its partial
+//! records discarded — as the executor does) into a collecting [`PageSink`].
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use sluice_core::source::{
+    ErrorClass, LandedPage, PageSink, RunWindow, Source, SourceError, StreamSpec,
+};
+use sluice_core::typing::{Record, Rejected};
+
+/// Everything one slice handed over.
+#[derive(Default)]
+pub struct CollectSink {
+    pub pages: Vec<(String, Vec<u8>)>,
+    pub records: Vec<Record>,
+    pub rejected: Vec<Rejected>,
+    pub warnings: Vec<String>,
+    slice: String,
+}
+
+#[async_trait]
+impl PageSink for CollectSink {
+    async fn land(
+        &mut self,
+        name: &str,
+        extension: &str,
+        dt: &str,
+        body: &[u8],
+    ) -> Result<LandedPage, SourceError> {
+        let path = format!("raw/{}/dt={dt}/{name}.{extension}", self.slice);
+        assert!(
+            !self.pages.iter().any(|(p, _)| p == &path),
+            "page name reused within a slice: {path}"
+        );
+        self.pages.push((path.clone(), body.to_vec()));
+        Ok(LandedPage {
+            path: Arc::from(path),
+        })
+    }
+    async fn records(&mut self, records: Vec<Record>) -> Result<(), SourceError> {
+        for r in &records {
+            assert!(
+                self.pages.iter().any(|(p, _)| **p == *r.origin.page),
+                "record from a page that was not landed"
+            );
+        }
+        self.records.extend(records);
+        Ok(())
+    }
+    async fn rejected(&mut self, rejected: Vec<Rejected>) -> Result<(), SourceError> {
+        self.rejected.extend(rejected);
+        Ok(())
+    }
+    fn warn(&mut self, message: String) {
+        self.warnings.push(message);
+    }
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// The outcome of one stream read.
+#[derive(Default)]
+pub struct Extract {
+    pub rows: Vec<Map<String, Value>>,
+    pub rejected: Vec<Rejected>,
+    pub warnings: Vec<String>,
+    pub pages: usize,
+    pub slices: usize,
+    pub cursor_after: Option<Value>,
+}
+
+pub fn spec(source: &dyn Source, name: &str) -> StreamSpec {
+    source
+        .streams()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no stream {name}"))
+}
+
+/// plan() + read() of every slice, like the executor.
+pub async fn extract(
+    source: &dyn Source,
+    stream: &str,
+    cursor: Option<&Value>,
+    window: &RunWindow,
+) -> Result<Extract, SourceError> {
+    let spec = spec(source, stream);
+    let plan = source.plan(&spec, cursor, window).await?;
+    let slices = plan.slices.len();
+    let results: Vec<Result<CollectSink, SourceError>> = futures::stream::iter(plan.slices.iter())
+        .map(|slice| {
+            let spec = &spec;
+            async move {
+                let mut last = None;
+                for _attempt in 0..4 {
+                    let mut sink = CollectSink {
+                        slice: slice.key.replace('/', "_"),
+                        ..Default::default()
+                    };
+                    match source.read(spec, slice, &mut sink).await {
+                        Ok(()) => return Ok(sink),
+                        Err(e) if e.class == ErrorClass::Transient => last = Some(e),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(last.expect("at least one attempt"))
+            }
+        })
+        .buffer_unordered(source.max_concurrency())
+        .collect()
+        .await;
+    let mut out = Extract {
+        slices,
+        cursor_after: plan.cursor_after,
+        ..Default::default()
+    };
+    for r in results {
+        let sink = r?;
+        out.pages += sink.pages.len();
+        out.rows.extend(sink.records.into_iter().map(|r| r.fields));
+        out.rejected.extend(sink.rejected);
+        out.warnings.extend(sink.warnings);
+    }
+    Ok(out)
+}
+
+pub fn window(today: &str) -> RunWindow {
+    RunWindow {
+        since: None,
+        until: None,
+        today: today.parse().unwrap(),
+        full_refresh: false,
+    }
+}
+
+pub fn backfill(today: &str, since: &str, until: &str) -> RunWindow {
+    RunWindow {
+        since: Some(since.parse().unwrap()),
+        until: Some(until.parse().unwrap()),
+        today: today.parse().unwrap(),
+        full_refresh: false,
+    }
+}
+
+pub fn text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+pub fn int(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::String(s)) => s.parse().unwrap_or_else(|_| panic!("not an integer: {s}")),
+        Some(Value::Number(n)) => n.as_i64().unwrap(),
+        _ => 0,
+    }
+}

@@ -1,0 +1,300 @@
+//! Facebook Ads against the sandbox over real HTTP: exact totals vs `truth`,
+//! with and without faults, the config-error cases and a second-day run.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{backfill, extract, int, text, window};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use sluice_connectors::facebook_ads::config::{
+    EntityConfig, FacebookConfig, FacebookStreams, InsightsConfig, Level,
+};
+use sluice_connectors::facebook_ads::FacebookSource;
+use sluice_core::secret::Secret;
+use sluice_core::source::ErrorClass;
+use sluice_sandbox::{credentials, Faults, SandboxOptions};
+
+const TODAY: &str = "2024-10-01";
+const SINCE: &str = "2024-07-01";
+const UNTIL: &str = "2024-09-30";
+
+fn options(faults: Faults) -> SandboxOptions {
+    let mut o = SandboxOptions::new(7, 1, TODAY.parse().unwrap());
+    o.faults = faults;
+    o
+}
+
+fn source(base_url: &str, token: &str, tweak: impl FnOnce(&mut FacebookConfig)) -> FacebookSource {
+    let mut config = FacebookConfig::new(Secret::new(token), base_url);
+    config.streams = Some(FacebookStreams {
+        insights: Some(InsightsConfig {
+            level: Level::Ad,
+            fields: [
+                "impressions",
+                "clicks",
+                "spend",
+                "reach",
+                "frequency",
+                "actions",
+            ]
+            .map(String::from)
+            .to_vec(),
+            action_attribution_windows: ["1d_click", "7d_click", "1d_view"]
+                .map(String::from)
+                .to_vec(),
+            ..InsightsConfig::default()
+        }),
+        insights_actions: Some(EntityConfig::default()),
+        campaigns: Some(EntityConfig::default()),
+        adsets: Some(EntityConfig::default()),
+        ads: Some(EntityConfig::default()),
+        ad_accounts: Some(EntityConfig::default()),
+    });
+    config.http.initial_backoff_ms = 20;
+    config.http.max_backoff_ms = 500;
+    config.async_stall_secs = 1;
+    tweak(&mut config);
+    FacebookSource::new("facebook", config, "sources.facebook").unwrap()
+}
+
+/// (account, day) → (impressions, clicks, spend) from extracted rows.
+fn sums(
+    rows: &[serde_json::Map<String, Value>],
+) -> BTreeMap<(String, String), (i64, i64, Decimal)> {
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let account = text(r.get("account_id"));
+        let account = if account.starts_with("act_") {
+            account
+        } else {
+            format!("act_{account}")
+        };
+        let e = out
+            .entry((account, text(r.get("date_start"))))
+            .or_insert((0, 0, Decimal::ZERO));
+        e.0 += int(r.get("impressions"));
+        e.1 += int(r.get("clicks"));
+        e.2 += text(r.get("spend")).parse::<Decimal>().unwrap_or_default();
+    }
+    out
+}
+
+fn truth_sums(truth: &Value) -> BTreeMap<(String, String), (i64, i64, Decimal)> {
+    let mut out = BTreeMap::new();
+    for d in truth["facebook"]["days"].as_array().unwrap() {
+        let spend: Decimal = text(d.get("spend")).parse().unwrap();
+        let (i, c) = (int(d.get("impressions")), int(d.get("clicks")));
+        if i == 0 && c == 0 && spend.is_zero() {
+            continue;
+        }
+        out.insert(
+            (text(d.get("account_id")), text(d.get("date"))),
+            (i, c, spend),
+        );
+    }
+    out
+}
+
+fn nonzero(
+    map: BTreeMap<(String, String), (i64, i64, Decimal)>,
+) -> BTreeMap<(String, String), (i64, i64, Decimal)> {
+    map.into_iter()
+        .filter(|(_, v)| !(v.0 == 0 && v.1 == 0 && v.2.is_zero()))
+        .collect()
+}
+
+async fn assert_exact(faults: Faults) {
+    let opts = options(faults);
+    let sandbox = sluice_sandbox::start(opts.clone(), 0).await.unwrap();
+    let fb = source(
+        &sandbox.base_url(),
+        credentials::FACEBOOK_ACCESS_TOKEN,
+        |_| {},
+    );
+    let run = backfill(TODAY, SINCE, UNTIL);
+    let insights = extract(&fb, "insights", None, &run).await.unwrap();
+    let truth = sluice_sandbox::truth(&opts, SINCE.parse().unwrap(), UNTIL.parse().unwrap());
+    assert_eq!(nonzero(sums(&insights.rows)), truth_sums(&truth));
+    assert_eq!(
+        insights.rows.len() as i64,
+        int(truth["facebook"]["rows"].get("insights_ad"))
+    );
+    assert!(insights.rejected.is_empty());
+    for row in &insights.rows {
+        assert!(
+            !text(row.get("account_currency")).is_empty()
+                && !text(row.get("account_timezone")).is_empty()
+        );
+    }
+    // Three accounts × 92 days is one job per account-month, not one per day.
+    assert!(insights.slices <= 9, "{} slices", insights.slices);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn insights_match_truth_exactly() {
+    assert_exact(Faults::default()).await;
+}
+
+#[tokio::test]
+async fn insights_match_truth_under_faults() {
+    let faults = Faults {
+        server_error_every: Some(7),
+        rate_limit_every: Some(11),
+        async_fail_every: Some(2),
+        malformed_every: Some(13),
+        duplicate_every: Some(3),
+        async_stall_every: Some(5),
+        ..Faults::default()
+    };
+    assert_exact(faults).await;
+}
+
+async fn config_error(faults: Faults, token: &str) -> sluice_core::source::SourceError {
+    let opts = options(faults);
+    let sandbox = sluice_sandbox::start(opts, 0).await.unwrap();
+    let fb = source(&sandbox.base_url(), token, |_| {});
+    let err = extract(&fb, "insights", None, &window(TODAY))
+        .await
+        .err()
+        .expect("a configuration error");
+    sandbox.shutdown().await;
+    err
+}
+
+#[tokio::test]
+async fn expired_token_names_access_token() {
+    let e = config_error(
+        Faults {
+            expired_token: true,
+            ..Faults::default()
+        },
+        credentials::FACEBOOK_ACCESS_TOKEN,
+    )
+    .await;
+    assert_eq!(
+        (e.class, e.config_key.as_deref()),
+        (
+            ErrorClass::Configuration,
+            Some("sources.facebook.access_token")
+        )
+    );
+    assert!(!e.message.contains(credentials::FACEBOOK_ACCESS_TOKEN));
+}
+
+#[tokio::test]
+async fn wrong_token_names_access_token() {
+    let e = config_error(Faults::default(), "not-the-sandbox-token").await;
+    assert_eq!(
+        (e.class, e.config_key.as_deref()),
+        (
+            ErrorClass::Configuration,
+            Some("sources.facebook.access_token")
+        )
+    );
+}
+
+#[tokio::test]
+async fn deprecated_version_names_api_version() {
+    let e = config_error(
+        Faults {
+            deprecated_version: true,
+            ..Faults::default()
+        },
+        credentials::FACEBOOK_ACCESS_TOKEN,
+    )
+    .await;
+    assert_eq!(
+        (e.class, e.config_key.as_deref()),
+        (
+            ErrorClass::Configuration,
+            Some("sources.facebook.api_version")
+        )
+    );
+}
+
+#[tokio::test]
+async fn second_day_refetches_only_the_lookback_window() {
+    let opts = options(Faults::default());
+    let sandbox = sluice_sandbox::start(opts, 0).await.unwrap();
+    let fb = source(
+        &sandbox.base_url(),
+        credentials::FACEBOOK_ACCESS_TOKEN,
+        |c| c.start_date = Some(SINCE.parse().unwrap()),
+    );
+    let first = extract(&fb, "insights", None, &window(TODAY))
+        .await
+        .unwrap();
+    sandbox.shutdown().await;
+    // The next "day": a new sandbox whose recent 28 days changed.
+    let next_day = "2024-10-02";
+    let opts2 = SandboxOptions::new(7, 1, next_day.parse().unwrap());
+    let sandbox = sluice_sandbox::start(opts2.clone(), 0).await.unwrap();
+    let fb = source(
+        &sandbox.base_url(),
+        credentials::FACEBOOK_ACCESS_TOKEN,
+        |c| c.start_date = Some(SINCE.parse().unwrap()),
+    );
+    let second = extract(
+        &fb,
+        "insights",
+        first.cursor_after.as_ref(),
+        &window(next_day),
+    )
+    .await
+    .unwrap();
+    let days: std::collections::BTreeSet<String> = second
+        .rows
+        .iter()
+        .map(|r| text(r.get("date_start")))
+        .collect();
+    assert!(
+        days.iter().all(|d| d.as_str() >= "2024-09-04"),
+        "re-read outside the look-back: {:?}",
+        days.first()
+    );
+    let truth = sluice_sandbox::truth(
+        &opts2,
+        "2024-09-04".parse().unwrap(),
+        next_day.parse().unwrap(),
+    );
+    assert_eq!(nonzero(sums(&second.rows)), truth_sums(&truth));
+    assert_eq!(
+        second.cursor_after,
+        Some(serde_json::json!({"until": next_day}))
+    );
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn entities_and_actions_are_complete() {
+    let opts = options(Faults {
+        duplicate_every: Some(2),
+        ..Faults::default()
+    });
+    let sandbox = sluice_sandbox::start(opts.clone(), 0).await.unwrap();
+    let fb = source(
+        &sandbox.base_url(),
+        credentials::FACEBOOK_ACCESS_TOKEN,
+        |_| {},
+    );
+    let run = backfill(TODAY, SINCE, UNTIL);
+    let truth = sluice_sandbox::truth(&opts, SINCE.parse().unwrap(), UNTIL.parse().unwrap());
+    for stream in ["campaigns", "adsets", "ads"] {
+        let e = extract(&fb, stream, None, &run).await.unwrap();
+        assert_eq!(
+            e.rows.len() as i64,
+            int(truth["facebook"]["rows"].get(stream)),
+            "{stream}"
+        );
+    }
+    let actions = extract(&fb, "insights_actions", None, &run).await.unwrap();
+    assert!(!actions.rows.is_empty());
+    assert!(actions
+        .rows
+        .iter()
+        .all(|r| !text(r.get("action_type")).is_empty()));
+    sandbox.shutdown().await;
+}

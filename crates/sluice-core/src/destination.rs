@@ -1,0 +1,114 @@
+//! The `Destination` trait: where published tables live (PostgreSQL, SQLite, …).
+//!
+//! A load is one call and one transaction: the rows of a table, its quarantined
+//! records and a ledger entry are published together or not at all. A process
+//! killed at any point leaves the table as it was before or as it is after.
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::TableSchema;
+use crate::typing::Rejected;
+
+/// How a load changes the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Insert the rows; a load id already in the ledger is skipped, so a retried load adds nothing.
+    #[default]
+    Append,
+    /// The rows become the whole table.
+    Replace,
+    /// Upsert on the primary key (the last row for a key within a load wins).
+    Merge,
+    /// Delete the partitions (`partition_column` values) the load touches, then insert.
+    OverwritePartitions,
+}
+
+/// A table to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSpec {
+    /// The layer, used as the PostgreSQL schema (`d1`, `d2a`, `d2b`).
+    pub layer: String,
+    pub name: String,
+    pub schema: TableSchema,
+    pub primary_key: Vec<String>,
+    /// A date column: the unit of `overwrite_partitions` and the lake's `dt=` folders.
+    pub partition_column: Option<String>,
+    pub write_mode: WriteMode,
+}
+
+impl TableSpec {
+    /// `d1.facebook_insights`, for messages and run records.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.layer, self.name)
+    }
+}
+
+/// Everything one load publishes, in one transaction.
+pub struct LoadRequest<'a> {
+    pub table: &'a TableSpec,
+    /// The rows, streamed so memory stays bounded by the batch size. Batches carry
+    /// `table.schema`'s columns in order (columns added by schema evolution included).
+    pub batches: BoxStream<'a, Result<RecordBatch, DestinationError>>,
+    /// Records that could not be typed; they go to `<table>__quarantine` in the same transaction.
+    pub quarantine: &'a [Rejected],
+    /// Partition values (ISO dates) this load replaces, for `OverwritePartitions`.
+    pub partitions: &'a [String],
+    /// Identifies the input; a load whose id the ledger already has for this table is a no-op.
+    pub load_id: &'a str,
+    pub run_id: &'a str,
+}
+
+/// What a load did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadOutcome {
+    pub rows_loaded: u64,
+    /// Rows removed by the publish (replaced partitions, replaced table, merged keys).
+    pub rows_replaced: u64,
+    pub rows_quarantined: u64,
+    /// True when the ledger showed this load id was already published: nothing changed.
+    pub already_loaded: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    /// Cannot connect or authenticate: a configuration problem.
+    #[error("cannot connect to {target}: {message}")]
+    Connect { target: String, message: String },
+    /// The table's existing shape conflicts with the load (e.g. incompatible type).
+    #[error("table {table}: {message}")]
+    Schema { table: String, message: String },
+    #[error("loading {table}: {message}")]
+    Load { table: String, message: String },
+    /// The load was cancelled; the transaction was rolled back.
+    #[error("load of {table} cancelled; rolled back")]
+    Cancelled { table: String },
+}
+
+impl DestinationError {
+    /// Whether retrying the same load may succeed (network blips, serialization failures).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            DestinationError::Connect { .. } | DestinationError::Load { .. }
+        )
+    }
+}
+
+#[async_trait]
+pub trait Destination: Send + Sync {
+    /// What it is, without secrets: `postgres 127.0.0.1:5432/test`, `sqlite ./warehouse.db`.
+    fn describe(&self) -> String;
+
+    /// Connects and checks it can create schemas and tables (`sluice validate --connections`).
+    async fn check(&self) -> Result<(), DestinationError>;
+
+    /// Creates or evolves the table, then publishes `request` atomically.
+    async fn load(&self, request: LoadRequest<'_>) -> Result<LoadOutcome, DestinationError>;
+
+    /// Row count of a published table, or `None` if it does not exist (summaries, tests).
+    async fn row_count(&self, layer: &str, table: &str) -> Result<Option<u64>, DestinationError>;
+}

@@ -1,0 +1,392 @@
+//! The lake: every byte sluice ever received, and the typed tables made from it.
+//!
+//! Layout (relative to the lake root, which is a local folder or an object-store URL):
+//!
+//! ```text
+//! raw/<source>/<stream>/dt=<date>/<run>/<page>.json.zst   pages exactly as received, zstd
+//! d1/<table>/dt=<date>/<run>-<n>.parquet                 typed D1 tables
+//! _state/…                                                cursors, schema versions, run records
+//! ```
+//!
+//! The lake owns object storage access; it does not know what a source or a run is.
+//! State objects are written with create-only puts (see [`Lake::put_new`]) so two
+//! writers cannot silently overwrite each other.
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use parquet::arrow::async_writer::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+/// Rows per Parquet row group (the unit the writer buffers in memory).
+const ROW_GROUP_ROWS: usize = 64 * 1024;
+
+/// A lake operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("lake {location}: {message}")]
+    Open { location: String, message: String },
+    #[error("lake object {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("lake object {path}: {message}")]
+    Data { path: String, message: String },
+}
+
+/// One object under a prefix.
+#[derive(Debug, Clone)]
+pub struct LakeObject {
+    /// Path relative to the lake root.
+    pub path: String,
+    pub size: u64,
+    pub e_tag: Option<String>,
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// Handle on the lake; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Lake {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    location: String,
+}
+
+impl Lake {
+    /// Opens `location`: a local path (relative to `base_dir`) or a URL such as
+    /// `s3://bucket/prefix`, `gs://…`, `az://…`, `file:///…`. Cloud credentials come
+    /// from the usual environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+    pub fn open(location: &str, base_dir: &FsPath) -> Result<Lake, LakeError> {
+        let open_err = |message: String| LakeError::Open {
+            location: location.to_string(),
+            message,
+        };
+        if location.contains("://") && !location.starts_with("file://") {
+            let url = url::Url::parse(location).map_err(|e| open_err(e.to_string()))?;
+            let env: Vec<(String, String)> = std::env::vars()
+                .filter(|(k, _)| {
+                    k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+                })
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect();
+            let (store, root) =
+                object_store::parse_url_opts(&url, env).map_err(|e| open_err(e.to_string()))?;
+            return Ok(Lake {
+                store: Arc::from(store),
+                root,
+                location: location.to_string(),
+            });
+        }
+        let local = location.strip_prefix("file://").unwrap_or(location);
+        let dir = base_dir.join(local);
+        std::fs::create_dir_all(&dir).map_err(|e| open_err(e.to_string()))?;
+        let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| open_err(e.to_string()))?;
+        Ok(Lake {
+            store: Arc::new(store),
+            root: Path::default(),
+            location: dir.display().to_string(),
+        })
+    }
+
+    /// Where the lake is, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// The object-store path of a lake-relative path.
+    pub fn object_path(&self, relative: &str) -> Path {
+        let mut path = self.root.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            path = path.join(part);
+        }
+        path
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        let full = path.as_ref();
+        let root = self.root.as_ref();
+        full.strip_prefix(root)
+            .unwrap_or(full)
+            .trim_start_matches('/')
+            .to_string()
+    }
+
+    fn store_err(path: &str) -> impl FnOnce(object_store::Error) -> LakeError + '_ {
+        move |source| LakeError::Store {
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    /// Writes (or replaces) an object.
+    pub async fn put(&self, relative: &str, bytes: Bytes) -> Result<(), LakeError> {
+        self.store
+            .put(&self.object_path(relative), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(Self::store_err(relative))
+    }
+
+    /// Creates an object only if it does not exist yet; `Ok(false)` if it already did.
+    /// This is the primitive behind state that two runs must not both write.
+    pub async fn put_new(&self, relative: &str, bytes: Bytes) -> Result<bool, LakeError> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(
+                &self.object_path(relative),
+                PutPayload::from(bytes),
+                options,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(source) => Err(LakeError::Store {
+                path: relative.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Reads an object; `Ok(None)` if it does not exist.
+    pub async fn get(&self, relative: &str) -> Result<Option<Bytes>, LakeError> {
+        match self.store.get(&self.object_path(relative)).await {
+            Ok(result) => result
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(Self::store_err(relative)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(LakeError::Store {
+                path: relative.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Lists every object under `prefix` (recursively), sorted by path.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<LakeObject>, LakeError> {
+        let prefix_path = self.object_path(prefix);
+        let mut objects: Vec<LakeObject> = self
+            .store
+            .list(Some(&prefix_path))
+            .map_ok(|meta| LakeObject {
+                path: self.relative(&meta.location),
+                size: meta.size,
+                e_tag: meta.e_tag,
+                last_modified: meta.last_modified,
+            })
+            .try_collect()
+            .await
+            .map_err(Self::store_err(prefix))?;
+        objects.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(objects)
+    }
+
+    pub async fn delete(&self, relative: &str) -> Result<(), LakeError> {
+        match self.store.delete(&self.object_path(relative)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(LakeError::Store {
+                path: relative.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Lands one page exactly as received, zstd-compressed. Returns its lake path.
+    pub async fn land_page(&self, page: &PagePath<'_>, body: &[u8]) -> Result<String, LakeError> {
+        let path = page.to_string();
+        let compressed = zstd::bulk::compress(body, 3).map_err(|e| LakeError::Data {
+            path: path.clone(),
+            message: format!("compress: {e}"),
+        })?;
+        self.put(&path, Bytes::from(compressed)).await?;
+        Ok(path)
+    }
+
+    /// Reads a landed page back to the exact bytes that were received.
+    pub async fn read_page(&self, relative: &str) -> Result<Bytes, LakeError> {
+        let compressed = self.get(relative).await?.ok_or_else(|| LakeError::Data {
+            path: relative.to_string(),
+            message: "page not found".into(),
+        })?;
+        zstd::stream::decode_all(compressed.as_ref())
+            .map(Bytes::from)
+            .map_err(|e| LakeError::Data {
+                path: relative.to_string(),
+                message: format!("decompress: {e}"),
+            })
+    }
+
+    /// Opens a Parquet writer at a lake-relative path; batches stream to storage.
+    pub fn parquet_writer(
+        &self,
+        relative: &str,
+        schema: arrow::datatypes::SchemaRef,
+    ) -> Result<TableFileWriter, LakeError> {
+        let object = BufWriter::new(self.store.clone(), self.object_path(relative));
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(1).expect("valid level"),
+            ))
+            // Row groups are buffered in memory until full: keep them small enough to bound RSS.
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .build();
+        let writer = AsyncArrowWriter::try_new(object, schema, Some(props)).map_err(|e| {
+            LakeError::Data {
+                path: relative.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(TableFileWriter {
+            writer,
+            path: relative.to_string(),
+            rows: 0,
+        })
+    }
+}
+
+/// Where a raw page lands: `raw/<source>/<stream>/dt=<date>/<run>/<page>.json.zst`.
+pub struct PagePath<'a> {
+    pub source: &'a str,
+    pub stream: &'a str,
+    pub dt: &'a str,
+    pub run_id: &'a str,
+    /// Unique within the run and stream, e.g. `act_1-2024-07-01-p00003`.
+    pub page: &'a str,
+    /// `json`, `ndjson`, `csv`, `parquet`…
+    pub extension: &'a str,
+}
+
+impl std::fmt::Display for PagePath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "raw/{}/{}/dt={}/{}/{}.{}.zst",
+            self.source, self.stream, self.dt, self.run_id, self.page, self.extension
+        )
+    }
+}
+
+/// A Parquet file being written to the lake.
+pub struct TableFileWriter {
+    writer: AsyncArrowWriter<BufWriter>,
+    path: String,
+    rows: u64,
+}
+
+impl TableFileWriter {
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), LakeError> {
+        self.rows += batch.num_rows() as u64;
+        self.writer.write(batch).await.map_err(|e| LakeError::Data {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Finishes the file; it becomes visible in the lake only now.
+    pub async fn close(self) -> Result<(String, u64), LakeError> {
+        let path = self.path;
+        self.writer.close().await.map_err(|e| LakeError::Data {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok((path, self.rows))
+    }
+}
+
+/// Reads every batch of a Parquet object in the lake.
+pub async fn read_parquet(lake: &Lake, relative: &str) -> Result<Vec<RecordBatch>, LakeError> {
+    parquet_batches(lake, relative)
+        .await?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LakeError::Data {
+            path: relative.to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// Opens a Parquet object for reading batch by batch: only the compressed object and
+/// one decoded batch are in memory at a time.
+pub async fn parquet_batches(
+    lake: &Lake,
+    relative: &str,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, LakeError> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let err = |message: String| LakeError::Data {
+        path: relative.to_string(),
+        message,
+    };
+    let bytes = lake
+        .get(relative)
+        .await?
+        .ok_or_else(|| err("not found".into()))?;
+    ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| err(e.to_string()))?
+        .with_batch_size(8192)
+        .build()
+        .map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pages_round_trip_and_put_new_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open("lake", dir.path()).unwrap();
+        let page = PagePath {
+            source: "fb",
+            stream: "insights",
+            dt: "2024-07-01",
+            run_id: "r1",
+            page: "p00001",
+            extension: "json",
+        };
+        let path = lake.land_page(&page, b"{\"data\":[]}").await.unwrap();
+        assert_eq!(path, "raw/fb/insights/dt=2024-07-01/r1/p00001.json.zst");
+        assert_eq!(
+            lake.read_page(&path).await.unwrap().as_ref(),
+            b"{\"data\":[]}"
+        );
+        assert!(dir.path().join("lake").join(&path).exists());
+
+        assert!(lake
+            .put_new("_state/x/0001.json", Bytes::from("a"))
+            .await
+            .unwrap());
+        assert!(!lake
+            .put_new("_state/x/0001.json", Bytes::from("b"))
+            .await
+            .unwrap());
+        assert_eq!(
+            lake.get("_state/x/0001.json").await.unwrap().unwrap(),
+            Bytes::from("a")
+        );
+        assert_eq!(lake.list("_state").await.unwrap().len(), 1);
+        assert!(lake.get("nope").await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,20 @@
+//! sluice's core: the parts every connector, destination and command share.
+//!
+//! Data flows one way through these modules: [`config`] → plan → executor →
+//! [`source`] → [`lake`] → [`typing`] → [`destination`], with state kept in the lake.
+//! Connectors and destinations live in their own crates and implement the
+//! [`source::Source`] and [`destination::Destination`] traits.
+
+pub mod config;
+pub mod destination;
+pub mod drift;
+pub mod executor;
+pub mod lake;
+pub mod plan;
+pub mod replay;
+pub mod run;
+pub mod schema;
+pub mod secret;
+pub mod source;
+pub mod state;
+pub mod typing;

@@ -1,0 +1,326 @@
+//! Stream and table schemas: sluice's small type system and its Arrow mapping.
+//!
+//! Types are the ones a warehouse table needs (bigint, numeric, date,
+//! timestamptz, boolean, text, jsonb). Every source declares or infers a
+//! [`TableSchema`]; destinations create tables from it; the lake stores it with
+//! each version so changes can be diffed.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+/// Scale used for decimals whose scale the source does not declare: enough for
+/// money in any currency and for micro-units.
+pub const DEFAULT_DECIMAL_SCALE: i8 = 6;
+/// Arrow metadata key marking a text column that holds JSON.
+pub const JSON_METADATA_KEY: &str = "sluice.json";
+
+/// A column type, as users write it in config (`bigint`, `numeric(18,2)`, `jsonb`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum FieldType {
+    Boolean,
+    Bigint,
+    Double,
+    /// Exact decimal with a fixed number of fractional digits.
+    Numeric {
+        scale: i8,
+    },
+    Text,
+    Date,
+    /// An instant, stored in UTC.
+    Timestamp,
+    Json,
+}
+
+impl FieldType {
+    /// Parses the names users write: `bigint`, `int`, `numeric`, `numeric(18,2)`, `decimal(38, 4)`,
+    /// `double`, `float`, `text`, `string`, `bool`, `date`, `timestamp`, `timestamptz`, `json`, `jsonb`.
+    pub fn parse(text: &str) -> Result<FieldType, String> {
+        let t = text.trim().to_ascii_lowercase();
+        let (base, args) = match t.split_once('(') {
+            Some((base, args)) => (base.trim(), Some(args.trim_end_matches(')'))),
+            None => (t.as_str(), None),
+        };
+        Ok(match base {
+            "bool" | "boolean" => FieldType::Boolean,
+            "int" | "integer" | "bigint" | "int64" | "long" => FieldType::Bigint,
+            "double" | "float" | "float64" | "real" => FieldType::Double,
+            "numeric" | "decimal" | "money" => {
+                let scale = match args.and_then(|a| a.split(',').nth(1)) {
+                    Some(s) => s
+                        .trim()
+                        .parse::<i8>()
+                        .ok()
+                        .filter(|s| (0..=18).contains(s))
+                        .ok_or_else(|| format!("invalid numeric scale in `{text}`"))?,
+                    None => DEFAULT_DECIMAL_SCALE,
+                };
+                FieldType::Numeric { scale }
+            }
+            "text" | "string" | "varchar" | "utf8" => FieldType::Text,
+            "date" => FieldType::Date,
+            "timestamp" | "timestamptz" | "datetime" => FieldType::Timestamp,
+            "json" | "jsonb" => FieldType::Json,
+            _ => {
+                return Err(format!(
+                    "unknown type `{text}` (use bigint, numeric, numeric(p,s), double, text, boolean, date, timestamp or json)"
+                ))
+            }
+        })
+    }
+
+    /// The name shown to users and used in schema history.
+    pub fn name(&self) -> String {
+        match self {
+            FieldType::Boolean => "boolean".into(),
+            FieldType::Bigint => "bigint".into(),
+            FieldType::Double => "double".into(),
+            FieldType::Numeric { scale } => format!("numeric(38,{scale})"),
+            FieldType::Text => "text".into(),
+            FieldType::Date => "date".into(),
+            FieldType::Timestamp => "timestamp".into(),
+            FieldType::Json => "json".into(),
+        }
+    }
+
+    pub fn arrow_type(&self) -> DataType {
+        match self {
+            FieldType::Boolean => DataType::Boolean,
+            FieldType::Bigint => DataType::Int64,
+            FieldType::Double => DataType::Float64,
+            FieldType::Numeric { scale } => DataType::Decimal128(38, *scale),
+            FieldType::Text | FieldType::Json => DataType::Utf8,
+            FieldType::Date => DataType::Date32,
+            FieldType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        }
+    }
+
+    /// The type back from an Arrow field (the reverse of [`FieldType::arrow_type`]).
+    pub fn from_arrow(field: &ArrowField) -> Option<FieldType> {
+        Some(match field.data_type() {
+            DataType::Boolean => FieldType::Boolean,
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+                FieldType::Bigint
+            }
+            DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => FieldType::Bigint,
+            DataType::Float32 | DataType::Float64 => FieldType::Double,
+            DataType::Decimal128(_, s) => FieldType::Numeric { scale: *s },
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                if field.metadata().contains_key(JSON_METADATA_KEY) {
+                    FieldType::Json
+                } else {
+                    FieldType::Text
+                }
+            }
+            DataType::Date32 | DataType::Date64 => FieldType::Date,
+            DataType::Timestamp(_, _) => FieldType::Timestamp,
+            _ => return None,
+        })
+    }
+
+    /// True when every value of `self` can be stored in `wider` without loss.
+    pub fn widens_to(&self, wider: &FieldType) -> bool {
+        use FieldType::*;
+        self == wider
+            || matches!(
+                (self, wider),
+                (Bigint, Numeric { .. }) | (Bigint, Double) | (_, Text) | (Date, Timestamp)
+            )
+            || matches!((self, wider), (Numeric { scale: a }, Numeric { scale: b }) if a <= b)
+    }
+}
+
+/// One column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Field {
+    pub name: String,
+    #[serde(flatten)]
+    pub ty: FieldType,
+    #[serde(default = "yes")]
+    pub nullable: bool,
+    /// Personal data: subject to the pipeline's `pii:` policy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pii: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Field {
+    pub fn new(name: impl Into<String>, ty: FieldType) -> Self {
+        Field {
+            name: name.into(),
+            ty,
+            nullable: true,
+            pii: false,
+        }
+    }
+
+    pub fn required(mut self) -> Self {
+        self.nullable = false;
+        self
+    }
+
+    pub fn pii(mut self) -> Self {
+        self.pii = true;
+        self
+    }
+
+    pub fn arrow_field(&self) -> ArrowField {
+        let field = ArrowField::new(&self.name, self.ty.arrow_type(), self.nullable);
+        if self.ty == FieldType::Json {
+            field.with_metadata([(JSON_METADATA_KEY.to_string(), "true".to_string())].into())
+        } else {
+            field
+        }
+    }
+}
+
+/// The columns of a stream or table, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSchema {
+    pub fields: Vec<Field>,
+}
+
+impl TableSchema {
+    pub fn new(fields: Vec<Field>) -> Self {
+        TableSchema { fields }
+    }
+
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+
+    pub fn arrow_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.fields
+                .iter()
+                .map(Field::arrow_field)
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    pub fn from_arrow(schema: &Schema) -> Result<TableSchema, String> {
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                FieldType::from_arrow(f)
+                    .map(|ty| Field {
+                        name: f.name().clone(),
+                        ty,
+                        nullable: f.is_nullable(),
+                        pii: false,
+                    })
+                    .ok_or_else(|| {
+                        format!(
+                            "column `{}` has unsupported type {}",
+                            f.name(),
+                            f.data_type()
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TableSchema::new)
+    }
+}
+
+/// Guesses a type from one JSON value; `None` for null (no information).
+pub fn infer_type(value: &serde_json::Value) -> Option<FieldType> {
+    use serde_json::Value as J;
+    match value {
+        J::Null => None,
+        J::Bool(_) => Some(FieldType::Boolean),
+        J::Number(n) if n.is_i64() => Some(FieldType::Bigint),
+        J::Number(_) => Some(FieldType::Double),
+        J::String(s) => Some(infer_string_type(s)),
+        J::Array(_) | J::Object(_) => Some(FieldType::Json),
+    }
+}
+
+/// Dates and timestamps are recognised in strings; numbers in strings are not (they
+/// are often ids or codes with leading zeros): declare `columns:` to type those.
+fn infer_string_type(s: &str) -> FieldType {
+    if s.len() == 10 && chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() {
+        FieldType::Date
+    } else if s.len() >= 19 && crate::typing::parse_timestamp(s).is_some() {
+        FieldType::Timestamp
+    } else {
+        FieldType::Text
+    }
+}
+
+/// The type that holds values of both `a` and `b` (used while inferring from many records).
+pub fn unify(a: FieldType, b: FieldType) -> FieldType {
+    if a.widens_to(&b) {
+        b
+    } else if b.widens_to(&a) {
+        a
+    } else {
+        match (a, b) {
+            (FieldType::Numeric { scale: x }, FieldType::Numeric { scale: y }) => {
+                FieldType::Numeric { scale: x.max(y) }
+            }
+            (FieldType::Double, FieldType::Bigint) | (FieldType::Bigint, FieldType::Double) => {
+                FieldType::Double
+            }
+            (FieldType::Json, _) | (_, FieldType::Json) => FieldType::Json,
+            _ => FieldType::Text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_user_type_names() {
+        assert_eq!(FieldType::parse("BIGINT").unwrap(), FieldType::Bigint);
+        assert_eq!(
+            FieldType::parse("numeric(18, 2)").unwrap(),
+            FieldType::Numeric { scale: 2 }
+        );
+        assert_eq!(FieldType::parse("jsonb").unwrap(), FieldType::Json);
+        assert!(FieldType::parse("blob")
+            .unwrap_err()
+            .contains("unknown type `blob`"));
+    }
+
+    #[test]
+    fn arrow_round_trip_keeps_json_marker() {
+        let schema = TableSchema::new(vec![
+            Field::new("id", FieldType::Bigint).required(),
+            Field::new("actions", FieldType::Json),
+            Field::new("spend", FieldType::Numeric { scale: 2 }),
+            Field::new("at", FieldType::Timestamp),
+        ]);
+        let back = TableSchema::from_arrow(&schema.arrow_schema()).unwrap();
+        assert_eq!(back, schema);
+    }
+
+    #[test]
+    fn inference_unifies_towards_the_wider_type() {
+        assert_eq!(
+            unify(FieldType::Bigint, FieldType::Double),
+            FieldType::Double
+        );
+        assert_eq!(unify(FieldType::Date, FieldType::Text), FieldType::Text);
+        assert_eq!(
+            infer_type(&serde_json::json!("2024-07-01")),
+            Some(FieldType::Date)
+        );
+        assert_eq!(
+            infer_type(&serde_json::json!("00123")),
+            Some(FieldType::Text)
+        );
+        assert_eq!(infer_type(&serde_json::json!([1])), Some(FieldType::Json));
+    }
+}

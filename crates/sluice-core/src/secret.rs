@@ -1,0 +1,111 @@
+//! Secrets: values that must never reach logs, the lake or run history.
+//!
+//! A [`Secret`] prints as `***` through `Debug` and `Display`, so it cannot leak by
+//! being formatted by accident. Every secret that is deserialised is also
+//! registered with the process-wide [`redact`] list: the log writer and the run
+//! record pass their text through [`redact`], which catches secrets that end up
+//! inside a URL or a third-party error message.
+
+use std::fmt;
+use std::sync::{OnceLock, RwLock};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A string that is a credential (token, password, key, connection URL with a password).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value and registers it for redaction.
+    pub fn new(value: impl Into<String>) -> Self {
+        let value = value.into();
+        register(&value);
+        Secret(value)
+    }
+
+    /// The clear value, for the one place that must send it (an HTTP header, a connect call).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret::new)
+    }
+}
+
+/// Serialises as `***`: a config echoed back (docs, `validate --print`) never carries the value.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
+
+fn registry() -> &'static RwLock<Vec<String>> {
+    static SECRETS: OnceLock<RwLock<Vec<String>>> = OnceLock::new();
+    SECRETS.get_or_init(|| RwLock::new(Vec::new()))
+}
+
+/// Registers a value to be scrubbed from every log line and run record.
+/// Very short values are ignored: redacting "a" would mangle every message.
+pub fn register(value: &str) {
+    if value.len() < 4 {
+        return;
+    }
+    let mut secrets = registry().write().unwrap_or_else(|e| e.into_inner());
+    if !secrets.iter().any(|s| s == value) {
+        secrets.push(value.to_string());
+        // Longest first, so a secret that contains another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+}
+
+/// Replaces every registered secret in `text` with `***`.
+pub fn redact(text: &str) -> String {
+    let secrets = registry().read().unwrap_or_else(|e| e.into_inner());
+    let mut out = text.to_string();
+    for secret in secrets.iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "***");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_formats_its_value() {
+        let s = Secret::new("hunter2-very-secret");
+        assert_eq!(format!("{s}"), "***");
+        assert_eq!(format!("{s:?}"), "***");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
+        assert_eq!(s.expose(), "hunter2-very-secret");
+    }
+
+    #[test]
+    fn redact_scrubs_registered_values_inside_other_text() {
+        let _ = Secret::new("tok-abcdef-123");
+        let line = "GET https://x/y?access_token=tok-abcdef-123&a=1 failed";
+        assert_eq!(redact(line), "GET https://x/y?access_token=***&a=1 failed");
+    }
+}

@@ -1,0 +1,314 @@
+//! Pipeline state in the lake: cursors, schema versions and run records.
+//!
+//! Cursors and schemas are *versioned objects* (`…/00000007.json`): a writer
+//! creates version n+1 with a create-only put. If another run created it first,
+//! the write fails with [`StateError::Conflict`] instead of silently overwriting
+//! that run's progress. This works on every object store and needs no coordinator.
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::lake::{Lake, LakeError};
+use crate::run::RunRecord;
+use crate::schema::TableSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error("state object {path} is corrupt: {message}")]
+    Corrupt { path: String, message: String },
+    #[error("{what} was changed by another run ({path} already exists); re-run to continue from its state")]
+    Conflict { what: String, path: String },
+}
+
+/// One version of a versioned state object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Versioned<T> {
+    pub version: u64,
+    pub run_id: String,
+    pub written_at: chrono::DateTime<chrono::Utc>,
+    pub value: T,
+}
+
+/// A schema version as recorded in the registry.
+pub type SchemaVersion = Versioned<TableSchema>;
+
+/// A finished slice of a run that did not publish: its staged files can be reused
+/// by the next run that plans the same slice, instead of reading the source again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SliceCheckpoint {
+    pub slice_key: String,
+    pub run_id: String,
+    pub rows: u64,
+    /// Staged Parquet files: (`dt`, lake path).
+    pub files: Vec<(String, String)>,
+    /// Records the slice quarantined: (origin page, line, reason, raw).
+    pub rejected: Vec<(String, u64, String, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateStore {
+    lake: Lake,
+    prefix: String,
+}
+
+impl StateStore {
+    pub fn new(lake: Lake, pipeline: &str) -> Self {
+        StateStore {
+            lake,
+            prefix: format!("_state/{pipeline}"),
+        }
+    }
+
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    async fn latest<T: DeserializeOwned>(
+        &self,
+        dir: &str,
+    ) -> Result<Option<Versioned<T>>, StateError> {
+        let objects = self.lake.list(dir).await?;
+        let Some(last) = objects.iter().rev().find(|o| o.path.ends_with(".json")) else {
+            return Ok(None);
+        };
+        self.read_json(&last.path).await
+    }
+
+    async fn history<T: DeserializeOwned>(
+        &self,
+        dir: &str,
+    ) -> Result<Vec<Versioned<T>>, StateError> {
+        let mut out = Vec::new();
+        for object in self.lake.list(dir).await? {
+            if let Some(v) = self.read_json(&object.path).await? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_json<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, StateError> {
+        let Some(bytes) = self.lake.get(path).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path: path.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Writes version `previous + 1`, failing if another writer got there first.
+    async fn put_next<T: Serialize>(
+        &self,
+        dir: &str,
+        what: &str,
+        previous: Option<u64>,
+        run_id: &str,
+        value: T,
+    ) -> Result<u64, StateError> {
+        let version = previous.unwrap_or(0) + 1;
+        let path = format!("{dir}/{version:010}.json");
+        let record = Versioned {
+            version,
+            run_id: run_id.to_string(),
+            written_at: chrono::Utc::now(),
+            value,
+        };
+        let text = serde_json::to_vec_pretty(&record).map_err(|e| StateError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        if self.lake.put_new(&path, Bytes::from(text)).await? {
+            Ok(version)
+        } else {
+            Err(StateError::Conflict {
+                what: what.to_string(),
+                path,
+            })
+        }
+    }
+
+    fn cursor_dir(&self, source: &str, stream: &str) -> String {
+        format!("{}/cursors/{source}/{stream}", self.prefix)
+    }
+
+    /// The stream's latest cursor.
+    pub async fn cursor(
+        &self,
+        source: &str,
+        stream: &str,
+    ) -> Result<Option<Versioned<Value>>, StateError> {
+        self.latest(&self.cursor_dir(source, stream)).await
+    }
+
+    /// Stores a new cursor; `previous` is the version this run started from.
+    pub async fn save_cursor(
+        &self,
+        source: &str,
+        stream: &str,
+        previous: Option<u64>,
+        run_id: &str,
+        cursor: Value,
+    ) -> Result<u64, StateError> {
+        let dir = self.cursor_dir(source, stream);
+        self.put_next(
+            &dir,
+            &format!("the cursor of {source}.{stream}"),
+            previous,
+            run_id,
+            cursor,
+        )
+        .await
+    }
+
+    fn schema_dir(&self, table: &str) -> String {
+        format!("{}/schemas/{table}", self.prefix)
+    }
+
+    pub async fn schema(&self, table: &str) -> Result<Option<SchemaVersion>, StateError> {
+        self.latest(&self.schema_dir(table)).await
+    }
+
+    pub async fn schema_history(&self, table: &str) -> Result<Vec<SchemaVersion>, StateError> {
+        self.history(&self.schema_dir(table)).await
+    }
+
+    pub async fn save_schema(
+        &self,
+        table: &str,
+        previous: Option<u64>,
+        run_id: &str,
+        schema: &TableSchema,
+    ) -> Result<u64, StateError> {
+        let dir = self.schema_dir(table);
+        self.put_next(
+            &dir,
+            &format!("the schema of {table}"),
+            previous,
+            run_id,
+            schema,
+        )
+        .await
+    }
+
+    fn checkpoint_path(&self, table: &str, slice_key: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let digest: String = Sha256::digest(slice_key.as_bytes())
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{}/checkpoints/{table}/{digest}.json", self.prefix)
+    }
+
+    /// The checkpoint of a slice finished by an earlier run that did not publish.
+    pub async fn checkpoint(
+        &self,
+        table: &str,
+        slice_key: &str,
+    ) -> Result<Option<SliceCheckpoint>, StateError> {
+        let found: Option<SliceCheckpoint> = self
+            .read_json(&self.checkpoint_path(table, slice_key))
+            .await?;
+        Ok(found.filter(|c| c.slice_key == slice_key))
+    }
+
+    pub async fn save_checkpoint(
+        &self,
+        table: &str,
+        checkpoint: &SliceCheckpoint,
+    ) -> Result<(), StateError> {
+        let path = self.checkpoint_path(table, &checkpoint.slice_key);
+        let text = serde_json::to_vec(checkpoint).map_err(|e| StateError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        self.lake
+            .put(
+                &path,
+                Bytes::from(crate::secret::redact(&String::from_utf8_lossy(&text))),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets every checkpoint of a table (after its data was published).
+    pub async fn clear_checkpoints(&self, table: &str) -> Result<(), StateError> {
+        for object in self
+            .lake
+            .list(&format!("{}/checkpoints/{table}", self.prefix))
+            .await?
+        {
+            self.lake.delete(&object.path).await?;
+        }
+        Ok(())
+    }
+
+    fn run_path(&self, run_id: &str) -> String {
+        format!("{}/runs/{run_id}.json", self.prefix)
+    }
+
+    /// Writes (or rewrites) a run's record, with secrets redacted.
+    pub async fn save_run(&self, record: &RunRecord) -> Result<(), StateError> {
+        let path = self.run_path(&record.run_id);
+        let text = serde_json::to_string_pretty(record).map_err(|e| StateError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let text = crate::secret::redact(&text);
+        self.lake.put(&path, Bytes::from(text)).await?;
+        Ok(())
+    }
+
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StateError> {
+        self.read_json(&self.run_path(run_id)).await
+    }
+
+    /// All run records, oldest first (run ids sort by start time).
+    pub async fn runs(&self) -> Result<Vec<RunRecord>, StateError> {
+        let mut out = Vec::new();
+        for object in self.lake.list(&format!("{}/runs", self.prefix)).await? {
+            if let Some(run) = self.read_json::<RunRecord>(&object.path).await? {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_writer_of_the_same_cursor_version_gets_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateStore::new(Lake::open("lake", dir.path()).unwrap(), "p");
+        assert!(state.cursor("s", "t").await.unwrap().is_none());
+        let v = state
+            .save_cursor("s", "t", None, "r1", serde_json::json!({"a": 1}))
+            .await
+            .unwrap();
+        assert_eq!(v, 1);
+        // A second run that also started from "no cursor" must not overwrite run 1's progress.
+        let err = state
+            .save_cursor("s", "t", None, "r2", serde_json::json!({"a": 2}))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StateError::Conflict { .. }), "{err}");
+        state
+            .save_cursor("s", "t", Some(1), "r2", serde_json::json!({"a": 3}))
+            .await
+            .unwrap();
+        let latest = state.cursor("s", "t").await.unwrap().unwrap();
+        assert_eq!(
+            (latest.version, latest.value),
+            (2, serde_json::json!({"a": 3}))
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! The PostgreSQL destination (also AWS RDS / Aurora PostgreSQL).
+//!
+//! This module owns the configuration and connections (TLS when the URL asks
+//! for it); [`load`] owns the one-transaction load (evolve, stage through
+//! binary `COPY`, publish by write mode, quarantine, ledger) and [`copy`] the
+//! encoding of Arrow cells for `COPY … (FORMAT binary)`.
+//!
+//! Every load uses its own connection: a dropped load future drops the
+//! connection, and PostgreSQL rolls the transaction back, so cancellation and
+//! crashes can never leave a half-published table.
+
+mod copy;
+mod load;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use sluice_core::destination::{Destination, DestinationError, LoadOutcome, LoadRequest};
+use sluice_core::secret::{redact, Secret};
+use tokio_postgres::{Client, NoTls};
+
+use crate::names;
+
+/// `destination: { type: postgres, … }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection URL: `postgres://user:password@host:5432/db`. Add
+    /// `?sslmode=require` (or `verify-ca`, `verify-full`) for TLS; the server
+    /// certificate is always verified, against the Mozilla roots plus
+    /// `ssl_root_cert`. A secret: it is never logged.
+    pub url: Secret,
+    /// Prepended to every schema sluice creates: layer `d1` becomes schema
+    /// `<schema_prefix>d1`, and the load ledger lives in `<schema_prefix>_sluice`.
+    /// Lets several pipelines (or test runs) share a database.
+    #[serde(default)]
+    pub schema_prefix: String,
+    /// Seconds to wait for a connection before the load fails (and is retried).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// A PEM file of extra CA certificates to trust for TLS, relative to the
+    /// pipeline folder (e.g. AWS RDS's `global-bundle.pem`).
+    #[serde(default)]
+    pub ssl_root_cert: Option<PathBuf>,
+}
+
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+/// A problem with one config key, for [`crate::build`] to point at.
+#[derive(Debug)]
+pub struct ConfigProblem {
+    pub key: &'static str,
+    pub message: String,
+}
+
+/// Loads into PostgreSQL; see the module docs.
+pub struct PostgresDestination {
+    config: PostgresConfig,
+    connect: tokio_postgres::Config,
+    /// `Some` when the URL asked for TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    described: String,
+}
+
+impl PostgresDestination {
+    /// Validates the URL (and the CA file, if any) without connecting.
+    pub fn new(config: PostgresConfig, root: &Path) -> Result<PostgresDestination, ConfigProblem> {
+        let url_problem = |message: String| ConfigProblem {
+            key: "url",
+            message,
+        };
+        let url = url::Url::parse(config.url.expose()).map_err(|e| {
+            url_problem(format!(
+                "not a valid URL ({e}); expected postgres://user:password@host:5432/database"
+            ))
+        })?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(url_problem(format!(
+                "the URL scheme is `{}`; expected postgres://user:password@host:5432/database",
+                url.scheme()
+            )));
+        }
+        let sslmode = url
+            .query_pairs()
+            .find(|(k, _)| k == "sslmode")
+            .map(|(_, v)| v.into_owned());
+        let use_tls = match sslmode.as_deref() {
+            None | Some("disable" | "allow" | "prefer") => false,
+            Some("require" | "verify-ca" | "verify-full") => true,
+            Some(other) => {
+                return Err(url_problem(format!(
+                    "unknown sslmode `{other}` (use disable, prefer, require, verify-ca or verify-full)"
+                )))
+            }
+        };
+        // tokio-postgres knows only disable/prefer/require; TLS is decided here instead.
+        let mut stripped = url.clone();
+        let rest: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "sslmode")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        stripped.set_query(None);
+        if !rest.is_empty() {
+            stripped.query_pairs_mut().extend_pairs(rest);
+        }
+        let mut connect: tokio_postgres::Config =
+            stripped
+                .as_str()
+                .parse()
+                .map_err(|e: tokio_postgres::Error| {
+                    url_problem(redact(&format!("invalid connection URL: {e}")))
+                })?;
+        if connect.get_application_name().is_none() {
+            connect.application_name("sluice");
+        }
+        connect.connect_timeout(Duration::from_secs(config.connect_timeout_secs.max(1)));
+        connect.ssl_mode(if use_tls {
+            tokio_postgres::config::SslMode::Require
+        } else {
+            tokio_postgres::config::SslMode::Disable
+        });
+        let tls = if use_tls {
+            let ca = config.ssl_root_cert.as_ref().map(|p| root.join(p));
+            Some(Arc::new(tls_config(ca.as_deref()).map_err(|message| {
+                ConfigProblem {
+                    key: "ssl_root_cert",
+                    message,
+                }
+            })?))
+        } else {
+            None
+        };
+        let host = url.host_str().unwrap_or("localhost");
+        let port = url.port().unwrap_or(5432);
+        let database = url.path().trim_start_matches('/');
+        let described = format!("postgres {host}:{port}/{database}");
+        Ok(PostgresDestination {
+            config,
+            connect,
+            tls,
+            described,
+        })
+    }
+
+    pub fn config(&self) -> &PostgresConfig {
+        &self.config
+    }
+
+    /// A new connection, its driver task spawned; the session is in UTC so
+    /// date ↔ timestamptz casts do not depend on the server's time zone.
+    pub(crate) async fn connect(&self) -> Result<Client, DestinationError> {
+        let connect_error = |e: tokio_postgres::Error| DestinationError::Connect {
+            target: self.described.clone(),
+            message: redact(&error_text(&e)),
+        };
+        let client = match &self.tls {
+            None => {
+                let (client, connection) =
+                    self.connect.connect(NoTls).await.map_err(connect_error)?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %redact(&e.to_string()), "postgres connection ended");
+                    }
+                });
+                client
+            }
+            Some(tls) => {
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+                let (client, connection) =
+                    self.connect.connect(tls).await.map_err(connect_error)?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %redact(&e.to_string()), "postgres connection ended");
+                    }
+                });
+                client
+            }
+        };
+        client
+            .batch_execute("SET TIME ZONE 'UTC'")
+            .await
+            .map_err(connect_error)?;
+        Ok(client)
+    }
+
+    /// The PostgreSQL schema of a layer.
+    pub(crate) fn schema_name(&self, layer: &str) -> String {
+        format!("{}{layer}", self.config.schema_prefix)
+    }
+
+    /// The schema holding the load ledger.
+    pub(crate) fn ledger_schema(&self) -> String {
+        format!("{}_sluice", self.config.schema_prefix)
+    }
+}
+
+fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+        }
+    }
+    // An explicit provider: the process may link more than one rustls backend.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A driver error with the server's code, message and detail when there are some.
+pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} ({})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(": ");
+                text.push_str(detail);
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str("; hint: ");
+                text.push_str(hint);
+            }
+            text
+        }
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+#[async_trait]
+impl Destination for PostgresDestination {
+    fn describe(&self) -> String {
+        self.described.clone()
+    }
+
+    async fn check(&self) -> Result<(), DestinationError> {
+        let mut client = self.connect().await?;
+        let denied = |e: tokio_postgres::Error| DestinationError::Connect {
+            target: self.described.clone(),
+            message: format!(
+                "cannot create schemas and tables: {}",
+                redact(&error_text(&e))
+            ),
+        };
+        let tx = client.transaction().await.map_err(denied)?;
+        let schema = names::pg(&format!("{}_check", self.ledger_schema()));
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE {schema}.probe (id bigint)"
+        ))
+        .await
+        .map_err(denied)?;
+        tx.rollback().await.map_err(denied)?;
+        Ok(())
+    }
+
+    async fn load(&self, request: LoadRequest<'_>) -> Result<LoadOutcome, DestinationError> {
+        load::load(self, request).await
+    }
+
+    async fn row_count(&self, layer: &str, table: &str) -> Result<Option<u64>, DestinationError> {
+        let client = self.connect().await?;
+        let schema = names::fit(&self.schema_name(layer), names::POSTGRES_MAX_IDENTIFIER);
+        let name = names::fit(table, names::POSTGRES_MAX_IDENTIFIER);
+        let failed = |e: tokio_postgres::Error| DestinationError::Load {
+            table: format!("{layer}.{table}"),
+            message: redact(&error_text(&e)),
+        };
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&schema, &name],
+            )
+            .await
+            .map_err(failed)?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            names::quote(&schema),
+            names::quote(&name)
+        );
+        let count: i64 = client.query_one(&sql, &[]).await.map_err(failed)?.get(0);
+        Ok(Some(count as u64))
+    }
+}

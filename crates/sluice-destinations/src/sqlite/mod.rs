@@ -1,0 +1,193 @@
+//! The SQLite destination: the embedded default, one file beside the pipeline.
+//!
+//! This module owns the configuration and the async side: SQLite is blocking,
+//! so each load runs on a blocking thread ([`load`]) and the async side streams
+//! batches to it through a small bounded channel (memory stays bounded by a
+//! few batches). A load whose future is dropped closes the channel without the
+//! end-of-stream message, and the blocking side rolls back.
+//!
+//! Layers are name prefixes (`d1__facebook_insights`), since SQLite has no
+//! schemas inside one file.
+
+mod load;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use rusqlite::{Connection, OptionalExtension};
+use serde::Deserialize;
+use sluice_core::destination::{Destination, DestinationError, LoadOutcome, LoadRequest};
+
+use crate::names::quote;
+
+/// `destination: { type: sqlite, … }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqliteConfig {
+    /// The database file, relative to the pipeline folder. Created if missing.
+    pub path: PathBuf,
+    /// Milliseconds a load waits for another writer (or a long reader
+    /// checkpoint) before it fails and is retried.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            path: PathBuf::from("warehouse.db"),
+            busy_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Loads into a SQLite file; see the module docs.
+pub struct SqliteDestination {
+    path: PathBuf,
+    busy_timeout: Duration,
+}
+
+/// What the blocking side receives.
+enum Message {
+    Batch(arrow::record_batch::RecordBatch),
+    /// The stream ended normally: publish and commit.
+    End,
+}
+
+/// Batches in flight between the async and the blocking side.
+const CHANNEL_BATCHES: usize = 2;
+
+impl SqliteDestination {
+    pub fn new(config: SqliteConfig, root: &Path) -> Self {
+        SqliteDestination {
+            path: root.join(config.path),
+            busy_timeout: Duration::from_millis(config.busy_timeout_ms),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn error(&self, table: &str, e: impl std::fmt::Display) -> DestinationError {
+        DestinationError::Load {
+            table: table.to_string(),
+            message: format!("{}: {e}", self.path.display()),
+        }
+    }
+
+    /// Runs `work` with a connection on a blocking thread.
+    async fn with_connection<T: Send + 'static>(
+        &self,
+        table: &str,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, DestinationError> {
+        let path = self.path.clone();
+        let busy = self.busy_timeout;
+        let joined = tokio::task::spawn_blocking(move || -> Result<T, String> {
+            let mut conn = open(&path, busy).map_err(|e| e.to_string())?;
+            work(&mut conn).map_err(|e| e.to_string())
+        })
+        .await;
+        match joined {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(message)) => Err(self.error(table, message)),
+            Err(e) => Err(self.error(table, e)),
+        }
+    }
+}
+
+/// Opens (creating the file and folder if needed) in WAL mode, so readers never
+/// block a load and a load never blocks readers.
+pub(crate) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    Ok(conn)
+}
+
+/// The table name for a layer and table: `d1__facebook_insights`.
+pub(crate) fn table_name(layer: &str, name: &str) -> String {
+    format!("{layer}__{name}")
+}
+
+#[async_trait]
+impl Destination for SqliteDestination {
+    fn describe(&self) -> String {
+        format!("sqlite {}", self.path.display())
+    }
+
+    async fn check(&self) -> Result<(), DestinationError> {
+        self.with_connection("(check)", |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute_batch("CREATE TABLE _sluice_probe (id INTEGER)")?;
+            tx.rollback()
+        })
+        .await
+        .map_err(|e| DestinationError::Connect {
+            target: self.describe(),
+            message: e.to_string(),
+        })
+    }
+
+    async fn load(&self, request: LoadRequest<'_>) -> Result<LoadOutcome, DestinationError> {
+        let job = load::Job {
+            spec: request.table.clone(),
+            quarantine: request.quarantine.to_vec(),
+            partitions: request.partitions.to_vec(),
+            load_id: request.load_id.to_string(),
+            run_id: request.run_id.to_string(),
+        };
+        let label = job.spec.qualified_name();
+        let (sender, receiver) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
+        let (path, busy) = (self.path.clone(), self.busy_timeout);
+        let worker = tokio::task::spawn_blocking(move || load::run(&path, busy, job, receiver));
+
+        let mut batches = request.batches;
+        while let Some(item) = batches.next().await {
+            match item {
+                // A closed channel means the worker stopped early (error or
+                // already loaded); its result says which.
+                Ok(batch) => {
+                    if sender.send(Message::Batch(batch)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    drop(sender);
+                    let _ = worker.await;
+                    return Err(e);
+                }
+            }
+        }
+        let _ = sender.send(Message::End).await;
+        worker.await.map_err(|e| self.error(&label, e))?
+    }
+
+    async fn row_count(&self, layer: &str, table: &str) -> Result<Option<u64>, DestinationError> {
+        let name = table_name(layer, table);
+        self.with_connection(&format!("{layer}.{table}"), move |conn| {
+            let exists = conn
+                .query_row(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [&name],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !exists {
+                return Ok(None);
+            }
+            let count: i64 =
+                conn.query_row(&format!("SELECT count(*) FROM {}", quote(&name)), [], |r| {
+                    r.get(0)
+                })?;
+            Ok(Some(count as u64))
+        })
+        .await
+    }
+}

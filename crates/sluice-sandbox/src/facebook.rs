@@ -1,0 +1,1376 @@
+//! The Facebook Marketing (Graph) API emulation, under `/vNN.0/…`.
+//!
+//! Serves `/me/adaccounts`, `/act_<id>`, campaigns/adsets/ads, sync
+//! insights at every level (ad-level rows are the unit; every other level is
+//! their sum, so levels agree unless the inconsistent-day fault is on), the
+//! async report-run flow, batch requests, usage headers and the Graph error
+//! object. Every metric is a string, money an exact decimal string.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime};
+use rust_decimal::Decimal;
+use serde_json::{json, Map, Value};
+
+use crate::data::{self, FbMetrics, World};
+use crate::faults::{every, Hit};
+use crate::{credentials, decode_cursor, encode_cursor, AppState, Reply, Req};
+
+/// Versions below this answer 2635 (deprecated).
+pub const MIN_VERSION: u32 = 22;
+/// Requests per account per minute that count as 100 % usage in the headers.
+const USAGE_CALLS_PER_MINUTE: usize = 300;
+/// How far back insights go.
+const MAX_MONTHS_BACK: u32 = 37;
+
+const INSIGHT_FIELDS: [&str; 24] = [
+    "account_id",
+    "account_name",
+    "account_currency",
+    "campaign_id",
+    "campaign_name",
+    "adset_id",
+    "adset_name",
+    "ad_id",
+    "ad_name",
+    "date_start",
+    "date_stop",
+    "impressions",
+    "clicks",
+    "spend",
+    "reach",
+    "frequency",
+    "cpc",
+    "cpm",
+    "ctr",
+    "actions",
+    "action_values",
+    "conversions",
+    "objective",
+    "inline_link_clicks",
+];
+
+/// Server-side state of the Facebook API: async jobs and usage windows.
+#[derive(Default)]
+pub struct FbState {
+    jobs: Mutex<HashMap<String, Job>>,
+    usage: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Complete,
+    Fail,
+    Stall,
+}
+
+struct Job {
+    query: Query,
+    account: usize,
+    fate: Fate,
+    polls: u32,
+    created: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Account,
+    Campaign,
+    Adset,
+    Ad,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Scope {
+    Account(usize),
+    Campaign(usize),
+    Adset(usize),
+    Ad(usize),
+}
+
+#[derive(Clone, Debug)]
+struct Query {
+    scope: Scope,
+    level: Level,
+    fields: Vec<String>,
+    breakdowns: Vec<String>,
+    windows: Vec<String>,
+    since: NaiveDate,
+    until: NaiveDate,
+    /// Days per time bucket; `None` = one bucket for the whole range.
+    increment: Option<i64>,
+    monthly: bool,
+    id_filters: Vec<(String, Vec<String>)>,
+    limit: usize,
+}
+
+/// A Graph API error reply.
+pub(crate) fn error(
+    http: u16,
+    code: i64,
+    subcode: Option<i64>,
+    message: &str,
+    transient: bool,
+    seq: u64,
+) -> Reply {
+    let mut e = json!({
+        "message": message,
+        "type": "OAuthException",
+        "code": code,
+        "is_transient": transient,
+        "fbtrace_id": crate::request_id(seq, "fb"),
+    });
+    if let Some(s) = subcode {
+        e["error_subcode"] = json!(s);
+        e["error_user_title"] = json!(user_title(code));
+        e["error_user_msg"] = json!(message);
+    }
+    Reply::json(http, &json!({ "error": e }))
+}
+
+fn user_title(code: i64) -> &'static str {
+    match code {
+        17 | 4 | 80000 | 80004 | 613 => "Rate limit reached",
+        190 => "Session expired",
+        1 | 2 => "Temporary error",
+        _ => "Invalid request",
+    }
+}
+
+fn bad_param(seq: u64, msg: &str) -> Reply {
+    error(400, 100, None, &format!("(#100) {msg}"), false, seq)
+}
+
+pub(crate) fn handle(st: &AppState, r: &Req) -> Reply {
+    let version = r.segments[0].clone();
+    let mut reply = handle_inner(st, r);
+    reply = reply.header("facebook-api-version", version);
+    reply.header("x-fb-trace-id", crate::request_id(r.seq, "trace"))
+}
+
+fn handle_inner(st: &AppState, r: &Req) -> Reply {
+    let f = &st.opts.faults;
+    let major: u32 = r.segments[0]
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if f.deprecated_version || major < MIN_VERSION {
+        return error(
+            400,
+            2635,
+            None,
+            &format!(
+                "(#2635) You are calling a deprecated version of the Ads API. Please update to the latest version: v26.0. (called {})",
+                r.segments[0]
+            ),
+            false,
+            r.seq,
+        );
+    }
+    let bearer = r
+        .header("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let token = r.param("access_token").map(str::to_string).or(bearer);
+    match token.as_deref() {
+        None => {
+            return error(
+                400,
+                2500,
+                None,
+                "An active access token must be used to query information about the current user.",
+                false,
+                r.seq,
+            )
+        }
+        Some(t) if t != credentials::FACEBOOK_ACCESS_TOKEN => {
+            return error(
+                400,
+                190,
+                Some(467),
+                "Invalid OAuth access token - Cannot parse access token",
+                false,
+                r.seq,
+            )
+        }
+        _ => {}
+    }
+    if f.expired_token {
+        return error(
+            400,
+            190,
+            Some(463),
+            "Error validating access token: Session has expired. The current time is later than the expiry time.",
+            false,
+            r.seq,
+        );
+    }
+    let account = account_of(st, r);
+    let usage = usage_pct(st, account.map(|a| st.world.fb_accounts[a].id.as_str()));
+    let is_insights = r.segments.last().is_some_and(|s| s == "insights");
+    let with_usage =
+        |reply: Reply, pct: u32| -> Reply { usage_headers(st, reply, account, pct, is_insights) };
+    match f.hit(r.seq) {
+        Some(Hit::RateLimit) => {
+            let (code, sub, msg) = if is_insights {
+                (80000, 2446079, "(#80000) There have been too many calls from this ad-account. Wait a bit and try again.")
+            } else if (r.seq / f.rate_limit_every.unwrap_or(1)).is_multiple_of(2) {
+                (4, 1504022, "(#4) Application request limit reached")
+            } else {
+                (17, 2446079, "(#17) User request limit reached")
+            };
+            return with_usage(error(400, code, Some(sub), msg, true, r.seq), 100);
+        }
+        Some(Hit::ServerError) => {
+            let (http, code, msg) = if (r.seq / f.server_error_every.unwrap_or(1)).is_multiple_of(2)
+            {
+                (500, 1, "An unknown error occurred")
+            } else {
+                (
+                    503,
+                    2,
+                    "An unexpected error has occurred. Please retry your request later.",
+                )
+            };
+            return with_usage(error(http, code, Some(99), msg, true, r.seq), usage);
+        }
+        _ => {}
+    }
+    with_usage(route(st, r), usage)
+}
+
+fn route(st: &AppState, r: &Req) -> Reply {
+    let w = &st.world;
+    let seg: Vec<&str> = r.segments[1..].iter().map(String::as_str).collect();
+    let post = r.method == axum::http::Method::POST;
+    match seg.as_slice() {
+        [] if post => batch(st, r),
+        ["me", "adaccounts"] => {
+            let fields = list_param(r.param("fields"))
+                .unwrap_or_else(|| vec!["account_id".into(), "id".into()]);
+            let rows: Vec<Value> = (0..w.fb_accounts.len())
+                .map(|a| account_json(w, a, &fields))
+                .collect();
+            page(st, r, rows, 25)
+        }
+        [node] if node.starts_with("act_") => match w.fb_account_index(&node[4..]) {
+            Some(a) => {
+                let fields = list_param(r.param("fields")).unwrap_or_else(|| vec!["id".into()]);
+                Reply::json(200, &account_json(w, a, &fields))
+            }
+            None => unknown_object(r, node),
+        },
+        [node, "insights"] => {
+            if !post {
+                if let Some(reply) = job_insights(st, r, node) {
+                    return reply;
+                }
+            }
+            let Some(scope) = scope_of(w, node) else {
+                return unknown_object(r, node);
+            };
+            let query = match parse_query(st, r, scope) {
+                Ok(q) => q,
+                Err(e) => return e,
+            };
+            if post {
+                return create_job(st, r, query);
+            }
+            if let Some(limit) = st.opts.faults.reduce_data_above {
+                if query_size(w, &query) > limit {
+                    return error(
+                        500,
+                        1,
+                        Some(1487534),
+                        "Please reduce the amount of data you're asking for, then retry your request",
+                        false,
+                        r.seq,
+                    );
+                }
+            }
+            let rows = insights(st, &query);
+            page(st, r, rows, query.limit)
+        }
+        [node, edge @ ("campaigns" | "adsets" | "ads")] if node.starts_with("act_") => {
+            match w.fb_account_index(&node[4..]) {
+                Some(a) => entities(st, r, a, edge),
+                None => unknown_object(r, node),
+            }
+        }
+        [id] => {
+            if let Some(reply) = job_status(st, r, id) {
+                return reply;
+            }
+            let fields = list_param(r.param("fields")).unwrap_or_else(|| vec!["id".into()]);
+            match entity_by_id(st, id, &fields) {
+                Some(v) => Reply::json(200, &v),
+                None => unknown_object(r, id),
+            }
+        }
+        _ => bad_param(r.seq, &format!("Unsupported {} request", r.method)),
+    }
+}
+
+fn unknown_object(r: &Req, id: &str) -> Reply {
+    error(
+        400,
+        100,
+        Some(33),
+        &format!(
+            "Unsupported get request. Object with ID '{id}' does not exist, cannot be loaded due to missing permissions, or does not support this operation."
+        ),
+        false,
+        r.seq,
+    )
+}
+
+/// Which account a request is about, for the usage headers.
+fn account_of(st: &AppState, r: &Req) -> Option<usize> {
+    let w = &st.world;
+    let node = r.segments.get(1)?;
+    if let Some(id) = node.strip_prefix("act_") {
+        return w.fb_account_index(id);
+    }
+    if let Some(job) = st.facebook.jobs.lock().ok()?.get(node.as_str()) {
+        return Some(job.account);
+    }
+    match scope_of(w, node)? {
+        Scope::Account(a) => Some(a),
+        Scope::Campaign(c) => Some(w.fb_campaigns[c].account),
+        Scope::Adset(s) => Some(w.fb_adsets[s].account),
+        Scope::Ad(a) => Some(w.fb_ads[a].account),
+    }
+}
+
+/// Percent of the per-minute budget used by the account (or all accounts).
+fn usage_pct(st: &AppState, account: Option<&str>) -> u32 {
+    let key = account.unwrap_or("app").to_string();
+    let now = Instant::now();
+    let Ok(mut usage) = st.facebook.usage.lock() else {
+        return 0;
+    };
+    let q = usage.entry(key).or_default();
+    q.push_back(now);
+    while q
+        .front()
+        .is_some_and(|t| now.duration_since(*t).as_secs() >= 60)
+    {
+        q.pop_front();
+    }
+    ((q.len() * 100 / USAGE_CALLS_PER_MINUTE).min(100)) as u32
+}
+
+fn usage_headers(
+    st: &AppState,
+    reply: Reply,
+    account: Option<usize>,
+    pct: u32,
+    insights: bool,
+) -> Reply {
+    let regain = if pct >= 100 { 1 } else { 0 };
+    let mut reply = reply.header(
+        "x-app-usage",
+        json!({"call_count": pct, "total_time": pct * 4 / 5, "total_cputime": pct * 3 / 5})
+            .to_string(),
+    );
+    if let Some(a) = account {
+        let acc = &st.world.fb_accounts[a];
+        let mut buc = Map::new();
+        buc.insert(
+            acc.business_id.clone(),
+            json!([{"type": if insights { "ads_insights" } else { "ads_management" },
+                "call_count": pct, "total_cputime": pct * 9 / 10, "total_time": pct * 9 / 10,
+                "estimated_time_to_regain_access": regain, "ads_api_access_tier": "standard_access"}]),
+        );
+        reply = reply
+            .header("x-business-use-case-usage", Value::Object(buc).to_string())
+            .header(
+                "x-ad-account-usage",
+                json!({"acc_id_util_pct": pct as f64, "reset_time_duration": if pct > 0 { 60 } else { 0 },
+                    "ads_api_access_tier": "standard_access"})
+                .to_string(),
+            );
+        if insights {
+            reply = reply.header(
+                "x-fb-ads-insights-throttle",
+                json!({"app_id_util_pct": pct / 2, "acc_id_util_pct": pct, "ads_api_access_tier": "standard_access"}).to_string(),
+            );
+        }
+    }
+    reply
+}
+
+/// List parameters arrive comma-separated (GET) or as JSON arrays (SDK POSTs).
+fn list_param(v: Option<&str>) -> Option<Vec<String>> {
+    let v = v?.trim();
+    if v.is_empty() {
+        return None;
+    }
+    if v.starts_with('[') {
+        let arr: Vec<Value> = serde_json::from_str(v).ok()?;
+        return Some(
+            arr.into_iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .collect(),
+        );
+    }
+    Some(
+        v.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    )
+}
+
+fn scope_of(w: &World, node: &str) -> Option<Scope> {
+    if let Some(id) = node.strip_prefix("act_") {
+        return w.fb_account_index(id).map(Scope::Account);
+    }
+    if let Some(i) = w.fb_campaigns.iter().position(|c| c.id == node) {
+        return Some(Scope::Campaign(i));
+    }
+    if let Some(i) = w.fb_adsets.iter().position(|c| c.id == node) {
+        return Some(Scope::Adset(i));
+    }
+    w.fb_ads.iter().position(|c| c.id == node).map(Scope::Ad)
+}
+
+fn scope_account(w: &World, s: Scope) -> usize {
+    match s {
+        Scope::Account(a) => a,
+        Scope::Campaign(c) => w.fb_campaigns[c].account,
+        Scope::Adset(c) => w.fb_adsets[c].account,
+        Scope::Ad(c) => w.fb_ads[c].account,
+    }
+}
+
+fn parse_date(s: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
+}
+
+fn parse_query(st: &AppState, r: &Req, scope: Scope) -> Result<Query, Reply> {
+    let today = st.opts.today;
+    let level = match r.param("level") {
+        None => match scope {
+            Scope::Account(_) => Level::Account,
+            Scope::Campaign(_) => Level::Campaign,
+            Scope::Adset(_) => Level::Adset,
+            Scope::Ad(_) => Level::Ad,
+        },
+        Some("account") => Level::Account,
+        Some("campaign") => Level::Campaign,
+        Some("adset") => Level::Adset,
+        Some("ad") => Level::Ad,
+        Some(other) => {
+            return Err(bad_param(r.seq, &format!("level must be one of the following values: ad, adset, campaign, account (got {other})")))
+        }
+    };
+    let fields =
+        list_param(r.param("fields")).unwrap_or_else(|| vec!["impressions".into(), "spend".into()]);
+    for f in &fields {
+        if !INSIGHT_FIELDS.contains(&f.as_str()) {
+            return Err(bad_param(r.seq, &format!("{f} is not valid for fields param. please check https://developers.facebook.com/docs/marketing-api/reference/ads-insights/ for all valid values")));
+        }
+    }
+    let breakdowns = list_param(r.param("breakdowns")).unwrap_or_default();
+    for b in &breakdowns {
+        if data::fb_breakdown_values(b).is_none() {
+            return Err(bad_param(r.seq, &format!("breakdowns[0] must be one of the following values: age, gender, country, publisher_platform (got {b})")));
+        }
+    }
+    let windows = list_param(r.param("action_attribution_windows")).unwrap_or_default();
+    for wdw in &windows {
+        if ![
+            "1d_click",
+            "7d_click",
+            "28d_click",
+            "1d_view",
+            "7d_view",
+            "default",
+        ]
+        .contains(&wdw.as_str())
+        {
+            return Err(bad_param(r.seq, &format!("action_attribution_windows[0] must be one of the following values: 1d_click, 7d_click, 28d_click, 1d_view, 7d_view (got {wdw})")));
+        }
+    }
+    let (since, until) = if let Some(tr) = r.param("time_range") {
+        let v: Value = serde_json::from_str(tr).map_err(|_| {
+            bad_param(
+                r.seq,
+                "Param time_range must be a JSON object {\"since\":…,\"until\":…}",
+            )
+        })?;
+        let s = v.get("since").and_then(Value::as_str).and_then(parse_date);
+        let u = v.get("until").and_then(Value::as_str).and_then(parse_date);
+        match (s, u) {
+            (Some(s), Some(u)) if s <= u => (s, u),
+            _ => return Err(bad_param(
+                r.seq,
+                "Param time_range has an invalid since/until (expected yyyy-mm-dd, since <= until)",
+            )),
+        }
+    } else {
+        let preset = r.param("date_preset").unwrap_or("last_30d");
+        let y = today - Duration::days(1);
+        match preset {
+            "today" => (today, today),
+            "yesterday" => (y, y),
+            "last_3d" => (today - Duration::days(3), y),
+            "last_7d" => (today - Duration::days(7), y),
+            "last_14d" => (today - Duration::days(14), y),
+            "last_28d" => (today - Duration::days(28), y),
+            "last_30d" => (today - Duration::days(30), y),
+            "last_90d" => (today - Duration::days(90), y),
+            "this_month" => (today.with_day(1).unwrap_or(today), today),
+            "maximum" => (today - chrono::Months::new(MAX_MONTHS_BACK) + Duration::days(1), today),
+            other => return Err(bad_param(r.seq, &format!("date_preset must be one of the following values: today, yesterday, last_3d, last_7d, last_14d, last_28d, last_30d, last_90d, this_month, maximum (got {other})"))),
+        }
+    };
+    if since < today - chrono::Months::new(MAX_MONTHS_BACK) {
+        return Err(error(
+            400,
+            3018,
+            None,
+            "The start date of the time range cannot be beyond 37 months from the current date",
+            false,
+            r.seq,
+        ));
+    }
+    let (increment, monthly) = match r.param("time_increment") {
+        None | Some("all_days") => (None, false),
+        Some("monthly") => (None, true),
+        Some(n) => match n.parse::<i64>() {
+            Ok(n) if (1..=90).contains(&n) => (Some(n), false),
+            _ => {
+                return Err(bad_param(
+                    r.seq,
+                    "time_increment must be an integer 1..90, 'monthly' or 'all_days'",
+                ))
+            }
+        },
+    };
+    let mut id_filters = Vec::new();
+    if let Some(fl) = r.param("filtering") {
+        let v: Vec<Value> = serde_json::from_str(fl).map_err(|_| {
+            bad_param(
+                r.seq,
+                "filtering must be a JSON array of {field, operator, value}",
+            )
+        })?;
+        for f in v {
+            let field = f.get("field").and_then(Value::as_str).unwrap_or_default();
+            let op = f
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !["campaign.id", "adset.id", "ad.id"].contains(&field)
+                || !["IN", "EQUAL"].contains(&op)
+            {
+                return Err(bad_param(r.seq, &format!("Filtering field {field} with operation {op} is not supported (sandbox: campaign.id/adset.id/ad.id with IN/EQUAL)")));
+            }
+            let vals = match f.get("value") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect(),
+                Some(Value::String(s)) => vec![s.clone()],
+                Some(x) => vec![x.to_string()],
+                None => vec![],
+            };
+            id_filters.push((field.to_string(), vals));
+        }
+    }
+    let limit = r
+        .param("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(25usize)
+        .clamp(1, 10_000);
+    Ok(Query {
+        scope,
+        level,
+        fields,
+        breakdowns,
+        windows,
+        since,
+        until,
+        increment,
+        monthly,
+        id_filters,
+        limit,
+    })
+}
+
+/// Time buckets of a query: (start, stop) pairs.
+fn buckets(q: &Query) -> Vec<(NaiveDate, NaiveDate)> {
+    let mut out = Vec::new();
+    let mut start = q.since;
+    while start <= q.until {
+        let stop = if q.monthly {
+            let next =
+                (start.with_day(1).unwrap_or(start) + chrono::Months::new(1)) - Duration::days(1);
+            next.min(q.until)
+        } else if let Some(n) = q.increment {
+            (start + Duration::days(n - 1)).min(q.until)
+        } else {
+            q.until
+        };
+        out.push((start, stop));
+        start = stop + Duration::days(1);
+    }
+    out
+}
+
+fn combos(q: &Query) -> Vec<Vec<&'static str>> {
+    let mut out: Vec<Vec<&'static str>> = vec![vec![]];
+    for b in &q.breakdowns {
+        let vals = data::fb_breakdown_values(b).unwrap_or(&[]);
+        out = out
+            .into_iter()
+            .flat_map(|prefix| {
+                vals.iter()
+                    .map(move |v| [prefix.clone(), vec![*v]].concat())
+            })
+            .collect();
+    }
+    out
+}
+
+fn ads_in_scope(w: &World, q: &Query) -> Vec<usize> {
+    (0..w.fb_ads.len())
+        .filter(|&i| {
+            let ad = &w.fb_ads[i];
+            let in_scope = match q.scope {
+                Scope::Account(a) => ad.account == a,
+                Scope::Campaign(c) => ad.campaign == c,
+                Scope::Adset(s) => ad.adset == s,
+                Scope::Ad(x) => i == x,
+            };
+            in_scope
+                && q.id_filters.iter().all(|(field, vals)| {
+                    let id = match field.as_str() {
+                        "campaign.id" => &w.fb_campaigns[ad.campaign].id,
+                        "adset.id" => &w.fb_adsets[ad.adset].id,
+                        _ => &ad.id,
+                    };
+                    vals.contains(id)
+                })
+        })
+        .collect()
+}
+
+fn query_size(w: &World, q: &Query) -> u64 {
+    let ads = ads_in_scope(w, q);
+    let mut objects: Vec<usize> = ads.iter().map(|&a| object_of(w, q.level, a)).collect();
+    objects.sort();
+    objects.dedup();
+    (objects.len() * buckets(q).len() * combos(q).len()) as u64
+}
+
+fn object_of(w: &World, level: Level, ad: usize) -> usize {
+    let a = &w.fb_ads[ad];
+    match level {
+        Level::Account => a.account,
+        Level::Campaign => a.campaign,
+        Level::Adset => a.adset,
+        Level::Ad => ad,
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Agg {
+    m: FbMetrics,
+    rows: u32,
+    max_reach: i64,
+}
+
+/// The full result of an insights query, in a stable order (object, time, breakdown).
+fn insights(st: &AppState, q: &Query) -> Vec<Value> {
+    let w = &st.world;
+    let today = st.opts.today;
+    let bks = buckets(q);
+    let cmb = combos(q);
+    let mut acc: BTreeMap<(usize, usize, usize), Agg> = BTreeMap::new();
+    for ad in ads_in_scope(w, q) {
+        let obj = object_of(w, q.level, ad);
+        for (bi, (start, stop)) in bks.iter().enumerate() {
+            for day in data::days(*start, *stop) {
+                let Some(m) = w.fb_ad_day(ad, day, today) else {
+                    continue;
+                };
+                let parts = if cmb.len() > 1 {
+                    data::fb_split(
+                        &m,
+                        data::h(&[w.seed, 77, ad as u64, day.num_days_from_ce() as u64]),
+                        cmb.len(),
+                    )
+                } else {
+                    vec![m]
+                };
+                for (ci, p) in parts.iter().enumerate() {
+                    if p.impressions == 0 && p.spend_minor == 0 {
+                        continue;
+                    }
+                    let e = acc.entry((obj, bi, ci)).or_default();
+                    e.m.add(p);
+                    e.rows += 1;
+                    e.max_reach = e.max_reach.max(p.reach);
+                }
+            }
+        }
+    }
+    let f = &st.opts.faults;
+    acc.into_iter()
+        .map(|((obj, bi, ci), mut agg)| {
+            let (start, stop) = bks[bi];
+            if let Some(bad) = f.inconsistent_day {
+                if q.level != Level::Ad && start <= bad && bad <= stop {
+                    // Deleted objects / rounding: totals no longer equal the ad rows.
+                    agg.m.impressions += 17;
+                    agg.m.clicks += 1;
+                    agg.m.spend_minor += 123;
+                }
+            }
+            row_json(st, q, obj, start, stop, &cmb[ci], &agg)
+        })
+        .collect()
+}
+
+fn money(minor: i64) -> String {
+    Decimal::new(minor, 2).to_string()
+}
+
+fn ratio(num: f64, den: f64) -> Option<String> {
+    (den > 0.0).then(|| format!("{:.6}", num / den))
+}
+
+fn row_json(
+    st: &AppState,
+    q: &Query,
+    obj: usize,
+    start: NaiveDate,
+    stop: NaiveDate,
+    combo: &[&str],
+    agg: &Agg,
+) -> Value {
+    let w = &st.world;
+    let m = &agg.m;
+    // Reach is not additive: an aggregate reaches fewer people than the sum.
+    let reach = if agg.rows <= 1 {
+        m.reach
+    } else {
+        (m.reach * 7 / 10).max(agg.max_reach)
+    };
+    let (account, campaign, adset, ad) = match q.level {
+        Level::Account => (obj, None, None, None),
+        Level::Campaign => (w.fb_campaigns[obj].account, Some(obj), None, None),
+        Level::Adset => (
+            w.fb_adsets[obj].account,
+            Some(w.fb_adsets[obj].campaign),
+            Some(obj),
+            None,
+        ),
+        Level::Ad => (
+            w.fb_ads[obj].account,
+            Some(w.fb_ads[obj].campaign),
+            Some(w.fb_ads[obj].adset),
+            Some(obj),
+        ),
+    };
+    let acct = &w.fb_accounts[account];
+    let mut o = Map::new();
+    let spend = m.spend_minor as f64 / 100.0;
+    for f in &q.fields {
+        let v: Option<Value> = match f.as_str() {
+            "account_id" => Some(json!(acct.id)),
+            "account_name" => Some(json!(acct.name)),
+            "account_currency" => Some(json!(acct.currency)),
+            "campaign_id" => campaign.map(|c| json!(w.fb_campaigns[c].id)),
+            "campaign_name" => campaign.map(|c| json!(w.fb_campaigns[c].name)),
+            "objective" => campaign.map(|c| json!(w.fb_campaigns[c].objective)),
+            "adset_id" => adset.map(|c| json!(w.fb_adsets[c].id)),
+            "adset_name" => adset.map(|c| json!(w.fb_adsets[c].name)),
+            "ad_id" => ad.map(|c| json!(w.fb_ads[c].id)),
+            "ad_name" => ad.map(|c| json!(w.fb_ads[c].name)),
+            "impressions" => Some(json!(m.impressions.to_string())),
+            "clicks" => Some(json!(m.clicks.to_string())),
+            "spend" => Some(json!(money(m.spend_minor))),
+            "reach" => Some(json!(reach.to_string())),
+            "frequency" => ratio(m.impressions as f64, reach as f64).map(Value::from),
+            "ctr" => ratio(m.clicks as f64 * 100.0, m.impressions as f64).map(Value::from),
+            "cpc" => ratio(spend, m.clicks as f64).map(Value::from),
+            "cpm" => ratio(spend * 1000.0, m.impressions as f64).map(Value::from),
+            "actions" => Some(actions(q, m, false)),
+            "conversions" => Some(actions(q, m, true)),
+            "action_values" => Some(action_values(q, m)),
+            "inline_link_clicks" => Some(json!(m.link_clicks.to_string())),
+            _ => None,
+        };
+        if let Some(v) = v {
+            if v.as_array().is_some_and(|a| a.is_empty()) {
+                continue; // no actions: the field is absent, like the real API
+            }
+            o.insert(f.clone(), v);
+        }
+    }
+    for (b, val) in q.breakdowns.iter().zip(combo) {
+        o.insert(b.clone(), json!(val));
+    }
+    o.insert("date_start".into(), json!(start.to_string()));
+    o.insert("date_stop".into(), json!(stop.to_string()));
+    if st.opts.faults.schema_changed(start) {
+        // Schema change: a field the client did not ask for starts to appear.
+        o.insert("attribution_setting".into(), json!("7d_click_1d_view"));
+    }
+    Value::Object(o)
+}
+
+fn actions(q: &Query, m: &FbMetrics, purchases_only: bool) -> Value {
+    let mut out = Vec::new();
+    let windows = |c1: i64, c7: i64, v1: i64| -> Value {
+        let mut o = Map::new();
+        o.insert("value".into(), json!((c7 + v1).to_string()));
+        for w in &q.windows {
+            let x = match w.as_str() {
+                "1d_click" => c1,
+                "7d_click" | "28d_click" => c7,
+                "1d_view" | "7d_view" => v1,
+                _ => c7 + v1,
+            };
+            o.insert(w.clone(), json!(x.to_string()));
+        }
+        Value::Object(o)
+    };
+    if !purchases_only && m.link_clicks > 0 {
+        let mut v = windows(m.link_clicks, m.link_clicks, 0);
+        v["action_type"] = json!("link_click");
+        out.push(v);
+    }
+    let total = m.purchases_7d_click + m.purchases_1d_view;
+    if total > 0 {
+        let mut v = windows(
+            m.purchases_1d_click,
+            m.purchases_7d_click,
+            m.purchases_1d_view,
+        );
+        v["action_type"] = json!(if purchases_only {
+            "offsite_conversion.fb_pixel_purchase"
+        } else {
+            "purchase"
+        });
+        out.push(v);
+    }
+    // action_type first, like the real payload.
+    Value::Array(
+        out.into_iter()
+            .map(|v| {
+                let mut o = Map::new();
+                o.insert("action_type".into(), v["action_type"].clone());
+                for (k, x) in v.as_object().into_iter().flatten() {
+                    if k != "action_type" {
+                        o.insert(k.clone(), x.clone());
+                    }
+                }
+                Value::Object(o)
+            })
+            .collect(),
+    )
+}
+
+fn action_values(q: &Query, m: &FbMetrics) -> Value {
+    if m.purchase_value_minor <= 0 {
+        return json!([]);
+    }
+    let mut o = Map::new();
+    o.insert("action_type".into(), json!("purchase"));
+    o.insert("value".into(), json!(money(m.purchase_value_minor)));
+    for w in &q.windows {
+        o.insert(w.clone(), json!(money(m.purchase_value_minor)));
+    }
+    json!([Value::Object(o)])
+}
+
+/// Cursor paging over a full result.
+fn page(st: &AppState, r: &Req, mut rows: Vec<Value>, default_limit: usize) -> Reply {
+    let limit = r
+        .param("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(default_limit)
+        .clamp(1, 10_000);
+    let offset = r
+        .param("after")
+        .and_then(decode_cursor)
+        .and_then(|c| c.strip_prefix("o:").and_then(|n| n.parse::<usize>().ok()))
+        .unwrap_or(0);
+    let total = rows.len();
+    let end = (offset + limit).min(total);
+    let mut data: Vec<Value> = if offset < total {
+        rows.drain(offset..end).collect()
+    } else {
+        vec![]
+    };
+    if !data.is_empty() && st.opts.faults.duplicate(r.seq) {
+        let first = data[0].clone();
+        data.push(first);
+    }
+    let mut body = json!({ "data": data });
+    if total > 0 {
+        let mut paging = json!({"cursors": {"before": encode_cursor(&format!("o:{offset}")),
+            "after": encode_cursor(&format!("o:{}", end.max(offset)))}});
+        if end < total {
+            let mut params: Vec<(String, String)> = r
+                .params
+                .iter()
+                .filter(|(k, _)| k != "after")
+                .cloned()
+                .collect();
+            params.push(("after".into(), encode_cursor(&format!("o:{end}"))));
+            let qs: String = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(params)
+                .finish();
+            paging["next"] = json!(format!("{}{}?{}", r.origin, r.path, qs));
+        }
+        if offset > 0 {
+            paging["previous"] = json!(format!(
+                "{}{}?before={}",
+                r.origin,
+                r.path,
+                encode_cursor(&format!("o:{offset}"))
+            ));
+        }
+        body["paging"] = paging;
+    }
+    Reply::json(200, &body)
+}
+
+fn ts(t: NaiveDateTime) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S+0000").to_string()
+}
+
+/// `updated_time` as of `today`: edits after today have not happened yet.
+fn updated_as_of(
+    created: NaiveDateTime,
+    updated: NaiveDateTime,
+    today: NaiveDate,
+) -> NaiveDateTime {
+    let cap = (today - Duration::days(1)).and_time(updated.time());
+    updated.min(cap).max(created)
+}
+
+fn account_json(w: &World, a: usize, fields: &[String]) -> Value {
+    let acc = &w.fb_accounts[a];
+    let mut o = Map::new();
+    for f in fields {
+        let v = match f.as_str() {
+            "id" => json!(format!("act_{}", acc.id)),
+            "account_id" => json!(acc.id),
+            "name" => json!(acc.name),
+            "currency" => json!(acc.currency),
+            "timezone_name" => json!(acc.timezone),
+            "timezone_offset_hours_utc" => json!(acc.tz_offset_hours),
+            "account_status" => json!(1),
+            "business" => json!({"id": acc.business_id, "name": "Sandbox Business"}),
+            _ => continue,
+        };
+        o.insert(f.clone(), v);
+    }
+    o.entry("id").or_insert(json!(format!("act_{}", acc.id)));
+    Value::Object(o)
+}
+
+fn entity_json(st: &AppState, kind: &str, i: usize, fields: &[String]) -> Option<Value> {
+    let w = &st.world;
+    let today = st.opts.today;
+    let (id, account, name, created, updated, start, budget, campaign, adset, objective) =
+        match kind {
+            "campaigns" => {
+                let c = &w.fb_campaigns[i];
+                (
+                    &c.id,
+                    c.account,
+                    &c.name,
+                    c.created,
+                    c.updated,
+                    c.start,
+                    Some(c.daily_budget_minor),
+                    None,
+                    None,
+                    Some(c.objective),
+                )
+            }
+            "adsets" => {
+                let c = &w.fb_adsets[i];
+                (
+                    &c.id,
+                    c.account,
+                    &c.name,
+                    c.created,
+                    c.updated,
+                    c.start,
+                    Some(c.daily_budget_minor),
+                    Some(c.campaign),
+                    None,
+                    None,
+                )
+            }
+            _ => {
+                let c = &w.fb_ads[i];
+                (
+                    &c.id,
+                    c.account,
+                    &c.name,
+                    c.created,
+                    c.updated,
+                    c.start,
+                    None,
+                    Some(c.campaign),
+                    Some(c.adset),
+                    None,
+                )
+            }
+        };
+    if created.date() > today {
+        return None;
+    }
+    let updated = updated_as_of(created, updated, today);
+    let mut o = Map::new();
+    o.insert("id".into(), json!(id));
+    for f in fields {
+        let v = match f.as_str() {
+            "id" => continue,
+            "name" => json!(name),
+            "account_id" => json!(w.fb_accounts[account].id),
+            "status" | "configured_status" | "effective_status" => json!("ACTIVE"),
+            "objective" => match objective {
+                Some(x) => json!(x),
+                None => continue,
+            },
+            "buying_type" if kind == "campaigns" => json!("AUCTION"),
+            "daily_budget" => match budget {
+                Some(b) => json!(b.to_string()),
+                None => continue,
+            },
+            "created_time" => json!(ts(created)),
+            "updated_time" => json!(ts(updated)),
+            "start_time" => json!(ts(start.and_hms_opt(0, 0, 0).unwrap_or(created))),
+            "campaign_id" => match campaign {
+                Some(c) => json!(w.fb_campaigns[c].id),
+                None => continue,
+            },
+            "adset_id" => match adset {
+                Some(c) => json!(w.fb_adsets[c].id),
+                None => continue,
+            },
+            "billing_event" if kind == "adsets" => json!("IMPRESSIONS"),
+            "optimization_goal" if kind == "adsets" => json!("OFFSITE_CONVERSIONS"),
+            "creative" if kind == "ads" => {
+                json!({"id": (id.parse::<u64>().unwrap_or(0) + 1).to_string()})
+            }
+            _ => continue,
+        };
+        o.insert(f.clone(), v);
+    }
+    Some(Value::Object(o))
+}
+
+fn entities(st: &AppState, r: &Req, account: usize, kind: &str) -> Reply {
+    let w = &st.world;
+    let fields = list_param(r.param("fields")).unwrap_or_else(|| vec!["id".into()]);
+    let n = match kind {
+        "campaigns" => w.fb_campaigns.len(),
+        "adsets" => w.fb_adsets.len(),
+        _ => w.fb_ads.len(),
+    };
+    let mut filters: Vec<(String, String, Value)> = Vec::new();
+    if let Some(fl) = r.param("filtering") {
+        let Ok(v) = serde_json::from_str::<Vec<Value>>(fl) else {
+            return bad_param(
+                r.seq,
+                "filtering must be a JSON array of {field, operator, value}",
+            );
+        };
+        for f in v {
+            let field = f
+                .get("field")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let op = f
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let ok = match field.as_str() {
+                "updated_time" | "created_time" => [
+                    "GREATER_THAN",
+                    "LESS_THAN",
+                    "GREATER_THAN_OR_EQUAL",
+                    "LESS_THAN_OR_EQUAL",
+                ]
+                .contains(&op.as_str()),
+                "id" | "effective_status" | "campaign.id" | "adset.id" => {
+                    ["IN", "EQUAL", "NOT_IN"].contains(&op.as_str())
+                }
+                _ => false,
+            };
+            if !ok {
+                return bad_param(
+                    r.seq,
+                    &format!("Filtering field {field} with operation {op} is not supported"),
+                );
+            }
+            filters.push((field, op, f.get("value").cloned().unwrap_or(Value::Null)));
+        }
+    }
+    let today = st.opts.today;
+    let all_fields: Vec<String> = [
+        "id",
+        "updated_time",
+        "created_time",
+        "effective_status",
+        "campaign_id",
+        "adset_id",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let rows: Vec<Value> = (0..n)
+        .filter(|&i| {
+            let acc = match kind {
+                "campaigns" => w.fb_campaigns[i].account,
+                "adsets" => w.fb_adsets[i].account,
+                _ => w.fb_ads[i].account,
+            };
+            acc == account
+        })
+        .filter_map(|i| {
+            let full = entity_json(st, kind, i, &all_fields)?;
+            let keep = filters.iter().all(|(field, op, val)| {
+                let as_unix = |s: &str| {
+                    chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%z")
+                        .map(|d| d.timestamp())
+                        .unwrap_or(0)
+                };
+                match field.as_str() {
+                    "updated_time" | "created_time" => {
+                        let t = as_unix(full[field.as_str()].as_str().unwrap_or_default());
+                        let v = val
+                            .as_i64()
+                            .or_else(|| val.as_str().and_then(|s| s.parse().ok()))
+                            .unwrap_or(0);
+                        match op.as_str() {
+                            "GREATER_THAN" => t > v,
+                            "LESS_THAN" => t < v,
+                            "GREATER_THAN_OR_EQUAL" => t >= v,
+                            _ => t <= v,
+                        }
+                    }
+                    _ => {
+                        let key = field.replace('.', "_");
+                        let have = full
+                            .get(key.as_str())
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string();
+                        let vals: Vec<String> = match val {
+                            Value::Array(a) => a
+                                .iter()
+                                .map(|x| {
+                                    x.as_str()
+                                        .map(str::to_string)
+                                        .unwrap_or_else(|| x.to_string())
+                                })
+                                .collect(),
+                            Value::String(s) => vec![s.clone()],
+                            x => vec![x.to_string()],
+                        };
+                        let inside = vals.contains(&have);
+                        if op == "NOT_IN" {
+                            !inside
+                        } else {
+                            inside
+                        }
+                    }
+                }
+            });
+            let _ = today;
+            if keep {
+                entity_json(st, kind, i, &fields)
+            } else {
+                None
+            }
+        })
+        .collect();
+    page(st, r, rows, 25)
+}
+
+fn entity_by_id(st: &AppState, id: &str, fields: &[String]) -> Option<Value> {
+    let w = &st.world;
+    if let Some(i) = w.fb_campaigns.iter().position(|c| c.id == id) {
+        return entity_json(st, "campaigns", i, fields);
+    }
+    if let Some(i) = w.fb_adsets.iter().position(|c| c.id == id) {
+        return entity_json(st, "adsets", i, fields);
+    }
+    let i = w.fb_ads.iter().position(|c| c.id == id)?;
+    entity_json(st, "ads", i, fields)
+}
+
+// ------------------------------------------------------------ async report runs
+
+fn create_job(st: &AppState, r: &Req, query: Query) -> Reply {
+    let n = st.counters.report_runs.fetch_add(1, Ordering::SeqCst) + 1;
+    let f = &st.opts.faults;
+    let fate = if every(f.async_fail_every, n) {
+        Fate::Fail
+    } else if every(f.async_stall_every, n) {
+        Fate::Stall
+    } else {
+        Fate::Complete
+    };
+    // Above 2^53 like every Graph id.
+    let id = (6_120_000_000_000_000u64 + st.world.seed % 1_000 * 1_000_000_000 + n).to_string();
+    let account = scope_account(&st.world, query.scope);
+    let created = st
+        .opts
+        .today
+        .and_hms_opt(12, 0, 0)
+        .map(|t| t.and_utc().timestamp())
+        .unwrap_or(0)
+        + n as i64;
+    if let Ok(mut jobs) = st.facebook.jobs.lock() {
+        jobs.insert(
+            id.clone(),
+            Job {
+                query,
+                account,
+                fate,
+                polls: 0,
+                created,
+            },
+        );
+    }
+    let _ = r;
+    Reply::json(200, &json!({ "report_run_id": id }))
+}
+
+fn job_status(st: &AppState, r: &Req, id: &str) -> Option<Reply> {
+    let mut jobs = st.facebook.jobs.lock().ok()?;
+    let job = jobs.get_mut(id)?;
+    job.polls += 1;
+    let (status, pct) = match (job.fate, job.polls) {
+        (Fate::Stall, 1) => ("Job Started", 0),
+        (Fate::Stall, _) => ("Job Running", 42),
+        (_, 1) => ("Job Not Started", 0),
+        (_, 2) => ("Job Running", 55),
+        (Fate::Fail, _) => ("Job Failed", 55),
+        (Fate::Complete, _) => ("Job Completed", 100),
+    };
+    let acc = &st.world.fb_accounts[job.account];
+    let mut body = json!({
+        "id": id,
+        "report_run_id": id,
+        "account_id": acc.id,
+        "async_status": status,
+        "async_percent_completion": pct,
+        "date_start": job.query.since.to_string(),
+        "date_stop": job.query.until.to_string(),
+        "time_ref": job.created,
+        "is_running": matches!(status, "Job Started" | "Job Running"),
+    });
+    if status == "Job Completed" {
+        body["time_completed"] = json!(job.created + 3);
+    }
+    if status == "Job Failed" {
+        body["error_code"] = json!(2601);
+        body["error_subcode"] = json!(1815107);
+        body["error_message"] = json!("Error accessing adreport job.");
+        body["error_user_title"] = json!("Report job failed");
+        body["error_user_msg"] = json!(
+            "The report could not be computed. Retry with a shorter time range or fewer fields."
+        );
+    }
+    let _ = r;
+    Some(Reply::json(200, &body))
+}
+
+fn job_insights(st: &AppState, r: &Req, id: &str) -> Option<Reply> {
+    let (query, ready) = {
+        let jobs = st.facebook.jobs.lock().ok()?;
+        let job = jobs.get(id)?;
+        (
+            job.query.clone(),
+            job.fate == Fate::Complete && job.polls >= 3,
+        )
+    };
+    if !ready {
+        return Some(error(400, 100, Some(2446191), "(#100) The report run is not complete: poll it until async_status is \"Job Completed\"", false, r.seq));
+    }
+    let rows = insights(st, &query);
+    Some(page(st, r, rows, query.limit))
+}
+
+// ------------------------------------------------------------ batch
+
+fn batch(st: &AppState, r: &Req) -> Reply {
+    let Some(b) = r.param("batch") else {
+        return bad_param(
+            r.seq,
+            "Unsupported post request (sandbox: only batch=[…] is served at the root)",
+        );
+    };
+    let Ok(calls) = serde_json::from_str::<Vec<Value>>(b) else {
+        return bad_param(r.seq, "batch must be a JSON array");
+    };
+    if calls.len() > 50 {
+        return bad_param(
+            r.seq,
+            "Too many requests in batch message. Maximum batch size is 50",
+        );
+    }
+    let out: Vec<Value> = calls
+        .iter()
+        .map(|c| {
+            let method = c.get("method").and_then(Value::as_str).unwrap_or("GET").to_uppercase();
+            let rel = c.get("relative_url").and_then(Value::as_str).unwrap_or_default();
+            let (path, query) = rel.split_once('?').unwrap_or((rel, ""));
+            let mut segments = vec![r.segments[0].clone()];
+            segments.extend(path.split('/').filter(|s| !s.is_empty() && !s.starts_with('v')).map(str::to_string));
+            let mut params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+            if let Some(body) = c.get("body").and_then(Value::as_str) {
+                params.extend(url::form_urlencoded::parse(body.as_bytes()).into_owned());
+            }
+            if !params.iter().any(|(k, _)| k == "access_token") {
+                if let Some(t) = r.param("access_token") {
+                    params.push(("access_token".into(), t.into()));
+                }
+            }
+            let sub = Req {
+                method: method.parse().unwrap_or(axum::http::Method::GET),
+                path: format!("/{}/{}", r.segments[0], path.trim_start_matches('/')),
+                segments,
+                params,
+                headers: r.headers.clone(),
+                body: vec![],
+                origin: r.origin.clone(),
+                seq: st.counters.next(crate::faults::Api::Facebook),
+            };
+            let reply = handle(st, &sub);
+            let headers: Vec<Value> = reply.headers.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+            json!({"code": reply.status, "headers": headers, "body": String::from_utf8_lossy(&reply.body)})
+        })
+        .collect();
+    Reply::json(200, &Value::Array(out))
+}

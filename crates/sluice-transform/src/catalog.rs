@@ -1,0 +1,229 @@
+//! The SQL engine's view of the lake: schemas `d1`, `d2a`, `d2b`, one table per lake table.
+//!
+//! D1 tables are read from `d1/<table>/dt=*/…parquet` (the `dt` folder becomes a
+//! `dt` date column). What a model sees of a D1 table is a view that
+//! (1) keeps only the latest version of each primary key for `merge` tables, and
+//! (2) applies the `pii:` policy to every personal column. D2 tables are read from
+//! `d2a/<model>/…` and `d2b/<model>/…` as the models wrote them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{MemorySchemaProvider, TableProvider};
+use datafusion::common::TableReference;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::MemTable;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use sluice_core::destination::WriteMode;
+use sluice_core::lake::Lake;
+
+use crate::error::TransformError;
+use crate::project::ModelProject;
+
+/// The URL the lake's object store is registered under in the engine.
+const LAKE_URL: &str = "sluice-lake://lake/";
+/// Where the D1 tables are registered as read from the lake, before policy and de-duplication.
+pub const RAW_SCHEMA: &str = "d1_raw";
+
+/// Whether D1 is seen through the PII policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum D1View {
+    /// Personal columns hashed/masked/encrypted/dropped by policy (models, default queries).
+    Policy,
+    /// The D1 data as landed (`sluice query --unmasked`, for people who may see it).
+    Unmasked,
+}
+
+/// A session over `lake` with the project's functions registered.
+pub async fn session(
+    project: &ModelProject,
+    lake: &Lake,
+    view: D1View,
+) -> Result<SessionContext, TransformError> {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(2)
+        .with_information_schema(true);
+    let options = config.options_mut();
+    options.sql_parser.collect_spans = true;
+    options.sql_parser.map_string_types_to_utf8view = false;
+    options.execution.parquet.schema_force_view_types = false;
+    // Models write lake tables that later models read in the same session: no cached listings.
+    let runtime = RuntimeEnvBuilder::new()
+        .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
+        .build_arc()
+        .map_err(|e| TransformError::engine("session", e))?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let url = url::Url::parse(LAKE_URL).expect("valid URL");
+    ctx.register_object_store(&url, lake.store());
+    let catalog = ctx.catalog("datafusion").expect("default catalog");
+    for schema in [RAW_SCHEMA, "d1", "d2a", "d2b"] {
+        catalog
+            .register_schema(schema, Arc::new(MemorySchemaProvider::new()))
+            .map_err(|e| TransformError::engine("session", e))?;
+    }
+    for udf in project.pii.functions() {
+        ctx.register_udf(udf);
+    }
+    for udf in crate::functions::functions(&project.rates) {
+        ctx.register_udf(udf);
+    }
+
+    for table in lake_tables(lake, "d1").await? {
+        register_d1(&ctx, project, lake, &table, view).await?;
+    }
+    for layer in ["d2a", "d2b"] {
+        for table in lake_tables(lake, layer).await? {
+            register_lake_table(&ctx, lake, layer, &table).await?;
+        }
+    }
+    Ok(ctx)
+}
+
+/// Table names under `<layer>/` in the lake.
+pub async fn lake_tables(lake: &Lake, layer: &str) -> Result<BTreeSet<String>, TransformError> {
+    Ok(lake
+        .list(&format!("{layer}/"))
+        .await?
+        .into_iter()
+        .filter(|o| o.path.ends_with(".parquet"))
+        .filter_map(|o| o.path.split('/').nth(1).map(str::to_string))
+        .collect())
+}
+
+fn table_url(lake: &Lake, relative: &str) -> Result<ListingTableUrl, TransformError> {
+    let path = lake.object_path(relative);
+    ListingTableUrl::parse(format!("{LAKE_URL}{path}/"))
+        .map_err(|e| TransformError::engine(format!("lake table {relative}"), e))
+}
+
+async fn listing_table(
+    ctx: &SessionContext,
+    lake: &Lake,
+    relative: &str,
+    partition_cols: Vec<(String, DataType)>,
+) -> Result<Arc<ListingTable>, TransformError> {
+    let err = |e| TransformError::engine(format!("lake table {relative}"), e);
+    let format = ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
+    let options = ListingOptions::new(Arc::new(format))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(partition_cols);
+    let config = ListingTableConfig::new(table_url(lake, relative)?)
+        .with_listing_options(options)
+        .infer_schema(&ctx.state())
+        .await
+        .map_err(err)?;
+    Ok(Arc::new(ListingTable::try_new(config).map_err(err)?))
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Registers `d1_raw.<table>` from the lake and the `d1.<table>` view models read.
+async fn register_d1(
+    ctx: &SessionContext,
+    project: &ModelProject,
+    lake: &Lake,
+    table: &str,
+    view: D1View,
+) -> Result<(), TransformError> {
+    let raw = listing_table(
+        ctx,
+        lake,
+        &format!("d1/{table}"),
+        vec![("dt".to_string(), DataType::Utf8)],
+    )
+    .await?;
+    let schema = raw.schema();
+    ctx.register_table(TableReference::partial(RAW_SCHEMA, table), raw)
+        .map_err(|e| TransformError::engine("register", e))?;
+
+    let known = project.d1_tables.get(table);
+    let columns: Vec<&str> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|c| *c != "dt")
+        .collect();
+    let mut source = format!("{RAW_SCHEMA}.{}", quote(table));
+    // Merge tables may hold several versions of a key: the latest load wins.
+    if let Some(d1) = known.filter(|d| d.write_mode == WriteMode::Merge) {
+        let key_present = !d1.primary_key.is_empty()
+            && d1.primary_key.iter().all(|k| columns.contains(&k.as_str()));
+        if key_present && columns.contains(&"_sluice_loaded_at") {
+            let key: Vec<String> = d1.primary_key.iter().map(|k| quote(k)).collect();
+            let all: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
+            source = format!(
+                "(SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY \"_sluice_loaded_at\" DESC, \"dt\" DESC) AS __sluice_version FROM {source}) AS v WHERE __sluice_version = 1)",
+                cols = all.join(", "),
+                key = key.join(", "),
+            );
+        }
+    }
+    let mut select = Vec::new();
+    for column in &columns {
+        let marked = known.is_some_and(|d| d.pii_columns.iter().any(|c| c == column));
+        let action = match view {
+            D1View::Policy => project.pii.action(table, column, marked),
+            D1View::Unmasked => None,
+        };
+        match action {
+            None => select.push(quote(column)),
+            Some(action) => {
+                if let Some(expr) = action.apply(&quote(column)) {
+                    select.push(format!("{expr} AS {}", quote(column)));
+                }
+            }
+        }
+    }
+    select.push("CAST(\"dt\" AS DATE) AS \"dt\"".into());
+    let sql = format!("SELECT {} FROM {source} AS t", select.join(", "));
+    let df = ctx
+        .sql(&sql)
+        .await
+        .map_err(|e| TransformError::engine(format!("d1.{table}"), e))?;
+    ctx.register_table(TableReference::partial("d1", table), df.into_view())
+        .map_err(|e| TransformError::engine("register", e))?;
+    Ok(())
+}
+
+/// (Re-)registers `<layer>.<table>` from what is in the lake now.
+pub async fn register_lake_table(
+    ctx: &SessionContext,
+    lake: &Lake,
+    layer: &str,
+    table: &str,
+) -> Result<bool, TransformError> {
+    let reference = TableReference::partial(layer, table);
+    let _ = ctx.deregister_table(reference.clone());
+    if !lake_tables(lake, layer).await?.contains(table) {
+        return Ok(false);
+    }
+    let provider = listing_table(ctx, lake, &format!("{layer}/{table}"), Vec::new()).await?;
+    ctx.register_table(reference, provider)
+        .map_err(|e| TransformError::engine("register", e))?;
+    Ok(true)
+}
+
+/// Registers an empty table with `schema` (a model's planned output, so later models plan).
+pub fn register_placeholder(
+    ctx: &SessionContext,
+    layer: &str,
+    table: &str,
+    schema: SchemaRef,
+) -> Result<(), TransformError> {
+    let reference = TableReference::partial(layer, table);
+    let _ = ctx.deregister_table(reference.clone());
+    let provider: Arc<dyn TableProvider> = Arc::new(
+        MemTable::try_new(schema, vec![vec![]]).map_err(|e| TransformError::engine("plan", e))?,
+    );
+    ctx.register_table(reference, provider)
+        .map_err(|e| TransformError::engine("register", e))?;
+    Ok(())
+}

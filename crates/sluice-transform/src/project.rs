@@ -1,0 +1,494 @@
+//! Loading a model project: `models/d2a/*.sql`, `models/d2b/*.sql`, optional YAML beside each.
+//!
+//! Dependencies are read from each model's table references (`d1.facebook_insights`,
+//! `d2a.ad_performance_daily`), never wired by hand, and the models are ordered so
+//! each runs after what it reads. Syntax errors, unknown or unqualified references
+//! and cycles are reported here with file:line, before anything runs; errors that
+//! need the data's schemas (an unknown column) are found when [`crate::run`] plans
+//! every model before running the first one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::sql::parser::DFParser;
+use datafusion::sql::resolve::resolve_table_references;
+use serde::Deserialize;
+use sluice_core::config::{ConfigDocument, ConfigError, PipelineConfig, Position};
+use sluice_core::destination::WriteMode;
+use sluice_core::source::StreamSpec;
+
+use crate::checks::CheckSpec;
+use crate::functions::CurrencyRates;
+use crate::pii::PiiPolicy;
+
+/// A transform layer a model writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Layer {
+    D2a,
+    D2b,
+}
+
+impl Layer {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Layer::D2a => "d2a",
+            Layer::D2b => "d2b",
+        }
+    }
+}
+
+/// How a model's output replaces the previous one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Materialization {
+    /// Rebuilt whole on every run.
+    #[default]
+    Table,
+    /// Only the `partition_by` dates touched by this run's new upstream data are
+    /// recomputed and overwritten (in the lake and the destination).
+    Incremental,
+}
+
+/// `<model>.yml`: everything optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// What the table is, for people (docs, the dashboard).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `table` (default) or `incremental`.
+    #[serde(default)]
+    pub materialized: Materialization,
+    /// A date column of the output: the lake's `dt=` folders and the unit of incremental
+    /// recompute and of partition overwrite in the destination. Required for `incremental`.
+    #[serde(default)]
+    pub partition_by: Option<String>,
+    /// Columns that identify a row (documentation, and the destination's key).
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    /// The destination table name (default: the model's file name).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Column descriptions.
+    #[serde(default)]
+    pub columns: BTreeMap<String, ColumnDoc>,
+    /// Data-quality checks run on the output before it is published.
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+}
+
+/// A column's documentation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnDoc {
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A table a model reads: `d1.x`, `d2a.y` or `d2b.z`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableRef {
+    pub layer: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for TableRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.layer, self.name)
+    }
+}
+
+/// One SQL model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub layer: Layer,
+    /// The file name without `.sql`; the lake table is `<layer>/<name>/`.
+    pub name: String,
+    pub sql_path: PathBuf,
+    pub sql: Arc<String>,
+    pub config: ModelConfig,
+    /// Where `config` came from, to point check errors at their line.
+    pub yaml: Option<ConfigDocument>,
+    /// Tables it reads, from its SQL.
+    pub depends_on: Vec<TableRef>,
+}
+
+impl Model {
+    /// `d2a.ad_performance_daily`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.layer.as_str(), self.name)
+    }
+
+    /// The destination table name.
+    pub fn table_name(&self) -> &str {
+        self.config.table.as_deref().unwrap_or(&self.name)
+    }
+
+    /// An error in this model's SQL at a byte offset (or at the top of the file).
+    pub fn sql_error(&self, offset: Option<usize>, message: impl Into<String>) -> ConfigError {
+        sql_error(&self.sql_path, &self.sql, offset, message)
+    }
+}
+
+/// What sluice knows about a D1 table from its stream: key, write mode, PII marks.
+#[derive(Debug, Clone)]
+pub struct D1Table {
+    pub primary_key: Vec<String>,
+    pub write_mode: WriteMode,
+    /// Whether the table has a partition column (its `dt` is data, not the load date).
+    pub partitioned: bool,
+    /// Columns the connector marked as personal data.
+    pub pii_columns: Vec<String>,
+}
+
+/// The models of a pipeline, in run order, with the policy and functions they use.
+#[derive(Debug, Clone)]
+pub struct ModelProject {
+    pub dir: PathBuf,
+    /// In dependency order: every model comes after the models it reads.
+    pub models: Vec<Model>,
+    pub pii: PiiPolicy,
+    pub rates: CurrencyRates,
+    /// D1 tables by name; see [`ModelProject::with_streams`].
+    pub d1_tables: BTreeMap<String, D1Table>,
+}
+
+impl ModelProject {
+    /// Loads the pipeline's `models:` folder (no folder or no `models:` key: no models)
+    /// and its `pii:` section.
+    pub fn load(config: &PipelineConfig) -> Result<ModelProject, ConfigError> {
+        let pii = match &config.pii {
+            Some(section) => PiiPolicy::parse(config, section)?,
+            None => PiiPolicy::default(),
+        };
+        let dir = config
+            .models
+            .clone()
+            .unwrap_or_else(|| config.root.join("models"));
+        Self::load_dir(&dir, pii)
+    }
+
+    /// Loads models from `dir` with an explicit policy (tests, tools).
+    pub fn load_dir(dir: &Path, pii: PiiPolicy) -> Result<ModelProject, ConfigError> {
+        let mut models = Vec::new();
+        for layer in [Layer::D2a, Layer::D2b] {
+            let folder = dir.join(layer.as_str());
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+                .collect();
+            files.sort();
+            for path in files {
+                models.push(load_model(layer, &path)?);
+            }
+        }
+        let rates = CurrencyRates::load(&dir.join("currency_rates.csv"))?;
+        let models = order(models)?;
+        Ok(ModelProject {
+            dir: dir.to_path_buf(),
+            models,
+            pii,
+            rates,
+            d1_tables: BTreeMap::new(),
+        })
+    }
+
+    /// Tells the project about the D1 tables the sources produce: merge tables are
+    /// de-duplicated on their primary key (latest `_sluice_loaded_at` wins) and
+    /// columns marked `pii` get the policy's default action when no rule matches.
+    pub fn with_streams(mut self, streams: impl IntoIterator<Item = StreamSpec>) -> Self {
+        for spec in streams {
+            self.d1_tables.insert(
+                spec.table.clone(),
+                D1Table {
+                    primary_key: spec.primary_key.clone(),
+                    write_mode: spec.write_mode,
+                    partitioned: spec.partition_column.is_some(),
+                    pii_columns: spec
+                        .schema
+                        .fields
+                        .iter()
+                        .filter(|f| f.pii)
+                        .map(|f| f.name.clone())
+                        .collect(),
+                },
+            );
+        }
+        self
+    }
+
+    pub fn model(&self, layer: &str, name: &str) -> Option<&Model> {
+        self.models
+            .iter()
+            .find(|m| m.layer.as_str() == layer && m.name == name)
+    }
+}
+
+fn load_model(layer: Layer, path: &Path) -> Result<Model, ConfigError> {
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let sql = std::fs::read_to_string(path)
+        .map_err(|e| sql_error(path, "", None, format!("cannot read model: {e}")))?;
+    if !sluice_core::config::is_identifier(&name) {
+        return Err(sql_error(
+            path,
+            &sql,
+            None,
+            "model file names may use lowercase letters, digits and `_` (they become table names)",
+        ));
+    }
+    let (config, yaml) = load_yaml(&path.with_extension("yml"))?;
+    if config.materialized == Materialization::Incremental && config.partition_by.is_none() {
+        let doc = yaml.as_ref().expect("incremental is only set from YAML");
+        return Err(doc.error_at(
+            &["materialized".into()],
+            "an incremental model needs `partition_by: <date column>`",
+        ));
+    }
+    let depends_on = parse_references(path, &sql)?;
+    Ok(Model {
+        layer,
+        name,
+        sql_path: path.to_path_buf(),
+        sql: Arc::new(sql),
+        config,
+        yaml,
+        depends_on,
+    })
+}
+
+fn load_yaml(path: &Path) -> Result<(ModelConfig, Option<ConfigDocument>), ConfigError> {
+    let path = if path.exists() {
+        path.to_path_buf()
+    } else if path.with_extension("yaml").exists() {
+        path.with_extension("yaml")
+    } else {
+        return Ok((ModelConfig::default(), None));
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+        file: path.clone(),
+        position: None,
+        path: String::new(),
+        message: format!("cannot read: {e}"),
+        help: None,
+        source_text: Arc::new(String::new()),
+    })?;
+    let doc = ConfigDocument::new(path, text);
+    let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
+        Ok(serde_yaml::Value::Null) => return Ok((ModelConfig::default(), Some(doc))),
+        Ok(v) => v,
+        Err(e) => {
+            let mut error = doc.error_at(&[], format!("invalid YAML: {e}"));
+            error.position = e.location().map(|l| Position {
+                line: l.line() as u32,
+                column: l.column() as u32,
+                offset: l.index() as u32,
+            });
+            return Err(error);
+        }
+    };
+    let config: ModelConfig = doc.deserialize_at(value, &[])?;
+    for (i, check) in config.checks.iter().enumerate() {
+        check
+            .validate()
+            .map_err(|message| doc.error_at(&["checks".into(), format!("[{i}]")], message))?;
+    }
+    Ok((config, Some(doc)))
+}
+
+/// The tables a model's SQL reads (CTE names excluded); syntax errors with their line.
+fn parse_references(path: &Path, sql: &str) -> Result<Vec<TableRef>, ConfigError> {
+    let mut statements = DFParser::parse_sql(sql).map_err(|e| {
+        let message = e.to_string();
+        let offset = parser_offset(sql, &message);
+        sql_error(path, sql, offset, message)
+    })?;
+    if statements.len() != 1 {
+        return Err(sql_error(
+            path,
+            sql,
+            None,
+            format!(
+                "a model is exactly one SELECT statement; found {}",
+                statements.len()
+            ),
+        ));
+    }
+    let statement = statements.pop_front().expect("one statement");
+    let is_query = matches!(
+        &statement,
+        datafusion::sql::parser::Statement::Statement(s)
+            if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Query(_))
+    );
+    if !is_query {
+        return Err(sql_error(
+            path,
+            sql,
+            None,
+            "a model is a SELECT (or WITH … SELECT) statement",
+        ));
+    }
+    let (tables, _ctes) = resolve_table_references(&statement, true)
+        .map_err(|e| sql_error(path, sql, None, e.to_string()))?;
+    let mut refs = BTreeSet::new();
+    for table in tables {
+        let text = table.to_string();
+        let offset = find_ignore_case(sql, &text);
+        match (table.schema(), table.table()) {
+            (Some(layer @ ("d1" | "d2a" | "d2b")), name) => {
+                refs.insert(TableRef {
+                    layer: layer.to_string(),
+                    name: name.to_string(),
+                });
+            }
+            (Some(other), _) => {
+                return Err(sql_error(
+                    path,
+                    sql,
+                    offset,
+                    format!("`{text}`: unknown layer `{other}` (tables are d1.<table>, d2a.<model> or d2b.<model>)"),
+                ))
+            }
+            (None, name) => {
+                return Err(sql_error(
+                    path,
+                    sql,
+                    offset,
+                    format!("`{name}`: qualify the table with its layer: d1.{name}, d2a.{name} or d2b.{name}"),
+                ))
+            }
+        }
+    }
+    Ok(refs.into_iter().collect())
+}
+
+/// Orders models so each comes after the models it reads; reports unknown models and cycles.
+fn order(models: Vec<Model>) -> Result<Vec<Model>, ConfigError> {
+    let key = |m: &Model| (m.layer.as_str().to_string(), m.name.clone());
+    let known: BTreeSet<(String, String)> = models.iter().map(key).collect();
+    for model in &models {
+        for dep in &model.depends_on {
+            if dep.layer == "d1" {
+                continue;
+            }
+            if !known.contains(&(dep.layer.clone(), dep.name.clone())) {
+                let offset = find_ignore_case(&model.sql, &dep.to_string());
+                return Err(model.sql_error(
+                    offset,
+                    format!("`{dep}` is not a model (no {}/{}.sql)", dep.layer, dep.name),
+                ));
+            }
+            if model.layer == Layer::D2a && dep.layer == "d2b" {
+                let offset = find_ignore_case(&model.sql, &dep.to_string());
+                return Err(model.sql_error(
+                    offset,
+                    format!("a d2a model cannot read the d2b layer (`{dep}`): data flows d1 → d2a → d2b"),
+                ));
+            }
+        }
+    }
+    let mut remaining = models;
+    let mut ordered: Vec<Model> = Vec::with_capacity(remaining.len());
+    let mut done: BTreeSet<(String, String)> = BTreeSet::new();
+    while !remaining.is_empty() {
+        let ready = remaining.iter().position(|m| {
+            m.depends_on
+                .iter()
+                .all(|d| d.layer == "d1" || done.contains(&(d.layer.clone(), d.name.clone())))
+        });
+        match ready {
+            Some(i) => {
+                let model = remaining.remove(i);
+                done.insert(key(&model));
+                ordered.push(model);
+            }
+            None => {
+                let names: Vec<String> = remaining.iter().map(Model::qualified_name).collect();
+                let first = &remaining[0];
+                return Err(first.sql_error(
+                    None,
+                    format!("models read each other in a cycle: {}", names.join(" → ")),
+                ));
+            }
+        }
+    }
+    Ok(ordered)
+}
+
+/// A ConfigError pointing into a SQL file.
+pub fn sql_error(
+    path: &Path,
+    sql: &str,
+    offset: Option<usize>,
+    message: impl Into<String>,
+) -> ConfigError {
+    let position = offset.map(|offset| {
+        let before = &sql[..offset.min(sql.len())];
+        let line = before.matches('\n').count() as u32 + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
+        Position {
+            line,
+            column,
+            offset: offset as u32,
+        }
+    });
+    ConfigError {
+        file: path.to_path_buf(),
+        position,
+        path: String::new(),
+        message: message.into(),
+        help: None,
+        source_text: Arc::new(sql.to_string()),
+    }
+}
+
+/// The byte offset of a (1-based) line and column.
+pub fn offset_of(sql: &str, line: u64, column: u64) -> Option<usize> {
+    if line == 0 {
+        return None;
+    }
+    let mut offset = 0;
+    for (n, text) in sql.split_inclusive('\n').enumerate() {
+        if n as u64 + 1 == line {
+            let col = text
+                .char_indices()
+                .nth(column.saturating_sub(1) as usize)
+                .map_or(text.len(), |(i, _)| i);
+            return Some(offset + col);
+        }
+        offset += text.len();
+    }
+    None
+}
+
+/// sqlparser reports "… at Line: 3, Column: 7".
+fn parser_offset(sql: &str, message: &str) -> Option<usize> {
+    let rest = &message[message.rfind("Line: ")? + 6..];
+    let (line, rest) = rest.split_once(", Column: ")?;
+    let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    offset_of(sql, line.trim().parse().ok()?, column.parse().ok()?)
+}
+
+/// Offset of `needle` in `sql` ignoring ASCII case, skipping `--` comment lines.
+pub fn find_ignore_case(sql: &str, needle: &str) -> Option<usize> {
+    let lower = sql.to_ascii_lowercase();
+    let needle = needle.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find(&needle) {
+        let at = from + i;
+        let line_start = lower[..at].rfind('\n').map_or(0, |p| p + 1);
+        if !lower[line_start..at].contains("--") {
+            return Some(at);
+        }
+        from = at + needle.len();
+    }
+    None
+}

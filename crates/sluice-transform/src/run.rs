@@ -1,0 +1,588 @@
+//! Running the models of a project: plan all, then run each in dependency order into
+//! the lake (`d2a/<model>/…`, `d2b/<model>/…`) and the destination.
+//!
+//! 1. **Plan** every model against the lake's current schemas (each model's planned
+//!    output stands in for it while later models are planned). A SQL error is
+//!    returned as a file:line [`ConfigError`](sluice_core::config::ConfigError)
+//!    before any model runs.
+//! 2. **Scope**: a `table` model is rebuilt whole. An `incremental` model recomputes
+//!    only the `partition_by` dates touched upstream in this run: the `dt`
+//!    partitions the run's D1 tasks wrote (from the run record), or the dates an
+//!    upstream incremental model recomputed. Nothing touched: up to date.
+//! 3. **Compute** the output, conform its types, run its **checks**.
+//! 4. **Publish**, unless an `error` check failed: Parquet to the lake (new files
+//!    first, old ones removed after the load), then one destination load
+//!    (`replace`, or `overwrite_partitions` for the recomputed dates) with the
+//!    quarantined rows of `warn` checks. A failed model keeps its previous table and
+//!    the models that read it are skipped.
+//!
+//! Each model adds a [`TaskRecord`] to the run record, and each model with checks a
+//! `<model>:checks` record (rows quarantined, warnings, the error that blocked it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{BooleanArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::DataFusionError;
+use datafusion::execution::context::SessionContext;
+use futures::StreamExt;
+use sluice_core::destination::{Destination, LoadRequest, TableSpec, WriteMode};
+use sluice_core::lake::Lake;
+use sluice_core::run::{RunRecord, TaskError, TaskRecord, TaskStatus};
+use sluice_core::source::ErrorClass;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{self, D1View};
+use crate::checks::{run_checks, Severity};
+use crate::conform;
+use crate::error::TransformError;
+use crate::project::{find_ignore_case, offset_of, Materialization, Model, ModelProject};
+
+/// Options of a models run.
+#[derive(Debug, Clone, Default)]
+pub struct ModelRunOptions {
+    /// Rebuild incremental models whole (`sluice run --full-refresh`).
+    pub full_refresh: bool,
+}
+
+/// What a model's run changed, for the models that read it.
+#[derive(Debug, Clone)]
+enum Recomputed {
+    Full,
+    Partitions(BTreeSet<String>),
+    Nothing,
+    /// Failed or skipped: readers are skipped too.
+    Failed,
+}
+
+/// Runs every model of `project`, appending one task per model (and per check group)
+/// to `record`, then re-settles the record's status. `Err` only for problems found
+/// before anything ran (a SQL error, with file:line) or an unreadable lake.
+pub async fn run_models(
+    project: &ModelProject,
+    lake: &Lake,
+    destination: &dyn Destination,
+    record: &mut RunRecord,
+    options: &ModelRunOptions,
+    cancel: &CancellationToken,
+) -> Result<(), TransformError> {
+    if project.models.is_empty() {
+        return Ok(());
+    }
+    let ctx = catalog::session(project, lake, D1View::Policy).await?;
+    let d1_present = catalog::lake_tables(lake, "d1").await?;
+
+    // 1. Plan everything first.
+    let mut planned: BTreeMap<String, SchemaRef> = BTreeMap::new();
+    let mut missing: BTreeMap<String, String> = BTreeMap::new();
+    for model in &project.models {
+        let absent: Vec<String> = model
+            .depends_on
+            .iter()
+            .filter(|d| {
+                if d.layer == "d1" {
+                    !d1_present.contains(&d.name)
+                } else {
+                    missing.contains_key(&d.to_string())
+                }
+            })
+            .map(|d| d.to_string())
+            .collect();
+        if !absent.is_empty() {
+            missing.insert(
+                model.qualified_name(),
+                format!("not run: no data yet for {}", absent.join(", ")),
+            );
+            continue;
+        }
+        let schema = plan(&ctx, model).await?;
+        catalog::register_placeholder(&ctx, model.layer.as_str(), &model.name, schema.clone())?;
+        planned.insert(model.qualified_name(), schema);
+    }
+
+    // D1 partitions this run wrote, by table.
+    let mut touched: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for task in &record.tasks {
+        if let Some(table) = task.table.strip_prefix("d1.") {
+            if task.status == TaskStatus::Succeeded {
+                touched
+                    .entry(table.to_string())
+                    .or_default()
+                    .extend(task.partitions.iter().cloned());
+            }
+        }
+    }
+
+    let mut done: BTreeMap<String, Recomputed> = BTreeMap::new();
+    for model in &project.models {
+        let name = model.qualified_name();
+        let mut task = TaskRecord::new(
+            &name,
+            format!("{}.{}", model.layer.as_str(), model.table_name()),
+        );
+        let timer = Instant::now();
+        if cancel.is_cancelled() {
+            task.status = TaskStatus::Cancelled;
+            record.tasks.push(task);
+            done.insert(name, Recomputed::Failed);
+            continue;
+        }
+        let blocked = missing.get(&name).cloned().or_else(|| {
+            model
+                .depends_on
+                .iter()
+                .find(|d| matches!(done.get(&d.to_string()), Some(Recomputed::Failed)))
+                .map(|d| format!("not run: {d} failed or was skipped"))
+        });
+        if let Some(reason) = blocked {
+            task.status = TaskStatus::Skipped;
+            task.warnings.push(reason);
+            record.tasks.push(task);
+            done.insert(name, Recomputed::Failed);
+            continue;
+        }
+        let existing = catalog::lake_tables(lake, model.layer.as_str())
+            .await?
+            .contains(&model.name);
+        let scope = scope(project, model, options, existing, &touched, &done);
+        if let Recomputed::Partitions(p) = &scope {
+            if p.is_empty() {
+                task.status = TaskStatus::UpToDate;
+                record.tasks.push(task);
+                done.insert(name, Recomputed::Nothing);
+                continue;
+            }
+        }
+        // Readers see what upstream models published, not their plan placeholders.
+        for dep in model.depends_on.iter().filter(|d| d.layer != "d1") {
+            if !catalog::register_lake_table(&ctx, lake, &dep.layer, &dep.name).await? {
+                if let Some(schema) = planned.get(&dep.to_string()) {
+                    catalog::register_placeholder(&ctx, &dep.layer, &dep.name, schema.clone())?;
+                }
+            }
+        }
+        let outcome = run_one(
+            &ctx,
+            project,
+            model,
+            lake,
+            destination,
+            record,
+            &scope,
+            cancel,
+        )
+        .await;
+        task.duration_ms = timer.elapsed().as_millis() as u64;
+        let (model_task, check_task, recomputed) = match outcome {
+            Ok(o) => o.into_tasks(task, &name),
+            Err(e) => {
+                task.status = if matches!(e, TransformError::Cancelled) {
+                    TaskStatus::Cancelled
+                } else {
+                    TaskStatus::Failed
+                };
+                task.error = Some(TaskError {
+                    class: ErrorClass::Data,
+                    message: sluice_core::secret::redact(&e.to_string()),
+                    config_key: None,
+                });
+                (task, None, Recomputed::Failed)
+            }
+        };
+        record.tasks.push(model_task);
+        if let Some(t) = check_task {
+            record.tasks.push(t);
+        }
+        done.insert(name, recomputed);
+    }
+    record.settle(cancel.is_cancelled());
+    Ok(())
+}
+
+/// Plans a model; a SQL error comes back as file:line.
+async fn plan(ctx: &SessionContext, model: &Model) -> Result<SchemaRef, TransformError> {
+    let plan = ctx
+        .state()
+        .create_logical_plan(&model.sql)
+        .await
+        .map_err(|e| plan_error(model, &e))?;
+    let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    let (table, _) = conform::table_schema(&schema).map_err(|m| model.sql_error(None, m))?;
+    if let Some(column) = &model.config.partition_by {
+        let field = table.field(column);
+        if !field.is_some_and(|f| f.ty == sluice_core::schema::FieldType::Date) {
+            let doc = model.yaml.as_ref();
+            let message = match field {
+                None => format!("partition_by: the model has no column `{column}`"),
+                Some(_) => {
+                    format!("partition_by: `{column}` must be a DATE column (CAST it in the SQL)")
+                }
+            };
+            return Err(match doc {
+                Some(doc) => doc.error_at(&["partition_by".into()], message).into(),
+                None => model.sql_error(None, message).into(),
+            });
+        }
+    }
+    Ok(schema)
+}
+
+fn plan_error(model: &Model, error: &DataFusionError) -> TransformError {
+    let message = error.to_string();
+    let from_span = error
+        .diagnostic()
+        .and_then(|d| d.span)
+        .and_then(|s| offset_of(&model.sql, s.start.line, s.start.column));
+    let offset = from_span.or_else(|| {
+        // "No field named nme." / "table 'datafusion.d1.x' not found"
+        let word = if let Some(rest) = message.split("No field named ").nth(1) {
+            rest.split(['.', ' ', ','])
+                .next()
+                .map(|w| w.trim_matches('"').to_string())
+        } else if let Some(rest) = message.split("table '").nth(1) {
+            rest.split('\'')
+                .next()
+                .map(|t| t.trim_start_matches("datafusion.").to_string())
+        } else {
+            None
+        }?;
+        find_ignore_case(&model.sql, &word)
+    });
+    TransformError::Config(model.sql_error(offset, message))
+}
+
+fn scope(
+    project: &ModelProject,
+    model: &Model,
+    options: &ModelRunOptions,
+    existing: bool,
+    touched: &BTreeMap<String, BTreeSet<String>>,
+    done: &BTreeMap<String, Recomputed>,
+) -> Recomputed {
+    if model.config.materialized != Materialization::Incremental
+        || options.full_refresh
+        || !existing
+    {
+        return Recomputed::Full;
+    }
+    let mut dates = BTreeSet::new();
+    for dep in &model.depends_on {
+        if dep.layer == "d1" {
+            // Dimension tables (no partition column) are keyed by load date: they do
+            // not say which output dates changed.
+            let partitioned = project
+                .d1_tables
+                .get(&dep.name)
+                .is_none_or(|t| t.partitioned);
+            if partitioned {
+                dates.extend(touched.get(&dep.name).into_iter().flatten().cloned());
+            }
+        } else {
+            match done.get(&dep.to_string()) {
+                Some(Recomputed::Full) => return Recomputed::Full,
+                Some(Recomputed::Partitions(p)) => dates.extend(p.iter().cloned()),
+                _ => {}
+            }
+        }
+    }
+    Recomputed::Partitions(dates)
+}
+
+/// A model's computed result, before it becomes task records.
+struct Outcome {
+    recomputed: Recomputed,
+    rows: u64,
+    rows_loaded: u64,
+    rows_replaced: u64,
+    partitions: Vec<String>,
+    has_checks: bool,
+    quarantined: u64,
+    warnings: Vec<String>,
+    /// An `error` check failed: nothing was published.
+    blocked: Option<String>,
+}
+
+impl Outcome {
+    fn into_tasks(
+        self,
+        mut task: TaskRecord,
+        name: &str,
+    ) -> (TaskRecord, Option<TaskRecord>, Recomputed) {
+        task.rows_extracted = self.rows;
+        task.rows_loaded = self.rows_loaded;
+        task.rows_replaced = self.rows_replaced;
+        task.partitions = self.partitions;
+        let checks = self.has_checks.then(|| {
+            let mut t = TaskRecord::new(format!("{name}:checks"), task.table.clone());
+            t.started_at = task.started_at;
+            t.rows_extracted = self.rows;
+            t.rows_quarantined = self.quarantined;
+            t.warnings = self.warnings.clone();
+            t.status = TaskStatus::Succeeded;
+            if let Some(message) = &self.blocked {
+                t.status = TaskStatus::Failed;
+                t.error = Some(TaskError {
+                    class: ErrorClass::Data,
+                    message: message.clone(),
+                    config_key: None,
+                });
+            }
+            t
+        });
+        if let Some(message) = self.blocked {
+            task.status = TaskStatus::Failed;
+            task.error = Some(TaskError {
+                class: ErrorClass::Data,
+                message: format!("not published (previous table kept): {message}"),
+                config_key: None,
+            });
+            return (task, checks, Recomputed::Failed);
+        }
+        task.status = TaskStatus::Succeeded;
+        task.rows_quarantined = self.quarantined;
+        (task, checks, self.recomputed)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_one(
+    ctx: &SessionContext,
+    project: &ModelProject,
+    model: &Model,
+    lake: &Lake,
+    destination: &dyn Destination,
+    record: &RunRecord,
+    scope: &Recomputed,
+    cancel: &CancellationToken,
+) -> Result<Outcome, TransformError> {
+    let _ = project;
+    let context = model.qualified_name();
+    let engine = |e: DataFusionError| TransformError::engine(&context, e);
+    let sql = match scope {
+        Recomputed::Partitions(dates) => {
+            let column = model.config.partition_by.as_deref().unwrap_or("dt");
+            let list: Vec<String> = dates.iter().map(|d| format!("DATE '{d}'")).collect();
+            format!(
+                "SELECT * FROM (\n{}\n) AS __model WHERE \"{column}\" IN ({})",
+                model.sql.trim().trim_end_matches(';'),
+                list.join(", ")
+            )
+        }
+        _ => model.sql.to_string(),
+    };
+    let df = ctx.sql(&sql).await.map_err(engine)?;
+    let (table_schema, target) = conform::table_schema(df.schema().as_arrow())
+        .map_err(|m| TransformError::engine(&context, m))?;
+    let batches = tokio::select! {
+        _ = cancel.cancelled() => return Err(TransformError::Cancelled),
+        result = df.collect() => result.map_err(engine)?,
+    };
+    let batches: Vec<RecordBatch> = batches
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| conform::conform_batch(b, &target))
+        .collect::<Result<_, _>>()
+        .map_err(|m| TransformError::engine(&context, m))?;
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+
+    // Checks.
+    let failures = run_checks(ctx, &model.config.checks, target.clone(), &batches).await?;
+    let mut quarantine = Vec::new();
+    let mut warnings = Vec::new();
+    let mut errors = Vec::new();
+    for f in &failures {
+        quarantine.extend(f.rows.iter().cloned());
+        match f.severity {
+            Severity::Warn => warnings.push(f.message.clone()),
+            Severity::Error => errors.push(f.message.clone()),
+        }
+    }
+    let layer = model.layer.as_str();
+    let dir = format!("{layer}/{}", model.name);
+    if !errors.is_empty() {
+        if !quarantine.is_empty() {
+            // Nothing is loaded, so the failing rows are kept in the lake for inspection.
+            let mut text = String::new();
+            for r in &quarantine {
+                let line = serde_json::json!({
+                    "check": r.origin.page.trim_start_matches("check:"),
+                    "reason": r.reason,
+                    "row": serde_json::from_str::<serde_json::Value>(&r.raw).unwrap_or_default(),
+                });
+                text.push_str(&line.to_string());
+                text.push('\n');
+            }
+            lake.put(
+                &format!("quarantine/{dir}/{}.ndjson", record.run_id),
+                text.into(),
+            )
+            .await?;
+        }
+        return Ok(Outcome {
+            recomputed: Recomputed::Failed,
+            rows,
+            rows_loaded: 0,
+            rows_replaced: 0,
+            partitions: Vec::new(),
+            has_checks: true,
+            quarantined: quarantine.len() as u64,
+            warnings,
+            blocked: Some(errors.join("; ")),
+        });
+    }
+
+    // Lake: new files first.
+    let run_id = &record.run_id;
+    let mut written = Vec::new();
+    let mut output_dates = BTreeSet::new();
+    match &model.config.partition_by {
+        Some(column) => {
+            for (date, part) in split_by_date(&batches, column, &target)? {
+                let path = format!("{dir}/dt={date}/{run_id}.parquet");
+                written.push(write_file(lake, &path, &target, &part).await?);
+                output_dates.insert(date);
+            }
+        }
+        None => {
+            let path = format!("{dir}/{run_id}.parquet");
+            written.push(write_file(lake, &path, &target, &batches).await?);
+        }
+    }
+
+    // Destination: one transaction.
+    let (write_mode, partitions): (WriteMode, Vec<String>) = match scope {
+        Recomputed::Partitions(dates) => (
+            WriteMode::OverwritePartitions,
+            dates.iter().cloned().collect(),
+        ),
+        _ => (
+            WriteMode::Replace,
+            output_dates
+                .iter()
+                .filter(|d| *d != "none")
+                .cloned()
+                .collect(),
+        ),
+    };
+    let spec = TableSpec {
+        layer: layer.to_string(),
+        name: model.table_name().to_string(),
+        schema: table_schema,
+        primary_key: model.config.primary_key.clone(),
+        partition_column: model.config.partition_by.clone(),
+        write_mode,
+    };
+    let load_id = format!("{run_id}:{}", model.qualified_name());
+    let stream = futures::stream::iter(batches.into_iter().map(Ok)).boxed();
+    let loaded = destination
+        .load(LoadRequest {
+            table: &spec,
+            batches: stream,
+            quarantine: &quarantine,
+            partitions: &partitions,
+            load_id: &load_id,
+            run_id,
+        })
+        .await;
+    let outcome = match loaded {
+        Ok(o) => o,
+        Err(e) => {
+            for path in &written {
+                lake.delete(path).await?;
+            }
+            return Err(e.into());
+        }
+    };
+
+    // Lake: remove what the new files replace.
+    let replaced_prefixes: Vec<String> = match scope {
+        Recomputed::Partitions(dates) => dates.iter().map(|d| format!("{dir}/dt={d}/")).collect(),
+        _ => vec![format!("{dir}/")],
+    };
+    for prefix in replaced_prefixes {
+        for object in lake.list(&prefix).await? {
+            if !written.contains(&object.path) {
+                lake.delete(&object.path).await?;
+            }
+        }
+    }
+    Ok(Outcome {
+        recomputed: scope.clone(),
+        rows,
+        rows_loaded: outcome.rows_loaded,
+        rows_replaced: outcome.rows_replaced,
+        partitions,
+        has_checks: !model.config.checks.is_empty(),
+        quarantined: quarantine.len() as u64,
+        warnings,
+        blocked: None,
+    })
+}
+
+async fn write_file(
+    lake: &Lake,
+    path: &str,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<String, TransformError> {
+    let mut writer = lake.parquet_writer(path, schema.clone())?;
+    for b in batches {
+        writer.write(b).await?;
+    }
+    Ok(writer.close().await?.0)
+}
+
+/// Output rows grouped by their partition date (`none` for a NULL date).
+fn split_by_date(
+    batches: &[RecordBatch],
+    column: &str,
+    schema: &SchemaRef,
+) -> Result<BTreeMap<String, Vec<RecordBatch>>, TransformError> {
+    let index = schema
+        .index_of(column)
+        .map_err(|e| TransformError::engine("partition", e))?;
+    let mut out: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+    for batch in batches {
+        let dates = cast(batch.column(index), &DataType::Utf8)
+            .map_err(|e| TransformError::engine("partition", e))?;
+        let dates = dates
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("Utf8")
+            .clone();
+        let distinct: BTreeSet<Option<&str>> = dates.iter().collect();
+        for value in distinct {
+            let mask: BooleanArray = dates.iter().map(|d| Some(d == value)).collect();
+            let part = filter_record_batch(batch, &mask)
+                .map_err(|e| TransformError::engine("partition", e))?;
+            out.entry(value.unwrap_or("none").to_string())
+                .or_default()
+                .push(part);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `sql` over the lake's tables (`d1.<table>`, `d2a.<model>`, `d2b.<model>`) with the
+/// project's functions. D1 is seen through the PII policy unless `view` is `Unmasked`.
+pub async fn query(
+    lake: &Lake,
+    project: &ModelProject,
+    sql: &str,
+    view: D1View,
+) -> Result<(SchemaRef, Vec<RecordBatch>), TransformError> {
+    let ctx = catalog::session(project, lake, view).await?;
+    let df = ctx
+        .sql(sql)
+        .await
+        .map_err(|e| TransformError::engine("query", e))?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df
+        .collect()
+        .await
+        .map_err(|e| TransformError::engine("query", e))?;
+    Ok((schema, batches))
+}

@@ -1,0 +1,84 @@
+//! `sluice query "SQL"`: SQL over the lake's tables in any layer, printed as a table, CSV or JSON.
+//!
+//! Tables are `d1.<table>`, `d2a.<model>`, `d2b.<model>`; the model functions
+//! (`hmac_sha256`, `parse_money`, `convert_currency`, …) are available. D1 is shown
+//! through the pipeline's `pii:` policy unless `--unmasked` is given.
+
+use std::path::Path;
+
+use sluice_core::config::PipelineConfig;
+use sluice_core::lake::Lake;
+use sluice_transform::render::{render, OutputFormat};
+use sluice_transform::{D1View, ModelProject};
+
+use crate::exit;
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QueryArgs {
+    /// The query, e.g. "SELECT platform, sum(spend_usd) FROM d2a.ad_performance_daily GROUP BY 1".
+    pub sql: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Show D1's personal columns in clear instead of through the `pii:` policy.
+    #[arg(long)]
+    pub unmasked: bool,
+}
+
+pub async fn run(pipeline: &Path, args: QueryArgs) -> u8 {
+    let config = match PipelineConfig::load(pipeline) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::project::print_config_error(&e);
+            return exit::CONFIG;
+        }
+    };
+    let models = match ModelProject::load(&config) {
+        Ok(m) => m,
+        Err(e) => {
+            crate::project::print_config_error(&e);
+            return exit::CONFIG;
+        }
+    };
+    let lake = match Lake::open(&config.lake, &config.root) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let view = if args.unmasked {
+        D1View::Unmasked
+    } else {
+        D1View::Policy
+    };
+    let format = match args.format {
+        Format::Table => OutputFormat::Table,
+        Format::Csv => OutputFormat::Csv,
+        Format::Json => OutputFormat::Json,
+    };
+    match sluice_transform::query(&lake, &models, &args.sql, view).await {
+        Ok((_, batches)) => match render(&batches, format) {
+            Ok(text) => {
+                println!("{}", text.trim_end());
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::INTERNAL
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {}", sluice_core::secret::redact(&e.to_string()));
+            exit::RUN_FAILED
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Exit codes, distinct per failure kind so schedulers can react (documented in `--help` and the README).
+
+pub const OK: u8 = 0;
+/// A bug or an environment failure sluice did not expect.
+pub const INTERNAL: u8 = 1;
+/// The pipeline file or models are invalid (nothing ran).
+pub const CONFIG: u8 = 3;
+/// The run failed: no task succeeded.
+pub const RUN_FAILED: u8 = 4;
+/// Some tasks failed; the others were published.
+pub const PARTIAL: u8 = 5;
+/// `validate --connections`: a source or the destination is unreachable.
+pub const CONNECTION: u8 = 6;
+/// Stopped by SIGINT/SIGTERM; in-flight loads were rolled back.
+pub const CANCELLED: u8 = 130;

@@ -1,0 +1,100 @@
+//! The `sluice` command line. It parses arguments and calls the library crates;
+//! the work itself lives in sluice-core, sluice-connectors and sluice-destinations.
+
+mod commands;
+mod exit;
+mod logging;
+mod progress;
+mod project;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::logging::LogFormat;
+
+/// sluice: marketing and customer data pipelines in one binary.
+///
+/// Exit codes: 0 success, 2 usage error, 3 config error, 4 run failed,
+/// 5 run partially failed, 6 a connection check failed, 130 cancelled.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    /// The pipeline file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "SLUICE_PIPELINE",
+        default_value = "pipeline.yaml"
+    )]
+    pipeline: PathBuf,
+    /// Log format on stderr: `text` (with progress bars on a terminal) or `json`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info`, `debug`, `sluice_connectors=debug` (or RUST_LOG).
+    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a pipeline project: pipeline.yaml, models/, .env.example, .gitignore, sample data.
+    Init(commands::init::InitArgs),
+    /// Check the pipeline file and models without side effects.
+    Validate(commands::validate::ValidateArgs),
+    /// Run the pipeline (or a selection of it).
+    Run(commands::run::RunArgs),
+    /// Re-run a past run's extraction from the pages it landed, without calling sources.
+    Replay(commands::replay::ReplayArgs),
+    /// Run SQL over the lake's tables (d1.*, d2a.*, d2b.*) and print a table, CSV or JSON.
+    Query(commands::query::QueryArgs),
+    /// Show run history.
+    Runs(commands::runs::RunsArgs),
+    /// Inspect the schema registry: versions and changes of every stream.
+    #[command(subcommand)]
+    Schema(commands::schema::SchemaCommand),
+    /// Run the example pipeline end to end on the embedded default and print a summary.
+    Demo(commands::demo::DemoArgs),
+    /// The local emulator of the Facebook, Google Ads and CleverTap APIs.
+    #[command(subcommand)]
+    Sandbox(sluice_sandbox::cli::SandboxCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let interactive = logging::init(cli.log_format, &cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::INTERNAL.into();
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Init(args) => commands::init::run(args),
+            Command::Validate(args) => commands::validate::run(&cli.pipeline, args).await,
+            Command::Run(args) => commands::run::run(&cli.pipeline, args, interactive).await,
+            Command::Replay(args) => commands::replay::run(&cli.pipeline, args, interactive).await,
+            Command::Query(args) => commands::query::run(&cli.pipeline, args).await,
+            Command::Runs(args) => commands::runs::run(&cli.pipeline, args).await,
+            Command::Schema(cmd) => commands::schema::run(&cli.pipeline, cmd).await,
+            Command::Demo(args) => commands::demo::run(args, interactive).await,
+            Command::Sandbox(cmd) => match sluice_sandbox::cli::run(cmd).await {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    exit::INTERNAL
+                }
+            },
+        }
+    });
+    ExitCode::from(code)
+}

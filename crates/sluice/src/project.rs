@@ -1,0 +1,116 @@
+//! Loading a pipeline project into the parts a command needs, and rendering config errors.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use miette::{LabeledSpan, NamedSource};
+use sluice_connectors::BuildContext;
+use sluice_core::config::{ConfigError, PipelineConfig};
+use sluice_core::destination::Destination;
+use sluice_core::drift::SchemaConfig;
+use sluice_core::lake::Lake;
+use sluice_core::source::Source;
+use sluice_core::state::StateStore;
+
+/// A loaded pipeline: config, lake, state, destination and sources.
+pub struct Project {
+    pub config: PipelineConfig,
+    pub lake: Lake,
+    pub state: StateStore,
+    pub destination: Arc<dyn Destination>,
+    pub sources: Vec<Arc<dyn Source>>,
+    pub schema_policy: SchemaConfig,
+}
+
+/// Why a project could not be loaded.
+pub enum LoadError {
+    Config(ConfigError),
+    Other(String),
+}
+
+impl LoadError {
+    /// Prints the error for a person and returns the exit code.
+    pub fn report(self) -> u8 {
+        match self {
+            LoadError::Config(e) => {
+                print_config_error(&e);
+                crate::exit::CONFIG
+            }
+            LoadError::Other(message) => {
+                eprintln!("error: {}", sluice_core::secret::redact(&message));
+                crate::exit::CONFIG
+            }
+        }
+    }
+}
+
+impl Project {
+    pub fn load(file: &Path) -> Result<Project, LoadError> {
+        let config = PipelineConfig::load(file).map_err(LoadError::Config)?;
+        let lake =
+            Lake::open(&config.lake, &config.root).map_err(|e| LoadError::Other(e.to_string()))?;
+        let state = StateStore::new(lake.clone(), &config.name);
+        let destination =
+            sluice_destinations::build(&config.doc, config.destination.as_ref(), &config.root)
+                .map_err(LoadError::Config)?;
+        let ctx = BuildContext {
+            root: config.root.clone(),
+            lake: lake.clone(),
+        };
+        let sources = config
+            .sources
+            .iter()
+            .map(|section| sluice_connectors::build_source(&config.doc, section, &ctx))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(LoadError::Config)?;
+        let schema_policy = match &config.schema {
+            Some(section) => config
+                .doc
+                .parse_section(section)
+                .map_err(LoadError::Config)?,
+            None => SchemaConfig::default(),
+        };
+        Ok(Project {
+            schema_policy,
+            config,
+            lake,
+            state,
+            destination,
+            sources,
+        })
+    }
+}
+
+/// Renders a config error with the offending line underlined (miette), e.g.
+///
+/// ```text
+///   × sources.facebook.streams.insights: unknown key `levle`
+///    ╭─[pipeline.yaml:12:9]
+///  12 │         levle: ad
+///     ·         ──┬──
+///     ·           ╰── did you mean `level`?
+/// ```
+pub fn print_config_error(error: &ConfigError) {
+    // The plain one-line form first: greppable, and what non-terminal logs keep.
+    eprintln!("error: {error}");
+    if let Some(position) = error.position {
+        if !error.source_text.is_empty() {
+            let offset = (position.offset as usize).min(error.source_text.len());
+            let len = error.source_text[offset..]
+                .find([':', '\n'])
+                .unwrap_or(1)
+                .max(1);
+            let label = error.help.clone().unwrap_or_else(|| "here".into());
+            let report = miette::miette!(
+                labels = vec![LabeledSpan::at(offset..offset + len, label)],
+                "{}",
+                error.message
+            )
+            .with_source_code(NamedSource::new(
+                error.file.display().to_string(),
+                error.source_text.to_string(),
+            ));
+            eprintln!("{report:?}");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Shared helpers for the CLI's end-to-end tests: a project folder, the real
+//! binary, and a real PostgreSQL (never skipped: a missing database fails the test).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+/// The test PostgreSQL URL (see scripts/test, which finds or starts one).
+pub fn pg_url() -> String {
+    std::env::var("SLUICE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A schema prefix unique to this test, so parallel tests never share tables.
+pub fn unique_prefix(test: &str) -> String {
+    format!("t{}_{}_", std::process::id(), test)
+}
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new(pipeline: &str) -> Project {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("pipeline.yaml"), pipeline).expect("write pipeline");
+        Project { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, relative: &str, content: impl AsRef<[u8]>) {
+        let path = self.dir.path().join(relative);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write file");
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::cargo_bin("sluice").expect("sluice binary");
+        cmd.current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env("SLUICE_LOG", "info");
+        cmd
+    }
+
+    /// `sluice run ARGS…`, returning the output whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd()
+            .arg("run")
+            .args(args)
+            .output()
+            .expect("run sluice")
+    }
+
+    pub fn sqlite(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("warehouse.db")).expect("open warehouse.db")
+    }
+
+    pub fn lake_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.dir.path().join("lake")];
+        while let Some(dir) = stack.pop() {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts the exit code, printing both streams when it differs.
+pub fn assert_exit(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "exit code\n--- stdout\n{}\n--- stderr\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// A blocking PostgreSQL client for assertions.
+pub struct Pg {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Pg {
+    pub fn connect() -> Pg {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let url = pg_url();
+        let client = runtime.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL is required for this test and is not reachable at {url}: {e}"
+                    )
+                });
+            tokio::spawn(conn);
+            client
+        });
+        Pg { runtime, client }
+    }
+
+    pub fn scalar_i64(&self, sql: &str) -> i64 {
+        self.runtime
+            .block_on(self.client.query_one(sql, &[]))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
+    pub fn strings(&self, sql: &str) -> Vec<String> {
+        self.runtime
+            .block_on(self.client.query(sql, &[]))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect()
+    }
+
+    pub fn table_exists(&self, schema: &str, table: &str) -> bool {
+        let sql = format!(
+            "select count(*) from information_schema.tables where table_schema = '{schema}' and table_name = '{table}'"
+        );
+        self.scalar_i64(&sql) > 0
+    }
+
+    pub fn execute(&self, sql: &str) {
+        self.runtime
+            .block_on(self.client.batch_execute(sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Drops every schema starting with `prefix`.
+    pub fn drop_schemas(&self, prefix: &str) {
+        let schemas = self.strings(&format!(
+            "select schema_name::text from information_schema.schemata where schema_name like '{prefix}%'"
+        ));
+        for s in schemas {
+            self.execute(&format!("drop schema if exists \"{s}\" cascade"));
+        }
+    }
+}
+
+/// NDJSON orders: `count` rows with ids from `first_id`, spread over days of July 2024.
+pub fn orders_ndjson(first_id: u64, count: u64) -> String {
+    let mut s = String::new();
+    for id in first_id..first_id + count {
+        let day = 1 + id % 28;
+        s.push_str(&format!(
+            "{{\"order_id\": {id}, \"customer_id\": \"C-{}\", \"amount\": \"{}.{:02}\", \"order_date\": \"2024-07-{day:02}\", \"note\": \"a \\\"quoted\\\", comma\\nline ü\"}}\n",
+            id % 97,
+            id % 500,
+            id % 100
+        ));
+    }
+    s
+}
