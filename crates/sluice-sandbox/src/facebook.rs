@@ -224,7 +224,10 @@ fn handle_inner(st: &AppState, r: &Req) -> Reply {
             } else {
                 (17, 2446079, "(#17) User request limit reached")
             };
-            return with_usage(error(400, code, Some(sub), msg, true, r.seq), 100);
+            // An injected throttle is momentary: the usage headers keep telling the
+            // real budget (regain 0 unless it is really spent), so a client that
+            // honours them backs off briefly instead of sitting out a minute.
+            return with_usage(error(400, code, Some(sub), msg, true, r.seq), usage);
         }
         Some(Hit::ServerError) => {
             let (http, code, msg) = if (r.seq / f.server_error_every.unwrap_or(1)).is_multiple_of(2)
