@@ -2,6 +2,7 @@
 //! before expiry and once on a 401), the required headers, `google.rpc.Status`
 //! error classification and `searchStream`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -17,6 +18,12 @@ use crate::http::{
 
 /// Refresh this long before the token's stated expiry.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+/// How long an exhausted daily quota is remembered before the API is asked again.
+const QUOTA_MEMORY: Duration = Duration::from_secs(15 * 60);
+/// Access tokens tried for one call: refreshes of tokens that merely outlived
+/// their lifetime while the request waited (a rate-limit pause) do not count as
+/// rejections, but the total is bounded.
+const MAX_TOKEN_ATTEMPTS: usize = 4;
 
 pub struct GoogleApi {
     pub http: HttpClient,
@@ -28,6 +35,9 @@ pub struct GoogleApi {
     refresh_token: Secret,
     developer_token: Secret,
     token: Mutex<Option<(Secret, Instant)>>,
+    /// The daily-quota error and when it was seen: later calls fail at once
+    /// instead of spending requests on an answer that will not change today.
+    quota_exhausted: std::sync::Mutex<Option<(Instant, SourceError)>>,
     /// `sources.<name>`
     pub key_prefix: String,
 }
@@ -128,13 +138,31 @@ fn parse_duration(text: &str) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
+/// True for the developer token's exhausted daily operations quota (as opposed
+/// to a momentary rate limit, `RESOURCE_TEMPORARILY_EXHAUSTED`, retried after its delay).
+pub fn is_daily_quota(error: &RpcError) -> bool {
+    error.status == "RESOURCE_EXHAUSTED"
+        && error.has_code("RESOURCE_EXHAUSTED")
+        && error
+            .retry_delay
+            .is_none_or(|d| d > Duration::from_secs(3600))
+}
+
+/// An invalid or unapproved developer token: no token refresh helps.
+fn is_developer_token_error(error: &RpcError) -> bool {
+    error
+        .error_codes
+        .iter()
+        .any(|(_, v)| v.starts_with("DEVELOPER_TOKEN"))
+}
+
 /// What an error means. `query_key` names the GAQL of the stream being read.
 pub fn classify(error: &RpcError, key_prefix: &str, query_key: &str, label: &str) -> Verdict {
     let key = |k: &str| format!("{key_prefix}.{k}");
     let text = format!("{label}: Google Ads error {}", error.describe());
     match error.status.as_str() {
         "RESOURCE_EXHAUSTED" => {
-            if error.has_code("RESOURCE_EXHAUSTED") && error.retry_delay.is_none_or(|d| d > Duration::from_secs(3600)) {
+            if is_daily_quota(error) {
                 // The developer token's daily operations are used up: nothing to do until tomorrow.
                 return Verdict::Fail(SourceError::transient(format!(
                     "the developer token's daily operations quota is exhausted; the source resumes when it resets ({text})"
@@ -147,7 +175,7 @@ pub fn classify(error: &RpcError, key_prefix: &str, query_key: &str, label: &str
         }
         "INTERNAL" | "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "ABORTED" => Verdict::Retry { after: error.retry_delay, reason: text },
         "PERMISSION_DENIED" => {
-            let (k, hint) = if error.error_codes.iter().any(|(_, v)| v.starts_with("DEVELOPER_TOKEN")) {
+            let (k, hint) = if is_developer_token_error(error) {
                 ("developer_token", "the developer token is not approved for this use")
             } else if error.has_code("CUSTOMER_NOT_ENABLED") {
                 ("customer_ids", "the customer account is not enabled (cancelled or suspended): remove it from `customer_ids`")
@@ -250,6 +278,7 @@ impl GoogleApi {
             refresh_token: config.oauth.refresh_token.clone(),
             developer_token: config.developer_token.clone(),
             token: Mutex::new(None),
+            quota_exhausted: std::sync::Mutex::new(None),
             key_prefix: key_prefix.to_string(),
         })
     }
@@ -300,7 +329,19 @@ impl GoogleApi {
         Ok(token)
     }
 
-    /// POSTs `body` to `customers/<id>/<method>` (or GETs when `body` is `None`), refreshing the token once on a 401.
+    /// True when `token` is no longer the cached one or has passed its (early) expiry:
+    /// a 401 for it is a plain expiry, not a rejection of the credentials.
+    async fn outlived(&self, token: &Secret) -> bool {
+        match self.token.lock().await.as_ref() {
+            Some((cached, expires)) => cached != token || Instant::now() >= *expires,
+            None => true,
+        }
+    }
+
+    /// POSTs `body` to `customers/<id>/<method>` (or GETs when `body` is `None`).
+    /// A 401 refreshes the token: once if the token was still within its lifetime
+    /// (a second rejection means the credentials are bad), or whenever the token
+    /// merely expired while the request waited for retries.
     pub async fn call(
         &self,
         path: &str,
@@ -309,9 +350,18 @@ impl GoogleApi {
         pace_key: &str,
         query_key: &str,
     ) -> Result<ApiResponse, SourceError> {
+        if let Ok(guard) = self.quota_exhausted.lock() {
+            if let Some((at, e)) = guard.as_ref() {
+                if at.elapsed() < QUOTA_MEMORY {
+                    return Err(e.clone());
+                }
+            }
+        }
         let url = join(&self.root, path)?;
         let mut stale: Option<Secret> = None;
-        for attempt in 0..2 {
+        let mut rejected_once = false;
+        let mut last_error = RpcError::default();
+        for _ in 0..MAX_TOKEN_ATTEMPTS {
             let token = self.access_token(stale.as_ref()).await?;
             let mut request = match &body {
                 Some(b) => ApiRequest::post(url.clone()).json(b.clone()),
@@ -325,29 +375,56 @@ impl GoogleApi {
             }
             let prefix = self.key_prefix.clone();
             let qk = query_key.to_string();
-            let response = self
+            let daily_quota = AtomicBool::new(false);
+            let result = self
                 .http
-                .send(&request, &move |r| judge(r, &prefix, &qk))
-                .await?;
+                .send(&request, &|r| {
+                    let verdict = judge(r, &prefix, &qk);
+                    if matches!(verdict, Verdict::Fail(_))
+                        && response_error(r).is_some_and(|e| is_daily_quota(&e))
+                    {
+                        daily_quota.store(true, Ordering::Relaxed);
+                    }
+                    verdict
+                })
+                .await;
+            let response = match result {
+                Err(e) if daily_quota.load(Ordering::Relaxed) => {
+                    if let Ok(mut guard) = self.quota_exhausted.lock() {
+                        *guard = Some((Instant::now(), e.clone()));
+                    }
+                    return Err(e);
+                }
+                other => other?,
+            };
             if response.status != 401 {
                 return Ok(response);
             }
-            if attempt == 1 {
-                let error = serde_json::from_slice::<Value>(&response.body)
-                    .ok()
-                    .and_then(|v| RpcError::from_value(&v))
-                    .unwrap_or_default();
+            last_error = response_error(&response).unwrap_or_default();
+            if is_developer_token_error(&last_error) {
                 return Err(SourceError::config(
                     format!(
-                        "Google rejected the OAuth credentials even after a token refresh ({}): create a new refresh token",
-                        error.describe()
+                        "Google rejected the developer token ({}): check `developer_token` in the API Center of the manager account",
+                        last_error.describe()
                     ),
-                    format!("{}.oauth.refresh_token", self.key_prefix),
+                    format!("{}.developer_token", self.key_prefix),
                 ));
+            }
+            if !self.outlived(&token).await {
+                if rejected_once {
+                    break;
+                }
+                rejected_once = true;
             }
             stale = Some(token);
         }
-        unreachable!("the loop returns on its second attempt")
+        Err(SourceError::config(
+            format!(
+                "Google rejected the OAuth credentials even after a token refresh ({}): create a new refresh token",
+                last_error.describe()
+            ),
+            format!("{}.oauth.refresh_token", self.key_prefix),
+        ))
     }
 
     /// Runs a GAQL query through searchStream; returns the raw response and its rows.
@@ -389,6 +466,15 @@ impl GoogleApi {
             }
         }
         Ok((response, rows, field_mask))
+    }
+}
+
+/// The `google.rpc.Status` of an error response, if it carries one.
+fn response_error(response: &ApiResponse) -> Option<RpcError> {
+    let parsed: Value = serde_json::from_slice(&response.body).ok()?;
+    match &parsed {
+        Value::Array(items) => items.iter().find_map(RpcError::from_value),
+        other => RpcError::from_value(other),
     }
 }
 

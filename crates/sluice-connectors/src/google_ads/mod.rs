@@ -237,11 +237,28 @@ impl GoogleSource {
         };
         let key = format!("{}.customer_ids", self.api.key_prefix);
         let mut out: Vec<Customer> = Vec::new();
+        let login_key = format!("{}.login_customer_id", self.api.key_prefix);
+        let configured = self.config.customer_ids.is_some();
         for id in roots {
             let (_, rows, _) = self
                 .api
                 .search_stream(&id, CUSTOMER_QUERY, login.as_deref(), &key)
-                .await?;
+                .await
+                .map_err(|e| match (&login, configured) {
+                    // Through a configured manager, an unreachable configured customer is most
+                    // likely a wrong id (or one the manager does not link): name `customer_ids`.
+                    (Some(l), true) if e.config_key.as_deref() == Some(login_key.as_str()) => {
+                        SourceError::config(
+                            format!(
+                                "customer {id} in `customer_ids` cannot be read through the manager {l} \
+                                 (`login_customer_id`): check the id, or that the manager links it ({})",
+                                e.message
+                            ),
+                            key.clone(),
+                        )
+                    }
+                    _ => e,
+                })?;
             let Some(row) = rows.first() else { continue };
             let c = row.get("customer").cloned().unwrap_or(Value::Null);
             let manager = c.get("manager").and_then(Value::as_bool).unwrap_or(false);

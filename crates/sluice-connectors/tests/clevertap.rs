@@ -1,0 +1,226 @@
+//! CleverTap against the sandbox over real HTTP: events (per name per day) and
+//! profiles equal `truth` exactly, with and without faults (5xx, 429, cut-off
+//! bodies, repeated records, expiring cursors), and a wrong passcode is a
+//! configuration error naming `passcode`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{backfill, extract, spec, text};
+use serde_json::{Map, Value};
+use sluice_connectors::clevertap::config::{
+    CleverTapConfig, CleverTapStreams, EventsConfig, ProfilesConfig,
+};
+use sluice_connectors::clevertap::CleverTapSource;
+use sluice_connectors::http::window::DayWindow;
+use sluice_core::secret::Secret;
+use sluice_core::source::{ErrorClass, Source};
+use sluice_sandbox::data::{classify_address, AddressProblem, CT_EVENTS};
+use sluice_sandbox::{credentials, Faults, SandboxOptions};
+
+const TODAY: &str = "2024-10-01";
+const SINCE: &str = "2024-09-17";
+const UNTIL: &str = "2024-09-30";
+const KEY: &str = "sources.clevertap";
+
+fn options(faults: Faults) -> SandboxOptions {
+    let mut o = SandboxOptions::new(5, 1, TODAY.parse().unwrap());
+    o.faults = faults;
+    o
+}
+
+fn source(base_url: &str, passcode: &str) -> CleverTapSource {
+    let streams = CleverTapStreams {
+        events: Some(EventsConfig {
+            names: CT_EVENTS.iter().map(|(n, _)| n.to_string()).collect(),
+            table: None,
+        }),
+        profiles: Some(ProfilesConfig::default()),
+    };
+    let mut config = CleverTapConfig::new(
+        credentials::CLEVERTAP_ACCOUNT_ID,
+        Secret::new(passcode),
+        base_url,
+        streams,
+    );
+    // Small pages, so every window takes several cursor reads for the faults to hit.
+    config.batch_size = 100;
+    config.slice_days = 7;
+    config.http.initial_backoff_ms = 20;
+    config.http.max_backoff_ms = 200;
+    config.http.requests_per_second = 0.0;
+    CleverTapSource::new("clevertap", config, KEY).unwrap()
+}
+
+/// (event name, day) → events, from the extracted rows.
+fn event_counts(rows: &[Map<String, Value>]) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for r in rows {
+        *out.entry((text(r.get("event_name")), text(r.get("event_date"))))
+            .or_default() += 1;
+    }
+    out
+}
+
+/// (event name, day) → events, asking the sandbox's truth one day at a time.
+fn truth_event_counts(opts: &SandboxOptions) -> BTreeMap<(String, String), u64> {
+    let w = DayWindow {
+        since: SINCE.parse().unwrap(),
+        until: UNTIL.parse().unwrap(),
+    };
+    let mut out = BTreeMap::new();
+    for day in w.chunks(1) {
+        let truth = sluice_sandbox::truth(opts, day.since, day.until);
+        for (name, n) in truth["clevertap"]["events"].as_object().unwrap() {
+            let n = n.as_u64().unwrap();
+            if n > 0 {
+                out.insert((name.clone(), day.since.to_string()), n);
+            }
+        }
+    }
+    out
+}
+
+async fn assert_exact(faults: Faults) {
+    let opts = options(faults);
+    let sandbox = sluice_sandbox::start(opts.clone(), 0).await.unwrap();
+    let ct = source(&sandbox.base_url(), credentials::CLEVERTAP_PASSCODE);
+    let run = backfill(TODAY, SINCE, UNTIL);
+    let (events, profiles) = futures::join!(
+        extract(&ct, "events", None, &run),
+        extract(&ct, "profiles", None, &run)
+    );
+
+    // Events: every name × day exactly, no record twice.
+    let events = events.unwrap();
+    assert_eq!(
+        events.slices,
+        CT_EVENTS.len() * 2,
+        "5 names × two 7-day windows"
+    );
+    let expected = truth_event_counts(&opts);
+    assert_eq!(
+        expected.len(),
+        CT_EVENTS.len() * 14,
+        "every name happens every day"
+    );
+    assert_eq!(event_counts(&events.rows), expected);
+    let distinct: BTreeSet<String> = events
+        .rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}|{}|{}",
+                text(r.get("event_name")),
+                text(r.get("profile_object_id")),
+                text(r.get("ts")),
+                text(r.get("event_props"))
+            )
+        })
+        .collect();
+    assert_eq!(distinct.len(), events.rows.len(), "duplicate events");
+    assert!(events.rejected.is_empty());
+    // The counts endpoint agreed with what was read, window by window.
+    assert!(events.warnings.is_empty(), "{:?}", events.warnings);
+    for r in &events.rows {
+        assert!(!text(r.get("profile_object_id")).is_empty());
+        assert!(text(r.get("ts")).starts_with(&text(r.get("event_date")).replace('-', "")));
+    }
+
+    // Profiles: each slice lists its window's active profiles once; across
+    // slices (merged on `profile_id` downstream) they are the window's profiles.
+    let profiles = profiles.unwrap();
+    let plan = ct.plan(&spec(&ct, "profiles"), None, &run).await.unwrap();
+    let per_slice: u64 = plan
+        .slices
+        .iter()
+        .map(|s| {
+            let w = DayWindow::from_json(&s.params["window"]).unwrap();
+            sluice_sandbox::truth(&opts, w.since, w.until)["clevertap"]["profiles"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        profiles.rows.len() as u64,
+        per_slice,
+        "duplicates within a slice"
+    );
+    let mut merged: BTreeMap<String, &Map<String, Value>> = BTreeMap::new();
+    for r in &profiles.rows {
+        merged.insert(text(r.get("profile_id")), r);
+    }
+    let truth = sluice_sandbox::truth(&opts, SINCE.parse().unwrap(), UNTIL.parse().unwrap());
+    let ct_truth = &truth["clevertap"];
+    assert_eq!(merged.len() as u64, ct_truth["profiles"].as_u64().unwrap());
+    assert!(merged.len() < ct_truth["profiles_total"].as_u64().unwrap() as usize + 1);
+    // The addresses came through intact: the same problems truth counts among them.
+    let (mut empty, mut digits, mut ssn) = (0u64, 0u64, 0u64);
+    for r in merged.values() {
+        assert!(!text(r.get("email")).is_empty() && !text(r.get("object_id")).is_empty());
+        match classify_address(&text(r.get("address"))) {
+            Some(AddressProblem::Empty) => empty += 1,
+            Some(AddressProblem::AllDigits) => digits += 1,
+            Some(AddressProblem::SsnShaped) => ssn += 1,
+            None => {}
+        }
+    }
+    let invalid = &ct_truth["invalid_addresses"];
+    assert_eq!(
+        (empty, digits, ssn),
+        (
+            invalid["empty"].as_u64().unwrap(),
+            invalid["all_digits"].as_u64().unwrap(),
+            invalid["ssn_shaped"].as_u64().unwrap()
+        )
+    );
+    assert!(profiles.rejected.is_empty());
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_and_profiles_match_truth_exactly() {
+    assert_exact(Faults::default()).await;
+}
+
+#[tokio::test]
+async fn events_and_profiles_match_truth_under_faults() {
+    assert_exact(Faults {
+        server_error_every: Some(7),
+        rate_limit_every: Some(11),
+        malformed_every: Some(13),
+        duplicate_every: Some(3),
+        cursor_expire_every: Some(5),
+        ..Faults::default()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_passcode_names_passcode() {
+    let sandbox = sluice_sandbox::start(options(Faults::default()), 0)
+        .await
+        .unwrap();
+    let ct = source(&sandbox.base_url(), "not-the-passcode");
+    let run = backfill(TODAY, SINCE, UNTIL);
+    for stream in ["events", "profiles"] {
+        let e = extract(&ct, stream, None, &run)
+            .await
+            .err()
+            .expect("a configuration error");
+        assert_eq!(
+            (e.class, e.config_key.as_deref()),
+            (
+                ErrorClass::Configuration,
+                Some("sources.clevertap.passcode")
+            ),
+            "{stream}: {}",
+            e.message
+        );
+        assert!(!e.message.contains("not-the-passcode"), "{}", e.message);
+    }
+    // Not retried: one refused request per slice at most.
+    assert!(sandbox.request_count() <= 15, "{}", sandbox.request_count());
+    sandbox.shutdown().await;
+}
