@@ -22,8 +22,8 @@ use sluice_core::config::{ConfigDocument, ConfigError, Section};
 use sluice_core::destination::WriteMode;
 use sluice_core::schema::{Field, FieldType, TableSchema};
 use sluice_core::source::{
-    DecodedPage, LandedPage, PageSink, RunWindow, Slice, Source, SourceError, StreamPlan,
-    StreamSpec,
+    DecodeState, DecodedPage, LandedPage, PageSink, RunWindow, Slice, Source, SourceError,
+    StreamPlan, StreamSpec,
 };
 use sluice_core::typing::{Origin, Record, Rejected};
 
@@ -454,8 +454,10 @@ impl Source for FilesSource {
     fn decode(
         &self,
         stream: &StreamSpec,
+        _slice: &Slice,
         page: &LandedPage,
         body: &[u8],
+        _state: &mut DecodeState,
     ) -> Option<Result<DecodedPage, SourceError>> {
         let fs = self.stream(&stream.name).ok()?;
         let origin: Arc<str> = page.path.clone();

@@ -51,7 +51,9 @@ pub struct SchemaConfig {
     /// Per source or stream overrides, by glob on `source.stream`.
     #[serde(default)]
     pub streams: BTreeMap<String, PolicyOverride>,
-    /// Field renames applied as records arrive, per `source.stream`: `{old: new}`.
+    /// Source-side renames, per `source.stream`: `{old: new}` = the source now sends
+    /// `new` where it used to send `old`; values keep loading into column `old`, so
+    /// D1 and every model downstream keep working.
     #[serde(default)]
     pub renames: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -81,7 +83,7 @@ pub struct StreamPolicy {
     pub on_new_field: Policy,
     pub on_type_change: Policy,
     pub on_removed_field: Policy,
-    /// old field name → new field name.
+    /// old field (the column kept) → the new name the source sends.
     pub renames: BTreeMap<String, String>,
 }
 

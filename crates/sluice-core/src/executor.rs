@@ -38,7 +38,7 @@ use crate::lake::{parquet_batches, Lake, LakeError, PagePath, TableFileWriter};
 use crate::plan::StreamTask;
 use crate::run::{RunRecord, RunStatus, TaskError, TaskRecord, TaskStatus};
 use crate::schema::{infer_type, unify, Field, FieldType, TableSchema};
-use crate::source::{ErrorClass, LandedPage, PageSink, RunWindow, SourceError};
+use crate::source::{ErrorClass, LandedPage, PageSink, RunWindow, Slice, SourceError};
 use crate::state::{SliceCheckpoint, StateError, StateStore};
 use crate::typing::{to_scalar, BatchBuilder, FieldError, Record, Rejected, Scalar};
 
@@ -266,6 +266,7 @@ impl Executor {
                             self.observer.slice_finished(name, 0);
                             return Ok(());
                         }
+                        self.record_slice(shared, index, slice).await?;
                         let attempt = AtomicU64::new(0);
                         let result = self
                             .retry(counters, || async {
@@ -410,6 +411,26 @@ impl Executor {
             }
         }
         Ok(TaskStatus::Succeeded)
+    }
+
+    /// Writes what the slice asks the source for beside its raw pages, for replays.
+    async fn record_slice(
+        &self,
+        shared: &SharedStream<'_>,
+        index: usize,
+        slice: &Slice,
+    ) -> Result<(), TaskFailure> {
+        let path = crate::lake::slice_manifest_path(
+            shared.source,
+            &shared.stream.name,
+            shared.run_id,
+            index,
+        );
+        let body = serde_json::json!({"key": slice.key, "params": slice.params});
+        Ok(self
+            .lake
+            .put(&path, bytes::Bytes::from(body.to_string()))
+            .await?)
     }
 
     /// Reuses a slice an earlier run finished but did not publish (crash, cancel,
@@ -1230,8 +1251,8 @@ impl PageSink for SliceSink<'_, '_> {
         if !self.shared.renames.is_empty() {
             for record in &mut records {
                 for (old, new) in self.shared.renames {
-                    if let Some(value) = record.fields.remove(old) {
-                        record.fields.insert(new.clone(), value);
+                    if let Some(value) = record.fields.remove(new) {
+                        record.fields.insert(old.clone(), value);
                     }
                 }
             }

@@ -286,6 +286,12 @@ impl std::fmt::Display for PagePath<'_> {
     }
 }
 
+/// Where a run records what one slice asked the source for (`{key, params}`), so a
+/// replay can decode the slice's pages with the context they were fetched in.
+pub fn slice_manifest_path(source: &str, stream: &str, run_id: &str, slice: usize) -> String {
+    format!("raw/{source}/{stream}/_slices/{run_id}/s{slice:05}.json")
+}
+
 /// A Parquet file being written to the lake.
 pub struct TableFileWriter {
     writer: AsyncArrowWriter<BufWriter>,

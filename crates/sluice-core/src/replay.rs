@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use crate::lake::Lake;
 use crate::source::{
-    LandedPage, PageSink, RunWindow, Slice, Source, SourceError, StreamPlan, StreamSpec,
+    DecodeState, LandedPage, PageSink, RunWindow, Slice, Source, SourceError, StreamPlan,
+    StreamSpec,
 };
 
 pub struct ReplaySource {
@@ -71,7 +72,19 @@ impl Source for ReplaySource {
             .map_err(|e| SourceError::transient(e.to_string()))?;
         // slice → (last attempt, its pages in order)
         let mut slices: BTreeMap<String, (u32, Vec<String>)> = BTreeMap::new();
+        let manifests = format!("{prefix}/_slices/{}/", self.run_id);
+        let mut planned: BTreeMap<String, Value> = BTreeMap::new();
         for object in objects {
+            if let Some(file) = object.path.strip_prefix(manifests.as_str()) {
+                // What the slice asked the source for (absent in runs before manifests).
+                let slice = file.trim_end_matches(".json").to_string();
+                if let Ok(Some(body)) = self.lake.get(&object.path).await {
+                    if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+                        planned.insert(slice, value);
+                    }
+                }
+                continue;
+            }
             let mut parts = object.path.rsplitn(3, '/');
             let (Some(file), Some(run)) = (parts.next(), parts.next()) else {
                 continue;
@@ -96,9 +109,10 @@ impl Source for ReplaySource {
             .into_iter()
             .map(|(slice, (_, mut pages))| {
                 pages.sort();
+                let original = planned.remove(&slice).unwrap_or(Value::Null);
                 Slice {
                     key: format!("replay/{}/{slice}", self.run_id),
-                    params: serde_json::json!({ "pages": pages }),
+                    params: serde_json::json!({ "pages": pages, "original": original }),
                 }
             })
             .collect();
@@ -123,6 +137,14 @@ impl Source for ReplaySource {
                     .collect()
             })
             .unwrap_or_default();
+        let original = &slice.params["original"];
+        let original = Slice {
+            key: original["key"]
+                .as_str()
+                .map_or_else(|| slice.key.clone(), str::to_string),
+            params: original["params"].clone(),
+        };
+        let mut state = DecodeState::default();
         for path in pages {
             let body = self
                 .lake
@@ -132,15 +154,18 @@ impl Source for ReplaySource {
             let page = LandedPage {
                 path: path.clone().into(),
             };
-            let decoded = self.inner.decode(stream, &page, &body).ok_or_else(|| {
-                SourceError::config(
-                    format!(
-                        "source `{}` cannot decode landed pages, so it cannot be replayed",
-                        self.inner.name()
-                    ),
-                    format!("sources.{}", self.inner.name()),
-                )
-            })??;
+            let decoded = self
+                .inner
+                .decode(stream, &original, &page, &body, &mut state)
+                .ok_or_else(|| {
+                    SourceError::config(
+                        format!(
+                            "source `{}` cannot decode landed pages, so it cannot be replayed",
+                            self.inner.name()
+                        ),
+                        format!("sources.{}", self.inner.name()),
+                    )
+                })??;
             sink.records(decoded.records).await?;
             if !decoded.rejected.is_empty() {
                 sink.rejected(decoded.rejected).await?;

@@ -125,6 +125,13 @@ pub struct DecodedPage {
     pub rejected: Vec<Rejected>,
 }
 
+/// What decoding remembers across the pages of one slice, in landing order: the
+/// keys of records already emitted, so a replay drops the same repeats `read` did.
+#[derive(Debug, Default)]
+pub struct DecodeState {
+    pub seen: std::collections::HashSet<String>,
+}
+
 /// Where a source puts what it reads. Implemented by the executor.
 #[async_trait]
 pub trait PageSink: Send {
@@ -178,12 +185,15 @@ pub trait Source: Send + Sync {
     ) -> Result<(), SourceError>;
 
     /// Decodes a page this source landed earlier, for `sluice replay`: the same
-    /// records `read` produced, without calling the source. `None`: not supported.
+    /// records `read` produced for `slice` (as it was planned then), without
+    /// calling the source. Pages come in landing order. `None`: not supported.
     fn decode(
         &self,
         _stream: &StreamSpec,
+        _slice: &Slice,
         _page: &LandedPage,
         _body: &[u8],
+        _state: &mut DecodeState,
     ) -> Option<Result<DecodedPage, SourceError>> {
         None
     }

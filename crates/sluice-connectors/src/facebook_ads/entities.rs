@@ -103,6 +103,70 @@ pub async fn land_json(
     Ok(landed.path)
 }
 
+/// Account records of one page (a list page or a single account object).
+pub fn account_records(
+    page: &Value,
+    path: std::sync::Arc<str>,
+    seen: &mut HashSet<String>,
+) -> Vec<Record> {
+    let items: Vec<Value> = match page.get("data") {
+        Some(_) => data(page).to_vec(),
+        None => vec![page.clone()],
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let mut fields = v.as_object()?.clone();
+            let id = fields
+                .get("id")
+                .and_then(Value::as_str)
+                .map(super::config::normalize_account)?;
+            if !seen.insert(id.clone()) {
+                return None;
+            }
+            fields.insert("id".into(), json!(id));
+            Some(Record {
+                fields,
+                origin: Origin {
+                    page: path.clone(),
+                    line: i as u64 + 1,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Campaign, ad set or ad records of one page; objects repeated in the slice dropped.
+pub fn entity_records(
+    page: &Value,
+    path: &std::sync::Arc<str>,
+    currency: &Value,
+    seen: &mut HashSet<String>,
+) -> Vec<Record> {
+    let mut records = Vec::new();
+    for (i, v) in data(page).iter().enumerate() {
+        let Some(obj) = v.as_object() else { continue };
+        let mut fields: Map<String, Value> = obj.clone();
+        let Some(id) = fields.get("id").and_then(Value::as_str).map(String::from) else {
+            continue;
+        };
+        // The API can repeat an object across pages when it changes mid-listing.
+        if !seen.insert(id) {
+            continue;
+        }
+        fields.entry("account_currency").or_insert(currency.clone());
+        records.push(Record {
+            fields,
+            origin: Origin {
+                page: path.clone(),
+                line: i as u64 + 1,
+            },
+        });
+    }
+    records
+}
+
 pub async fn read_accounts(
     api: &GraphApi,
     config: &FacebookConfig,
@@ -117,35 +181,6 @@ pub async fn read_accounts(
         .to_string();
     let mut n = 0;
     let mut seen = HashSet::new();
-    let emit =
-        |page: &Value, path: std::sync::Arc<str>, seen: &mut HashSet<String>| -> Vec<Record> {
-            let items: Vec<Value> = match page.get("data") {
-                Some(_) => data(page).to_vec(),
-                None => vec![page.clone()],
-            };
-            items
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, v)| {
-                    let mut fields = v.as_object()?.clone();
-                    let id = fields
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .map(super::config::normalize_account)?;
-                    if !seen.insert(id.clone()) {
-                        return None;
-                    }
-                    fields.insert("id".into(), json!(id));
-                    Some(Record {
-                        fields,
-                        origin: Origin {
-                            page: path.clone(),
-                            line: i as u64 + 1,
-                        },
-                    })
-                })
-                .collect()
-        };
     match config.accounts.list() {
         Some(ids) => {
             for id in ids {
@@ -154,7 +189,7 @@ pub async fn read_accounts(
                     .query("fields", ACCOUNT_FIELDS);
                 let (response, page) = api.send_json(&request).await?;
                 let path = land_json(sink, &mut n, &dt, &response).await?;
-                let records = emit(&page, path, &mut seen);
+                let records = account_records(&page, path, &mut seen);
                 sink.records(records).await?;
             }
         }
@@ -166,7 +201,7 @@ pub async fn read_accounts(
             let mut pager = Pager::new(base);
             while let Some((response, page)) = pager.next(api).await? {
                 let path = land_json(sink, &mut n, &dt, &response).await?;
-                let records = emit(&page, path, &mut seen);
+                let records = account_records(&page, path, &mut seen);
                 sink.records(records).await?;
                 if sink.is_cancelled() {
                     return Err(SourceError::transient("cancelled"));
@@ -234,26 +269,7 @@ pub async fn read_entities(
     let mut seen = HashSet::new();
     while let Some((response, page)) = pager.next(api).await? {
         let path = land_json(sink, &mut n, &dt, &response).await?;
-        let mut records = Vec::new();
-        for (i, v) in data(&page).iter().enumerate() {
-            let Some(obj) = v.as_object() else { continue };
-            let mut fields: Map<String, Value> = obj.clone();
-            let Some(id) = fields.get("id").and_then(Value::as_str).map(String::from) else {
-                continue;
-            };
-            // The API can repeat an object across pages when it changes mid-listing.
-            if !seen.insert(id) {
-                continue;
-            }
-            fields.entry("account_currency").or_insert(currency.clone());
-            records.push(Record {
-                fields,
-                origin: Origin {
-                    page: path.clone(),
-                    line: i as u64 + 1,
-                },
-            });
-        }
+        let records = entity_records(&page, &path, &currency, &mut seen);
         sink.records(records).await?;
         if sink.is_cancelled() {
             return Err(SourceError::transient("cancelled"));

@@ -18,7 +18,7 @@ use chrono::NaiveDate;
 use reqwest::Method;
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
-use sluice_core::source::{ErrorClass, PageSink, Slice, SourceError};
+use sluice_core::source::{DecodedPage, ErrorClass, PageSink, Slice, SourceError};
 use sluice_core::typing::{Origin, Record, Rejected};
 
 use super::api::GraphApi;
@@ -350,15 +350,57 @@ async fn consume_page(
 ) -> Result<(), SourceError> {
     let dt = state.params.window.since.to_string();
     let path = land_json(state.sink, &mut state.pages, &dt, response).await?;
-    let mut records = Vec::new();
-    let mut rejected = Vec::new();
+    let rows = page_rows(
+        page,
+        &path,
+        &state.params,
+        state.config,
+        &state.key_fields,
+        state.actions_only,
+        &mut state.seen,
+    );
+    state.duplicates += rows.duplicates;
+    if !state.actions_only {
+        for record in &rows.records {
+            add_totals(&mut state.totals, &record.fields);
+        }
+    }
+    if !rows.rejected.is_empty() {
+        state.sink.rejected(rows.rejected).await?;
+    }
+    state.sink.records(rows.records).await
+}
+
+/// The records of one landed insights page.
+struct PageRows {
+    records: Vec<Record>,
+    rejected: Vec<Rejected>,
+    duplicates: u64,
+}
+
+/// Turns a page into records: slice context added, rows already seen in the slice
+/// dropped, actions flattened for `insights_actions`. Shared by `read` and replay.
+fn page_rows(
+    page: &Value,
+    path: &std::sync::Arc<str>,
+    params: &SliceParams,
+    config: &InsightsConfig,
+    key_fields: &[String],
+    actions_only: bool,
+    seen: &mut HashSet<String>,
+) -> PageRows {
+    let mut out = PageRows {
+        records: Vec::new(),
+        rejected: Vec::new(),
+        duplicates: 0,
+    };
     for (i, row) in data(page).iter().enumerate() {
         let origin = Origin {
             page: path.clone(),
             line: i as u64 + 1,
         };
         let Some(obj) = row.as_object() else {
-            rejected.push(Rejected {
+            out.rejected.push(Rejected {
                 origin,
                 reason: "insights row is not a JSON object".into(),
                 raw: row.to_string(),
@@ -368,43 +410,66 @@ async fn consume_page(
         let mut fields = obj.clone();
         fields
             .entry("account_currency")
-            .or_insert(state.params.currency.clone());
-        fields.insert("account_timezone".into(), state.params.timezone.clone());
-        let key = state
-            .key_fields
+            .or_insert(params.currency.clone());
+        fields.insert("account_timezone".into(), params.timezone.clone());
+        let key = key_fields
             .iter()
             .map(|k| fields.get(k).map(value_text).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\u{1f}");
-        if !state.seen.insert(key) {
-            state.duplicates += 1;
+        if !seen.insert(key) {
+            out.duplicates += 1;
             continue;
         }
-        if state.actions_only {
-            records.extend(flatten_actions(&fields, state, &origin));
+        if actions_only {
+            out.records
+                .extend(flatten_actions(&fields, config, &origin));
         } else {
-            add_totals(&mut state.totals, &fields);
-            records.push(Record { fields, origin });
+            out.records.push(Record { fields, origin });
         }
     }
-    if !rejected.is_empty() {
-        state.sink.rejected(rejected).await?;
-    }
-    state.sink.records(records).await
+    out
+}
+
+/// Decodes a landed insights page for a replay of `slice`.
+pub fn decode(
+    config: &InsightsConfig,
+    actions_only: bool,
+    slice: &Slice,
+    path: &std::sync::Arc<str>,
+    body: &[u8],
+    seen: &mut HashSet<String>,
+) -> Result<DecodedPage, SourceError> {
+    let params = SliceParams::parse(slice)?;
+    let page: Value = serde_json::from_slice(body)
+        .map_err(|e| SourceError::data(format!("{path}: malformed JSON: {e}")))?;
+    let rows = page_rows(
+        &page,
+        path,
+        &params,
+        config,
+        &insights_key(config),
+        actions_only,
+        seen,
+    );
+    Ok(DecodedPage {
+        records: rows.records,
+        rejected: rows.rejected,
+    })
 }
 
 /// One row per entry of each action list, attribution windows as `value_<window>` columns.
 fn flatten_actions(
     row: &Map<String, Value>,
-    state: &ReadState<'_>,
+    config: &InsightsConfig,
     origin: &Origin,
 ) -> Vec<Record> {
     let mut keys: Vec<&str> = vec!["account_id"];
-    if state.config.level != Level::Account {
-        keys.push(state.config.level.key_field());
+    if config.level != Level::Account {
+        keys.push(config.level.key_field());
     }
     keys.push("date_start");
-    keys.extend(state.config.breakdowns.iter().map(String::as_str));
+    keys.extend(config.breakdowns.iter().map(String::as_str));
     let mut out = Vec::new();
     for (metric, list) in row.iter().filter(|(k, _)| is_action_list(k)) {
         for entry in list.as_array().into_iter().flatten() {

@@ -23,7 +23,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use sluice_core::config::{ConfigDocument, ConfigError, Section};
 use sluice_core::source::{
-    PageSink, RunWindow, Slice, Source, SourceError, StreamPlan, StreamSpec,
+    DecodeState, DecodedPage, LandedPage, PageSink, RunWindow, Slice, Source, SourceError,
+    StreamPlan, StreamSpec,
 };
 use tokio::sync::Mutex;
 
@@ -278,6 +279,42 @@ impl Source for FacebookSource {
             "ad_accounts" => entities::read_accounts(&self.api, &self.config, slice, sink).await,
             other => entities::read_entities(&self.api, &self.config, other, slice, sink).await,
         }
+    }
+
+    fn decode(
+        &self,
+        stream: &StreamSpec,
+        slice: &Slice,
+        page: &LandedPage,
+        body: &[u8],
+        state: &mut DecodeState,
+    ) -> Option<Result<DecodedPage, SourceError>> {
+        let path = &page.path;
+        let json = || {
+            serde_json::from_slice::<Value>(body)
+                .map_err(|e| SourceError::data(format!("{path}: malformed JSON: {e}")))
+        };
+        Some(match stream.name.as_str() {
+            "insights" | "insights_actions" => insights::decode(
+                &self.insights_config(),
+                stream.name == "insights_actions",
+                slice,
+                path,
+                body,
+                &mut state.seen,
+            ),
+            "ad_accounts" => json().map(|page| DecodedPage {
+                records: entities::account_records(&page, path.clone(), &mut state.seen),
+                rejected: Vec::new(),
+            }),
+            _ => json().map(|page| {
+                let currency = slice.params.get("currency").cloned().unwrap_or(Value::Null);
+                DecodedPage {
+                    records: entities::entity_records(&page, path, &currency, &mut state.seen),
+                    rejected: Vec::new(),
+                }
+            }),
+        })
     }
 
     fn max_concurrency(&self) -> usize {
