@@ -122,15 +122,19 @@ pub async fn run(args: DemoArgs, interactive: bool) -> u8 {
     }
     let start = today - Duration::days(args.days - 1);
     let truth = sluice_sandbox::truth(&SandboxOptions::new(args.seed, 1, today), start, today);
-    match check_against_truth(&db, &truth) {
+    let matches_truth = match check_against_truth(&db, &truth) {
         Ok(lines) => {
             println!("\nwarehouse vs the sandbox's ground truth ({start} .. {today}):");
-            for line in lines {
+            for line in &lines {
                 println!("  {line}");
             }
+            !lines.iter().any(|l| l.contains("≠ truth"))
         }
-        Err(e) => println!("  (truth check unavailable: {e})"),
-    }
+        Err(e) => {
+            println!("  (truth check unavailable: {e})");
+            false
+        }
+    };
     println!(
         "\n{} API requests served by the sandbox; lake at {}; warehouse {}",
         thousands(requests),
@@ -139,10 +143,16 @@ pub async fn run(args: DemoArgs, interactive: bool) -> u8 {
     );
     println!("total time: {:.1}s", started.elapsed().as_secs_f64());
     println!(
-        "\nNext: sluice -p {p} runs    sluice -p {p} schema show facebook_insights",
+        "\nNext: sluice -p {p} runs    sluice -p {p} schema show facebook.insights",
         p = pipeline.display()
     );
-    exit_code(&record)
+    match exit_code(&record) {
+        exit::OK if !matches_truth => {
+            eprintln!("error: the warehouse does not match the sandbox's truth (see above)");
+            exit::RUN_FAILED
+        }
+        code => code,
+    }
 }
 
 /// Writes pipeline.yaml and a `.env` with the sandbox's address and credentials

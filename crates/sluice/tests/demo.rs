@@ -1,0 +1,114 @@
+//! The README's first command, and the sources of the example pipeline against the
+//! sandbox over real HTTP: one source with a bad credential stops alone, with a
+//! message that says what to fix, while the others load.
+
+mod common;
+
+use chrono::{Duration, Utc};
+use common::*;
+use sluice_sandbox::{credentials, SandboxOptions};
+
+/// `sluice demo`: every stream and model succeeds and the warehouse equals the
+/// sandbox's truth (the demo itself exits non-zero on a mismatch).
+#[test]
+fn demo_loads_everything_and_matches_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let out = assert_cmd::Command::cargo_bin("sluice")
+        .unwrap()
+        .current_dir(dir.path())
+        .args(["demo", "--days", "10", "--dir"])
+        .arg(&demo)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    for platform in ["facebook", "google"] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(platform) && l.ends_with("= truth")),
+            "{platform} is not reported equal to the truth:\n{text}"
+        );
+    }
+    assert!(!text.contains("≠ truth"), "{text}");
+    assert!(text.contains("succeeded"), "{text}");
+    // The models ran: the business table exists and has rows.
+    let db = rusqlite::Connection::open(demo.join("warehouse.db")).unwrap();
+    let spend_rows: i64 = db
+        .query_row("select count(*) from d2b__channel_spend_daily", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(spend_rows > 0);
+}
+
+#[test]
+fn a_source_with_a_bad_token_stops_alone_and_says_what_to_fix() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let today = Utc::now().date_naive();
+    let sandbox = runtime
+        .block_on(sluice_sandbox::start(SandboxOptions::new(7, 1, today), 0))
+        .unwrap();
+    let url = sandbox.base_url();
+    let project = Project::new(&format!(
+        r#"name: isolation
+lake: ./lake
+sources:
+  facebook:
+    type: facebook_ads
+    base_url: {url}
+    access_token: ${{FB_TOKEN}}
+    api_version: v26.0
+    accounts: all
+    start_date: "{start}"
+    streams:
+      insights: {{ level: ad, fields: [impressions, clicks, spend] }}
+  google:
+    type: google_ads
+    base_url: {url}
+    token_url: {url}/token
+    developer_token: {dev}
+    oauth: {{ client_id: "{cid}", client_secret: "{secret}", refresh_token: "{refresh}" }}
+    login_customer_id: "{manager}"
+    start_date: "{start}"
+"#,
+        start = today - Duration::days(5),
+        dev = credentials::GOOGLE_DEVELOPER_TOKEN,
+        cid = credentials::GOOGLE_CLIENT_ID,
+        secret = credentials::GOOGLE_CLIENT_SECRET,
+        refresh = credentials::GOOGLE_REFRESH_TOKEN,
+        manager = credentials::GOOGLE_MANAGER_CUSTOMER_ID,
+    ));
+    let out = project
+        .cmd()
+        .env("FB_TOKEN", "a-token-that-expired")
+        .arg("run")
+        .output()
+        .unwrap();
+    runtime.block_on(sandbox.shutdown());
+    assert_exit(&out, 5);
+    let text = stdout(&out) + &stderr(&out);
+    assert!(
+        text.contains("sources.facebook.access_token"),
+        "the failure names the key to fix:\n{text}"
+    );
+    assert!(
+        !text.contains("a-token-that-expired"),
+        "the token is never printed:\n{text}"
+    );
+    let db = project.sqlite();
+    let google_rows: i64 = db
+        .query_row("select count(*) from d1__google_campaign_daily", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(google_rows > 0, "google still loaded");
+    let fb_tables: i64 = db
+        .query_row(
+            "select count(*) from sqlite_master where name = 'd1__facebook_insights'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(fb_tables, 0, "nothing from the failed source");
+}
