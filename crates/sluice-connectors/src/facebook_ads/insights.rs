@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
+use futures::stream::{FuturesUnordered, StreamExt};
 use reqwest::Method;
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
@@ -30,6 +31,8 @@ use crate::http::window::DayWindow;
 
 /// A failing single-day request is retried this many times before the slice fails.
 const MAX_SAME_JOB_RETRIES: u32 = 4;
+/// Async report runs of one slice waited on at once.
+const ASYNC_JOBS_IN_FLIGHT: usize = 4;
 /// First pause between async job polls.
 const FIRST_POLL: Duration = Duration::from_millis(50);
 
@@ -131,14 +134,39 @@ pub async fn read(
         retries: 0,
     }]);
     let mut split_by_campaign = false;
-    while let Some(job) = queue.pop_front() {
+    // Async report runs are waited on together (the API runs several per account at
+    // once); their results are read one at a time, in completion order.
+    let config_ref = state.config;
+    let account = state.params.account.clone();
+    let mut waiting = FuturesUnordered::new();
+    loop {
         if state.sink.is_cancelled() {
             return Err(SourceError::transient("cancelled"));
         }
-        let result = if job.window.days() <= settings.sync_max_days as i64 {
-            run_sync(api, settings.page_size, &fields, &job, &mut state).await
-        } else {
-            run_async(api, settings, &fields, &job, &mut state).await
+        let next_is_sync = queue
+            .front()
+            .map(|job| job.window.days() <= settings.sync_max_days as i64);
+        let (job, result) = match next_is_sync {
+            Some(true) => {
+                let job = queue.pop_front().expect("front exists");
+                let result = run_sync(api, settings.page_size, &fields, &job, &mut state).await;
+                (job, result)
+            }
+            Some(false) if waiting.len() < ASYNC_JOBS_IN_FLIGHT => {
+                let job = queue.pop_front().expect("front exists");
+                waiting.push(wait_for_report(
+                    api, settings, &fields, config_ref, &account, job,
+                ));
+                continue;
+            }
+            _ => match waiting.next().await {
+                Some((job, Ok(run_id))) => {
+                    let result = read_report(api, settings, &run_id, &mut state).await;
+                    (job, result)
+                }
+                Some((job, Err(e))) => (job, Err(e)),
+                None => break,
+            },
         };
         match result {
             Ok(()) => {}
@@ -251,20 +279,34 @@ async fn run_sync(
     Ok(())
 }
 
-async fn run_async(
+/// Creates an async report run for `job` and polls it with short, growing pauses
+/// until it completes (its id) or fails or stalls (`NeedsSplitting`).
+async fn wait_for_report(
     api: &GraphApi,
     settings: &super::config::FacebookConfig,
     fields: &[String],
+    config: &InsightsConfig,
+    account: &str,
+    job: Job,
+) -> (Job, Result<String, SourceError>) {
+    let result = submit_and_poll(api, settings, fields, config, account, &job).await;
+    (job, result)
+}
+
+async fn submit_and_poll(
+    api: &GraphApi,
+    settings: &super::config::FacebookConfig,
+    fields: &[String],
+    config: &InsightsConfig,
+    account: &str,
     job: &Job,
-    state: &mut ReadState<'_>,
-) -> Result<(), SourceError> {
-    let account = state.params.account.clone();
+) -> Result<String, SourceError> {
     let submit = api
-        .request(Method::POST, &format!("{}/insights", job.object), &account)?
+        .request(Method::POST, &format!("{}/insights", job.object), account)?
         .form(insights_params(
             fields,
-            state.config,
-            state.config.level,
+            config,
+            config.level,
             &job.window,
             true,
         ));
@@ -279,7 +321,7 @@ async fn run_async(
         )));
     };
 
-    // Poll with short, growing pauses; a job that stops moving is split like a failed one.
+    // A job that stops moving is split like a failed one.
     let mut pause = FIRST_POLL;
     let max_pause = Duration::from_millis(settings.async_max_poll_ms.max(50));
     let stall = Duration::from_secs(settings.async_stall_secs.max(1));
@@ -287,7 +329,7 @@ async fn run_async(
     loop {
         tokio::time::sleep(pause).await;
         pause = (pause.mul_f64(1.5)).min(max_pause);
-        let poll = api.request(Method::GET, &run_id, &account)?.query(
+        let poll = api.request(Method::GET, &run_id, account)?.query(
             "fields",
             "id,async_status,async_percent_completion,error_code,error_message",
         );
@@ -301,7 +343,7 @@ async fn run_async(
             .and_then(Value::as_i64)
             .unwrap_or(0);
         match state_name {
-            "Job Completed" => break,
+            "Job Completed" => return Ok(run_id),
             "Job Failed" | "Job Skipped" => {
                 let why = status
                     .get("error_message")
@@ -328,12 +370,22 @@ async fn run_async(
                 ),
             ));
         }
-        if state.sink.is_cancelled() {
-            return Err(SourceError::transient("cancelled"));
-        }
     }
+}
+
+/// Pages through a completed report run's rows.
+async fn read_report(
+    api: &GraphApi,
+    settings: &super::config::FacebookConfig,
+    run_id: &str,
+    state: &mut ReadState<'_>,
+) -> Result<(), SourceError> {
     let base = api
-        .request(Method::GET, &format!("{run_id}/insights"), &account)?
+        .request(
+            Method::GET,
+            &format!("{run_id}/insights"),
+            &state.params.account,
+        )?
         .query("limit", settings.page_size.to_string());
     let mut pager = Pager::new(base);
     while let Some((response, page)) = pager.next(api).await? {
