@@ -1,13 +1,17 @@
 //! CleverTap against the sandbox over real HTTP: events (per name per day) and
 //! profiles equal `truth` exactly, with and without faults (5xx, 429, cut-off
-//! bodies, repeated records, expiring cursors), and a wrong passcode is a
-//! configuration error naming `passcode`.
+//! bodies, repeated records, expiring cursors), a wrong passcode is a
+//! configuration error naming `passcode`, and the pages a read landed decode
+//! (for `sluice replay`) to exactly the records the read handed over.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use common::{backfill, extract, spec, text};
+use futures::StreamExt;
 use serde_json::{Map, Value};
 use sluice_connectors::clevertap::config::{
     CleverTapConfig, CleverTapStreams, EventsConfig, ProfilesConfig,
@@ -15,7 +19,10 @@ use sluice_connectors::clevertap::config::{
 use sluice_connectors::clevertap::CleverTapSource;
 use sluice_connectors::http::window::DayWindow;
 use sluice_core::secret::Secret;
-use sluice_core::source::{ErrorClass, Source};
+use sluice_core::source::{
+    DecodeState, ErrorClass, LandedPage, PageSink, Slice, Source, SourceError,
+};
+use sluice_core::typing::{Record, Rejected};
 use sluice_sandbox::data::{classify_address, AddressProblem, CT_EVENTS};
 use sluice_sandbox::{credentials, Faults, SandboxOptions};
 
@@ -223,4 +230,262 @@ async fn wrong_passcode_names_passcode() {
     // Not retried: one refused request per slice at most.
     assert!(sandbox.request_count() <= 15, "{}", sandbox.request_count());
     sandbox.shutdown().await;
+}
+
+/// One read attempt of one slice: the pages it landed (in order, with their
+/// bodies) and what it handed over. A retried slice starts a fresh attempt, as
+/// the executor discards a failed attempt's pages.
+struct AttemptSink {
+    prefix: String,
+    pages: Vec<(Arc<str>, Vec<u8>)>,
+    records: Vec<Record>,
+    rejected: Vec<Rejected>,
+}
+
+#[async_trait]
+impl PageSink for AttemptSink {
+    async fn land(
+        &mut self,
+        name: &str,
+        extension: &str,
+        dt: &str,
+        body: &[u8],
+    ) -> Result<LandedPage, SourceError> {
+        let path: Arc<str> = format!("{}/dt={dt}/{name}.{extension}", self.prefix).into();
+        assert!(
+            !self.pages.iter().any(|(p, _)| *p == path),
+            "page name reused within an attempt: {path}"
+        );
+        self.pages.push((path.clone(), body.to_vec()));
+        Ok(LandedPage { path })
+    }
+    async fn records(&mut self, records: Vec<Record>) -> Result<(), SourceError> {
+        self.records.extend(records);
+        Ok(())
+    }
+    async fn rejected(&mut self, rejected: Vec<Rejected>) -> Result<(), SourceError> {
+        self.rejected.extend(rejected);
+        Ok(())
+    }
+    fn warn(&mut self, _message: String) {}
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// What reading and replaying one stream went through.
+#[derive(Debug, Default)]
+struct ReplayCounts {
+    slices: usize,
+    /// Read attempts that failed and were discarded.
+    failed_attempts: usize,
+    pages: usize,
+    /// Records in the landed pages, repeats included.
+    landed_rows: usize,
+    records: usize,
+}
+
+/// Reads every slice of `stream` (each retried whole on transient errors, a new
+/// attempt's pages replacing the failed one's), then decodes the last attempt's
+/// pages in landing order, one `DecodeState` per slice, and asserts the decoded
+/// records are exactly those `read` handed over: fields, origins, order, count.
+async fn read_then_decode(
+    source: &dyn Source,
+    stream: &str,
+    run: &sluice_core::source::RunWindow,
+) -> ReplayCounts {
+    let spec = spec(source, stream);
+    let plan = source.plan(&spec, None, run).await.unwrap();
+    let reads: Vec<(Slice, AttemptSink, usize)> = futures::stream::iter(plan.slices)
+        .map(|slice| {
+            let spec = &spec;
+            async move {
+                let mut failed = 0;
+                for attempt in 1..=30 {
+                    let mut sink = AttemptSink {
+                        prefix: format!("raw/{stream}/{}/a{attempt}", slice.key.replace('/', "_")),
+                        pages: Vec::new(),
+                        records: Vec::new(),
+                        rejected: Vec::new(),
+                    };
+                    match source.read(spec, &slice, &mut sink).await {
+                        Ok(()) => return (slice, sink, failed),
+                        Err(e) if e.class == ErrorClass::Transient => failed += 1,
+                        Err(e) => panic!("{stream} {}: {e:?}", slice.key),
+                    }
+                }
+                panic!("{stream} {}: still failing after 30 attempts", slice.key)
+            }
+        })
+        .buffer_unordered(source.max_concurrency())
+        .collect()
+        .await;
+    let mut counts = ReplayCounts::default();
+    for (slice, sink, failed) in reads {
+        counts.slices += 1;
+        counts.failed_attempts += failed;
+        counts.pages += sink.pages.len();
+        counts.records += sink.records.len();
+        let mut state = DecodeState::default();
+        let mut records = Vec::new();
+        let mut rejected = Vec::new();
+        for (path, body) in &sink.pages {
+            let landed: Value = serde_json::from_slice(body).unwrap();
+            counts.landed_rows += landed["records"].as_array().map_or(0, Vec::len);
+            let page = LandedPage { path: path.clone() };
+            let decoded = source
+                .decode(&spec, &slice, &page, body, &mut state)
+                .expect("decode is supported")
+                .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+            records.extend(decoded.records);
+            rejected.extend(decoded.rejected);
+        }
+        let what = format!("{stream} {}", slice.key);
+        assert_eq!(records.len(), sink.records.len(), "{what}: record count");
+        for (i, (got, want)) in records.iter().zip(&sink.records).enumerate() {
+            assert_eq!(got.origin, want.origin, "{what}: record {i}");
+            assert_eq!(got.fields, want.fields, "{what}: record {i}");
+        }
+        assert_eq!(
+            rejected.len(),
+            sink.rejected.len(),
+            "{what}: rejected count"
+        );
+        for (got, want) in rejected.iter().zip(&sink.rejected) {
+            assert_eq!(
+                (&got.origin, &got.reason, &got.raw),
+                (&want.origin, &want.reason, &want.raw),
+                "{what}"
+            );
+        }
+    }
+    counts
+}
+
+#[tokio::test]
+async fn landed_pages_decode_to_the_records_read_handed_over() {
+    let faults = Faults {
+        server_error_every: Some(7),
+        rate_limit_every: Some(11),
+        malformed_every: Some(13),
+        duplicate_every: Some(3),
+        cursor_expire_every: Some(5),
+        ..Faults::default()
+    };
+    let sandbox = sluice_sandbox::start(options(faults), 0).await.unwrap();
+    let mut ct = source(&sandbox.base_url(), credentials::CLEVERTAP_PASSCODE);
+    let run = backfill(TODAY, SINCE, UNTIL);
+    let events = read_then_decode(&ct, "events", &run).await;
+    let profiles = read_then_decode(&ct, "profiles", &run).await;
+    assert_eq!(events.slices, CT_EVENTS.len() * 2);
+    assert_eq!(profiles.slices, 2);
+    for (stream, counts) in [("events", &events), ("profiles", &profiles)] {
+        assert!(counts.pages > counts.slices, "{stream}: one page per slice");
+        // Repeats (injected, or re-read after an expired cursor) were dropped alike.
+        assert!(
+            counts.landed_rows > counts.records,
+            "{stream}: no repeated records landed"
+        );
+    }
+    sandbox.shutdown().await;
+
+    // Without retries inside requests, 5xx fail windows (split by day) and whole
+    // slices (read again): the replay still follows the last attempt exactly.
+    let sandbox = sluice_sandbox::start(
+        options(Faults {
+            server_error_every: Some(3),
+            duplicate_every: Some(4),
+            cursor_expire_every: Some(7),
+            ..Faults::default()
+        }),
+        0,
+    )
+    .await
+    .unwrap();
+    ct = {
+        let mut config = CleverTapConfig::new(
+            credentials::CLEVERTAP_ACCOUNT_ID,
+            Secret::new(credentials::CLEVERTAP_PASSCODE),
+            &sandbox.base_url(),
+            CleverTapStreams {
+                events: Some(EventsConfig {
+                    names: CT_EVENTS.iter().map(|(n, _)| n.to_string()).collect(),
+                    table: None,
+                }),
+                profiles: Some(ProfilesConfig::default()),
+            },
+        );
+        config.batch_size = 100;
+        config.slice_days = 7;
+        config.reconcile = false;
+        config.http.max_retries = 1;
+        config.http.initial_backoff_ms = 1;
+        config.http.max_backoff_ms = 5;
+        config.http.requests_per_second = 0.0;
+        CleverTapSource::new("clevertap", config, KEY).unwrap()
+    };
+    let (mut failed_attempts, mut landed_rows, mut records) = (0, 0, 0);
+    for stream in ["events", "profiles"] {
+        let counts = read_then_decode(&ct, stream, &run).await;
+        failed_attempts += counts.failed_attempts;
+        landed_rows += counts.landed_rows;
+        records += counts.records;
+    }
+    assert!(failed_attempts > 0, "no slice was retried whole");
+    assert!(landed_rows > records, "no repeated records landed");
+    sandbox.shutdown().await;
+
+    // What carries no records (a cursor-creation or status answer) decodes to nothing.
+    let slice = Slice {
+        key: "Charged/2024-09-17..2024-09-23".into(),
+        params: serde_json::json!({"event": "Charged", "window": {"since": "2024-09-17", "until": "2024-09-23"}}),
+    };
+    for stream in ["events", "profiles"] {
+        for body in [
+            r#"{"status":"success","cursor":"abc"}"#,
+            r#"{"status":"fail","error":"Cursor expired.","code":400}"#,
+            r#"{"status":"success","records":[]}"#,
+            r#"{"status":"partial","req_id":17}"#,
+        ] {
+            let page = LandedPage {
+                path: "raw/x/p00001.json".into(),
+            };
+            let decoded = ct
+                .decode(
+                    &spec(&ct, stream),
+                    &slice,
+                    &page,
+                    body.as_bytes(),
+                    &mut DecodeState::default(),
+                )
+                .unwrap()
+                .unwrap();
+            assert!(
+                decoded.records.is_empty() && decoded.rejected.is_empty(),
+                "{stream}: {body}"
+            );
+        }
+    }
+    // An event page does not name its event: without the slice as planned (a run
+    // before slice manifests) it cannot be decoded; a profile page can.
+    let unplanned = Slice {
+        key: "replay/r/s00001".into(),
+        params: Value::Null,
+    };
+    let page = LandedPage {
+        path: "raw/x/p00001.json".into(),
+    };
+    let body = br#"{"status":"success","records":[{"identity":"C-1","ts":20240917100000}]}"#;
+    let decode = |stream: &str| {
+        ct.decode(
+            &spec(&ct, stream),
+            &unplanned,
+            &page,
+            body,
+            &mut DecodeState::default(),
+        )
+        .unwrap()
+    };
+    assert_eq!(decode("events").unwrap_err().class, ErrorClass::Data);
+    assert_eq!(decode("profiles").unwrap().records.len(), 1);
 }

@@ -12,6 +12,7 @@ pub mod config;
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
@@ -19,7 +20,8 @@ use sluice_core::config::{ConfigDocument, ConfigError, Section};
 use sluice_core::destination::WriteMode;
 use sluice_core::schema::{Field, FieldType, TableSchema};
 use sluice_core::source::{
-    ErrorClass, PageSink, RunWindow, Slice, Source, SourceError, StreamPlan, StreamSpec,
+    DecodeState, DecodedPage, ErrorClass, LandedPage, PageSink, RunWindow, Slice, Source,
+    SourceError, StreamPlan, StreamSpec,
 };
 use sluice_core::typing::{Origin, Record, Rejected};
 
@@ -295,10 +297,67 @@ fn fingerprint(v: &Value) -> u64 {
     h.finish()
 }
 
+/// The records of one landed cursor page of `what` (`events` of `event`, or
+/// `profiles`): records already handed over in the slice (`seen`: fingerprints of
+/// whole events, profile ids) are dropped — an expired cursor or a split window
+/// re-reads them, and the API repeats records. Shared by `read` and replay. A page
+/// without `records` (an error or status answer) yields nothing.
+fn page_records(
+    what: &str,
+    event: &str,
+    page: &Value,
+    path: &Arc<str>,
+    seen: &mut HashSet<String>,
+) -> (Vec<Record>, Vec<Rejected>) {
+    let mut records = Vec::new();
+    let mut rejected = Vec::new();
+    for (i, raw) in page
+        .get("records")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let origin = Origin {
+            page: path.clone(),
+            line: i as u64 + 1,
+        };
+        let decoded = raw
+            .as_object()
+            .ok_or_else(|| "record is not an object".to_string())
+            .and_then(|o| {
+                if what == "events" {
+                    event_record(event, o)
+                } else {
+                    profile_record(o)
+                }
+            });
+        match decoded {
+            Ok(fields) => {
+                // Events have no id: the whole record identifies it. Profiles: their id.
+                let fp = if what == "events" {
+                    fingerprint(raw)
+                } else {
+                    fingerprint(&fields["profile_id"])
+                };
+                if seen.insert(format!("{fp:016x}")) {
+                    records.push(Record { fields, origin });
+                }
+            }
+            Err(reason) => rejected.push(Rejected {
+                origin,
+                reason,
+                raw: raw.to_string(),
+            }),
+        }
+    }
+    (records, rejected)
+}
+
 struct WindowRead<'a> {
     sink: &'a mut dyn PageSink,
-    /// What was already handed over in this slice (by record fingerprint or profile id).
-    seen: HashSet<u64>,
+    /// What was already handed over in this slice (see [`page_records`]).
+    seen: HashSet<String>,
     pages: u32,
     emitted: u64,
     dt: String,
@@ -348,49 +407,9 @@ impl CleverTapSource {
                         &response.body,
                     )
                     .await?;
-                let mut records = Vec::new();
-                let mut rejected = Vec::new();
-                for (i, raw) in page
-                    .get("records")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .enumerate()
-                {
-                    let origin = Origin {
-                        page: landed.path.clone(),
-                        line: i as u64 + 1,
-                    };
-                    let decoded = raw
-                        .as_object()
-                        .ok_or_else(|| "record is not an object".to_string())
-                        .and_then(|o| {
-                            if what == "events" {
-                                event_record(event, o)
-                            } else {
-                                profile_record(o)
-                            }
-                        });
-                    match decoded {
-                        Ok(fields) => {
-                            // Events have no id: the whole record identifies it. Profiles: their id.
-                            let fp = if what == "events" {
-                                fingerprint(raw)
-                            } else {
-                                fingerprint(&fields["profile_id"])
-                            };
-                            if state.seen.insert(fp) {
-                                state.emitted += 1;
-                                records.push(Record { fields, origin });
-                            }
-                        }
-                        Err(reason) => rejected.push(Rejected {
-                            origin,
-                            reason,
-                            raw: raw.to_string(),
-                        }),
-                    }
-                }
+                let (records, rejected) =
+                    page_records(what, event, &page, &landed.path, &mut state.seen);
+                state.emitted += records.len() as u64;
                 if !rejected.is_empty() {
                     state.sink.rejected(rejected).await?;
                 }
@@ -545,6 +564,42 @@ impl Source for CleverTapSource {
             }
         }
         Ok(())
+    }
+
+    fn decode(
+        &self,
+        stream: &StreamSpec,
+        slice: &Slice,
+        page: &LandedPage,
+        body: &[u8],
+        state: &mut DecodeState,
+    ) -> Option<Result<DecodedPage, SourceError>> {
+        let path = &page.path;
+        let what = if stream.name == "events" {
+            "events"
+        } else {
+            "profiles"
+        };
+        // An event page does not name its event: it comes from the slice as planned.
+        let event = match slice.params.get("event").and_then(Value::as_str) {
+            Some(event) => event,
+            None if what == "profiles" => "",
+            None => {
+                return Some(Err(SourceError::data(format!(
+                    "slice `{}` has no `event` parameter: its pages cannot be decoded",
+                    slice.key
+                ))))
+            }
+        };
+        Some(
+            serde_json::from_slice::<Value>(body)
+                .map_err(|e| SourceError::data(format!("{path}: malformed JSON: {e}")))
+                .map(|page| {
+                    let (records, rejected) =
+                        page_records(what, event, &page, path, &mut state.seen);
+                    DecodedPage { records, rejected }
+                }),
+        )
     }
 
     fn max_concurrency(&self) -> usize {

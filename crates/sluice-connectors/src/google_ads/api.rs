@@ -447,26 +447,33 @@ impl GoogleApi {
         let parsed: Value = serde_json::from_slice(&response.body).map_err(|e| {
             SourceError::transient(format!("{}: malformed JSON: {e}", response.label))
         })?;
-        let batches = match parsed {
-            Value::Array(items) => items,
-            // Some proxies unwrap a single batch.
-            other => vec![other],
-        };
-        let mut rows = Vec::new();
-        let mut field_mask = None;
-        for batch in batches {
-            if field_mask.is_none() {
-                field_mask = batch
-                    .get("fieldMask")
-                    .and_then(Value::as_str)
-                    .map(String::from);
-            }
-            if let Some(Value::Array(results)) = batch.get("results") {
-                rows.extend(results.iter().cloned());
-            }
-        }
+        let (rows, field_mask) = stream_rows(parsed);
         Ok((response, rows, field_mask))
     }
+}
+
+/// The result rows of a searchStream answer and its first `fieldMask`
+/// (an answer without `results` — an error, an empty stream — has no rows).
+pub fn stream_rows(parsed: Value) -> (Vec<Value>, Option<String>) {
+    let batches = match parsed {
+        Value::Array(items) => items,
+        // Some proxies unwrap a single batch.
+        other => vec![other],
+    };
+    let mut rows = Vec::new();
+    let mut field_mask = None;
+    for batch in batches {
+        if field_mask.is_none() {
+            field_mask = batch
+                .get("fieldMask")
+                .and_then(Value::as_str)
+                .map(String::from);
+        }
+        if let Some(Value::Array(results)) = batch.get("results") {
+            rows.extend(results.iter().cloned());
+        }
+    }
+    (rows, field_mask)
 }
 
 /// The `google.rpc.Status` of an error response, if it carries one.

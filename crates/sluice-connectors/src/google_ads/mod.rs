@@ -21,7 +21,8 @@ use sluice_core::config::{ConfigDocument, ConfigError, Section};
 use sluice_core::destination::WriteMode;
 use sluice_core::schema::{Field, FieldType, TableSchema};
 use sluice_core::source::{
-    PageSink, RunWindow, Slice, Source, SourceError, StreamPlan, StreamSpec,
+    DecodeState, DecodedPage, LandedPage, PageSink, RunWindow, Slice, Source, SourceError,
+    StreamPlan, StreamSpec,
 };
 use sluice_core::typing::{Origin, Record};
 use tokio::sync::Mutex;
@@ -348,6 +349,58 @@ impl GoogleSource {
     }
 }
 
+/// The records of one searchStream answer for a slice with parameters `params`:
+/// rows flattened, the slice's customer context added, repeated rows (a retried
+/// batch, a duplicating proxy) dropped against `seen`. Shared by `read` and replay.
+fn page_records(
+    s: &GaqlStream,
+    params: &Value,
+    path: &Arc<str>,
+    rows: &[Value],
+    field_mask: Option<String>,
+    seen: &mut HashSet<String>,
+) -> Vec<Record> {
+    let customer = params
+        .get("customer_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    // The fieldMask names what was selected; fall back to the query's SELECT list.
+    let selected: Vec<String> = field_mask
+        .map(|m| m.split(',').map(|f| f.trim().to_string()).collect())
+        .unwrap_or_else(|| s.selected.clone());
+    let mut records = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let mut fields = gaql::flatten_row(row, &selected);
+        fields.entry("customer_id").or_insert(json!(customer));
+        fields.insert(
+            "customer_currency".into(),
+            params.get("currency").cloned().unwrap_or(Value::Null),
+        );
+        fields.insert(
+            "customer_time_zone".into(),
+            params.get("time_zone").cloned().unwrap_or(Value::Null),
+        );
+        // JSON texts never contain a raw U+001F, so the joined key is unambiguous.
+        let key = s
+            .key
+            .iter()
+            .map(|k| fields.get(k).map(|v| v.to_string()).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\u{1f}");
+        if !seen.insert(key) {
+            continue;
+        }
+        records.push(Record {
+            fields,
+            origin: Origin {
+                page: path.clone(),
+                line: i as u64 + 1,
+            },
+        });
+    }
+    records
+}
+
 #[async_trait]
 impl Source for GoogleSource {
     fn name(&self) -> &str {
@@ -453,41 +506,44 @@ impl Source for GoogleSource {
             .search_stream(&customer, &query, login.as_deref(), &s.query_key)
             .await?;
         let landed = sink.land("p00001", "json", &dt, &response.body).await?;
-        // The fieldMask names what was selected; fall back to the query's SELECT list.
-        let selected: Vec<String> = field_mask
-            .map(|m| m.split(',').map(|f| f.trim().to_string()).collect())
-            .unwrap_or_else(|| s.selected.clone());
         let mut seen = HashSet::new();
-        let mut records = Vec::with_capacity(rows.len());
-        for (i, row) in rows.iter().enumerate() {
-            let mut fields = gaql::flatten_row(row, &selected);
-            fields.entry("customer_id").or_insert(json!(customer));
-            fields.insert(
-                "customer_currency".into(),
-                p.get("currency").cloned().unwrap_or(Value::Null),
-            );
-            fields.insert(
-                "customer_time_zone".into(),
-                p.get("time_zone").cloned().unwrap_or(Value::Null),
-            );
-            let key: Vec<String> = s
-                .key
-                .iter()
-                .map(|k| fields.get(k).map(|v| v.to_string()).unwrap_or_default())
-                .collect();
-            // Repeated rows (a retried batch, a duplicating proxy) are kept once.
-            if !seen.insert(key) {
-                continue;
-            }
-            records.push(Record {
-                fields,
-                origin: Origin {
-                    page: landed.path.clone(),
-                    line: i as u64 + 1,
-                },
-            });
-        }
+        let records = page_records(s, p, &landed.path, &rows, field_mask, &mut seen);
         sink.records(records).await
+    }
+
+    fn decode(
+        &self,
+        stream: &StreamSpec,
+        slice: &Slice,
+        page: &LandedPage,
+        body: &[u8],
+        state: &mut DecodeState,
+    ) -> Option<Result<DecodedPage, SourceError>> {
+        Some(self.stream(&stream.name).and_then(|s| {
+            let path = &page.path;
+            // The customer's currency and time zone are not in the page: without the
+            // slice as planned (runs landed before slice manifests) they would be lost.
+            if slice
+                .params
+                .get("customer_id")
+                .and_then(Value::as_str)
+                .is_none()
+            {
+                return Err(SourceError::data(format!(
+                    "slice `{}` has no `customer_id` parameter: its pages cannot be decoded",
+                    slice.key
+                )));
+            }
+            let parsed: Value = serde_json::from_slice(body)
+                .map_err(|e| SourceError::data(format!("{path}: malformed JSON: {e}")))?;
+            // Only searchStream answers are landed (one per slice); anything without
+            // `results` (an error body, an empty stream) carries no records.
+            let (rows, field_mask) = api::stream_rows(parsed);
+            Ok(DecodedPage {
+                records: page_records(s, &slice.params, path, &rows, field_mask, &mut state.seen),
+                rejected: Vec::new(),
+            })
+        }))
     }
 
     fn max_concurrency(&self) -> usize {
