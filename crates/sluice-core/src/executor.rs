@@ -1169,10 +1169,21 @@ impl SliceSink<'_, '_> {
 
     /// A value did not fit its column: widen, quarantine or freeze, by policy.
     fn on_type_change(&mut self, error: &FieldError) -> Result<TypeChange, SourceError> {
+        let mut schema = self.shared.schema.lock().expect("schema lock");
         let Some(value) = &error.value else {
+            // A required field arrived missing or null: the source's nullability changed.
+            if schema.baseline.is_some() {
+                let field = schema.schema.fields[error.column].name.clone();
+                schema.note(
+                    ChangeKind::NullabilityChanged,
+                    &field,
+                    || "a required field arrived empty".into(),
+                    "quarantined",
+                    1,
+                );
+            }
             return Ok(TypeChange::Reject);
         };
-        let mut schema = self.shared.schema.lock().expect("schema lock");
         if schema.baseline.is_none() {
             // No earlier shape to compare with: this is bad data, not a schema change.
             return Ok(TypeChange::Reject);
@@ -1279,6 +1290,31 @@ impl PageSink for SliceSink<'_, '_> {
                     1,
                 );
                 self.reject(record, format!("new field `{field}` held back by schema policy quarantine (schema.on_new_field)"));
+                continue;
+            }
+            // A key that is missing cannot be merged or de-duplicated: quarantine the record.
+            if let Some(key) = self
+                .shared
+                .stream
+                .primary_key
+                .iter()
+                .find(|k| record.fields.get(k.as_str()).is_none_or(Value::is_null))
+            {
+                let mut schema = self.shared.schema.lock().expect("schema lock");
+                if schema.baseline.is_some() {
+                    schema.note(
+                        ChangeKind::NullabilityChanged,
+                        key,
+                        || "a primary key field arrived empty".into(),
+                        "quarantined",
+                        1,
+                    );
+                }
+                drop(schema);
+                self.reject(
+                    record,
+                    format!("primary key field `{key}` is missing or null"),
+                );
                 continue;
             }
             let dt = match self.partition_of(record) {

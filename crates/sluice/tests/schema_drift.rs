@@ -377,6 +377,7 @@ sources:
     streams:
       orders:
         path: data/*.ndjson
+        primary_key: [id]
 {schema}"#
     )
 }
@@ -387,9 +388,10 @@ const DAY_ONE: &str = r#"{"id": 1, "amount": 10, "qty": 1, "payment_mode": "card
 "#;
 
 /// Day two: `amount` gains decimals, one `qty` is text, `payment_mode` is now
-/// `payment_method`, and `coupon` is new.
+/// `payment_method`, `coupon` is new, and one record lacks its (required) key.
 const DAY_TWO: &str = r#"{"id": 3, "amount": 12.5, "qty": 3, "payment_method": "card", "coupon": "X1"}
 {"id": 4, "amount": 7.25, "qty": "four", "payment_method": "cod", "coupon": "X2"}
+{"id": null, "amount": 1, "qty": 1, "payment_method": "card"}
 "#;
 
 /// Evolve with a rename map: the column is widened, the new field added, the renamed
@@ -470,7 +472,7 @@ fn files_quarantine_on_type_change_and_reports_the_likely_rename() {
     );
     let loaded = sqlite_count(&project, "select count(*) from d1__shop_orders");
     let quarantined = sqlite_count(&project, "select count(*) from d1__shop_orders__quarantine");
-    assert_eq!(loaded + quarantined, 4, "no record is lost");
+    assert_eq!(loaded + quarantined, 5, "no record is lost");
     assert_eq!(
         sqlite_count(
             &project,
@@ -483,4 +485,5 @@ fn files_quarantine_on_type_change_and_reports_the_likely_rename() {
         runs.contains("likely_rename") && runs.contains("payment_method"),
         "{runs}"
     );
+    assert!(runs.contains("nullability_changed"), "{runs}");
 }
