@@ -7,11 +7,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
-use async_trait::async_trait;
-use common::{backfill, extract, spec, text};
-use futures::StreamExt;
+use common::{backfill, extract, read_then_decode, spec, text};
 use serde_json::{Map, Value};
 use sluice_connectors::clevertap::config::{
     CleverTapConfig, CleverTapStreams, EventsConfig, ProfilesConfig,
@@ -19,10 +16,7 @@ use sluice_connectors::clevertap::config::{
 use sluice_connectors::clevertap::CleverTapSource;
 use sluice_connectors::http::window::DayWindow;
 use sluice_core::secret::Secret;
-use sluice_core::source::{
-    DecodeState, ErrorClass, LandedPage, PageSink, Slice, Source, SourceError,
-};
-use sluice_core::typing::{Record, Rejected};
+use sluice_core::source::{DecodeState, ErrorClass, LandedPage, Slice, Source};
 use sluice_sandbox::data::{classify_address, AddressProblem, CT_EVENTS};
 use sluice_sandbox::{credentials, Faults, SandboxOptions};
 
@@ -232,134 +226,10 @@ async fn wrong_passcode_names_passcode() {
     sandbox.shutdown().await;
 }
 
-/// One read attempt of one slice: the pages it landed (in order, with their
-/// bodies) and what it handed over. A retried slice starts a fresh attempt, as
-/// the executor discards a failed attempt's pages.
-struct AttemptSink {
-    prefix: String,
-    pages: Vec<(Arc<str>, Vec<u8>)>,
-    records: Vec<Record>,
-    rejected: Vec<Rejected>,
-}
-
-#[async_trait]
-impl PageSink for AttemptSink {
-    async fn land(
-        &mut self,
-        name: &str,
-        extension: &str,
-        dt: &str,
-        body: &[u8],
-    ) -> Result<LandedPage, SourceError> {
-        let path: Arc<str> = format!("{}/dt={dt}/{name}.{extension}", self.prefix).into();
-        assert!(
-            !self.pages.iter().any(|(p, _)| *p == path),
-            "page name reused within an attempt: {path}"
-        );
-        self.pages.push((path.clone(), body.to_vec()));
-        Ok(LandedPage { path })
-    }
-    async fn records(&mut self, records: Vec<Record>) -> Result<(), SourceError> {
-        self.records.extend(records);
-        Ok(())
-    }
-    async fn rejected(&mut self, rejected: Vec<Rejected>) -> Result<(), SourceError> {
-        self.rejected.extend(rejected);
-        Ok(())
-    }
-    fn warn(&mut self, _message: String) {}
-    fn is_cancelled(&self) -> bool {
-        false
-    }
-}
-
-/// What reading and replaying one stream went through.
-#[derive(Debug, Default)]
-struct ReplayCounts {
-    slices: usize,
-    /// Read attempts that failed and were discarded.
-    failed_attempts: usize,
-    pages: usize,
-    /// Records in the landed pages, repeats included.
-    landed_rows: usize,
-    records: usize,
-}
-
-/// Reads every slice of `stream` (each retried whole on transient errors, a new
-/// attempt's pages replacing the failed one's), then decodes the last attempt's
-/// pages in landing order, one `DecodeState` per slice, and asserts the decoded
-/// records are exactly those `read` handed over: fields, origins, order, count.
-async fn read_then_decode(
-    source: &dyn Source,
-    stream: &str,
-    run: &sluice_core::source::RunWindow,
-) -> ReplayCounts {
-    let spec = spec(source, stream);
-    let plan = source.plan(&spec, None, run).await.unwrap();
-    let reads: Vec<(Slice, AttemptSink, usize)> = futures::stream::iter(plan.slices)
-        .map(|slice| {
-            let spec = &spec;
-            async move {
-                let mut failed = 0;
-                for attempt in 1..=30 {
-                    let mut sink = AttemptSink {
-                        prefix: format!("raw/{stream}/{}/a{attempt}", slice.key.replace('/', "_")),
-                        pages: Vec::new(),
-                        records: Vec::new(),
-                        rejected: Vec::new(),
-                    };
-                    match source.read(spec, &slice, &mut sink).await {
-                        Ok(()) => return (slice, sink, failed),
-                        Err(e) if e.class == ErrorClass::Transient => failed += 1,
-                        Err(e) => panic!("{stream} {}: {e:?}", slice.key),
-                    }
-                }
-                panic!("{stream} {}: still failing after 30 attempts", slice.key)
-            }
-        })
-        .buffer_unordered(source.max_concurrency())
-        .collect()
-        .await;
-    let mut counts = ReplayCounts::default();
-    for (slice, sink, failed) in reads {
-        counts.slices += 1;
-        counts.failed_attempts += failed;
-        counts.pages += sink.pages.len();
-        counts.records += sink.records.len();
-        let mut state = DecodeState::default();
-        let mut records = Vec::new();
-        let mut rejected = Vec::new();
-        for (path, body) in &sink.pages {
-            let landed: Value = serde_json::from_slice(body).unwrap();
-            counts.landed_rows += landed["records"].as_array().map_or(0, Vec::len);
-            let page = LandedPage { path: path.clone() };
-            let decoded = source
-                .decode(&spec, &slice, &page, body, &mut state)
-                .expect("decode is supported")
-                .unwrap_or_else(|e| panic!("{path}: {e:?}"));
-            records.extend(decoded.records);
-            rejected.extend(decoded.rejected);
-        }
-        let what = format!("{stream} {}", slice.key);
-        assert_eq!(records.len(), sink.records.len(), "{what}: record count");
-        for (i, (got, want)) in records.iter().zip(&sink.records).enumerate() {
-            assert_eq!(got.origin, want.origin, "{what}: record {i}");
-            assert_eq!(got.fields, want.fields, "{what}: record {i}");
-        }
-        assert_eq!(
-            rejected.len(),
-            sink.rejected.len(),
-            "{what}: rejected count"
-        );
-        for (got, want) in rejected.iter().zip(&sink.rejected) {
-            assert_eq!(
-                (&got.origin, &got.reason, &got.raw),
-                (&want.origin, &want.reason, &want.raw),
-                "{what}"
-            );
-        }
-    }
-    counts
+/// Records a landed CleverTap page carries.
+fn clevertap_rows(body: &[u8]) -> usize {
+    let page: Value = serde_json::from_slice(body).unwrap();
+    page["records"].as_array().map_or(0, Vec::len)
 }
 
 #[tokio::test]
@@ -375,8 +245,8 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
     let sandbox = sluice_sandbox::start(options(faults), 0).await.unwrap();
     let mut ct = source(&sandbox.base_url(), credentials::CLEVERTAP_PASSCODE);
     let run = backfill(TODAY, SINCE, UNTIL);
-    let events = read_then_decode(&ct, "events", &run).await;
-    let profiles = read_then_decode(&ct, "profiles", &run).await;
+    let events = read_then_decode(&ct, "events", &run, clevertap_rows).await;
+    let profiles = read_then_decode(&ct, "profiles", &run, clevertap_rows).await;
     assert_eq!(events.slices, CT_EVENTS.len() * 2);
     assert_eq!(profiles.slices, 2);
     for (stream, counts) in [("events", &events), ("profiles", &profiles)] {
@@ -426,7 +296,7 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
     };
     let (mut failed_attempts, mut landed_rows, mut records) = (0, 0, 0);
     for stream in ["events", "profiles"] {
-        let counts = read_then_decode(&ct, stream, &run).await;
+        let counts = read_then_decode(&ct, stream, &run, clevertap_rows).await;
         failed_attempts += counts.failed_attempts;
         landed_rows += counts.landed_rows;
         records += counts.records;

@@ -7,12 +7,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use common::{backfill, extract, int, spec, text, window};
-use futures::StreamExt;
+use common::{backfill, extract, int, read_then_decode, spec, text, window};
 use serde_json::{Map, Value};
 use sluice_connectors::google_ads::api::stream_rows;
 use sluice_connectors::google_ads::config::{
@@ -20,10 +17,7 @@ use sluice_connectors::google_ads::config::{
 };
 use sluice_connectors::google_ads::GoogleSource;
 use sluice_core::secret::Secret;
-use sluice_core::source::{
-    DecodeState, ErrorClass, LandedPage, PageSink, Slice, Source, SourceError,
-};
-use sluice_core::typing::{Record, Rejected};
+use sluice_core::source::{DecodeState, ErrorClass, LandedPage, Slice, Source, SourceError};
 use sluice_sandbox::{credentials, Faults, SandboxOptions};
 
 const TODAY: &str = "2024-10-01";
@@ -435,133 +429,9 @@ async fn exhausted_daily_quota_stops_quickly_with_a_clear_error() {
     assert!(requests <= 5, "{requests} requests");
 }
 
-/// One read attempt of one slice: the pages it landed (in order, with their
-/// bodies) and what it handed over. A retried slice starts a fresh attempt, as
-/// the executor discards a failed attempt's pages.
-struct AttemptSink {
-    prefix: String,
-    pages: Vec<(Arc<str>, Vec<u8>)>,
-    records: Vec<Record>,
-    rejected: Vec<Rejected>,
-}
-
-#[async_trait]
-impl PageSink for AttemptSink {
-    async fn land(
-        &mut self,
-        name: &str,
-        extension: &str,
-        dt: &str,
-        body: &[u8],
-    ) -> Result<LandedPage, SourceError> {
-        let path: Arc<str> = format!("{}/dt={dt}/{name}.{extension}", self.prefix).into();
-        assert!(
-            !self.pages.iter().any(|(p, _)| *p == path),
-            "page name reused within an attempt: {path}"
-        );
-        self.pages.push((path.clone(), body.to_vec()));
-        Ok(LandedPage { path })
-    }
-    async fn records(&mut self, records: Vec<Record>) -> Result<(), SourceError> {
-        self.records.extend(records);
-        Ok(())
-    }
-    async fn rejected(&mut self, rejected: Vec<Rejected>) -> Result<(), SourceError> {
-        self.rejected.extend(rejected);
-        Ok(())
-    }
-    fn warn(&mut self, _message: String) {}
-    fn is_cancelled(&self) -> bool {
-        false
-    }
-}
-
-/// What reading and replaying one stream went through.
-#[derive(Debug, Default)]
-struct ReplayCounts {
-    slices: usize,
-    /// Read attempts that failed and were discarded.
-    failed_attempts: usize,
-    pages: usize,
-    /// Rows in the landed pages, repeats included.
-    landed_rows: usize,
-    records: usize,
-}
-
-/// Reads every slice of `stream` (each retried whole on transient errors, a new
-/// attempt's pages replacing the failed one's), then decodes the last attempt's
-/// pages in landing order, one `DecodeState` per slice, and asserts the decoded
-/// records are exactly those `read` handed over: fields, origins, order, count.
-async fn read_then_decode(
-    source: &dyn Source,
-    stream: &str,
-    run: &sluice_core::source::RunWindow,
-) -> ReplayCounts {
-    let spec = spec(source, stream);
-    let plan = source.plan(&spec, None, run).await.unwrap();
-    let reads: Vec<(Slice, AttemptSink, usize)> = futures::stream::iter(plan.slices)
-        .map(|slice| {
-            let spec = &spec;
-            async move {
-                let mut failed = 0;
-                for attempt in 1..=30 {
-                    let mut sink = AttemptSink {
-                        prefix: format!("raw/{stream}/{}/a{attempt}", slice.key.replace('/', "_")),
-                        pages: Vec::new(),
-                        records: Vec::new(),
-                        rejected: Vec::new(),
-                    };
-                    match source.read(spec, &slice, &mut sink).await {
-                        Ok(()) => return (slice, sink, failed),
-                        Err(e) if e.class == ErrorClass::Transient => failed += 1,
-                        Err(e) => panic!("{stream} {}: {e:?}", slice.key),
-                    }
-                }
-                panic!("{stream} {}: still failing after 30 attempts", slice.key)
-            }
-        })
-        .buffer_unordered(source.max_concurrency())
-        .collect()
-        .await;
-    let mut counts = ReplayCounts::default();
-    for (slice, sink, failed) in reads {
-        counts.slices += 1;
-        counts.failed_attempts += failed;
-        counts.pages += sink.pages.len();
-        counts.records += sink.records.len();
-        let mut state = DecodeState::default();
-        let mut records = Vec::new();
-        let mut rejected = Vec::new();
-        for (path, body) in &sink.pages {
-            counts.landed_rows += stream_rows(serde_json::from_slice(body).unwrap()).0.len();
-            let page = LandedPage { path: path.clone() };
-            let decoded = source
-                .decode(&spec, &slice, &page, body, &mut state)
-                .expect("decode is supported")
-                .unwrap_or_else(|e| panic!("{path}: {e:?}"));
-            records.extend(decoded.records);
-            rejected.extend(decoded.rejected);
-        }
-        let what = format!("{stream} {}", slice.key);
-        assert_eq!(records.len(), sink.records.len(), "{what}: record count");
-        for (i, (got, want)) in records.iter().zip(&sink.records).enumerate() {
-            assert_eq!(got.origin, want.origin, "{what}: record {i}");
-            assert_eq!(got.fields, want.fields, "{what}: record {i}");
-        }
-        assert_eq!(
-            rejected.len(),
-            sink.rejected.len(),
-            "{what}: rejected count"
-        );
-        for (got, want) in rejected.iter().zip(&sink.rejected) {
-            assert_eq!(
-                (&got.origin, &got.reason, &got.raw),
-                (&want.origin, &want.reason, &want.raw),
-                "{what}"
-            );
-        }
-    }
-    counts
+/// Rows a landed searchStream answer carries.
+fn google_rows(body: &[u8]) -> usize {
+    stream_rows(serde_json::from_slice(body).unwrap()).0.len()
 }
 
 #[tokio::test]
@@ -584,7 +454,7 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
     let truth = sluice_sandbox::truth(&opts, SINCE.parse().unwrap(), UNTIL.parse().unwrap());
     let mut failed_attempts = 0;
     for (stream, truth_rows, _) in DAILY {
-        let counts = read_then_decode(&google, stream, &run).await;
+        let counts = read_then_decode(&google, stream, &run, google_rows).await;
         assert_eq!(counts.slices, 9, "{stream}");
         // One searchStream answer per slice (the token answers are not landed).
         assert_eq!(counts.pages, 9, "{stream}");
@@ -600,7 +470,7 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
         );
         failed_attempts += counts.failed_attempts;
     }
-    let customers = read_then_decode(&google, "customers", &run).await;
+    let customers = read_then_decode(&google, "customers", &run, google_rows).await;
     assert_eq!((customers.slices, customers.records), (3, 3));
     failed_attempts += customers.failed_attempts;
     assert!(failed_attempts > 0, "no slice was retried whole");

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use serde_json::{Map, Value};
 use sluice_core::source::{
-    ErrorClass, LandedPage, PageSink, RunWindow, Source, SourceError, StreamSpec,
+    DecodeState, ErrorClass, LandedPage, PageSink, RunWindow, Slice, Source, SourceError,
+    StreamSpec,
 };
 use sluice_core::typing::{Record, Rejected};
 
@@ -163,4 +164,135 @@ pub fn int(v: Option<&Value>) -> i64 {
         Some(Value::Number(n)) => n.as_i64().unwrap(),
         _ => 0,
     }
+}
+
+/// One read attempt of one slice: the pages it landed (in order, with their
+/// bodies) and what it handed over. A retried slice starts a fresh attempt, as
+/// the executor discards a failed attempt's pages.
+pub struct AttemptSink {
+    prefix: String,
+    pages: Vec<(Arc<str>, Vec<u8>)>,
+    records: Vec<Record>,
+    rejected: Vec<Rejected>,
+}
+
+#[async_trait]
+impl PageSink for AttemptSink {
+    async fn land(
+        &mut self,
+        name: &str,
+        extension: &str,
+        dt: &str,
+        body: &[u8],
+    ) -> Result<LandedPage, SourceError> {
+        let path: Arc<str> = format!("{}/dt={dt}/{name}.{extension}", self.prefix).into();
+        assert!(
+            !self.pages.iter().any(|(p, _)| *p == path),
+            "page name reused within an attempt: {path}"
+        );
+        self.pages.push((path.clone(), body.to_vec()));
+        Ok(LandedPage { path })
+    }
+    async fn records(&mut self, records: Vec<Record>) -> Result<(), SourceError> {
+        self.records.extend(records);
+        Ok(())
+    }
+    async fn rejected(&mut self, rejected: Vec<Rejected>) -> Result<(), SourceError> {
+        self.rejected.extend(rejected);
+        Ok(())
+    }
+    fn warn(&mut self, _message: String) {}
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// What reading and replaying one stream went through.
+#[derive(Debug, Default)]
+pub struct ReplayCounts {
+    pub slices: usize,
+    /// Read attempts that failed and were discarded.
+    pub failed_attempts: usize,
+    pub pages: usize,
+    /// Records in the landed pages, repeats included.
+    pub landed_rows: usize,
+    pub records: usize,
+}
+
+/// Reads every slice of `stream` (each retried whole on transient errors, a new
+/// attempt's pages replacing the failed one's), then decodes the last attempt's
+/// pages in landing order, one `DecodeState` per slice, and asserts the decoded
+/// records are exactly those `read` handed over: fields, origins, order, count.
+/// `rows_in_page` counts the records a landed page carries, repeats included.
+pub async fn read_then_decode(
+    source: &dyn Source,
+    stream: &str,
+    run: &sluice_core::source::RunWindow,
+    rows_in_page: fn(&[u8]) -> usize,
+) -> ReplayCounts {
+    let spec = spec(source, stream);
+    let plan = source.plan(&spec, None, run).await.unwrap();
+    let reads: Vec<(Slice, AttemptSink, usize)> = futures::stream::iter(plan.slices)
+        .map(|slice| {
+            let spec = &spec;
+            async move {
+                let mut failed = 0;
+                for attempt in 1..=30 {
+                    let mut sink = AttemptSink {
+                        prefix: format!("raw/{stream}/{}/a{attempt}", slice.key.replace('/', "_")),
+                        pages: Vec::new(),
+                        records: Vec::new(),
+                        rejected: Vec::new(),
+                    };
+                    match source.read(spec, &slice, &mut sink).await {
+                        Ok(()) => return (slice, sink, failed),
+                        Err(e) if e.class == ErrorClass::Transient => failed += 1,
+                        Err(e) => panic!("{stream} {}: {e:?}", slice.key),
+                    }
+                }
+                panic!("{stream} {}: still failing after 30 attempts", slice.key)
+            }
+        })
+        .buffer_unordered(source.max_concurrency())
+        .collect()
+        .await;
+    let mut counts = ReplayCounts::default();
+    for (slice, sink, failed) in reads {
+        counts.slices += 1;
+        counts.failed_attempts += failed;
+        counts.pages += sink.pages.len();
+        counts.records += sink.records.len();
+        let mut state = DecodeState::default();
+        let mut records = Vec::new();
+        let mut rejected = Vec::new();
+        for (path, body) in &sink.pages {
+            counts.landed_rows += rows_in_page(body);
+            let page = LandedPage { path: path.clone() };
+            let decoded = source
+                .decode(&spec, &slice, &page, body, &mut state)
+                .expect("decode is supported")
+                .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+            records.extend(decoded.records);
+            rejected.extend(decoded.rejected);
+        }
+        let what = format!("{stream} {}", slice.key);
+        assert_eq!(records.len(), sink.records.len(), "{what}: record count");
+        for (i, (got, want)) in records.iter().zip(&sink.records).enumerate() {
+            assert_eq!(got.origin, want.origin, "{what}: record {i}");
+            assert_eq!(got.fields, want.fields, "{what}: record {i}");
+        }
+        assert_eq!(
+            rejected.len(),
+            sink.rejected.len(),
+            "{what}: rejected count"
+        );
+        for (got, want) in rejected.iter().zip(&sink.rejected) {
+            assert_eq!(
+                (&got.origin, &got.reason, &got.raw),
+                (&want.origin, &want.reason, &want.raw),
+                "{what}"
+            );
+        }
+    }
+    counts
 }
