@@ -15,6 +15,26 @@ pub mod files;
 pub mod google_ads;
 pub mod http;
 
+/// A connector's construction error, placed at the key it names under `section`
+/// (`sources.google.oauth.refresh_token`), or at the section itself.
+#[allow(clippy::result_large_err)] // ConfigError's size is the config module's choice.
+pub(crate) fn error_at_key(
+    doc: &ConfigDocument,
+    section: &Section,
+    e: sluice_core::source::SourceError,
+) -> ConfigError {
+    let prefix = format!("{}.", section.path.join("."));
+    let mut path = section.path.clone();
+    if let Some(rest) = e
+        .config_key
+        .as_deref()
+        .and_then(|k| k.strip_prefix(prefix.as_str()))
+    {
+        path.extend(rest.split('.').map(String::from));
+    }
+    doc.error_at(&path, e.message)
+}
+
 /// What a connector may need from the pipeline while it is built.
 #[derive(Clone, Debug)]
 pub struct BuildContext {

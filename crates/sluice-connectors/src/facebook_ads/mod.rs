@@ -81,20 +81,8 @@ impl FacebookSource {
         _ctx: &BuildContext,
     ) -> Result<Self, ConfigError> {
         let config: FacebookConfig = doc.parse_section(section)?;
-        let at = |key: &str| {
-            let mut p = section.path.clone();
-            p.push(key.into());
-            p
-        };
-        FacebookSource::new(&section.name, config, &section.path.join(".")).map_err(|e| {
-            let key = e
-                .config_key
-                .as_deref()
-                .and_then(|k| k.rsplit('.').next())
-                .unwrap_or("type")
-                .to_string();
-            doc.error_at(&at(&key), e.message)
-        })
+        FacebookSource::new(&section.name, config, &section.path.join("."))
+            .map_err(|e| crate::error_at_key(doc, section, e))
     }
 
     /// Builds from a typed config; `key_prefix` is where the section sits (`sources.facebook`).

@@ -79,18 +79,8 @@ impl GoogleSource {
         _ctx: &BuildContext,
     ) -> Result<Self, ConfigError> {
         let config: GoogleConfig = doc.parse_section(section)?;
-        let prefix = section.path.join(".");
-        GoogleSource::new(&section.name, config, &prefix).map_err(|e| {
-            let mut path = section.path.clone();
-            if let Some(rest) = e
-                .config_key
-                .as_deref()
-                .and_then(|k| k.strip_prefix(&format!("{prefix}.")))
-            {
-                path.extend(rest.split('.').map(String::from));
-            }
-            doc.error_at(&path, e.message)
-        })
+        GoogleSource::new(&section.name, config, &section.path.join("."))
+            .map_err(|e| crate::error_at_key(doc, section, e))
     }
 
     pub fn new(name: &str, config: GoogleConfig, key_prefix: &str) -> Result<Self, SourceError> {
