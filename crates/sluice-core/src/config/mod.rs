@@ -248,9 +248,46 @@ pub struct PipelineConfig {
     pub schema: Option<Section>,
 }
 
+/// Marks where an unset variable was used, for [`PipelineConfig::load_for_inspection`].
+const UNSET_MARK: &str = "\u{0}unset:";
+
+struct UnsetAsMark(EnvLookup);
+
+impl Lookup for UnsetAsMark {
+    fn var(&self, name: &str) -> Option<String> {
+        Some(
+            self.0
+                .var(name)
+                .unwrap_or_else(|| format!("{UNSET_MARK}{name}\u{0}")),
+        )
+    }
+}
+
 impl PipelineConfig {
     /// Reads and validates `file`; `.env` beside it is read if present.
     pub fn load(file: &Path) -> Result<PipelineConfig, ConfigError> {
+        Self::load_with(file, false)
+    }
+
+    /// Reads `file` for commands that only look at what runs left behind (`runs`,
+    /// `schema`, `query`): a variable that is not set (a credential absent on an
+    /// operator's laptop) is not an error, unless the lake location needs it.
+    pub fn load_for_inspection(file: &Path) -> Result<PipelineConfig, ConfigError> {
+        let config = Self::load_with(file, true)?;
+        if let Some(start) = config.lake.find(UNSET_MARK) {
+            let name: String = config.lake[start + UNSET_MARK.len()..]
+                .chars()
+                .take_while(|c| *c != '\u{0}')
+                .collect();
+            return Err(config.doc.error_at(
+                &["lake".into()],
+                format!("environment variable {name} is not set (the lake location needs it)"),
+            ));
+        }
+        Ok(config)
+    }
+
+    fn load_with(file: &Path, lenient: bool) -> Result<PipelineConfig, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
             file: file.to_path_buf(),
             position: None,
@@ -265,7 +302,12 @@ impl PipelineConfig {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
         let dotenv = read_dotenv(&root.join(".env"));
-        Self::parse(file.to_path_buf(), text, &root, &EnvLookup { dotenv })
+        let env = EnvLookup { dotenv };
+        if lenient {
+            Self::parse(file.to_path_buf(), text, &root, &UnsetAsMark(env))
+        } else {
+            Self::parse(file.to_path_buf(), text, &root, &env)
+        }
     }
 
     /// Parses pipeline text (the file name is only used in messages).
@@ -382,6 +424,30 @@ mod tests {
 
     fn parse(text: &str) -> Result<PipelineConfig, ConfigError> {
         PipelineConfig::parse("pipeline.yaml".into(), text.into(), Path::new("."), &NoEnv)
+    }
+
+    #[test]
+    fn inspection_needs_no_credentials_but_does_need_the_lake() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pipeline.yaml");
+        let source = "sources:\n  fb: { type: facebook_ads, access_token: \"${SLUICE_TEST_UNSET_TOKEN}\" }\n";
+        std::fs::write(&file, format!("name: m\nlake: ./lake\n{source}")).unwrap();
+        assert!(PipelineConfig::load(&file).is_err());
+        let config = PipelineConfig::load_for_inspection(&file).unwrap();
+        assert_eq!(config.lake, "./lake");
+
+        std::fs::write(
+            &file,
+            format!("name: m\nlake: \"${{SLUICE_TEST_UNSET_LAKE}}\"\n{source}"),
+        )
+        .unwrap();
+        let err = PipelineConfig::load_for_inspection(&file).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("SLUICE_TEST_UNSET_LAKE is not set"),
+            "{err}"
+        );
+        assert_eq!(err.path, "lake");
     }
 
     #[test]

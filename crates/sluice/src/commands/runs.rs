@@ -23,7 +23,7 @@ pub struct RunsArgs {
 
 pub async fn run(pipeline: &Path, args: RunsArgs) -> u8 {
     // Only config and lake are needed: history is readable even if a source is misconfigured.
-    let config = match PipelineConfig::load(pipeline) {
+    let config = match PipelineConfig::load_for_inspection(pipeline) {
         Ok(c) => c,
         Err(e) => {
             crate::project::print_config_error(&e);

@@ -27,7 +27,7 @@ pub enum SchemaCommand {
 }
 
 pub async fn run(pipeline: &Path, command: SchemaCommand) -> u8 {
-    let config = match PipelineConfig::load(pipeline) {
+    let config = match PipelineConfig::load_for_inspection(pipeline) {
         Ok(c) => c,
         Err(e) => {
             crate::project::print_config_error(&e);
