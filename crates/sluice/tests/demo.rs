@@ -41,6 +41,41 @@ fn demo_loads_everything_and_matches_the_truth() {
         .unwrap();
     assert!(spend_rows > 0);
 
+    // D2B spend per platform per day: impressions and clicks equal the truth's
+    // per-day sums (spend is converted to USD by the model, so it is not compared).
+    let today = Utc::now().date_naive();
+    let truth = sluice_sandbox::truth(
+        &SandboxOptions::new(7, 1, today),
+        today - Duration::days(9),
+        today,
+    );
+    let mut expected_days = std::collections::BTreeMap::<(String, String), (i64, i64)>::new();
+    for platform in ["facebook", "google"] {
+        for day in truth[platform]["days"].as_array().unwrap() {
+            let e = expected_days
+                .entry((
+                    day["date"].as_str().unwrap().to_string(),
+                    platform.to_string(),
+                ))
+                .or_default();
+            e.0 += day["impressions"].as_i64().unwrap();
+            e.1 += day["clicks"].as_i64().unwrap();
+        }
+    }
+    let loaded_days: std::collections::BTreeMap<(String, String), (i64, i64)> = {
+        let mut stmt = db
+            .prepare("select cast(date as text), platform, impressions, clicks from d2b__channel_spend_daily")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?))))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows
+    };
+    assert!(!expected_days.is_empty());
+    assert_eq!(loaded_days, expected_days);
+
     // D2B's address exceptions are exactly the profiles whose clear D1 address is
     // invalid, classified here independently, and their counts equal the truth.
     let mut expected = std::collections::BTreeSet::new();
