@@ -22,9 +22,11 @@ COLUMNS="account_id text, campaign_id text, adset_id text, ad_id text, ad_name t
 psql "$URL" -qc "drop schema if exists bench_ref cascade; create schema bench_ref; create table bench_ref.insights ($COLUMNS)"
 psql "$URL" -qc "drop schema if exists bench_d1 cascade; drop schema if exists bench__sluice cascade"
 
-measure() { # label, command… → prints "seconds maxrss_kib"
-  local out; out=$( { /usr/bin/time -f '%e %M' "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -n 1 )
-  echo "$out"
+measure() { # command… → prints "seconds maxrss_kib" (GNU time writes them to a file)
+  local report="$WORK/time.txt"
+  /usr/bin/time -o "$report" -f '%e %M' "$@" >/dev/null 2>"$WORK/stderr.txt" \
+    || { cat "$WORK/stderr.txt" >&2; echo "bench: command failed: $*" >&2; exit 1; }
+  tail -n 1 "$report"
 }
 
 read -r ref_s ref_kib < <(measure psql "$URL" -qc "\\copy bench_ref.insights from '$WORK/rows.csv' with (format csv)")
