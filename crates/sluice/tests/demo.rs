@@ -76,6 +76,43 @@ fn demo_loads_everything_and_matches_the_truth() {
     assert!(!expected_days.is_empty());
     assert_eq!(loaded_days, expected_days);
 
+    // D2A spend in account currency per platform, day and currency, to the cent.
+    let mut expected_spend = std::collections::BTreeMap::<(String, String, String), i64>::new();
+    for platform in ["facebook", "google"] {
+        for day in truth[platform]["days"].as_array().unwrap() {
+            let cents = match platform {
+                "facebook" => cents(day["spend"].as_str().unwrap()),
+                _ => day["cost_micros"].as_i64().unwrap() / 10_000,
+            };
+            *expected_spend
+                .entry((
+                    day["date"].as_str().unwrap().to_string(),
+                    platform.to_string(),
+                    day["currency"].as_str().unwrap().to_string(),
+                ))
+                .or_default() += cents;
+        }
+    }
+    let mut loaded_spend = std::collections::BTreeMap::<(String, String, String), i64>::new();
+    {
+        let mut stmt = db
+            .prepare("select cast(date as text), platform, currency, spend from d2a__ad_performance_daily")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    (r.get::<_, String>(0)?, r.get(1)?, r.get(2)?),
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .unwrap();
+        for row in rows {
+            let (key, spend) = row.unwrap();
+            *loaded_spend.entry(key).or_default() += cents(&spend);
+        }
+    }
+    assert_eq!(loaded_spend, expected_spend);
+
     // D2B's address exceptions are exactly the profiles whose clear D1 address is
     // invalid, classified here independently, and their counts equal the truth.
     let mut expected = std::collections::BTreeSet::new();
@@ -165,6 +202,14 @@ fn demo_loads_everything_and_matches_the_truth() {
             "clear-text personal data in D2: {value}"
         );
     }
+}
+
+/// "12.340000" → 1234: exact decimal text to cents (sub-cent digits must be zero).
+fn cents(s: &str) -> i64 {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let frac = format!("{frac:0<2}");
+    assert!(frac[2..].chars().all(|c| c == '0'), "sub-cent amount {s}");
+    whole.parse::<i64>().unwrap() * 100 + frac[..2].parse::<i64>().unwrap()
 }
 
 /// The address rules of the example model, written independently of its SQL.
