@@ -88,6 +88,14 @@ pub struct FilesStreamConfig {
     /// CSV field delimiter (default `,`).
     #[serde(default = "default_delimiter")]
     pub delimiter: char,
+    /// NDJSON files larger than this many bytes are read as several slices in
+    /// parallel, cut at line ends (default 64 MiB).
+    #[serde(default = "default_split_bytes")]
+    pub split_bytes: u64,
+}
+
+fn default_split_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn yes() -> bool {
@@ -134,6 +142,7 @@ struct FileStream {
     list_prefix: String,
     format: Option<FileFormat>,
     delimiter: u8,
+    split_bytes: u64,
 }
 
 pub struct FilesSource {
@@ -248,6 +257,7 @@ impl FilesSource {
                 list_prefix,
                 format: s.format,
                 delimiter,
+                split_bytes: s.split_bytes.max(1),
             });
         }
         Ok(FilesSource {
@@ -301,6 +311,63 @@ fn format_of(path: &str, declared: Option<FileFormat>) -> Result<FileFormat, Sou
     }
 }
 
+/// A part of an NDJSON file that starts and ends at a line boundary.
+struct LineRange {
+    start: u64,
+    end: u64,
+    /// Lines before `start`, so records keep their line numbers in the whole file.
+    lines_before: u64,
+}
+
+impl FilesSource {
+    /// Cuts a file into parts of about `target` bytes at line ends, counting lines
+    /// on the way (one streaming pass).
+    async fn line_ranges(
+        &self,
+        location: &StorePath,
+        target: u64,
+    ) -> Result<Vec<LineRange>, SourceError> {
+        let read_error =
+            |e: object_store::Error| SourceError::transient(format!("reading {location}: {e}"));
+        let mut body = self
+            .store
+            .get(location)
+            .await
+            .map_err(read_error)?
+            .into_stream();
+        let mut parts = Vec::new();
+        let (mut start, mut lines_before) = (0u64, 0u64);
+        let (mut offset, mut lines) = (0u64, 0u64);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(read_error)?;
+            for (i, byte) in chunk.iter().enumerate() {
+                if *byte != b'\n' {
+                    continue;
+                }
+                lines += 1;
+                let end = offset + i as u64 + 1;
+                if end - start >= target {
+                    parts.push(LineRange {
+                        start,
+                        end,
+                        lines_before,
+                    });
+                    (start, lines_before) = (end, lines);
+                }
+            }
+            offset += chunk.len() as u64;
+        }
+        if offset > start {
+            parts.push(LineRange {
+                start,
+                end: offset,
+                lines_before,
+            });
+        }
+        Ok(parts)
+    }
+}
+
 #[async_trait]
 impl Source for FilesSource {
     fn name(&self) -> &str {
@@ -350,10 +417,24 @@ impl Source for FilesSource {
             }
             let version = format!("{}@{}", meta.size, meta.last_modified.timestamp_micros());
             if seen.get(&relative).and_then(Value::as_str) != Some(version.as_str()) {
-                slices.push(Slice {
-                    key: format!("{relative}#{version}"),
-                    params: serde_json::json!({ "path": relative }),
-                });
+                let splits = meta.size > fs.split_bytes
+                    && format_of(&relative, fs.format)? == FileFormat::Ndjson;
+                if splits {
+                    for part in self.line_ranges(&meta.location, fs.split_bytes).await? {
+                        slices.push(Slice {
+                            key: format!("{relative}#{version}#{}", part.start),
+                            params: serde_json::json!({
+                                "path": relative, "start": part.start, "end": part.end,
+                                "lines_before": part.lines_before,
+                            }),
+                        });
+                    }
+                } else {
+                    slices.push(Slice {
+                        key: format!("{relative}#{version}"),
+                        params: serde_json::json!({ "path": relative }),
+                    });
+                }
             }
             current.insert(relative, Value::String(version));
         }
@@ -380,17 +461,27 @@ impl Source for FilesSource {
         let location = self.full_path(&relative);
         let origin_page: Arc<str> = relative.clone().into();
         let dt = chrono::Utc::now().date_naive().to_string();
-        let page_name = relative.replace(['/', '\\'], "_");
+        let range = match (slice.params["start"].as_u64(), slice.params["end"].as_u64()) {
+            (Some(start), Some(end)) => Some(start..end),
+            _ => None,
+        };
+        let mut page_name = relative.replace(['/', '\\'], "_");
+        if let Some(range) = &range {
+            page_name = format!("{page_name}-o{}", range.start);
+        }
         let get = self
             .store
-            .get(&location)
+            .get_opts(
+                &location,
+                object_store::GetOptions::new().with_range(range.clone()),
+            )
             .await
             .map_err(|e| SourceError::transient(format!("reading {relative}: {e}")))?;
         match format {
             FileFormat::Ndjson => {
                 let mut body = get.into_stream();
                 let mut buffer: Vec<u8> = Vec::with_capacity(PAGE_BYTES + 64 * 1024);
-                let mut line_no: u64 = 0;
+                let mut line_no: u64 = slice.params["lines_before"].as_u64().unwrap_or(0);
                 let mut page_no = 0u32;
                 loop {
                     let chunk =
@@ -454,15 +545,18 @@ impl Source for FilesSource {
     fn decode(
         &self,
         stream: &StreamSpec,
-        _slice: &Slice,
+        slice: &Slice,
         page: &LandedPage,
         body: &[u8],
-        _state: &mut DecodeState,
+        state: &mut DecodeState,
     ) -> Option<Result<DecodedPage, SourceError>> {
         let fs = self.stream(&stream.name).ok()?;
         let origin: Arc<str> = page.path.clone();
         if page.path.ends_with(".ndjson.zst") {
-            Some(Ok(decode_ndjson(body, &origin, &mut 0)))
+            let lines = state
+                .lines
+                .get_or_insert_with(|| slice.params["lines_before"].as_u64().unwrap_or(0));
+            Some(Ok(decode_ndjson(body, &origin, lines)))
         } else if page.path.ends_with(".csv.zst") {
             Some(decode_csv(body, fs.delimiter, &origin))
         } else {

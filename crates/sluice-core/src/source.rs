@@ -130,6 +130,8 @@ pub struct DecodedPage {
 #[derive(Debug, Default)]
 pub struct DecodeState {
     pub seen: std::collections::HashSet<String>,
+    /// Lines decoded so far, for sources that number records by line.
+    pub lines: Option<u64>,
 }
 
 /// Where a source puts what it reads. Implemented by the executor.

@@ -394,3 +394,77 @@ sources:
         .unwrap();
     assert_eq!(n, 310);
 }
+
+/// A big NDJSON file is read as several slices in parallel (`split_bytes`), cut at
+/// line ends: every row loads once, bad lines keep their line number in the whole
+/// file, and a replay of the run decodes the same rows and line numbers.
+#[test]
+fn a_large_file_is_read_in_parallel_parts_with_exact_line_numbers() {
+    let project = Project::new(&pipeline("").replace(
+        "        path: data/orders/*.ndjson\n",
+        "        path: data/orders/*.ndjson\n        split_bytes: 4096\n",
+    ));
+    let mut text = orders_ndjson(1, 300);
+    // A malformed line far into the file (line 251), in a later part.
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(250, "{\"order_id\": broken");
+    text = lines.join("\n") + "\n";
+    assert!(text.len() > 4 * 4096, "the file spans several parts");
+    project.write("data/orders/big.ndjson", &text);
+
+    let out = project.run(&["--select", "shop.orders"]);
+    assert_exit(&out, 0);
+    let db = project.sqlite();
+    let (rows, distinct): (i64, i64) = db
+        .query_row(
+            "select count(*), count(distinct order_id) from d1__shop_orders",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, distinct), (300, 300));
+    let bad: Vec<(String, i64)> = db
+        .prepare("select origin, line from d1__shop_orders__quarantine")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(bad, [("data/orders/big.ndjson".to_string(), 251)]);
+    let runs: serde_json::Value = serde_json::from_slice(
+        &project
+            .cmd()
+            .args(["runs", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let run_id = runs[0]["run_id"].as_str().unwrap().to_string();
+    let task = &runs[0]["tasks"][0];
+    assert!(task["slices"].as_u64().unwrap() >= 4, "{task}");
+
+    // Replay the run into a fresh warehouse: same rows, same line numbers.
+    std::fs::remove_file(project.path().join("warehouse.db")).unwrap();
+    let replay = project
+        .cmd()
+        .args(["replay", "--run", &run_id, "--select", "shop.orders"])
+        .output()
+        .unwrap();
+    assert_exit(&replay, 0);
+    let db = project.sqlite();
+    let rows: i64 = db
+        .query_row(
+            "select count(distinct order_id) from d1__shop_orders",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 300);
+    let line: i64 = db
+        .query_row("select line from d1__shop_orders__quarantine", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(line, 251);
+}
