@@ -32,7 +32,7 @@ use crate::BuildContext;
 /// Records handed to the executor at a time.
 const RECORDS_PER_CHUNK: usize = 8192;
 /// NDJSON pages are cut at the first line end after this many bytes.
-const PAGE_BYTES: usize = 8 * 1024 * 1024;
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A `files` source.
 #[derive(Debug, Deserialize)]
@@ -43,13 +43,14 @@ pub struct FilesConfig {
     pub from_lake: bool,
     /// The streams: name → files and how to read them.
     pub streams: BTreeMap<String, FilesStreamConfig>,
-    /// Files read at once.
+    /// Files (or parts of a large file) read at once. Default 1: each slice in
+    /// flight costs about 100 MiB on wide NDJSON; 2 is ~10 % faster on 2 cores.
     #[serde(default = "default_concurrency")]
     pub max_concurrency: usize,
 }
 
 fn default_concurrency() -> usize {
-    2
+    1
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -340,10 +341,7 @@ impl FilesSource {
         let (mut offset, mut lines) = (0u64, 0u64);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(read_error)?;
-            for (i, byte) in chunk.iter().enumerate() {
-                if *byte != b'\n' {
-                    continue;
-                }
+            for i in memchr::memchr_iter(b'\n', &chunk) {
                 lines += 1;
                 let end = offset + i as u64 + 1;
                 if end - start >= target {
@@ -510,7 +508,18 @@ impl Source for FilesSource {
                         page_no += 1;
                         sink.land(&format!("{page_name}-p{page_no:05}"), "ndjson", &dt, &page)
                             .await?;
-                        hand_over(decode_ndjson(&page, &origin_page, &mut line_no), sink).await?;
+                        // JSON parsing is the heavy part: off the async thread, so
+                        // parallel slices parse on separate cores.
+                        let origin = origin_page.clone();
+                        let first_line = line_no;
+                        let (decoded, lines) = tokio::task::spawn_blocking(move || {
+                            let mut lines = first_line;
+                            (decode_ndjson(&page, &origin, &mut lines), lines)
+                        })
+                        .await
+                        .map_err(|e| SourceError::transient(format!("decoding {relative}: {e}")))?;
+                        line_no = lines;
+                        hand_over(decoded, sink).await?;
                     }
                     if done {
                         break;

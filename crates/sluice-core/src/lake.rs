@@ -214,10 +214,18 @@ impl Lake {
     /// Lands one page exactly as received, zstd-compressed. Returns its lake path.
     pub async fn land_page(&self, page: &PagePath<'_>, body: &[u8]) -> Result<String, LakeError> {
         let path = page.to_string();
-        let compressed = zstd::bulk::compress(body, 3).map_err(|e| LakeError::Data {
-            path: path.clone(),
-            message: format!("compress: {e}"),
-        })?;
+        // Compression is CPU work: off the async thread, so slices compress in parallel.
+        let owned = body.to_vec();
+        let compressed = tokio::task::spawn_blocking(move || zstd::bulk::compress(&owned, 3))
+            .await
+            .map_err(|e| LakeError::Data {
+                path: path.clone(),
+                message: format!("compress: {e}"),
+            })?
+            .map_err(|e| LakeError::Data {
+                path: path.clone(),
+                message: format!("compress: {e}"),
+            })?;
         self.put(&path, Bytes::from(compressed)).await?;
         Ok(path)
     }

@@ -14,6 +14,11 @@ use clap::{Parser, Subcommand};
 
 use crate::logging::LogFormat;
 
+// Pages are decoded on blocking threads and their records freed on the runtime's:
+// the system allocator's per-thread arenas then keep growing; mimalloc does not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sluice: marketing and customer data pipelines in one binary.
 ///
 /// Exit codes: 0 success, 2 usage error, 3 config error, 4 run failed,
