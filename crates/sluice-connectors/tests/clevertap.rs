@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{backfill, extract, read_then_decode, spec, text};
+use common::{backfill, decode_page, extract, read_then_decode, spec, text};
 use serde_json::{Map, Value};
 use sluice_connectors::clevertap::config::{
     CleverTapConfig, CleverTapStreams, EventsConfig, ProfilesConfig,
@@ -16,7 +16,7 @@ use sluice_connectors::clevertap::config::{
 use sluice_connectors::clevertap::CleverTapSource;
 use sluice_connectors::http::window::DayWindow;
 use sluice_core::secret::Secret;
-use sluice_core::source::{DecodeState, ErrorClass, LandedPage, Slice, Source};
+use sluice_core::source::{ErrorClass, Slice, Source};
 use sluice_sandbox::data::{classify_address, AddressProblem, CT_EVENTS};
 use sluice_sandbox::{credentials, Faults, SandboxOptions};
 
@@ -321,19 +321,7 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
             r#"{"status":"success","records":[]}"#,
             r#"{"status":"partial","req_id":17}"#,
         ] {
-            let page = LandedPage {
-                path: "raw/x/p00001.json".into(),
-            };
-            let decoded = ct
-                .decode(
-                    &spec(&ct, stream),
-                    &slice,
-                    &page,
-                    body.as_bytes(),
-                    &mut DecodeState::default(),
-                )
-                .unwrap()
-                .unwrap();
+            let decoded = decode_page(&ct, &spec(&ct, stream), &slice, body.as_bytes()).unwrap();
             assert!(
                 decoded.records.is_empty() && decoded.rejected.is_empty(),
                 "{stream}: {body}"
@@ -346,20 +334,8 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
         key: "replay/r/s00001".into(),
         params: Value::Null,
     };
-    let page = LandedPage {
-        path: "raw/x/p00001.json".into(),
-    };
     let body = br#"{"status":"success","records":[{"identity":"C-1","ts":20240917100000}]}"#;
-    let decode = |stream: &str| {
-        ct.decode(
-            &spec(&ct, stream),
-            &unplanned,
-            &page,
-            body,
-            &mut DecodeState::default(),
-        )
-        .unwrap()
-    };
+    let decode = |stream: &str| decode_page(&ct, &spec(&ct, stream), &unplanned, body);
     assert_eq!(decode("events").unwrap_err().class, ErrorClass::Data);
     assert_eq!(decode("profiles").unwrap().records.len(), 1);
 }

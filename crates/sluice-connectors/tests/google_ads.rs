@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{backfill, extract, int, read_then_decode, spec, text, window};
+use common::{backfill, decode_page, extract, int, read_then_decode, spec, text, window};
 use serde_json::{Map, Value};
 use sluice_connectors::google_ads::api::stream_rows;
 use sluice_connectors::google_ads::config::{
@@ -17,7 +17,7 @@ use sluice_connectors::google_ads::config::{
 };
 use sluice_connectors::google_ads::GoogleSource;
 use sluice_core::secret::Secret;
-use sluice_core::source::{DecodeState, ErrorClass, LandedPage, Slice, Source, SourceError};
+use sluice_core::source::{ErrorClass, Slice, Source, SourceError};
 use sluice_sandbox::{credentials, Faults, SandboxOptions};
 
 const TODAY: &str = "2024-10-01";
@@ -492,19 +492,7 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
         r#"{"error":{"code":503,"status":"UNAVAILABLE","message":"x"}}"#,
         r#"{"access_token":"t","expires_in":3600,"token_type":"Bearer"}"#,
     ] {
-        let page = LandedPage {
-            path: "raw/x/p00001.json".into(),
-        };
-        let decoded = google
-            .decode(
-                &stream,
-                &slice,
-                &page,
-                body.as_bytes(),
-                &mut DecodeState::default(),
-            )
-            .unwrap()
-            .unwrap();
+        let decoded = decode_page(&google, &stream, &slice, body.as_bytes()).unwrap();
         assert!(
             decoded.records.is_empty() && decoded.rejected.is_empty(),
             "{body}"
@@ -516,18 +504,6 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
         key: "replay/r/s00001".into(),
         params: Value::Null,
     };
-    let page = LandedPage {
-        path: "raw/x/p00001.json".into(),
-    };
-    let e = google
-        .decode(
-            &stream,
-            &unplanned,
-            &page,
-            b"[]",
-            &mut DecodeState::default(),
-        )
-        .unwrap()
-        .unwrap_err();
+    let e = decode_page(&google, &stream, &unplanned, b"[]").unwrap_err();
     assert_eq!(e.class, ErrorClass::Data, "{}", e.message);
 }

@@ -296,3 +296,18 @@ pub async fn read_then_decode(
     }
     counts
 }
+
+/// Decodes one page on its own (a fresh `DecodeState`), as a replay of `slice` would.
+pub fn decode_page(
+    source: &dyn Source,
+    stream: &StreamSpec,
+    slice: &Slice,
+    body: &[u8],
+) -> Result<sluice_core::source::DecodedPage, SourceError> {
+    let page = LandedPage {
+        path: "raw/x/p00001.json".into(),
+    };
+    source
+        .decode(stream, slice, &page, body, &mut DecodeState::default())
+        .expect("decode is supported")
+}
