@@ -251,12 +251,14 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
     assert_eq!(profiles.slices, 2);
     for (stream, counts) in [("events", &events), ("profiles", &profiles)] {
         assert!(counts.pages > counts.slices, "{stream}: one page per slice");
-        // Repeats (injected, or re-read after an expired cursor) were dropped alike.
-        assert!(
-            counts.landed_rows > counts.records,
-            "{stream}: no repeated records landed"
-        );
     }
+    // Repeats (injected, or re-read after an expired cursor) were dropped alike. Which
+    // stream's pages the every-Nth duplicates hit depends on request interleaving,
+    // so the coverage check is over both streams.
+    assert!(
+        events.landed_rows + profiles.landed_rows > events.records + profiles.records,
+        "no repeated records landed"
+    );
     sandbox.shutdown().await;
 
     // Without retries inside requests, 5xx fail windows (split by day) and whole
