@@ -452,7 +452,7 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
     });
     let run = backfill(TODAY, SINCE, UNTIL);
     let truth = sluice_sandbox::truth(&opts, SINCE.parse().unwrap(), UNTIL.parse().unwrap());
-    let mut failed_attempts = 0;
+    let (mut failed_attempts, mut repeated_rows) = (0, 0);
     for (stream, truth_rows, _) in DAILY {
         let counts = read_then_decode(&google, stream, &run, google_rows).await;
         assert_eq!(counts.slices, 9, "{stream}");
@@ -464,12 +464,12 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
             int(truth["google"]["rows"].get(truth_rows)),
             "{stream}"
         );
-        assert!(
-            counts.landed_rows > counts.records,
-            "{stream}: no repeated rows landed"
-        );
+        repeated_rows += counts.landed_rows - counts.records;
         failed_attempts += counts.failed_attempts;
     }
+    // Which pages the every-2nd duplicates hit depends on interleaving: checked over
+    // all three streams (27 pages).
+    assert!(repeated_rows > 0, "no repeated rows landed");
     let customers = read_then_decode(&google, "customers", &run, google_rows).await;
     assert_eq!((customers.slices, customers.records), (3, 3));
     failed_attempts += customers.failed_attempts;
