@@ -204,14 +204,6 @@ fn demo_loads_everything_and_matches_the_truth() {
     }
 }
 
-/// "12.340000" → 1234: exact decimal text to cents (sub-cent digits must be zero).
-fn cents(s: &str) -> i64 {
-    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-    let frac = format!("{frac:0<2}");
-    assert!(frac[2..].chars().all(|c| c == '0'), "sub-cent amount {s}");
-    whole.parse::<i64>().unwrap() * 100 + frac[..2].parse::<i64>().unwrap()
-}
-
 /// The address rules of the example model, written independently of its SQL.
 fn address_rule(address: Option<&str>) -> Option<&'static str> {
     let a = address.unwrap_or("").trim();

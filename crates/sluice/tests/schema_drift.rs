@@ -94,13 +94,6 @@ struct Totals {
     spend_cents: i64,
 }
 
-/// "12.34" → 1234, exactly.
-fn cents(s: &str) -> i64 {
-    let (whole, frac) = s.split_once('.').unwrap_or((s, "0"));
-    let frac = format!("{frac:0<2}");
-    whole.parse::<i64>().unwrap() * 100 + frac[..2].parse::<i64>().unwrap()
-}
-
 fn insights_pipeline(policy: &str) -> String {
     format!(
         r#"name: drift
@@ -191,7 +184,7 @@ fn columns(project: &Project, table: &str) -> Vec<String> {
 }
 
 /// `sluice runs --json`: it needs no credentials, so SANDBOX_URL is left unset.
-fn runs_json(project: &Project, _sandbox: &Sandbox) -> String {
+fn runs_json(project: &Project) -> String {
     let out = project
         .cmd()
         .env_remove("SANDBOX_URL")
@@ -202,8 +195,8 @@ fn runs_json(project: &Project, _sandbox: &Sandbox) -> String {
     stdout(&out)
 }
 
-fn last_run_id(project: &Project, sandbox: &Sandbox) -> String {
-    let runs: serde_json::Value = serde_json::from_str(&runs_json(project, sandbox)).unwrap();
+fn last_run_id(project: &Project) -> String {
+    let runs: serde_json::Value = serde_json::from_str(&runs_json(project)).unwrap();
     runs[0]["run_id"]
         .as_str()
         .or_else(|| runs[0]["id"].as_str())
@@ -239,7 +232,7 @@ fn freeze_holds_the_stream_and_replay_after_evolve_loads_the_held_back_days() {
     // Nothing new reached D1: the warehouse still equals the truth of the first run.
     assert_eq!(loaded(&project), first_truth);
     assert!(!columns(&project, "d1__facebook_insights").contains(&"attribution_setting".into()));
-    let frozen_run = last_run_id(&project, &sandbox);
+    let frozen_run = last_run_id(&project);
     // The raw pages were kept for the replay.
     assert!(project
         .lake_files()
@@ -318,7 +311,7 @@ fn quarantine_loads_what_fits_and_keeps_every_other_record() {
         served
     );
     // The run record says what changed and what was done.
-    let runs = runs_json(&project, &sandbox);
+    let runs = runs_json(&project);
     assert!(
         runs.contains("attribution_setting") && runs.contains("quarantined"),
         "{runs}"

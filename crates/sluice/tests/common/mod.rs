@@ -180,3 +180,11 @@ pub fn orders_ndjson(first_id: u64, count: u64) -> String {
     }
     s
 }
+
+/// "12.340000" → 1234: exact decimal text to cents (sub-cent digits must be zero).
+pub fn cents(s: &str) -> i64 {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let frac = format!("{frac:0<2}");
+    assert!(frac[2..].chars().all(|c| c == '0'), "sub-cent amount {s}");
+    whole.parse::<i64>().unwrap() * 100 + frac[..2].parse::<i64>().unwrap()
+}
