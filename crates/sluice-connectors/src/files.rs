@@ -20,12 +20,14 @@ use serde_json::{Map, Value};
 
 use sluice_core::config::{ConfigDocument, ConfigError, Section};
 use sluice_core::destination::WriteMode;
+use sluice_core::line_typer::LineTyper;
 use sluice_core::schema::{Field, FieldType, TableSchema};
+use sluice_core::source::TypedLines;
 use sluice_core::source::{
     DecodeState, DecodedPage, LandedPage, PageSink, RunWindow, Slice, Source, SourceError,
     StreamPlan, StreamSpec,
 };
-use sluice_core::typing::{Origin, Record, Rejected};
+use sluice_core::typing::{decode_json_line, Origin, Record, Rejected};
 
 use crate::BuildContext;
 
@@ -326,21 +328,15 @@ impl FilesSource {
     async fn line_ranges(
         &self,
         location: &StorePath,
+        size: u64,
         target: u64,
     ) -> Result<Vec<LineRange>, SourceError> {
-        let read_error =
-            |e: object_store::Error| SourceError::transient(format!("reading {location}: {e}"));
-        let mut body = self
-            .store
-            .get(location)
-            .await
-            .map_err(read_error)?
-            .into_stream();
+        let mut body = self.chunks(location, 0..size);
         let mut parts = Vec::new();
         let (mut start, mut lines_before) = (0u64, 0u64);
         let (mut offset, mut lines) = (0u64, 0u64);
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(read_error)?;
+            let chunk = chunk?;
             for i in memchr::memchr_iter(b'\n', &chunk) {
                 lines += 1;
                 let end = offset + i as u64 + 1;
@@ -363,6 +359,39 @@ impl FilesSource {
             });
         }
         Ok(parts)
+    }
+
+    /// `range` of a file in `PAGE_BYTES` reads. (A streaming `get` reads local files
+    /// 8 KiB per blocking task: on a big file the thread hand-offs cost more than parsing.)
+    fn chunks<'a>(
+        &'a self,
+        location: &'a StorePath,
+        range: std::ops::Range<u64>,
+    ) -> futures::stream::BoxStream<'a, Result<Bytes, SourceError>> {
+        let starts = (range.start..range.end).step_by(PAGE_BYTES);
+        futures::stream::iter(starts)
+            .map(move |from| async move {
+                let to = (from + PAGE_BYTES as u64).min(range.end);
+                self.store
+                    .get_range(location, from..to)
+                    .await
+                    .map_err(|e| SourceError::transient(format!("reading {location}: {e}")))
+            })
+            // The next read is under way while this one is processed.
+            .buffered(2)
+            .boxed()
+    }
+
+    async fn read_whole(&self, location: &StorePath, relative: &str) -> Result<Bytes, SourceError> {
+        let read_error =
+            |e: object_store::Error| SourceError::transient(format!("reading {relative}: {e}"));
+        self.store
+            .get(location)
+            .await
+            .map_err(read_error)?
+            .bytes()
+            .await
+            .map_err(read_error)
     }
 }
 
@@ -418,7 +447,10 @@ impl Source for FilesSource {
                 let splits = meta.size > fs.split_bytes
                     && format_of(&relative, fs.format)? == FileFormat::Ndjson;
                 if splits {
-                    for part in self.line_ranges(&meta.location, fs.split_bytes).await? {
+                    for part in self
+                        .line_ranges(&meta.location, meta.size, fs.split_bytes)
+                        .await?
+                    {
                         slices.push(Slice {
                             key: format!("{relative}#{version}#{}", part.start),
                             params: serde_json::json!({
@@ -467,59 +499,58 @@ impl Source for FilesSource {
         if let Some(range) = &range {
             page_name = format!("{page_name}-o{}", range.start);
         }
-        let get = self
-            .store
-            .get_opts(
-                &location,
-                object_store::GetOptions::new().with_range(range.clone()),
-            )
-            .await
-            .map_err(|e| SourceError::transient(format!("reading {relative}: {e}")))?;
         match format {
             FileFormat::Ndjson => {
-                let mut body = get.into_stream();
-                let mut buffer: Vec<u8> = Vec::with_capacity(PAGE_BYTES + 64 * 1024);
-                let mut line_no: u64 = slice.params["lines_before"].as_u64().unwrap_or(0);
-                let mut page_no = 0u32;
-                loop {
-                    let chunk =
-                        body.next().await.transpose().map_err(|e| {
+                let range = match range {
+                    Some(range) => range,
+                    None => {
+                        let meta = self.store.head(&location).await.map_err(|e| {
                             SourceError::transient(format!("reading {relative}: {e}"))
                         })?;
+                        0..meta.size
+                    }
+                };
+                let mut body = self.chunks(&location, range);
+                let mut carry: Vec<u8> = Vec::new();
+                let mut next_line: u64 = slice.params["lines_before"].as_u64().unwrap_or(0);
+                let mut page_no = 0u32;
+                // One page decodes on a blocking thread while the previous one is
+                // typed and staged here: two cores busy on one file.
+                let mut decoding: Option<tokio::task::JoinHandle<Vec<NdjsonPart>>> = None;
+                loop {
+                    let chunk = body.next().await.transpose()?;
                     let done = chunk.is_none();
-                    if let Some(chunk) = chunk {
-                        buffer.extend_from_slice(&chunk);
-                    }
-                    if buffer.len() < PAGE_BYTES && !done {
-                        continue;
-                    }
                     // Cut after the last complete line; the rest starts the next page.
-                    let cut = if done {
-                        buffer.len()
-                    } else {
-                        match buffer.iter().rposition(|&b| b == b'\n') {
-                            Some(i) => i + 1,
-                            None => continue,
-                        }
+                    let page = match chunk {
+                        Some(chunk) => match memchr::memrchr(b'\n', &chunk) {
+                            Some(i) => {
+                                let mut page = std::mem::take(&mut carry);
+                                page.extend_from_slice(&chunk[..=i]);
+                                carry.extend_from_slice(&chunk[i + 1..]);
+                                page
+                            }
+                            None => {
+                                carry.extend_from_slice(&chunk);
+                                continue;
+                            }
+                        },
+                        None => std::mem::take(&mut carry),
                     };
-                    let rest = buffer.split_off(cut);
-                    let page = std::mem::replace(&mut buffer, rest);
                     if !page.is_empty() {
                         page_no += 1;
                         sink.land(&format!("{page_name}-p{page_no:05}"), "ndjson", &dt, &page)
                             .await?;
-                        // JSON parsing is the heavy part: off the async thread, so
-                        // parallel slices parse on separate cores.
-                        let origin = origin_page.clone();
-                        let first_line = line_no;
-                        let (decoded, lines) = tokio::task::spawn_blocking(move || {
+                        let (origin, first_line) = (origin_page.clone(), next_line);
+                        next_line += ndjson_lines(&page);
+                        let typer = sink.line_typer();
+                        let page: Arc<[u8]> = page.into();
+                        let next = tokio::task::spawn_blocking(move || {
                             let mut lines = first_line;
-                            (decode_ndjson(&page, &origin, &mut lines), lines)
-                        })
-                        .await
-                        .map_err(|e| SourceError::transient(format!("decoding {relative}: {e}")))?;
-                        line_no = lines;
-                        hand_over(decoded, sink).await?;
+                            decode_ndjson(&page, &origin, &mut lines, typer.as_ref())
+                        });
+                        if let Some(previous) = decoding.replace(next) {
+                            hand_over_parts(joined(previous, &relative).await?, sink).await?;
+                        }
                     }
                     if done {
                         break;
@@ -528,21 +559,18 @@ impl Source for FilesSource {
                         return Err(SourceError::transient("cancelled"));
                     }
                 }
+                if let Some(last) = decoding {
+                    hand_over_parts(joined(last, &relative).await?, sink).await?;
+                }
             }
             FileFormat::Csv => {
-                let bytes = get
-                    .bytes()
-                    .await
-                    .map_err(|e| SourceError::transient(format!("reading {relative}: {e}")))?;
+                let bytes = self.read_whole(&location, &relative).await?;
                 sink.land(&format!("{page_name}-p00001"), "csv", &dt, &bytes)
                     .await?;
                 hand_over(decode_csv(&bytes, fs.delimiter, &origin_page)?, sink).await?;
             }
             FileFormat::Parquet => {
-                let bytes = get
-                    .bytes()
-                    .await
-                    .map_err(|e| SourceError::transient(format!("reading {relative}: {e}")))?;
+                let bytes = self.read_whole(&location, &relative).await?;
                 sink.land(&format!("{page_name}-p00001"), "parquet", &dt, &bytes)
                     .await?;
                 decode_parquet(bytes, &origin_page, sink).await?;
@@ -565,7 +593,7 @@ impl Source for FilesSource {
             let lines = state
                 .lines
                 .get_or_insert_with(|| slice.params["lines_before"].as_u64().unwrap_or(0));
-            Some(Ok(decode_ndjson(body, &origin, lines)))
+            Some(Ok(decode_ndjson_records(body, &origin, lines)))
         } else if page.path.ends_with(".csv.zst") {
             Some(decode_csv(body, fs.delimiter, &origin))
         } else {
@@ -578,34 +606,107 @@ impl Source for FilesSource {
     }
 }
 
-/// Decodes NDJSON lines; lines that are not JSON objects are rejected with their line number.
-fn decode_ndjson(page: &[u8], origin: &Arc<str>, line_no: &mut u64) -> DecodedPage {
+/// Lines in an NDJSON page: its line ends, plus a last line without one.
+fn ndjson_lines(page: &[u8]) -> u64 {
+    let ends = memchr::memchr_iter(b'\n', page).count() as u64;
+    ends + u64::from(!page.is_empty() && !page.ends_with(b"\n"))
+}
+
+/// A decoded NDJSON page: runs of typed lines and of records, in file order.
+enum NdjsonPart {
+    Typed(TypedLines),
+    Decoded(DecodedPage),
+}
+
+/// Decodes NDJSON lines — typed straight into cells where `typer` can, as records
+/// otherwise; a line that is not a JSON object is rejected with its line number.
+/// `line_no` counts the lines before the page and is advanced past it.
+fn decode_ndjson(
+    page: &Arc<[u8]>,
+    origin: &Arc<str>,
+    line_no: &mut u64,
+    typer: Option<&LineTyper>,
+) -> Vec<NdjsonPart> {
+    let new_run = |t: &LineTyper| TypedLines::new(t, origin.clone(), page.clone());
+    let mut parts = Vec::new();
+    let mut typed = typer.map(new_run);
     let mut decoded = DecodedPage::default();
-    for line in page.split(|&b| b == b'\n') {
+    if page.is_empty() {
+        return parts;
+    }
+    let body = page.strip_suffix(b"\n").unwrap_or(page);
+    let mut start = 0;
+    for line in body.split(|&b| b == b'\n') {
         *line_no += 1;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let range = start..start + line.len() - usize::from(line.ends_with(b"\r"));
+        start += line.len() + 1;
+        let line = &page[range.clone()];
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
+        }
+        if let (Some(typer), Some(run)) = (typer, typed.as_mut()) {
+            if run.push(typer, *line_no, range) {
+                if !decoded.records.is_empty() || !decoded.rejected.is_empty() {
+                    parts.push(NdjsonPart::Decoded(std::mem::take(&mut decoded)));
+                }
+                continue;
+            }
+            if !run.is_empty() {
+                let done = std::mem::replace(run, new_run(typer));
+                parts.push(NdjsonPart::Typed(done.seal()));
+            }
         }
         let origin = Origin {
             page: origin.clone(),
             line: *line_no,
         };
-        match serde_json::from_slice::<Value>(line) {
-            Ok(Value::Object(fields)) => decoded.records.push(Record { fields, origin }),
-            Ok(other) => decoded.rejected.push(Rejected {
-                origin,
-                reason: format!("expected a JSON object, got {}", json_kind(&other)),
-                raw: String::from_utf8_lossy(line).into_owned(),
-            }),
-            Err(e) => decoded.rejected.push(Rejected {
-                origin,
-                reason: format!("malformed JSON: {e}"),
-                raw: String::from_utf8_lossy(line).into_owned(),
-            }),
+        match decode_json_line(line, origin) {
+            Ok(record) => decoded.records.push(record),
+            Err(rejected) => decoded.rejected.push(rejected),
         }
     }
-    decoded
+    if let Some(run) = typed.filter(|run| !run.is_empty()) {
+        parts.push(NdjsonPart::Typed(run.seal()));
+    }
+    if !decoded.records.is_empty() || !decoded.rejected.is_empty() {
+        parts.push(NdjsonPart::Decoded(decoded));
+    }
+    parts
+}
+
+/// The general path only (replays): every line as a record.
+fn decode_ndjson_records(page: &[u8], origin: &Arc<str>, line_no: &mut u64) -> DecodedPage {
+    let mut all = DecodedPage::default();
+    for part in decode_ndjson(&Arc::from(page), origin, line_no, None) {
+        if let NdjsonPart::Decoded(mut decoded) = part {
+            all.records.append(&mut decoded.records);
+            all.rejected.append(&mut decoded.rejected);
+        }
+    }
+    all
+}
+
+async fn joined(
+    decoding: tokio::task::JoinHandle<Vec<NdjsonPart>>,
+    relative: &str,
+) -> Result<Vec<NdjsonPart>, SourceError> {
+    decoding
+        .await
+        .map_err(|e| SourceError::transient(format!("decoding {relative}: {e}")))
+}
+
+/// Hands the parts of an NDJSON page to the executor, in order.
+async fn hand_over_parts(
+    parts: Vec<NdjsonPart>,
+    sink: &mut dyn PageSink,
+) -> Result<(), SourceError> {
+    for part in parts {
+        match part {
+            NdjsonPart::Typed(lines) => sink.typed_lines(lines).await?,
+            NdjsonPart::Decoded(decoded) => hand_over(decoded, sink).await?,
+        }
+    }
+    Ok(())
 }
 
 /// Hands a decoded page to the executor in bounded chunks.
@@ -622,17 +723,6 @@ async fn hand_over(decoded: DecodedPage, sink: &mut dyn PageSink) -> Result<(), 
         sink.rejected(decoded.rejected).await?;
     }
     Ok(())
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Decodes CSV with a header row; a row with the wrong number of fields is rejected with its line.

@@ -6,6 +6,7 @@
 
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
@@ -52,14 +53,35 @@ pub struct LoadRequest<'a> {
     pub table: &'a TableSpec,
     /// The rows, streamed so memory stays bounded by the batch size. Batches carry
     /// `table.schema`'s columns in order (columns added by schema evolution included).
-    pub batches: BoxStream<'a, Result<RecordBatch, DestinationError>>,
-    /// Records that could not be typed; they go to `<table>__quarantine` in the same transaction.
-    pub quarantine: &'a [Rejected],
-    /// Partition values (ISO dates) this load replaces, for `OverwritePartitions`.
-    pub partitions: &'a [String],
+    pub batches: BatchStream<'a>,
+    /// What is only known once every batch has been produced; awaited after the last
+    /// batch. A load whose tail fails (or is dropped) rolls back: this is how a load
+    /// that streams while the extraction still runs is called off.
+    pub tail: TailFuture<'a>,
     /// Identifies the input; a load whose id the ledger already has for this table is a no-op.
     pub load_id: &'a str,
     pub run_id: &'a str,
+}
+
+/// The rows of a load, in batches.
+pub type BatchStream<'a> = BoxStream<'a, Result<RecordBatch, DestinationError>>;
+/// The tail of a load, once known.
+pub type TailFuture<'a> = BoxFuture<'a, Result<LoadTail, DestinationError>>;
+
+/// The end of a load: published with the rows, in the same transaction.
+#[derive(Debug, Clone, Default)]
+pub struct LoadTail {
+    /// Records that could not be typed; they go to `<table>__quarantine`.
+    pub quarantine: Vec<Rejected>,
+    /// Partition values (ISO dates) this load replaces, for `OverwritePartitions`.
+    pub partitions: Vec<String>,
+}
+
+impl LoadTail {
+    /// A tail that is already known (every load that does not stream).
+    pub fn ready<'a>(self) -> TailFuture<'a> {
+        Box::pin(std::future::ready(Ok(self)))
+    }
 }
 
 /// What a load did.
@@ -105,6 +127,13 @@ pub trait Destination: Send + Sync {
 
     /// Connects and checks it can create schemas and tables (`sluice validate --connections`).
     async fn check(&self) -> Result<(), DestinationError>;
+
+    /// Whether a load may stream while the extraction runs: its transaction then
+    /// stays open for the whole extraction, which needs a destination that lets
+    /// other loads commit meanwhile (PostgreSQL, not SQLite's single writer).
+    fn streams_loads(&self) -> bool {
+        false
+    }
 
     /// Creates or evolves the table, then publishes `request` atomically.
     async fn load(&self, request: LoadRequest<'_>) -> Result<LoadOutcome, DestinationError>;

@@ -32,13 +32,17 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ExecutionConfig;
-use crate::destination::{Destination, DestinationError, LoadRequest, TableSpec, WriteMode};
+use crate::destination::{
+    BatchStream, Destination, DestinationError, LoadRequest, LoadTail, TableSpec, TailFuture,
+    WriteMode,
+};
 use crate::drift::{ChangeKind, Policy, SchemaChange, SchemaConfig, StreamPolicy};
 use crate::lake::{parquet_batches, Lake, LakeError, PagePath, TableFileWriter};
+use crate::line_typer::LineTyper;
 use crate::plan::StreamTask;
 use crate::run::{RunRecord, RunStatus, TaskError, TaskRecord, TaskStatus};
 use crate::schema::{infer_type, unify, Field, FieldType, TableSchema};
-use crate::source::{ErrorClass, LandedPage, PageSink, RunWindow, Slice, SourceError};
+use crate::source::{ErrorClass, LandedPage, PageSink, RunWindow, Slice, SourceError, TypedLines};
 use crate::state::{SliceCheckpoint, StateError, StateStore};
 use crate::typing::{to_scalar, BatchBuilder, FieldError, Record, Rejected, Scalar};
 
@@ -236,6 +240,43 @@ impl Executor {
         let policy = self.schema_policy.for_stream(&name);
         let renames = policy.renames.clone();
         let schema = StreamSchema::new(stream, previous_schema.as_ref().map(|v| &v.value), policy);
+        let write_mode = if options.window.full_refresh {
+            WriteMode::Replace
+        } else {
+            stream.write_mode
+        };
+        let spec = TableSpec {
+            layer: "d1".into(),
+            name: stream.table.clone(),
+            schema: schema.schema.clone(),
+            primary_key: stream.primary_key.clone(),
+            partition_column: stream.partition_column.clone(),
+            write_mode,
+        };
+        let load_id = match write_mode {
+            // Appending the same input twice must not duplicate it.
+            WriteMode::Append => digest(&stream.table, plan.slices.iter().map(|s| s.key.as_str())),
+            _ => options.run_id.clone(),
+        };
+        // Rows stream into the destination while the extraction runs, when the
+        // destination allows a long transaction and the row order does not matter
+        // (merges keep the last row per key). Anything that would make the streamed
+        // rows differ from the staged ones calls it off; the staged load follows.
+        let stream_load = LoadStream::new();
+        let mut streamed = (self.destination.streams_loads() && write_mode != WriteMode::Merge)
+            .then(|| {
+                let (batches, tail) = stream_load.open();
+                Box::pin(self.destination.load(LoadRequest {
+                    table: &spec,
+                    batches,
+                    tail,
+                    load_id: &load_id,
+                    run_id: &options.run_id,
+                }))
+            });
+        if streamed.is_none() {
+            stream_load.abort();
+        }
         let shared = SharedStream {
             lake: &self.lake,
             state: &self.state,
@@ -249,54 +290,75 @@ impl Executor {
             counters,
             staged: Mutex::new(Vec::new()),
             rejected: Mutex::new(Vec::new()),
+            stream_load: &stream_load,
         };
 
         // Extract: slices in parallel within the source's budget, each retried whole.
-        let slice_results: Vec<Result<(), TaskFailure>> =
-            futures::stream::iter(plan.slices.iter().enumerate())
-                .map(|(index, slice)| {
-                    let shared = &shared;
-                    let name = &name;
-                    async move {
-                        let _permit = budget.acquire().await.expect("semaphore never closed");
-                        if shared.cancel.is_cancelled() {
-                            return Err(TaskFailure::Cancelled);
-                        }
-                        if self.resume_slice(shared, index, &slice.key).await {
-                            self.observer.slice_finished(name, 0);
-                            return Ok(());
-                        }
-                        self.record_slice(shared, index, slice).await?;
-                        let attempt = AtomicU64::new(0);
-                        let result = self
-                            .retry(counters, || async {
-                                let n = attempt.fetch_add(1, Ordering::Relaxed);
-                                let mut sink = SliceSink::new(shared, index, n);
-                                match source.read(stream, slice, &mut sink).await {
-                                    Ok(()) => sink.finish(&slice.key).await,
-                                    Err(e) => {
-                                        sink.discard().await;
-                                        Err(e)
-                                    }
-                                }
-                            })
-                            .await;
-                        match result {
-                            Ok(rows) => {
-                                self.observer.slice_finished(name, rows);
-                                Ok(())
-                            }
-                            Err(_) if shared.cancel.is_cancelled() => Err(TaskFailure::Cancelled),
-                            Err(e) => Err(TaskFailure::Source(SourceError {
-                                message: format!("slice {}: {}", slice.key, e.message),
-                                ..e
-                            })),
-                        }
+        let extraction = futures::stream::iter(plan.slices.iter().enumerate())
+            .map(|(index, slice)| {
+                let shared = &shared;
+                let name = &name;
+                async move {
+                    let _permit = budget.acquire().await.expect("semaphore never closed");
+                    if shared.cancel.is_cancelled() {
+                        return Err(TaskFailure::Cancelled);
                     }
-                })
-                .buffer_unordered(source.max_concurrency().max(1))
-                .collect()
-                .await;
+                    if self.resume_slice(shared, index, &slice.key).await {
+                        // Its rows are in an earlier run's files, not in the stream.
+                        shared.stream_load.abort();
+                        self.observer.slice_finished(name, 0);
+                        return Ok(());
+                    }
+                    self.record_slice(shared, index, slice).await?;
+                    let attempt = AtomicU64::new(0);
+                    let result = self
+                        .retry(counters, || async {
+                            let n = attempt.fetch_add(1, Ordering::Relaxed);
+                            let mut sink = SliceSink::new(shared, index, n);
+                            match source.read(stream, slice, &mut sink).await {
+                                Ok(()) => sink.finish(&slice.key).await,
+                                Err(e) => {
+                                    sink.discard().await;
+                                    Err(e)
+                                }
+                            }
+                        })
+                        .await;
+                    match result {
+                        Ok(rows) => {
+                            self.observer.slice_finished(name, rows);
+                            Ok(())
+                        }
+                        Err(_) if shared.cancel.is_cancelled() => Err(TaskFailure::Cancelled),
+                        Err(e) => Err(TaskFailure::Source(SourceError {
+                            message: format!("slice {}: {}", slice.key, e.message),
+                            ..e
+                        })),
+                    }
+                }
+            })
+            .buffer_unordered(source.max_concurrency().max(1))
+            .collect::<Vec<Result<(), TaskFailure>>>();
+        // Both are polled here: the load takes batches as the slices produce them.
+        let mut extraction = Box::pin(extraction);
+        let slice_results = loop {
+            let Some(load) = streamed.as_mut() else {
+                break (&mut extraction).await;
+            };
+            tokio::select! {
+                results = &mut extraction => break results,
+                outcome = load => {
+                    // Before the tail was sent, the load can only end early: the
+                    // ledger already has this load, or it failed. The staged load decides.
+                    if let Err(e) = outcome {
+                        tracing::warn!(table = %stream.table, error = %e, "streaming load stopped; loading from staged files");
+                    }
+                    stream_load.abort();
+                    streamed = None;
+                }
+            }
+        };
+        drop(extraction);
         for result in slice_results {
             result?;
         }
@@ -320,36 +382,44 @@ impl Executor {
         let rejected = shared.rejected.into_inner().expect("rejected lock");
         let partitions: BTreeSet<String> = staged.iter().map(|f| f.dt.clone()).collect();
         let partitions: Vec<String> = partitions.into_iter().collect();
-        let write_mode = if options.window.full_refresh {
-            WriteMode::Replace
-        } else {
-            stream.write_mode
-        };
-        let spec = TableSpec {
-            layer: "d1".into(),
-            name: stream.table.clone(),
-            schema: final_schema.clone(),
-            primary_key: stream.primary_key.clone(),
-            partition_column: stream.partition_column.clone(),
-            write_mode,
-        };
-        let load_id = match write_mode {
-            // Appending the same input twice must not duplicate it.
-            WriteMode::Append => digest(&stream.table, plan.slices.iter().map(|s| s.key.as_str())),
-            _ => options.run_id.clone(),
-        };
         self.observer.task_loading(&name);
-        let outcome = self
-            .load_with_retries(
-                &spec,
-                &staged,
-                &rejected,
-                &partitions,
-                &load_id,
-                options,
-                counters,
-            )
-            .await?;
+        let tail = LoadTail {
+            quarantine: rejected.clone(),
+            partitions: partitions.clone(),
+        };
+        let mut outcome = None;
+        match streamed {
+            Some(load) if stream_load.is_live() && final_schema == spec.schema => {
+                stream_load.finish(tail);
+                match load.await {
+                    Ok(done) => outcome = Some(done),
+                    Err(e) => {
+                        tracing::warn!(table = %stream.table, error = %e, "streaming load failed; loading from staged files")
+                    }
+                }
+            }
+            // Dropping the load rolls its transaction back.
+            other => drop(other),
+        }
+        let spec = TableSpec {
+            schema: final_schema.clone(),
+            ..spec.clone()
+        };
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => {
+                self.load_with_retries(
+                    &spec,
+                    &staged,
+                    &rejected,
+                    &partitions,
+                    &load_id,
+                    options,
+                    counters,
+                )
+                .await?
+            }
+        };
         record.rows_loaded = outcome.rows_loaded;
         record.rows_replaced = outcome.rows_replaced;
         record.rows_quarantined = rejected.len() as u64;
@@ -502,8 +572,11 @@ impl Executor {
             let request = LoadRequest {
                 table: spec,
                 batches,
-                quarantine: rejected,
-                partitions,
+                tail: LoadTail {
+                    quarantine: rejected.to_vec(),
+                    partitions: partitions.to_vec(),
+                }
+                .ready(),
                 load_id,
                 run_id: &options.run_id,
             };
@@ -852,6 +925,17 @@ impl StreamSchema {
         Ok(())
     }
 
+    /// `absorb` for lines a [`LineTyper`] typed: every key was a known column, so
+    /// only the run's tallies move (rows seen, baseline fields seen non-null).
+    fn absorb_batch(&mut self, batch: &RecordBatch) {
+        self.rows_seen += batch.num_rows() as u64;
+        self.unseen.retain(|name| {
+            batch
+                .column_by_name(name)
+                .is_none_or(|c| c.null_count() == c.len())
+        });
+    }
+
     /// Widens `column` to hold `value` if the policy allows and a lossless widening exists.
     fn try_widen(&mut self, column: usize, value: &Value) -> bool {
         let Some(field) = self.schema.fields.get(column) else {
@@ -942,6 +1026,71 @@ struct SharedStream<'a> {
     counters: &'a Counters,
     staged: Mutex<Vec<StagedFile>>,
     rejected: Mutex<Vec<Rejected>>,
+    stream_load: &'a LoadStream,
+}
+
+/// The executor's end of a load that streams while the extraction runs: batches go
+/// in as slices flush them; the tail (quarantine, partitions) once all is read.
+/// Once called off it stays off: the load sees its inputs close and rolls back.
+struct LoadStream {
+    batches: Mutex<Option<tokio::sync::mpsc::Sender<RecordBatch>>>,
+    tail: Mutex<Option<tokio::sync::oneshot::Sender<LoadTail>>>,
+}
+
+/// Batches in flight to a streaming load: enough to keep it busy, few enough to bound memory.
+const STREAM_BATCHES: usize = 4;
+
+impl LoadStream {
+    fn new() -> Self {
+        LoadStream {
+            batches: Mutex::new(None),
+            tail: Mutex::new(None),
+        }
+    }
+
+    /// The load's inputs: the batch stream and the tail.
+    fn open<'a>(&self) -> (BatchStream<'a>, TailFuture<'a>) {
+        let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(STREAM_BATCHES);
+        let (tail_tx, tail_rx) = tokio::sync::oneshot::channel();
+        *self.batches.lock().expect("stream lock") = Some(batch_tx);
+        *self.tail.lock().expect("stream lock") = Some(tail_tx);
+        let batches = futures::stream::unfold(batch_rx, |mut rx| async move {
+            rx.recv().await.map(|batch| (Ok(batch), rx))
+        });
+        let tail = async move {
+            tail_rx.await.map_err(|_| DestinationError::Cancelled {
+                table: "streaming load".into(),
+            })
+        };
+        (batches.boxed(), Box::pin(tail))
+    }
+
+    fn is_live(&self) -> bool {
+        self.tail.lock().expect("stream lock").is_some()
+    }
+
+    fn abort(&self) {
+        self.batches.lock().expect("stream lock").take();
+        self.tail.lock().expect("stream lock").take();
+    }
+
+    /// Hands a batch to the load (waiting while it is busy); a load that went away calls the stream off.
+    async fn send(&self, batch: &RecordBatch) {
+        let sender = self.batches.lock().expect("stream lock").clone();
+        if let Some(sender) = sender {
+            if sender.send(batch.clone()).await.is_err() {
+                self.abort();
+            }
+        }
+    }
+
+    /// Every batch is in: end the stream and let the load publish.
+    fn finish(&self, tail: LoadTail) {
+        self.batches.lock().expect("stream lock").take();
+        if let Some(sender) = self.tail.lock().expect("stream lock").take() {
+            let _ = sender.send(tail);
+        }
+    }
 }
 
 /// One attempt at one slice: lands pages, types records, stages Parquet per partition.
@@ -986,13 +1135,25 @@ impl<'s, 'a> SliceSink<'s, 'a> {
         }
     }
 
-    fn new_builder(&self) -> BatchBuilder {
-        BatchBuilder::new(self.schema.clone())
-            .with_constant(RUN_ID_COLUMN, Scalar::Text(self.shared.run_id.to_string()))
-            .with_constant(
-                LOADED_AT_COLUMN,
+    /// sluice's own columns: one value for every row of the run.
+    fn constants(&self) -> Vec<(String, Scalar)> {
+        vec![
+            (
+                RUN_ID_COLUMN.to_string(),
+                Scalar::Text(self.shared.run_id.to_string()),
+            ),
+            (
+                LOADED_AT_COLUMN.to_string(),
                 Scalar::Timestamp(loaded_at_micros(self.shared.run_id)),
-            )
+            ),
+        ]
+    }
+
+    fn new_builder(&self) -> BatchBuilder {
+        self.constants().into_iter().fold(
+            BatchBuilder::new(self.schema.clone()),
+            |builder, (name, value)| builder.with_constant(&name, value),
+        )
     }
 
     /// The `dt` partition of a record, from the stream's partition column.
@@ -1005,25 +1166,28 @@ impl<'s, 'a> SliceSink<'s, 'a> {
             .get(column)
             .map(|v| to_scalar(v, FieldType::Date))
         {
-            Some(Ok(Scalar::Date(days))) => Ok((chrono::NaiveDate::from_ymd_opt(1970, 1, 1)
-                .expect("epoch")
-                + chrono::Duration::days(days as i64))
-            .to_string()),
+            Some(Ok(Scalar::Date(days))) => Ok(date_of(days)),
             Some(Err(e)) => Err(format!("partition column `{column}`: {e}")),
             _ => Err(format!("partition column `{column}` is missing or null")),
         }
     }
 
     async fn flush_partition(&mut self, dt: &str) -> Result<(), SourceError> {
-        let table = &self.shared.stream.table;
-        let run_id = self.shared.run_id;
-        let (slice, attempt) = (self.slice, self.attempt);
-        let seq = self.file_seq;
         let partition = self.partitions.get_mut(dt).expect("partition exists");
         if partition.builder.is_empty() {
             return Ok(());
         }
         let batch = partition.builder.finish();
+        self.write_batch(dt, batch).await
+    }
+
+    /// Writes a batch of the sink's schema to the partition's staged file (and the streaming load).
+    async fn write_batch(&mut self, dt: &str, batch: RecordBatch) -> Result<(), SourceError> {
+        let table = &self.shared.stream.table;
+        let run_id = self.shared.run_id;
+        let (slice, attempt) = (self.slice, self.attempt);
+        let seq = self.file_seq;
+        let partition = self.partitions.get_mut(dt).expect("partition exists");
         if partition.writer.is_none() {
             let path = format!(
                 "_staging/{run_id}/{table}/dt={dt}/s{slice:05}-a{attempt}-{seq:04}.parquet"
@@ -1043,6 +1207,9 @@ impl<'s, 'a> SliceSink<'s, 'a> {
         }
         let writer = partition.writer.as_mut().expect("writer just set");
         writer.write(&batch).await.map_err(lake_to_source)?;
+        if self.schema_version == 0 {
+            self.shared.stream_load.send(&batch).await;
+        }
         // Rotate big files: the load reads one staged file into memory at a time.
         if writer.rows() >= STAGED_FILE_ROWS {
             let writer = partition.writer.take().expect("writer present");
@@ -1120,6 +1287,8 @@ impl<'s, 'a> SliceSink<'s, 'a> {
 
     /// The attempt failed: remove what it staged (its raw pages stay in the lake).
     async fn discard(mut self) {
+        // Its rows may already be in the streaming load: that load cannot be used.
+        self.shared.stream_load.abort();
         for (_, partition) in std::mem::take(&mut self.partitions) {
             drop(partition.writer);
         }
@@ -1163,6 +1332,8 @@ impl SliceSink<'_, '_> {
         if version != self.schema_version {
             self.close_all().await?;
             self.schema_version = version;
+            // Rows of the new shape do not fit the table the load started with.
+            self.shared.stream_load.abort();
         }
         Ok(())
     }
@@ -1206,6 +1377,47 @@ impl SliceSink<'_, '_> {
             }
         }
     }
+}
+
+/// A batch's rows grouped by the ISO date in a `Date32` column, in order of first appearance.
+fn split_by_date(
+    batch: &RecordBatch,
+    column: usize,
+) -> Result<Vec<(String, RecordBatch)>, arrow::error::ArrowError> {
+    use arrow::array::AsArray;
+    let days = batch
+        .column(column)
+        .as_primitive_opt::<arrow::datatypes::Date32Type>()
+        .ok_or_else(|| {
+            arrow::error::ArrowError::CastError("partition column is not a date".into())
+        })?;
+    let mut groups: Vec<(i32, Vec<u32>)> = Vec::new();
+    for (row, day) in days.iter().enumerate() {
+        // The typer sends rows without a partition value to the general path.
+        let day =
+            day.ok_or_else(|| arrow::error::ArrowError::CastError("null partition value".into()))?;
+        match groups.iter_mut().find(|(d, _)| *d == day) {
+            Some((_, rows)) => rows.push(row as u32),
+            None => groups.push((day, vec![row as u32])),
+        }
+    }
+    if groups.len() == 1 {
+        return Ok(vec![(date_of(groups[0].0), batch.clone())]);
+    }
+    groups
+        .into_iter()
+        .map(|(day, rows)| {
+            let rows = arrow::array::UInt32Array::from(rows);
+            arrow::compute::take_record_batch(batch, &rows).map(|part| (date_of(day), part))
+        })
+        .collect()
+}
+
+/// The ISO date of a `Scalar::Date`, for `dt=` folders.
+fn date_of(days: i32) -> String {
+    (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")
+        + chrono::Duration::days(days as i64))
+    .to_string()
 }
 
 fn schema_frozen(message: String) -> SourceError {
@@ -1364,6 +1576,73 @@ impl PageSink for SliceSink<'_, '_> {
 
     async fn rejected(&mut self, mut rejected: Vec<Rejected>) -> Result<(), SourceError> {
         self.rejected.append(&mut rejected);
+        Ok(())
+    }
+
+    fn line_typer(&self) -> Option<LineTyper> {
+        // Renames rewrite keys, and a partition column must already be a date: the
+        // general path handles those.
+        if !self.shared.renames.is_empty() {
+            return None;
+        }
+        let mut required = self.shared.stream.primary_key.clone();
+        if let Some(column) = &self.shared.stream.partition_column {
+            if self.schema.field(column).map(|f| f.ty) != Some(FieldType::Date) {
+                return None;
+            }
+            required.push(column.clone());
+        }
+        Some(LineTyper::new(
+            &self.schema,
+            self.schema_version,
+            &required,
+            self.constants(),
+        ))
+    }
+
+    async fn typed_lines(&mut self, lines: TypedLines) -> Result<(), SourceError> {
+        self.sync_schema(|_| Ok(())).await?;
+        let batch = match lines.batch() {
+            Some(batch) if lines.schema_version == self.schema_version => batch,
+            _ => {
+                // Typed against a schema that has moved on since: take the general path.
+                let decoded = lines.decode();
+                self.records(decoded.records).await?;
+                return self.rejected(decoded.rejected).await;
+            }
+        };
+        self.shared
+            .schema
+            .lock()
+            .expect("schema lock")
+            .absorb_batch(&batch);
+        let column = self
+            .shared
+            .stream
+            .partition_column
+            .as_ref()
+            .and_then(|c| self.schema.index_of(c));
+        let parts = match column {
+            None => vec![(self.shared.window.today.to_string(), batch)],
+            Some(i) => split_by_date(&batch, i)
+                .map_err(|e| SourceError::transient(format!("partitioning typed rows: {e}")))?,
+        };
+        for (dt, part) in parts {
+            if !self.partitions.contains_key(&dt) {
+                let builder = self.new_builder();
+                self.partitions.insert(
+                    dt.clone(),
+                    Partition {
+                        builder,
+                        writer: None,
+                    },
+                );
+            }
+            // Rows typed earlier in this partition go first.
+            self.flush_partition(&dt).await?;
+            self.rows += part.num_rows() as u64;
+            self.write_batch(&dt, part).await?;
+        }
         Ok(())
     }
 

@@ -10,6 +10,7 @@ pub mod destination;
 pub mod drift;
 pub mod executor;
 pub mod lake;
+pub mod line_typer;
 pub mod plan;
 pub mod replay;
 pub mod run;

@@ -48,6 +48,34 @@ pub struct Rejected {
     pub raw: String,
 }
 
+/// Decodes one JSON line into a record, or rejects it with the reason and the line as received.
+pub fn decode_json_line(line: &[u8], origin: Origin) -> Result<Record, Rejected> {
+    match serde_json::from_slice::<Value>(line) {
+        Ok(Value::Object(fields)) => Ok(Record { fields, origin }),
+        Ok(other) => Err(Rejected {
+            origin,
+            reason: format!("expected a JSON object, got {}", json_kind(&other)),
+            raw: String::from_utf8_lossy(line).into_owned(),
+        }),
+        Err(e) => Err(Rejected {
+            origin,
+            reason: format!("malformed JSON: {e}"),
+            raw: String::from_utf8_lossy(line).into_owned(),
+        }),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Why a record did not fit: the column (index in the schema), the value, the reason.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldError {
@@ -186,7 +214,7 @@ fn days_since_epoch(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid epoch")).num_days() as i32
 }
 
-fn parse_date(s: &str) -> Option<i32> {
+pub(crate) fn parse_date(s: &str) -> Option<i32> {
     // `FromStr` is ISO 8601 (`2024-07-01`) without re-parsing a format string per value.
     s.trim().parse::<NaiveDate>().ok().map(days_since_epoch)
 }
@@ -371,8 +399,8 @@ impl BatchBuilder {
     pub fn push_fields(&mut self, fields: &Map<String, Value>) -> Result<(), FieldError> {
         self.row.clear();
         for (i, field) in self.schema.fields.iter().enumerate() {
-            if let Some(constant) = &self.constants[i] {
-                self.row.push(constant.clone());
+            if self.constants[i].is_some() {
+                self.row.push(Scalar::Null);
                 continue;
             }
             let scalar = match fields.get(&field.name) {
@@ -392,11 +420,19 @@ impl BatchBuilder {
             }
             self.row.push(scalar);
         }
-        for (column, scalar) in self.columns.iter_mut().zip(self.row.iter()) {
-            column.append(scalar);
+        let row = std::mem::take(&mut self.row);
+        self.push_cells(&row);
+        self.row = row;
+        Ok(())
+    }
+
+    /// Appends one row of cells in schema order, already typed (by `push_fields` or a
+    /// [`LineTyper`](crate::line_typer::LineTyper) of this schema); constants fill their columns.
+    pub fn push_cells(&mut self, cells: &[Scalar]) {
+        for ((column, cell), constant) in self.columns.iter_mut().zip(cells).zip(&self.constants) {
+            column.append(constant.as_ref().unwrap_or(cell));
         }
         self.rows += 1;
-        Ok(())
     }
 
     /// Takes the rows appended so far as one batch; the builder is empty again afterwards.

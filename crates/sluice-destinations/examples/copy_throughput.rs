@@ -15,7 +15,7 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, Date32Builder, Decimal128Builder, Int64Builder, StringBuilder};
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
-use sluice_core::destination::{Destination, LoadRequest, TableSpec, WriteMode};
+use sluice_core::destination::{Destination, LoadRequest, LoadTail, TableSpec, WriteMode};
 use sluice_core::schema::{Field, FieldType, TableSchema};
 use sluice_core::secret::Secret;
 use sluice_destinations::{PostgresConfig, PostgresDestination};
@@ -203,8 +203,7 @@ async fn main() {
         .load(LoadRequest {
             table: &spec,
             batches: futures::stream::iter(batches.into_iter().map(Ok)).boxed(),
-            quarantine: &[],
-            partitions: &[],
+            tail: LoadTail::default().ready(),
             load_id: "bench",
             run_id: "bench",
         })

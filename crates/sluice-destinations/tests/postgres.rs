@@ -15,7 +15,7 @@ use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sluice_core::destination::{
-    Destination, DestinationError, LoadOutcome, LoadRequest, TableSpec, WriteMode,
+    Destination, DestinationError, LoadOutcome, LoadRequest, LoadTail, TableSpec, WriteMode,
 };
 use sluice_core::schema::{Field, FieldType, TableSchema};
 use sluice_core::secret::Secret;
@@ -196,8 +196,11 @@ async fn load(
     dest.load(LoadRequest {
         table: spec,
         batches: futures::stream::iter(batches).boxed(),
-        quarantine: how.quarantine,
-        partitions: how.partitions,
+        tail: LoadTail {
+            quarantine: how.quarantine.to_vec(),
+            partitions: how.partitions.to_vec(),
+        }
+        .ready(),
         load_id: how.load_id,
         run_id: "run-1",
     })
@@ -946,8 +949,11 @@ fn crash_child() {
         dest.load(LoadRequest {
             table: &spec,
             batches,
-            quarantine: &[rejected(1, "bad")],
-            partitions: &[],
+            tail: LoadTail {
+                quarantine: vec![rejected(1, "bad")],
+                partitions: vec![],
+            }
+            .ready(),
             load_id: "crash-load",
             run_id: "crash-run",
         })

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use rusqlite::types::Value as Sql;
 use serde_json::{json, Value};
 use sluice_core::destination::{
-    Destination, DestinationError, LoadOutcome, LoadRequest, TableSpec, WriteMode,
+    Destination, DestinationError, LoadOutcome, LoadRequest, LoadTail, TableSpec, WriteMode,
 };
 use sluice_core::schema::{Field, FieldType, TableSchema};
 use sluice_core::typing::{BatchBuilder, Origin, Rejected};
@@ -71,8 +71,11 @@ async fn load(
     dest.load(LoadRequest {
         table: spec,
         batches: futures::stream::iter(batches).boxed(),
-        quarantine,
-        partitions,
+        tail: LoadTail {
+            quarantine: quarantine.to_vec(),
+            partitions: partitions.to_vec(),
+        }
+        .ready(),
         load_id,
         run_id: "run-1",
     })
@@ -342,8 +345,7 @@ async fn failures_and_cancellation_leave_the_table_unchanged() {
     let request = LoadRequest {
         table: &spec,
         batches: endless,
-        quarantine: &[],
-        partitions: &[],
+        tail: LoadTail::default().ready(),
         load_id: "l3",
         run_id: "r",
     };

@@ -29,7 +29,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DataFusionError;
 use datafusion::execution::context::SessionContext;
 use futures::StreamExt;
-use sluice_core::destination::{Destination, LoadRequest, TableSpec, WriteMode};
+use sluice_core::destination::{Destination, LoadRequest, LoadTail, TableSpec, WriteMode};
 use sluice_core::lake::Lake;
 use sluice_core::run::{RunRecord, TaskError, TaskRecord, TaskStatus};
 use sluice_core::source::ErrorClass;
@@ -481,8 +481,11 @@ async fn run_one(
         .load(LoadRequest {
             table: &spec,
             batches: stream,
-            quarantine: &quarantine,
-            partitions: &partitions,
+            tail: LoadTail {
+                quarantine: quarantine.clone(),
+                partitions: partitions.clone(),
+            }
+            .ready(),
             load_id: &load_id,
             run_id,
         })

@@ -63,6 +63,9 @@ impl RunObserver for LogLines {
     fn task_started(&self, task: &str, slices: usize) {
         tracing::info!(task, slices, "task started");
     }
+    fn task_loading(&self, task: &str) {
+        tracing::info!(task, "extracted; loading");
+    }
     fn task_finished(&self, record: &TaskRecord) {
         tracing::info!(
             task = %record.task,

@@ -168,6 +168,8 @@ pub(super) async fn load(
         }
     }
     let staged = writer.finish().await.map_err(failed)?;
+    // Nothing is published unless the producer of the rows says it is complete.
+    let tail = request.tail.await?;
 
     // Publish.
     let staged_columns: Vec<String> = (0..spec.schema.fields.len())
@@ -252,7 +254,7 @@ pub(super) async fn load(
                 plan.qualified,
                 col = pg(column)
             );
-            let partitions: Vec<&str> = request.partitions.iter().map(String::as_str).collect();
+            let partitions: Vec<&str> = tail.partitions.iter().map(String::as_str).collect();
             let replaced = tx.execute(&sql, &[&partitions]).await.map_err(failed)?;
             (
                 replaced,
@@ -262,7 +264,7 @@ pub(super) async fn load(
     };
     tracing::debug!(table = %label, staged, rows_loaded, rows_replaced, "published");
 
-    if !request.quarantine.is_empty() {
+    if !tail.quarantine.is_empty() {
         tx.batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {} (run_id text NOT NULL, origin text NOT NULL, line bigint, \
              reason text NOT NULL, raw text, quarantined_at timestamptz NOT NULL DEFAULT now())",
@@ -276,7 +278,7 @@ pub(super) async fn load(
             plan.quarantine
         );
         let statement = tx.prepare(&sql).await.map_err(failed)?;
-        for chunk in request.quarantine.chunks(QUARANTINE_CHUNK) {
+        for chunk in tail.quarantine.chunks(QUARANTINE_CHUNK) {
             let origins: Vec<String> = chunk.iter().map(|r| no_nul(&r.origin.page)).collect();
             let lines: Vec<i64> = chunk.iter().map(|r| r.origin.line as i64).collect();
             let reasons: Vec<String> = chunk.iter().map(|r| no_nul(&r.reason)).collect();
@@ -308,7 +310,7 @@ pub(super) async fn load(
     Ok(LoadOutcome {
         rows_loaded,
         rows_replaced,
-        rows_quarantined: request.quarantine.len() as u64,
+        rows_quarantined: tail.quarantine.len() as u64,
         already_loaded: false,
     })
 }

@@ -262,6 +262,10 @@ impl Destination for PostgresDestination {
         self.described.clone()
     }
 
+    fn streams_loads(&self) -> bool {
+        true
+    }
+
     async fn check(&self) -> Result<(), DestinationError> {
         let mut client = self.connect().await?;
         let denied = |e: tokio_postgres::Error| DestinationError::Connect {

@@ -18,9 +18,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension, Statement, Transaction, TransactionBehavior};
-use sluice_core::destination::{DestinationError, LoadOutcome, TableSpec, WriteMode};
+use sluice_core::destination::{DestinationError, LoadOutcome, LoadTail, TableSpec, WriteMode};
 use sluice_core::schema::FieldType;
-use sluice_core::typing::Rejected;
 use tokio::sync::mpsc::Receiver;
 
 use super::{open, table_name, Message};
@@ -34,8 +33,6 @@ const LEDGER: &str = "_sluice_loads";
 /// What the blocking side needs, owned (it outlives the request's borrows).
 pub(super) struct Job {
     pub spec: TableSpec,
-    pub quarantine: Vec<Rejected>,
-    pub partitions: Vec<String>,
     pub load_id: String,
     pub run_id: String,
 }
@@ -99,6 +96,7 @@ pub(super) fn run(
     })?;
 
     // Stage. Untyped columns keep exactly the values bound below.
+    let tail: LoadTail;
     let n = spec.schema.fields.len();
     let staging_columns: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     tx.execute_batch(&format!(
@@ -116,7 +114,7 @@ pub(super) fn run(
             .map_err(failed)?;
         let mut scratch = String::new();
         let mut ordinal: i64 = 0;
-        loop {
+        tail = loop {
             match batches.blocking_recv() {
                 Some(Message::Batch(batch)) => {
                     let columns = BatchColumns::new(&batch, &spec.schema).map_err(|message| {
@@ -142,7 +140,7 @@ pub(super) fn run(
                         ordinal += 1;
                     }
                 }
-                Some(Message::End) => break,
+                Some(Message::End(tail)) => break tail,
                 // The sender went away without `End`: the load was cancelled or the
                 // stream failed. Returning drops the transaction, which rolls back.
                 None => {
@@ -151,7 +149,7 @@ pub(super) fn run(
                     });
                 }
             }
-        }
+        };
     }
 
     // Publish.
@@ -206,7 +204,7 @@ pub(super) fn run(
         WriteMode::OverwritePartitions => {
             let column = spec.partition_column.as_deref().expect("validated");
             let i = spec.schema.index_of(column).expect("validated");
-            let named = serde_json::to_string(&job.partitions).unwrap_or_else(|_| "[]".into());
+            let named = serde_json::to_string(&tail.partitions).unwrap_or_else(|_| "[]".into());
             let replaced = tx
                 .execute(
                     &format!(
@@ -226,7 +224,7 @@ pub(super) fn run(
     let now = chrono::Utc::now()
         .format("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string();
-    if !job.quarantine.is_empty() {
+    if !tail.quarantine.is_empty() {
         let quarantine = quote(&format!("{table}__quarantine"));
         tx.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {quarantine} (run_id TEXT NOT NULL, origin TEXT NOT NULL, \
@@ -238,7 +236,7 @@ pub(super) fn run(
                 "INSERT INTO {quarantine} (run_id, origin, line, reason, raw, quarantined_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
             ))
             .map_err(failed)?;
-        for r in &job.quarantine {
+        for r in &tail.quarantine {
             insert
                 .execute(params![
                     job.run_id,
@@ -260,7 +258,7 @@ pub(super) fn run(
     Ok(LoadOutcome {
         rows_loaded: rows_loaded as u64,
         rows_replaced: rows_replaced as u64,
-        rows_quarantined: job.quarantine.len() as u64,
+        rows_quarantined: tail.quarantine.len() as u64,
         already_loaded: false,
     })
 }

@@ -51,8 +51,8 @@ pub struct SqliteDestination {
 /// What the blocking side receives.
 enum Message {
     Batch(arrow::record_batch::RecordBatch),
-    /// The stream ended normally: publish and commit.
-    End,
+    /// The stream ended normally: publish (with the tail) and commit.
+    End(sluice_core::destination::LoadTail),
 }
 
 /// Batches in flight between the async and the blocking side.
@@ -137,8 +137,6 @@ impl Destination for SqliteDestination {
     async fn load(&self, request: LoadRequest<'_>) -> Result<LoadOutcome, DestinationError> {
         let job = load::Job {
             spec: request.table.clone(),
-            quarantine: request.quarantine.to_vec(),
-            partitions: request.partitions.to_vec(),
             load_id: request.load_id.to_string(),
             run_id: request.run_id.to_string(),
         };
@@ -164,7 +162,16 @@ impl Destination for SqliteDestination {
                 }
             }
         }
-        let _ = sender.send(Message::End).await;
+        match request.tail.await {
+            Ok(tail) => {
+                let _ = sender.send(Message::End(tail)).await;
+            }
+            Err(e) => {
+                drop(sender);
+                let _ = worker.await;
+                return Err(e);
+            }
+        }
         worker.await.map_err(|e| self.error(&label, e))?
     }
 
