@@ -1,14 +1,15 @@
 //! CleverTap against the sandbox over real HTTP: events (per name per day) and
 //! profiles equal `truth` exactly, with and without faults (5xx, 429, cut-off
-//! bodies, repeated records, expiring cursors), a wrong passcode is a
-//! configuration error naming `passcode`, and the pages a read landed decode
-//! (for `sluice replay`) to exactly the records the read handed over.
+//! bodies, repeated records, expiring cursors), a run the next day re-reads only
+//! the look-back window, a wrong passcode is a configuration error naming
+//! `passcode`, and the pages a read landed decode (for `sluice replay`) to
+//! exactly the records the read handed over.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{backfill, decode_page, extract, read_then_decode, spec, text};
+use common::{backfill, decode_page, extract, read_then_decode, spec, text, window};
 use serde_json::{Map, Value};
 use sluice_connectors::clevertap::config::{
     CleverTapConfig, CleverTapStreams, EventsConfig, ProfilesConfig,
@@ -32,6 +33,10 @@ fn options(faults: Faults) -> SandboxOptions {
 }
 
 fn source(base_url: &str, passcode: &str) -> CleverTapSource {
+    CleverTapSource::new("clevertap", config(base_url, passcode), KEY).unwrap()
+}
+
+fn config(base_url: &str, passcode: &str) -> CleverTapConfig {
     let streams = CleverTapStreams {
         events: Some(EventsConfig {
             names: CT_EVENTS.iter().map(|(n, _)| n.to_string()).collect(),
@@ -51,7 +56,7 @@ fn source(base_url: &str, passcode: &str) -> CleverTapSource {
     config.http.initial_backoff_ms = 20;
     config.http.max_backoff_ms = 200;
     config.http.requests_per_second = 0.0;
-    CleverTapSource::new("clevertap", config, KEY).unwrap()
+    config
 }
 
 /// (event name, day) → events, from the extracted rows.
@@ -64,11 +69,19 @@ fn event_counts(rows: &[Map<String, Value>]) -> BTreeMap<(String, String), u64> 
     out
 }
 
-/// (event name, day) → events, asking the sandbox's truth one day at a time.
+/// (event name, day) → events of `SINCE..=UNTIL`, asking the sandbox's truth one day at a time.
 fn truth_event_counts(opts: &SandboxOptions) -> BTreeMap<(String, String), u64> {
+    truth_event_counts_in(opts, SINCE, UNTIL)
+}
+
+fn truth_event_counts_in(
+    opts: &SandboxOptions,
+    since: &str,
+    until: &str,
+) -> BTreeMap<(String, String), u64> {
     let w = DayWindow {
-        since: SINCE.parse().unwrap(),
-        until: UNTIL.parse().unwrap(),
+        since: since.parse().unwrap(),
+        until: until.parse().unwrap(),
     };
     let mut out = BTreeMap::new();
     for day in w.chunks(1) {
@@ -107,19 +120,7 @@ async fn assert_exact(faults: Faults) {
         "every name happens every day"
     );
     assert_eq!(event_counts(&events.rows), expected);
-    let distinct: BTreeSet<String> = events
-        .rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{}|{}|{}|{}",
-                text(r.get("event_name")),
-                text(r.get("profile_object_id")),
-                text(r.get("ts")),
-                text(r.get("event_props"))
-            )
-        })
-        .collect();
+    let distinct: BTreeSet<String> = events.rows.iter().map(event_identity).collect();
     assert_eq!(distinct.len(), events.rows.len(), "duplicate events");
     assert!(events.rejected.is_empty());
     // The counts endpoint agreed with what was read, window by window.
@@ -196,6 +197,117 @@ async fn events_and_profiles_match_truth_under_faults() {
         ..Faults::default()
     })
     .await;
+}
+
+/// What identifies an event (the API gives it no id): the whole record.
+fn event_identity(r: &Map<String, Value>) -> String {
+    format!(
+        "{}|{}|{}|{}",
+        text(r.get("event_name")),
+        text(r.get("profile_object_id")),
+        text(r.get("ts")),
+        text(r.get("event_props"))
+    )
+}
+
+#[tokio::test]
+async fn second_day_refetches_only_the_lookback_window() {
+    let start = "2024-09-20";
+    let source_at = |base_url: &str| {
+        let mut c = config(base_url, credentials::CLEVERTAP_PASSCODE);
+        c.start_date = Some(start.parse().unwrap());
+        c.lookback_days = 3;
+        CleverTapSource::new("clevertap", c, KEY).unwrap()
+    };
+    let sandbox = sluice_sandbox::start(options(Faults::default()), 0)
+        .await
+        .unwrap();
+    let ct = source_at(&sandbox.base_url());
+    let first = extract(&ct, "events", None, &window(TODAY)).await.unwrap();
+    assert_eq!(
+        first.cursor_after,
+        Some(serde_json::json!({"until": TODAY}))
+    );
+    sandbox.shutdown().await;
+
+    // The next day: a sandbox whose "today" moved on (a new day of events).
+    let next_day = "2024-10-02";
+    let lookback_start = "2024-09-29"; // the last loaded day minus (look-back − 1)
+    let opts2 = SandboxOptions::new(5, 1, next_day.parse().unwrap());
+    let sandbox = sluice_sandbox::start(opts2.clone(), 0).await.unwrap();
+    let ct = source_at(&sandbox.base_url());
+    let plan = ct
+        .plan(
+            &spec(&ct, "events"),
+            first.cursor_after.as_ref(),
+            &window(next_day),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.slices.len(),
+        CT_EVENTS.len(),
+        "one slice per event name"
+    );
+    for slice in &plan.slices {
+        assert_eq!(
+            slice.params["window"],
+            serde_json::json!({"since": lookback_start, "until": next_day}),
+            "{}",
+            slice.key
+        );
+    }
+    let second = extract(
+        &ct,
+        "events",
+        first.cursor_after.as_ref(),
+        &window(next_day),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        second.cursor_after,
+        Some(serde_json::json!({"until": next_day}))
+    );
+    // Only the look-back window was read, and it equals truth name by name, day by
+    // day, each event once.
+    let days: BTreeSet<String> = second
+        .rows
+        .iter()
+        .map(|r| text(r.get("event_date")))
+        .collect();
+    assert_eq!(
+        days.first().map(String::as_str),
+        Some(lookback_start),
+        "re-read outside the look-back"
+    );
+    assert_eq!(days.last().map(String::as_str), Some(next_day));
+    assert_eq!(
+        event_counts(&second.rows),
+        truth_event_counts_in(&opts2, lookback_start, next_day)
+    );
+    let distinct: BTreeSet<String> = second.rows.iter().map(event_identity).collect();
+    assert_eq!(distinct.len(), second.rows.len(), "duplicate events");
+    assert!(second.warnings.is_empty(), "{:?}", second.warnings);
+
+    // What the table holds after both runs (the second run's days replace the
+    // first run's): every event of every day from the start to the new day, once.
+    let kept = first
+        .rows
+        .iter()
+        .filter(|r| text(r.get("event_date")).as_str() < lookback_start);
+    let loaded: Vec<Map<String, Value>> = kept.chain(&second.rows).cloned().collect();
+    assert_eq!(
+        event_counts(&loaded),
+        truth_event_counts_in(&opts2, start, next_day)
+    );
+    let distinct: BTreeSet<String> = loaded.iter().map(event_identity).collect();
+    assert_eq!(
+        distinct.len(),
+        loaded.len(),
+        "duplicate events after both runs"
+    );
+    sandbox.shutdown().await;
 }
 
 #[tokio::test]

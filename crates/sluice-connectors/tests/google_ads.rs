@@ -195,9 +195,10 @@ async fn daily_metrics_match_truth_under_faults() {
     };
     let elapsed = assert_exact(faults).await;
     // Rate limits ask for 1 s each, so the run outlives the first 1 s access token:
-    // the requests after the pause needed refreshed tokens.
+    // the requests after the pause needed refreshed tokens. (No margin on top: how
+    // much work follows the last pause depends on how the faults fall.)
     assert!(
-        elapsed > Duration::from_secs(ttl) + Duration::from_millis(200),
+        elapsed > Duration::from_secs(ttl),
         "the run ({elapsed:?}) did not outlive the token lifetime"
     );
 }

@@ -8,7 +8,8 @@ use crate::{Faults, SandboxOptions};
 #[derive(Subcommand, Debug)]
 pub enum SandboxCommand {
     /// Serve the Facebook, Google Ads and CleverTap emulators on one local port.
-    Serve(ServeArgs),
+    // Boxed: the fault flags make it far bigger than `Truth`.
+    Serve(Box<ServeArgs>),
     /// Print the exact expected data for a date range as JSON.
     Truth(TruthArgs),
 }
@@ -61,6 +62,9 @@ pub struct ServeArgs {
     /// Facebook sync insights larger than this (objects × time buckets × breakdown values) answer "Please reduce the amount of data".
     #[arg(long, value_name = "SIZE")]
     pub reduce_data_above: Option<u64>,
+    /// Facebook insights asking for more than N fields answer "Please reduce the amount of data" (a report run fails).
+    #[arg(long, value_name = "N")]
+    pub reduce_data_fields_above: Option<u64>,
     /// On this day Facebook account/campaign/adset totals differ from the ad rows.
     #[arg(long, value_name = "DATE")]
     pub inconsistent_day: Option<NaiveDate>,
@@ -128,6 +132,7 @@ pub async fn run(cmd: SandboxCommand) -> anyhow::Result<()> {
                 async_stall_every: s.async_stall_every,
                 duplicate_every: s.duplicate_every,
                 reduce_data_above: s.reduce_data_above,
+                reduce_data_fields_above: s.reduce_data_fields_above,
                 inconsistent_day: s.inconsistent_day,
                 expired_token: s.expired_token,
                 deprecated_version: s.deprecated_version,

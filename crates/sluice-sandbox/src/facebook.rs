@@ -65,7 +65,13 @@ enum Fate {
     Complete,
     Fail,
     Stall,
+    /// Fails because the request asks for too much data (`reduce_data_fields_above`).
+    TooMuchData,
 }
+
+/// The Graph error for a request that asks for too much at once.
+const REDUCE_DATA: &str =
+    "Please reduce the amount of data you're asking for, then retry your request";
 
 struct Job {
     query: Query,
@@ -284,17 +290,13 @@ fn route(st: &AppState, r: &Req) -> Reply {
             if post {
                 return create_job(st, r, query);
             }
-            if let Some(limit) = st.opts.faults.reduce_data_above {
-                if query_size(w, &query) > limit {
-                    return error(
-                        500,
-                        1,
-                        Some(1487534),
-                        "Please reduce the amount of data you're asking for, then retry your request",
-                        false,
-                        r.seq,
-                    );
-                }
+            let too_big = st
+                .opts
+                .faults
+                .reduce_data_above
+                .is_some_and(|limit| query_size(w, &query) > limit);
+            if too_big || st.opts.faults.too_many_fields(query.fields.len()) {
+                return error(500, 1, Some(1487534), REDUCE_DATA, false, r.seq);
             }
             let rows = insights(st, &query);
             page(st, r, rows, query.limit)
@@ -1236,7 +1238,9 @@ fn entity_by_id(st: &AppState, id: &str, fields: &[String]) -> Option<Value> {
 fn create_job(st: &AppState, r: &Req, query: Query) -> Reply {
     let n = st.counters.report_runs.fetch_add(1, Ordering::SeqCst) + 1;
     let f = &st.opts.faults;
-    let fate = if every(f.async_fail_every, n) {
+    let fate = if f.too_many_fields(query.fields.len()) {
+        Fate::TooMuchData
+    } else if every(f.async_fail_every, n) {
         Fate::Fail
     } else if every(f.async_stall_every, n) {
         Fate::Stall
@@ -1278,7 +1282,7 @@ fn job_status(st: &AppState, r: &Req, id: &str) -> Option<Reply> {
         (Fate::Stall, _) => ("Job Running", 42),
         (_, 1) => ("Job Not Started", 0),
         (_, 2) => ("Job Running", 55),
-        (Fate::Fail, _) => ("Job Failed", 55),
+        (Fate::Fail | Fate::TooMuchData, _) => ("Job Failed", 55),
         (Fate::Complete, _) => ("Job Completed", 100),
     };
     let acc = &st.world.fb_accounts[job.account];
@@ -1296,7 +1300,13 @@ fn job_status(st: &AppState, r: &Req, id: &str) -> Option<Reply> {
     if status == "Job Completed" {
         body["time_completed"] = json!(job.created + 3);
     }
-    if status == "Job Failed" {
+    if job.fate == Fate::TooMuchData && status == "Job Failed" {
+        body["error_code"] = json!(1);
+        body["error_subcode"] = json!(1487534);
+        body["error_message"] = json!(REDUCE_DATA);
+        body["error_user_title"] = json!("Too much data");
+        body["error_user_msg"] = json!(REDUCE_DATA);
+    } else if status == "Job Failed" {
         body["error_code"] = json!(2601);
         body["error_subcode"] = json!(1815107);
         body["error_message"] = json!("Error accessing adreport job.");

@@ -35,6 +35,10 @@ pub struct Faults {
     /// Facebook sync insights whose size (objects × time buckets × breakdown
     /// values) exceeds this answer code 1 "Please reduce the amount of data".
     pub reduce_data_above: Option<u64>,
+    /// Facebook insights asking for more than this many `fields` are too much
+    /// data: a sync request answers code 1 "Please reduce the amount of data", a
+    /// report run ends "Job Failed" with that error (fewer fields per request pass).
+    pub reduce_data_fields_above: Option<u64>,
     /// On this day, Facebook account/campaign/adset totals differ from the
     /// sum of ad rows (truth keeps the ad-level sums).
     pub inconsistent_day: Option<NaiveDate>,
@@ -121,6 +125,11 @@ impl Faults {
 
     pub fn duplicate(&self, k: u64) -> bool {
         every(self.duplicate_every, k)
+    }
+
+    /// True when a Facebook insights request for `fields` fields is too much data.
+    pub fn too_many_fields(&self, fields: usize) -> bool {
+        matches!(self.reduce_data_fields_above, Some(n) if fields as u64 > n)
     }
 
     pub fn schema_changed(&self, day: NaiveDate) -> bool {

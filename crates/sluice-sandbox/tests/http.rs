@@ -616,6 +616,49 @@ async fn facebook_faults() {
     .await;
     assert_eq!(s, 200);
     sb.shutdown().await;
+    // Too many fields: the same error, sync and as a failed report run; fewer pass.
+    let (sb, c) = sandbox(Faults {
+        reduce_data_fields_above: Some(3),
+        ..Default::default()
+    })
+    .await;
+    let tr = time_range("2024-08-01", "2024-08-01");
+    let ask = |fields| {
+        [
+            ("level", "ad"),
+            ("fields", fields),
+            ("time_range", tr.as_str()),
+        ]
+    };
+    let (s, _, e) = fb_get(&c, &url(&sb), &ask("ad_id,date_start,impressions,clicks")).await;
+    assert_eq!((s, e["error"]["code"].as_i64()), (500, Some(1)), "{e}");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("reduce the amount of data"));
+    let (s, _, p) = fb_get(&c, &url(&sb), &ask("ad_id,date_start,impressions")).await;
+    assert_eq!(s, 200, "{p}");
+    assert!(!p["data"].as_array().unwrap().is_empty());
+    let (_, failed) = run_job(
+        &c,
+        &sb.base_url(),
+        &[
+            ("level", "ad"),
+            ("fields", "ad_id,date_start,impressions,clicks"),
+            ("time_range", &tr),
+        ],
+    )
+    .await;
+    assert_eq!(failed["async_status"], "Job Failed");
+    assert_eq!(failed["error_code"], 1);
+    let (_, done) = run_job(
+        &c,
+        &sb.base_url(),
+        &[("fields", "impressions"), ("time_range", &tr)],
+    )
+    .await;
+    assert_eq!(done["async_status"], "Job Completed");
+    sb.shutdown().await;
     // Inconsistent day: account total != sum of ads on that day only.
     let (sb, c) = sandbox(Faults {
         inconsistent_day: Some(d("2024-08-02")),

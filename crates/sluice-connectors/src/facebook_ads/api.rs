@@ -115,6 +115,8 @@ pub fn classify(
             format!("insights go back at most 37 months: move `start_date` or --since later ({text})"),
             key("start_date"),
         )),
+        // Waited out as the usage headers say: a minute when the budget is spent, a
+        // moment when they report no wait (a momentary throttle), our back-off when silent.
         _ if error.is_throttle() => Verdict::Retry {
             after: regain,
             reason: text,
@@ -130,10 +132,11 @@ pub fn classify(
 }
 
 /// Reads the usage headers: the highest percentage any of them reports, and the
-/// longest "regain access" time (minutes in the headers).
+/// longest "regain access" time (minutes in the headers) — `Some(0)` when the
+/// headers say access is not blocked, `None` when none of them says.
 pub fn usage_from_headers(response: &ApiResponse) -> (f64, Option<Duration>) {
     let mut pct: f64 = 0.0;
-    let mut regain_minutes: f64 = 0.0;
+    let mut regain_minutes: Option<f64> = None;
     let mut take = |v: &Value, keys: &[&str]| {
         for k in keys {
             if let Some(x) = v.get(*k).and_then(number) {
@@ -141,7 +144,7 @@ pub fn usage_from_headers(response: &ApiResponse) -> (f64, Option<Duration>) {
             }
         }
         if let Some(x) = v.get("estimated_time_to_regain_access").and_then(number) {
-            regain_minutes = regain_minutes.max(x);
+            regain_minutes = Some(regain_minutes.unwrap_or(0.0).max(x.max(0.0)));
         }
     };
     if let Some(v) = json_header(response, "x-business-use-case-usage") {
@@ -162,7 +165,9 @@ pub fn usage_from_headers(response: &ApiResponse) -> (f64, Option<Duration>) {
     if let Some(v) = json_header(response, "x-app-usage") {
         take(&v, &["call_count", "total_cputime", "total_time"]);
     }
-    let regain = (regain_minutes > 0.0).then(|| Duration::from_secs_f64(regain_minutes * 60.0));
+    let regain = regain_minutes
+        .filter(|m| m.is_finite())
+        .map(|m| Duration::from_secs_f64(m * 60.0));
     (pct, regain)
 }
 
@@ -179,7 +184,8 @@ fn number(v: &Value) -> Option<f64> {
 pub fn judge(response: &ApiResponse, pacer: &Pacer, pace_key: &str, key_prefix: &str) -> Verdict {
     let (usage, regain) = usage_from_headers(response);
     pacer.report_usage(pace_key, usage);
-    if let Some(regain) = regain {
+    let blocked_for = regain.filter(|r| !r.is_zero());
+    if let Some(regain) = blocked_for {
         pacer.block(pace_key, regain);
     }
     if response.is_success() {
@@ -193,7 +199,8 @@ pub fn judge(response: &ApiResponse, pacer: &Pacer, pace_key: &str, key_prefix: 
         Some(error) => classify(
             &error,
             response.status,
-            regain.or_else(|| response.retry_after()),
+            // A real regain time first, then Retry-After, then "not blocked" (a momentary throttle).
+            blocked_for.or_else(|| response.retry_after()).or(regain),
             key_prefix,
             &response.label,
         ),
@@ -406,6 +413,37 @@ mod tests {
         let (pct, regain) = usage_from_headers(&r);
         assert_eq!(pct, 95.0);
         assert_eq!(regain, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn a_throttle_waits_as_long_as_the_headers_say() {
+        let p = Pacer::default();
+        let throttle = r#"{"error":{"message":"(#80000) There have been too many calls from this ad-account.","code":80000,"error_subcode":2446079,"is_transient":true}}"#;
+        let usage = |minutes: u32| {
+            format!(
+                r#"{{"act_1":[{{"type":"ads_insights","call_count":40,"total_cputime":10,"total_time":10,"estimated_time_to_regain_access":{minutes}}}]}}"#
+            )
+        };
+        let wait = |headers: &[(&'static str, &str)]| match judge(
+            &response(400, throttle, headers),
+            &p,
+            "act_1",
+            "sources.fb",
+        ) {
+            Verdict::Retry { after, .. } => after,
+            other => panic!("expected a retry, got {other:?}"),
+        };
+        // Regain 0: momentary, retried at once (plus jitter), not after our back-off.
+        assert_eq!(
+            wait(&[("x-business-use-case-usage", &usage(0))]),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            wait(&[("x-business-use-case-usage", &usage(1))]),
+            Some(Duration::from_secs(60))
+        );
+        // No usage header at all: the client's own back-off.
+        assert_eq!(wait(&[]), None);
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub struct FacebookConfig {
     /// Longest account × date window per slice (the unit that is retried and checkpointed).
     #[serde(default = "default_slice_days")]
     pub slice_days: u64,
-    /// Windows up to this many days use the synchronous insights endpoint; longer ones an async report run.
+    /// Windows up to this many days use the synchronous insights endpoint; longer ones an
+    /// async report run (one that fails or stalls is read again at once as windows of this size).
     #[serde(default = "default_sync_max_days")]
     pub sync_max_days: u64,
     /// Slices (accounts × windows) read at once.
@@ -44,7 +45,7 @@ pub struct FacebookConfig {
     /// Longest time an async job may sit at the same completion percentage before it is split.
     #[serde(default = "default_stall_secs")]
     pub async_stall_secs: u64,
-    /// Longest pause between two polls of an async job (polls start at 100 ms and grow).
+    /// Longest pause between two polls of an async job (polls start at 50 ms and grow by half).
     #[serde(default = "default_max_poll_ms")]
     pub async_max_poll_ms: u64,
     /// Rows per page asked for (`limit`).

@@ -2,25 +2,34 @@
 //!
 //! The window is asked for in ONE request with `time_increment=1`: synchronously
 //! when it is short, as an async report run otherwise (POST, poll with short
-//! growing intervals, page through the results). When the API says the request
-//! is too big, or a job fails or stalls, the work is split — shorter windows
-//! first, then one request per campaign — and retried here, never handed to the
-//! user. Rows are de-duplicated by primary key within the slice (the API can
-//! repeat rows across pages, and a split re-reads what a failed job had sent).
-//! After an ad-level read, one account-level request checks that ad rows add up
-//! to the account totals per day (impressions, clicks, spend — never reach,
-//! frequency or ratios) and warns on a mismatch.
+//! growing intervals, page through the results). When the API says a request is
+//! too big, or a report run fails or stalls, the work is split at once and
+//! retried here, never handed to the user: a report run is asked again as
+//! sync-sized windows, a sync window is halved down to single days, a day is
+//! read per campaign, and a campaign-day that is still too big is read in groups
+//! of fields whose rows are merged by identity (ids, dates, breakdowns) into
+//! exactly the rows one request would have given (reported as a warning).
+//!
+//! Up to [`JOBS_IN_FLIGHT`] requests of a slice are opened at once, each in a
+//! task of its own (a report run submitted and polled, or a first page fetched),
+//! so a job that waits or fails never holds up the others; pages are landed and
+//! handed over one job at a time, in completion order. Rows are de-duplicated by
+//! primary key within the slice (the API can repeat rows across pages, and a split
+//! re-reads what a failed job had sent). After an ad-level read, the account-level
+//! totals (fetched alongside) check that the rows add up per day (impressions,
+//! clicks, spend — never reach, frequency or ratios); a mismatch is a warning.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use futures::stream::{FuturesUnordered, StreamExt};
 use reqwest::Method;
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
 use sluice_core::source::{DecodedPage, ErrorClass, PageSink, Slice, SourceError};
 use sluice_core::typing::{Origin, Record, Rejected};
+use tokio::task::JoinSet;
 
 use super::api::GraphApi;
 use super::config::{InsightsConfig, Level};
@@ -28,13 +37,18 @@ use super::entities::{data, land_json, Pager};
 use super::streams::{insights_key, insights_request_fields, is_action_list};
 use super::FacebookSource;
 use crate::http::window::DayWindow;
+use crate::http::{ApiRequest, ApiResponse};
 
-/// A failing single-day request is retried this many times before the slice fails.
+/// The smallest request (one day, one campaign, one field group) is retried this
+/// many times before the slice fails.
 const MAX_SAME_JOB_RETRIES: u32 = 4;
-/// Async report runs of one slice waited on at once.
-const ASYNC_JOBS_IN_FLIGHT: usize = 4;
-/// First pause between async job polls.
+/// Requests of one slice opened at once (the API runs several report runs per account).
+const JOBS_IN_FLIGHT: usize = 4;
+/// First pause between async job polls; it grows by half each poll up to `async_max_poll_ms`.
 const FIRST_POLL: Duration = Duration::from_millis(50);
+/// Names the landed pages of a field group: they are kept as received, and the
+/// page of merged rows landed right after them is the one that decodes.
+const FIELD_GROUP_PAGE: &str = "-fieldgroup";
 
 /// One request's worth of work inside a slice.
 #[derive(Debug, Clone)]
@@ -42,7 +56,75 @@ struct Job {
     window: DayWindow,
     /// `act_<id>` or, after a split, a campaign id.
     object: String,
+    /// Read in groups of fields whose rows are merged (the last split).
+    in_field_groups: bool,
     retries: u32,
+}
+
+/// What a job's task hands back: pages to land, in order.
+enum Opened {
+    /// The first page of a sync request or of a completed report run; the pager reads on.
+    /// (Boxed: a request and a response are large next to the other variant.)
+    Paged {
+        pager: Box<Pager>,
+        first: Box<(ApiResponse, Value)>,
+    },
+    /// Every page of every field group of a one-day request, and how many groups it took.
+    FieldGroups {
+        pages: Vec<(ApiResponse, Value)>,
+        groups: usize,
+    },
+}
+
+/// What the jobs of one slice share; owned, so jobs run as tasks of their own.
+struct JobContext {
+    api: GraphApi,
+    account: String,
+    config: InsightsConfig,
+    /// Every field a full request asks for.
+    fields: Vec<String>,
+    page_size: u32,
+    sync_max_days: u64,
+    max_poll: Duration,
+    stall: Duration,
+}
+
+impl JobContext {
+    fn sync_request(
+        &self,
+        object: &str,
+        fields: &[String],
+        window: &DayWindow,
+    ) -> Result<ApiRequest, SourceError> {
+        let mut request =
+            self.api
+                .request(Method::GET, &format!("{object}/insights"), &self.account)?;
+        for (k, v) in insights_params(fields, &self.config, self.config.level, window, false) {
+            request = request.query(&k, v);
+        }
+        Ok(request.query("limit", self.page_size.to_string()))
+    }
+
+    /// The fields every field group repeats so its rows can be matched: the
+    /// level's id and the dates (breakdowns come with every row anyway).
+    fn identity_fields(&self) -> Vec<String> {
+        let mut fields = vec!["account_id".to_string()];
+        if self.config.level != Level::Account {
+            fields.push(self.config.level.key_field().to_string());
+        }
+        fields.extend(["date_start", "date_stop"].map(String::from));
+        fields
+    }
+
+    /// The fields that can be spread over groups.
+    fn groupable_fields(&self) -> Vec<String> {
+        let identity = self.identity_fields();
+        self.fields
+            .iter()
+            .filter(|f| !identity.contains(f))
+            .cloned()
+            .collect()
+    }
 }
 
 /// Per-day additive totals for reconciliation.
@@ -91,6 +173,9 @@ struct ReadState<'a> {
     duplicates: u64,
     pages: u32,
     totals: BTreeMap<NaiveDate, Totals>,
+    /// Requests read in field groups, and the group requests they took.
+    field_group_reads: usize,
+    field_group_requests: usize,
 }
 
 /// Reads the `insights` (or, with `actions_only`, the `insights_actions`) stream for one slice.
@@ -102,7 +187,6 @@ pub async fn read(
     sink: &mut dyn PageSink,
 ) -> Result<(), SourceError> {
     let params = SliceParams::parse(slice)?;
-    let api = &source.api;
     let settings = &source.config;
     let mut fields = insights_request_fields(config);
     if actions_only {
@@ -117,6 +201,22 @@ pub async fn read(
             fields.push("actions".into());
         }
     }
+    let ctx = Arc::new(JobContext {
+        api: source.api.clone(),
+        account: params.account.clone(),
+        config: config.clone(),
+        fields,
+        page_size: settings.page_size,
+        sync_max_days: settings.sync_max_days,
+        max_poll: Duration::from_millis(settings.async_max_poll_ms).max(FIRST_POLL),
+        stall: Duration::from_secs(settings.async_stall_secs.max(1)),
+    });
+    // The account totals are fetched alongside the rows, not after them. Tasks in a
+    // JoinSet are aborted when it is dropped, so an early return leaves nothing running.
+    let mut account_totals = JoinSet::new();
+    if !actions_only && config.reconcile && config.level != Level::Account {
+        account_totals.spawn(fetch_account_totals(ctx.clone(), params.window));
+    }
     let mut state = ReadState {
         sink,
         config,
@@ -126,86 +226,42 @@ pub async fn read(
         duplicates: 0,
         pages: 0,
         totals: BTreeMap::new(),
+        field_group_reads: 0,
+        field_group_requests: 0,
         params,
     };
     let mut queue = VecDeque::from([Job {
         window: state.params.window,
         object: state.params.account.clone(),
+        in_field_groups: false,
         retries: 0,
     }]);
-    let mut split_by_campaign = false;
-    // Async report runs are waited on together (the API runs several per account at
-    // once); their results are read one at a time, in completion order.
-    let config_ref = state.config;
-    let account = state.params.account.clone();
-    let mut waiting = FuturesUnordered::new();
+    let mut jobs = JoinSet::new();
     loop {
         if state.sink.is_cancelled() {
             return Err(SourceError::transient("cancelled"));
         }
-        let next_is_sync = queue
-            .front()
-            .map(|job| job.window.days() <= settings.sync_max_days as i64);
-        let (job, result) = match next_is_sync {
-            Some(true) => {
-                let job = queue.pop_front().expect("front exists");
-                let result = run_sync(api, settings.page_size, &fields, &job, &mut state).await;
-                (job, result)
-            }
-            Some(false) if waiting.len() < ASYNC_JOBS_IN_FLIGHT => {
-                let job = queue.pop_front().expect("front exists");
-                waiting.push(wait_for_report(
-                    api, settings, &fields, config_ref, &account, job,
-                ));
-                continue;
-            }
-            _ => match waiting.next().await {
-                Some((job, Ok(run_id))) => {
-                    let result = read_report(api, settings, &run_id, &mut state).await;
-                    (job, result)
-                }
-                Some((job, Err(e))) => (job, Err(e)),
-                None => break,
-            },
+        while jobs.len() < JOBS_IN_FLIGHT {
+            let Some(job) = queue.pop_front() else { break };
+            jobs.spawn(open(ctx.clone(), job));
+        }
+        let Some(joined) = jobs.join_next().await else {
+            break;
+        };
+        let (job, opened) = joined.map_err(|e| {
+            SourceError::transient(format!(
+                "{}: an insights request ended abnormally: {e}",
+                ctx.account
+            ))
+        })?;
+        let result = match opened {
+            Ok(opened) => consume(&ctx, opened, &mut state).await,
+            Err(e) => Err(e),
         };
         match result {
             Ok(()) => {}
             Err(e) if e.class == ErrorClass::NeedsSplitting => {
-                tracing::debug!(object = %job.object, window = %job.window.key(), reason = %e.message, "splitting insights request");
-                if let Some((a, b)) = job.window.halves() {
-                    queue.push_front(Job {
-                        window: b,
-                        ..job.clone()
-                    });
-                    queue.push_front(Job { window: a, ..job });
-                } else if !split_by_campaign
-                    && job.object == state.params.account
-                    && config.level > Level::Campaign
-                {
-                    split_by_campaign = true;
-                    let campaigns =
-                        campaign_ids(api, &state.params.account, settings.page_size).await?;
-                    for id in campaigns {
-                        queue.push_back(Job {
-                            object: id,
-                            retries: 0,
-                            window: job.window,
-                        });
-                    }
-                } else if job.retries < MAX_SAME_JOB_RETRIES {
-                    tokio::time::sleep(Duration::from_millis(200 << job.retries)).await;
-                    queue.push_back(Job {
-                        retries: job.retries + 1,
-                        ..job
-                    });
-                } else {
-                    return Err(SourceError::transient(format!(
-                        "{}: insights for {} still fail after splitting down to one day: {}",
-                        state.params.account,
-                        job.window.key(),
-                        e.message
-                    )));
-                }
+                split(&ctx, job, e, &mut queue).await?;
             }
             Err(e) => return Err(e),
         }
@@ -213,10 +269,280 @@ pub async fn read(
     if state.duplicates > 0 {
         tracing::debug!(account = %state.params.account, duplicates = state.duplicates, "dropped repeated insights rows");
     }
-    if !actions_only && config.reconcile && config.level != Level::Account {
-        reconcile(api, settings.page_size, &mut state).await?;
+    if state.field_group_reads > 0 {
+        state.sink.warn(format!(
+            "facebook {} {}: {} one-day requests were too much data even split by campaign, so they were read in {} requests of fewer fields each and their rows merged by {}: the rows are complete, and configuring fewer `fields` would need fewer requests",
+            state.params.account,
+            state.params.window.key(),
+            state.field_group_reads,
+            state.field_group_requests,
+            state.key_fields.join(", ")
+        ));
+    }
+    if let Some(joined) = account_totals.join_next().await {
+        let reported = joined.map_err(|e| {
+            SourceError::transient(format!(
+                "{}: the account totals request ended abnormally: {e}",
+                ctx.account
+            ))
+        })?;
+        match reported {
+            Ok(reported) => reconcile(&mut state, &reported),
+            // A check, not the data: the rows stand even if the totals are refused.
+            Err(e) if e.class == ErrorClass::NeedsSplitting => state.sink.warn(format!(
+                "facebook {} {}: not reconciled, the account totals request was refused as too big: {}",
+                state.params.account,
+                state.params.window.key(),
+                e.message
+            )),
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
+}
+
+/// Decides how a job that was too big is asked again (the order the API's own
+/// advice gives: shorter time range, lower level, fewer fields), or gives up.
+async fn split(
+    ctx: &JobContext,
+    job: Job,
+    error: SourceError,
+    queue: &mut VecDeque<Job>,
+) -> Result<(), SourceError> {
+    tracing::debug!(object = %job.object, window = %job.window.key(), reason = %error.message, "splitting insights request");
+    let sync_days = ctx.sync_max_days as i64;
+    let was_report = !job.in_field_groups && job.window.days() > sync_days;
+    if was_report && sync_days > 0 {
+        // A failed or stalled report run is asked again at once as sync-sized
+        // windows: each is one light round trip, while a new report run costs a
+        // submit and several polls and can fail again (halving would chain them).
+        for window in job.window.chunks(sync_days).into_iter().rev() {
+            queue.push_front(Job {
+                window,
+                retries: 0,
+                ..job.clone()
+            });
+        }
+        return Ok(());
+    }
+    if let Some((a, b)) = job.window.halves() {
+        queue.push_front(Job {
+            window: b,
+            retries: 0,
+            ..job.clone()
+        });
+        queue.push_front(Job {
+            window: a,
+            retries: 0,
+            ..job
+        });
+        return Ok(());
+    }
+    if job.object == ctx.account && ctx.config.level > Level::Campaign {
+        let ids = campaigns_with_rows(ctx, &job.window).await?;
+        if !ids.is_empty() {
+            for id in ids.iter().rev() {
+                queue.push_front(Job {
+                    object: id.clone(),
+                    retries: 0,
+                    ..job.clone()
+                });
+            }
+            return Ok(());
+        }
+    }
+    if !job.in_field_groups && ctx.groupable_fields().len() > 1 {
+        queue.push_front(Job {
+            in_field_groups: true,
+            retries: 0,
+            ..job
+        });
+        return Ok(());
+    }
+    if job.retries < MAX_SAME_JOB_RETRIES {
+        queue.push_back(Job {
+            retries: job.retries + 1,
+            ..job
+        });
+        return Ok(());
+    }
+    Err(SourceError::transient(format!(
+        "{}: insights for {} of {} still fail after splitting down to one day, one campaign and single fields: {}",
+        ctx.account,
+        job.window.key(),
+        job.object,
+        error.message
+    )))
+}
+
+/// A job's task: opens its request(s) and returns what the reader lands.
+async fn open(ctx: Arc<JobContext>, job: Job) -> (Job, Result<Opened, SourceError>) {
+    if job.retries > 0 {
+        // The smallest request failed again: give the API a moment, growing.
+        tokio::time::sleep(Duration::from_millis(100 << job.retries.min(6))).await;
+    }
+    let result = open_job(&ctx, &job).await;
+    (job, result)
+}
+
+async fn open_job(ctx: &JobContext, job: &Job) -> Result<Opened, SourceError> {
+    if job.in_field_groups {
+        return read_field_groups(ctx, job).await;
+    }
+    let request = if job.window.days() <= ctx.sync_max_days as i64 {
+        ctx.sync_request(&job.object, &ctx.fields, &job.window)?
+    } else {
+        let run_id = run_report(ctx, job).await?;
+        ctx.api
+            .request(Method::GET, &format!("{run_id}/insights"), &ctx.account)?
+            .query("limit", ctx.page_size.to_string())
+    };
+    first_page(ctx, Pager::new(request)).await
+}
+
+async fn first_page(ctx: &JobContext, mut pager: Pager) -> Result<Opened, SourceError> {
+    match pager.next(&ctx.api).await? {
+        Some(first) => Ok(Opened::Paged {
+            pager: Box::new(pager),
+            first: Box::new(first),
+        }),
+        None => Err(SourceError::transient(format!(
+            "{}: an insights request returned no page",
+            ctx.account
+        ))),
+    }
+}
+
+/// Reads a one-day request in groups of fields, each group with the identity
+/// fields; a group that is still too big is halved again.
+async fn read_field_groups(ctx: &JobContext, job: &Job) -> Result<Opened, SourceError> {
+    let identity = ctx.identity_fields();
+    let rest = ctx.groupable_fields();
+    let (a, b) = rest.split_at(rest.len().div_ceil(2));
+    let mut pending = VecDeque::from([a.to_vec(), b.to_vec()]);
+    let mut pages = Vec::new();
+    let mut groups = 0;
+    while let Some(group) = pending.pop_front() {
+        let fields = [identity.as_slice(), group.as_slice()].concat();
+        let request = ctx.sync_request(&job.object, &fields, &job.window)?;
+        match all_pages(ctx, Pager::new(request)).await {
+            Ok(read) => {
+                pages.extend(read);
+                groups += 1;
+            }
+            Err(e) if e.class == ErrorClass::NeedsSplitting && group.len() > 1 => {
+                let (a, b) = group.split_at(group.len().div_ceil(2));
+                pending.push_front(b.to_vec());
+                pending.push_front(a.to_vec());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Opened::FieldGroups { pages, groups })
+}
+
+async fn all_pages(
+    ctx: &JobContext,
+    mut pager: Pager,
+) -> Result<Vec<(ApiResponse, Value)>, SourceError> {
+    let mut pages = Vec::new();
+    while let Some(page) = pager.next(&ctx.api).await? {
+        pages.push(page);
+    }
+    Ok(pages)
+}
+
+/// Lands and hands over what a job opened, reading the rest of its pages.
+async fn consume(
+    ctx: &JobContext,
+    opened: Opened,
+    state: &mut ReadState<'_>,
+) -> Result<(), SourceError> {
+    match opened {
+        Opened::Paged { mut pager, first } => {
+            consume_page(&first.0, &first.1, state).await?;
+            while let Some((response, page)) = pager.next(&ctx.api).await? {
+                consume_page(&response, &page, state).await?;
+            }
+            Ok(())
+        }
+        Opened::FieldGroups { pages, groups } => {
+            let dt = state.params.window.since.to_string();
+            let mut key_fields = state.key_fields.clone();
+            key_fields.push("date_stop".into());
+            let mut merged = RowMerge::new(key_fields);
+            let mut parts = Vec::new();
+            for (response, page) in &pages {
+                // Every group page is kept as received; only the merged page decodes.
+                state.pages += 1;
+                let name = format!("p{:05}{FIELD_GROUP_PAGE}", state.pages);
+                let landed = state.sink.land(&name, "json", &dt, &response.body).await?;
+                parts.push(landed.path.to_string());
+                merged.add(data(page));
+            }
+            let page = json!({"data": merged.rows(), "merged_from": parts});
+            let body = serde_json::to_vec(&page).map_err(|e| {
+                SourceError::data(format!("{}: merged insights page: {e}", ctx.account))
+            })?;
+            state.pages += 1;
+            let name = format!("p{:05}", state.pages);
+            let path = state.sink.land(&name, "json", &dt, &body).await?.path;
+            state.field_group_reads += 1;
+            state.field_group_requests += groups;
+            hand_over(&page, &path, state).await
+        }
+    }
+}
+
+/// Rows of several field groups merged by identity, in first-seen order.
+struct RowMerge {
+    key_fields: Vec<String>,
+    index: HashMap<String, usize>,
+    rows: Vec<Value>,
+}
+
+impl RowMerge {
+    fn new(key_fields: Vec<String>) -> Self {
+        RowMerge {
+            key_fields,
+            index: HashMap::new(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, rows: &[Value]) {
+        for row in rows {
+            let Some(obj) = row.as_object() else {
+                // Not a row: kept as is, so decoding rejects it as it would unmerged.
+                self.rows.push(row.clone());
+                continue;
+            };
+            let key = row_key(obj, &self.key_fields);
+            match self.index.get(&key) {
+                Some(&i) => {
+                    if let Some(merged) = self.rows[i].as_object_mut() {
+                        merged.extend(obj.clone());
+                    }
+                }
+                None => {
+                    self.index.insert(key, self.rows.len());
+                    self.rows.push(row.clone());
+                }
+            }
+        }
+    }
+
+    fn rows(self) -> Vec<Value> {
+        self.rows
+    }
+}
+
+fn row_key(row: &Map<String, Value>, key_fields: &[String]) -> String {
+    key_fields
+        .iter()
+        .map(|k| row.get(k).map(value_text).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
 }
 
 /// The common query parameters; `lists_as_json` for form-encoded POST bodies.
@@ -256,61 +582,21 @@ fn insights_params(
     p
 }
 
-async fn run_sync(
-    api: &GraphApi,
-    page_size: u32,
-    fields: &[String],
-    job: &Job,
-    state: &mut ReadState<'_>,
-) -> Result<(), SourceError> {
-    let mut base = api.request(
-        Method::GET,
-        &format!("{}/insights", job.object),
-        &state.params.account,
-    )?;
-    for (k, v) in insights_params(fields, state.config, state.config.level, &job.window, false) {
-        base = base.query(&k, v);
-    }
-    base = base.query("limit", page_size.to_string());
-    let mut pager = Pager::new(base);
-    while let Some((response, page)) = pager.next(api).await? {
-        consume_page(&response, &page, state).await?;
-    }
-    Ok(())
-}
-
 /// Creates an async report run for `job` and polls it with short, growing pauses
 /// until it completes (its id) or fails or stalls (`NeedsSplitting`).
-async fn wait_for_report(
-    api: &GraphApi,
-    settings: &super::config::FacebookConfig,
-    fields: &[String],
-    config: &InsightsConfig,
-    account: &str,
-    job: Job,
-) -> (Job, Result<String, SourceError>) {
-    let result = submit_and_poll(api, settings, fields, config, account, &job).await;
-    (job, result)
-}
-
-async fn submit_and_poll(
-    api: &GraphApi,
-    settings: &super::config::FacebookConfig,
-    fields: &[String],
-    config: &InsightsConfig,
-    account: &str,
-    job: &Job,
-) -> Result<String, SourceError> {
-    let submit = api
+async fn run_report(ctx: &JobContext, job: &Job) -> Result<String, SourceError> {
+    let account = &ctx.account;
+    let submit = ctx
+        .api
         .request(Method::POST, &format!("{}/insights", job.object), account)?
         .form(insights_params(
-            fields,
-            config,
-            config.level,
+            &ctx.fields,
+            &ctx.config,
+            ctx.config.level,
             &job.window,
             true,
         ));
-    let (_, created) = api.send_json(&submit).await?;
+    let (_, created) = ctx.api.send_json(&submit).await?;
     let Some(run_id) = created.get("report_run_id").and_then(|v| {
         v.as_str()
             .map(String::from)
@@ -323,17 +609,15 @@ async fn submit_and_poll(
 
     // A job that stops moving is split like a failed one.
     let mut pause = FIRST_POLL;
-    let max_pause = Duration::from_millis(settings.async_max_poll_ms.max(50));
-    let stall = Duration::from_secs(settings.async_stall_secs.max(1));
     let mut last_progress = (-1i64, Instant::now());
     loop {
         tokio::time::sleep(pause).await;
-        pause = (pause.mul_f64(1.5)).min(max_pause);
-        let poll = api.request(Method::GET, &run_id, account)?.query(
+        pause = (pause.mul_f64(1.5)).min(ctx.max_poll);
+        let poll = ctx.api.request(Method::GET, &run_id, account)?.query(
             "fields",
             "id,async_status,async_percent_completion,error_code,error_message",
         );
-        let (_, status) = api.send_json(&poll).await?;
+        let (_, status) = ctx.api.send_json(&poll).await?;
         let state_name = status
             .get("async_status")
             .and_then(Value::as_str)
@@ -361,50 +645,38 @@ async fn submit_and_poll(
         }
         if percent != last_progress.0 {
             last_progress = (percent, Instant::now());
-        } else if last_progress.1.elapsed() > stall {
+        } else if last_progress.1.elapsed() > ctx.stall {
             return Err(SourceError::new(
                 ErrorClass::NeedsSplitting,
                 format!(
                     "{account}: async insights job {run_id} stalled at {percent}% for {}s",
-                    stall.as_secs()
+                    ctx.stall.as_secs()
                 ),
             ));
         }
     }
 }
 
-/// Pages through a completed report run's rows.
-async fn read_report(
-    api: &GraphApi,
-    settings: &super::config::FacebookConfig,
-    run_id: &str,
-    state: &mut ReadState<'_>,
-) -> Result<(), SourceError> {
-    let base = api
-        .request(
-            Method::GET,
-            &format!("{run_id}/insights"),
-            &state.params.account,
-        )?
-        .query("limit", settings.page_size.to_string());
-    let mut pager = Pager::new(base);
-    while let Some((response, page)) = pager.next(api).await? {
-        consume_page(&response, &page, state).await?;
-    }
-    Ok(())
-}
-
 /// Lands a page, then hands over its new rows (or their flattened actions).
 async fn consume_page(
-    response: &crate::http::ApiResponse,
+    response: &ApiResponse,
     page: &Value,
     state: &mut ReadState<'_>,
 ) -> Result<(), SourceError> {
     let dt = state.params.window.since.to_string();
     let path = land_json(state.sink, &mut state.pages, &dt, response).await?;
+    hand_over(page, &path, state).await
+}
+
+/// Hands over the new rows of a landed page.
+async fn hand_over(
+    page: &Value,
+    path: &Arc<str>,
+    state: &mut ReadState<'_>,
+) -> Result<(), SourceError> {
     let rows = page_rows(
         page,
-        &path,
+        path,
         &state.params,
         state.config,
         &state.key_fields,
@@ -493,6 +765,13 @@ pub fn decode(
     seen: &mut HashSet<String>,
 ) -> Result<DecodedPage, SourceError> {
     let params = SliceParams::parse(slice)?;
+    if is_field_group_page(path) {
+        // Its rows are decoded from the merged page landed after the groups.
+        return Ok(DecodedPage {
+            records: Vec::new(),
+            rejected: Vec::new(),
+        });
+    }
     let page: Value = serde_json::from_slice(body)
         .map_err(|e| SourceError::data(format!("{path}: malformed JSON: {e}")))?;
     let rows = page_rows(
@@ -508,6 +787,13 @@ pub fn decode(
         records: rows.records,
         rejected: rows.rejected,
     })
+}
+
+/// A page holding one field group of a split request (see [`FIELD_GROUP_PAGE`]).
+fn is_field_group_page(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|file| file.contains(FIELD_GROUP_PAGE))
 }
 
 /// One row per entry of each action list, attribution windows as `value_<window>` columns.
@@ -600,50 +886,62 @@ fn add_totals(totals: &mut BTreeMap<NaiveDate, Totals>, row: &Map<String, Value>
     t.spend += money(row.get("spend"));
 }
 
-async fn campaign_ids(
-    api: &GraphApi,
-    account: &str,
-    page_size: u32,
+/// The campaigns with insights rows in `window`, from one light campaign-level
+/// request (the campaigns edge would leave out deleted and archived campaigns,
+/// whose rows the account-level request had).
+async fn campaigns_with_rows(
+    ctx: &JobContext,
+    window: &DayWindow,
 ) -> Result<Vec<String>, SourceError> {
-    let base = api
-        .request(Method::GET, &format!("{account}/campaigns"), account)?
-        .query("fields", "id")
-        .query("limit", page_size.to_string());
-    let mut pager = Pager::new(base);
-    let mut ids = Vec::new();
-    while let Some((_, page)) = pager.next(api).await? {
-        ids.extend(
-            data(&page)
-                .iter()
-                .filter_map(|c| c.get("id").and_then(Value::as_str).map(String::from)),
-        );
+    let fields = ["campaign_id".to_string()];
+    let list_config = InsightsConfig {
+        breakdowns: Vec::new(),
+        action_attribution_windows: Vec::new(),
+        ..ctx.config.clone()
+    };
+    let account = &ctx.account;
+    let mut base = ctx
+        .api
+        .request(Method::GET, &format!("{account}/insights"), account)?;
+    for (k, v) in insights_params(&fields, &list_config, Level::Campaign, window, false) {
+        base = base.query(&k, v);
+    }
+    let mut pager = Pager::new(base.query("limit", ctx.page_size.to_string()));
+    let mut ids: Vec<String> = Vec::new();
+    while let Some((_, page)) = pager.next(&ctx.api).await? {
+        for id in data(&page).iter().filter_map(|row| row.get("campaign_id")) {
+            let id = value_text(id);
+            if !id.is_empty() && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
     }
     Ok(ids)
 }
 
-/// Compares the slice's per-day sums with the account-level totals (one extra request).
-async fn reconcile(
-    api: &GraphApi,
-    page_size: u32,
-    state: &mut ReadState<'_>,
-) -> Result<(), SourceError> {
-    let account = state.params.account.clone();
-    let window = state.params.window;
+/// The account-level totals per day for the slice's window (one request, plus pages).
+async fn fetch_account_totals(
+    ctx: Arc<JobContext>,
+    window: DayWindow,
+) -> Result<BTreeMap<NaiveDate, Totals>, SourceError> {
     let fields = ["impressions", "clicks", "spend", "date_start"].map(String::from);
     let totals_config = InsightsConfig {
         breakdowns: Vec::new(),
         action_attribution_windows: Vec::new(),
-        ..state.config.clone()
+        ..ctx.config.clone()
     };
-    let mut base = api.request(Method::GET, &format!("{account}/insights"), &account)?;
+    let account = &ctx.account;
+    let mut base = ctx
+        .api
+        .request(Method::GET, &format!("{account}/insights"), account)?;
     for (k, v) in insights_params(&fields, &totals_config, Level::Account, &window, false) {
         base = base.query(&k, v);
     }
-    base = base.query("limit", page_size.to_string());
+    base = base.query("limit", ctx.page_size.to_string());
     let mut pager = Pager::new(base);
     let mut reported: BTreeMap<NaiveDate, Totals> = BTreeMap::new();
     let mut seen_days = HashSet::new();
-    while let Some((_, page)) = pager.next(api).await? {
+    while let Some((_, page)) = pager.next(&ctx.api).await? {
         for row in data(&page) {
             if let Some(obj) = row.as_object() {
                 // Account rows can repeat too (duplicate faults): one per day.
@@ -653,6 +951,13 @@ async fn reconcile(
             }
         }
     }
+    Ok(reported)
+}
+
+/// Compares the slice's per-day sums with the account-level totals; warns per differing day.
+fn reconcile(state: &mut ReadState<'_>, reported: &BTreeMap<NaiveDate, Totals>) {
+    let account = &state.params.account;
+    let window = state.params.window;
     let mut day = window.since;
     while day <= window.until {
         let ours = state.totals.get(&day).cloned().unwrap_or_default();
@@ -674,5 +979,57 @@ async fn reconcile(
             None => break,
         }
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_groups_merge_by_identity_in_first_seen_order() {
+        let keys = ["account_id", "ad_id", "date_start", "date_stop"].map(String::from);
+        let row = |ad: &str, extra: Value| {
+            let mut r = json!({"account_id": "1", "ad_id": ad, "date_start": "2024-07-01", "date_stop": "2024-07-01"});
+            r.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            r
+        };
+        let mut merge = RowMerge::new(keys.to_vec());
+        merge.add(&[
+            row("7", json!({"impressions": "10", "ad_name": "a"})),
+            row("8", json!({"impressions": "20", "ad_name": "b"})),
+        ]);
+        // The second group repeats a row (the API does) and lists rows in another order.
+        merge.add(&[
+            row("8", json!({"spend": "2.50"})),
+            row("7", json!({"spend": "1.25"})),
+            row("7", json!({"spend": "1.25"})),
+            json!("not a row"),
+        ]);
+        assert_eq!(
+            merge.rows(),
+            vec![
+                row(
+                    "7",
+                    json!({"impressions": "10", "ad_name": "a", "spend": "1.25"})
+                ),
+                row(
+                    "8",
+                    json!({"impressions": "20", "ad_name": "b", "spend": "2.50"})
+                ),
+                json!("not a row"),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_field_group_pages_are_skipped_on_replay() {
+        assert!(is_field_group_page(
+            "raw/fb/insights/dt=2024-07-01/r1/s00001-a1-p00003-fieldgroup.json.zst"
+        ));
+        assert!(!is_field_group_page(
+            "raw/fb/insights/dt=2024-07-01/r1/s00001-a1-p00005.json.zst"
+        ));
+    }
 }

@@ -45,7 +45,8 @@ pub struct HttpSettings {
     pub max_response_bytes: usize,
     /// Attempts after the first for a request that failed transiently.
     pub max_retries: usize,
-    /// First back-off delay in milliseconds; it doubles with jitter up to `max_backoff_ms`.
+    /// Longest first back-off wait in milliseconds; the limit doubles per retry up to
+    /// `max_backoff_ms`, and each wait is a random fraction of it ("full jitter").
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
     /// The longest server-requested wait (Retry-After, regain time) honoured inside a
@@ -286,7 +287,6 @@ impl HttpClient {
                     .max(self.settings.initial_backoff_ms),
             ))
             .with_max_times(self.settings.max_retries)
-            .with_jitter()
             .build();
         let max_wait = Duration::from_secs(self.settings.max_wait_secs);
         loop {
@@ -299,7 +299,13 @@ impl HttpClient {
                 Err(Attempt::Retry(reason)) => (reason, None),
                 Err(Attempt::Fail(e)) => return Err(e),
             };
-            let Some(delay) = backoff.next() else {
+            // Full jitter: a random wait up to the exponential limit. Parallel retries
+            // spread out, and a request hit by a few 5xx in a row is not left sleeping
+            // for the sum of the limits (AWS, "Exponential Backoff and Jitter").
+            let Some(delay) = backoff
+                .next()
+                .map(|limit| limit.mul_f64(rand::random::<f64>()))
+            else {
                 return Err(SourceError::transient(format!(
                     "{label}: giving up after {} retries: {reason}",
                     self.settings.max_retries
@@ -313,7 +319,10 @@ impl HttpClient {
                 );
                 return Err(SourceError::transient(message));
             }
-            // The server's wait plus a little jitter, so parallel accounts do not return in lock-step.
+            // The server's wait plus a little random jitter, so parallel accounts do not
+            // return in lock-step. The wait is the server's, not our escalating back-off:
+            // a throttle the server says is already over (wait 0) costs a moment, even
+            // after earlier 5xx retries of the same request.
             let delay = after.map_or(delay, |after| after + delay.min(Duration::from_millis(250)));
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(request = %label, reason = %sluice_core::secret::redact(&reason), ?delay, "retrying");
