@@ -543,7 +543,7 @@ impl Source for FilesSource {
                         let (origin, first_line) = (origin_page.clone(), next_line);
                         next_line += ndjson_lines(&page);
                         let typer = sink.line_typer();
-                        let page: Arc<[u8]> = page.into();
+                        let page = Bytes::from(page);
                         let next = tokio::task::spawn_blocking(move || {
                             let mut lines = first_line;
                             decode_ndjson(&page, &origin, &mut lines, typer.as_ref())
@@ -622,7 +622,7 @@ enum NdjsonPart {
 /// otherwise; a line that is not a JSON object is rejected with its line number.
 /// `line_no` counts the lines before the page and is advanced past it.
 fn decode_ndjson(
-    page: &Arc<[u8]>,
+    page: &Bytes,
     origin: &Arc<str>,
     line_no: &mut u64,
     typer: Option<&LineTyper>,
@@ -677,7 +677,7 @@ fn decode_ndjson(
 /// The general path only (replays): every line as a record.
 fn decode_ndjson_records(page: &[u8], origin: &Arc<str>, line_no: &mut u64) -> DecodedPage {
     let mut all = DecodedPage::default();
-    for part in decode_ndjson(&Arc::from(page), origin, line_no, None) {
+    for part in decode_ndjson(&Bytes::copy_from_slice(page), origin, line_no, None) {
         if let NdjsonPart::Decoded(mut decoded) = part {
             all.records.append(&mut decoded.records);
             all.rejected.append(&mut decoded.rejected);

@@ -1038,7 +1038,7 @@ struct LoadStream {
 }
 
 /// Batches in flight to a streaming load: enough to keep it busy, few enough to bound memory.
-const STREAM_BATCHES: usize = 4;
+const STREAM_BATCHES: usize = 2;
 
 impl LoadStream {
     fn new() -> Self {

@@ -136,14 +136,14 @@ pub struct TypedLines {
     /// general path when the schema moved on after it was typed.
     pub lines: Vec<(u64, std::ops::Range<usize>)>,
     pub origin: Arc<str>,
-    pub page: Arc<[u8]>,
+    pub page: bytes::Bytes,
     builder: Option<BatchBuilder>,
     batch: Option<RecordBatch>,
     cells: Vec<Scalar>,
 }
 
 impl TypedLines {
-    pub fn new(typer: &LineTyper, origin: Arc<str>, page: Arc<[u8]>) -> Self {
+    pub fn new(typer: &LineTyper, origin: Arc<str>, page: bytes::Bytes) -> Self {
         TypedLines {
             schema_version: typer.schema_version,
             lines: Vec::new(),

@@ -19,6 +19,18 @@ use crate::logging::LogFormat;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_e` of the bundled
+/// v3; the crate has no constant for it). A test checks it reads v3's default.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory goes back to the OS at once rather than after mimalloc's 1 s
+/// delay: a big load frees pages on other threads than the ones that filled them,
+/// and the delay kept ~120 MiB of them resident for no measurable speed.
+fn return_freed_memory_promptly() {
+    // SAFETY: setting a documented option by its index; read by mimalloc on its next purge.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 /// sluice: marketing and customer data pipelines in one binary.
 ///
 /// Exit codes: 0 success, 2 usage error, 3 config error, 4 run failed,
@@ -70,6 +82,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    return_freed_memory_promptly();
     let cli = Cli::parse();
     let interactive = logging::init(cli.log_format, &cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -102,4 +115,21 @@ fn main() -> ExitCode {
         }
     });
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_purge_delay_option_index_is_mimallocs() {
+        // v3's default purge delay (1000 ms, options.c) tells the index still names it.
+        let default = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(default, 1000);
+        return_freed_memory_promptly();
+        assert_eq!(
+            unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
+            0
+        );
+    }
 }
