@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ExecutionConfig;
 use crate::destination::{
-    BatchStream, Destination, DestinationError, LoadRequest, LoadTail, TableSpec, TailFuture,
-    WriteMode,
+    BatchStream, Destination, DestinationError, LoadOutcome, LoadRequest, LoadTail, TableSpec,
+    TailFuture, WriteMode,
 };
 use crate::drift::{ChangeKind, Policy, SchemaChange, SchemaConfig, StreamPolicy};
 use crate::lake::{parquet_batches, Lake, LakeError, PagePath, TableFileWriter};
@@ -262,16 +262,26 @@ impl Executor {
         // destination allows a long transaction and the row order does not matter
         // (merges keep the last row per key). Anything that would make the streamed
         // rows differ from the staged ones calls it off; the staged load follows.
+        // The load runs as its own task, so encoding rows for the destination
+        // uses another core than typing them; dropping the handle aborts it (rollback).
         let stream_load = LoadStream::new();
         let mut streamed = (self.destination.streams_loads() && write_mode != WriteMode::Merge)
             .then(|| {
                 let (batches, tail) = stream_load.open();
-                Box::pin(self.destination.load(LoadRequest {
-                    table: &spec,
-                    batches,
-                    tail,
-                    load_id: &load_id,
-                    run_id: &options.run_id,
+                let destination = self.destination.clone();
+                let (spec, load_id, run_id) =
+                    (spec.clone(), load_id.clone(), options.run_id.clone());
+                tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                    destination
+                        .load(LoadRequest {
+                            table: &spec,
+                            batches,
+                            tail,
+                            load_id: &load_id,
+                            run_id: &run_id,
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
                 }))
             });
         if streamed.is_none() {
@@ -350,7 +360,7 @@ impl Executor {
                 outcome = load => {
                     // Before the tail was sent, the load can only end early: the
                     // ledger already has this load, or it failed. The staged load decides.
-                    if let Err(e) = outcome {
+                    if let Err(e) = joined_load(outcome) {
                         tracing::warn!(table = %stream.table, error = %e, "streaming load stopped; loading from staged files");
                     }
                     stream_load.abort();
@@ -391,7 +401,7 @@ impl Executor {
         match streamed {
             Some(load) if stream_load.is_live() && final_schema == spec.schema => {
                 stream_load.finish(tail);
-                match load.await {
+                match joined_load(load.await) {
                     Ok(done) => outcome = Some(done),
                     Err(e) => {
                         tracing::warn!(table = %stream.table, error = %e, "streaming load failed; loading from staged files")
@@ -1377,6 +1387,13 @@ impl SliceSink<'_, '_> {
             }
         }
     }
+}
+
+/// The result of a streaming load's task.
+fn joined_load(
+    joined: Result<Result<LoadOutcome, String>, tokio::task::JoinError>,
+) -> Result<LoadOutcome, String> {
+    joined.map_err(|e| format!("load task: {e}"))?
 }
 
 /// A batch's rows grouped by the ISO date in a `Date32` column, in order of first appearance.

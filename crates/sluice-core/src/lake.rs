@@ -215,8 +215,10 @@ impl Lake {
     pub async fn land_page(&self, page: &PagePath<'_>, body: &[u8]) -> Result<String, LakeError> {
         let path = page.to_string();
         // Compression is CPU work: off the async thread, so slices compress in parallel.
+        // Level 1: raw pages are written once and rarely read; level 3 cost twice the
+        // CPU for a few percent of size, and landing is on every extraction's path.
         let owned = body.to_vec();
-        let compressed = tokio::task::spawn_blocking(move || zstd::bulk::compress(&owned, 3))
+        let compressed = tokio::task::spawn_blocking(move || zstd::bulk::compress(&owned, 1))
             .await
             .map_err(|e| LakeError::Data {
                 path: path.clone(),
