@@ -349,7 +349,8 @@ impl Executor {
             })
             .buffer_unordered(source.max_concurrency().max(1))
             .collect::<Vec<Result<(), TaskFailure>>>();
-        // Both are polled here: the load takes batches as the slices produce them.
+        // The slices run here while the load task takes their batches; a load that
+        // ends before the extraction does is noticed at once.
         let mut extraction = Box::pin(extraction);
         let slice_results = loop {
             let Some(load) = streamed.as_mut() else {
