@@ -614,7 +614,7 @@ fn ndjson_lines(page: &[u8]) -> u64 {
 
 /// A decoded NDJSON page: runs of typed lines and of records, in file order.
 enum NdjsonPart {
-    Typed(TypedLines),
+    Typed(Box<TypedLines>),
     Decoded(DecodedPage),
 }
 
@@ -653,7 +653,7 @@ fn decode_ndjson(
             }
             if !run.is_empty() {
                 let done = std::mem::replace(run, new_run(typer));
-                parts.push(NdjsonPart::Typed(done.seal()));
+                parts.push(NdjsonPart::Typed(Box::new(done.seal())));
             }
         }
         let origin = Origin {
@@ -666,7 +666,7 @@ fn decode_ndjson(
         }
     }
     if let Some(run) = typed.filter(|run| !run.is_empty()) {
-        parts.push(NdjsonPart::Typed(run.seal()));
+        parts.push(NdjsonPart::Typed(Box::new(run.seal())));
     }
     if !decoded.records.is_empty() || !decoded.rejected.is_empty() {
         parts.push(NdjsonPart::Decoded(decoded));
@@ -702,7 +702,7 @@ async fn hand_over_parts(
 ) -> Result<(), SourceError> {
     for part in parts {
         match part {
-            NdjsonPart::Typed(lines) => sink.typed_lines(lines).await?,
+            NdjsonPart::Typed(lines) => sink.typed_lines(*lines).await?,
             NdjsonPart::Decoded(decoded) => hand_over(decoded, sink).await?,
         }
     }

@@ -1160,6 +1160,19 @@ impl<'s, 'a> SliceSink<'s, 'a> {
         ]
     }
 
+    /// The partition `dt` of this slice, opened on first use.
+    fn partition(&mut self, dt: &str) -> &mut Partition {
+        if !self.partitions.contains_key(dt) {
+            let builder = self.new_builder();
+            let partition = Partition {
+                builder,
+                writer: None,
+            };
+            self.partitions.insert(dt.to_string(), partition);
+        }
+        self.partitions.get_mut(dt).expect("inserted above")
+    }
+
     fn new_builder(&self) -> BatchBuilder {
         self.constants().into_iter().fold(
             BatchBuilder::new(self.schema.clone()),
@@ -1556,21 +1569,12 @@ impl PageSink for SliceSink<'_, '_> {
             };
             // At most one widening per column per record: then it either fits or is quarantined.
             for _ in 0..=self.schema.fields.len() {
-                if !self.partitions.contains_key(&dt) {
-                    let builder = self.new_builder();
-                    self.partitions.insert(
-                        dt.clone(),
-                        Partition {
-                            builder,
-                            writer: None,
-                        },
-                    );
-                }
-                let partition = self.partitions.get_mut(&dt).expect("inserted above");
+                let partition = self.partition(&dt);
                 let error = match partition.builder.push_fields(&record.fields) {
                     Ok(()) => {
+                        let full = partition.builder.len() >= BATCH_ROWS;
                         self.rows += 1;
-                        if partition.builder.len() >= BATCH_ROWS {
+                        if full {
                             self.flush_partition(&dt).await?;
                         }
                         break;
@@ -1646,16 +1650,7 @@ impl PageSink for SliceSink<'_, '_> {
                 .map_err(|e| SourceError::transient(format!("partitioning typed rows: {e}")))?,
         };
         for (dt, part) in parts {
-            if !self.partitions.contains_key(&dt) {
-                let builder = self.new_builder();
-                self.partitions.insert(
-                    dt.clone(),
-                    Partition {
-                        builder,
-                        writer: None,
-                    },
-                );
-            }
+            self.partition(&dt);
             // Rows typed earlier in this partition go first.
             self.flush_partition(&dt).await?;
             self.rows += part.num_rows() as u64;

@@ -101,16 +101,18 @@ impl LineTyper {
 
     /// Appends the line's cells to `cells` and returns true, or leaves `cells` as it
     /// was and returns false when the line needs the general path.
-    pub fn type_line(&self, line: &[u8], cells: &mut Vec<Scalar>) -> bool {
+    /// `seen` is scratch space the caller keeps between lines (no allocation per line).
+    pub fn type_line(&self, line: &[u8], cells: &mut Vec<Scalar>, seen: &mut Vec<bool>) -> bool {
         let start = cells.len();
         cells.resize(start + self.columns.len(), Scalar::Null);
-        let mut seen = vec![false; self.columns.len()];
+        seen.clear();
+        seen.resize(self.columns.len(), false);
         let mut de = serde_json::Deserializer::from_slice(line);
         let ok = de
             .deserialize_map(RowVisitor {
                 typer: self,
                 cells: &mut cells[start..],
-                seen: &mut seen,
+                seen,
             })
             .is_ok()
             && de.end().is_ok()
@@ -350,7 +352,10 @@ mod tests {
         ];
         for line in fast {
             let mut cells = Vec::new();
-            assert!(typer.type_line(line.as_bytes(), &mut cells), "{line}");
+            assert!(
+                typer.type_line(line.as_bytes(), &mut cells, &mut Vec::new()),
+                "{line}"
+            );
             assert_eq!(Some(cells), general(&schema, line), "{line}");
         }
         let general_only = [
@@ -366,7 +371,10 @@ mod tests {
         ];
         for line in general_only {
             let mut cells = vec![Scalar::Bigint(9)];
-            assert!(!typer.type_line(line.as_bytes(), &mut cells), "{line}");
+            assert!(
+                !typer.type_line(line.as_bytes(), &mut cells, &mut Vec::new()),
+                "{line}"
+            );
             assert_eq!(cells, vec![Scalar::Bigint(9)], "cells untouched: {line}");
         }
     }
@@ -375,11 +383,11 @@ mod tests {
     fn a_missing_key_or_partition_value_goes_to_the_general_path() {
         let schema = schema();
         let typer = LineTyper::new(&schema, 0, &["id".into(), "day".into()], Vec::new());
-        let mut cells = Vec::new();
-        assert!(typer.type_line(br#"{"id":1,"day":"2024-07-01"}"#, &mut cells));
+        let (mut cells, mut seen) = (Vec::new(), Vec::new());
+        assert!(typer.type_line(br#"{"id":1,"day":"2024-07-01"}"#, &mut cells, &mut seen));
         assert_eq!(cells.len(), typer.width());
-        assert!(!typer.type_line(br#"{"id":1}"#, &mut cells));
-        assert!(!typer.type_line(br#"{"id":null,"day":"2024-07-01"}"#, &mut cells));
+        assert!(!typer.type_line(br#"{"id":1}"#, &mut cells, &mut seen));
+        assert!(!typer.type_line(br#"{"id":null,"day":"2024-07-01"}"#, &mut cells, &mut seen));
         assert_eq!(cells.len(), typer.width());
     }
 }

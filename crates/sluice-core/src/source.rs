@@ -139,7 +139,9 @@ pub struct TypedLines {
     pub page: bytes::Bytes,
     builder: Option<BatchBuilder>,
     batch: Option<RecordBatch>,
+    /// Scratch for one line, reused.
     cells: Vec<Scalar>,
+    seen: Vec<bool>,
 }
 
 impl TypedLines {
@@ -152,6 +154,7 @@ impl TypedLines {
             builder: Some(typer.batch_builder()),
             batch: None,
             cells: Vec::with_capacity(typer.width()),
+            seen: Vec::with_capacity(typer.width()),
         }
     }
 
@@ -162,7 +165,7 @@ impl TypedLines {
         let Some(builder) = self.builder.as_mut() else {
             return false;
         };
-        if !typer.type_line(&self.page[range.clone()], &mut self.cells) {
+        if !typer.type_line(&self.page[range.clone()], &mut self.cells, &mut self.seen) {
             return false;
         }
         builder.push_cells(&self.cells);

@@ -894,19 +894,7 @@ async fn campaigns_with_rows(
     window: &DayWindow,
 ) -> Result<Vec<String>, SourceError> {
     let fields = ["campaign_id".to_string()];
-    let list_config = InsightsConfig {
-        breakdowns: Vec::new(),
-        action_attribution_windows: Vec::new(),
-        ..ctx.config.clone()
-    };
-    let account = &ctx.account;
-    let mut base = ctx
-        .api
-        .request(Method::GET, &format!("{account}/insights"), account)?;
-    for (k, v) in insights_params(&fields, &list_config, Level::Campaign, window, false) {
-        base = base.query(&k, v);
-    }
-    let mut pager = Pager::new(base.query("limit", ctx.page_size.to_string()));
+    let mut pager = plain_insights_pager(ctx, &fields, Level::Campaign, window)?;
     let mut ids: Vec<String> = Vec::new();
     while let Some((_, page)) = pager.next(&ctx.api).await? {
         for id in data(&page).iter().filter_map(|row| row.get("campaign_id")) {
@@ -919,13 +907,15 @@ async fn campaigns_with_rows(
     Ok(ids)
 }
 
-/// The account-level totals per day for the slice's window (one request, plus pages).
-async fn fetch_account_totals(
-    ctx: Arc<JobContext>,
-    window: DayWindow,
-) -> Result<BTreeMap<NaiveDate, Totals>, SourceError> {
-    let fields = ["impressions", "clicks", "spend", "date_start"].map(String::from);
-    let totals_config = InsightsConfig {
+/// Pages of a sync insights request for `fields` at `level`, without breakdowns or
+/// attribution windows (the campaign list and the account totals).
+fn plain_insights_pager(
+    ctx: &JobContext,
+    fields: &[String],
+    level: Level,
+    window: &DayWindow,
+) -> Result<Pager, SourceError> {
+    let config = InsightsConfig {
         breakdowns: Vec::new(),
         action_attribution_windows: Vec::new(),
         ..ctx.config.clone()
@@ -934,11 +924,19 @@ async fn fetch_account_totals(
     let mut base = ctx
         .api
         .request(Method::GET, &format!("{account}/insights"), account)?;
-    for (k, v) in insights_params(&fields, &totals_config, Level::Account, &window, false) {
+    for (k, v) in insights_params(fields, &config, level, window, false) {
         base = base.query(&k, v);
     }
-    base = base.query("limit", ctx.page_size.to_string());
-    let mut pager = Pager::new(base);
+    Ok(Pager::new(base.query("limit", ctx.page_size.to_string())))
+}
+
+/// The account-level totals per day for the slice's window (one request, plus pages).
+async fn fetch_account_totals(
+    ctx: Arc<JobContext>,
+    window: DayWindow,
+) -> Result<BTreeMap<NaiveDate, Totals>, SourceError> {
+    let fields = ["impressions", "clicks", "spend", "date_start"].map(String::from);
+    let mut pager = plain_insights_pager(&ctx, &fields, Level::Account, &window)?;
     let mut reported: BTreeMap<NaiveDate, Totals> = BTreeMap::new();
     let mut seen_days = HashSet::new();
     while let Some((_, page)) = pager.next(&ctx.api).await? {
