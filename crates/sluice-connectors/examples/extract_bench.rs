@@ -40,7 +40,7 @@ impl PageSink for Counting {
         name: &str,
         _e: &str,
         _dt: &str,
-        _body: &[u8],
+        _body: &bytes::Bytes,
     ) -> Result<LandedPage, SourceError> {
         self.pages += 1;
         Ok(LandedPage {

@@ -538,12 +538,12 @@ impl Source for FilesSource {
                     };
                     if !page.is_empty() {
                         page_no += 1;
+                        let page = Bytes::from(page);
                         sink.land(&format!("{page_name}-p{page_no:05}"), "ndjson", &dt, &page)
                             .await?;
                         let (origin, first_line) = (origin_page.clone(), next_line);
                         next_line += ndjson_lines(&page);
                         let typer = sink.line_typer();
-                        let page = Bytes::from(page);
                         let next = tokio::task::spawn_blocking(move || {
                             let mut lines = first_line;
                             decode_ndjson(&page, &origin, &mut lines, typer.as_ref())

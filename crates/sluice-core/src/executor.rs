@@ -1476,7 +1476,7 @@ impl PageSink for SliceSink<'_, '_> {
         name: &str,
         extension: &str,
         dt: &str,
-        body: &[u8],
+        body: &bytes::Bytes,
     ) -> Result<LandedPage, SourceError> {
         let page = format!("s{:05}-a{}-{name}", self.slice, self.attempt);
         let path = PagePath {
@@ -1490,7 +1490,7 @@ impl PageSink for SliceSink<'_, '_> {
         let path = self
             .shared
             .lake
-            .land_page(&path, body)
+            .land_page(&path, body.clone())
             .await
             .map_err(lake_to_source)?;
         self.shared.counters.pages.fetch_add(1, Ordering::Relaxed);

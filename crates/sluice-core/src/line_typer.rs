@@ -14,8 +14,6 @@ use std::fmt;
 
 use rust_decimal::Decimal;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::Deserialize;
-use serde_json::Value;
 
 use crate::schema::{FieldType, TableSchema};
 use crate::typing::{decimal_to_unscaled, parse_date, parse_timestamp, BatchBuilder, Scalar};
@@ -199,6 +197,108 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 }
 
+/// Re-writes one JSON value compactly, primitive by primitive through
+/// serde_json's own serializer: the same text `Value::to_string` gives. An object
+/// with a repeated key (where `Value` keeps one of them) goes to the general path.
+struct JsonText<'o>(&'o mut Vec<u8>);
+
+impl JsonText<'_> {
+    fn write<T: serde::Serialize + ?Sized, E: de::Error>(self, value: &T) -> Result<(), E> {
+        serde_json::to_writer(&mut *self.0, value).map_err(|_| E::custom(Fallback))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for JsonText<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonText<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.0.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.write(&v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.write(&v)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.write(&v)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        // As `Value` does: a float that is not finite is null.
+        self.write(&v)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.write(v)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.push(b'[');
+        let mut first = true;
+        loop {
+            let before = self.0.len();
+            if !first {
+                self.0.push(b',');
+            }
+            if seq.next_element_seed(JsonText(self.0))?.is_none() {
+                self.0.truncate(before);
+                break;
+            }
+            first = false;
+        }
+        self.0.push(b']');
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.0.push(b'{');
+        // Where each key's text starts and ends in the output, to find a repeat.
+        let mut keys: Vec<(usize, usize)> = Vec::new();
+        loop {
+            let before = self.0.len();
+            if !keys.is_empty() {
+                self.0.push(b',');
+            }
+            let start = self.0.len();
+            let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? else {
+                self.0.truncate(before);
+                break;
+            };
+            serde_json::to_writer(&mut *self.0, key.as_ref())
+                .map_err(|_| de::Error::custom(Fallback))?;
+            let end = self.0.len();
+            if keys
+                .iter()
+                .any(|&(s, e)| self.0[s..e] == self.0[start..end])
+            {
+                return Err(de::Error::custom(Fallback));
+            }
+            keys.push((start, end));
+            self.0.push(b':');
+            map.next_value_seed(JsonText(self.0))?;
+        }
+        self.0.push(b'}');
+        Ok(())
+    }
+}
+
 /// One value typed as the column's type, exactly as `to_scalar` would.
 struct CellSeed(FieldType);
 
@@ -207,13 +307,15 @@ impl<'de> DeserializeSeed<'de> for CellSeed {
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
         match self.0 {
-            // A JSON cell keeps the value's compact text, as `Value::to_string` writes it.
+            // A JSON cell keeps the value's compact text, as `Value::to_string` writes it;
+            // written while parsing, without building the `Value`.
             FieldType::Json => {
-                let value = Value::deserialize(d)?;
-                Ok(if value.is_null() {
+                let mut text = Vec::new();
+                JsonText(&mut text).deserialize(d)?;
+                Ok(if text == b"null" {
                     Scalar::Null
                 } else {
-                    Scalar::Text(value.to_string())
+                    Scalar::Text(String::from_utf8(text).map_err(|_| de::Error::custom(Fallback))?)
                 })
             }
             _ => d.deserialize_any(self),
@@ -305,6 +407,7 @@ mod tests {
     use super::*;
     use crate::schema::Field;
     use crate::typing::to_scalar;
+    use serde_json::Value;
 
     fn schema() -> TableSchema {
         TableSchema::new(vec![
@@ -349,6 +452,12 @@ mod tests {
             r#"{"id":"","spend":"","day":"","ok":false,"actions":[{"action_type":"link_click","value":"3"}]}"#,
             r#"{"name":null,"actions":{"b":1,"a":[true,null]},"ratio":"1e3","_sluice_run_id":"forged"}"#,
             r#" { "id" : 1 , "name" : "spaced" } "#,
+            // JSON cells: spacing, escapes, number spellings and key order as `Value` writes them.
+            r#"{"actions": [ {"k" : "\u00e9\/\"q\"\n", "n": 1.50, "e": 1e5, "z": -0, "big": 18446744073709551616} ] }"#,
+            r#"{"actions":{"b":{"y":[],"x":{}},"a":[true,false,null,-7,0.1]}}"#,
+            r#"{"actions":[[],{},"",0]}"#,
+            r#"{"actions":null}"#,
+            r#"{"actions":"text"}"#,
         ];
         for line in fast {
             let mut cells = Vec::new();
@@ -359,15 +468,16 @@ mod tests {
             assert_eq!(Some(cells), general(&schema, line), "{line}");
         }
         let general_only = [
-            r#"{"id":1,"unknown":2}"#,        // a new field: schema evolution
-            r#"{"id":"12x"}"#,                // a bad value: quarantine
-            r#"{"spend":"1.234"}"#,           // too many decimals
-            r#"{"id":1.5}"#,                  // needs a widening
-            r#"{"id":1,"id":2}"#,             // repeated key
-            r#"{"name":{"nested":true}}"#,    // text from an object
-            r#"[1,2]"#,                       // not an object
-            r#"{"id":1} trailing"#,           // not one JSON value
-            r#"{"id":18446744073709551615}"#, // beyond bigint
+            r#"{"id":1,"unknown":2}"#,              // a new field: schema evolution
+            r#"{"id":"12x"}"#,                      // a bad value: quarantine
+            r#"{"spend":"1.234"}"#,                 // too many decimals
+            r#"{"id":1.5}"#,                        // needs a widening
+            r#"{"id":1,"id":2}"#,                   // repeated key
+            r#"{"name":{"nested":true}}"#,          // text from an object
+            r#"[1,2]"#,                             // not an object
+            r#"{"id":1} trailing"#,                 // not one JSON value
+            r#"{"id":18446744073709551615}"#,       // beyond bigint
+            r#"{"actions":[{"a":1,"b":2,"a":3}]}"#, // repeated key inside a JSON cell
         ];
         for line in general_only {
             let mut cells = vec![Scalar::Bigint(9)];

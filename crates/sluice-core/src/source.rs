@@ -7,6 +7,7 @@
 //! The executor owns everything else: typing, quarantine, D1 files, loads, state.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -226,7 +227,7 @@ pub trait PageSink: Send {
         name: &str,
         extension: &str,
         dt: &str,
-        body: &[u8],
+        body: &Bytes,
     ) -> Result<LandedPage, SourceError>;
 
     /// Hands over the decoded records of a landed page.

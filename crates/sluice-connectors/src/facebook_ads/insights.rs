@@ -481,9 +481,11 @@ async fn consume(
                 merged.add(data(page));
             }
             let page = json!({"data": merged.rows(), "merged_from": parts});
-            let body = serde_json::to_vec(&page).map_err(|e| {
-                SourceError::data(format!("{}: merged insights page: {e}", ctx.account))
-            })?;
+            let body = serde_json::to_vec(&page)
+                .map(bytes::Bytes::from)
+                .map_err(|e| {
+                    SourceError::data(format!("{}: merged insights page: {e}", ctx.account))
+                })?;
             state.pages += 1;
             let name = format!("p{:05}", state.pages);
             let path = state.sink.land(&name, "json", &dt, &body).await?.path;

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Map, Value};
 use sluice_core::source::{
@@ -32,7 +33,7 @@ impl PageSink for CollectSink {
         name: &str,
         extension: &str,
         dt: &str,
-        body: &[u8],
+        body: &Bytes,
     ) -> Result<LandedPage, SourceError> {
         let path = format!("raw/{}/dt={dt}/{name}.{extension}", self.slice);
         assert!(
@@ -183,7 +184,7 @@ impl PageSink for AttemptSink {
         name: &str,
         extension: &str,
         dt: &str,
-        body: &[u8],
+        body: &Bytes,
     ) -> Result<LandedPage, SourceError> {
         let path: Arc<str> = format!("{}/dt={dt}/{name}.{extension}", self.prefix).into();
         assert!(
