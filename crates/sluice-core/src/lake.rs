@@ -222,10 +222,8 @@ impl Lake {
         let compressed =
             tokio::task::spawn_blocking(move || zstd::bulk::compress(&body, RAW_PAGE_ZSTD_LEVEL))
                 .await
-                .map_err(|e| LakeError::Data {
-                    path: path.clone(),
-                    message: format!("compress: {e}"),
-                })?
+                .map_err(|e| e.to_string())
+                .and_then(|compressed| compressed.map_err(|e| e.to_string()))
                 .map_err(|e| LakeError::Data {
                     path: path.clone(),
                     message: format!("compress: {e}"),

@@ -277,12 +277,11 @@ impl<'de> Visitor<'de> for JsonText<'_> {
                 self.0.push(b',');
             }
             let start = self.0.len();
-            let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? else {
+            // Keys are strings: written as one, straight from the parser's borrow.
+            if map.next_key_seed(JsonText(self.0))?.is_none() {
                 self.0.truncate(before);
                 break;
-            };
-            serde_json::to_writer(&mut *self.0, key.as_ref())
-                .map_err(|_| de::Error::custom(Fallback))?;
+            }
             let end = self.0.len();
             if keys
                 .iter()
