@@ -9,6 +9,7 @@ use sluice_core::config::{suggest, ConfigDocument, ConfigError, Section};
 use sluice_core::lake::Lake;
 use sluice_core::source::Source;
 
+pub mod api_versions;
 pub mod clevertap;
 pub mod facebook_ads;
 pub mod files;

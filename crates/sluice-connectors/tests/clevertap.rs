@@ -41,6 +41,7 @@ fn config(base_url: &str, passcode: &str) -> CleverTapConfig {
         events: Some(EventsConfig {
             names: CT_EVENTS.iter().map(|(n, _)| n.to_string()).collect(),
             table: None,
+            typed: Vec::new(),
         }),
         profiles: Some(ProfilesConfig::default()),
     };
@@ -395,6 +396,7 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
                 events: Some(EventsConfig {
                     names: CT_EVENTS.iter().map(|(n, _)| n.to_string()).collect(),
                     table: None,
+                    typed: Vec::new(),
                 }),
                 profiles: Some(ProfilesConfig::default()),
             },

@@ -4,6 +4,8 @@
 //! A change is only judged against a *baseline*: the schema version a previous
 //! run recorded. On a stream's first run every field is simply new.
 
+pub mod presence;
+
 use std::collections::BTreeMap;
 
 use globset::Glob;

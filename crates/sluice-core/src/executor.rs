@@ -132,6 +132,7 @@ impl Executor {
             window: options.window.clone(),
             select: options.select.clone(),
             tasks: Vec::new(),
+            notices: Vec::new(),
             error: None,
         };
         if let Err(e) = self.state.save_run(&record).await {

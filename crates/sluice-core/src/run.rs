@@ -126,6 +126,10 @@ pub struct RunRecord {
     #[serde(default)]
     pub select: Vec<String>,
     pub tasks: Vec<TaskRecord>,
+    /// What the sources said that is not an error: an API version nearing its
+    /// sunset, deprecation headers on the API's answers (`source: notice`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

@@ -5,10 +5,13 @@
 //! [`TableSchema`]; destinations create tables from it; the lake stores it with
 //! each version so changes can be diffed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
+
+use crate::drift::presence::Presence;
 
 /// Scale used for decimals whose scale the source does not declare: enough for
 /// money in any currency and for micro-units.
@@ -183,11 +186,28 @@ impl Field {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableSchema {
     pub fields: Vec<Field>,
+    /// Fields not every record carries (registry knowledge; absent = every record
+    /// carries it): a run reports a missing field only when that is a real change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub presence: BTreeMap<String, Presence>,
+    /// The data day (partition value) in which the registry first saw a field that
+    /// a later run added, for `schema history`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub first_seen: BTreeMap<String, String>,
 }
 
 impl TableSchema {
     pub fn new(fields: Vec<Field>) -> Self {
-        TableSchema { fields }
+        TableSchema {
+            fields,
+            presence: BTreeMap::new(),
+            first_seen: BTreeMap::new(),
+        }
+    }
+
+    /// The same columns, without registry knowledge (what destinations and files compare).
+    pub fn columns_only(&self) -> TableSchema {
+        TableSchema::new(self.fields.clone())
     }
 
     pub fn field(&self, name: &str) -> Option<&Field> {

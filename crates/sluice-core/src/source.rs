@@ -300,4 +300,11 @@ pub trait Source: Send + Sync {
     fn max_concurrency(&self) -> usize {
         4
     }
+
+    /// What the user should know that is not an error: a configured API version
+    /// nearing its sunset, deprecation notices the API sent on its answers so far.
+    /// Shown by `validate` and recorded with every run.
+    fn notices(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -239,7 +239,8 @@ fn event_page(st: &AppState, c: &Cursor) -> (Vec<Value>, Option<Cursor>) {
             out.push(json!({
                 "profile": profile_brief(p),
                 "ts": e.ts,
-                "event_props": w.ct_event_props(&c.event, date, &e, st.opts.faults.schema_changed(date)),
+                "event_props": w.ct_event_props(&c.event, date, &e, st.opts.faults.schema_changed(date),
+                    st.opts.faults.charged_changed(date)),
                 "session_props": {"utm_source": (["facebook", "google", "newsletter"][e.profile % 3]),
                     "utm_medium": (["cpc", "cpc", "email"][e.profile % 3])},
             }));

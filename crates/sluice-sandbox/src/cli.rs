@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// From this data date, CleverTap event properties and Facebook insights fields change.
     #[arg(long, value_name = "DATE")]
     pub schema_change_after: Option<NaiveDate>,
+    /// From this data date, CleverTap `Charged` renames `Amount` to `amount_value`, sends `Items` as text and adds `Coupon`.
+    #[arg(long, value_name = "DATE")]
+    pub charged_change_on: Option<NaiveDate>,
+    /// Facebook and Google answers carry `Deprecation` and `Sunset: DATE` headers.
+    #[arg(long, value_name = "DATE")]
+    pub version_sunset: Option<NaiveDate>,
     /// Every Nth CleverTap cursor read answers "cursor expired".
     #[arg(long, value_name = "N")]
     pub cursor_expire_every: Option<u64>,
@@ -137,6 +143,8 @@ pub async fn run(cmd: SandboxCommand) -> anyhow::Result<()> {
                 expired_token: s.expired_token,
                 deprecated_version: s.deprecated_version,
                 schema_change_after: s.schema_change_after,
+                charged_change_on: s.charged_change_on,
+                version_sunset: s.version_sunset,
                 cursor_expire_every: s.cursor_expire_every,
                 google_daily_quota: s.google_daily_quota,
                 google_token_ttl_secs: s.google_token_ttl_secs,

@@ -119,6 +119,8 @@ pub struct FbCampaign {
     pub created: NaiveDateTime,
     pub updated: NaiveDateTime,
     pub start: NaiveDate,
+    /// A scheduled end, set on some campaigns only: the API omits `stop_time` on the others.
+    pub stop: Option<NaiveDate>,
 }
 
 #[derive(Debug, Clone)]
@@ -446,6 +448,8 @@ impl World {
                     created,
                     updated: created + Duration::days(pick(s(&[6, ci as u64]), 1, 700) as i64),
                     start,
+                    // Far enough out that delivery (and so the insights truth) is unaffected.
+                    stop: (c % 3 == 1).then(|| start + Duration::days(5 * 365)),
                 });
                 for _ in 0..FB_ADSETS_PER_CAMPAIGN {
                     let si = fb_adsets.len();
@@ -738,13 +742,21 @@ impl World {
         }
     }
 
-    /// Event properties of one occurrence; `changed` applies the schema change.
+    /// The amount of one `Charged` occurrence, in cents (its `Amount` property × 100).
+    pub fn ct_charged_minor(&self, day: NaiveDate, e: &CtEvent) -> u64 {
+        let k = h(&[self.seed, 42, str_key("Charged"), day_key(day), e.index]);
+        pick(k >> 8, 499, 9999) * pick(k, 1, 4)
+    }
+
+    /// Event properties of one occurrence; `changed` applies the general schema
+    /// change, `charged_changed` the `Charged` story (see [`crate::Faults`]).
     pub fn ct_event_props(
         &self,
         event: &str,
         day: NaiveDate,
         e: &CtEvent,
         changed: bool,
+        charged_changed: bool,
     ) -> serde_json::Value {
         use serde_json::json;
         let k = h(&[self.seed, 42, str_key(event), day_key(day), e.index]);
@@ -762,7 +774,8 @@ impl World {
                 "Quantity": qty}),
             "Charged" => json!({"Amount": (price_minor * qty) as f64 / 100.0, "Currency": "EUR",
                 "Payment Mode": (["Card", "PayPal", "COD"][((k >> 40) % 3) as usize]),
-                "Items": [{"Product ID": product, "Category": category, "Quantity": qty}]}),
+                "Items": qty,
+                "Products": [{"Product ID": product, "Category": category, "Quantity": qty}]}),
             _ => json!({}),
         };
         if changed {
@@ -779,6 +792,22 @@ impl World {
                 // Numeric property now arrives as a string.
                 if let Some(q) = o.get_mut("Quantity") {
                     *q = json!(qty.to_string());
+                }
+            }
+        }
+        if charged_changed && event == "Charged" {
+            if let Some(o) = props.as_object_mut() {
+                // The app team's release: `Amount` renamed, `Items` sent as text, a coupon added.
+                if let Some(v) = o.remove("Amount") {
+                    o.insert("amount_value".into(), v);
+                }
+                o.insert("Items".into(), json!(qty.to_string()));
+                // Sent only with orders that used one.
+                if (k >> 50) % 4 == 0 {
+                    o.insert(
+                        "Coupon".into(),
+                        json!(format!("SAVE{}", 5 * (1 + (k >> 52) % 4))),
+                    );
                 }
             }
         }

@@ -154,7 +154,9 @@ pub(crate) fn handle(st: &AppState, r: &Req) -> Reply {
     let version = r.segments[0].clone();
     let mut reply = handle_inner(st, r);
     reply = reply.header("facebook-api-version", version);
-    reply.header("x-fb-trace-id", crate::request_id(r.seq, "trace"))
+    reply
+        .header("x-fb-trace-id", crate::request_id(r.seq, "trace"))
+        .with_sunset_notice(&st.opts)
 }
 
 fn handle_inner(st: &AppState, r: &Req) -> Reply {
@@ -1070,6 +1072,11 @@ fn entity_json(st: &AppState, kind: &str, i: usize, fields: &[String]) -> Option
             "created_time" => json!(ts(created)),
             "updated_time" => json!(ts(updated)),
             "start_time" => json!(ts(start.and_hms_opt(0, 0, 0).unwrap_or(created))),
+            // Omitted, not null, where a campaign has no scheduled end (as the Graph API does).
+            "stop_time" if kind == "campaigns" => match w.fb_campaigns[i].stop {
+                Some(stop) => json!(ts(stop.and_hms_opt(0, 0, 0).unwrap_or(created))),
+                None => continue,
+            },
             "campaign_id" => match campaign {
                 Some(c) => json!(w.fb_campaigns[c].id),
                 None => continue,

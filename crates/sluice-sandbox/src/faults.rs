@@ -50,6 +50,13 @@ pub struct Faults {
     /// From this data date on: CleverTap event props change (one added, one
     /// renamed, one number as string) and Facebook insights carry a new field.
     pub schema_change_after: Option<NaiveDate>,
+    /// From this data date on, CleverTap `Charged` events change shape: `Amount`
+    /// is renamed `amount_value`, `Items` (a number) arrives as a string, and a
+    /// `Coupon` property appears. Amounts themselves are unchanged (see truth).
+    pub charged_change_on: Option<NaiveDate>,
+    /// Facebook and Google answers carry the standard deprecation headers for the
+    /// version called: `Deprecation` (RFC 9745) and `Sunset` (RFC 8594) = this date.
+    pub version_sunset: Option<NaiveDate>,
     /// Every Nth CleverTap cursor read answers "cursor expired" (a restarted
     /// window is then spared, so restarting converges).
     pub cursor_expire_every: Option<u64>,
@@ -134,6 +141,10 @@ impl Faults {
 
     pub fn schema_changed(&self, day: NaiveDate) -> bool {
         matches!(self.schema_change_after, Some(d) if day >= d)
+    }
+
+    pub fn charged_changed(&self, day: NaiveDate) -> bool {
+        matches!(self.charged_change_on, Some(d) if day >= d)
     }
 }
 

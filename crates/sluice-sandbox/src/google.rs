@@ -51,6 +51,8 @@ impl V {
             V::I64(0) | V::Bool(false) => None,
             V::F64(f) if *f == 0.0 => None,
             V::Str(s) if s.is_empty() => None,
+            // An enum's zero value (UNSPECIFIED) is its proto3 default: omitted too.
+            V::Enum("UNSPECIFIED") => None,
             V::I64(i) => Some(json!(i.to_string())),
             V::F64(f) => Some(json!(f)),
             V::Str(s) => Some(json!(s)),
@@ -160,6 +162,12 @@ fn value(st: &AppState, c: &Ctx, field: &str) -> Option<V> {
                 "name" => V::Str(cp.name.clone()),
                 "status" => V::Enum("ENABLED"),
                 "advertising_channel_type" => V::Enum(cp.channel),
+                // Only some channels have sub types; the others are at the enum's zero.
+                "advertising_channel_sub_type" => V::Enum(match cp.channel {
+                    "VIDEO" => "VIDEO_ACTION",
+                    "SHOPPING" => "SHOPPING_SMART_ADS",
+                    _ => "UNSPECIFIED",
+                }),
                 _ => return None,
             }
         }
@@ -258,6 +266,7 @@ fn known_field(f: &str) -> bool {
         "campaign.name",
         "campaign.status",
         "campaign.advertising_channel_type",
+        "campaign.advertising_channel_sub_type",
         "ad_group.id",
         "ad_group.resource_name",
         "ad_group.name",
@@ -336,6 +345,10 @@ pub(crate) fn handle(st: &AppState, r: &Req) -> Reply {
     if r.segments.first().is_some_and(|s| s == "token") {
         return token(st, r);
     }
+    handle_api(st, r).with_sunset_notice(&st.opts)
+}
+
+fn handle_api(st: &AppState, r: &Req) -> Reply {
     let f = &st.opts.faults;
     // Auth first, like the real front end.
     let Some(bearer) = r

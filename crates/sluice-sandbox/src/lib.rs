@@ -140,6 +140,26 @@ impl Reply {
         self.headers.push((k.to_string(), v.into()));
         self
     }
+
+    /// The standard deprecation headers when the sandbox announces a sunset
+    /// (`Faults::version_sunset`): `Deprecation: @<unix seconds>` (RFC 9745, here
+    /// the sandbox's today) and `Sunset: <HTTP date>` (RFC 8594).
+    pub fn with_sunset_notice(self, opts: &SandboxOptions) -> Reply {
+        let Some(sunset) = opts.faults.version_sunset else {
+            return self;
+        };
+        let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+        self.header(
+            "deprecation",
+            format!("@{}", midnight(opts.today).timestamp()),
+        )
+        .header(
+            "sunset",
+            midnight(sunset)
+                .format("%a, %d %b %Y %H:%M:%S GMT")
+                .to_string(),
+        )
+    }
 }
 
 /// A sandbox serving on a local port.

@@ -117,6 +117,18 @@ fn clevertap(w: &World, today: NaiveDate, since: NaiveDate, until: NaiveDate) ->
             .sum();
         events.insert(name.to_string(), json!(n));
     }
+    // `Charged` per day: how many and the sum of their `Amount` (whatever the
+    // property is called that day), exact in cents.
+    let charged: Vec<Value> = data::days(since, until)
+        .map(|day| {
+            let count = w.ct_event_count("Charged", day, today);
+            let cents: u64 = (0..count)
+                .map(|i| w.ct_charged_minor(day, &w.ct_event("Charged", day, i, count)))
+                .sum();
+            json!({"date": day.to_string(), "count": count,
+                "amount": Decimal::new(cents as i64, 2).to_string()})
+        })
+        .collect();
     let active = crate::clevertap::window_profiles_of(w, today, "App Launched", since, until);
     let (mut empty, mut digits, mut ssn) = (0, 0, 0);
     for &p in &active {
@@ -129,6 +141,7 @@ fn clevertap(w: &World, today: NaiveDate, since: NaiveDate, until: NaiveDate) ->
     }
     json!({
         "events": events,
+        "charged_days": charged,
         "profiles": active.len(),
         "profiles_event": "App Launched",
         "profiles_total": w.ct_profiles.len(),

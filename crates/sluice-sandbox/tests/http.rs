@@ -1358,7 +1358,7 @@ async fn clevertap_faults_and_schema_change() {
             && p.get("Payment Mode").is_none()
     );
     assert!(
-        p["Items"][0]["Quantity"].is_number(),
+        p["Products"][0]["Quantity"].is_number(),
         "only top-level Quantity changes"
     );
     sb.shutdown().await;

@@ -291,6 +291,7 @@ fn record(run: &str, tasks: Vec<TaskRecord>) -> RunRecord {
         },
         select: Vec::new(),
         tasks,
+        notices: Vec::new(),
         error: None,
     }
 }

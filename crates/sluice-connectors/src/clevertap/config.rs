@@ -64,6 +64,13 @@ pub struct EventsConfig {
     /// D1 table (default `<source>_events`).
     #[serde(default)]
     pub table: Option<String>,
+    /// Events (among `names`) that also get a typed table, stream `events_<event>`
+    /// into `<source>_events_<event>` (`Charged` → `app_events_charged`): one column
+    /// per property, named as sent, each discovered, typed and versioned in the
+    /// schema registry, with the drift policies and renames of that stream. These
+    /// events are read once more for it.
+    #[serde(default)]
+    pub typed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

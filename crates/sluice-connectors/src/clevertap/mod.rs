@@ -78,6 +78,15 @@ impl CleverTapSource {
                 ));
             }
             specs.push(events_spec(name, events.table.clone()));
+            for event in &events.typed {
+                if !events.names.contains(event) {
+                    return Err(SourceError::config(
+                        format!("`{event}` is not one of the event `names`, so it is not read"),
+                        format!("{key_prefix}.streams.events.typed"),
+                    ));
+                }
+                specs.push(typed_events_spec(name, event));
+            }
         }
         if let Some(profiles) = &config.streams.profiles {
             specs.push(profiles_spec(name, profiles));
@@ -96,7 +105,24 @@ impl CleverTapSource {
 }
 
 fn events_spec(source: &str, table: Option<String>) -> StreamSpec {
-    let fields = vec![
+    let mut fields = event_columns();
+    fields.push(Field::new("event_props", FieldType::Json));
+    fields.push(Field::new("session_props", FieldType::Json));
+    StreamSpec {
+        name: "events".into(),
+        table: table.unwrap_or_else(|| format!("{source}_events")),
+        schema: TableSchema::new(fields),
+        infer_columns: true,
+        primary_key: Vec::new(),
+        // A re-run replaces the days it re-reads: idempotent without an event id.
+        partition_column: Some("event_date".into()),
+        write_mode: WriteMode::OverwritePartitions,
+    }
+}
+
+/// The columns every event record has, before its properties.
+fn event_columns() -> Vec<Field> {
+    vec![
         Field::new("event_name", FieldType::Text).required(),
         Field::new("event_date", FieldType::Date).required(),
         // `ts` is local time in the account's time zone, kept as sent (yyyyMMddHHmmss).
@@ -108,18 +134,85 @@ fn events_spec(source: &str, table: Option<String>) -> StreamSpec {
         Field::new("profile_email", FieldType::Text).pii(),
         Field::new("profile_phone", FieldType::Text).pii(),
         Field::new("profile_name", FieldType::Text).pii(),
-        Field::new("event_props", FieldType::Json),
-        Field::new("session_props", FieldType::Json),
-    ];
+    ]
+}
+
+/// `Charged` → `charged`, `App Launched` → `app_launched`: the stream and table suffix.
+pub fn event_slug(event: &str) -> String {
+    let mut slug = String::new();
+    for c in event.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('_') {
+            slug.push('_');
+        }
+    }
+    slug.trim_matches('_').to_string()
+}
+
+/// The stream of one event with its properties as columns (`events.typed`).
+const TYPED_PREFIX: &str = "events_";
+
+/// A typed per-event stream: the event columns, then one column per property,
+/// inferred from what the API sends (so each property is versioned like a column).
+fn typed_events_spec(source: &str, event: &str) -> StreamSpec {
+    let slug = event_slug(event);
+    let mut fields = event_columns();
+    fields.push(Field::new("session_props", FieldType::Json));
     StreamSpec {
-        name: "events".into(),
-        table: table.unwrap_or_else(|| format!("{source}_events")),
+        name: format!("{TYPED_PREFIX}{slug}"),
+        table: format!("{source}_events_{slug}"),
         schema: TableSchema::new(fields),
         infer_columns: true,
         primary_key: Vec::new(),
-        // A re-run replaces the days it re-reads: idempotent without an event id.
         partition_column: Some("event_date".into()),
         write_mode: WriteMode::OverwritePartitions,
+    }
+}
+
+/// Lifts `event_props` into top-level fields named as sent; a property named like
+/// an event column (`ts`) becomes `prop_<name>`.
+fn lift_properties(mut record: Map<String, Value>) -> Map<String, Value> {
+    let Some(Value::Object(props)) = record.remove("event_props") else {
+        return record;
+    };
+    for (key, value) in props {
+        let name = if record.contains_key(&key) {
+            format!("prop_{key}")
+        } else {
+            key
+        };
+        record.insert(name, value);
+    }
+    record
+}
+
+/// Which records a stream's pages hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Events,
+    /// Events with their properties lifted into columns.
+    TypedEvents,
+    Profiles,
+}
+
+impl Kind {
+    fn of(stream: &StreamSpec) -> Kind {
+        if stream.name == "events" {
+            Kind::Events
+        } else if stream.name.starts_with(TYPED_PREFIX) {
+            Kind::TypedEvents
+        } else {
+            Kind::Profiles
+        }
+    }
+
+    /// The API endpoint family.
+    fn endpoint(self) -> &'static str {
+        match self {
+            Kind::Events | Kind::TypedEvents => "events",
+            Kind::Profiles => "profiles",
+        }
     }
 }
 
@@ -287,13 +380,13 @@ fn fingerprint(v: &Value) -> u64 {
     h.finish()
 }
 
-/// The records of one landed cursor page of `what` (`events` of `event`, or
-/// `profiles`): records already handed over in the slice (`seen`: fingerprints of
+/// The records of one landed cursor page of `kind` (events of `event`, or
+/// profiles): records already handed over in the slice (`seen`: fingerprints of
 /// whole events, profile ids) are dropped — an expired cursor or a split window
 /// re-reads them, and the API repeats records. Shared by `read` and replay. A page
 /// without `records` (an error or status answer) yields nothing.
 fn page_records(
-    what: &str,
+    kind: Kind,
     event: &str,
     page: &Value,
     path: &Arc<str>,
@@ -315,20 +408,18 @@ fn page_records(
         let decoded = raw
             .as_object()
             .ok_or_else(|| "record is not an object".to_string())
-            .and_then(|o| {
-                if what == "events" {
-                    event_record(event, o)
-                } else {
-                    profile_record(o)
-                }
+            .and_then(|o| match kind {
+                Kind::Events => event_record(event, o),
+                Kind::TypedEvents => event_record(event, o).map(lift_properties),
+                Kind::Profiles => profile_record(o),
             });
         match decoded {
             Ok(fields) => {
                 // Events have no id: the whole record identifies it. Profiles: their id.
-                let fp = if what == "events" {
-                    fingerprint(raw)
-                } else {
+                let fp = if kind == Kind::Profiles {
                     fingerprint(&fields["profile_id"])
+                } else {
+                    fingerprint(raw)
                 };
                 if seen.insert(format!("{fp:016x}")) {
                     records.push(Record { fields, origin });
@@ -357,12 +448,13 @@ impl CleverTapSource {
     /// Reads one window through the cursor flow, restarting it when a cursor expires.
     async fn read_window(
         &self,
-        what: &str,
+        kind: Kind,
         event: &str,
         window: DayWindow,
         state: &mut WindowRead<'_>,
     ) -> Result<(), SourceError> {
         let (from, to) = (yyyymmdd(window.since), yyyymmdd(window.until));
+        let what = kind.endpoint();
         let mut restarts = 0;
         'restart: loop {
             let Some(mut cursor) = self
@@ -398,7 +490,7 @@ impl CleverTapSource {
                     )
                     .await?;
                 let (records, rejected) =
-                    page_records(what, event, &page, &landed.path, &mut state.seen);
+                    page_records(kind, event, &page, &landed.path, &mut state.seen);
                 state.emitted += records.len() as u64;
                 if !rejected.is_empty() {
                     state.sink.rejected(rejected).await?;
@@ -458,14 +550,20 @@ impl Source for CleverTapSource {
             .map(|d| d.chunks(self.config.slice_days as i64))
             .unwrap_or_default();
         let mut slices = Vec::new();
-        if stream.name == "events" {
-            for event in self
+        let kind = Kind::of(stream);
+        if kind != Kind::Profiles {
+            let names = self
                 .config
                 .streams
                 .events
                 .iter()
-                .flat_map(|e| e.names.iter())
-            {
+                .flat_map(|e| e.names.iter());
+            // A typed stream reads its one event.
+            let names = names.filter(|event| {
+                kind == Kind::Events
+                    || stream.name == format!("{TYPED_PREFIX}{}", event_slug(event))
+            });
+            for event in names {
                 for w in &chunks {
                     slices.push(Slice {
                         key: format!("{event}/{}", w.key()),
@@ -512,11 +610,8 @@ impl Source for CleverTapSource {
                 slice.key
             )));
         };
-        let what = if stream.name == "events" {
-            "events"
-        } else {
-            "profiles"
-        };
+        let kind = Kind::of(stream);
+        let what = kind.endpoint();
         let mut state = WindowRead {
             sink,
             seen: HashSet::new(),
@@ -526,7 +621,7 @@ impl Source for CleverTapSource {
         };
         let mut queue = VecDeque::from([window]);
         while let Some(w) = queue.pop_front() {
-            match self.read_window(what, &event, w, &mut state).await {
+            match self.read_window(kind, &event, w, &mut state).await {
                 Ok(()) => {}
                 // Large windows time out or 5xx on CleverTap's side: retry them day by day.
                 Err(e) if e.class == ErrorClass::Transient && w.days() > 1 => {
@@ -565,15 +660,11 @@ impl Source for CleverTapSource {
         state: &mut DecodeState,
     ) -> Option<Result<DecodedPage, SourceError>> {
         let path = &page.path;
-        let what = if stream.name == "events" {
-            "events"
-        } else {
-            "profiles"
-        };
+        let kind = Kind::of(stream);
         // An event page does not name its event: it comes from the slice as planned.
         let event = match slice.params.get("event").and_then(Value::as_str) {
             Some(event) => event,
-            None if what == "profiles" => "",
+            None if kind == Kind::Profiles => "",
             None => {
                 return Some(Err(SourceError::data(format!(
                     "slice `{}` has no `event` parameter: its pages cannot be decoded",
@@ -586,7 +677,7 @@ impl Source for CleverTapSource {
                 .map_err(|e| SourceError::data(format!("{path}: malformed JSON: {e}")))
                 .map(|page| {
                     let (records, rejected) =
-                        page_records(what, event, &page, path, &mut state.seen);
+                        page_records(kind, event, &page, path, &mut state.seen);
                     DecodedPage { records, rejected }
                 }),
         )
@@ -630,5 +721,26 @@ mod tests {
         assert!(spec.schema.field("email").unwrap().pii);
         assert!(spec.schema.field("address").unwrap().pii);
         assert!(!spec.schema.field("gender").unwrap().pii);
+    }
+
+    #[test]
+    fn typed_event_records_carry_each_property_as_a_column() {
+        let raw = json!({"ts": 20240701134502i64,
+            "event_props": {"Amount": 49.9, "Items": 2, "ts": "clash", "Products": [{"Quantity": 2}]}});
+        let r = lift_properties(event_record("Charged", raw.as_object().unwrap()).unwrap());
+        assert_eq!(r["Amount"], 49.9);
+        assert_eq!(r["Items"], 2);
+        assert_eq!(r["Products"][0]["Quantity"], 2);
+        assert_eq!(
+            r["prop_ts"], "clash",
+            "a property never overwrites an event column"
+        );
+        assert_eq!(r["ts"], 20240701134502i64);
+        assert!(!r.contains_key("event_props"));
+        assert_eq!(event_slug("App Launched"), "app_launched");
+        assert_eq!(
+            typed_events_spec("app", "Charged").table,
+            "app_events_charged"
+        );
     }
 }

@@ -70,6 +70,8 @@ pub struct FacebookSource {
     specs: Vec<StreamSpec>,
     insights: Option<InsightsConfig>,
     accounts: Mutex<Option<(Instant, Arc<Vec<Account>>)>>,
+    /// `api_version` sunsets within 90 days (see [`crate::api_versions`]).
+    version_notice: Option<String>,
 }
 
 impl FacebookSource {
@@ -87,6 +89,12 @@ impl FacebookSource {
 
     /// Builds from a typed config; `key_prefix` is where the section sits (`sources.facebook`).
     pub fn new(name: &str, config: FacebookConfig, key_prefix: &str) -> Result<Self, SourceError> {
+        let version_notice = crate::api_versions::judge(
+            crate::api_versions::Api::FacebookMarketing,
+            &config.api_version,
+            chrono::Utc::now().date_naive(),
+        )
+        .map_err(|m| SourceError::config(m, format!("{key_prefix}.api_version")))?;
         let base = parse_base_url(&config.base_url, &format!("{key_prefix}.base_url"))?;
         let root = crate::http::join(&base, &format!("{}/", config.api_version.trim_matches('/')))?;
         let http = HttpClient::new(config.http.clone(), None)?;
@@ -120,6 +128,7 @@ impl FacebookSource {
             specs,
             insights,
             accounts: Mutex::new(None),
+            version_notice,
         })
     }
 
@@ -307,5 +316,11 @@ impl Source for FacebookSource {
 
     fn max_concurrency(&self) -> usize {
         self.config.max_concurrency.max(1)
+    }
+
+    fn notices(&self) -> Vec<String> {
+        let mut notices: Vec<String> = self.version_notice.iter().cloned().collect();
+        notices.extend(self.api.http.notices());
+        notices
     }
 }

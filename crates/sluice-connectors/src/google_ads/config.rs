@@ -19,11 +19,12 @@ pub struct GoogleConfig {
     pub oauth: OAuthConfig,
     /// The manager (MCC) account the credentials log in through, digits or `123-456-7890`;
     /// its client accounts are expanded.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "customer_id::optional")]
     pub login_customer_id: Option<String>,
     /// Customers to read; managers among them are expanded to their clients
     /// (default: `login_customer_id`, else every customer the credentials reach).
-    #[serde(default)]
+    /// Bare YAML integers (`1234567890`) are accepted as well as strings.
+    #[serde(default, deserialize_with = "customer_id::optional_list")]
     pub customer_ids: Option<Vec<String>>,
     /// API version, e.g. `v26`.
     #[serde(default = "default_api_version")]
@@ -124,6 +125,54 @@ fn default_concurrency() -> usize {
     8
 }
 
+/// Customer ids as users type them: `"123-456-7890"`, `"1234567890"` or a bare
+/// YAML integer `1234567890` (which YAML reads as a number, not a string).
+mod customer_id {
+    use serde::de::{Deserializer, Error};
+    use serde::Deserialize;
+
+    /// Customer ids have 10 digits; a shorter integer lost leading zeros to YAML.
+    const DIGITS: usize = 10;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        Number(u64),
+    }
+
+    impl Written {
+        fn into_id<E: Error>(self) -> Result<String, E> {
+            match self {
+                Written::Text(s) => Ok(s),
+                Written::Number(n) => {
+                    let text = n.to_string();
+                    if text.len() == DIGITS {
+                        Ok(text)
+                    } else {
+                        Err(E::custom(format!(
+                            "customer id {n} has {} digits, not {DIGITS}: if it starts with 0, quote it (\"0123456789\")",
+                            text.len()
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Option::<Written>::deserialize(d)?
+            .map(Written::into_id)
+            .transpose()
+    }
+
+    pub fn optional_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+        Option::<Vec<Written>>::deserialize(d)?
+            .map(|ids| ids.into_iter().map(Written::into_id).collect())
+            .transpose()
+    }
+}
+
 /// Digits only: `123-456-7890` → `1234567890`.
 pub fn normalize_customer(id: &str) -> String {
     id.chars().filter(char::is_ascii_digit).collect()
@@ -147,5 +196,55 @@ impl GoogleConfig {
             http: HttpSettings::default(),
             streams: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use sluice_core::config::{Lookup, PipelineConfig};
+
+    use super::GoogleConfig;
+
+    struct NoEnv;
+    impl Lookup for NoEnv {
+        fn var(&self, _name: &str) -> Option<String> {
+            None
+        }
+    }
+
+    fn parse(ids: &str) -> Result<GoogleConfig, String> {
+        let text = format!(
+            "name: t\nsources:\n  google:\n    type: google_ads\n    developer_token: d\n    \
+             oauth: {{ client_id: c, client_secret: s, refresh_token: r }}\n    \
+             login_customer_id: 9876543210\n    customer_ids: {ids}\n"
+        );
+        let config = PipelineConfig::parse("pipeline.yaml".into(), text, Path::new("."), &NoEnv)
+            .map_err(|e| e.to_string())?;
+        let section = config.source("google").expect("google section");
+        config
+            .doc
+            .parse_section::<GoogleConfig>(section)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn customer_ids_may_be_bare_integers() {
+        let config = parse("[1234567890, \"111-222-3333\"]").unwrap();
+        assert_eq!(
+            config.customer_ids,
+            Some(vec!["1234567890".to_string(), "111-222-3333".to_string()])
+        );
+        assert_eq!(config.login_customer_id.as_deref(), Some("9876543210"));
+    }
+
+    #[test]
+    fn an_integer_that_lost_its_leading_zero_is_an_error_at_the_key() {
+        let error = parse("[0123456789]").unwrap_err();
+        assert!(
+            error.contains("customer_ids") && error.contains("has 9 digits"),
+            "{error}"
+        );
     }
 }

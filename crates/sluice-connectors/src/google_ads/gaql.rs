@@ -5,7 +5,8 @@
 //! Naming: `campaign.id` → `campaign_id`, `metrics.cost_micros` → `cost_micros`,
 //! `segments.date` → `date` (the metrics/segments prefixes are dropped),
 //! `ad_group_ad.ad.id` → `ad_id`. Resource names are dropped (the ids carry them).
-//! Proto3 omits zero values: a selected metric missing from a row is 0.
+//! Proto3 JSON omits default values: a selected field missing from a row is its
+//! type's default (0, false, "", `UNSPECIFIED`), never unknown.
 
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
@@ -166,13 +167,15 @@ fn flatten_into(prefix: &str, value: &Value, out: &mut Map<String, Value>) {
     }
 }
 
-/// Flattens one result row; selected metrics that proto3 omitted become 0.
+/// Flattens one result row. Proto3 JSON omits every field at its default
+/// (`0`, `false`, `""`, the enum's zero `UNSPECIFIED`): a selected field missing
+/// from a row is filled with its type's default, so "absent" never becomes NULL.
 pub fn flatten_row(row: &Value, selected: &[String]) -> Map<String, Value> {
     let mut out = Map::new();
     flatten_into("", row, &mut out);
     for path in selected {
-        if path.starts_with("metrics.") {
-            out.entry(column_name(path)).or_insert(json!(0));
+        if let Some(default) = gaql_type(path).default_value() {
+            out.entry(column_name(path)).or_insert(default);
         }
     }
     if let Some(micros) = out.get("cost_micros") {
@@ -188,6 +191,35 @@ pub fn flatten_row(row: &Value, selected: &[String]) -> Map<String, Value> {
     out
 }
 
+/// The proto type of a GAQL field: it decides the column type and the default
+/// value proto3 JSON leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaqlType {
+    /// Sent as a JSON string (`"1200"`).
+    Int64,
+    Double,
+    Bool,
+    String,
+    /// Sent as its name; its zero value is `UNSPECIFIED`.
+    Enum,
+    /// `yyyy-MM-dd` (segments.date, week, month, quarter): never omitted.
+    Date,
+}
+
+impl GaqlType {
+    /// What an omitted field of this type means; `None` where omission cannot happen.
+    pub fn default_value(self) -> Option<Value> {
+        match self {
+            GaqlType::Int64 => Some(json!("0")),
+            GaqlType::Double => Some(json!(0)),
+            GaqlType::Bool => Some(json!(false)),
+            GaqlType::String => Some(json!("")),
+            GaqlType::Enum => Some(json!("UNSPECIFIED")),
+            GaqlType::Date => None,
+        }
+    }
+}
+
 /// Metrics Google sends as int64 (strings); other metrics are doubles.
 const INT64_METRICS: &[&str] = &[
     "impressions",
@@ -201,24 +233,73 @@ const INT64_METRICS: &[&str] = &[
     "phone_impressions",
 ];
 
-/// The type of a column from its field path.
-pub fn column_type(path: &str) -> FieldType {
+/// Boolean attributes by their last name segment (`customer.manager`, `customer_client.hidden`).
+const BOOL_FIELDS: &[&str] = &[
+    "manager",
+    "test_account",
+    "hidden",
+    "auto_tagging_enabled",
+    "has_partners_badge",
+    "primary_for_goal",
+    "include_in_conversions_metric",
+];
+
+/// Enum attributes whose names do not end in `status` or `type`.
+const ENUM_FIELDS: &[&str] = &[
+    "device",
+    "day_of_week",
+    "month_of_year",
+    "slot",
+    "ad_network_type",
+    "click_type",
+    "conversion_action_category",
+    "payment_mode",
+    "objective",
+];
+
+/// The proto type of a field path, from its resource and name (GAQL's field
+/// reference: ids and counts are int64, flags bool, states and kinds enums).
+pub fn gaql_type(path: &str) -> GaqlType {
     let column = column_name(path);
+    let last = path.rsplit('.').next().unwrap_or(path);
     if path.starts_with("metrics.") {
         if column.ends_with("_micros") || INT64_METRICS.contains(&column.as_str()) {
-            FieldType::Bigint
+            GaqlType::Int64
         } else {
-            FieldType::Double
+            GaqlType::Double
         }
-    } else if column == "date" {
-        FieldType::Date
-    } else if column == "customer_manager" || column.ends_with("_manager") {
-        FieldType::Boolean
-    } else if column.ends_with("_level") || column == "week" || column == "hour" {
-        FieldType::Bigint
+    } else if matches!(
+        path,
+        "segments.date" | "segments.week" | "segments.month" | "segments.quarter"
+    ) {
+        GaqlType::Date
+    } else if BOOL_FIELDS.contains(&last) {
+        GaqlType::Bool
+    } else if last == "id"
+        || last.ends_with("_id")
+        || last == "level"
+        || last == "hour"
+        || last.ends_with("_micros")
+    {
+        GaqlType::Int64
+    } else if last.ends_with("status") || last.ends_with("type") || ENUM_FIELDS.contains(&last) {
+        GaqlType::Enum
     } else {
-        // Ids (int64 strings above 2^53 in places), names, enums.
-        FieldType::Text
+        GaqlType::String
+    }
+}
+
+/// The type of a column from its field path.
+pub fn column_type(path: &str) -> FieldType {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    match gaql_type(path) {
+        // Ids are int64 in the API but exceed 2^53 in places and are never summed.
+        GaqlType::Int64 if last == "id" || last.ends_with("_id") => FieldType::Text,
+        GaqlType::Int64 => FieldType::Bigint,
+        GaqlType::Double => FieldType::Double,
+        GaqlType::Bool => FieldType::Boolean,
+        GaqlType::Date => FieldType::Date,
+        GaqlType::String | GaqlType::Enum => FieldType::Text,
     }
 }
 
@@ -253,12 +334,38 @@ mod tests {
         assert_eq!(flat["campaign_name"], "Brand | DE");
         assert_eq!(flat["ad_id"], "55");
         assert_eq!(flat["impressions"], "1200");
-        assert_eq!(flat["clicks"], 0);
+        assert_eq!(flat["clicks"], "0");
         assert_eq!(flat["cost"], "25.170000");
         assert_eq!(flat["date"], "2024-07-01");
         assert!(!flat.contains_key("customer_resource_name"));
         assert_eq!(column_type("metrics.cost_micros"), FieldType::Bigint);
         assert_eq!(column_type("metrics.ctr"), FieldType::Double);
         assert_eq!(column_type("campaign.id"), FieldType::Text);
+    }
+
+    #[test]
+    fn every_omitted_selected_field_gets_its_proto3_default() {
+        // A non-manager customer as proto3 JSON sends it: `manager: false`,
+        // `test_account: false` and a zero enum are simply not there.
+        let row = serde_json::json!({"customer": {"id": "1234567890", "descriptiveName": "Shop"}});
+        let selected = selected_fields(
+            "SELECT customer.id, customer.descriptive_name, customer.manager, customer.test_account, \
+             customer.currency_code, campaign.advertising_channel_sub_type, customer_client.level, \
+             metrics.ctr, segments.date FROM customer",
+        );
+        let flat = flatten_row(&row, &selected);
+        assert_eq!(flat["customer_manager"], false);
+        assert_eq!(flat["customer_test_account"], false);
+        assert_eq!(flat["customer_currency_code"], "");
+        assert_eq!(flat["campaign_advertising_channel_sub_type"], "UNSPECIFIED");
+        assert_eq!(flat["customer_client_level"], "0");
+        assert_eq!(flat["ctr"], 0);
+        assert!(
+            !flat.contains_key("date"),
+            "a date is never omitted, so never invented"
+        );
+        assert_eq!(column_type("customer.manager"), FieldType::Boolean);
+        assert_eq!(column_type("customer_client.level"), FieldType::Bigint);
+        assert_eq!(column_type("segments.week"), FieldType::Date);
     }
 }

@@ -68,6 +68,8 @@ pub struct GoogleSource {
     specs: Vec<StreamSpec>,
     streams: Vec<(String, GaqlStream)>,
     customers: Mutex<Option<(Instant, Arc<Vec<Customer>>)>>,
+    /// `api_version` sunsets within 90 days (see [`crate::api_versions`]).
+    version_notice: Option<String>,
 }
 
 impl GoogleSource {
@@ -84,6 +86,12 @@ impl GoogleSource {
     }
 
     pub fn new(name: &str, config: GoogleConfig, key_prefix: &str) -> Result<Self, SourceError> {
+        let version_notice = crate::api_versions::judge(
+            crate::api_versions::Api::GoogleAds,
+            &config.api_version,
+            chrono::Utc::now().date_naive(),
+        )
+        .map_err(|m| SourceError::config(m, format!("{key_prefix}.api_version")))?;
         let http = HttpClient::new(config.http.clone(), None)?;
         let api = GoogleApi::new(http, &config, key_prefix)?;
         let chosen: Vec<(String, GoogleStreamConfig)> = match &config.streams {
@@ -198,6 +206,7 @@ impl GoogleSource {
             specs,
             streams,
             customers: Mutex::new(None),
+            version_notice,
         })
     }
 
@@ -538,5 +547,11 @@ impl Source for GoogleSource {
 
     fn max_concurrency(&self) -> usize {
         self.config.max_concurrency.max(1)
+    }
+
+    fn notices(&self) -> Vec<String> {
+        let mut notices: Vec<String> = self.version_notice.iter().cloned().collect();
+        notices.extend(self.api.http.notices());
+        notices
     }
 }

@@ -222,6 +222,8 @@ pub struct HttpClient {
     pacer: Pacer,
     in_flight: Option<Arc<Semaphore>>,
     stats: Arc<HttpStats>,
+    /// Deprecation notices answers carried, once each (see [`deprecation_notice`]).
+    notices: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl HttpClient {
@@ -256,6 +258,7 @@ impl HttpClient {
             pacer: Pacer::default(),
             in_flight: max_in_flight.map(|n| Arc::new(Semaphore::new(n.max(1)))),
             stats: Arc::new(HttpStats::default()),
+            notices: Arc::default(),
         })
     }
 
@@ -269,6 +272,14 @@ impl HttpClient {
 
     pub fn settings(&self) -> &HttpSettings {
         &self.settings
+    }
+
+    /// The distinct deprecation notices the API's answers carried so far.
+    pub fn notices(&self) -> Vec<String> {
+        self.notices
+            .lock()
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Sends `request`, retrying as `judge` says, until it is accepted or fails.
@@ -397,6 +408,11 @@ impl HttpClient {
             .map_err(|e| Attempt::Retry(format!("{label}: {}", e.without_url())))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
+        if let Some(notice) = deprecation_notice(&headers) {
+            if let Ok(mut notices) = self.notices.lock() {
+                notices.insert(notice);
+            }
+        }
         let limit = self.settings.max_response_bytes;
         if response
             .content_length()
@@ -430,6 +446,38 @@ impl HttpClient {
 enum Attempt {
     Retry(String),
     Fail(SourceError),
+}
+
+/// What an answer's standard deprecation headers say, if any: `Deprecation`
+/// (RFC 9745), `Sunset` (RFC 8594) and a `Warning` (RFC 7234, code 299). APIs
+/// announce a version's end on the calls that use it, long before it fails.
+fn deprecation_notice(headers: &HeaderMap) -> Option<String> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(200).collect::<String>())
+    };
+    let mut parts = Vec::new();
+    if let Some(d) = get("deprecation") {
+        let since = d
+            .strip_prefix('@')
+            .and_then(|secs| secs.parse::<i64>().ok())
+            .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+            .map(|at| format!(" since {}", at.date_naive()))
+            .unwrap_or_default();
+        parts.push(format!("the API marks this version deprecated{since}"));
+    }
+    if let Some(s) = get("sunset") {
+        let day = chrono::DateTime::parse_from_rfc2822(&s)
+            .map(|at| at.date_naive().to_string())
+            .unwrap_or(s);
+        parts.push(format!("it stops answering on {day} (Sunset header)"));
+    }
+    if let Some(w) = get("warning").filter(|w| w.starts_with("299")) {
+        parts.push(format!("warning: {w}"));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 fn too_large(label: &str, limit: usize) -> SourceError {

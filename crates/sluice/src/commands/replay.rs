@@ -83,6 +83,7 @@ pub async fn run(pipeline: &Path, args: ReplayArgs, interactive: bool) -> u8 {
             window: past.window.clone(),
             select: args.select.clone(),
             tasks: d1_tasks,
+            notices: Vec::new(),
             error: None,
         };
         (record, n)

@@ -125,7 +125,21 @@ pub async fn execute_with(
         },
         cancel: cancel.clone(),
     };
+    // Every run says when a configured API version nears its sunset.
+    for source in sources {
+        for notice in source.notices() {
+            tracing::warn!(source = %source.name(), "{notice}");
+        }
+    }
     let mut record = executor.run(tasks, options).await;
+    // Recorded after the run: the API's own deprecation headers arrive with its answers.
+    record.notices = sources
+        .iter()
+        .flat_map(|s| {
+            let name = s.name().to_string();
+            s.notices().into_iter().map(move |n| format!("{name}: {n}"))
+        })
+        .collect();
     let model_options = ModelRunOptions {
         full_refresh: args.full_refresh,
     };
@@ -230,6 +244,9 @@ pub fn print_summary(record: &RunRecord) {
         for warning in &t.warnings {
             println!("  ! {}: {warning}", t.task);
         }
+    }
+    for notice in &record.notices {
+        println!("  ! {notice}");
     }
     if let Some(e) = &record.error {
         println!("  ✗ {e}");

@@ -35,6 +35,14 @@ pub async fn run(pipeline: &Path, args: ValidateArgs) -> u8 {
         project.lake.location(),
         project.destination.describe()
     );
+    // Warnings known from the config alone (an API version nearing its sunset).
+    let mut shown = std::collections::BTreeSet::new();
+    for source in &project.sources {
+        for notice in source.notices() {
+            println!("  ! source {}: {notice}", source.name());
+            shown.insert((source.name().to_string(), notice));
+        }
+    }
     if !args.connections {
         return exit::OK;
     }
@@ -60,6 +68,14 @@ pub async fn run(pipeline: &Path, args: ValidateArgs) -> u8 {
                     .map(|k| format!(" (check `{k}`)"))
                     .unwrap_or_default();
                 println!("  ✗ source {}: {}{fix}", source.name(), e.message);
+            }
+        }
+    }
+    // What the APIs said about themselves while answering (deprecation headers).
+    for source in &project.sources {
+        for notice in source.notices() {
+            if shown.insert((source.name().to_string(), notice.clone())) {
+                println!("  ! source {}: {notice}", source.name());
             }
         }
     }

@@ -1,0 +1,210 @@
+//! The CleverTap story end to end: on a given day the app's `Charged` event
+//! renames `Amount` to `amount_value`, sends `Items` (a number) as a string and
+//! gains `Coupon`. With a typed per-event table the properties are columns in
+//! the schema registry: `schema history` shows the change and its day, `freeze`
+//! stops the stream naming the property and the first record, and a `renames`
+//! entry keeps a model summing `Amount` equal to the truth across the change day.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use chrono::{Duration, NaiveDate, Utc};
+use common::*;
+use sluice_sandbox::{credentials, Faults, RunningSandbox, SandboxOptions};
+
+fn change_day() -> NaiveDate {
+    Utc::now().date_naive() - Duration::days(2)
+}
+
+fn start_day() -> NaiveDate {
+    change_day() - Duration::days(4)
+}
+
+fn options(today: NaiveDate) -> SandboxOptions {
+    let mut options = SandboxOptions::new(7, 1, today);
+    options.faults = Faults {
+        charged_change_on: Some(change_day()),
+        ..Faults::default()
+    };
+    options
+}
+
+struct Sandbox {
+    runtime: tokio::runtime::Runtime,
+    running: Option<RunningSandbox>,
+}
+
+impl Sandbox {
+    fn start(today: NaiveDate) -> Sandbox {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let running = runtime
+            .block_on(sluice_sandbox::start(options(today), 0))
+            .unwrap();
+        Sandbox {
+            runtime,
+            running: Some(running),
+        }
+    }
+
+    fn url(&self) -> String {
+        self.running.as_ref().unwrap().base_url()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            self.runtime.block_on(running.shutdown());
+        }
+    }
+}
+
+fn pipeline(schema: &str) -> String {
+    format!(
+        r#"name: story
+lake: ./lake
+models: ./models
+sources:
+  app:
+    type: clevertap
+    base_url: ${{SANDBOX_URL}}
+    account_id: {account}
+    passcode: {passcode}
+    start_date: "{start}"
+    lookback_days: 1
+    streams:
+      events: {{ names: [Charged], typed: [Charged] }}
+{schema}"#,
+        account = credentials::CLEVERTAP_ACCOUNT_ID,
+        passcode = credentials::CLEVERTAP_PASSCODE,
+        start = start_day(),
+    )
+}
+
+const MODEL: &str = r#"SELECT event_date, count(*) AS orders, sum("Amount") AS amount
+FROM d1.app_events_charged
+GROUP BY event_date
+"#;
+
+fn project(schema: &str) -> Project {
+    let project = Project::new(&pipeline(schema));
+    project.write("models/d2b/charged_daily.sql", MODEL);
+    project
+}
+
+fn run(project: &Project, sandbox: &Sandbox) -> std::process::Output {
+    project
+        .cmd()
+        .env("SANDBOX_URL", sandbox.url())
+        .arg("run")
+        .output()
+        .unwrap()
+}
+
+/// Truth per day: (orders, amount in cents).
+fn truth(until: NaiveDate) -> BTreeMap<String, (i64, i64)> {
+    let t = sluice_sandbox::truth(&options(until), start_day(), until);
+    t["clevertap"]["charged_days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["date"].as_str().unwrap().to_string(),
+                (
+                    d["count"].as_i64().unwrap(),
+                    cents(d["amount"].as_str().unwrap()),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn renames_and_evolve_keep_the_model_equal_to_the_truth_and_history_shows_the_day() {
+    let project = project(
+        "schema:\n  on_new_field: evolve\n  on_type_change: evolve\n  renames:\n    app.events_charged: { amount_value: Amount }\n",
+    );
+    let before = change_day() - Duration::days(1);
+    let first = run(&project, &Sandbox::start(before));
+    assert_exit(&first, 0);
+
+    let today = change_day() + Duration::days(1);
+    let second = run(&project, &Sandbox::start(today));
+    assert_exit(&second, 0);
+    let report = stdout(&second);
+    assert!(
+        report.contains("Coupon") && report.contains("Items"),
+        "the run reports the new and the re-typed property:\n{report}"
+    );
+
+    let history = project
+        .cmd()
+        .args(["schema", "history", "app.events_charged"])
+        .output()
+        .unwrap();
+    assert_exit(&history, 0);
+    let history = stdout(&history);
+    let day = change_day().to_string();
+    assert!(
+        history
+            .lines()
+            .any(|l| l.contains("`Coupon`") && l.contains(&day)),
+        "history names the new property and the day it appeared:\n{history}"
+    );
+    assert!(
+        history
+            .lines()
+            .any(|l| l.contains("`Items`") && l.contains("bigint → text")),
+        "history shows Items turning from a number into text:\n{history}"
+    );
+    assert!(
+        !history.contains("amount_value"),
+        "the renamed property loads into `Amount`:\n{history}"
+    );
+
+    let db = project.sqlite();
+    let mut stmt = db
+        .prepare("select cast(event_date as text), orders, amount from d2b__charged_daily")
+        .unwrap();
+    let loaded: BTreeMap<String, (i64, i64)> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (
+                    r.get::<_, i64>(1)?,
+                    (r.get::<_, f64>(2)? * 100.0).round() as i64,
+                ),
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let expected = truth(today);
+    assert!(expected.contains_key(&day));
+    assert_eq!(
+        loaded, expected,
+        "orders and amount per day equal the truth"
+    );
+}
+
+#[test]
+fn freeze_stops_the_stream_naming_the_property_and_its_first_record() {
+    let project = project("schema:\n  on_new_field: freeze\n");
+    let before = change_day() - Duration::days(1);
+    assert_exit(&run(&project, &Sandbox::start(before)), 0);
+    let frozen = run(&project, &Sandbox::start(change_day() + Duration::days(1)));
+    assert_exit(&frozen, 4);
+    let text = stdout(&frozen) + &stderr(&frozen);
+    assert!(
+        (text.contains("`Coupon`") || text.contains("`amount_value`"))
+            && text.contains("first seen at")
+            && text.contains("freeze"),
+        "the failure names the property, its first record and the policy:\n{text}"
+    );
+}
