@@ -183,7 +183,18 @@ pub fn diff(old: &TableSchema, new: &TableSchema) -> Vec<SchemaChange> {
     };
     for field in &new.fields {
         match old.field(&field.name) {
-            None => changes.push(change(ChangeKind::Added, &field.name, field.ty.name())),
+            None => {
+                let day = new
+                    .first_seen
+                    .get(&field.name)
+                    .map(|d| format!(", first in data of {d}"))
+                    .unwrap_or_default();
+                changes.push(change(
+                    ChangeKind::Added,
+                    &field.name,
+                    format!("{}{day}", field.ty.name()),
+                ))
+            }
             Some(before) if before.ty != field.ty => {
                 let kind = if before.ty.widens_to(&field.ty) {
                     ChangeKind::Widened

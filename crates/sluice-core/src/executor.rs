@@ -36,6 +36,7 @@ use crate::destination::{
     BatchStream, Destination, DestinationError, LoadOutcome, LoadRequest, LoadTail, TableSpec,
     TailFuture, WriteMode,
 };
+use crate::drift::presence::{self, PresenceTally};
 use crate::drift::{ChangeKind, Policy, SchemaChange, SchemaConfig, StreamPolicy};
 use crate::lake::{parquet_batches, Lake, LakeError, PagePath, TableFileWriter};
 use crate::line_typer::LineTyper;
@@ -239,8 +240,8 @@ impl Executor {
 
         let previous_schema = self.state.schema(&stream.table).await?;
         let policy = self.schema_policy.for_stream(&name);
-        let renames = policy.renames.clone();
         let schema = StreamSchema::new(stream, previous_schema.as_ref().map(|v| &v.value), policy);
+        let renames = schema.resolve_renames();
         let write_mode = if options.window.full_refresh {
             WriteMode::Replace
         } else {
@@ -401,7 +402,8 @@ impl Executor {
         };
         let mut outcome = None;
         match streamed {
-            Some(load) if stream_load.is_live() && final_schema == spec.schema => {
+            // Registry knowledge (which fields are optional) does not change the table.
+            Some(load) if stream_load.is_live() && final_schema.fields == spec.schema.fields => {
                 stream_load.finish(tail);
                 match joined_load(load.await) {
                     Ok(done) => outcome = Some(done),
@@ -782,8 +784,13 @@ struct StreamSchema {
     policy: StreamPolicy,
     /// The schema a previous run recorded; changes are judged against it.
     baseline: Option<TableSchema>,
-    /// Baseline fields not seen (non-null) in any record of this run yet.
-    unseen: BTreeSet<String>,
+    /// How many records of this run carried each field (for removed fields).
+    tally: PresenceTally,
+    /// Columns the source declares; the others were inferred and are typed by
+    /// what the source sends, so a value of another kind is a type change.
+    declared: BTreeSet<String>,
+    /// Where a record's data day is (for the day a field first appeared).
+    partition_column: Option<String>,
     /// New fields held back by the `quarantine` policy.
     held_back: BTreeSet<String>,
     changes: BTreeMap<(ChangeKind, String), SchemaChange>,
@@ -811,22 +818,20 @@ impl StreamSchema {
         }
         fields.push(Field::new(RUN_ID_COLUMN, FieldType::Text));
         fields.push(Field::new(LOADED_AT_COLUMN, FieldType::Timestamp));
-        let unseen = previous
-            .map(|p| {
-                p.fields
-                    .iter()
-                    .filter(|f| !is_system(&f.name))
-                    .map(|f| f.name.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut schema = TableSchema::new(fields);
+        if let Some(previous) = previous {
+            schema.presence = previous.presence.clone();
+            schema.first_seen = previous.first_seen.clone();
+        }
         StreamSchema {
-            schema: TableSchema::new(fields),
+            schema,
             version: 0,
             infer: stream.infer_columns,
             policy,
             baseline: previous.cloned(),
-            unseen,
+            tally: PresenceTally::default(),
+            declared: stream.schema.fields.iter().map(|f| f.name.clone()).collect(),
+            partition_column: stream.partition_column.clone(),
             held_back: BTreeSet::new(),
             changes: BTreeMap::new(),
             rows_seen: 0,
@@ -853,21 +858,122 @@ impl StreamSchema {
             });
     }
 
-    /// Handles keys seen in `records` that the schema lacks, by policy. `Err` = frozen.
-    fn absorb(&mut self, records: &[Record]) -> Result<(), String> {
+    /// Source-side renames resolved against what the registry knows: `{a: b}`
+    /// keeps whichever of the two names the schema already has and loads the
+    /// other into it (`{old: new}` when it has neither). Returns kept → sent.
+    fn resolve_renames(&self) -> BTreeMap<String, String> {
+        self.policy
+            .renames
+            .iter()
+            .map(|(a, b)| {
+                let known = |n: &str| self.schema.field(n).is_some();
+                if !known(a) && known(b) {
+                    (b.clone(), a.clone())
+                } else {
+                    (a.clone(), b.clone())
+                }
+            })
+            .collect()
+    }
+
+    /// The data day of a record, for the registry's `first_seen`.
+    fn day_of(&self, record: &Record) -> Option<String> {
+        let value = record.fields.get(self.partition_column.as_deref()?)?;
+        Some(match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
+    /// Handles keys seen in `records` that the schema lacks, and values of an
+    /// inferred column that now arrive as another kind (a number as text), by
+    /// policy. `Err` = frozen; `Ok` lists the records to quarantine (index, reason).
+    fn absorb(&mut self, records: &[Record]) -> Result<Vec<(usize, String)>, String> {
         self.rows_seen += records.len() as u64;
-        if !self.unseen.is_empty() {
-            for record in records {
-                self.unseen
-                    .retain(|name| record.fields.get(name).is_none_or(Value::is_null));
-                if self.unseen.is_empty() {
-                    break;
+        for record in records {
+            self.tally.record(&record.fields);
+        }
+        if !self.infer {
+            return Ok(Vec::new());
+        }
+        let rejects = self.absorb_kind_changes(records)?;
+        self.absorb_new_fields(records)?;
+        Ok(rejects)
+    }
+
+    /// Inferred scalar columns were typed by what the source sent; a value of a
+    /// kind that does not fit that type (`Items`: 2 before, "2" now) is a type
+    /// change even where it could be coerced.
+    fn absorb_kind_changes(&mut self, records: &[Record]) -> Result<Vec<(usize, String)>, String> {
+        let mut rejects = Vec::new();
+        if self.baseline.is_none() {
+            return Ok(rejects);
+        }
+        for (index, record) in records.iter().enumerate() {
+            for (key, value) in &record.fields {
+                if self.declared.contains(key) {
+                    continue;
+                }
+                let Some(column) = self.schema.index_of(key) else {
+                    continue;
+                };
+                let ty = self.schema.fields[column].ty;
+                if matches!(ty, FieldType::Text | FieldType::Json) {
+                    continue;
+                }
+                let Some(seen) = infer_type(value) else {
+                    continue;
+                };
+                if seen.widens_to(&ty) {
+                    continue;
+                }
+                let day = self
+                    .day_of(record)
+                    .map(|d| format!(" in data of {d}"))
+                    .unwrap_or_default();
+                match self.policy.on_type_change {
+                    Policy::Freeze => {
+                        return Err(format!(
+                            "field `{key}` ({}) now arrives as {} ({value}) first seen at {}{day}; schema policy `freeze` holds this stream (`schema.on_type_change`)",
+                            ty.name(),
+                            seen.name(),
+                            record.origin
+                        ))
+                    }
+                    Policy::Evolve if ty.widens_to(&unify(ty, seen)) => {
+                        let wider = unify(ty, seen);
+                        self.schema.fields[column].ty = wider;
+                        self.version += 1;
+                        let origin = record.origin.to_string();
+                        self.note(
+                            ChangeKind::Widened,
+                            key,
+                            || format!("{} → {} (values now arrive as {}) first seen at {origin}{day}", ty.name(), wider.name(), seen.name()),
+                            "evolved",
+                            1,
+                        );
+                    }
+                    _ => {
+                        self.note(
+                            ChangeKind::TypeChanged,
+                            key,
+                            || format!("{} column now receives {}{day}", ty.name(), seen.name()),
+                            "quarantined",
+                            1,
+                        );
+                        rejects.push((
+                            index,
+                            format!("field `{key}` ({}) arrived as {} {value} (schema.on_type_change)", ty.name(), seen.name()),
+                        ));
+                        break;
+                    }
                 }
             }
         }
-        if !self.infer {
-            return Ok(());
-        }
+        Ok(rejects)
+    }
+
+    fn absorb_new_fields(&mut self, records: &[Record]) -> Result<(), String> {
         let mut new: BTreeMap<&str, (Option<FieldType>, u64, &Record)> = BTreeMap::new();
         let mut order: Vec<&str> = Vec::new();
         for record in records {
@@ -901,9 +1007,10 @@ impl StreamSchema {
                 let key = order[0];
                 let (ty, _, first) = &new[key];
                 return Err(format!(
-                    "new field `{key}` ({}) first seen at {}; schema policy `freeze` holds this stream (set `schema.on_new_field` to evolve or quarantine, then `sluice replay`)",
+                    "new field `{key}` ({}) first seen at {}{}; schema policy `freeze` holds this stream (set `schema.on_new_field` to evolve or quarantine, then `sluice replay`)",
                     ty.unwrap_or(FieldType::Text).name(),
-                    first.origin
+                    first.origin,
+                    self.day_of(first).map(|d| format!(" in data of {d}")).unwrap_or_default()
                 ));
             }
             Policy::Quarantine => {
@@ -926,7 +1033,16 @@ impl StreamSchema {
                     let ty = ty.unwrap_or(FieldType::Text);
                     self.schema.fields.push(Field::new(*key, ty));
                     if self.baseline.is_some() {
-                        let detail = format!("{} first seen at {}", ty.name(), first.origin);
+                        let day = self.day_of(first);
+                        let detail = format!(
+                            "{} first seen at {}{}",
+                            ty.name(),
+                            first.origin,
+                            day.as_deref().map(|d| format!(" in data of {d}")).unwrap_or_default()
+                        );
+                        if let Some(day) = day {
+                            self.schema.first_seen.insert(key.to_string(), day);
+                        }
                         self.note(ChangeKind::Added, key, || detail, "evolved", *count);
                     }
                 }
@@ -938,14 +1054,10 @@ impl StreamSchema {
     }
 
     /// `absorb` for lines a [`LineTyper`] typed: every key was a known column, so
-    /// only the run's tallies move (rows seen, baseline fields seen non-null).
+    /// only the run's tallies move (rows seen, fields carried).
     fn absorb_batch(&mut self, batch: &RecordBatch) {
         self.rows_seen += batch.num_rows() as u64;
-        self.unseen.retain(|name| {
-            batch
-                .column_by_name(name)
-                .is_none_or(|c| c.null_count() == c.len())
-        });
+        self.tally.batch(batch);
     }
 
     /// Widens `column` to hold `value` if the policy allows and a lossless widening exists.
@@ -973,29 +1085,45 @@ impl StreamSchema {
         true
     }
 
-    /// Fields that disappeared and likely renames, once every slice is read.
+    /// Fields that disappeared and likely renames, once every slice is read; the
+    /// registry learns which fields only some records carry (see [`presence`]).
     fn finish(&mut self) -> Result<(), String> {
-        if self.baseline.is_none() || self.rows_seen == 0 || !self.infer {
+        if self.rows_seen == 0 {
             return Ok(());
         }
-        let removed: Vec<String> = self.unseen.iter().cloned().collect();
-        for name in &removed {
-            let ty = self
-                .baseline
-                .as_ref()
-                .and_then(|b| b.field(name))
-                .map(|f| f.ty);
+        let report = self.baseline.is_some() && self.infer;
+        let mut removed = Vec::new();
+        let mut learned = BTreeMap::new();
+        for field in self.schema.fields.iter().filter(|f| !is_system(&f.name)) {
+            let name = &field.name;
+            let known = self.schema.presence.get(name).copied();
+            let in_baseline = self.baseline.as_ref().is_some_and(|b| b.field(name).is_some());
+            match self.tally.judge(name, known, in_baseline) {
+                presence::Verdict::Learned(Some(p)) => {
+                    learned.insert(name.clone(), p);
+                }
+                presence::Verdict::Learned(None) => {}
+                presence::Verdict::Removed { detail } => {
+                    if let Some(p) = known {
+                        learned.insert(name.clone(), p);
+                    }
+                    if report {
+                        removed.push((name.clone(), field.ty, detail));
+                    }
+                }
+            }
+        }
+        self.schema.presence = learned;
+        for (name, ty, detail) in removed {
             if self.policy.on_removed_field == Policy::Freeze {
                 return Err(format!(
-                    "field `{name}` is no longer sent (absent from all {} records); schema policy `freeze` holds this stream (`schema.on_removed_field`)",
-                    self.rows_seen
+                    "field `{name}` is no longer sent ({detail}); schema policy `freeze` holds this stream (`schema.on_removed_field`)"
                 ));
             }
-            let rows = self.rows_seen;
             self.note(
                 ChangeKind::Removed,
-                name,
-                || format!("absent from all {rows} records; column kept (NULL)"),
+                &name,
+                || format!("{detail}; column kept (NULL)"),
                 "reported",
                 0,
             );
@@ -1006,13 +1134,10 @@ impl StreamSchema {
                 .map(|c| (c.field.clone(), self.schema.field(&c.field).map(|f| f.ty)))
                 .collect();
             for (new_name, new_ty) in added {
-                let compatible = match (ty, new_ty) {
-                    (Some(a), Some(b)) => a.widens_to(&b) || b.widens_to(&a),
-                    _ => true,
-                };
+                let compatible = new_ty.is_none_or(|b| ty.widens_to(&b) || b.widens_to(&ty));
                 if compatible {
                     let detail = format!("`{name}` → `{new_name}`? map it with schema.renames to keep downstream models working");
-                    self.note(ChangeKind::LikelyRename, name, || detail, "reported", 0);
+                    self.note(ChangeKind::LikelyRename, &name, || detail, "reported", 0);
                 }
             }
         }
@@ -1513,7 +1638,12 @@ impl PageSink for SliceSink<'_, '_> {
             }
         }
         // New columns first, so every record of this page is typed with them.
-        self.sync_schema(|schema| schema.absorb(&records)).await?;
+        let mut kind_changed = Vec::new();
+        self.sync_schema(|schema| {
+            kind_changed = schema.absorb(&records)?;
+            Ok(())
+        })
+        .await?;
         let held_back = self
             .shared
             .schema
@@ -1521,7 +1651,12 @@ impl PageSink for SliceSink<'_, '_> {
             .expect("schema lock")
             .held_back
             .clone();
-        for record in &records {
+        let mut kind_changed = kind_changed.into_iter().peekable();
+        for (index, record) in records.iter().enumerate() {
+            if let Some((_, reason)) = kind_changed.next_if(|(i, _)| *i == index) {
+                self.reject(record, reason);
+                continue;
+            }
             if let Some(field) = held_back
                 .iter()
                 .find(|f| record.fields.contains_key(f.as_str()))

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use sluice_core::config::PipelineConfig;
 use sluice_core::drift::diff;
+use sluice_core::drift::presence::Presence;
 use sluice_core::lake::Lake;
 use sluice_core::state::{SchemaVersion, StateStore};
 
@@ -98,6 +99,12 @@ pub async fn run(pipeline: &Path, command: SchemaCommand) -> u8 {
                         for change in diff(&p.value, &version.value) {
                             println!("    {change}");
                         }
+                        // What the registry learned about fields not every record carries.
+                        for (name, presence) in &version.value.presence {
+                            if p.value.presence.get(name) != Some(presence) {
+                                println!("    learned `{name}`: {}", describe(presence));
+                            }
+                        }
                     }
                 }
                 previous = Some(version);
@@ -127,4 +134,13 @@ pub async fn run(pipeline: &Path, command: SchemaCommand) -> u8 {
         }
     }
     exit::OK
+}
+
+fn describe(presence: &Presence) -> String {
+    match presence {
+        Presence::Unsent => "declared, not sent by the source yet".into(),
+        Presence::Optional { percent } => {
+            format!("optional (carried by {percent}% of records when learned)")
+        }
+    }
 }
