@@ -1,0 +1,658 @@
+//! The drift engine: one stream's schema as it grows during a run, judged against
+//! the version a previous run recorded, by the stream's [`StreamPolicy`].
+//!
+//! Slices share one [`StreamSchema`] (behind a lock). A new key, a value that does
+//! not fit its column, a required field arriving empty or a baseline field never
+//! seen are turned into a decision (evolve, quarantine, freeze) and a
+//! [`SchemaChange`] for the run record. The engine decides; the slice sink acts on
+//! the decision (rebuilds its builders, quarantines the record, fails the slice).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow::record_batch::RecordBatch;
+use serde_json::Value;
+
+use super::presence::{self, PresenceTally};
+use super::{ChangeKind, Policy, SchemaChange, StreamPolicy};
+use crate::schema::{infer_type, is_system_column, unify, Field, FieldType, TableSchema};
+use crate::schema::{LOADED_AT_COLUMN, RUN_ID_COLUMN};
+use crate::source::StreamSpec;
+use crate::typing::{FieldError, Record};
+
+/// What to do with a value that did not fit its column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misfit {
+    /// The column was widened: type the record again.
+    Widened,
+    /// Quarantine the record.
+    Reject,
+}
+
+/// The stream's schema as it grows during a run, and the changes it saw.
+#[derive(Debug)]
+pub struct StreamSchema {
+    /// The columns rows are typed into now: declared, inferred, then sluice's own.
+    pub schema: TableSchema,
+    /// Bumped whenever a column is added or widened, so slices rebuild their builders.
+    pub version: u64,
+    /// `infer_columns`: keys the schema lacks become columns (by policy).
+    infer: bool,
+    pub policy: StreamPolicy,
+    /// The schema a previous run recorded; changes are judged against it.
+    pub baseline: Option<TableSchema>,
+    /// How many records of this run carried each field (for removed fields).
+    tally: PresenceTally,
+    /// Columns the source declares; the others were inferred and are typed by
+    /// what the source sends, so a value of another kind is a type change.
+    declared: BTreeSet<String>,
+    /// Where a record's data day is (for the day a field first appeared).
+    partition_column: Option<String>,
+    /// New fields held back by the `quarantine` policy.
+    pub held_back: BTreeSet<String>,
+    /// What this run detected, one entry per kind and field.
+    pub changes: BTreeMap<(ChangeKind, String), SchemaChange>,
+    rows_seen: u64,
+}
+
+impl StreamSchema {
+    /// Declared columns, then columns a previous run added, then sluice's own.
+    pub fn new(stream: &StreamSpec, previous: Option<&TableSchema>, policy: StreamPolicy) -> Self {
+        let mut fields: Vec<Field> = stream.schema.fields.clone();
+        if let Some(previous) = previous {
+            for field in &previous.fields {
+                match fields.iter_mut().find(|f| f.name == field.name) {
+                    // A type a previous run widened stays widened.
+                    Some(declared) if declared.ty.widens_to(&field.ty) => declared.ty = field.ty,
+                    Some(_) => {}
+                    None if !is_system_column(&field.name) => fields.push(field.clone()),
+                    None => {}
+                }
+            }
+        }
+        fields.push(Field::new(RUN_ID_COLUMN, FieldType::Text));
+        fields.push(Field::new(LOADED_AT_COLUMN, FieldType::Timestamp));
+        let mut schema = TableSchema::new(fields);
+        if let Some(previous) = previous {
+            schema.presence = previous.presence.clone();
+            schema.first_seen = previous.first_seen.clone();
+        }
+        StreamSchema {
+            schema,
+            version: 0,
+            infer: stream.infer_columns,
+            policy,
+            baseline: previous.cloned(),
+            tally: PresenceTally::default(),
+            declared: stream
+                .schema
+                .fields
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
+            partition_column: stream.partition_column.clone(),
+            held_back: BTreeSet::new(),
+            changes: BTreeMap::new(),
+            rows_seen: 0,
+        }
+    }
+
+    /// Adds `records` to the change `(kind, field)`, recording it on first sight.
+    pub fn note(
+        &mut self,
+        kind: ChangeKind,
+        field: &str,
+        detail: impl FnOnce() -> String,
+        action: &str,
+        records: u64,
+    ) {
+        self.changes
+            .entry((kind, field.to_string()))
+            .and_modify(|c| c.records += records)
+            .or_insert_with(|| SchemaChange {
+                kind,
+                field: field.to_string(),
+                detail: detail(),
+                action: action.to_string(),
+                records,
+            });
+    }
+
+    /// Source-side renames resolved against what the registry knows: `{a: b}`
+    /// keeps whichever of the two names the schema already has and loads the
+    /// other into it (`{old: new}` when it has neither). Returns kept → sent.
+    pub fn resolve_renames(&self) -> BTreeMap<String, String> {
+        self.policy
+            .renames
+            .iter()
+            .map(|(a, b)| {
+                let known = |n: &str| self.schema.field(n).is_some();
+                if !known(a) && known(b) {
+                    (b.clone(), a.clone())
+                } else {
+                    (a.clone(), b.clone())
+                }
+            })
+            .collect()
+    }
+
+    /// The data day of a record, for the registry's `first_seen`.
+    fn day_of(&self, record: &Record) -> Option<String> {
+        let value = record.fields.get(self.partition_column.as_deref()?)?;
+        Some(match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
+    /// Handles keys seen in `records` that the schema lacks, and values of an
+    /// inferred column that now arrive as another kind (a number as text), by
+    /// policy. `Err` = frozen; `Ok` lists the records to quarantine (index, reason).
+    pub fn absorb(&mut self, records: &[Record]) -> Result<Vec<(usize, String)>, String> {
+        self.rows_seen += records.len() as u64;
+        for record in records {
+            self.tally.record(&record.fields);
+        }
+        if !self.infer {
+            return Ok(Vec::new());
+        }
+        let rejects = self.absorb_kind_changes(records)?;
+        self.absorb_new_fields(records)?;
+        Ok(rejects)
+    }
+
+    /// Inferred scalar columns were typed by what the source sent; a value of a
+    /// kind that does not fit that type (`Items`: 2 before, "2" now) is a type
+    /// change even where it could be coerced.
+    fn absorb_kind_changes(&mut self, records: &[Record]) -> Result<Vec<(usize, String)>, String> {
+        let mut rejects = Vec::new();
+        if self.baseline.is_none() {
+            return Ok(rejects);
+        }
+        for (index, record) in records.iter().enumerate() {
+            for (key, value) in &record.fields {
+                if self.declared.contains(key) {
+                    continue;
+                }
+                let Some(column) = self.schema.index_of(key) else {
+                    continue;
+                };
+                let ty = self.schema.fields[column].ty;
+                if matches!(ty, FieldType::Text | FieldType::Json) {
+                    continue;
+                }
+                let Some(seen) = infer_type(value) else {
+                    continue;
+                };
+                if seen.widens_to(&ty) {
+                    continue;
+                }
+                let day = self
+                    .day_of(record)
+                    .map(|d| format!(" in data of {d}"))
+                    .unwrap_or_default();
+                match self.policy.on_type_change {
+                    Policy::Freeze => {
+                        return Err(format!(
+                            "field `{key}` ({}) now arrives as {} ({value}) first seen at {}{day}; schema policy `freeze` holds this stream (`schema.on_type_change`)",
+                            ty.name(),
+                            seen.name(),
+                            record.origin
+                        ))
+                    }
+                    Policy::Evolve if ty.widens_to(&unify(ty, seen)) => {
+                        let wider = unify(ty, seen);
+                        self.schema.fields[column].ty = wider;
+                        self.version += 1;
+                        let origin = record.origin.to_string();
+                        self.note(
+                            ChangeKind::Widened,
+                            key,
+                            || format!("{} → {} (values now arrive as {}) first seen at {origin}{day}", ty.name(), wider.name(), seen.name()),
+                            "evolved",
+                            1,
+                        );
+                    }
+                    _ => {
+                        self.note(
+                            ChangeKind::TypeChanged,
+                            key,
+                            || format!("{} column now receives {}{day}", ty.name(), seen.name()),
+                            "quarantined",
+                            1,
+                        );
+                        rejects.push((
+                            index,
+                            format!("field `{key}` ({}) arrived as {} {value} (schema.on_type_change)", ty.name(), seen.name()),
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(rejects)
+    }
+
+    fn absorb_new_fields(&mut self, records: &[Record]) -> Result<(), String> {
+        let mut new: BTreeMap<&str, (Option<FieldType>, u64, &Record)> = BTreeMap::new();
+        let mut order: Vec<&str> = Vec::new();
+        for record in records {
+            for (key, value) in &record.fields {
+                if self.schema.field(key).is_some() || self.held_back.contains(key) {
+                    continue;
+                }
+                let entry = new.entry(key.as_str()).or_insert_with(|| {
+                    order.push(key.as_str());
+                    (None, 0, record)
+                });
+                entry.1 += 1;
+                if let Some(ty) = infer_type(value) {
+                    entry.0 = Some(match entry.0 {
+                        Some(seen) => unify(seen, ty),
+                        None => ty,
+                    });
+                }
+            }
+        }
+        if order.is_empty() {
+            return Ok(());
+        }
+        let policy = if self.baseline.is_some() {
+            self.policy.on_new_field
+        } else {
+            Policy::Evolve
+        };
+        match policy {
+            Policy::Freeze => {
+                let key = order[0];
+                let (ty, _, first) = &new[key];
+                return Err(format!(
+                    "new field `{key}` ({}) first seen at {}{}; schema policy `freeze` holds this stream (set `schema.on_new_field` to evolve or quarantine, then `sluice replay`)",
+                    ty.unwrap_or(FieldType::Text).name(),
+                    first.origin,
+                    self.day_of(first).map(|d| format!(" in data of {d}")).unwrap_or_default()
+                ));
+            }
+            Policy::Quarantine => {
+                for key in order {
+                    let (ty, _, first) = &new[key];
+                    let detail = format!(
+                        "{} first seen at {}",
+                        ty.unwrap_or(FieldType::Text).name(),
+                        first.origin
+                    );
+                    self.held_back.insert(key.to_string());
+                    self.note(ChangeKind::Added, key, || detail, "quarantined", 0);
+                }
+            }
+            Policy::Evolve => {
+                // Keep sluice's columns last.
+                let system: Vec<Field> = self.schema.fields.split_off(self.schema.fields.len() - 2);
+                for key in &order {
+                    let (ty, count, first) = &new[key];
+                    let ty = ty.unwrap_or(FieldType::Text);
+                    self.schema.fields.push(Field::new(*key, ty));
+                    if self.baseline.is_some() {
+                        let day = self.day_of(first);
+                        let detail = format!(
+                            "{} first seen at {}{}",
+                            ty.name(),
+                            first.origin,
+                            day.as_deref()
+                                .map(|d| format!(" in data of {d}"))
+                                .unwrap_or_default()
+                        );
+                        if let Some(day) = day {
+                            self.schema.first_seen.insert(key.to_string(), day);
+                        }
+                        self.note(ChangeKind::Added, key, || detail, "evolved", *count);
+                    }
+                }
+                self.schema.fields.extend(system);
+                self.version += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// `absorb` for lines a [`LineTyper`](crate::line_typer::LineTyper) typed: every key was a known column, so
+    /// only the run's tallies move (rows seen, fields carried).
+    pub fn absorb_batch(&mut self, batch: &RecordBatch) {
+        self.rows_seen += batch.num_rows() as u64;
+        self.tally.batch(batch);
+    }
+
+    /// Widens `column` to hold `value` if the policy allows and a lossless widening exists.
+    pub fn try_widen(&mut self, column: usize, value: &Value) -> bool {
+        let Some(field) = self.schema.fields.get(column) else {
+            return false;
+        };
+        let Some(seen) = infer_type(value) else {
+            return false;
+        };
+        let wider = unify(field.ty, seen);
+        if wider == field.ty || !field.ty.widens_to(&wider) {
+            return false;
+        }
+        let (name, from) = (field.name.clone(), field.ty);
+        self.schema.fields[column].ty = wider;
+        self.version += 1;
+        self.note(
+            ChangeKind::Widened,
+            &name,
+            || format!("{} → {}", from.name(), wider.name()),
+            "evolved",
+            1,
+        );
+        true
+    }
+
+    /// A value did not fit its column: widen, quarantine or freeze, by policy.
+    /// `Err` = frozen, with the message for the user.
+    pub fn misfit(&mut self, error: &FieldError) -> Result<Misfit, String> {
+        let Some(value) = &error.value else {
+            // A required field arrived missing or null: the source's nullability changed.
+            if self.baseline.is_some() {
+                let field = self.schema.fields[error.column].name.clone();
+                self.note(
+                    ChangeKind::NullabilityChanged,
+                    &field,
+                    || "a required field arrived empty".into(),
+                    "quarantined",
+                    1,
+                );
+            }
+            return Ok(Misfit::Reject);
+        };
+        if self.baseline.is_none() {
+            // No earlier shape to compare with: this is bad data, not a schema change.
+            return Ok(Misfit::Reject);
+        }
+        let field = self.schema.fields[error.column].name.clone();
+        let ty = self.schema.fields[error.column].ty;
+        let seen = infer_type(value)
+            .map(|t| t.name())
+            .unwrap_or_else(|| "null".into());
+        let policy = self.policy.on_type_change;
+        match policy {
+            Policy::Evolve if self.try_widen(error.column, value) => Ok(Misfit::Widened),
+            Policy::Freeze => Err(format!(
+                "field `{field}` ({}) received {seen} {value}; schema policy `freeze` holds this stream (`schema.on_type_change`)",
+                ty.name()
+            )),
+            _ => {
+                self.note(ChangeKind::TypeChanged, &field, || format!("{} column received {seen}", ty.name()), "quarantined", 1);
+                Ok(Misfit::Reject)
+            }
+        }
+    }
+
+    /// A primary key field arrived empty in a record about to be quarantined.
+    pub fn note_missing_key(&mut self, key: &str) {
+        if self.baseline.is_some() {
+            self.note(
+                ChangeKind::NullabilityChanged,
+                key,
+                || "a primary key field arrived empty".into(),
+                "quarantined",
+                1,
+            );
+        }
+    }
+
+    /// Fields that disappeared and likely renames, once every slice is read; the
+    /// registry learns which fields only some records carry (see [`super::presence`]).
+    pub fn finish(&mut self) -> Result<(), String> {
+        if self.rows_seen == 0 {
+            return Ok(());
+        }
+        let report = self.baseline.is_some() && self.infer;
+        let mut removed = Vec::new();
+        let mut learned = BTreeMap::new();
+        for field in self
+            .schema
+            .fields
+            .iter()
+            .filter(|f| !is_system_column(&f.name))
+        {
+            let name = &field.name;
+            let known = self.schema.presence.get(name).copied();
+            let in_baseline = self
+                .baseline
+                .as_ref()
+                .is_some_and(|b| b.field(name).is_some());
+            match self.tally.judge(name, known, in_baseline) {
+                presence::Verdict::Learned(Some(p)) => {
+                    learned.insert(name.clone(), p);
+                }
+                presence::Verdict::Learned(None) => {}
+                presence::Verdict::Removed { detail } => {
+                    if let Some(p) = known {
+                        learned.insert(name.clone(), p);
+                    }
+                    if report {
+                        removed.push((name.clone(), field.ty, detail));
+                    }
+                }
+            }
+        }
+        self.schema.presence = learned;
+        for (name, ty, detail) in removed {
+            if self.policy.on_removed_field == Policy::Freeze {
+                return Err(format!(
+                    "field `{name}` is no longer sent ({detail}); schema policy `freeze` holds this stream (`schema.on_removed_field`)"
+                ));
+            }
+            self.note(
+                ChangeKind::Removed,
+                &name,
+                || format!("{detail}; column kept (NULL)"),
+                "reported",
+                0,
+            );
+            let added: Vec<(String, Option<FieldType>)> = self
+                .changes
+                .values()
+                .filter(|c| c.kind == ChangeKind::Added)
+                .map(|c| (c.field.clone(), self.schema.field(&c.field).map(|f| f.ty)))
+                .collect();
+            for (new_name, new_ty) in added {
+                let compatible = new_ty.is_none_or(|b| ty.widens_to(&b) || b.widens_to(&ty));
+                if compatible {
+                    let detail = format!("`{name}` → `{new_name}`? map it with schema.renames to keep downstream models working");
+                    self.note(ChangeKind::LikelyRename, &name, || detail, "reported", 0);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destination::WriteMode;
+    use crate::typing::Origin;
+
+    fn stream(infer: bool) -> StreamSpec {
+        StreamSpec {
+            name: "orders".into(),
+            table: "shop_orders".into(),
+            schema: TableSchema::new(vec![Field::new("id", FieldType::Bigint)]),
+            infer_columns: infer,
+            primary_key: vec!["id".into()],
+            partition_column: None,
+            write_mode: WriteMode::Append,
+        }
+    }
+
+    fn record(json: &str, line: u64) -> Record {
+        let origin = Origin {
+            page: "data/orders.ndjson".into(),
+            line,
+        };
+        crate::typing::decode_json_line(json.as_bytes(), origin).unwrap()
+    }
+
+    fn policy(new: Policy, ty: Policy, removed: Policy) -> StreamPolicy {
+        StreamPolicy {
+            on_new_field: new,
+            on_type_change: ty,
+            on_removed_field: removed,
+            renames: BTreeMap::new(),
+        }
+    }
+
+    fn names(schema: &StreamSchema) -> Vec<&str> {
+        schema
+            .schema
+            .fields
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn first_run_evolves_new_keys_before_system_columns_without_reporting() {
+        let mut schema = StreamSchema::new(&stream(true), None, StreamPolicy::default());
+        // Even a `freeze` policy has nothing to judge against on the first run.
+        schema.policy.on_new_field = Policy::Freeze;
+        schema
+            .absorb(&[record(r#"{"id":1,"amount":2.5,"note":"x"}"#, 1)])
+            .unwrap();
+        assert_eq!(
+            names(&schema),
+            ["id", "amount", "note", RUN_ID_COLUMN, LOADED_AT_COLUMN]
+        );
+        assert_eq!(schema.schema.field("amount").unwrap().ty, FieldType::Double);
+        assert_eq!(schema.version, 1);
+        assert!(schema.changes.is_empty());
+    }
+
+    #[test]
+    fn declared_columns_only_when_inference_is_off() {
+        let mut schema = StreamSchema::new(&stream(false), None, StreamPolicy::default());
+        schema
+            .absorb(&[record(r#"{"id":1,"extra":true}"#, 1)])
+            .unwrap();
+        assert_eq!(names(&schema), ["id", RUN_ID_COLUMN, LOADED_AT_COLUMN]);
+        assert_eq!(schema.version, 0);
+    }
+
+    #[test]
+    fn a_previous_runs_columns_and_widenings_are_kept() {
+        let previous = TableSchema::new(vec![
+            Field::new("id", FieldType::Double),
+            Field::new("amount", FieldType::Double),
+            Field::new(RUN_ID_COLUMN, FieldType::Text),
+            Field::new(LOADED_AT_COLUMN, FieldType::Timestamp),
+        ]);
+        let schema = StreamSchema::new(&stream(true), Some(&previous), StreamPolicy::default());
+        assert_eq!(
+            names(&schema),
+            ["id", "amount", RUN_ID_COLUMN, LOADED_AT_COLUMN]
+        );
+        assert_eq!(schema.schema.field("id").unwrap().ty, FieldType::Double);
+    }
+
+    #[test]
+    fn new_field_against_a_baseline_follows_the_policy() {
+        let baseline = StreamSchema::new(&stream(true), None, StreamPolicy::default()).schema;
+        let new_key = [record(r#"{"id":1,"coupon":"X1"}"#, 7)];
+
+        let evolve = policy(Policy::Evolve, Policy::Quarantine, Policy::Evolve);
+        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), evolve);
+        schema.absorb(&new_key).unwrap();
+        assert!(schema.schema.field("coupon").is_some());
+        let change = &schema.changes[&(ChangeKind::Added, "coupon".to_string())];
+        assert_eq!(change.action, "evolved");
+        assert!(change.detail.contains("data/orders.ndjson:7"), "{change}");
+
+        let quarantine = policy(Policy::Quarantine, Policy::Quarantine, Policy::Evolve);
+        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), quarantine);
+        schema.absorb(&new_key).unwrap();
+        assert!(schema.schema.field("coupon").is_none());
+        assert!(schema.held_back.contains("coupon"));
+        assert_eq!(schema.version, 0);
+
+        let freeze = policy(Policy::Freeze, Policy::Quarantine, Policy::Evolve);
+        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), freeze);
+        let error = schema.absorb(&new_key).unwrap_err();
+        assert!(error.contains("new field `coupon`"), "{error}");
+        assert!(error.contains("schema.on_new_field"), "{error}");
+    }
+
+    #[test]
+    fn a_misfit_widens_quarantines_or_freezes_by_policy() {
+        let baseline = StreamSchema::new(&stream(true), None, StreamPolicy::default()).schema;
+        let misfit = FieldError {
+            column: 0,
+            value: Some(serde_json::json!(1.5)),
+            message: "not a bigint".into(),
+        };
+
+        let evolve = policy(Policy::Evolve, Policy::Evolve, Policy::Evolve);
+        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), evolve);
+        assert_eq!(schema.misfit(&misfit), Ok(Misfit::Widened));
+        assert_eq!(schema.schema.fields[0].ty, FieldType::Double);
+        assert_eq!(schema.version, 1);
+        assert!(schema
+            .changes
+            .contains_key(&(ChangeKind::Widened, "id".to_string())));
+
+        let quarantine = policy(Policy::Evolve, Policy::Quarantine, Policy::Evolve);
+        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), quarantine);
+        assert_eq!(schema.misfit(&misfit), Ok(Misfit::Reject));
+        assert_eq!(schema.schema.fields[0].ty, FieldType::Bigint);
+        let change = &schema.changes[&(ChangeKind::TypeChanged, "id".to_string())];
+        assert_eq!((change.action.as_str(), change.records), ("quarantined", 1));
+
+        let freeze = policy(Policy::Evolve, Policy::Freeze, Policy::Evolve);
+        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), freeze);
+        let error = schema.misfit(&misfit).unwrap_err();
+        assert!(error.contains("schema.on_type_change"), "{error}");
+
+        // Without a baseline a misfit is bad data, not a change.
+        let mut schema = StreamSchema::new(&stream(true), None, StreamPolicy::default());
+        assert_eq!(schema.misfit(&misfit), Ok(Misfit::Reject));
+        assert!(schema.changes.is_empty());
+    }
+
+    #[test]
+    fn a_field_never_sent_is_reported_with_a_likely_rename() {
+        let mut previous = StreamSchema::new(&stream(true), None, StreamPolicy::default());
+        previous
+            .absorb(&[record(r#"{"id":1,"amount":2}"#, 1)])
+            .unwrap();
+        let baseline = previous.schema;
+
+        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), StreamPolicy::default());
+        schema
+            .absorb(&[record(r#"{"id":2,"total":3}"#, 1)])
+            .unwrap();
+        schema.finish().unwrap();
+        let kinds: Vec<(ChangeKind, &str)> = schema
+            .changes
+            .values()
+            .map(|c| (c.kind, c.field.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (ChangeKind::Added, "total"),
+                (ChangeKind::Removed, "amount"),
+                (ChangeKind::LikelyRename, "amount"),
+            ]
+        );
+        // The column stays: earlier rows and models still read it.
+        assert!(schema.schema.field("amount").is_some());
+
+        let freeze = policy(Policy::Evolve, Policy::Quarantine, Policy::Freeze);
+        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), freeze);
+        schema.absorb(&[record(r#"{"id":2}"#, 1)]).unwrap();
+        let error = schema.finish().unwrap_err();
+        assert!(
+            error.contains("field `amount` is no longer sent"),
+            "{error}"
+        );
+    }
+}
