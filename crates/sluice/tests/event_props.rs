@@ -97,11 +97,13 @@ fn project(schema: &str) -> Project {
     project
 }
 
-fn run(project: &Project, sandbox: &Sandbox) -> std::process::Output {
+/// A run whose "today" is the sandbox's.
+fn run(project: &Project, today: NaiveDate) -> std::process::Output {
+    let sandbox = Sandbox::start(today);
     project
         .cmd()
         .env("SANDBOX_URL", sandbox.url())
-        .arg("run")
+        .args(["run", "--today", &today.to_string()])
         .output()
         .unwrap()
 }
@@ -131,11 +133,11 @@ fn renames_and_evolve_keep_the_model_equal_to_the_truth_and_history_shows_the_da
         "schema:\n  on_new_field: evolve\n  on_type_change: evolve\n  renames:\n    app.events_charged: { amount_value: Amount }\n",
     );
     let before = change_day() - Duration::days(1);
-    let first = run(&project, &Sandbox::start(before));
+    let first = run(&project, before);
     assert_exit(&first, 0);
 
     let today = change_day() + Duration::days(1);
-    let second = run(&project, &Sandbox::start(today));
+    let second = run(&project, today);
     assert_exit(&second, 0);
     let report = stdout(&second);
     assert!(
@@ -197,8 +199,8 @@ fn renames_and_evolve_keep_the_model_equal_to_the_truth_and_history_shows_the_da
 fn freeze_stops_the_stream_naming_the_property_and_its_first_record() {
     let project = project("schema:\n  on_new_field: freeze\n");
     let before = change_day() - Duration::days(1);
-    assert_exit(&run(&project, &Sandbox::start(before)), 0);
-    let frozen = run(&project, &Sandbox::start(change_day() + Duration::days(1)));
+    assert_exit(&run(&project, before), 0);
+    let frozen = run(&project, change_day() + Duration::days(1));
     assert_exit(&frozen, 4);
     let text = stdout(&frozen) + &stderr(&frozen);
     assert!(

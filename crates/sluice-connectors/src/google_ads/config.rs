@@ -131,7 +131,7 @@ mod customer_id {
     use serde::de::{Deserializer, Error};
     use serde::Deserialize;
 
-    /// Customer ids have 10 digits; a shorter integer lost leading zeros to YAML.
+    /// Customer ids have 10 digits; a shorter integer is a typo (or lost a digit).
     const DIGITS: usize = 10;
 
     #[derive(Deserialize)]
@@ -151,7 +151,7 @@ mod customer_id {
                         Ok(text)
                     } else {
                         Err(E::custom(format!(
-                            "customer id {n} has {} digits, not {DIGITS}: if it starts with 0, quote it (\"0123456789\")",
+                            "customer id {n} has {} digits, not {DIGITS}",
                             text.len()
                         )))
                     }
@@ -240,8 +240,13 @@ mod tests {
     }
 
     #[test]
-    fn an_integer_that_lost_its_leading_zero_is_an_error_at_the_key() {
-        let error = parse("[0123456789]").unwrap_err();
+    fn an_integer_that_is_not_ten_digits_is_an_error_at_the_key() {
+        // YAML keeps `0123456789` a string (a leading zero is not an integer): no loss there.
+        assert_eq!(
+            parse("[0123456789]").unwrap().customer_ids,
+            Some(vec!["0123456789".to_string()])
+        );
+        let error = parse("[123456789]").unwrap_err();
         assert!(
             error.contains("customer_ids") && error.contains("has 9 digits"),
             "{error}"

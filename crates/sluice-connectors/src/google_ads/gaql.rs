@@ -261,7 +261,9 @@ const ENUM_FIELDS: &[&str] = &[
 /// reference: ids and counts are int64, flags bool, states and kinds enums).
 pub fn gaql_type(path: &str) -> GaqlType {
     let column = column_name(path);
-    let last = path.rsplit('.').next().unwrap_or(path);
+    // A fieldMask names fields in lowerCamelCase (`customer.testAccount`).
+    let last = snake(path.rsplit('.').next().unwrap_or(path));
+    let last = last.as_str();
     if path.starts_with("metrics.") {
         if column.ends_with("_micros") || INT64_METRICS.contains(&column.as_str()) {
             GaqlType::Int64
@@ -291,7 +293,7 @@ pub fn gaql_type(path: &str) -> GaqlType {
 
 /// The type of a column from its field path.
 pub fn column_type(path: &str) -> FieldType {
-    let last = path.rsplit('.').next().unwrap_or(path);
+    let last = snake(path.rsplit('.').next().unwrap_or(path));
     match gaql_type(path) {
         // Ids are int64 in the API but exceed 2^53 in places and are never summed.
         GaqlType::Int64 if last == "id" || last.ends_with("_id") => FieldType::Text,
@@ -354,6 +356,19 @@ mod tests {
              metrics.ctr, segments.date FROM customer",
         );
         let flat = flatten_row(&row, &selected);
+        // The same, named by a lowerCamelCase fieldMask.
+        let masked = flatten_row(
+            &row,
+            &[
+                "customer.testAccount".into(),
+                "campaign.advertisingChannelSubType".into(),
+            ],
+        );
+        assert_eq!(masked["customer_test_account"], false);
+        assert_eq!(
+            masked["campaign_advertising_channel_sub_type"],
+            "UNSPECIFIED"
+        );
         assert_eq!(flat["customer_manager"], false);
         assert_eq!(flat["customer_test_account"], false);
         assert_eq!(flat["customer_currency_code"], "");

@@ -119,18 +119,17 @@ impl StreamSchema {
 
     /// Source-side renames resolved against what the registry knows: `{a: b}`
     /// keeps whichever of the two names the schema already has and loads the
-    /// other into it (`{old: new}` when it has neither). Returns kept → sent.
+    /// other into it (`a` when it has both). While it knows neither (a first
+    /// run), values load under the name the source sends. Returns kept → sent.
     pub fn resolve_renames(&self) -> BTreeMap<String, String> {
+        let known = |n: &str| self.schema.field(n).is_some();
         self.policy
             .renames
             .iter()
-            .map(|(a, b)| {
-                let known = |n: &str| self.schema.field(n).is_some();
-                if !known(a) && known(b) {
-                    (b.clone(), a.clone())
-                } else {
-                    (a.clone(), b.clone())
-                }
+            .filter_map(|(a, b)| match (known(a), known(b)) {
+                (true, _) => Some((a.clone(), b.clone())),
+                (false, true) => Some((b.clone(), a.clone())),
+                (false, false) => None,
             })
             .collect()
     }
@@ -468,191 +467,4 @@ impl StreamSchema {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::destination::WriteMode;
-    use crate::typing::Origin;
-
-    fn stream(infer: bool) -> StreamSpec {
-        StreamSpec {
-            name: "orders".into(),
-            table: "shop_orders".into(),
-            schema: TableSchema::new(vec![Field::new("id", FieldType::Bigint)]),
-            infer_columns: infer,
-            primary_key: vec!["id".into()],
-            partition_column: None,
-            write_mode: WriteMode::Append,
-        }
-    }
-
-    fn record(json: &str, line: u64) -> Record {
-        let origin = Origin {
-            page: "data/orders.ndjson".into(),
-            line,
-        };
-        crate::typing::decode_json_line(json.as_bytes(), origin).unwrap()
-    }
-
-    fn policy(new: Policy, ty: Policy, removed: Policy) -> StreamPolicy {
-        StreamPolicy {
-            on_new_field: new,
-            on_type_change: ty,
-            on_removed_field: removed,
-            renames: BTreeMap::new(),
-        }
-    }
-
-    fn names(schema: &StreamSchema) -> Vec<&str> {
-        schema
-            .schema
-            .fields
-            .iter()
-            .map(|f| f.name.as_str())
-            .collect()
-    }
-
-    #[test]
-    fn first_run_evolves_new_keys_before_system_columns_without_reporting() {
-        let mut schema = StreamSchema::new(&stream(true), None, StreamPolicy::default());
-        // Even a `freeze` policy has nothing to judge against on the first run.
-        schema.policy.on_new_field = Policy::Freeze;
-        schema
-            .absorb(&[record(r#"{"id":1,"amount":2.5,"note":"x"}"#, 1)])
-            .unwrap();
-        assert_eq!(
-            names(&schema),
-            ["id", "amount", "note", RUN_ID_COLUMN, LOADED_AT_COLUMN]
-        );
-        assert_eq!(schema.schema.field("amount").unwrap().ty, FieldType::Double);
-        assert_eq!(schema.version, 1);
-        assert!(schema.changes.is_empty());
-    }
-
-    #[test]
-    fn declared_columns_only_when_inference_is_off() {
-        let mut schema = StreamSchema::new(&stream(false), None, StreamPolicy::default());
-        schema
-            .absorb(&[record(r#"{"id":1,"extra":true}"#, 1)])
-            .unwrap();
-        assert_eq!(names(&schema), ["id", RUN_ID_COLUMN, LOADED_AT_COLUMN]);
-        assert_eq!(schema.version, 0);
-    }
-
-    #[test]
-    fn a_previous_runs_columns_and_widenings_are_kept() {
-        let previous = TableSchema::new(vec![
-            Field::new("id", FieldType::Double),
-            Field::new("amount", FieldType::Double),
-            Field::new(RUN_ID_COLUMN, FieldType::Text),
-            Field::new(LOADED_AT_COLUMN, FieldType::Timestamp),
-        ]);
-        let schema = StreamSchema::new(&stream(true), Some(&previous), StreamPolicy::default());
-        assert_eq!(
-            names(&schema),
-            ["id", "amount", RUN_ID_COLUMN, LOADED_AT_COLUMN]
-        );
-        assert_eq!(schema.schema.field("id").unwrap().ty, FieldType::Double);
-    }
-
-    #[test]
-    fn new_field_against_a_baseline_follows_the_policy() {
-        let baseline = StreamSchema::new(&stream(true), None, StreamPolicy::default()).schema;
-        let new_key = [record(r#"{"id":1,"coupon":"X1"}"#, 7)];
-
-        let evolve = policy(Policy::Evolve, Policy::Quarantine, Policy::Evolve);
-        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), evolve);
-        schema.absorb(&new_key).unwrap();
-        assert!(schema.schema.field("coupon").is_some());
-        let change = &schema.changes[&(ChangeKind::Added, "coupon".to_string())];
-        assert_eq!(change.action, "evolved");
-        assert!(change.detail.contains("data/orders.ndjson:7"), "{change}");
-
-        let quarantine = policy(Policy::Quarantine, Policy::Quarantine, Policy::Evolve);
-        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), quarantine);
-        schema.absorb(&new_key).unwrap();
-        assert!(schema.schema.field("coupon").is_none());
-        assert!(schema.held_back.contains("coupon"));
-        assert_eq!(schema.version, 0);
-
-        let freeze = policy(Policy::Freeze, Policy::Quarantine, Policy::Evolve);
-        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), freeze);
-        let error = schema.absorb(&new_key).unwrap_err();
-        assert!(error.contains("new field `coupon`"), "{error}");
-        assert!(error.contains("schema.on_new_field"), "{error}");
-    }
-
-    #[test]
-    fn a_misfit_widens_quarantines_or_freezes_by_policy() {
-        let baseline = StreamSchema::new(&stream(true), None, StreamPolicy::default()).schema;
-        let misfit = FieldError {
-            column: 0,
-            value: Some(serde_json::json!(1.5)),
-            message: "not a bigint".into(),
-        };
-
-        let evolve = policy(Policy::Evolve, Policy::Evolve, Policy::Evolve);
-        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), evolve);
-        assert_eq!(schema.misfit(&misfit), Ok(Misfit::Widened));
-        assert_eq!(schema.schema.fields[0].ty, FieldType::Double);
-        assert_eq!(schema.version, 1);
-        assert!(schema
-            .changes
-            .contains_key(&(ChangeKind::Widened, "id".to_string())));
-
-        let quarantine = policy(Policy::Evolve, Policy::Quarantine, Policy::Evolve);
-        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), quarantine);
-        assert_eq!(schema.misfit(&misfit), Ok(Misfit::Reject));
-        assert_eq!(schema.schema.fields[0].ty, FieldType::Bigint);
-        let change = &schema.changes[&(ChangeKind::TypeChanged, "id".to_string())];
-        assert_eq!((change.action.as_str(), change.records), ("quarantined", 1));
-
-        let freeze = policy(Policy::Evolve, Policy::Freeze, Policy::Evolve);
-        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), freeze);
-        let error = schema.misfit(&misfit).unwrap_err();
-        assert!(error.contains("schema.on_type_change"), "{error}");
-
-        // Without a baseline a misfit is bad data, not a change.
-        let mut schema = StreamSchema::new(&stream(true), None, StreamPolicy::default());
-        assert_eq!(schema.misfit(&misfit), Ok(Misfit::Reject));
-        assert!(schema.changes.is_empty());
-    }
-
-    #[test]
-    fn a_field_never_sent_is_reported_with_a_likely_rename() {
-        let mut previous = StreamSchema::new(&stream(true), None, StreamPolicy::default());
-        previous
-            .absorb(&[record(r#"{"id":1,"amount":2}"#, 1)])
-            .unwrap();
-        let baseline = previous.schema;
-
-        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), StreamPolicy::default());
-        schema
-            .absorb(&[record(r#"{"id":2,"total":3}"#, 1)])
-            .unwrap();
-        schema.finish().unwrap();
-        let kinds: Vec<(ChangeKind, &str)> = schema
-            .changes
-            .values()
-            .map(|c| (c.kind, c.field.as_str()))
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                (ChangeKind::Added, "total"),
-                (ChangeKind::Removed, "amount"),
-                (ChangeKind::LikelyRename, "amount"),
-            ]
-        );
-        // The column stays: earlier rows and models still read it.
-        assert!(schema.schema.field("amount").is_some());
-
-        let freeze = policy(Policy::Evolve, Policy::Quarantine, Policy::Freeze);
-        let mut schema = StreamSchema::new(&stream(true), Some(&baseline), freeze);
-        schema.absorb(&[record(r#"{"id":2}"#, 1)]).unwrap();
-        let error = schema.finish().unwrap_err();
-        assert!(
-            error.contains("field `amount` is no longer sent"),
-            "{error}"
-        );
-    }
-}
+mod tests;
