@@ -185,9 +185,5 @@ mod tests {
         assert_eq!(r["ts"], 20240701134502i64);
         assert!(!r.contains_key("event_props"));
         assert_eq!(event_slug("App Launched"), "app_launched");
-        assert_eq!(
-            typed_events_spec("app", "Charged").table,
-            "app_events_charged"
-        );
     }
 }
