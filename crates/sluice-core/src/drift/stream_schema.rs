@@ -134,6 +134,16 @@ impl StreamSchema {
             .collect()
     }
 
+    /// The earliest data day among `records` carrying `key` (pages need not be in
+    /// date order).
+    fn earliest_day(&self, records: &[Record], key: &str) -> Option<String> {
+        records
+            .iter()
+            .filter(|r| r.fields.get(key).is_some_and(|v| !v.is_null()))
+            .filter_map(|r| self.day_of(r))
+            .min()
+    }
+
     /// The data day of a record, for the registry's `first_seen`.
     fn day_of(&self, record: &Record) -> Option<String> {
         let value = record.fields.get(self.partition_column.as_deref()?)?;
@@ -291,7 +301,7 @@ impl StreamSchema {
                     let ty = ty.unwrap_or(FieldType::Text);
                     self.schema.fields.push(Field::new(*key, ty));
                     if self.baseline.is_some() {
-                        let day = self.day_of(first);
+                        let day = self.earliest_day(records, key);
                         let detail = format!(
                             "{} first seen at {}{}",
                             ty.name(),
