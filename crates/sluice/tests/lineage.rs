@@ -184,10 +184,13 @@ fn run_events_go_to_a_file_and_are_accepted_by_the_openlineage_models() {
     check_run_events(&summary, &project.path().join("lake"));
 }
 
+/// Each POST a [`Receiver`] got: its Authorization header and body.
+type Posts = Arc<Mutex<Vec<(Option<String>, String)>>>;
+
 /// A loopback OpenLineage endpoint: keeps each POSTed body and Authorization header.
 struct Receiver {
     url: String,
-    received: Arc<Mutex<Vec<(Option<String>, String)>>>,
+    received: Posts,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -200,7 +203,7 @@ impl Receiver {
             .enable_all()
             .build()
             .unwrap();
-        let received: Arc<Mutex<Vec<(Option<String>, String)>>> = Arc::default();
+        let received: Posts = Arc::default();
         let store = received.clone();
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
