@@ -101,6 +101,13 @@ pub async fn execute_with(
             return Err(exit::CONFIG);
         }
     };
+    let lineage = match crate::lineage::RunLineage::for_project(project, &models) {
+        Ok(l) => l,
+        Err(e) => {
+            crate::project::print_config_error(&e);
+            return Err(exit::CONFIG);
+        }
+    };
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
     let executor = Executor {
@@ -112,8 +119,12 @@ pub async fn execute_with(
         schema_policy: project.schema_policy.clone(),
         observer,
     };
+    let run_id = new_run_id();
+    if let Some(lineage) = &lineage {
+        lineage.started(&run_id).await;
+    }
     let options = RunOptions {
-        run_id: new_run_id(),
+        run_id,
         select: args.select.clone(),
         window: RunWindow {
             since: args.since,
@@ -162,6 +173,9 @@ pub async fn execute_with(
     // run_models re-settled the status; store the final record.
     if let Err(e) = project.state.save_run(&record).await {
         record.error = Some(format!("cannot write the run record: {e}"));
+    }
+    if let Some(lineage) = &lineage {
+        lineage.finished(&record).await;
     }
     Ok(record)
 }

@@ -152,10 +152,13 @@ async fn stages_rows_per_partition_and_quarantines_what_does_not_fit() {
     let run_ids = batches[0].column_by_name(RUN_ID_COLUMN).unwrap();
     assert_eq!(run_ids.as_string::<i32>().value(0), RUN);
 
-    let rejected = extraction.rejected.lock().unwrap();
-    let reasons: Vec<(u64, &str)> = rejected
+    // Copied out so the lock is not held across the checkpoint read below.
+    let reasons: Vec<(u64, String)> = extraction
+        .rejected
+        .lock()
+        .unwrap()
         .iter()
-        .map(|r| (r.origin.line, r.reason.as_str()))
+        .map(|r| (r.origin.line, r.reason.clone()))
         .collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(
