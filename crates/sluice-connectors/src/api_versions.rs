@@ -16,6 +16,9 @@ use chrono::NaiveDate;
 /// Days before a sunset from which a configured version is warned about.
 pub const WARN_DAYS: i64 = 90;
 
+/// A major version and its sunset day (year, month, day), if announced.
+type Entry = (u32, Option<(i32, u32, u32)>);
+
 /// An API whose versions sunset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
@@ -34,7 +37,7 @@ impl Api {
     }
 
     /// (major version, sunset date if announced), oldest first.
-    fn table(self) -> &'static [(u32, Option<(i32, u32, u32)>)] {
+    fn table(self) -> &'static [Entry] {
         match self {
             Api::FacebookMarketing => FACEBOOK_MARKETING,
             Api::GoogleAds => GOOGLE_ADS,
@@ -47,7 +50,7 @@ impl Api {
 /// as read on 2026-12-01). The Marketing API expires versions earlier than the
 /// rest of the Graph API, and it is the Ads endpoints sluice calls. v26.0 and
 /// v27.0 (released 2026-07-29 and 2026-11-04) had no date announced.
-const FACEBOOK_MARKETING: &[(u32, Option<(i32, u32, u32)>)] = &[
+const FACEBOOK_MARKETING: &[Entry] = &[
     (15, Some((2023, 9, 20))),
     (16, Some((2024, 2, 6))),
     (17, Some((2024, 5, 14))),
@@ -69,7 +72,7 @@ const FACEBOOK_MARKETING: &[(u32, Option<(i32, u32, u32)>)] = &[
 /// 2025-07-10, v19 2025-12-15, v20 2026-04-29, v21 2026-06-25, v22 2026-09-02.
 /// v23 to v26 had no sunset announced as of 2026-12-01
 /// (https://developers.google.com/google-ads/api/docs/sunset-dates).
-const GOOGLE_ADS: &[(u32, Option<(i32, u32, u32)>)] = &[
+const GOOGLE_ADS: &[Entry] = &[
     (14, Some((2024, 6, 5))),
     (15, Some((2024, 9, 25))),
     (16, Some((2025, 2, 5))),

@@ -803,7 +803,7 @@ impl World {
                 }
                 o.insert("Items".into(), json!(qty.to_string()));
                 // Sent only with orders that used one (every third; the day's first does).
-                if e.index % 3 == 0 {
+                if e.index.is_multiple_of(3) {
                     o.insert(
                         "Coupon".into(),
                         json!(format!("SAVE{}", 5 * (1 + (k >> 52) % 4))),
