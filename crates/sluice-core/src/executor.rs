@@ -106,9 +106,9 @@ impl TaskFailure {
     fn to_error(&self) -> TaskError {
         let (class, config_key) = match self {
             TaskFailure::Source(e) => (e.class, e.config_key.clone()),
-            TaskFailure::Destination(DestinationError::Connect { .. }) => {
-                (ErrorClass::Configuration, Some("destination".into()))
-            }
+            TaskFailure::Destination(
+                DestinationError::Connect { .. } | DestinationError::Refused { .. },
+            ) => (ErrorClass::Configuration, Some("destination".into())),
             TaskFailure::Destination(DestinationError::Schema { .. }) => (ErrorClass::Data, None),
             _ => (ErrorClass::Transient, None),
         };
@@ -225,7 +225,7 @@ impl Executor {
             cursor.as_ref().map(|c| &c.value)
         };
         let plan = self
-            .retry(counters, || {
+            .retry(counters, &options.cancel, || {
                 source.plan(stream, start_from, &options.window)
             })
             .await
@@ -233,6 +233,15 @@ impl Executor {
         record.slices = plan.slices.len() as u64;
         self.observer.task_started(&name, plan.slices.len());
         if plan.slices.is_empty() {
+            // Nothing to load, but the source may still have learnt something (a
+            // touched file's new time): keep it, so the next run need not re-learn it.
+            if let (Some(after), false) = (plan.cursor_after, options.window.is_backfill()) {
+                let version = cursor.as_ref().map(|c| c.version);
+                let run_id = &options.run_id;
+                self.state
+                    .save_cursor(source.name(), &stream.name, version, run_id, after)
+                    .await?;
+            }
             return Ok(TaskStatus::UpToDate);
         }
 
@@ -265,7 +274,8 @@ impl Executor {
         // The load runs as its own task, so encoding rows for the destination
         // uses another core than typing them; dropping the handle aborts it (rollback).
         let stream_load = LoadStream::new();
-        let mut streamed = (self.destination.streams_loads() && write_mode != WriteMode::Merge)
+        let mut streamed = (self.destination.streams_loads()
+            && stream.write_mode != WriteMode::Merge)
             .then(|| {
                 let (batches, tail) = stream_load.open();
                 let destination = self.destination.clone();
@@ -322,7 +332,7 @@ impl Executor {
                     self.record_slice(shared, index, slice).await?;
                     let attempt = AtomicU64::new(0);
                     let result = self
-                        .retry(counters, || async {
+                        .retry(counters, shared.cancel, || async {
                             let n = attempt.fetch_add(1, Ordering::Relaxed);
                             let mut sink = SliceSink::new(shared, index, n);
                             match source.read(stream, slice, &mut sink).await {
@@ -360,9 +370,15 @@ impl Executor {
                 results = &mut extraction => break results,
                 outcome = load => {
                     // Before the tail was sent, the load can only end early: the
-                    // ledger already has this load, or it failed. The staged load decides.
+                    // ledger already has this load, it failed, or it was called off
+                    // (a new column, a resumed slice: expected, not worth a warning).
+                    // The staged load decides.
                     if let Err(e) = joined_load(outcome) {
-                        tracing::warn!(table = %stream.table, error = %e, "streaming load stopped; loading from staged files");
+                        if stream_load.is_live() {
+                            tracing::warn!(table = %stream.table, error = %e, "streaming load stopped; loading from staged files");
+                        } else {
+                            tracing::debug!(table = %stream.table, error = %e, "streaming load called off; loading from staged files");
+                        }
                     }
                     stream_load.abort();
                     streamed = None;
@@ -379,6 +395,13 @@ impl Executor {
 
         // Removed fields and likely renames are only known once every slice is read.
         let mut stream_schema = shared.schema.into_inner().expect("schema lock");
+        let columns = &stream_schema.declared;
+        columns
+            .check_typos(&stream_schema.schema, stream_schema.rows_seen)
+            .map_err(|m| {
+                let key = format!("sources.{}.streams.{}.columns", source.name(), stream.name);
+                TaskFailure::Source(SourceError::config(m, key))
+            })?;
         let frozen = stream_schema.finish();
         record.schema_changes = stream_schema.changes.values().cloned().collect();
         for change in &record.schema_changes {
@@ -390,7 +413,10 @@ impl Executor {
         let final_schema = stream_schema.schema.clone();
         let mut staged = shared.staged.into_inner().expect("staged lock");
         staged.sort_by(|a, b| (a.slice, &a.path).cmp(&(b.slice, &b.path)));
-        let rejected = shared.rejected.into_inner().expect("rejected lock");
+        let mut rejected = shared.rejected.into_inner().expect("rejected lock");
+        if stream.write_mode == WriteMode::Merge {
+            rejected.extend(self.dedupe(task, &staged).await?);
+        }
         let partitions: BTreeSet<String> = staged.iter().map(|f| f.dt.clone()).collect();
         let partitions: Vec<String> = partitions.into_iter().collect();
         self.observer.task_loading(&name);
@@ -448,6 +474,10 @@ impl Executor {
             ));
         }
 
+        // The quarantine in the lake too: `sluice query` reads it whatever the destination.
+        crate::quarantine::write(&self.lake, "d1", &stream.table, &options.run_id, &rejected)
+            .await?;
+
         // Promote staged files into the D1 table in the lake.
         self.promote(
             &stream.table,
@@ -492,6 +522,26 @@ impl Executor {
             }
         }
         Ok(TaskStatus::Succeeded)
+    }
+
+    /// One row per key in a merge stream's staged files; the others, for quarantine.
+    async fn dedupe(
+        &self,
+        task: &StreamTask,
+        staged: &[StagedFile],
+    ) -> Result<Vec<Rejected>, TaskFailure> {
+        let stream = &task.stream;
+        let paths: Vec<String> = staged.iter().map(|f| f.path.clone()).collect();
+        crate::dedupe::dedupe_staged(&self.lake, &paths, &stream.primary_key, stream.dedupe)
+            .await
+            .map_err(|e| {
+                let key = format!(
+                    "sources.{}.streams.{}.dedupe",
+                    task.source.name(),
+                    stream.name
+                );
+                TaskFailure::Source(SourceError::config(e.to_string(), key))
+            })
     }
 
     /// Writes what the slice asks the source for beside its raw pages, for replays.
@@ -668,14 +718,20 @@ impl Executor {
     }
 
     /// Retries transient source errors with jittered exponential back-off.
-    async fn retry<T, F, Fut>(&self, counters: &Counters, operation: F) -> Result<T, SourceError>
+    async fn retry<T, F, Fut>(
+        &self,
+        counters: &Counters,
+        cancel: &CancellationToken,
+        operation: F,
+    ) -> Result<T, SourceError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, SourceError>>,
     {
         operation
             .retry(self.backoff())
-            .when(|e: &SourceError| e.class == ErrorClass::Transient)
+            // A source stopping because the run is cancelled is not a failure to retry.
+            .when(|e: &SourceError| e.class == ErrorClass::Transient && !cancel.is_cancelled())
             .notify(|e, delay| {
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, ?delay, "transient source error; retrying");
@@ -783,6 +839,8 @@ struct StreamSchema {
     baseline: Option<TableSchema>,
     /// Baseline fields not seen (non-null) in any record of this run yet.
     unseen: BTreeSet<String>,
+    /// Declared columns, and which of them no record of this run filled yet.
+    declared: crate::declared::DeclaredColumns,
     /// New fields held back by the `quarantine` policy.
     held_back: BTreeSet<String>,
     changes: BTreeMap<(ChangeKind, String), SchemaChange>,
@@ -826,6 +884,7 @@ impl StreamSchema {
             policy,
             baseline: previous.cloned(),
             unseen,
+            declared: crate::declared::DeclaredColumns::new(&stream.schema),
             held_back: BTreeSet::new(),
             changes: BTreeMap::new(),
             rows_seen: 0,
@@ -855,6 +914,7 @@ impl StreamSchema {
     /// Handles keys seen in `records` that the schema lacks, by policy. `Err` = frozen.
     fn absorb(&mut self, records: &[Record]) -> Result<(), String> {
         self.rows_seen += records.len() as u64;
+        self.declared.note_values(records);
         if !self.unseen.is_empty() {
             for record in records {
                 self.unseen
@@ -940,6 +1000,7 @@ impl StreamSchema {
     /// only the run's tallies move (rows seen, baseline fields seen non-null).
     fn absorb_batch(&mut self, batch: &RecordBatch) {
         self.rows_seen += batch.num_rows() as u64;
+        self.declared.note_batch(batch);
         self.unseen.retain(|name| {
             batch
                 .column_by_name(name)

@@ -10,6 +10,7 @@ use sluice_core::run::{new_run_id, RunRecord, RunStatus, TaskStatus};
 use sluice_core::source::{RunWindow, Source};
 use sluice_transform::{run_models, ModelProject, ModelRunOptions, TransformError};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{print_table, seconds, thousands};
 use crate::exit;
@@ -101,6 +102,11 @@ pub async fn execute_with(
             return Err(exit::CONFIG);
         }
     };
+    let specs: Vec<_> = sources.iter().flat_map(|s| s.streams()).collect();
+    if let Err(e) = sluice_transform::preflight::check_models(&models, &project.lake, &specs).await
+    {
+        return Err(crate::project::report_transform_error(&e));
+    }
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
     let executor = Executor {
@@ -112,8 +118,11 @@ pub async fn execute_with(
         schema_policy: project.schema_policy.clone(),
         observer,
     };
+    let run_id = new_run_id();
+    // Every log line of the run (extraction and models) names it.
+    let span = tracing::info_span!("run", run_id = %run_id);
     let options = RunOptions {
-        run_id: new_run_id(),
+        run_id,
         select: args.select.clone(),
         window: RunWindow {
             since: args.since,
@@ -125,7 +134,7 @@ pub async fn execute_with(
         },
         cancel: cancel.clone(),
     };
-    let mut record = executor.run(tasks, options).await;
+    let mut record = executor.run(tasks, options).instrument(span.clone()).await;
     let model_options = ModelRunOptions {
         full_refresh: args.full_refresh,
     };
@@ -137,6 +146,7 @@ pub async fn execute_with(
         &model_options,
         &cancel,
     )
+    .instrument(span)
     .await
     {
         if let TransformError::Config(e) = &e {
