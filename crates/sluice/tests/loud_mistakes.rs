@@ -336,9 +336,9 @@ fn check_severities_report_what_was_published_and_failing_rows_are_queryable() {
 // Item 9: a login PostgreSQL refuses is not retried.
 #[test]
 fn a_refused_postgres_login_fails_at_once_without_retries() {
-    let project = Project::new(&format!(
+    let project = Project::new(
         "name: shop\nlake: ./lake\ndestination:\n  type: postgres\n  url: postgres://no_such_role_sluice@127.0.0.1:5432/test\nsources:\n  shop:\n    type: files\n    streams:\n      orders:\n        path: data/orders.ndjson\nexecution:\n  retries: 3\n  initial_backoff_ms: 1000\n"
-    ));
+    );
     project.write("data/orders.ndjson", "{\"id\": 1}\n");
     let started = std::time::Instant::now();
     let out = project.run(&["--json"]);
