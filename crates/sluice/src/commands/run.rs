@@ -107,6 +107,13 @@ pub async fn execute_with(
     {
         return Err(crate::project::report_transform_error(&e));
     }
+    let lineage = match crate::lineage::RunLineage::for_project(project, &models) {
+        Ok(l) => l,
+        Err(e) => {
+            crate::project::print_config_error(&e);
+            return Err(exit::CONFIG);
+        }
+    };
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
     let executor = Executor {
@@ -121,6 +128,9 @@ pub async fn execute_with(
     let run_id = new_run_id();
     // Every log line of the run (extraction and models) names it.
     let span = tracing::info_span!("run", run_id = %run_id);
+    if let Some(lineage) = &lineage {
+        lineage.started(&run_id).await;
+    }
     let options = RunOptions {
         run_id,
         select: args.select.clone(),
@@ -158,6 +168,9 @@ pub async fn execute_with(
     // run_models re-settled the status; store the final record.
     if let Err(e) = project.state.save_run(&record).await {
         record.error = Some(format!("cannot write the run record: {e}"));
+    }
+    if let Some(lineage) = &lineage {
+        lineage.finished(&record).await;
     }
     Ok(record)
 }

@@ -24,6 +24,10 @@ pub async fn run(pipeline: &Path, args: ValidateArgs) -> u8 {
             return exit::CONFIG;
         }
     };
+    if let Err(e) = crate::lineage::Lineage::from_config(&project.config) {
+        crate::project::print_config_error(&e);
+        return exit::CONFIG;
+    }
     let specs: Vec<_> = project.sources.iter().flat_map(|s| s.streams()).collect();
     let models = models.with_streams(specs.iter().cloned());
     if let Err(e) = sluice_transform::preflight::check_models(&models, &project.lake, &specs).await
