@@ -118,6 +118,7 @@ fn events_spec(source: &str, table: Option<String>) -> StreamSpec {
         // A re-run replaces the days it re-reads: idempotent without an event id.
         partition_column: Some("event_date".into()),
         write_mode: WriteMode::OverwritePartitions,
+        dedupe: Default::default(),
     }
 }
 
@@ -155,6 +156,7 @@ fn typed_events_spec(source: &str, event: &str) -> StreamSpec {
         primary_key: Vec::new(),
         partition_column: Some("event_date".into()),
         write_mode: WriteMode::OverwritePartitions,
+        dedupe: Default::default(),
     }
 }
 
@@ -229,6 +231,7 @@ fn profiles_spec(source: &str, config: &ProfilesConfig) -> StreamSpec {
         primary_key: vec!["profile_id".into()],
         partition_column: None,
         write_mode: WriteMode::Merge,
+        dedupe: Default::default(),
     }
 }
 

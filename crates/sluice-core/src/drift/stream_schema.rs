@@ -44,7 +44,7 @@ pub struct StreamSchema {
     tally: PresenceTally,
     /// Columns the source declares; the others were inferred and are typed by
     /// what the source sends, so a value of another kind is a type change.
-    declared: BTreeSet<String>,
+    declared_names: BTreeSet<String>,
     /// Where a record's data day is (for the day a field first appeared).
     partition_column: Option<String>,
     /// New fields held back by the `quarantine` policy.
@@ -52,6 +52,8 @@ pub struct StreamSchema {
     /// What this run detected, one entry per kind and field.
     pub changes: BTreeMap<(ChangeKind, String), SchemaChange>,
     rows_seen: u64,
+    /// Declared columns, and which of them no record of this run filled yet.
+    declared: crate::declared::DeclaredColumns,
 }
 
 impl StreamSchema {
@@ -83,12 +85,13 @@ impl StreamSchema {
             policy,
             baseline: previous.cloned(),
             tally: PresenceTally::default(),
-            declared: stream
+            declared_names: stream
                 .schema
                 .fields
                 .iter()
                 .map(|f| f.name.clone())
                 .collect(),
+            declared: crate::declared::DeclaredColumns::new(&stream.schema),
             partition_column: stream.partition_column.clone(),
             held_back: BTreeSet::new(),
             changes: BTreeMap::new(),
@@ -158,6 +161,7 @@ impl StreamSchema {
     /// policy. `Err` = frozen; `Ok` lists the records to quarantine (index, reason).
     pub fn absorb(&mut self, records: &[Record]) -> Result<Vec<(usize, String)>, String> {
         self.rows_seen += records.len() as u64;
+        self.declared.note_values(records);
         for record in records {
             self.tally.record(&record.fields);
         }
@@ -179,7 +183,7 @@ impl StreamSchema {
         }
         for (index, record) in records.iter().enumerate() {
             for (key, value) in &record.fields {
-                if self.declared.contains(key) {
+                if self.declared_names.contains(key) {
                     continue;
                 }
                 let Some(column) = self.schema.index_of(key) else {
@@ -327,6 +331,7 @@ impl StreamSchema {
     /// only the run's tallies move (rows seen, fields carried).
     pub fn absorb_batch(&mut self, batch: &RecordBatch) {
         self.rows_seen += batch.num_rows() as u64;
+        self.declared.note_batch(batch);
         self.tally.batch(batch);
     }
 
@@ -406,6 +411,11 @@ impl StreamSchema {
                 1,
             );
         }
+    }
+
+    /// A declared column no record filled beside an input key of nearly its name.
+    pub fn declared_typos(&self) -> Result<(), String> {
+        self.declared.check_typos(&self.schema, self.rows_seen)
     }
 
     /// Fields that disappeared and likely renames, once every slice is read; the

@@ -10,6 +10,7 @@ use sluice_core::run::{new_run_id, RunRecord, RunStatus, TaskStatus};
 use sluice_core::source::{RunWindow, Source};
 use sluice_transform::{run_models, ModelProject, ModelRunOptions, TransformError};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{print_table, seconds, thousands};
 use crate::exit;
@@ -101,6 +102,11 @@ pub async fn execute_with(
             return Err(exit::CONFIG);
         }
     };
+    let specs: Vec<_> = sources.iter().flat_map(|s| s.streams()).collect();
+    if let Err(e) = sluice_transform::preflight::check_models(&models, &project.lake, &specs).await
+    {
+        return Err(crate::project::report_transform_error(&e));
+    }
     let lineage = match crate::lineage::RunLineage::for_project(project, &models) {
         Ok(l) => l,
         Err(e) => {
@@ -120,6 +126,8 @@ pub async fn execute_with(
         observer,
     };
     let run_id = new_run_id();
+    // Every log line of the run (extraction and models) names it.
+    let span = tracing::info_span!("run", run_id = %run_id);
     if let Some(lineage) = &lineage {
         lineage.started(&run_id).await;
     }
@@ -142,7 +150,7 @@ pub async fn execute_with(
             tracing::warn!(source = %source.name(), "{notice}");
         }
     }
-    let mut record = executor.run(tasks, options).await;
+    let mut record = executor.run(tasks, options).instrument(span.clone()).await;
     // Recorded after the run: the API's own deprecation headers arrive with its answers.
     record.notices = sources
         .iter()
@@ -162,6 +170,7 @@ pub async fn execute_with(
         &model_options,
         &cancel,
     )
+    .instrument(span)
     .await
     {
         if let TransformError::Config(e) = &e {

@@ -13,6 +13,7 @@ fn stream(infer: bool) -> StreamSpec {
         primary_key: vec!["id".into()],
         partition_column: None,
         write_mode: WriteMode::Append,
+        dedupe: Default::default(),
     }
 }
 
