@@ -12,7 +12,9 @@
 //! - [`catalog`]: the DataFusion session over the lake's tables (`d1.*`, `d2a.*`, `d2b.*`);
 //! - [`checks`]: data-quality checks and quarantine;
 //! - [`run`]: running every model into the lake and the destination ([`run_models`]),
-//!   and ad-hoc queries ([`query`]).
+//!   and ad-hoc queries ([`query`]);
+//! - [`stage`]: the models' part of a run plan (describing models to it, running
+//!   the ones it selected).
 //!
 //! It does not extract or type source data (the executor in sluice-core does), and it
 //! does not know which destination it loads (the `Destination` trait does).
@@ -27,6 +29,7 @@ pub mod pii;
 pub mod project;
 pub mod render;
 pub mod run;
+pub mod stage;
 
 /// The engine's Arrow, for callers that print or inspect results.
 pub use datafusion::arrow;
@@ -35,3 +38,4 @@ pub use project::{Layer, Model, ModelProject};
 
 pub use catalog::D1View;
 pub use run::{query, run_models, ModelRunOptions};
+pub use stage::ModelStage;
