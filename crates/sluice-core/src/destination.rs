@@ -53,7 +53,7 @@ pub struct LoadRequest<'a> {
     pub table: &'a TableSpec,
     /// The rows, streamed so memory stays bounded by the batch size. Batches carry
     /// `table.schema`'s columns in order (columns added by schema evolution included).
-    pub batches: BatchStream<'a>,
+    pub batches: LoadBatches<'a>,
     /// What is only known once every batch has been produced; awaited after the last
     /// batch. A load whose tail fails (or is dropped) rolls back: this is how a load
     /// that streams while the extraction still runs is called off.
@@ -64,7 +64,7 @@ pub struct LoadRequest<'a> {
 }
 
 /// The rows of a load, in batches.
-pub type BatchStream<'a> = BoxStream<'a, Result<RecordBatch, DestinationError>>;
+pub type LoadBatches<'a> = BoxStream<'a, Result<RecordBatch, DestinationError>>;
 /// The tail of a load, once known.
 pub type TailFuture<'a> = BoxFuture<'a, Result<LoadTail, DestinationError>>;
 

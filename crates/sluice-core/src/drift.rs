@@ -1,5 +1,6 @@
 //! Source schema changes: the declared policy, the changes a run detected, and
-//! diffs between recorded schema versions.
+//! diffs between recorded schema versions. The engine that applies the policy to
+//! one stream during a run is [`StreamSchema`] (in `drift/stream_schema.rs`).
 //!
 //! A change is only judged against a *baseline*: the schema version a previous
 //! run recorded. On a stream's first run every field is simply new.
@@ -10,6 +11,9 @@ use globset::Glob;
 use serde::{Deserialize, Serialize};
 
 use crate::schema::TableSchema;
+
+mod stream_schema;
+pub use stream_schema::{Misfit, StreamSchema};
 
 /// What to do when the source's shape changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

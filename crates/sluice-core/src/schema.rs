@@ -15,6 +15,15 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_DECIMAL_SCALE: i8 = 6;
 /// Arrow metadata key marking a text column that holds JSON.
 pub const JSON_METADATA_KEY: &str = "sluice.json";
+/// The column sluice adds to every D1 table: the run that loaded the row.
+pub const RUN_ID_COLUMN: &str = "_sluice_run_id";
+/// The column sluice adds to every D1 table: when the row was loaded (the run's start).
+pub const LOADED_AT_COLUMN: &str = "_sluice_loaded_at";
+
+/// Whether `name` is one of the columns sluice adds itself.
+pub fn is_system_column(name: &str) -> bool {
+    name == RUN_ID_COLUMN || name == LOADED_AT_COLUMN
+}
 
 /// A column type, as users write it in config (`bigint`, `numeric(18,2)`, `jsonb`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

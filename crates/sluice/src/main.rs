@@ -3,6 +3,8 @@
 
 mod commands;
 mod exit;
+mod export;
+mod lineage;
 mod logging;
 mod progress;
 mod project;
@@ -78,6 +80,9 @@ enum Command {
     Schema(commands::schema::SchemaCommand),
     /// Run the example pipeline end to end on the embedded default and print a summary.
     Demo(commands::demo::DemoArgs),
+    /// Generate files that run the pipeline elsewhere: an Airflow DAG, Kubernetes manifests.
+    #[command(subcommand)]
+    Export(export::ExportCommand),
     /// The local emulator of the Facebook, Google Ads and CleverTap APIs.
     #[command(subcommand)]
     Sandbox(sluice_sandbox::cli::SandboxCommand),
@@ -108,6 +113,7 @@ fn main() -> ExitCode {
             Command::Runs(args) => commands::runs::run(&cli.pipeline, args).await,
             Command::Schema(cmd) => commands::schema::run(&cli.pipeline, cmd).await,
             Command::Demo(args) => commands::demo::run(args, interactive).await,
+            Command::Export(cmd) => export::run(&cli.pipeline, cmd).await,
             Command::Sandbox(cmd) => match sluice_sandbox::cli::run(cmd).await {
                 Ok(()) => exit::OK,
                 Err(e) => {

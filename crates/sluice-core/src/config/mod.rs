@@ -222,6 +222,8 @@ struct RawPipeline {
     pii: Option<Value>,
     #[serde(default)]
     schema: Option<Value>,
+    #[serde(default)]
+    lineage: Option<Value>,
 }
 
 fn default_lake() -> String {
@@ -246,6 +248,8 @@ pub struct PipelineConfig {
     pub alerts: Vec<Value>,
     pub pii: Option<Section>,
     pub schema: Option<Section>,
+    /// Where OpenLineage run events go (parsed by the binary's lineage module).
+    pub lineage: Option<Section>,
 }
 
 /// Marks where an unset variable was used, for [`PipelineConfig::load_for_inspection`].
@@ -388,6 +392,7 @@ impl PipelineConfig {
             alerts: raw.alerts,
             pii: raw.pii.map(|v| untyped("pii", v)),
             schema: raw.schema.map(|v| untyped("schema", v)),
+            lineage: raw.lineage.map(|v| untyped("lineage", v)),
             doc,
         })
     }

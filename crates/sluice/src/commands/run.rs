@@ -98,6 +98,13 @@ pub async fn execute_with(
             return Err(exit::CONFIG);
         }
     };
+    let lineage = match crate::lineage::RunLineage::for_project(project, &models) {
+        Ok(l) => l,
+        Err(e) => {
+            crate::project::print_config_error(&e);
+            return Err(exit::CONFIG);
+        }
+    };
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
     let executor = Executor {
@@ -109,8 +116,12 @@ pub async fn execute_with(
         schema_policy: project.schema_policy.clone(),
         observer,
     };
+    let run_id = new_run_id();
+    if let Some(lineage) = &lineage {
+        lineage.started(&run_id).await;
+    }
     let options = RunOptions {
-        run_id: new_run_id(),
+        run_id,
         select: args.select.clone(),
         window: RunWindow {
             since: args.since,
@@ -131,7 +142,12 @@ pub async fn execute_with(
         },
     };
     match sluice_core::plan::execute::run(&plan, &selection, &executor, options, &stage).await {
-        Ok(record) => Ok(record),
+        Ok(record) => {
+            if let Some(lineage) = &lineage {
+                lineage.finished(&record).await;
+            }
+            Ok(record)
+        }
         Err(PlanRunError::Config(e)) => {
             crate::project::print_config_error(&e);
             Err(exit::CONFIG)

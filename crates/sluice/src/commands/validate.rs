@@ -24,6 +24,10 @@ pub async fn run(pipeline: &Path, args: ValidateArgs) -> u8 {
             return exit::CONFIG;
         }
     };
+    if let Err(e) = crate::lineage::Lineage::from_config(&project.config) {
+        crate::project::print_config_error(&e);
+        return exit::CONFIG;
+    }
     let streams: usize = project.sources.iter().map(|s| s.streams().len()).sum();
     println!(
         "{}: pipeline `{}` is valid ({} sources, {} streams, {} models; lake {}; destination {})",

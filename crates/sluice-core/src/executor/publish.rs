@@ -1,0 +1,303 @@
+//! Publishing a stream's staged files: one destination transaction (retried with
+//! back-off, dropped on cancel = rolled back), then promotion of the staged files
+//! into the lake's D1 table.
+//!
+//! Staged files are read back one at a time and conformed to the stream's final
+//! schema (columns that appeared mid-run are null in earlier files), so a load's
+//! memory is bounded by one file, not by the stream.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use arrow::array::{new_null_array, ArrayRef};
+use arrow::record_batch::RecordBatch;
+use backon::Retryable;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use sha2::{Digest, Sha256};
+
+use super::live_load::{joined_load, LiveLoad, LiveLoadTask};
+use super::{Counters, Executor, RunOptions, TaskFailure};
+use crate::destination::{
+    DestinationError, LoadOutcome, LoadRequest, LoadTail, TableSpec, WriteMode,
+};
+use crate::lake::{parquet_batches, Lake, LakeError};
+use crate::run::TaskRecord;
+use crate::schema::TableSchema;
+use crate::typing::Rejected;
+
+/// A Parquet file staged by a finished slice.
+#[derive(Debug, Clone)]
+pub(super) struct StagedFile {
+    /// The slice's index in the plan: files load in plan order.
+    pub(super) slice: usize,
+    pub(super) dt: String,
+    pub(super) path: String,
+}
+
+/// A stream's extraction, ready to publish.
+pub(super) struct Staged<'a> {
+    /// The table as the load started (the live load's shape).
+    pub(super) spec: &'a TableSpec,
+    /// The stream's schema after every slice: the shape the staged load publishes.
+    pub(super) schema: &'a TableSchema,
+    /// In plan order.
+    pub(super) files: &'a [StagedFile],
+    pub(super) rejected: &'a [Rejected],
+    pub(super) load_id: &'a str,
+}
+
+impl Executor {
+    /// Publishes a stream: through the live load when it carried every row in the
+    /// final shape, else from the staged files; then promotes the files into the
+    /// lake's D1 table and drops the checkpoints the publish made obsolete.
+    pub(super) async fn publish_stream(
+        &self,
+        staged: Staged<'_>,
+        live: Option<LiveLoadTask>,
+        live_load: &LiveLoad,
+        options: &RunOptions,
+        counters: &Counters,
+        record: &mut TaskRecord,
+    ) -> Result<(), TaskFailure> {
+        let partitions: BTreeSet<String> = staged.files.iter().map(|f| f.dt.clone()).collect();
+        let partitions: Vec<String> = partitions.into_iter().collect();
+        let table = &staged.spec.name;
+        let mut outcome = None;
+        match live {
+            Some(load) if live_load.is_live() && *staged.schema == staged.spec.schema => {
+                live_load.finish(LoadTail {
+                    quarantine: staged.rejected.to_vec(),
+                    partitions: partitions.clone(),
+                });
+                match joined_load(load.await) {
+                    Ok(done) => outcome = Some(done),
+                    Err(e) => {
+                        tracing::warn!(table = %table, error = %e, "live load failed; loading from staged files")
+                    }
+                }
+            }
+            // Dropping the load rolls its transaction back.
+            other => drop(other),
+        }
+        let spec = TableSpec {
+            schema: staged.schema.clone(),
+            ..staged.spec.clone()
+        };
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => {
+                self.load_with_retries(
+                    &spec,
+                    staged.files,
+                    staged.rejected,
+                    &partitions,
+                    staged.load_id,
+                    options,
+                    counters,
+                )
+                .await?
+            }
+        };
+        record.rows_loaded = outcome.rows_loaded;
+        record.rows_replaced = outcome.rows_replaced;
+        record.rows_quarantined = staged.rejected.len() as u64;
+        record.partitions = partitions.clone();
+        for r in staged.rejected.iter().take(5) {
+            record.warnings.push(crate::secret::redact(&format!(
+                "quarantined {}: {}",
+                r.origin, r.reason
+            )));
+        }
+        if staged.rejected.len() > 5 {
+            record.warnings.push(format!(
+                "… and {} more quarantined records",
+                staged.rejected.len() - 5
+            ));
+        }
+
+        // Promote staged files into the D1 table in the lake.
+        self.promote(
+            table,
+            spec.write_mode,
+            staged.files,
+            &partitions,
+            &options.run_id,
+        )
+        .await?;
+
+        // Checkpoints and leftovers of earlier, unpublished runs are now obsolete.
+        self.state.clear_checkpoints(table).await?;
+        for object in self.lake.list("_staging").await? {
+            if object.path.contains(&format!("/{table}/")) {
+                self.lake.delete(&object.path).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the staged files in one destination transaction, retrying transient
+    /// failures with back-off; a cancel drops the load (its transaction rolls back).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn load_with_retries(
+        &self,
+        spec: &TableSpec,
+        staged: &[StagedFile],
+        rejected: &[Rejected],
+        partitions: &[String],
+        load_id: &str,
+        options: &RunOptions,
+        counters: &Counters,
+    ) -> Result<LoadOutcome, TaskFailure> {
+        let attempt = || async {
+            let batches = staged_batches(&self.lake, staged, spec.schema.clone());
+            let request = LoadRequest {
+                table: spec,
+                batches,
+                tail: LoadTail {
+                    quarantine: rejected.to_vec(),
+                    partitions: partitions.to_vec(),
+                }
+                .ready(),
+                load_id,
+                run_id: &options.run_id,
+            };
+            tokio::select! {
+                // Dropping the load future rolls its transaction back.
+                _ = options.cancel.cancelled() => Err(DestinationError::Cancelled { table: spec.qualified_name() }),
+                outcome = self.destination.load(request) => outcome,
+            }
+        };
+        attempt
+            .retry(self.backoff())
+            .when(|e: &DestinationError| e.is_transient() && !options.cancel.is_cancelled())
+            .notify(|e, delay| {
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(table = %spec.qualified_name(), error = %e, ?delay, "load failed; retrying");
+            })
+            .await
+            .map_err(|e| match e {
+                DestinationError::Cancelled { .. } => TaskFailure::Cancelled,
+                e => TaskFailure::Destination(e),
+            })
+    }
+
+    /// Moves this run's staged files into `d1/<table>/dt=…/` and removes what they replace.
+    pub(super) async fn promote(
+        &self,
+        table: &str,
+        mode: WriteMode,
+        staged: &[StagedFile],
+        partitions: &[String],
+        run_id: &str,
+    ) -> Result<(), LakeError> {
+        let store = self.lake.store();
+        let mut targets = Vec::with_capacity(staged.len());
+        for (n, file) in staged.iter().enumerate() {
+            let target = format!("d1/{table}/dt={}/{run_id}-{n:05}.parquet", file.dt);
+            store
+                .rename(
+                    &self.lake.object_path(&file.path),
+                    &self.lake.object_path(&target),
+                )
+                .await
+                .map_err(|source| LakeError::Store {
+                    path: target.clone(),
+                    source,
+                })?;
+            targets.push(target);
+        }
+        let prefixes: Vec<String> = match mode {
+            WriteMode::Replace => vec![format!("d1/{table}/")],
+            WriteMode::OverwritePartitions => partitions
+                .iter()
+                .map(|dt| format!("d1/{table}/dt={dt}/"))
+                .collect(),
+            WriteMode::Append | WriteMode::Merge => Vec::new(),
+        };
+        for prefix in prefixes {
+            for object in self.lake.list(&prefix).await? {
+                let from_this_run = object
+                    .path
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|file| file.starts_with(run_id));
+                if !from_this_run {
+                    self.lake.delete(&object.path).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Batches of the staged files, conformed to the final schema (columns that
+/// appeared mid-run are null in earlier files).
+fn staged_batches<'a>(
+    lake: &'a Lake,
+    staged: &'a [StagedFile],
+    schema: TableSchema,
+) -> futures::stream::BoxStream<'a, Result<RecordBatch, DestinationError>> {
+    let arrow_schema = schema.arrow_schema();
+    futures::stream::iter(staged)
+        .then(move |file| async move {
+            parquet_batches(lake, &file.path)
+                .await
+                .map_err(|e| load_err(e.to_string()))
+        })
+        .map_ok(move |reader| {
+            let arrow_schema = arrow_schema.clone();
+            futures::stream::iter(reader.map(move |batch| {
+                batch
+                    .map_err(|e| load_err(e.to_string()))
+                    .and_then(|b| conform(&b, &arrow_schema))
+            }))
+        })
+        .try_flatten()
+        .boxed()
+}
+
+fn conform(
+    batch: &RecordBatch,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<RecordBatch, DestinationError> {
+    if batch.schema().fields() == schema.fields() {
+        return RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+            .map_err(|e| load_err(e.to_string()));
+    }
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) if column.data_type() == field.data_type() => Ok(column.clone()),
+            Some(column) => {
+                arrow::compute::cast(column, field.data_type()).map_err(|e| load_err(e.to_string()))
+            }
+            None => Ok(new_null_array(field.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<_, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| load_err(e.to_string()))
+}
+
+fn load_err(message: String) -> DestinationError {
+    DestinationError::Load {
+        table: "staged batch".into(),
+        message,
+    }
+}
+
+/// A load id for appended input: the same slices of the same table give the same id.
+pub(super) fn digest<'a>(table: &str, keys: impl Iterator<Item = &'a str>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(table.as_bytes());
+    for key in keys {
+        hasher.update([0]);
+        hasher.update(key.as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
