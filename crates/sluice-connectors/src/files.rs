@@ -1,7 +1,8 @@
 //! `type: files` — NDJSON, CSV and Parquet files from a local folder or the lake.
 //!
 //! Each stream is a glob. A run reads the files that are new or changed since the
-//! cursor (path → size and modification time), one slice per file. Files are read
+//! cursor (path → size, time and content hash; see [`crate::file_changes`]): a
+//! grown file only from where it ended, one slice per file. Files are read
 //! in pages (line-aligned chunks for NDJSON) that are landed as received, then
 //! decoded; a line that does not parse is quarantined with its file and line.
 
@@ -29,10 +30,13 @@ use sluice_core::source::{
 };
 use sluice_core::typing::{decode_json_line, Origin, Record, Rejected};
 
+use crate::file_changes::{self, FileChange, OnChangedFile, SeenFile};
 use crate::BuildContext;
 
 /// Records handed to the executor at a time.
 const RECORDS_PER_CHUNK: usize = 8192;
+/// The UTF-8 byte-order mark.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// NDJSON pages are cut at the first line end after this many bytes.
 const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -95,6 +99,18 @@ pub struct FilesStreamConfig {
     /// parallel, cut at line ends (default 64 MiB).
     #[serde(default = "default_split_bytes")]
     pub split_bytes: u64,
+    /// A file that changed other than by new lines at its end: `reload`, `error` or
+    /// `append_all` (default `error` for append, `reload` otherwise).
+    #[serde(default)]
+    pub on_changed_file: Option<OnChangedFile>,
+    /// A glob that matches no file is normal (default false: a stream that never
+    /// loaded anything and finds no input fails).
+    #[serde(default)]
+    pub allow_empty: bool,
+    /// `merge` only: which row wins when one run's input repeats a key — `last`
+    /// (default, by file name then line), `first`, or `error`.
+    #[serde(default)]
+    pub dedupe: sluice_core::dedupe::Dedupe,
 }
 
 fn default_split_bytes() -> u64 {
@@ -146,6 +162,10 @@ struct FileStream {
     format: Option<FileFormat>,
     delimiter: u8,
     split_bytes: u64,
+    on_changed_file: OnChangedFile,
+    allow_empty: bool,
+    /// The glob as written, for messages.
+    glob: String,
 }
 
 pub struct FilesSource {
@@ -236,6 +256,15 @@ impl FilesSource {
                     fields.push(Field::new(pc, FieldType::Date).required());
                 }
             }
+            let on_changed_file = s
+                .on_changed_file
+                .unwrap_or(OnChangedFile::default_for(s.write_mode));
+            if on_changed_file == OnChangedFile::Reload && s.write_mode == WriteMode::Append {
+                return Err(doc.error_at(
+                    &at(&["streams", &name, "on_changed_file"]),
+                    "on_changed_file: reload cannot take back the rows an append stream loaded; use `error`, `append_all`, or a write_mode that replaces (merge, overwrite_partitions, replace)",
+                ));
+            }
             let table = s
                 .table
                 .clone()
@@ -255,12 +284,16 @@ impl FilesSource {
                     primary_key: s.primary_key,
                     partition_column: s.partition_column,
                     write_mode: s.write_mode,
+                    dedupe: s.dedupe,
                 },
                 matcher,
                 list_prefix,
                 format: s.format,
                 delimiter,
                 split_bytes: s.split_bytes.max(1),
+                on_changed_file,
+                allow_empty: s.allow_empty,
+                glob: s.path.clone(),
             });
         }
         Ok(FilesSource {
@@ -296,6 +329,95 @@ impl FilesSource {
     }
 }
 
+/// The part of one file a run reads: all of it, or the lines added since the last run.
+#[derive(Debug, Clone)]
+struct FileSlices {
+    relative: String,
+    version: String,
+    from: u64,
+    size: u64,
+    lines_before: u64,
+    /// CSV read from the middle: the header line's length, read from the file's start.
+    header_bytes: u64,
+}
+
+impl FilesSource {
+    /// A glob that matches nothing, on a stream that never loaded anything.
+    fn no_input(&self, fs: &FileStream) -> Result<(), SourceError> {
+        if fs.allow_empty {
+            tracing::info!(stream = %fs.spec.name, glob = %fs.glob, "no file matches yet (allow_empty)");
+            return Ok(());
+        }
+        Err(SourceError::config(
+            format!(
+                "no file matches `{}` (under {}); fix the path, or set `allow_empty: true` if files arrive later",
+                fs.glob,
+                if fs.list_prefix.is_empty() { "the pipeline folder" } else { fs.list_prefix.as_str() },
+            ),
+            format!("sources.{}.streams.{}.path", self.name, fs.spec.name),
+        ))
+    }
+
+    /// Slices for one file: one, or several line-aligned parts of a big NDJSON file.
+    async fn plan_file(
+        &self,
+        fs: &FileStream,
+        file: FileSlices,
+        out: &mut Vec<Slice>,
+    ) -> Result<(), SourceError> {
+        let FileSlices {
+            relative,
+            version,
+            from,
+            size,
+            lines_before,
+            header_bytes,
+        } = file;
+        let splits =
+            size - from > fs.split_bytes && format_of(&relative, fs.format)? == FileFormat::Ndjson;
+        if splits {
+            let location = self.full_path(&relative);
+            for part in self
+                .line_ranges(&location, from..size, lines_before, fs.split_bytes)
+                .await?
+            {
+                out.push(Slice {
+                    key: format!("{relative}#{version}#{}", part.start),
+                    params: serde_json::json!({
+                        "path": relative, "start": part.start, "end": part.end,
+                        "lines_before": part.lines_before,
+                    }),
+                });
+            }
+        } else if from > 0 {
+            let header = if header_bytes > 0 {
+                let location = self.full_path(&relative);
+                let bytes = self
+                    .store
+                    .get_range(&location, 0..header_bytes)
+                    .await
+                    .map_err(|e| SourceError::transient(format!("reading {relative}: {e}")))?;
+                String::from_utf8_lossy(&bytes).into_owned()
+            } else {
+                String::new()
+            };
+            out.push(Slice {
+                key: format!("{relative}#{version}#{from}"),
+                params: serde_json::json!({
+                    "path": relative, "start": from, "end": size,
+                    "lines_before": lines_before, "header": header,
+                }),
+            });
+        } else {
+            out.push(Slice {
+                key: format!("{relative}#{version}"),
+                params: serde_json::json!({ "path": relative }),
+            });
+        }
+        Ok(())
+    }
+}
+
 fn format_of(path: &str, declared: Option<FileFormat>) -> Result<FileFormat, SourceError> {
     if let Some(f) = declared {
         return Ok(f);
@@ -328,13 +450,14 @@ impl FilesSource {
     async fn line_ranges(
         &self,
         location: &StorePath,
-        size: u64,
+        range: std::ops::Range<u64>,
+        lines_before: u64,
         target: u64,
     ) -> Result<Vec<LineRange>, SourceError> {
-        let mut body = self.chunks(location, 0..size);
+        let mut body = self.chunks(location, range.clone());
         let mut parts = Vec::new();
-        let (mut start, mut lines_before) = (0u64, 0u64);
-        let (mut offset, mut lines) = (0u64, 0u64);
+        let (mut start, mut lines_before) = (range.start, lines_before);
+        let (mut offset, mut lines) = (range.start, lines_before);
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
             for i in memchr::memchr_iter(b'\n', &chunk) {
@@ -409,11 +532,21 @@ impl Source for FilesSource {
         for stream in &self.streams {
             let prefix = self.full_path(&stream.list_prefix);
             let mut listing = self.store.list(Some(&prefix));
-            if let Some(Err(e)) = listing.next().await {
-                return Err(SourceError::config(
-                    format!("cannot list {}: {e}", stream.list_prefix),
-                    format!("sources.{}.streams.{}.path", self.name, stream.spec.name),
-                ));
+            let mut matched = false;
+            while let Some(meta) = listing.next().await {
+                let meta = meta.map_err(|e| {
+                    SourceError::config(
+                        format!("cannot list {}: {e}", stream.list_prefix),
+                        format!("sources.{}.streams.{}.path", self.name, stream.spec.name),
+                    )
+                })?;
+                if stream.matcher.is_match(self.relative(&meta.location)) {
+                    matched = true;
+                    break;
+                }
+            }
+            if !matched {
+                self.no_input(stream)?;
             }
         }
         Ok(())
@@ -434,44 +567,99 @@ impl Source for FilesSource {
         let prefix = self.full_path(&fs.list_prefix);
         let mut listing = self.store.list(Some(&prefix));
         let mut current = Map::new();
-        let mut slices = Vec::new();
+        let mut files = Vec::new();
         while let Some(meta) = listing.next().await {
             let meta = meta
                 .map_err(|e| SourceError::transient(format!("listing {}: {e}", fs.list_prefix)))?;
             let relative = self.relative(&meta.location);
-            if !fs.matcher.is_match(&relative) {
+            if fs.matcher.is_match(&relative) {
+                files.push((relative, meta));
+            }
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        if files.is_empty() && seen.is_empty() {
+            return self.no_input(fs).map(|()| StreamPlan {
+                slices: Vec::new(),
+                cursor_after: None,
+            });
+        }
+        // A replaced table is rebuilt from every file whenever any of them changed.
+        let replaces = stream.write_mode == WriteMode::Replace;
+        let mut slices = Vec::new();
+        let mut all = Vec::new();
+        for (relative, meta) in files {
+            let modified = meta.last_modified.timestamp_micros();
+            let version = format!("{}@{modified}", meta.size);
+            let entry = seen.get(&relative);
+            let format = format_of(&relative, fs.format)?;
+            let whole = FileSlices {
+                relative: relative.clone(),
+                version: version.clone(),
+                from: 0,
+                size: meta.size,
+                lines_before: 0,
+                header_bytes: 0,
+            };
+            if file_changes::untouched(entry, meta.size, modified) {
+                current.insert(relative, entry.cloned().unwrap_or(Value::Null));
+                all.push(whole);
                 continue;
             }
-            let version = format!("{}@{}", meta.size, meta.last_modified.timestamp_micros());
-            if seen.get(&relative).and_then(Value::as_str) != Some(version.as_str()) {
-                let splits = meta.size > fs.split_bytes
-                    && format_of(&relative, fs.format)? == FileFormat::Ndjson;
-                if splits {
-                    for part in self
-                        .line_ranges(&meta.location, meta.size, fs.split_bytes)
-                        .await?
-                    {
-                        slices.push(Slice {
-                            key: format!("{relative}#{version}#{}", part.start),
-                            params: serde_json::json!({
-                                "path": relative, "start": part.start, "end": part.end,
-                                "lines_before": part.lines_before,
-                            }),
-                        });
+            let previous = SeenFile::from_cursor(entry);
+            let print = file_changes::fingerprint(
+                &self.store,
+                &meta.location,
+                &relative,
+                meta.size,
+                modified,
+                previous
+                    .as_ref()
+                    .map(|p| p.size)
+                    .filter(|p| *p <= meta.size),
+            )
+            .await?;
+            let can_grow = format != FileFormat::Parquet && !replaces;
+            let change =
+                file_changes::classify(previous.as_ref(), entry.is_some(), &print, can_grow);
+            current.insert(relative.clone(), print.seen.to_cursor());
+            let header_bytes = print.seen.first_line_bytes;
+            match change {
+                FileChange::SameBytes => {}
+                FileChange::New => slices.push(whole.clone()),
+                FileChange::Grown { from, lines_before } => slices.push(FileSlices {
+                    from,
+                    lines_before,
+                    header_bytes: if format == FileFormat::Csv { header_bytes } else { 0 },
+                    ..whole.clone()
+                }),
+                FileChange::Changed => match fs.on_changed_file {
+                    OnChangedFile::Error => {
+                        return Err(SourceError::config(
+                            format!(
+                                "{relative} changed since it was loaded (not only new lines at its end); \
+                                 loading it again would repeat its rows. Set `on_changed_file: append_all` \
+                                 to load it again anyway, or move the changed data to a new file"
+                            ),
+                            format!("sources.{}.streams.{}.on_changed_file", self.name, stream.name),
+                        ))
                     }
-                } else {
-                    slices.push(Slice {
-                        key: format!("{relative}#{version}"),
-                        params: serde_json::json!({ "path": relative }),
-                    });
-                }
+                    OnChangedFile::Reload | OnChangedFile::AppendAll => slices.push(whole.clone()),
+                },
             }
-            current.insert(relative, Value::String(version));
+            all.push(whole);
         }
-        slices.sort_by(|a, b| a.key.cmp(&b.key));
-        let cursor_after = (!slices.is_empty()).then(|| serde_json::json!({ "files": current }));
+        let file_set_changed = seen.keys().any(|k| !current.contains_key(k));
+        if replaces && (!slices.is_empty() || file_set_changed) {
+            slices = all;
+        }
+        let mut planned = Vec::new();
+        for file in slices {
+            self.plan_file(fs, file, &mut planned).await?;
+        }
+        planned.sort_by(|a, b| a.key.cmp(&b.key));
+        let cursor_after = (current != seen).then(|| serde_json::json!({ "files": current }));
         Ok(StreamPlan {
-            slices,
+            slices: planned,
             cursor_after,
         })
     }
@@ -564,10 +752,31 @@ impl Source for FilesSource {
                 }
             }
             FileFormat::Csv => {
-                let bytes = self.read_whole(&location, &relative).await?;
-                sink.land(&format!("{page_name}-p00001"), "csv", &dt, &bytes)
+                let Some(range) = range else {
+                    let bytes = self.read_whole(&location, &relative).await?;
+                    sink.land(&format!("{page_name}-p00001"), "csv", &dt, &bytes)
+                        .await?;
+                    let decoded = decode_csv(&bytes, fs.delimiter, &origin_page, 0)?;
+                    return hand_over(decoded, sink).await;
+                };
+                // New lines of a grown file: landed as read, decoded under the
+                // file's header (which the slice carries, for replays too).
+                let tail = self
+                    .store
+                    .get_range(&location, range)
+                    .await
+                    .map_err(|e| SourceError::transient(format!("reading {relative}: {e}")))?;
+                let header = slice.params["header"].as_str().unwrap_or_default();
+                sink.land(&format!("{page_name}-p00001"), "csv", &dt, &tail)
                     .await?;
-                hand_over(decode_csv(&bytes, fs.delimiter, &origin_page)?, sink).await?;
+                let lines_before = slice.params["lines_before"].as_u64().unwrap_or(0);
+                let decoded = decode_csv(
+                    &[header.as_bytes(), &tail[..]].concat(),
+                    fs.delimiter,
+                    &origin_page,
+                    lines_before.saturating_sub(1),
+                )?;
+                hand_over(decoded, sink).await?;
             }
             FileFormat::Parquet => {
                 let bytes = self.read_whole(&location, &relative).await?;
@@ -595,7 +804,16 @@ impl Source for FilesSource {
                 .get_or_insert_with(|| slice.params["lines_before"].as_u64().unwrap_or(0));
             Some(Ok(decode_ndjson_records(body, &origin, lines)))
         } else if page.path.ends_with(".csv.zst") {
-            Some(decode_csv(body, fs.delimiter, &origin))
+            // A grown file's new lines were landed without the header the slice names.
+            let header = slice.params["header"].as_str().unwrap_or_default();
+            let skipped = slice.params["lines_before"].as_u64().unwrap_or(0);
+            let body = [header.as_bytes(), body].concat();
+            Some(decode_csv(
+                &body,
+                fs.delimiter,
+                &origin,
+                skipped.saturating_sub(1),
+            ))
         } else {
             None
         }
@@ -638,8 +856,12 @@ fn decode_ndjson(
     let mut start = 0;
     for line in body.split(|&b| b == b'\n') {
         *line_no += 1;
-        let range = start..start + line.len() - usize::from(line.ends_with(b"\r"));
+        let mut range = start..start + line.len() - usize::from(line.ends_with(b"\r"));
         start += line.len() + 1;
+        // A byte-order mark some editors write is not part of the first record.
+        if *line_no == 1 && line.starts_with(UTF8_BOM) {
+            range.start += UTF8_BOM.len();
+        }
         let line = &page[range.clone()];
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -726,7 +948,13 @@ async fn hand_over(decoded: DecodedPage, sink: &mut dyn PageSink) -> Result<(), 
 }
 
 /// Decodes CSV with a header row; a row with the wrong number of fields is rejected with its line.
-fn decode_csv(bytes: &[u8], delimiter: u8, origin: &Arc<str>) -> Result<DecodedPage, SourceError> {
+/// `skipped_lines`: lines of the file between the header and `bytes`' first row.
+fn decode_csv(
+    bytes: &[u8],
+    delimiter: u8,
+    origin: &Arc<str>,
+    skipped_lines: u64,
+) -> Result<DecodedPage, SourceError> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .flexible(true)
@@ -740,6 +968,7 @@ fn decode_csv(bytes: &[u8], delimiter: u8, origin: &Arc<str>) -> Result<DecodedP
     let mut records = Vec::new();
     let mut rejected = Vec::new();
     let mut row = csv::StringRecord::new();
+    let mut lines = LineCounter::default();
     loop {
         let line = reader.position().line();
         match reader.read_record(&mut row) {
@@ -747,7 +976,10 @@ fn decode_csv(bytes: &[u8], delimiter: u8, origin: &Arc<str>) -> Result<DecodedP
             Ok(true) => {
                 let origin = Origin {
                     page: origin.clone(),
-                    line: row.position().map(|p| p.line()).unwrap_or(line),
+                    line: row
+                        .position()
+                        .map_or(line, |p| lines.line_at(bytes, p.byte() as usize))
+                        + skipped_lines,
                 };
                 if row.len() != headers.len() {
                     rejected.push(Rejected {
@@ -782,7 +1014,10 @@ fn decode_csv(bytes: &[u8], delimiter: u8, origin: &Arc<str>) -> Result<DecodedP
                 records.push(Record { fields, origin });
             }
             Err(e) => {
-                let line = e.position().map(|p| p.line()).unwrap_or(line);
+                let line = e
+                    .position()
+                    .map_or(line, |p| lines.line_at(bytes, p.byte() as usize))
+                    + skipped_lines;
                 rejected.push(Rejected {
                     origin: Origin {
                         page: origin.clone(),
@@ -801,6 +1036,31 @@ fn decode_csv(bytes: &[u8], delimiter: u8, origin: &Arc<str>) -> Result<DecodedP
         }
     }
     Ok(DecodedPage { records, rejected })
+}
+
+/// Line numbers of CSV records from their byte offsets. (The reader's own line
+/// count lags by one after a CRLF line end: a record's start is recorded before
+/// the `\n` of the line before it is consumed.)
+#[derive(Default)]
+struct LineCounter {
+    /// A byte offset already counted, and the (1-based) line it is on.
+    byte: usize,
+    line: u64,
+}
+
+impl LineCounter {
+    /// The line a record starting at `byte` is on; offsets come in increasing order.
+    fn line_at(&mut self, bytes: &[u8], byte: usize) -> u64 {
+        let mut at = byte.min(bytes.len()).max(self.byte);
+        // A record "starting" on the line end before it (CRLF, blank lines) starts after it.
+        while at < bytes.len() && matches!(bytes[at], b'\n' | b'\r') {
+            at += 1;
+        }
+        self.line =
+            self.line.max(1) + memchr::memchr_iter(b'\n', &bytes[self.byte..at]).count() as u64;
+        self.byte = at;
+        self.line
+    }
 }
 
 /// Decodes Parquet row by row into records (types are re-checked against the stream's schema).

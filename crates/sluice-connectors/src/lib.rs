@@ -11,6 +11,7 @@ use sluice_core::source::Source;
 
 pub mod clevertap;
 pub mod facebook_ads;
+pub mod file_changes;
 pub mod files;
 pub mod google_ads;
 pub mod http;

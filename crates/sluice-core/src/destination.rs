@@ -100,6 +100,10 @@ pub enum DestinationError {
     /// Cannot connect or authenticate: a configuration problem.
     #[error("cannot connect to {target}: {message}")]
     Connect { target: String, message: String },
+    /// The server refused the login or the database (wrong role, password or
+    /// database name): retrying the same settings cannot succeed.
+    #[error("{target} refused the connection: {message}")]
+    Refused { target: String, message: String },
     /// The table's existing shape conflicts with the load (e.g. incompatible type).
     #[error("table {table}: {message}")]
     Schema { table: String, message: String },

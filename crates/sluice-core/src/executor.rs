@@ -109,9 +109,9 @@ impl TaskFailure {
     fn to_error(&self) -> TaskError {
         let (class, config_key) = match self {
             TaskFailure::Source(e) => (e.class, e.config_key.clone()),
-            TaskFailure::Destination(DestinationError::Connect { .. }) => {
-                (ErrorClass::Configuration, Some("destination".into()))
-            }
+            TaskFailure::Destination(
+                DestinationError::Connect { .. } | DestinationError::Refused { .. },
+            ) => (ErrorClass::Configuration, Some("destination".into())),
             TaskFailure::Destination(DestinationError::Schema { .. }) => (ErrorClass::Data, None),
             _ => (ErrorClass::Transient, None),
         };
@@ -230,7 +230,7 @@ impl Executor {
             cursor.as_ref().map(|c| &c.value)
         };
         let plan = self
-            .retry(counters, || {
+            .retry(counters, &options.cancel, || {
                 source.plan(stream, start_from, &options.window)
             })
             .await
@@ -238,6 +238,15 @@ impl Executor {
         record.slices = plan.slices.len() as u64;
         self.observer.task_started(&name, plan.slices.len());
         if plan.slices.is_empty() {
+            // Nothing to load, but the source may still have learnt something (a
+            // touched file's new time): keep it, so the next run need not re-learn it.
+            if let (Some(after), false) = (plan.cursor_after, options.window.is_backfill()) {
+                let version = cursor.as_ref().map(|c| c.version);
+                let run_id = &options.run_id;
+                self.state
+                    .save_cursor(source.name(), &stream.name, version, run_id, after)
+                    .await?;
+            }
             return Ok(TaskStatus::UpToDate);
         }
 
@@ -266,7 +275,7 @@ impl Executor {
             _ => options.run_id.clone(),
         };
         let live_load = LiveLoad::new();
-        let live = self.start_live_load(&spec, &load_id, options, &live_load);
+        let live = self.start_live_load(stream.write_mode, &spec, &load_id, options, &live_load);
         let extraction = Extraction {
             lake: &self.lake,
             state: &self.state,
@@ -288,6 +297,10 @@ impl Executor {
 
         // Removed fields and likely renames are only known once every slice is read.
         let mut stream_schema = extraction.schema.into_inner().expect("schema lock");
+        stream_schema.declared_typos().map_err(|m| {
+            let key = format!("sources.{}.streams.{}.columns", source.name(), stream.name);
+            TaskFailure::Source(SourceError::config(m, key))
+        })?;
         let frozen = stream_schema.finish();
         record.schema_changes = stream_schema.changes.values().cloned().collect();
         for change in &record.schema_changes {
@@ -298,7 +311,10 @@ impl Executor {
 
         let mut staged = extraction.staged.into_inner().expect("staged lock");
         staged.sort_by(|a, b| (a.slice, &a.path).cmp(&(b.slice, &b.path)));
-        let rejected = extraction.rejected.into_inner().expect("rejected lock");
+        let mut rejected = extraction.rejected.into_inner().expect("rejected lock");
+        if stream.write_mode == WriteMode::Merge {
+            rejected.extend(self.dedupe(task, &staged).await?);
+        }
         self.observer.task_loading(&name);
         let published = publish::Staged {
             spec: &spec,
@@ -344,12 +360,16 @@ impl Executor {
     /// destination uses another core than typing them.
     fn start_live_load(
         &self,
+        stream_mode: WriteMode,
         spec: &TableSpec,
         load_id: &str,
         options: &RunOptions,
         live_load: &LiveLoad,
     ) -> Option<LiveLoadTask> {
-        if !self.destination.streams_loads() || spec.write_mode == WriteMode::Merge {
+        // A merge stream is de-duplicated on its staged files first, even when a
+        // full refresh loads it as `replace`.
+        let merge = spec.write_mode == WriteMode::Merge || stream_mode == WriteMode::Merge;
+        if !self.destination.streams_loads() || merge {
             return None;
         }
         let (batches, tail) = live_load.open();
@@ -379,15 +399,41 @@ impl Executor {
             .with_jitter()
     }
 
+    /// One row per key in a merge stream's staged files; the others, for quarantine.
+    async fn dedupe(
+        &self,
+        task: &StreamTask,
+        staged: &[publish::StagedFile],
+    ) -> Result<Vec<crate::typing::Rejected>, TaskFailure> {
+        let stream = &task.stream;
+        let paths: Vec<String> = staged.iter().map(|f| f.path.clone()).collect();
+        crate::dedupe::dedupe_staged(&self.lake, &paths, &stream.primary_key, stream.dedupe)
+            .await
+            .map_err(|e| {
+                let key = format!(
+                    "sources.{}.streams.{}.dedupe",
+                    task.source.name(),
+                    stream.name
+                );
+                TaskFailure::Source(SourceError::config(e.to_string(), key))
+            })
+    }
+
     /// Retries transient source errors with jittered exponential back-off.
-    async fn retry<T, F, Fut>(&self, counters: &Counters, operation: F) -> Result<T, SourceError>
+    async fn retry<T, F, Fut>(
+        &self,
+        counters: &Counters,
+        cancel: &CancellationToken,
+        operation: F,
+    ) -> Result<T, SourceError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, SourceError>>,
     {
         operation
             .retry(self.backoff())
-            .when(|e: &SourceError| e.class == ErrorClass::Transient)
+            // A source stopping because the run is cancelled is not a failure to retry.
+            .when(|e: &SourceError| e.class == ErrorClass::Transient && !cancel.is_cancelled())
             .notify(|e, delay| {
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, ?delay, "transient source error; retrying");

@@ -6,12 +6,15 @@
 //! [`source::Source`] and [`destination::Destination`] traits.
 
 pub mod config;
+pub mod declared;
+pub mod dedupe;
 pub mod destination;
 pub mod drift;
 pub mod executor;
 pub mod lake;
 pub mod line_typer;
 pub mod plan;
+pub mod quarantine;
 pub mod replay;
 pub mod run;
 pub mod schema;

@@ -16,7 +16,9 @@ use rust_decimal::Decimal;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::schema::{FieldType, TableSchema};
-use crate::typing::{decimal_to_unscaled, parse_date, parse_timestamp, BatchBuilder, Scalar};
+use crate::typing::{
+    decimal_to_unscaled, fits_precision, parse_date, parse_timestamp, BatchBuilder, Scalar,
+};
 
 /// Types JSON object lines against one version of a table schema.
 #[derive(Debug, Clone)]
@@ -347,7 +349,8 @@ impl<'de> Visitor<'de> for CellSeed {
             FieldType::Bigint => Ok(Scalar::Bigint(v)),
             FieldType::Double => Ok(Scalar::Double(v as f64)),
             FieldType::Text => Ok(Scalar::Text(v.to_string())),
-            FieldType::Numeric { scale } => decimal_to_unscaled(Decimal::from(v), scale)
+            FieldType::Numeric { precision, scale } => decimal_to_unscaled(Decimal::from(v), scale)
+                .filter(|u| fits_precision(*u, precision))
                 .map(Scalar::Numeric)
                 .ok_or_else(|| E::custom(Fallback)),
             _ => Err(E::custom(Fallback)),
@@ -378,12 +381,13 @@ impl<'de> Visitor<'de> for CellSeed {
             FieldType::Text => Ok(Scalar::Text(s.to_owned())),
             FieldType::Bigint => s.trim().parse().map(Scalar::Bigint).map_err(|_| fallback()),
             FieldType::Double => s.trim().parse().map(Scalar::Double).map_err(|_| fallback()),
-            FieldType::Numeric { scale } => {
+            FieldType::Numeric { precision, scale } => {
                 let text = s.trim();
                 Decimal::from_str_exact(text)
                     .or_else(|_| Decimal::from_scientific(text))
                     .ok()
                     .and_then(|d| decimal_to_unscaled(d, scale))
+                    .filter(|u| fits_precision(*u, precision))
                     .map(Scalar::Numeric)
                     .ok_or_else(fallback)
             }
@@ -412,7 +416,7 @@ mod tests {
         TableSchema::new(vec![
             Field::new("id", FieldType::Bigint),
             Field::new("name", FieldType::Text),
-            Field::new("spend", FieldType::Numeric { scale: 2 }),
+            Field::new("spend", FieldType::numeric(2)),
             Field::new("ratio", FieldType::Double),
             Field::new("day", FieldType::Date),
             Field::new("at", FieldType::Timestamp),

@@ -32,8 +32,11 @@ pub enum FieldType {
     Boolean,
     Bigint,
     Double,
-    /// Exact decimal with a fixed number of fractional digits.
+    /// Exact decimal: at most `precision` digits, `scale` of them after the point.
     Numeric {
+        /// Older schema histories have no precision: they were created as 38.
+        #[serde(default = "max_precision")]
+        precision: u8,
         scale: i8,
     },
     Text,
@@ -43,7 +46,22 @@ pub enum FieldType {
     Json,
 }
 
+/// The most digits a decimal holds (Arrow's Decimal128, and sluice's default).
+pub const MAX_DECIMAL_PRECISION: u8 = 38;
+
+fn max_precision() -> u8 {
+    MAX_DECIMAL_PRECISION
+}
+
 impl FieldType {
+    /// `numeric(38, scale)`: a decimal with the default precision.
+    pub const fn numeric(scale: i8) -> FieldType {
+        FieldType::Numeric {
+            precision: MAX_DECIMAL_PRECISION,
+            scale,
+        }
+    }
+
     /// Parses the names users write: `bigint`, `int`, `numeric`, `numeric(18,2)`, `decimal(38, 4)`,
     /// `double`, `float`, `text`, `string`, `bool`, `date`, `timestamp`, `timestamptz`, `json`, `jsonb`.
     pub fn parse(text: &str) -> Result<FieldType, String> {
@@ -57,16 +75,27 @@ impl FieldType {
             "int" | "integer" | "bigint" | "int64" | "long" => FieldType::Bigint,
             "double" | "float" | "float64" | "real" => FieldType::Double,
             "numeric" | "decimal" | "money" => {
+                let precision = match args.and_then(|a| a.split(',').next()) {
+                    Some(p) => p
+                        .trim()
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|p| (1..=MAX_DECIMAL_PRECISION).contains(p))
+                        .ok_or_else(|| {
+                            format!("invalid numeric precision in `{text}` (1 to 38 digits)")
+                        })?,
+                    None => MAX_DECIMAL_PRECISION,
+                };
                 let scale = match args.and_then(|a| a.split(',').nth(1)) {
                     Some(s) => s
                         .trim()
                         .parse::<i8>()
                         .ok()
-                        .filter(|s| (0..=18).contains(s))
-                        .ok_or_else(|| format!("invalid numeric scale in `{text}`"))?,
-                    None => DEFAULT_DECIMAL_SCALE,
+                        .filter(|s| (0..=18).contains(s) && *s as u8 <= precision)
+                        .ok_or_else(|| format!("invalid numeric scale in `{text}` (0 to 18, at most the precision)"))?,
+                    None => DEFAULT_DECIMAL_SCALE.min(precision as i8),
                 };
-                FieldType::Numeric { scale }
+                FieldType::Numeric { precision, scale }
             }
             "text" | "string" | "varchar" | "utf8" => FieldType::Text,
             "date" => FieldType::Date,
@@ -86,7 +115,7 @@ impl FieldType {
             FieldType::Boolean => "boolean".into(),
             FieldType::Bigint => "bigint".into(),
             FieldType::Double => "double".into(),
-            FieldType::Numeric { scale } => format!("numeric(38,{scale})"),
+            FieldType::Numeric { precision, scale } => format!("numeric({precision},{scale})"),
             FieldType::Text => "text".into(),
             FieldType::Date => "date".into(),
             FieldType::Timestamp => "timestamp".into(),
@@ -99,7 +128,9 @@ impl FieldType {
             FieldType::Boolean => DataType::Boolean,
             FieldType::Bigint => DataType::Int64,
             FieldType::Double => DataType::Float64,
-            FieldType::Numeric { scale } => DataType::Decimal128(38, *scale),
+            // Files of one lake table keep one Arrow type whatever precision is
+            // declared (it is enforced when values are typed, and by the warehouse).
+            FieldType::Numeric { scale, .. } => DataType::Decimal128(MAX_DECIMAL_PRECISION, *scale),
             FieldType::Text | FieldType::Json => DataType::Utf8,
             FieldType::Date => DataType::Date32,
             FieldType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
@@ -115,7 +146,7 @@ impl FieldType {
             }
             DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => FieldType::Bigint,
             DataType::Float32 | DataType::Float64 => FieldType::Double,
-            DataType::Decimal128(_, s) => FieldType::Numeric { scale: *s },
+            DataType::Decimal128(_, s) => FieldType::numeric(*s),
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
                 if field.metadata().contains_key(JSON_METADATA_KEY) {
                     FieldType::Json
@@ -137,7 +168,11 @@ impl FieldType {
                 (self, wider),
                 (Bigint, Numeric { .. }) | (Bigint, Double) | (_, Text) | (Date, Timestamp)
             )
-            || matches!((self, wider), (Numeric { scale: a }, Numeric { scale: b }) if a <= b)
+            || matches!(
+                (self, wider),
+                (Numeric { precision: pa, scale: a }, Numeric { precision: pb, scale: b })
+                    if a <= b && (*pa as i16 - *a as i16) <= (*pb as i16 - *b as i16)
+            )
     }
 }
 
@@ -274,8 +309,20 @@ pub fn unify(a: FieldType, b: FieldType) -> FieldType {
         a
     } else {
         match (a, b) {
-            (FieldType::Numeric { scale: x }, FieldType::Numeric { scale: y }) => {
-                FieldType::Numeric { scale: x.max(y) }
+            (
+                FieldType::Numeric {
+                    precision: p,
+                    scale: x,
+                },
+                FieldType::Numeric {
+                    precision: q,
+                    scale: y,
+                },
+            ) => {
+                let scale = x.max(y);
+                let integer = (p as i16 - x as i16).max(q as i16 - y as i16);
+                let precision = (integer + scale as i16).min(MAX_DECIMAL_PRECISION as i16) as u8;
+                FieldType::Numeric { precision, scale }
             }
             (FieldType::Double, FieldType::Bigint) | (FieldType::Bigint, FieldType::Double) => {
                 FieldType::Double
@@ -295,7 +342,10 @@ mod tests {
         assert_eq!(FieldType::parse("BIGINT").unwrap(), FieldType::Bigint);
         assert_eq!(
             FieldType::parse("numeric(18, 2)").unwrap(),
-            FieldType::Numeric { scale: 2 }
+            FieldType::Numeric {
+                precision: 18,
+                scale: 2
+            }
         );
         assert_eq!(FieldType::parse("jsonb").unwrap(), FieldType::Json);
         assert!(FieldType::parse("blob")
@@ -308,7 +358,7 @@ mod tests {
         let schema = TableSchema::new(vec![
             Field::new("id", FieldType::Bigint).required(),
             Field::new("actions", FieldType::Json),
-            Field::new("spend", FieldType::Numeric { scale: 2 }),
+            Field::new("spend", FieldType::numeric(2)),
             Field::new("at", FieldType::Timestamp),
         ]);
         let back = TableSchema::from_arrow(&schema.arrow_schema()).unwrap();

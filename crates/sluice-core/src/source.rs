@@ -33,6 +33,8 @@ pub struct StreamSpec {
     /// A date column that partitions the table (`dt=` in the lake, unit of overwrite).
     pub partition_column: Option<String>,
     pub write_mode: WriteMode,
+    /// Which row a `merge` keeps when one run's input repeats a key.
+    pub dedupe: crate::dedupe::Dedupe,
 }
 
 /// The dates a run covers: incremental (from the cursor) unless `since`/`until` are given.

@@ -152,7 +152,7 @@ pub fn to_scalar(value: &Value, ty: FieldType) -> Result<Scalar, String> {
                 .map_err(|_| mismatch()),
             _ => Err(mismatch()),
         },
-        FieldType::Numeric { scale } => {
+        FieldType::Numeric { precision, scale } => {
             let text = match value {
                 Value::Number(n) => n.to_string(),
                 Value::String(s) if s.is_empty() => return Ok(Scalar::Null),
@@ -162,9 +162,15 @@ pub fn to_scalar(value: &Value, ty: FieldType) -> Result<Scalar, String> {
             let parsed = Decimal::from_str_exact(&text)
                 .or_else(|_| Decimal::from_scientific(&text))
                 .map_err(|_| mismatch())?;
-            decimal_to_unscaled(parsed, scale)
-                .map(Scalar::Numeric)
-                .ok_or_else(|| format!("{text} has more than {scale} decimal places"))
+            let unscaled = decimal_to_unscaled(parsed, scale)
+                .ok_or_else(|| format!("{text} has more than {scale} decimal places"))?;
+            if !fits_precision(unscaled, precision) {
+                return Err(format!(
+                    "{text} has more than {} digits before the decimal point (numeric({precision},{scale}))",
+                    precision as i16 - scale as i16
+                ));
+            }
+            Ok(Scalar::Numeric(unscaled))
         }
         FieldType::Text => Ok(Scalar::Text(match value {
             Value::String(s) => s.clone(),
@@ -194,6 +200,11 @@ pub fn to_scalar(value: &Value, ty: FieldType) -> Result<Scalar, String> {
             _ => Err(mismatch()),
         },
     }
+}
+
+/// Whether an unscaled decimal has at most `precision` digits.
+pub fn fits_precision(unscaled: i128, precision: u8) -> bool {
+    precision >= 39 || unscaled.unsigned_abs() < 10u128.pow(precision as u32)
 }
 
 /// Rescales a decimal to exactly `scale` digits; `None` if that would drop non-zero digits.
@@ -272,7 +283,7 @@ impl Column {
             FieldType::Boolean => Column::Boolean(BooleanBuilder::with_capacity(capacity)),
             FieldType::Bigint => Column::Bigint(Int64Builder::with_capacity(capacity)),
             FieldType::Double => Column::Double(Float64Builder::with_capacity(capacity)),
-            FieldType::Numeric { scale } => Column::Numeric(
+            FieldType::Numeric { scale, .. } => Column::Numeric(
                 Decimal128Builder::with_capacity(capacity)
                     .with_precision_and_scale(38, scale)
                     .expect("scale validated by FieldType::parse"),
@@ -467,7 +478,7 @@ mod tests {
         let schema = TableSchema::new(vec![
             Field::new("id", FieldType::Text).required(),
             Field::new("impressions", FieldType::Bigint),
-            Field::new("spend", FieldType::Numeric { scale: 2 }),
+            Field::new("spend", FieldType::numeric(2)),
             Field::new("day", FieldType::Date),
         ]);
         let mut b = BatchBuilder::new(schema);
@@ -498,14 +509,14 @@ mod tests {
     #[test]
     fn numeric_never_rounds_silently() {
         assert_eq!(
-            to_scalar(&json!("1.50"), FieldType::Numeric { scale: 2 }),
+            to_scalar(&json!("1.50"), FieldType::numeric(2)),
             Ok(Scalar::Numeric(150))
         );
         assert_eq!(
-            to_scalar(&json!(49.9), FieldType::Numeric { scale: 2 }),
+            to_scalar(&json!(49.9), FieldType::numeric(2)),
             Ok(Scalar::Numeric(4990))
         );
-        assert!(to_scalar(&json!("1.505"), FieldType::Numeric { scale: 2 }).is_err());
+        assert!(to_scalar(&json!("1.505"), FieldType::numeric(2)).is_err());
     }
 
     #[test]

@@ -41,7 +41,7 @@ fn schema() -> TableSchema {
         Field::new("date_stop", FieldType::Date),
         Field::new("impressions", FieldType::Bigint),
         Field::new("clicks", FieldType::Bigint),
-        Field::new("spend", FieldType::Numeric { scale: 2 }),
+        Field::new("spend", FieldType::numeric(2)),
         Field::new("reach", FieldType::Bigint),
         text("account_currency"),
         Field::new("actions", FieldType::Json),

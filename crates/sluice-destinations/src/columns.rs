@@ -121,7 +121,7 @@ impl<'a> Column<'a> {
             FieldType::Boolean => Column::Boolean(array.as_boolean()),
             FieldType::Bigint => Column::Bigint(array.as_primitive::<Int64Type>()),
             FieldType::Double => Column::Double(array.as_primitive::<Float64Type>()),
-            FieldType::Numeric { scale } => {
+            FieldType::Numeric { scale, .. } => {
                 Column::Numeric(array.as_primitive::<Decimal128Type>(), scale)
             }
             FieldType::Text => Column::Text(array.as_string::<i32>()),

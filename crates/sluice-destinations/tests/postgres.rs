@@ -219,8 +219,8 @@ async fn every_type_round_trips_exactly() {
         vec![
             Field::new("id", FieldType::Bigint),
             Field::new("ratio", FieldType::Double),
-            Field::new("spend", FieldType::Numeric { scale: 2 }),
-            Field::new("micro", FieldType::Numeric { scale: 6 }),
+            Field::new("spend", FieldType::numeric(2)),
+            Field::new("micro", FieldType::numeric(6)),
             Field::new("name", FieldType::Text),
             Field::new("actions", FieldType::Json),
             Field::new("day", FieldType::Date),
@@ -311,7 +311,7 @@ fn order_fields() -> Vec<Field> {
     vec![
         Field::new("id", FieldType::Bigint),
         Field::new("dt", FieldType::Date),
-        Field::new("amount", FieldType::Numeric { scale: 2 }),
+        Field::new("amount", FieldType::numeric(2)),
     ]
 }
 
@@ -676,7 +676,7 @@ async fn evolution_adds_columns_and_widens_types_in_the_load_transaction() {
         "events",
         vec![
             Field::new("id", FieldType::Bigint),
-            Field::new("score", FieldType::Numeric { scale: 2 }),
+            Field::new("score", FieldType::numeric(2)),
             Field::new("day", FieldType::Timestamp),
             Field::new("source", FieldType::Text),
         ],

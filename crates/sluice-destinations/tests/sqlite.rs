@@ -90,7 +90,7 @@ fn order_fields() -> Vec<Field> {
     vec![
         Field::new("id", FieldType::Bigint),
         Field::new("dt", FieldType::Date),
-        Field::new("amount", FieldType::Numeric { scale: 2 }),
+        Field::new("amount", FieldType::numeric(2)),
     ]
 }
 
@@ -102,7 +102,7 @@ async fn every_type_is_stored_exactly() {
         vec![
             Field::new("id", FieldType::Bigint),
             Field::new("ratio", FieldType::Double),
-            Field::new("spend", FieldType::Numeric { scale: 2 }),
+            Field::new("spend", FieldType::numeric(2)),
             Field::new("name", FieldType::Text),
             Field::new("actions", FieldType::Json),
             Field::new("day", FieldType::Date),
@@ -400,7 +400,7 @@ async fn evolution_adds_and_widens_columns_and_refuses_incompatible_ones() {
         "events",
         vec![
             Field::new("id", FieldType::Bigint),
-            Field::new("score", FieldType::Numeric { scale: 2 }),
+            Field::new("score", FieldType::numeric(2)),
             Field::new("day", FieldType::Timestamp),
             Field::new("flag", FieldType::Text),
             Field::new("source", FieldType::Text),

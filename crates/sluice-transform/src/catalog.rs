@@ -82,6 +82,7 @@ pub async fn session(
             register_lake_table(&ctx, lake, layer, &table).await?;
         }
     }
+    crate::quarantine::register(&ctx, lake).await?;
     Ok(ctx)
 }
 

@@ -16,10 +16,11 @@
 //!     severity: warn
 //! ```
 //!
-//! `severity: error` (default): the model publishes nothing and the previous table stays.
-//! `severity: warn`: the model is published and the failure reported. Either way,
-//! failing rows go to `<model>__quarantine` with the check name and reason (with an
-//! `error` they are written to the lake's `quarantine/` folder, since nothing is loaded).
+//! `severity: error` (default): the model publishes nothing and the previous table
+//! stays. `severity: warn`: every row is published and the failing ones are flagged.
+//! Either way, failing rows are kept in the lake's `quarantine/<layer>/<model>/`
+//! (queryable as `quarantine.<layer>__<model>`); with `warn` they are also loaded
+//! into `<model>__quarantine` beside the published table.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

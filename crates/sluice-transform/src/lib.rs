@@ -11,6 +11,8 @@
 //! - [`functions`]: cleaning helpers usable in any model (money, micros, currencies, safe casts);
 //! - [`catalog`]: the DataFusion session over the lake's tables (`d1.*`, `d2a.*`, `d2b.*`);
 //! - [`checks`]: data-quality checks and quarantine;
+//! - [`quarantine`]: every quarantine in the lake as `quarantine.<layer>__<table>`;
+//! - [`preflight`]: planning every model before a run or in `sluice validate`;
 //! - [`run`]: running every model into the lake and the destination ([`run_models`]),
 //!   and ad-hoc queries ([`query`]);
 //! - [`stage`]: the models' part of a run plan (describing models to it, running
@@ -26,7 +28,9 @@ mod conform;
 pub mod error;
 pub mod functions;
 pub mod pii;
+pub mod preflight;
 pub mod project;
+pub mod quarantine;
 pub mod render;
 pub mod run;
 pub mod stage;

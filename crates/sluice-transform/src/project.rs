@@ -288,15 +288,7 @@ fn load_yaml(path: &Path) -> Result<(ModelConfig, Option<ConfigDocument>), Confi
     let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
         Ok(serde_yaml::Value::Null) => return Ok((ModelConfig::default(), Some(doc))),
         Ok(v) => v,
-        Err(e) => {
-            let mut error = doc.error_at(&[], format!("invalid YAML: {e}"));
-            error.position = e.location().map(|l| Position {
-                line: l.line() as u32,
-                column: l.column() as u32,
-                offset: l.index() as u32,
-            });
-            return Err(error);
-        }
+        Err(e) => return Err(doc.yaml_error(&e)),
     };
     let config: ModelConfig = doc.deserialize_at(value, &[])?;
     for (i, check) in config.checks.iter().enumerate() {
@@ -472,8 +464,13 @@ pub fn offset_of(sql: &str, line: u64, column: u64) -> Option<usize> {
     None
 }
 
-/// sqlparser reports "… at Line: 3, Column: 7".
+/// sqlparser reports "… at Line: 3, Column: 7", or "found: EOF" for a statement
+/// that ends too early (then: the end of the SQL, past any trailing blank or `;`).
 fn parser_offset(sql: &str, message: &str) -> Option<usize> {
+    if !message.contains("Line: ") && message.contains("EOF") {
+        let end = sql.trim_end().trim_end_matches(';').trim_end().len();
+        return Some(end.saturating_sub(1));
+    }
     let rest = &message[message.rfind("Line: ")? + 6..];
     let (line, rest) = rest.split_once(", Column: ")?;
     let column: String = rest.chars().take_while(char::is_ascii_digit).collect();

@@ -203,7 +203,7 @@ pub async fn run_models(
 }
 
 /// Plans a model; a SQL error comes back as file:line.
-async fn plan(ctx: &SessionContext, model: &Model) -> Result<SchemaRef, TransformError> {
+pub(crate) async fn plan(ctx: &SessionContext, model: &Model) -> Result<SchemaRef, TransformError> {
     let plan = ctx
         .state()
         .create_logical_plan(&model.sql)
@@ -303,6 +303,8 @@ struct Outcome {
     warnings: Vec<String>,
     /// An `error` check failed: nothing was published.
     blocked: Option<String>,
+    /// Whether the lake held the model's table before this run.
+    had_table: bool,
 }
 
 impl Outcome {
@@ -333,16 +335,21 @@ impl Outcome {
             t
         });
         if let Some(message) = self.blocked {
+            let kept = if self.had_table {
+                "previous table kept"
+            } else {
+                "there is no previous table"
+            };
             task.status = TaskStatus::Failed;
             task.error = Some(TaskError {
                 class: ErrorClass::Data,
-                message: format!("not published (previous table kept): {message}"),
+                message: format!("not published ({kept}): {message}"),
                 config_key: None,
             });
+            task.rows_quarantined = self.quarantined;
             return (task, checks, Recomputed::Failed);
         }
         task.status = TaskStatus::Succeeded;
-        task.rows_quarantined = self.quarantined;
         (task, checks, self.recomputed)
     }
 }
@@ -402,24 +409,23 @@ async fn run_one(
     }
     let layer = model.layer.as_str();
     let dir = format!("{layer}/{}", model.name);
+    let had_table = catalog::lake_tables(lake, layer)
+        .await?
+        .contains(&model.name);
+    // Failing rows are kept in the lake whatever the severity: `sluice query`
+    // reads them as `quarantine.<layer>__<model>`.
+    let kept_at =
+        sluice_core::quarantine::write(lake, layer, &model.name, &record.run_id, &quarantine)
+            .await?
+            .map(|_| {
+                format!(
+                    "failing rows: `sluice query \"select * from quarantine.{layer}__{}\"`",
+                    model.name
+                )
+            });
     if !errors.is_empty() {
-        if !quarantine.is_empty() {
-            // Nothing is loaded, so the failing rows are kept in the lake for inspection.
-            let mut text = String::new();
-            for r in &quarantine {
-                let line = serde_json::json!({
-                    "check": r.origin.page.trim_start_matches("check:"),
-                    "reason": r.reason,
-                    "row": serde_json::from_str::<serde_json::Value>(&r.raw).unwrap_or_default(),
-                });
-                text.push_str(&line.to_string());
-                text.push('\n');
-            }
-            lake.put(
-                &format!("quarantine/{dir}/{}.ndjson", record.run_id),
-                text.into(),
-            )
-            .await?;
+        if let Some(pointer) = &kept_at {
+            errors.push(pointer.clone());
         }
         return Ok(Outcome {
             recomputed: Recomputed::Failed,
@@ -431,6 +437,7 @@ async fn run_one(
             quarantined: quarantine.len() as u64,
             warnings,
             blocked: Some(errors.join("; ")),
+            had_table,
         });
     }
 
@@ -519,9 +526,11 @@ async fn run_one(
         rows_replaced: outcome.rows_replaced,
         partitions,
         has_checks: !model.config.checks.is_empty(),
-        quarantined: quarantine.len() as u64,
-        warnings,
+        // `warn` rows are published: flagged (copies in the quarantine), not withheld.
+        quarantined: 0,
+        warnings: warnings.into_iter().chain(kept_at).collect(),
         blocked: None,
+        had_table,
     })
 }
 

@@ -42,7 +42,7 @@ fn date(n: &str) -> Field {
     Field::new(n, FieldType::Date)
 }
 fn money(n: &str, scale: i8) -> Field {
-    Field::new(n, FieldType::Numeric { scale })
+    Field::new(n, FieldType::numeric(scale))
 }
 fn meta() -> Vec<Field> {
     vec![
@@ -64,6 +64,7 @@ fn d1_specs() -> Vec<StreamSpec> {
             primary_key: key.iter().map(|s| s.to_string()).collect(),
             partition_column: partition.map(String::from),
             write_mode: mode,
+            dedupe: Default::default(),
         }
     };
     vec![
@@ -657,9 +658,15 @@ async fn a_failing_error_check_publishes_nothing_and_keeps_the_previous_table() 
     )
     .await
     .unwrap();
+    // `warn`: published and flagged (a copy in the quarantine), not withheld.
     let checks = task(&run1, "d2a.groups:checks");
-    assert_eq!(checks.rows_quarantined, 1, "{checks:#?}");
-    assert_eq!(checks.warnings.len(), 1);
+    assert_eq!(checks.rows_quarantined, 0, "{checks:#?}");
+    assert_eq!(
+        checks.warnings.len(),
+        2,
+        "the failure and where its rows are"
+    );
+    assert!(checks.warnings[1].contains("quarantine.d2a__groups"));
     assert_eq!(pg_rows(&prefix, "d2a", "groups").await.len(), 2);
     assert_eq!(pg_rows(&prefix, "d2a", "groups__quarantine").await.len(), 1);
     let published = lake.list("d2a/groups/").await.unwrap();
@@ -719,5 +726,6 @@ async fn a_failing_error_check_publishes_nothing_and_keeps_the_previous_table() 
             .collect::<Vec<_>>(),
         published.iter().map(|o| &o.path).collect::<Vec<_>>()
     );
-    assert_eq!(lake.list("quarantine/d2a/groups/").await.unwrap().len(), 1);
+    // One file per run: the flagged rows of r1, the blocking ones of r2.
+    assert_eq!(lake.list("quarantine/d2a/groups/").await.unwrap().len(), 2);
 }

@@ -1,6 +1,10 @@
 //! Logs on stderr, text or JSON, with every registered secret redacted from every line.
+//!
+//! Text logs are coloured only on a terminal and never when `NO_COLOR` is set; JSON
+//! lines logged inside a run carry its `run_id` at the top level.
 
 use std::io::{self, IsTerminal, Write};
+use std::sync::OnceLock;
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -11,8 +15,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// The format chosen at start, for messages printed outside the subscriber (config errors).
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// The log format in force (text until [`init`] ran).
+pub fn format() -> LogFormat {
+    FORMAT.get().copied().unwrap_or(LogFormat::Text)
+}
+
+/// Whether text on stderr may carry ANSI colours (https://no-color.org).
+pub fn colour() -> bool {
+    io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber; returns true when progress bars should be shown.
 pub fn init(format: LogFormat, filter: &str) -> bool {
+    let _ = FORMAT.set(format);
+    let colour = colour();
+    let _ = miette::set_hook(Box::new(move |_| {
+        Box::new(miette::MietteHandlerOpts::new().color(colour).build())
+            as Box<dyn miette::ReportHandler>
+    }));
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
@@ -20,6 +43,7 @@ pub fn init(format: LogFormat, filter: &str) -> bool {
         .unwrap_or_else(|| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(format == LogFormat::Text && colour)
         .with_writer(RedactingStderr);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
@@ -46,8 +70,26 @@ impl Write for RedactingLine {
 impl Drop for RedactingLine {
     fn drop(&mut self) {
         let text = String::from_utf8_lossy(&self.0);
+        let text = match format() {
+            LogFormat::Json => lift_run_id(&text).unwrap_or_else(|| text.into_owned()),
+            LogFormat::Text => text.into_owned(),
+        };
         let _ = io::stderr().write_all(sluice_core::secret::redact(&text).as_bytes());
     }
+}
+
+/// A JSON log line with its run's id (from the enclosing `run` span) at the top
+/// level, where log tools look; `None` when the line has none.
+fn lift_run_id(line: &str) -> Option<String> {
+    let mut value: serde_json::Value = serde_json::from_str(line.trim_end()).ok()?;
+    let run_id = value.pointer("/span/run_id").cloned().or_else(|| {
+        value["spans"]
+            .as_array()?
+            .iter()
+            .find_map(|s| s.get("run_id").cloned())
+    })?;
+    value.as_object_mut()?.insert("run_id".into(), run_id);
+    Some(format!("{value}\n"))
 }
 
 impl<'a> MakeWriter<'a> for RedactingStderr {

@@ -91,6 +91,20 @@ impl Project {
 ///     ·           ╰── did you mean `level`?
 /// ```
 pub fn print_config_error(error: &ConfigError) {
+    if crate::logging::format() == crate::logging::LogFormat::Json {
+        let line = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339(),
+            "level": "ERROR",
+            "message": error.message,
+            "file": error.file.display().to_string(),
+            "line": error.position.map(|p| p.line),
+            "column": error.position.map(|p| p.column),
+            "key": (!error.path.is_empty()).then_some(&error.path),
+            "help": error.help,
+        });
+        eprintln!("{line}");
+        return;
+    }
     // The plain one-line form first: greppable, and what non-terminal logs keep.
     eprintln!("error: {error}");
     if let Some(position) = error.position {
@@ -113,4 +127,17 @@ pub fn print_config_error(error: &ConfigError) {
             eprintln!("{report:?}");
         }
     }
+}
+
+/// Prints a failure of model planning (a config error with file:line, or the lake
+/// being unreadable) and returns the exit code.
+pub fn report_transform_error(error: &sluice_transform::TransformError) -> u8 {
+    match error {
+        sluice_transform::TransformError::Config(e) => print_config_error(e),
+        other => eprintln!(
+            "error: cannot plan the models: {}",
+            sluice_core::secret::redact(&other.to_string())
+        ),
+    }
+    crate::exit::CONFIG
 }

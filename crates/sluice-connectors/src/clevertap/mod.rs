@@ -120,6 +120,7 @@ fn events_spec(source: &str, table: Option<String>) -> StreamSpec {
         // A re-run replaces the days it re-reads: idempotent without an event id.
         partition_column: Some("event_date".into()),
         write_mode: WriteMode::OverwritePartitions,
+        dedupe: Default::default(),
     }
 }
 
@@ -165,6 +166,7 @@ fn profiles_spec(source: &str, config: &ProfilesConfig) -> StreamSpec {
         primary_key: vec!["profile_id".into()],
         partition_column: None,
         write_mode: WriteMode::Merge,
+        dedupe: Default::default(),
     }
 }
 

@@ -9,9 +9,9 @@ use sluice_core::source::StreamSpec;
 use super::config::{EntityConfig, InsightsConfig, Level};
 
 /// Money in account currency: Facebook reports at most 2 decimals; 4 leave room.
-pub const MONEY: FieldType = FieldType::Numeric { scale: 4 };
+pub const MONEY: FieldType = FieldType::numeric(4);
 /// Action values can be fractional conversions.
-pub const ACTION_VALUE: FieldType = FieldType::Numeric { scale: 6 };
+pub const ACTION_VALUE: FieldType = FieldType::numeric(6);
 
 /// The declared type of an insights field (unknown ones are inferred by the executor).
 pub fn insights_field_type(name: &str) -> FieldType {
@@ -115,6 +115,7 @@ pub fn insights_spec(source: &str, config: &InsightsConfig) -> StreamSpec {
         primary_key: insights_key(config),
         partition_column: Some("date_start".into()),
         write_mode: WriteMode::OverwritePartitions,
+        dedupe: Default::default(),
     }
 }
 
@@ -150,6 +151,7 @@ pub fn insights_actions_spec(
         primary_key,
         partition_column: Some("date_start".into()),
         write_mode: WriteMode::OverwritePartitions,
+        dedupe: Default::default(),
     }
 }
 
@@ -241,5 +243,6 @@ pub fn entity_spec(source: &str, stream: &str, config: &EntityConfig) -> StreamS
         primary_key: vec!["id".into()],
         partition_column: None,
         write_mode: WriteMode::Merge,
+        dedupe: Default::default(),
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use sluice_core::schema::FieldType;
 
 /// Money derived from `cost_micros`, in currency units.
-pub const COST: FieldType = FieldType::Numeric { scale: 6 };
+pub const COST: FieldType = FieldType::numeric(6);
 
 /// A built-in stream: its query (without date condition) and key.
 pub struct Builtin {

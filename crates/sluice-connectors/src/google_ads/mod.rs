@@ -179,6 +179,7 @@ impl GoogleSource {
                 primary_key: key.clone(),
                 partition_column: dated.then(|| "date".to_string()),
                 write_mode,
+                dedupe: Default::default(),
             });
             streams.push((
                 stream,

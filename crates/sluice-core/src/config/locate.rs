@@ -30,9 +30,13 @@ impl SpanMap {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
         let _ = parser.load(&mut builder, false);
-        SpanMap {
-            positions: builder.positions,
+        // The parser's index counts characters and points at its token's end;
+        // renderers want the byte offset of the line and column it reports.
+        let mut positions = builder.positions;
+        for position in positions.values_mut() {
+            position.offset = byte_offset(text, position.line, position.column) as u32;
         }
+        SpanMap { positions }
     }
 
     /// The position of `path`, or of its nearest ancestor that exists in the document
@@ -42,6 +46,22 @@ impl SpanMap {
             .rev()
             .find_map(|n| self.positions.get(&join_path(&path[..n])).copied())
     }
+}
+
+/// The byte offset of a 1-based line and (character) column in `text`.
+pub fn byte_offset(text: &str, line: u32, column: u32) -> usize {
+    let mut start = 0;
+    for (n, content) in text.split_inclusive('\n').enumerate() {
+        if n as u32 + 1 == line {
+            let within = content
+                .char_indices()
+                .nth(column.saturating_sub(1) as usize)
+                .map_or(content.trim_end_matches('\n').len(), |(i, _)| i);
+            return start + within;
+        }
+        start += content.len();
+    }
+    text.len()
 }
 
 /// Joins path segments the way users read them: `a.b[2].c`.

@@ -85,6 +85,34 @@ impl ConfigDocument {
         }
     }
 
+    /// A YAML syntax error at its line and column; a tab in an indentation is named
+    /// as the cause (YAML indents with spaces only).
+    pub fn yaml_error(&self, e: &serde_yaml::Error) -> ConfigError {
+        let mut error = self.error_at(&[], format!("invalid YAML: {e}"));
+        let at = |line: u32, column: u32| Position {
+            line,
+            column,
+            offset: locate::byte_offset(&self.text, line, column) as u32,
+        };
+        if let Some(loc) = e.location() {
+            error.position = Some(at(loc.line() as u32, loc.column() as u32));
+        }
+        let tabbed = self.text.lines().enumerate().find_map(|(n, line)| {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            indent
+                .find('\t')
+                .map(|i| (n as u32 + 1, indent[..i].chars().count() as u32 + 1))
+        });
+        if let Some((line, column)) = tabbed {
+            error.message = format!(
+                "invalid YAML: line {line} is indented with a tab; YAML indents with spaces only ({e})"
+            );
+            error.position = Some(at(line, column));
+            error.help = Some("replace the tab with spaces".into());
+        }
+        error
+    }
+
     /// Deserialises a section (a source, the destination, …) into the owner's typed config.
     pub fn parse_section<T: DeserializeOwned>(&self, section: &Section) -> Result<T, ConfigError> {
         self.deserialize_at(section.body.clone(), &section.path)
@@ -322,17 +350,7 @@ impl PipelineConfig {
         lookup: &dyn Lookup,
     ) -> Result<PipelineConfig, ConfigError> {
         let doc = ConfigDocument::new(file, text);
-        let mut value: Value = serde_yaml::from_str(&doc.text).map_err(|e| {
-            let mut error = doc.error_at(&[], format!("invalid YAML: {e}"));
-            if let Some(loc) = e.location() {
-                error.position = Some(Position {
-                    line: loc.line() as u32,
-                    column: loc.column() as u32,
-                    offset: loc.index() as u32,
-                });
-            }
-            error
-        })?;
+        let mut value: Value = serde_yaml::from_str(&doc.text).map_err(|e| doc.yaml_error(&e))?;
         interpolate::interpolate(&mut value, lookup, root, &mut Vec::new())
             .map_err(|e| doc.error_at(&e.path, e.message))?;
         let raw: RawPipeline = doc.deserialize_at(value, &[])?;

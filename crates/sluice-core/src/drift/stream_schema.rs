@@ -46,6 +46,8 @@ pub struct StreamSchema {
     /// What this run detected, one entry per kind and field.
     pub changes: BTreeMap<(ChangeKind, String), SchemaChange>,
     rows_seen: u64,
+    /// Declared columns, and which of them no record of this run filled yet.
+    declared: crate::declared::DeclaredColumns,
 }
 
 impl StreamSchema {
@@ -81,6 +83,7 @@ impl StreamSchema {
             policy,
             baseline: previous.cloned(),
             unseen,
+            declared: crate::declared::DeclaredColumns::new(&stream.schema),
             held_back: BTreeSet::new(),
             changes: BTreeMap::new(),
             rows_seen: 0,
@@ -111,6 +114,7 @@ impl StreamSchema {
     /// Handles keys seen in `records` that the schema lacks, by policy. `Err` = frozen.
     pub fn absorb(&mut self, records: &[Record]) -> Result<(), String> {
         self.rows_seen += records.len() as u64;
+        self.declared.note_values(records);
         if !self.unseen.is_empty() {
             for record in records {
                 self.unseen
@@ -196,6 +200,7 @@ impl StreamSchema {
     /// only the run's tallies move (rows seen, baseline fields seen non-null).
     pub fn absorb_batch(&mut self, batch: &RecordBatch) {
         self.rows_seen += batch.num_rows() as u64;
+        self.declared.note_batch(batch);
         self.unseen.retain(|name| {
             batch
                 .column_by_name(name)
@@ -281,6 +286,11 @@ impl StreamSchema {
         }
     }
 
+    /// A declared column no record filled beside an input key of nearly its name.
+    pub fn declared_typos(&self) -> Result<(), String> {
+        self.declared.check_typos(&self.schema, self.rows_seen)
+    }
+
     /// Fields that disappeared and likely renames, once every slice is read.
     pub fn finish(&mut self) -> Result<(), String> {
         if self.baseline.is_none() || self.rows_seen == 0 || !self.infer {
@@ -343,6 +353,7 @@ mod tests {
             primary_key: vec!["id".into()],
             partition_column: None,
             write_mode: WriteMode::Append,
+            dedupe: Default::default(),
         }
     }
 

@@ -90,9 +90,15 @@ impl Executor {
                 results = &mut reads => break results,
                 outcome = load => {
                     // Before the tail was sent, the load can only end early: the
-                    // ledger already has this load, or it failed. The staged load decides.
+                    // ledger already has this load, it failed, or it was called off
+                    // (a new column, a resumed slice: expected, not worth a warning).
+                    // The staged load decides.
                     if let Err(e) = joined_load(outcome) {
-                        tracing::warn!(table = %task.stream.table, error = %e, "live load stopped; loading from staged files");
+                        if extraction.live_load.is_live() {
+                            tracing::warn!(table = %task.stream.table, error = %e, "live load stopped; loading from staged files");
+                        } else {
+                            tracing::debug!(table = %task.stream.table, error = %e, "live load called off; loading from staged files");
+                        }
                     }
                     extraction.live_load.abort();
                     live = None;
@@ -120,7 +126,7 @@ impl Executor {
     ) -> Result<u64, TaskFailure> {
         let attempt = AtomicU64::new(0);
         let result = self
-            .retry(extraction.counters, || async {
+            .retry(extraction.counters, extraction.cancel, || async {
                 let n = attempt.fetch_add(1, Ordering::Relaxed);
                 let mut sink = SliceSink::new(extraction, index, n);
                 match task.source.read(&task.stream, slice, &mut sink).await {

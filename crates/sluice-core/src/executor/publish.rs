@@ -116,6 +116,9 @@ impl Executor {
             ));
         }
 
+        // The quarantine in the lake too: `sluice query` reads it whatever the destination.
+        crate::quarantine::write(&self.lake, "d1", table, &options.run_id, staged.rejected).await?;
+
         // Promote staged files into the D1 table in the lake.
         self.promote(
             table,

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use futures::StreamExt;
 use sluice_core::destination::{DestinationError, LoadOutcome, LoadRequest, TableSpec, WriteMode};
-use sluice_core::schema::FieldType;
+use sluice_core::schema::{FieldType, MAX_DECIMAL_PRECISION};
 use sluice_core::secret::redact;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -405,7 +405,7 @@ fn sql_type(ty: FieldType) -> String {
         FieldType::Boolean => "boolean".into(),
         FieldType::Bigint => "bigint".into(),
         FieldType::Double => "double precision".into(),
-        FieldType::Numeric { scale } => format!("numeric(38,{})", scale.max(0)),
+        FieldType::Numeric { precision, scale } => format!("numeric({precision},{})", scale.max(0)),
         FieldType::Text => "text".into(),
         FieldType::Json => "jsonb".into(),
         FieldType::Date => "date".into(),
@@ -424,18 +424,21 @@ fn field_type_of(sql: &str) -> Option<FieldType> {
         "jsonb" | "json" => FieldType::Json,
         "date" => FieldType::Date,
         "timestamp with time zone" | "timestamp without time zone" => FieldType::Timestamp,
-        // Unconstrained numeric holds any scale.
-        "numeric" => FieldType::Numeric { scale: 38 },
+        // Unconstrained numeric holds any decimal sluice makes.
+        "numeric" => FieldType::Numeric {
+            precision: 2 * MAX_DECIMAL_PRECISION,
+            scale: MAX_DECIMAL_PRECISION as i8,
+        },
         s if s.starts_with("character") => FieldType::Text,
         s if s.starts_with("numeric(") => {
-            let scale = s
+            let (precision, scale) = s
+                .trim_start_matches("numeric(")
                 .trim_end_matches(')')
-                .rsplit(',')
-                .next()?
-                .trim()
-                .parse()
-                .ok()?;
-            FieldType::Numeric { scale }
+                .split_once(',')?;
+            FieldType::Numeric {
+                precision: precision.trim().parse().ok()?,
+                scale: scale.trim().parse().ok()?,
+            }
         }
         _ => return None,
     })

@@ -155,9 +155,13 @@ impl PostgresDestination {
     /// A new connection, its driver task spawned; the session is in UTC so
     /// date ↔ timestamptz casts do not depend on the server's time zone.
     pub(crate) async fn connect(&self) -> Result<Client, DestinationError> {
-        let connect_error = |e: tokio_postgres::Error| DestinationError::Connect {
-            target: self.described.clone(),
-            message: redact(&error_text(&e)),
+        let connect_error = |e: tokio_postgres::Error| {
+            let (target, message) = (self.described.clone(), redact(&error_text(&e)));
+            if refuses_the_settings(&e) {
+                DestinationError::Refused { target, message }
+            } else {
+                DestinationError::Connect { target, message }
+            }
         };
         let client = match &self.tls {
             None => {
@@ -223,6 +227,15 @@ fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// The server's "no" to who or where we asked for (class 28: authorization; 3D000:
+/// no such database): the same settings will be refused again.
+fn refuses_the_settings(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        let code = db.code().code();
+        code.starts_with("28") || code == "3D000"
+    })
 }
 
 /// A driver error with the server's code, message and detail when there are some.

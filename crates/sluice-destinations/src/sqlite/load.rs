@@ -302,7 +302,8 @@ fn declared_type(ty: FieldType) -> String {
         FieldType::Boolean => "BOOLEAN".into(),
         FieldType::Bigint => "INTEGER".into(),
         FieldType::Double => "REAL".into(),
-        FieldType::Numeric { scale } => format!("DECIMAL_TEXT(38,{})", scale.max(0)),
+        // SQLite stores decimals as text; the declared precision is enforced when typing.
+        FieldType::Numeric { scale, .. } => format!("DECIMAL_TEXT(38,{})", scale.max(0)),
         FieldType::Text => "TEXT".into(),
         FieldType::Json => "JSON_TEXT".into(),
         FieldType::Date => "DATE_TEXT".into(),
@@ -319,15 +320,14 @@ fn field_type_of(declared: &str) -> Option<FieldType> {
         "JSON_TEXT" => FieldType::Json,
         "DATE_TEXT" => FieldType::Date,
         "TIMESTAMP_TEXT" => FieldType::Timestamp,
-        s if s.starts_with("DECIMAL_TEXT(") => FieldType::Numeric {
-            scale: s
-                .trim_end_matches(')')
+        s if s.starts_with("DECIMAL_TEXT(") => FieldType::numeric(
+            s.trim_end_matches(')')
                 .rsplit(',')
                 .next()?
                 .trim()
                 .parse()
                 .ok()?,
-        },
+        ),
         s if s.contains("INT") => FieldType::Bigint,
         s if s.contains("CHAR") || s.contains("CLOB") || s.contains("TEXT") => FieldType::Text,
         s if s.contains("REAL") || s.contains("FLOA") || s.contains("DOUB") => FieldType::Double,
@@ -480,16 +480,20 @@ fn convert(column: &str, from: Option<FieldType>, to: FieldType) -> String {
         }
         (_, FieldType::Text) => format!("CAST({column} AS TEXT)"),
         (Some(FieldType::Bigint), FieldType::Double) => format!("CAST({column} AS REAL)"),
-        (Some(FieldType::Bigint), FieldType::Numeric { scale }) if scale > 0 => {
+        (Some(FieldType::Bigint), FieldType::Numeric { scale, .. }) if scale > 0 => {
             format!(
                 "CAST({column} AS TEXT) || '.{}'",
                 "0".repeat(scale as usize)
             )
         }
-        (Some(FieldType::Numeric { scale: 0 }), FieldType::Numeric { scale }) if scale > 0 => {
+        (Some(FieldType::Numeric { scale: 0, .. }), FieldType::Numeric { scale, .. })
+            if scale > 0 =>
+        {
             format!("{column} || '.{}'", "0".repeat(scale as usize))
         }
-        (Some(FieldType::Numeric { scale: a }), FieldType::Numeric { scale: b }) if b > a => {
+        (Some(FieldType::Numeric { scale: a, .. }), FieldType::Numeric { scale: b, .. })
+            if b > a =>
+        {
             format!("{column} || '{}'", "0".repeat((b - a) as usize))
         }
         (Some(FieldType::Date), FieldType::Timestamp) => format!("{column} || 'T00:00:00.000000Z'"),
@@ -534,7 +538,7 @@ fn bind(
         },
         Cell::Bigint(v) => match target {
             FieldType::Double => return stmt.raw_bind_parameter(index, v as f64),
-            FieldType::Numeric { scale } => {
+            FieldType::Numeric { scale, .. } => {
                 write_decimal(scratch, v as i128 * 10i128.pow(scale.max(0) as u32), scale)
             }
             FieldType::Text => {
@@ -551,7 +555,7 @@ fn bind(
             _ => return stmt.raw_bind_parameter(index, v),
         },
         Cell::Numeric(unscaled, scale) => match target {
-            FieldType::Numeric { scale: wider } if wider > scale => {
+            FieldType::Numeric { scale: wider, .. } if wider > scale => {
                 match 10i128
                     .checked_pow((wider - scale) as u32)
                     .and_then(|f| unscaled.checked_mul(f))

@@ -42,7 +42,12 @@ pub async fn run(pipeline: &Path, args: QueryArgs) -> u8 {
         }
     };
     let models = match ModelProject::load(&config) {
-        Ok(m) => m,
+        // Merge tables show one row per key, as models see them: that needs the
+        // streams' keys (when the sources cannot be built, tables show as stored).
+        Ok(m) => match crate::project::Project::load(pipeline) {
+            Ok(project) => m.with_streams(project.sources.iter().flat_map(|s| s.streams())),
+            Err(_) => m,
+        },
         Err(e) => {
             crate::project::print_config_error(&e);
             return exit::CONFIG;

@@ -11,6 +11,7 @@ use sluice_core::run::{new_run_id, RunRecord, RunStatus, TaskStatus};
 use sluice_core::source::{RunWindow, Source};
 use sluice_transform::{ModelProject, ModelRunOptions, ModelStage};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{print_table, seconds, thousands};
 use crate::exit;
@@ -98,6 +99,11 @@ pub async fn execute_with(
             return Err(exit::CONFIG);
         }
     };
+    let specs: Vec<_> = sources.iter().flat_map(|s| s.streams()).collect();
+    if let Err(e) = sluice_transform::preflight::check_models(&models, &project.lake, &specs).await
+    {
+        return Err(crate::project::report_transform_error(&e));
+    }
     let lineage = match crate::lineage::RunLineage::for_project(project, &models) {
         Ok(l) => l,
         Err(e) => {
@@ -117,6 +123,8 @@ pub async fn execute_with(
         observer,
     };
     let run_id = new_run_id();
+    // Every log line of the run (extraction and models) names it.
+    let span = tracing::info_span!("run", run_id = %run_id);
     if let Some(lineage) = &lineage {
         lineage.started(&run_id).await;
     }
@@ -141,7 +149,10 @@ pub async fn execute_with(
             full_refresh: args.full_refresh,
         },
     };
-    match sluice_core::plan::execute::run(&plan, &selection, &executor, options, &stage).await {
+    match sluice_core::plan::execute::run(&plan, &selection, &executor, options, &stage)
+        .instrument(span)
+        .await
+    {
         Ok(record) => {
             if let Some(lineage) = &lineage {
                 lineage.finished(&record).await;

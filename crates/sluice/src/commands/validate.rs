@@ -28,7 +28,13 @@ pub async fn run(pipeline: &Path, args: ValidateArgs) -> u8 {
         crate::project::print_config_error(&e);
         return exit::CONFIG;
     }
-    let streams: usize = project.sources.iter().map(|s| s.streams().len()).sum();
+    let specs: Vec<_> = project.sources.iter().flat_map(|s| s.streams()).collect();
+    let models = models.with_streams(specs.iter().cloned());
+    if let Err(e) = sluice_transform::preflight::check_models(&models, &project.lake, &specs).await
+    {
+        return crate::project::report_transform_error(&e);
+    }
+    let streams = specs.len();
     println!(
         "{}: pipeline `{}` is valid ({} sources, {} streams, {} models; lake {}; destination {})",
         pipeline.display(),

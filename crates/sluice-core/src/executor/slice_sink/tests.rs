@@ -52,6 +52,7 @@ impl Fixture {
                 primary_key: vec!["id".into()],
                 partition_column: Some("day".into()),
                 write_mode: WriteMode::OverwritePartitions,
+                dedupe: Default::default(),
             },
             window: RunWindow {
                 since: None,
