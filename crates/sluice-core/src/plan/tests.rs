@@ -31,6 +31,7 @@ impl Source for Declared {
                 primary_key: Vec::new(),
                 partition_column: None,
                 write_mode: Default::default(),
+                dedupe: Default::default(),
             })
             .collect()
     }
