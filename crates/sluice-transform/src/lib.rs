@@ -14,7 +14,9 @@
 //! - [`quarantine`]: every quarantine in the lake as `quarantine.<layer>__<table>`;
 //! - [`preflight`]: planning every model before a run or in `sluice validate`;
 //! - [`run`]: running every model into the lake and the destination ([`run_models`]),
-//!   and ad-hoc queries ([`query`]).
+//!   and ad-hoc queries ([`query`]);
+//! - [`stage`]: the models' part of a run plan (describing models to it, running
+//!   the ones it selected).
 //!
 //! It does not extract or type source data (the executor in sluice-core does), and it
 //! does not know which destination it loads (the `Destination` trait does).
@@ -31,6 +33,7 @@ pub mod project;
 pub mod quarantine;
 pub mod render;
 pub mod run;
+pub mod stage;
 
 /// The engine's Arrow, for callers that print or inspect results.
 pub use datafusion::arrow;
@@ -39,3 +42,4 @@ pub use project::{Layer, Model, ModelProject};
 
 pub use catalog::D1View;
 pub use run::{query, run_models, ModelRunOptions};
+pub use stage::ModelStage;

@@ -76,6 +76,9 @@ pub struct ModelConfig {
     /// Data-quality checks run on the output before it is published.
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// Labels for `--select tag:<tag>` (e.g. `finance`, `nightly`).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// A column's documentation.

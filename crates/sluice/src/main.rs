@@ -65,6 +65,8 @@ enum Command {
     Init(commands::init::InitArgs),
     /// Check the pipeline file and models without side effects.
     Validate(commands::validate::ValidateArgs),
+    /// Show the run plan: streams → D1 tables → models → checks (or a `--select`ion of it).
+    Plan(commands::plan::PlanArgs),
     /// Run the pipeline (or a selection of it).
     Run(commands::run::RunArgs),
     /// Re-run a past run's extraction from the pages it landed, without calling sources.
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Init(args) => commands::init::run(args),
             Command::Validate(args) => commands::validate::run(&cli.pipeline, args).await,
+            Command::Plan(args) => commands::plan::run(&cli.pipeline, args).await,
             Command::Run(args) => commands::run::run(&cli.pipeline, args, interactive).await,
             Command::Replay(args) => commands::replay::run(&cli.pipeline, args, interactive).await,
             Command::Query(args) => commands::query::run(&cli.pipeline, args).await,

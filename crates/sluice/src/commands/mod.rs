@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod init;
+pub mod plan;
 pub mod query;
 pub mod replay;
 pub mod run;

@@ -1,14 +1,15 @@
-//! `sluice run`: plan, execute, report.
+//! `sluice run`: build the run plan, select from it, have the library execute it, report.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
 use sluice_core::executor::{Executor, RunObserver, RunOptions};
-use sluice_core::plan::plan_streams;
+use sluice_core::plan::execute::PlanRunError;
+use sluice_core::plan::RunPlan;
 use sluice_core::run::{new_run_id, RunRecord, RunStatus, TaskStatus};
 use sluice_core::source::{RunWindow, Source};
-use sluice_transform::{run_models, ModelProject, ModelRunOptions, TransformError};
+use sluice_transform::{ModelProject, ModelRunOptions, ModelStage};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -18,7 +19,9 @@ use crate::project::Project;
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RunArgs {
-    /// Streams to run: `source`, `source.stream`, a D1 table name, or globs (`*.insights`). Repeatable or comma-separated.
+    /// What to run: `source`, `source.stream`, a D1 table, a model, globs (`*.insights`),
+    /// `tag:<tag>`, with `+` for upstream/downstream (`+channel_spend_daily`, `facebook+`,
+    /// `2+model`). Repeatable or comma-separated; default: everything.
     #[arg(short, long, value_delimiter = ',')]
     pub select: Vec<String>,
     /// Backfill from this date (inclusive). A backfill does not move incremental cursors.
@@ -74,20 +77,13 @@ pub async fn execute(
 }
 
 /// Runs `sources` (the project's, or replay wrappers of them) with the project's lake,
-/// state and destination.
+/// state and destination: the selected part of the run plan, executed by the library.
 pub async fn execute_with(
     project: &Project,
     sources: &[Arc<dyn Source>],
     args: &RunArgs,
     observer: Arc<dyn RunObserver>,
 ) -> Result<RunRecord, u8> {
-    let tasks = match plan_streams(sources, &args.select) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Err(exit::CONFIG);
-        }
-    };
     if let (Some(since), Some(until)) = (args.since, args.until) {
         if since > until {
             eprintln!("error: --since {since} is after --until {until}");
@@ -95,10 +91,11 @@ pub async fn execute_with(
         }
     }
     // Models are planned before anything runs: a SQL error stops the run with file:line.
-    let models = match ModelProject::load(&project.config) {
-        Ok(m) => m.with_streams(sources.iter().flat_map(|s| s.streams())),
+    let (plan, models) = build_plan(project, sources)?;
+    let selection = match plan.select(&args.select) {
+        Ok(s) => s,
         Err(e) => {
-            crate::project::print_config_error(&e);
+            eprintln!("error: {e}");
             return Err(exit::CONFIG);
         }
     };
@@ -142,7 +139,15 @@ pub async fn execute_with(
                 .unwrap_or_else(|| chrono::Utc::now().date_naive()),
             full_refresh: args.full_refresh,
         },
-        cancel: cancel.clone(),
+        cancel,
+    };
+    let stage = ModelStage {
+        project: models,
+        lake: project.lake.clone(),
+        destination: project.destination.clone(),
+        options: ModelRunOptions {
+            full_refresh: args.full_refresh,
+        },
     };
     // Every run says when a configured API version nears its sunset.
     for source in sources {
@@ -150,43 +155,51 @@ pub async fn execute_with(
             tracing::warn!(source = %source.name(), "{notice}");
         }
     }
-    let mut record = executor.run(tasks, options).instrument(span.clone()).await;
-    // Recorded after the run: the API's own deprecation headers arrive with its answers.
-    record.notices = sources
-        .iter()
-        .flat_map(|s| {
-            let name = s.name().to_string();
-            s.notices().into_iter().map(move |n| format!("{name}: {n}"))
-        })
-        .collect();
-    let model_options = ModelRunOptions {
-        full_refresh: args.full_refresh,
-    };
-    if let Err(e) = run_models(
-        &models,
-        &project.lake,
-        project.destination.as_ref(),
-        &mut record,
-        &model_options,
-        &cancel,
-    )
-    .instrument(span)
-    .await
+    match sluice_core::plan::execute::run(&plan, &selection, &executor, options, &stage)
+        .instrument(span)
+        .await
     {
-        if let TransformError::Config(e) = &e {
-            crate::project::print_config_error(e);
+        Ok(mut record) => {
+            // Shown with the summary: the API's own deprecation headers arrive with its answers.
+            record.notices = sources
+                .iter()
+                .flat_map(|s| {
+                    let name = s.name().to_string();
+                    s.notices().into_iter().map(move |n| format!("{name}: {n}"))
+                })
+                .collect();
+            if let Some(lineage) = &lineage {
+                lineage.finished(&record).await;
+            }
+            Ok(record)
+        }
+        Err(PlanRunError::Config(e)) => {
+            crate::project::print_config_error(&e);
+            Err(exit::CONFIG)
+        }
+    }
+}
+
+/// The run plan of `sources` and the project's models; `Err` is the exit code of a
+/// model error (printed with file:line) or of a plan error.
+pub fn build_plan(
+    project: &Project,
+    sources: &[Arc<dyn Source>],
+) -> Result<(RunPlan, ModelProject), u8> {
+    let models = match ModelProject::load(&project.config) {
+        Ok(m) => m.with_streams(sources.iter().flat_map(|s| s.streams())),
+        Err(e) => {
+            crate::project::print_config_error(&e);
             return Err(exit::CONFIG);
         }
-        record.error = Some(sluice_core::secret::redact(&e.to_string()));
+    };
+    match RunPlan::build(sources, &models.describe()) {
+        Ok(plan) => Ok((plan, models)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(exit::CONFIG)
+        }
     }
-    // run_models re-settled the status; store the final record.
-    if let Err(e) = project.state.save_run(&record).await {
-        record.error = Some(format!("cannot write the run record: {e}"));
-    }
-    if let Some(lineage) = &lineage {
-        lineage.finished(&record).await;
-    }
-    Ok(record)
 }
 
 /// SIGINT or SIGTERM cancels the run: in-flight loads roll back, state is not advanced.
@@ -267,9 +280,6 @@ pub fn print_summary(record: &RunRecord) {
         for warning in &t.warnings {
             println!("  ! {}: {warning}", t.task);
         }
-    }
-    for notice in &record.notices {
-        println!("  ! {notice}");
     }
     if let Some(e) = &record.error {
         println!("  ✗ {e}");

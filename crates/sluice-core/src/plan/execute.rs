@@ -1,0 +1,90 @@
+//! Running the selected part of a [`RunPlan`]: the one way every front end runs a
+//! run (the CLI, `sluice serve`, an Airflow or Kubernetes task).
+//!
+//! 1. The selected streams run on the [`Executor`]: extraction, D1 publish and state,
+//!    at most `execution.concurrency` streams at once and each source within its own
+//!    slice budget. The executor writes the run record when the run starts.
+//! 2. The selected models then run through a [`ModelRunner`] (implemented by
+//!    sluice-transform, which owns the SQL engine), in dependency order; a model
+//!    whose upstream failed is skipped, and an unselected upstream is read as the
+//!    lake holds it.
+//! 3. The final record is stored.
+//!
+//! One [`CancellationToken`] (in [`RunOptions`]) stops both stages: nothing new
+//! starts, in-flight loads roll back, and state is not advanced.
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::{PlanTask, RunPlan, Selection};
+use crate::config::ConfigError;
+use crate::executor::{Executor, RunOptions};
+use crate::run::RunRecord;
+
+/// Runs SQL models for a run; sluice-transform implements it.
+#[async_trait]
+pub trait ModelRunner: Send + Sync {
+    /// Runs `models` (ids such as `d2a.ad_performance_daily`, in dependency order),
+    /// appending one task record per model (and per check group) to `record` and
+    /// re-settling its status.
+    async fn run_models(
+        &self,
+        models: &[String],
+        record: &mut RunRecord,
+        cancel: &CancellationToken,
+    ) -> Result<(), ModelRunError>;
+}
+
+/// Why the model stage could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelRunError {
+    /// Found before any model ran: a SQL or model YAML error, with file:line.
+    #[error(transparent)]
+    Config(Box<ConfigError>),
+    /// The stage stopped (e.g. the lake could not be read); the message is redacted.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A run that could not complete its record.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanRunError {
+    /// A model's SQL or YAML is wrong (found after the streams ran, before any model did).
+    #[error(transparent)]
+    Config(Box<ConfigError>),
+}
+
+/// Runs the `selection` of `plan`: streams on `executor`, then models on `models`.
+/// Returns the finished run record, which is also stored in the lake.
+pub async fn run(
+    plan: &RunPlan,
+    selection: &Selection,
+    executor: &Executor,
+    options: RunOptions,
+    models: &dyn ModelRunner,
+) -> Result<RunRecord, PlanRunError> {
+    let mut streams = Vec::new();
+    let mut model_ids = Vec::new();
+    for task in plan.tasks(selection) {
+        match task {
+            PlanTask::Stream(stream) => streams.push(stream),
+            PlanTask::Model(id) => model_ids.push(id),
+        }
+    }
+    let cancel = options.cancel.clone();
+    let mut record = executor.run(streams, options).await;
+    if !model_ids.is_empty() {
+        match models.run_models(&model_ids, &mut record, &cancel).await {
+            Ok(()) => {}
+            Err(ModelRunError::Config(e)) => return Err(PlanRunError::Config(e)),
+            Err(ModelRunError::Failed(message)) => {
+                record.error = Some(crate::secret::redact(&message));
+            }
+        }
+        // The model stage re-settled the status; store the final record.
+        if let Err(e) = executor.state.save_run(&record).await {
+            record.error = Some(format!("cannot write the run record: {e}"));
+        }
+    }
+    Ok(record)
+}
