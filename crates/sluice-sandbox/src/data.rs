@@ -14,6 +14,9 @@
 //! the day ages (extra clicks and spend not yet removed as invalid,
 //! purchases/conversions not yet attributed). An earlier `today` therefore
 //! serves different numbers for the same day, as the real APIs do.
+//!
+//! Why one file over 700 lines: every value the sandbox serves and `truth` reports
+//! comes from these functions; keeping them together is what makes the two agree.
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime};
 

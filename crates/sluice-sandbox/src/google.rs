@@ -8,6 +8,9 @@
 //! defaults omitted). Errors are `google.rpc.Status` with a
 //! `GoogleAdsFailure` detail. Ad-level metrics are the unit; ad groups,
 //! campaigns and customers are their sums.
+//!
+//! Why one file over 700 lines: one emulated API (token endpoint, search and
+//! searchStream, proto3 rendering, faults); GAQL parsing is already in `google_gaql.rs`.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeMap, HashMap};
