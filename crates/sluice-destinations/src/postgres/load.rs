@@ -567,7 +567,8 @@ async fn ensure_schema(client: &Client, schema: &str) -> Result<(), tokio_postgr
 }
 
 /// Runs an `IF NOT EXISTS` DDL statement; two sessions running it at once can still
-/// collide in the catalog (unique violation), which means it exists now.
+/// collide in the catalog (a unique violation, or 42710 on the table's row type),
+/// which means it exists now.
 async fn create_if_missing(client: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
     match client.batch_execute(sql).await {
         Err(e)
@@ -575,6 +576,7 @@ async fn create_if_missing(client: &Client, sql: &str) -> Result<(), tokio_postg
                 e.code(),
                 Some(
                     &SqlState::UNIQUE_VIOLATION
+                        | &SqlState::DUPLICATE_OBJECT
                         | &SqlState::DUPLICATE_SCHEMA
                         | &SqlState::DUPLICATE_TABLE
                 )
