@@ -5,8 +5,13 @@
 //! ```text
 //! raw/<source>/<stream>/dt=<date>/<run>/<page>.json.zst   pages exactly as received, zstd
 //! d1/<table>/dt=<date>/<run>-<n>.parquet                 typed D1 tables
-//! _state/…                                                cursors, schema versions, run records
+//! d2a|d2b/<model>/[dt=<date>/]<run>.parquet               model tables
+//! quarantine/<layer>/<table>/<run>.ndjson                 records that did not fit, with reasons
+//! _staging/<run>/…                                        files of a run not yet published
+//! _state/<pipeline>/…                                     cursors, schema versions, run records
 //! ```
+//!
+//! Every path is spelled in [`layout`] alone; the rest of sluice asks it.
 //!
 //! The lake owns object storage access; it does not know what a source or a run is.
 //! State objects are written with create-only puts (see [`Lake::put_new`]) so two
@@ -32,6 +37,44 @@ const ROW_GROUP_ROWS: usize = 64 * 1024;
 /// 64 MiB of insights NDJSON (`zstd -b`): level 1 660 MB/s at 11.0×; level 3 half
 /// the speed for a few percent of size; `--fast=1` only 10 % faster at 8.8×.
 const RAW_PAGE_ZSTD_LEVEL: i32 = 1;
+
+/// The lake's layout: the one place its paths are spelled.
+pub mod layout {
+    /// Landed pages of a stream: `raw/<source>/<stream>`.
+    pub fn raw_stream(source: &str, stream: &str) -> String {
+        format!("raw/{source}/{stream}")
+    }
+
+    /// A table of a layer (`d1`, `d2a`, `d2b`): `<layer>/<table>`.
+    pub fn table(layer: &str, table: &str) -> String {
+        format!("{layer}/{table}")
+    }
+
+    /// One date partition of a table: `<layer>/<table>/dt=<date>/`.
+    pub fn table_partition(layer: &str, table: &str, dt: &str) -> String {
+        format!("{layer}/{table}/dt={dt}/")
+    }
+
+    /// Everything a run has staged and not yet published: `_staging/<run>`.
+    pub fn staging(run_id: &str) -> String {
+        format!("_staging/{run_id}")
+    }
+
+    /// Where a model's output is staged before it is published.
+    pub fn model_staging(run_id: &str, layer: &str, model: &str) -> String {
+        format!("{}/models/{layer}/{model}", staging(run_id))
+    }
+
+    /// The folder of pipeline state: `_state/<pipeline>`.
+    pub fn state(pipeline: &str) -> String {
+        format!("_state/{pipeline}")
+    }
+
+    /// The quarantine of a table: `quarantine/<layer>/<table>`.
+    pub fn quarantine(layer: &str, table: &str) -> String {
+        format!("quarantine/{layer}/{table}")
+    }
+}
 
 /// A lake operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -301,8 +344,12 @@ impl std::fmt::Display for PagePath<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "raw/{}/{}/dt={}/{}/{}.{}.zst",
-            self.source, self.stream, self.dt, self.run_id, self.page, self.extension
+            "{}/dt={}/{}/{}.{}.zst",
+            layout::raw_stream(self.source, self.stream),
+            self.dt,
+            self.run_id,
+            self.page,
+            self.extension
         )
     }
 }
@@ -373,7 +420,10 @@ pub fn date_folder(days_since_epoch: i32) -> String {
 /// Where a run records what one slice asked the source for (`{key, params}`), so a
 /// replay can decode the slice's pages with the context they were fetched in.
 pub fn slice_manifest_path(source: &str, stream: &str, run_id: &str, slice: usize) -> String {
-    format!("raw/{source}/{stream}/_slices/{run_id}/s{slice:05}.json")
+    format!(
+        "{}/_slices/{run_id}/s{slice:05}.json",
+        layout::raw_stream(source, stream)
+    )
 }
 
 /// A Parquet file being written to the lake.
@@ -394,6 +444,19 @@ impl TableFileWriter {
 
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Bytes of the row group being built, held in memory until it is flushed.
+    pub fn buffered_bytes(&self) -> usize {
+        self.writer.in_progress_size()
+    }
+
+    /// Ends the current row group (a smaller one), releasing its buffers.
+    pub async fn flush(&mut self) -> Result<(), LakeError> {
+        self.writer.flush().await.map_err(|e| LakeError::Data {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
     }
 
     /// Finishes the file; it becomes visible in the lake only now.

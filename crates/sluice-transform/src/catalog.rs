@@ -21,7 +21,7 @@ use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use sluice_core::destination::WriteMode;
-use sluice_core::lake::Lake;
+use sluice_core::lake::{layout, Lake};
 
 use crate::error::TransformError;
 use crate::project::ModelProject;
@@ -190,7 +190,7 @@ async fn register_d1(
     let raw = listing_table(
         ctx,
         lake,
-        &format!("d1/{table}"),
+        &layout::table("d1", table),
         vec![("dt".to_string(), DataType::Utf8)],
     )
     .await?;
@@ -259,7 +259,7 @@ pub async fn register_lake_table(
     if !lake_tables(lake, layer).await?.contains(table) {
         return Ok(false);
     }
-    let provider = listing_table(ctx, lake, &format!("{layer}/{table}"), Vec::new()).await?;
+    let provider = listing_table(ctx, lake, &layout::table(layer, table), Vec::new()).await?;
     ctx.register_table(reference, provider)
         .map_err(|e| TransformError::engine("register", e))?;
     Ok(true)

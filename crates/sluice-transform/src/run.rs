@@ -29,7 +29,7 @@ use datafusion::common::DataFusionError;
 use datafusion::execution::context::SessionContext;
 use futures::StreamExt;
 use sluice_core::destination::{Destination, LoadTail, TableSpec, WriteMode};
-use sluice_core::lake::Lake;
+use sluice_core::lake::{layout, Lake};
 use sluice_core::publish::StagedLoad;
 use sluice_core::run::{RunRecord, TaskError, TaskRecord, TaskStatus};
 use sluice_core::source::ErrorClass;
@@ -395,11 +395,7 @@ async fn run_one(
     // model's memory is bounded by the engine's state and one row group per date,
     // not by its output.
     let run_id = &record.run_id;
-    let staging = format!(
-        "_staging/{run_id}/models/{}/{}",
-        model.layer.as_str(),
-        model.name
-    );
+    let staging = layout::model_staging(run_id, model.layer.as_str(), &model.name);
     let staged = tokio::select! {
         _ = cancel.cancelled() => return Err(TransformError::Cancelled),
         result = stage_output(df, lake, &staging, &target, model) => result?,
@@ -440,7 +436,7 @@ async fn run_one(
         }
     }
     let layer = model.layer.as_str();
-    let dir = format!("{layer}/{}", model.name);
+    let dir = layout::table(layer, &model.name);
     let had_table = catalog::lake_tables(lake, layer)
         .await?
         .contains(&model.name);
@@ -539,10 +535,10 @@ async fn run_one(
 
     // Lake: the staged files become the model's table.
     let mut written = Vec::new();
-    for (date, path) in &staged_files {
+    for (n, (date, path)) in staged_files.iter().enumerate() {
         let target_path = match date {
-            Some(date) => format!("{dir}/dt={date}/{run_id}.parquet"),
-            None => format!("{dir}/{run_id}.parquet"),
+            Some(date) => format!("{dir}/dt={date}/{run_id}-{n:05}.parquet"),
+            None => format!("{dir}/{run_id}-{n:05}.parquet"),
         };
         lake.rename(path, &target_path).await?;
         written.push(target_path);
@@ -550,7 +546,10 @@ async fn run_one(
 
     // Lake: remove what the new files replace.
     let replaced_prefixes: Vec<String> = match scope {
-        Recomputed::Partitions(dates) => dates.iter().map(|d| format!("{dir}/dt={d}/")).collect(),
+        Recomputed::Partitions(dates) => dates
+            .iter()
+            .map(|d| layout::table_partition(layer, &model.name, d))
+            .collect(),
         _ => vec![format!("{dir}/")],
     };
     for prefix in replaced_prefixes {
@@ -575,6 +574,11 @@ async fn run_one(
         had_table,
     })
 }
+
+/// Rows per staged model file: a load reads one file into memory at a time.
+const MODEL_FILE_ROWS: u64 = 256 * 1024;
+/// Row-group bytes all open staged files may buffer together before they are cut.
+const MODEL_BUFFER_BYTES: usize = 48 * 1024 * 1024;
 
 /// A model's output, staged in the lake.
 struct StagedOutput {
@@ -604,7 +608,10 @@ async fn stage_output(
         ),
         None => None,
     };
+    // One open file per partition date; each is rotated at MODEL_FILE_ROWS, and
+    // row groups are cut early when all open files together buffer too much.
     let mut writers: BTreeMap<Option<String>, sluice_core::lake::TableFileWriter> = BTreeMap::new();
+    let mut files = Vec::new();
     let mut rows = 0u64;
     let mut undated = Vec::new();
     let mut output = df.execute_stream().await.map_err(engine)?;
@@ -625,30 +632,40 @@ async fn stage_output(
             }
         };
         for (date, part) in parts {
-            let writer = match writers.entry(date) {
+            let writer = match writers.entry(date.clone()) {
                 std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    let path = match v.key() {
-                        Some(date) => format!("{staging}/dt={date}/part.parquet"),
-                        None => format!("{staging}/part.parquet"),
+                    let folder = match &date {
+                        Some(date) => format!("{staging}/dt={date}"),
+                        None => staging.to_string(),
                     };
+                    let path = format!("{folder}/part-{:05}.parquet", files.len());
+                    files.push((date.clone(), path.clone()));
                     v.insert(lake.parquet_writer(&path, target.clone())?)
                 }
             };
             rows += part.num_rows() as u64;
             writer.write(&part).await?;
+            if writer.rows() >= MODEL_FILE_ROWS {
+                if let Some(full) = writers.remove(&date) {
+                    full.close().await?;
+                }
+            }
+        }
+        if writers.values().map(|w| w.buffered_bytes()).sum::<usize>() > MODEL_BUFFER_BYTES {
+            for writer in writers.values_mut() {
+                writer.flush().await?;
+            }
         }
     }
     // An empty output is still a table (with no rows).
-    if writers.is_empty() && partition.is_none() {
-        writers.insert(
-            None,
-            lake.parquet_writer(&format!("{staging}/part.parquet"), target.clone())?,
-        );
+    if files.is_empty() && partition.is_none() {
+        let path = format!("{staging}/part-00000.parquet");
+        files.push((None, path.clone()));
+        writers.insert(None, lake.parquet_writer(&path, target.clone())?);
     }
-    let mut files = Vec::with_capacity(writers.len());
-    for (date, writer) in writers {
-        files.push((date, writer.close().await?.0));
+    for (_, writer) in writers {
+        writer.close().await?;
     }
     Ok(StagedOutput {
         files,

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::live_load::{joined_load, LiveLoad, LiveLoadTask};
 use super::{Counters, Executor, RunOptions, TaskFailure};
 use crate::destination::{DestinationError, LoadOutcome, LoadTail, TableSpec, WriteMode};
-use crate::lake::LakeError;
+use crate::lake::{layout, LakeError};
 use crate::publish::StagedLoad;
 use crate::run::TaskRecord;
 use crate::schema::TableSchema;
@@ -129,7 +129,7 @@ impl Executor {
 
         // Checkpoints and leftovers of earlier, unpublished runs are now obsolete.
         self.state.clear_checkpoints(table).await?;
-        for object in self.lake.list("_staging").await? {
+        for object in self.lake.list("_staging/").await? {
             if object.path.contains(&format!("/{table}/")) {
                 self.lake.delete(&object.path).await?;
             }
@@ -192,7 +192,10 @@ impl Executor {
         let store = self.lake.store();
         let mut targets = Vec::with_capacity(staged.len());
         for (n, file) in staged.iter().enumerate() {
-            let target = format!("d1/{table}/dt={}/{run_id}-{n:05}.parquet", file.dt);
+            let target = format!(
+                "{}{run_id}-{n:05}.parquet",
+                layout::table_partition("d1", table, &file.dt)
+            );
             store
                 .rename(
                     &self.lake.object_path(&file.path),
@@ -206,10 +209,10 @@ impl Executor {
             targets.push(target);
         }
         let prefixes: Vec<String> = match mode {
-            WriteMode::Replace => vec![format!("d1/{table}/")],
+            WriteMode::Replace => vec![format!("{}/", layout::table("d1", table))],
             WriteMode::OverwritePartitions => partitions
                 .iter()
-                .map(|dt| format!("d1/{table}/dt={dt}/"))
+                .map(|dt| layout::table_partition("d1", table, dt))
                 .collect(),
             WriteMode::Append | WriteMode::Merge => Vec::new(),
         };

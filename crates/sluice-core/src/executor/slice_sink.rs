@@ -142,7 +142,8 @@ impl<'s, 'a> SliceSink<'s, 'a> {
         let partition = self.partitions.get_mut(dt).expect("partition exists");
         if partition.writer.is_none() {
             let path = format!(
-                "_staging/{run_id}/{table}/dt={dt}/s{slice:05}-a{attempt}-{seq:04}.parquet"
+                "{}/{table}/dt={dt}/s{slice:05}-a{attempt}-{seq:04}.parquet",
+                crate::lake::layout::staging(run_id)
             );
             let writer = self
                 .extraction
