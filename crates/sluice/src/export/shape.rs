@@ -153,10 +153,10 @@ impl ProjectShape {
             env,
             secret_files,
             files,
-            schedule: config.schedule.as_ref().map(|cron| ScheduleShape {
-                cron: cron.clone(),
-                timezone: "UTC".into(),
-                catchup: "skip".into(),
+            schedule: config.schedule.as_ref().map(|s| ScheduleShape {
+                cron: s.expression.clone(),
+                timezone: s.timezone.name().to_string(),
+                catchup: s.catch_up.as_str().to_string(),
             }),
             retries: config.execution.retries,
             initial_backoff_ms: config.execution.initial_backoff_ms,
