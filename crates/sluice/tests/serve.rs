@@ -274,6 +274,58 @@ fn a_schedule_that_is_not_cron_fails_validate_at_its_line() {
     assert_exit(&out, 0);
 }
 
+#[test]
+fn a_schedule_with_seconds_is_for_serve_only_and_export_says_so() {
+    let project = files_project("shop", "schedule: \"*/10 * * * * *\"\n");
+    assert_exit(&project.cmd().arg("validate").output().unwrap(), 0);
+    let out = project
+        .cmd()
+        .args(["export", "kubernetes", "--out", "k8s"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("has a seconds (or year) field"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_cancels_the_run_in_progress_and_a_viewer_cannot() {
+    let sandbox = slow_sandbox(1000).await;
+    let project = Project::new(&facebook_pipeline(
+        "cancelled",
+        &sandbox.base_url(),
+        &serve_section(),
+    ));
+    let server = Server::start(&project, &[]).await;
+    let (status, body) = server.trigger(Some(OPERATOR_TOKEN), json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["run_id"].as_str().unwrap().to_string();
+    // A second trigger while it runs is refused: one run of a pipeline at a time.
+    let (status, body) = server.trigger(Some(OPERATOR_TOKEN), json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    let cancel = |token: &'static str| {
+        let request = server
+            .http
+            .post(server.url(&format!("/api/runs/{id}/cancel")))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(cancel(VIEWER_TOKEN).await, 403);
+    assert_eq!(cancel(OPERATOR_TOKEN).await, 202);
+    let record = server.finished(&id, Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "cancelled", "{record:#}");
+    assert_eq!(
+        cancel(OPERATOR_TOKEN).await,
+        409,
+        "nothing is running any more"
+    );
+    drop(server);
+    sandbox.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_runs_happen_every_second_and_never_overlap() {
     // Each run takes well over the one-second interval (every sandbox answer waits).
@@ -704,10 +756,14 @@ async fn a_failed_run_is_alerted_once_by_webhook_and_email_then_its_recovery() {
             smtp.address
         ),
     );
-    // `C-…` is not a number: the model plans, then fails when it runs.
+    // Amounts go up to 499.99: the error-severity range check fails and blocks the model.
     project.write(
-        "models/d2b/broken.sql",
-        "select cast(customer_id as bigint) as customer from d1.shop_orders\n",
+        "models/d2b/big_orders.sql",
+        "select order_id, amount from d1.shop_orders\n",
+    );
+    project.write(
+        "models/d2b/big_orders.yml",
+        "checks:\n  - range: { column: amount, min: 0, max: 10 }\n",
     );
     let public = "http://dashboard.example:8080";
     let server = Server::start(&project, &["--public-url", public]).await;
@@ -718,7 +774,7 @@ async fn a_failed_run_is_alerted_once_by_webhook_and_email_then_its_recovery() {
     for expected in [
         "alerted",
         "PARTIAL",
-        "d2b.broken",
+        "error checks failed on: d2b.big_orders",
         "Failing since",
         &format!("{public}/runs/{failed_id}"),
     ] {
@@ -733,12 +789,25 @@ async fn a_failed_run_is_alerted_once_by_webhook_and_email_then_its_recovery() {
         "{mail}"
     );
     assert!(
-        mail.contains("data@example.com") && mail.contains("d2b.broken"),
+        mail.contains("data@example.com")
+            && mail.contains("- error checks failed on: d2b.big_orders"),
         "{mail}"
     );
     assert!(
         mail.contains(&format!("{public}/runs/{failed_id}")),
         "{mail}"
+    );
+
+    // The dashboard lists the failed check, linking to the run.
+    let (_, page) = server.get("/").await;
+    let checks = page
+        .split("<table id=\"checks\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no failed checks on the dashboard:\n{page}"));
+    assert!(
+        checks.contains(&format!("href=\"/runs/{failed_id}\""))
+            && checks.contains("d2b.big_orders"),
+        "{checks}"
     );
 
     // The same problem again within `repeat_after`: nothing new is sent.
@@ -750,8 +819,8 @@ async fn a_failed_run_is_alerted_once_by_webhook_and_email_then_its_recovery() {
 
     // Fixed: the next run succeeds and the recovery is announced.
     project.write(
-        "models/d2b/broken.sql",
-        "select count(*) as orders from d1.shop_orders\n",
+        "models/d2b/big_orders.yml",
+        "checks:\n  - range: { column: amount, min: 0, max: 1000 }\n",
     );
     project.write("data/orders/c.ndjson", orders_ndjson(46, 5));
     let (good_id, record) = run_now(&server).await;
@@ -864,6 +933,9 @@ impl SmtpSink {
                     message.push_str(&line);
                     message.push('\n');
                 }
+                // Undo quoted-printable soft line breaks and `=` escapes (RFC 2045), which
+                // the sender uses for long lines; enough for the assertions' text.
+                let message = message.replace("=\n", "").replace("=3D", "=");
                 store.lock().unwrap().push(message);
                 envelope.clear();
                 b"250 queued\r\n"

@@ -64,6 +64,22 @@ pub async fn index(State(state): State<AppState>) -> Response {
         })
         .take(10)
         .collect();
+    let schema_changes: Vec<_> = records
+        .iter()
+        .rev()
+        .flat_map(|r| {
+            r.tasks.iter().flat_map(move |t| {
+                t.schema_changes.iter().map(move |change| {
+                    context! {
+                        run_id => &r.run_id,
+                        table => &t.table,
+                        change => change.to_string(),
+                    }
+                })
+            })
+        })
+        .take(10)
+        .collect();
     let schedule = state.daemon.project.config.schedule.as_ref().map(|s| {
         format!(
             "{} ({}, catch_up: {})",
@@ -72,12 +88,7 @@ pub async fn index(State(state): State<AppState>) -> Response {
             s.catch_up.as_str()
         )
     });
-    let current = state
-        .daemon
-        .current_run
-        .lock()
-        .expect("current run lock")
-        .clone();
+    let current = state.daemon.current_run();
     page(templates().get_template("index.html").and_then(|t| {
         t.render(context! {
             pipeline => &state.daemon.project.config.name,
@@ -86,6 +97,7 @@ pub async fn index(State(state): State<AppState>) -> Response {
             runs => Serde(&recent),
             tables => Serde(&tables),
             failed_checks => failed_checks,
+            schema_changes => schema_changes,
             plan_svg => minijinja::Value::from_safe_string(svg),
             now => now.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
         })

@@ -7,6 +7,7 @@
 //! | `GET /metrics` | Prometheus / OpenMetrics text | anyone (scrapers) |
 //! | `GET /api/runs`, `/api/runs/{id}`, `/api/tables`, `/api/plan` | JSON | anyone who reaches the port |
 //! | `POST /api/runs` | trigger a run, body `{"select": […]}` (optional) | bearer token with role `operator` |
+//! | `POST /api/runs/{id}/cancel` | cancel the run in progress (its loads roll back) | bearer token with role `operator` |
 //! | `GET /`, `/runs/{id}` | the dashboard | anyone who reaches the port |
 //!
 //! Reads are not token-protected: bind `--listen` to an address only your
@@ -50,6 +51,7 @@ pub fn router(daemon: Arc<Daemon>, plan: RunPlan) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/runs", get(list_runs).post(trigger_run))
         .route("/api/runs/{id}", get(one_run))
+        .route("/api/runs/{id}/cancel", axum::routing::post(cancel_run))
         .route("/api/tables", get(tables))
         .route("/api/plan", get(plan_json))
         .with_state(state)
@@ -205,12 +207,7 @@ async fn list_runs(State(state): State<AppState>, Query(query): Query<ListQuery>
         .take(query.limit.unwrap_or(50))
         .map(RunSummary::of)
         .collect();
-    let current = state
-        .daemon
-        .current_run
-        .lock()
-        .expect("current run lock")
-        .clone();
+    let current = state.daemon.current_run();
     Json(json!({ "runs": runs, "current_run": current })).into_response()
 }
 
@@ -324,7 +321,7 @@ fn authorize(
         return Err((
             StatusCode::FORBIDDEN,
             format!(
-                "token `{}` has role viewer; triggering a run needs operator",
+                "token `{}` has role viewer; triggering or cancelling a run needs operator",
                 token.name
             ),
         ));
@@ -360,7 +357,7 @@ async fn trigger_run(
         );
     }
     let Ok(slot) = daemon.run_slot.clone().try_lock_owned() else {
-        let current = daemon.current_run.lock().expect("current run lock").clone();
+        let current = daemon.current_run();
         return error(
             StatusCode::CONFLICT,
             format!(
@@ -371,15 +368,37 @@ async fn trigger_run(
     };
     let run_id = sluice_core::run::new_run_id();
     tracing::info!(run_id = %run_id, token = %who, "run triggered over the API");
-    let id = run_id.clone();
+    let ticket = daemon.claim(run_id.clone(), slot);
     let select = body.select.clone();
     let runner = daemon.clone();
     daemon.triggered.spawn(async move {
-        runner.execute(select, id, slot).await;
+        runner.execute(select, ticket).await;
     });
     (
         StatusCode::ACCEPTED,
         Json(json!({ "run_id": run_id, "select": body.select, "status": "started" })),
     )
         .into_response()
+}
+
+/// Cancels the run in progress if it is `id` (202); 409 if `id` is not running.
+async fn cancel_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let who = match authorize(&state, &headers, Role::Operator) {
+        Ok(name) => name,
+        Err((status, message)) => return error(status, message),
+    };
+    if state.daemon.cancel_run(&id) {
+        tracing::warn!(run_id = %id, token = %who, "run cancelled over the API");
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({ "run_id": id, "status": "cancelling" })),
+        )
+            .into_response()
+    } else {
+        error(StatusCode::CONFLICT, format!("run {id} is not in progress"))
+    }
 }

@@ -70,8 +70,8 @@ pub struct Daemon {
     pub alerter: Option<Alerter>,
     /// Held by the run in progress: one run of the pipeline at a time.
     pub run_slot: Arc<Mutex<()>>,
-    /// The run in progress, if any.
-    pub current_run: StdMutex<Option<String>>,
+    /// The run in progress, if any, and what cancels it alone.
+    current_run: StdMutex<Option<CurrentRun>>,
     /// Cancelled on shutdown: take no new work.
     pub stopping: CancellationToken,
     /// Cancelled when the grace period is over: in-flight runs roll back.
@@ -82,26 +82,74 @@ pub struct Daemon {
     pub triggered: TaskTracker,
 }
 
+/// A claimed run: its id, what cancels it, and the run slot it holds until it ends.
+pub struct RunTicket {
+    run_id: String,
+    cancel: CancellationToken,
+    slot: OwnedMutexGuard<()>,
+}
+
+/// The run holding the run slot.
+struct CurrentRun {
+    run_id: String,
+    cancel: CancellationToken,
+}
+
 impl Daemon {
-    /// Runs the pipeline once (the `select`ed part, default all) as `run_id`, holding
-    /// the run slot; alerts on the outcome. Never fails: a run that cannot start
-    /// is recorded as a failed run, so it shows on the dashboard and is alerted.
-    pub async fn execute(
-        self: &Arc<Self>,
-        select: Vec<String>,
-        run_id: String,
-        slot: OwnedMutexGuard<()>,
-    ) -> RunRecord {
+    /// The id of the run in progress, if any.
+    pub fn current_run(&self) -> Option<String> {
+        self.current_run
+            .lock()
+            .expect("current run lock")
+            .as_ref()
+            .map(|r| r.run_id.clone())
+    }
+
+    /// Cancels run `run_id` if it is the one in progress (its loads roll back).
+    pub fn cancel_run(&self, run_id: &str) -> bool {
+        match self.current_run.lock().expect("current run lock").as_ref() {
+            Some(current) if current.run_id == run_id => {
+                current.cancel.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Makes `run_id` the run in progress, holding the run `slot`: from now on it is
+    /// listed as current and can be cancelled, even before [`Daemon::execute`] starts.
+    pub fn claim(&self, run_id: String, slot: OwnedMutexGuard<()>) -> RunTicket {
+        // A child of the shutdown token: cancelled by shutdown or by `POST …/cancel`.
+        let cancel = self.cancel_runs.child_token();
+        *self.current_run.lock().expect("current run lock") = Some(CurrentRun {
+            run_id: run_id.clone(),
+            cancel: cancel.clone(),
+        });
+        RunTicket {
+            run_id,
+            cancel,
+            slot,
+        }
+    }
+
+    /// Runs the pipeline once (the `select`ed part, default all) as the claimed run;
+    /// alerts on the outcome. Never fails: a run that cannot start is recorded as a
+    /// failed run, so it shows on the dashboard and is alerted.
+    pub async fn execute(self: &Arc<Self>, select: Vec<String>, ticket: RunTicket) -> RunRecord {
         // The run is driven from a blocking thread with `block_on`: rustc cannot yet
         // prove the run's future `Send` (higher-ranked lifetimes in its async closures,
         // rust-lang/rust#102211), which `tokio::spawn` needs. Its own tasks still run
         // on the runtime's workers.
         let daemon = self.clone();
         let handle = tokio::runtime::Handle::current();
-        let failed_id = run_id.clone();
+        let failed_id = ticket.run_id.clone();
         tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            handle.block_on(daemon.execute_here(select, run_id))
+            let RunTicket {
+                run_id,
+                cancel,
+                slot: _slot,
+            } = ticket;
+            handle.block_on(daemon.execute_here(select, run_id, cancel))
         })
         .await
         .unwrap_or_else(|e| {
@@ -110,8 +158,12 @@ impl Daemon {
         })
     }
 
-    async fn execute_here(&self, select: Vec<String>, run_id: String) -> RunRecord {
-        *self.current_run.lock().expect("current run lock") = Some(run_id.clone());
+    async fn execute_here(
+        &self,
+        select: Vec<String>,
+        run_id: String,
+        cancel: CancellationToken,
+    ) -> RunRecord {
         let args = RunArgs {
             select: select.clone(),
             ..RunArgs::default()
@@ -122,7 +174,7 @@ impl Daemon {
             &self.project.sources,
             &args,
             Arc::new(crate::progress::LogLines),
-            self.cancel_runs.child_token(),
+            cancel,
             run_id.clone(),
         )
         .await;

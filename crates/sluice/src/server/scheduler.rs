@@ -112,11 +112,11 @@ pub async fn run_loop(daemon: Arc<Daemon>, schedule: Schedule) {
         }
         let slot = daemon.run_slot.clone().lock_owned().await;
         tracing::info!("scheduled run for {due}");
-        let record = daemon
-            .execute(Vec::new(), sluice_core::run::new_run_id(), slot)
-            .await;
-        // A run cancelled by shutdown did not happen: catch-up may redo it after restart.
-        if record.status != RunStatus::Cancelled {
+        let ticket = daemon.claim(sluice_core::run::new_run_id(), slot);
+        let record = daemon.execute(Vec::new(), ticket).await;
+        // A run cancelled by shutdown did not happen: catch-up may redo it after a
+        // restart. One an operator cancelled was handled.
+        if record.status != RunStatus::Cancelled || !daemon.stopping.is_cancelled() {
             last = due;
             save(&daemon, &path, &schedule, last).await;
         }
