@@ -43,8 +43,13 @@ pub async fn index(State(state): State<AppState>) -> Response {
         Err(response) => return response,
     };
     let now = Utc::now();
-    let recent: Vec<RunSummary> = records.iter().rev().take(25).map(RunSummary::of).collect();
-    let last = records.last();
+    let recent: Vec<RunSummary> = records
+        .iter()
+        .rev()
+        .take(25)
+        .map(|r| RunSummary::of(r))
+        .collect();
+    let last = records.last().map(|r| r.as_ref());
     let svg = plan_svg(&state.plan, last);
     let tables = freshness(&records, now);
     let failed_checks: Vec<_> = records

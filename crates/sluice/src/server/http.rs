@@ -123,13 +123,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// All run records, oldest first; a lake error is a 500 naming it.
-pub async fn records(daemon: &Daemon) -> Result<Vec<RunRecord>, Response> {
-    daemon.project.state.runs().await.map_err(|e| {
+pub async fn records(daemon: &Daemon) -> Result<Vec<Arc<RunRecord>>, Response> {
+    daemon.records.all().await.map_err(|e| {
         error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(
                 "cannot read run records: {}",
-                sluice_core::secret::redact(&e.to_string())
+                sluice_core::secret::redact(&e)
             ),
         )
     })
@@ -205,7 +205,7 @@ async fn list_runs(State(state): State<AppState>, Query(query): Query<ListQuery>
         .iter()
         .rev()
         .take(query.limit.unwrap_or(50))
-        .map(RunSummary::of)
+        .map(|r| RunSummary::of(r))
         .collect();
     let current = state.daemon.current_run();
     Json(json!({ "runs": runs, "current_run": current })).into_response()
@@ -235,7 +235,7 @@ pub struct TableFreshness {
 }
 
 /// Every table a run touched, sorted by name.
-pub fn freshness(records: &[RunRecord], now: DateTime<Utc>) -> Vec<TableFreshness> {
+pub fn freshness(records: &[Arc<RunRecord>], now: DateTime<Utc>) -> Vec<TableFreshness> {
     let mut tables: BTreeMap<String, TableFreshness> = BTreeMap::new();
     for record in records {
         for task in record.tasks.iter().filter(|t| !t.task.ends_with(":checks")) {

@@ -15,6 +15,7 @@
 //! | `sluice_table_last_success_timestamp_seconds`, `sluice_table_freshness_seconds` | `table` |
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use prometheus_client::encoding::text::encode;
@@ -40,7 +41,7 @@ fn duration_histogram() -> Histogram {
 }
 
 /// The metrics of `records` as OpenMetrics text; `now` dates the freshness gauges.
-pub fn render(records: &[RunRecord], now: DateTime<Utc>) -> Result<String, String> {
+pub fn render(records: &[Arc<RunRecord>], now: DateTime<Utc>) -> Result<String, String> {
     let mut registry = Registry::with_prefix("sluice");
     let runs = Family::<Labels, Counter>::default();
     let rows_loaded = Family::<Labels, Counter>::default();

@@ -7,6 +7,7 @@
 //! | `scheduler` | the cron loop, catch-up of missed times, its state in the lake |
 //! | `http` | the routes: probes, API, token checks |
 //! | `metrics` | Prometheus text derived from the run records |
+//! | `records` | the run records, read from the lake, cached by object version |
 //! | `dashboard` | the HTML page and the plan drawn as SVG |
 //! | `tokens` | `serve.tokens`: hashed bearer tokens and their roles |
 //!
@@ -21,6 +22,7 @@
 mod dashboard;
 mod http;
 mod metrics;
+mod records;
 mod scheduler;
 mod tokens;
 
@@ -80,6 +82,8 @@ pub struct Daemon {
     pub scheduler_alive: AtomicBool,
     /// Runs started by the API, so shutdown can wait for them.
     pub triggered: TaskTracker,
+    /// The run records, read from the lake and cached by version.
+    pub records: records::RecordCache,
 }
 
 /// A claimed run: its id, what cancels it, and the run slot it holds until it ends.
@@ -211,6 +215,7 @@ impl Daemon {
             status = record.status.as_str(),
             "run finished"
         );
+        self.records.invalidate().await;
         *self.current_run.lock().expect("current run lock") = None;
         if let Some(alerter) = &self.alerter {
             if record.status != RunStatus::Cancelled {
@@ -264,7 +269,9 @@ pub async fn run(pipeline: &Path, args: ServeArgs) -> u8 {
         }
     };
     let schedule = project.config.schedule.clone();
+    let records = records::RecordCache::new(project.lake.clone(), &project.config.name);
     let daemon = Arc::new(Daemon {
+        records,
         project,
         tokens,
         alerter,
