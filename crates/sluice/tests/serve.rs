@@ -225,8 +225,14 @@ impl Server {
 /// The run records in the lake, oldest first, read from the files themselves.
 fn lake_runs(project: &Project, pipeline: &str) -> Vec<Value> {
     let dir = project.path().join(format!("lake/_state/{pipeline}/runs"));
+    // Only `*.json`: the lake writes a staging file beside a record and renames it.
     let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect()
+        })
         .unwrap_or_default();
     paths.sort();
     paths
