@@ -772,8 +772,9 @@ async fn a_failed_run_is_alerted_once_by_webhook_and_email_then_its_recovery() {
         "checks:\n  - range: { column: amount, min: 0, max: 10 }\n",
     );
     let public = "http://dashboard.example:8080";
-    let server = Server::start(&project, &["--public-url", public]).await;
+    let mut server = Server::start(&project, &["--public-url", public]).await;
     let (failed_id, record) = run_now(&server).await;
+    let failed_since = time(&record["started_at"]);
     assert_eq!(record["status"], "partial", "{record:#}");
     let message = webhook.wait_for(1).await.remove(0);
     let text = message["text"].as_str().unwrap();
@@ -816,7 +817,10 @@ async fn a_failed_run_is_alerted_once_by_webhook_and_email_then_its_recovery() {
         "{checks}"
     );
 
-    // The same problem again within `repeat_after`: nothing new is sent.
+    // The same problem again within `repeat_after`, after a restart (the open
+    // problem is kept in the lake): nothing new is sent.
+    assert_eq!(server.terminate(Duration::from_secs(30)).await, 0);
+    let server = Server::start(&project, &["--public-url", public]).await;
     project.write("data/orders/b.ndjson", orders_ndjson(41, 5));
     let (_, record) = run_now(&server).await;
     assert_eq!(record["status"], "partial");
@@ -834,8 +838,10 @@ async fn a_failed_run_is_alerted_once_by_webhook_and_email_then_its_recovery() {
     let messages = webhook.wait_for(2).await;
     let recovery = messages[1]["text"].as_str().unwrap();
     assert!(
-        recovery.contains("recovered") && recovery.contains(&good_id),
-        "{recovery}"
+        recovery.contains("recovered")
+            && recovery.contains(&good_id)
+            && recovery.contains(&failed_since.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+        "the recovery names the first failure's time, across the restart:\n{recovery}"
     );
     let mails = smtp.wait_for(2).await;
     assert!(mails[1].contains("recovered"), "{}", mails[1]);

@@ -22,6 +22,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 use sluice_core::config::{ConfigError, PipelineConfig};
+use sluice_core::lake::Lake;
 use sluice_core::run::{RunRecord, RunStatus, TaskStatus};
 use tokio::sync::Mutex;
 
@@ -118,7 +119,8 @@ struct Email {
     to: Vec<Mailbox>,
 }
 
-/// What is wrong right now, and since when.
+/// What is wrong right now, and since when (kept in the lake across restarts).
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 struct OpenProblem {
     since: DateTime<Utc>,
     last_sent: DateTime<Utc>,
@@ -135,6 +137,8 @@ pub struct Alerter {
     repeat_after: Duration,
     http: reqwest::Client,
     open: Mutex<Option<OpenProblem>>,
+    /// Where the open problem is kept (`_state/<pipeline>/alerts.json`), if anywhere.
+    store: Option<Lake>,
 }
 
 /// One message, rendered for both channels.
@@ -194,7 +198,35 @@ impl Alerter {
                 .build()
                 .unwrap_or_default(),
             open: Mutex::new(None),
+            store: None,
         }))
+    }
+
+    fn store_path(&self) -> String {
+        format!("_state/{}/alerts.json", self.pipeline)
+    }
+
+    /// Keeps the open problem in `lake`, and picks up the one a previous process left:
+    /// "failing since" and throttling survive a restart.
+    pub async fn keep_state_in(mut self, lake: Lake) -> Alerter {
+        match lake.get(&self.store_path()).await {
+            Ok(Some(bytes)) => match serde_json::from_slice::<Option<OpenProblem>>(&bytes) {
+                Ok(open) => *self.open.get_mut() = open,
+                Err(e) => tracing::warn!("ignoring unreadable {}: {e}", self.store_path()),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot read {}: {e}", self.store_path()),
+        }
+        self.store = Some(lake);
+        self
+    }
+
+    async fn save(&self, open: &Option<OpenProblem>) {
+        let Some(lake) = &self.store else { return };
+        let text = serde_json::to_vec_pretty(open).unwrap_or_default();
+        if let Err(e) = lake.put(&self.store_path(), text.into()).await {
+            tracing::warn!("cannot write {}: {e}", self.store_path());
+        }
     }
 
     /// Looks at a finished run: alerts on a new or still-open problem (throttled),
@@ -252,6 +284,7 @@ impl Alerter {
                 }
             }
         };
+        self.save(&open).await;
         drop(open);
         self.send(&alert).await;
         Some(alert)
@@ -425,6 +458,7 @@ mod tests {
             repeat_after: Duration::from_secs(3600),
             http: reqwest::Client::new(),
             open: Mutex::new(None),
+            store: None,
         }
     }
 

@@ -261,6 +261,10 @@ pub async fn run(pipeline: &Path, args: ServeArgs) -> u8 {
             return exit::CONFIG;
         }
     };
+    let alerter = match alerter {
+        Some(a) => Some(a.keep_state_in(project.lake.clone()).await),
+        None => None,
+    };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {

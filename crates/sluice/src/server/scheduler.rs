@@ -107,10 +107,14 @@ pub async fn run_loop(daemon: Arc<Daemon>, schedule: Schedule) {
                 }
             }
         };
+        // A run triggered over the API may hold the slot: wait for it, unless stopping.
+        let slot = tokio::select! {
+            slot = daemon.run_slot.clone().lock_owned() => slot,
+            _ = daemon.stopping.cancelled() => return,
+        };
         if daemon.stopping.is_cancelled() {
             return;
         }
-        let slot = daemon.run_slot.clone().lock_owned().await;
         tracing::info!("scheduled run for {due}");
         let ticket = daemon.claim(sluice_core::run::new_run_id(), slot);
         let record = daemon.execute(Vec::new(), ticket).await;
