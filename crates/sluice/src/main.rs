@@ -1,6 +1,7 @@
 //! The `sluice` command line. It parses arguments and calls the library crates;
 //! the work itself lives in sluice-core, sluice-connectors and sluice-destinations.
 
+mod alerts;
 mod commands;
 mod exit;
 mod export;
@@ -8,6 +9,7 @@ mod lineage;
 mod logging;
 mod progress;
 mod project;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +80,8 @@ enum Command {
     /// Inspect the schema registry: versions and changes of every stream.
     #[command(subcommand)]
     Schema(commands::schema::SchemaCommand),
+    /// Run the pipeline on its `schedule:` with health probes, metrics, an API and a dashboard.
+    Serve(server::ServeArgs),
     /// Run the example pipeline end to end on the embedded default and print a summary.
     Demo(commands::demo::DemoArgs),
     /// Generate files that run the pipeline elsewhere: an Airflow DAG, Kubernetes manifests.
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
             Command::Query(args) => commands::query::run(&cli.pipeline, args).await,
             Command::Runs(args) => commands::runs::run(&cli.pipeline, args).await,
             Command::Schema(cmd) => commands::schema::run(&cli.pipeline, cmd).await,
+            Command::Serve(args) => server::run(&cli.pipeline, args).await,
             Command::Demo(args) => commands::demo::run(args, interactive).await,
             Command::Export(cmd) => export::run(&cli.pipeline, cmd).await,
             Command::Sandbox(cmd) => match sluice_sandbox::cli::run(cmd).await {
