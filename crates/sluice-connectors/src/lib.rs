@@ -16,6 +16,7 @@ pub mod file_changes;
 pub mod files;
 pub mod google_ads;
 pub mod http;
+pub mod sql;
 
 /// A connector's construction error, placed at the key it names under `section`
 /// (`sources.google.oauth.refresh_token`), or at the section itself.
@@ -46,7 +47,14 @@ pub struct BuildContext {
 }
 
 /// Source `type`s this build knows, for validation messages.
-pub const SOURCE_TYPES: &[&str] = &["files", "facebook_ads", "google_ads", "clevertap"];
+pub const SOURCE_TYPES: &[&str] = &[
+    "files",
+    "facebook_ads",
+    "google_ads",
+    "clevertap",
+    "postgres",
+    "mysql",
+];
 
 /// Builds the source declared by `section` (`sources.<name>`).
 pub fn build_source(
@@ -65,6 +73,7 @@ pub fn build_source(
         "clevertap" => Ok(Arc::new(clevertap::CleverTapSource::build(
             doc, section, ctx,
         )?)),
+        "postgres" | "mysql" => Ok(Arc::new(sql::SqlSource::build(doc, section, ctx)?)),
         other => {
             let mut path = section.path.clone();
             path.push("type".into());
