@@ -681,3 +681,101 @@ sources:
     assert_eq!(rows(), expected);
     pg.drop_schemas(&prefix);
 }
+
+// ---------------------------------------------------------------- writes during runs
+
+#[test]
+fn writes_during_runs_and_a_sigkill_then_reruns_converge_exactly() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const SEEDED: i64 = 20_000;
+    let prefix = unique_prefix("pgwrites");
+    let pg = Pg::connect();
+    pg.drop_schemas(&prefix);
+    let schema = format!("{prefix}src");
+    let table = format!("{schema}.items");
+    // Seven rows share each cursor value: ties at most page boundaries.
+    pg.execute(&format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {table} (id int PRIMARY KEY, updated_at timestamptz NOT NULL, v int NOT NULL);
+         INSERT INTO {table} SELECT g, '2024-01-01'::timestamptz + (g / 7) * interval '1 millisecond', 0
+         FROM generate_series(1, {SEEDED}) g;"
+    ));
+    let project = Project::new(
+        &items_pipeline("postgres", &pg_url(), &table, "")
+            .replace("batch_size: 4", "batch_size: 500"),
+    );
+
+    // One writer commits inserts and updates, one statement at a time, all through the runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, table) = (stop.clone(), table.clone());
+        std::thread::spawn(move || {
+            let pg = Pg::connect();
+            let mut next = SEEDED + 1;
+            let mut writes = 0;
+            while !stop.load(Ordering::Relaxed) {
+                pg.execute(&format!(
+                    "INSERT INTO {table} VALUES ({next}, clock_timestamp(), 0)"
+                ));
+                pg.execute(&format!(
+                    "UPDATE {table} SET v = v + 1, updated_at = clock_timestamp() WHERE id = {}",
+                    (next * 7919) % SEEDED + 1
+                ));
+                next += 1;
+                writes += 2;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            writes
+        })
+    };
+
+    // A run killed part-way, then full runs while the writes go on.
+    let mut child = Process::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .arg("run")
+        .current_dir(project.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once it has landed pages: mid-extraction, before any publish.
+    let started = std::time::Instant::now();
+    while !project
+        .lake_files()
+        .iter()
+        .any(|f| f.to_string_lossy().contains("raw/src/items"))
+    {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "no page landed in a minute"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it could be killed"
+    );
+    let _ = child.kill(); // SIGKILL
+    child.wait().unwrap();
+    run_json(&project, &[]);
+    run_json(&project, &[]);
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(writes > 20, "the writer made only {writes} writes");
+
+    // After the writes stop, one more run catches up, exactly.
+    run_json(&project, &[]);
+    let source = pg.strings(&format!("SELECT id || '|' || v FROM {table} ORDER BY id"));
+    let loaded = sqlite_rows(&project, "SELECT id, v FROM d1__src_items ORDER BY id");
+    assert_eq!(loaded.len(), source.len());
+    let differing: Vec<_> = source
+        .iter()
+        .zip(&loaded)
+        .filter(|(s, l)| s != l)
+        .take(5)
+        .collect();
+    assert!(differing.is_empty(), "rows differ: {differing:?}");
+    let last = run_json(&project, &[]);
+    assert_eq!(task(&last, "src.items")["rows_extracted"], 0);
+    pg.drop_schemas(&prefix);
+}
