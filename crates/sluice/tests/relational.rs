@@ -684,53 +684,33 @@ sources:
 
 // ---------------------------------------------------------------- writes during runs
 
-#[test]
-fn writes_during_runs_and_a_sigkill_then_reruns_converge_exactly() {
+const SEEDED: i64 = 20_000;
+
+/// While `write(n)` commits an insert and an update after the seeded rows, a run is
+/// killed mid-extraction and two more run; once the writes stop, one more run makes
+/// the D1 table equal `source_rows()` (`id|v`), and a last one reads nothing.
+fn converge_under_writes(
+    project: &Project,
+    write: impl Fn(i64) + Send + 'static,
+    source_rows: &dyn Fn() -> Vec<String>,
+) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    const SEEDED: i64 = 20_000;
-    let prefix = unique_prefix("pgwrites");
-    let pg = Pg::connect();
-    pg.drop_schemas(&prefix);
-    let schema = format!("{prefix}src");
-    let table = format!("{schema}.items");
-    // Seven rows share each cursor value: ties at most page boundaries.
-    pg.execute(&format!(
-        "CREATE SCHEMA {schema}; CREATE TABLE {table} (id int PRIMARY KEY, updated_at timestamptz NOT NULL, v int NOT NULL);
-         INSERT INTO {table} SELECT g, '2024-01-01'::timestamptz + (g / 7) * interval '1 millisecond', 0
-         FROM generate_series(1, {SEEDED}) g;"
-    ));
-    let project = Project::new(
-        &items_pipeline("postgres", &pg_url(), &table, "")
-            .replace("batch_size: 4", "batch_size: 500"),
-    );
-
-    // One writer commits inserts and updates, one statement at a time, all through the runs.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (stop, table) = (stop.clone(), table.clone());
+        let stop = stop.clone();
         std::thread::spawn(move || {
-            let pg = Pg::connect();
             let mut next = SEEDED + 1;
-            let mut writes = 0;
             while !stop.load(Ordering::Relaxed) {
-                pg.execute(&format!(
-                    "INSERT INTO {table} VALUES ({next}, clock_timestamp(), 0)"
-                ));
-                pg.execute(&format!(
-                    "UPDATE {table} SET v = v + 1, updated_at = clock_timestamp() WHERE id = {}",
-                    (next * 7919) % SEEDED + 1
-                ));
+                write(next);
                 next += 1;
-                writes += 2;
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
-            writes
+            next - SEEDED - 1
         })
     };
 
-    // A run killed part-way, then full runs while the writes go on.
     let mut child = Process::new(assert_cmd::cargo::cargo_bin("sluice"))
         .arg("run")
         .current_dir(project.path())
@@ -757,16 +737,18 @@ fn writes_during_runs_and_a_sigkill_then_reruns_converge_exactly() {
     );
     let _ = child.kill(); // SIGKILL
     child.wait().unwrap();
-    run_json(&project, &[]);
-    run_json(&project, &[]);
+    run_json(project, &[]);
+    run_json(project, &[]);
     stop.store(true, Ordering::Relaxed);
     let writes = writer.join().unwrap();
-    assert!(writes > 20, "the writer made only {writes} writes");
+    assert!(
+        writes > 10,
+        "the writer made only {writes} inserts and updates"
+    );
 
-    // After the writes stop, one more run catches up, exactly.
-    run_json(&project, &[]);
-    let source = pg.strings(&format!("SELECT id || '|' || v FROM {table} ORDER BY id"));
-    let loaded = sqlite_rows(&project, "SELECT id, v FROM d1__src_items ORDER BY id");
+    run_json(project, &[]);
+    let source = source_rows();
+    let loaded = sqlite_rows(project, "SELECT id, v FROM d1__src_items ORDER BY id");
     assert_eq!(loaded.len(), source.len());
     let differing: Vec<_> = source
         .iter()
@@ -775,7 +757,79 @@ fn writes_during_runs_and_a_sigkill_then_reruns_converge_exactly() {
         .take(5)
         .collect();
     assert!(differing.is_empty(), "rows differ: {differing:?}");
-    let last = run_json(&project, &[]);
+    let last = run_json(project, &[]);
     assert_eq!(task(&last, "src.items")["rows_extracted"], 0);
+}
+
+#[test]
+fn postgres_writes_during_runs_and_a_sigkill_then_reruns_converge_exactly() {
+    let prefix = unique_prefix("pgwrites");
+    let pg = Pg::connect();
     pg.drop_schemas(&prefix);
+    let schema = format!("{prefix}src");
+    let table = format!("{schema}.items");
+    // Seven rows share each cursor value: ties at most page boundaries.
+    pg.execute(&format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {table} (id int PRIMARY KEY, updated_at timestamptz NOT NULL, v int NOT NULL);
+         INSERT INTO {table} SELECT g, '2024-01-01'::timestamptz + (g / 7) * interval '1 millisecond', 0
+         FROM generate_series(1, {SEEDED}) g;"
+    ));
+    let project = Project::new(
+        &items_pipeline("postgres", &pg_url(), &table, "")
+            .replace("batch_size: 4", "batch_size: 500"),
+    );
+    let writer = Pg::connect();
+    let written = table.clone();
+    converge_under_writes(
+        &project,
+        move |n| {
+            writer.execute(&format!(
+                "INSERT INTO {written} VALUES ({n}, clock_timestamp(), 0);
+                 UPDATE {written} SET v = v + 1, updated_at = clock_timestamp() WHERE id = {};",
+                (n * 7919) % SEEDED + 1
+            ))
+        },
+        &|| pg.strings(&format!("SELECT id || '|' || v FROM {table} ORDER BY id")),
+    );
+    pg.drop_schemas(&prefix);
+}
+
+#[test]
+fn mysql_writes_during_runs_and_a_sigkill_then_reruns_converge_exactly() {
+    let prefix = unique_prefix("mywrites");
+    let my = My::connect();
+    let db = format!("{prefix}src");
+    let table = format!("{db}.items");
+    let digits = "(SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 \
+                  UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9)";
+    my.query(&format!(
+        "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db};
+         CREATE TABLE {table} (id int PRIMARY KEY, updated_at datetime(6) NOT NULL, v int NOT NULL) ENGINE=InnoDB;
+         INSERT INTO {table} SELECT n, TIMESTAMPADD(MICROSECOND, (n DIV 7) * 1000, '2024-01-01'), 0 FROM
+           (SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d AS n
+            FROM {digits} a, {digits} b, {digits} c, {digits} e, {digits} f) s
+         WHERE n BETWEEN 1 AND {SEEDED};"
+    ));
+    let project = Project::new(
+        &items_pipeline("mysql", &mysql_url(), &table, "")
+            .replace("batch_size: 4", "batch_size: 500"),
+    );
+    let writer = My::connect();
+    let written = table.clone();
+    converge_under_writes(
+        &project,
+        move |n| {
+            writer.query(&format!(
+                "INSERT INTO {written} VALUES ({n}, NOW(6), 0);
+                 UPDATE {written} SET v = v + 1, updated_at = NOW(6) WHERE id = {};",
+                (n * 7919) % SEEDED + 1
+            ));
+        },
+        &|| {
+            my.query(&format!(
+                "SELECT CONCAT(id, '|', v) FROM {table} ORDER BY id"
+            ))
+        },
+    );
+    my.query(&format!("DROP DATABASE {db}"));
 }

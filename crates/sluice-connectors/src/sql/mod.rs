@@ -821,6 +821,15 @@ impl Source for SqlSource {
                 cursor_after: None,
             });
         };
+        let overlap =
+            matches!(stream.mode, Mode::Cursor { overlap: Some((amount, _)), .. } if amount > 0.0);
+        if lower.as_deref() == Some(upper.as_str()) && !overlap {
+            // Nothing past the cursor: no query at all.
+            return Ok(StreamPlan {
+                slices: Vec::new(),
+                cursor_after: None,
+            });
+        }
         let key = format!("{}..{}", lower.as_deref().unwrap_or("start"), upper).replace(
             |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
             "_",
