@@ -82,6 +82,8 @@ enum Command {
     Schema(commands::schema::SchemaCommand),
     /// Run the pipeline on its `schedule:` with health probes, metrics, an API and a dashboard.
     Serve(server::ServeArgs),
+    /// List a database source's tables, columns, types, keys and suggested sync; `--write` adds streams.
+    Discover(commands::discover::DiscoverArgs),
     /// Run the example pipeline end to end on the embedded default and print a summary.
     Demo(commands::demo::DemoArgs),
     /// Generate files that run the pipeline elsewhere: an Airflow DAG, Kubernetes manifests.
@@ -117,6 +119,7 @@ fn main() -> ExitCode {
             Command::Runs(args) => commands::runs::run(&cli.pipeline, args).await,
             Command::Schema(cmd) => commands::schema::run(&cli.pipeline, cmd).await,
             Command::Serve(args) => server::run(&cli.pipeline, args).await,
+            Command::Discover(args) => commands::discover::run(&cli.pipeline, args).await,
             Command::Demo(args) => commands::demo::run(args, interactive).await,
             Command::Export(cmd) => export::run(&cli.pipeline, cmd).await,
             Command::Sandbox(cmd) => match sluice_sandbox::cli::run(cmd).await {

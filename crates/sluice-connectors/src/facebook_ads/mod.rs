@@ -73,16 +73,16 @@ pub struct FacebookSource {
 }
 
 /// `type: facebook_ads`.
-pub const SOURCE_TYPE: crate::SourceType = crate::SourceType {
-    name: "facebook_ads",
-    build: |doc, section, _ctx| {
-        Ok(std::sync::Arc::new(crate::build_from_config(
-            doc,
-            section,
-            FacebookSource::new,
-        )?))
-    },
-};
+pub const SOURCE_TYPES: &[crate::SourceType] = &[crate::SourceType {
+        name: "facebook_ads",
+        build: |doc, section, _ctx| {
+            Ok(std::sync::Arc::new(crate::build_from_config(
+                doc,
+                section,
+                FacebookSource::new,
+            )?))
+        },
+}];
 
 impl FacebookSource {
     /// Builds from a typed config; `key_prefix` is where the section sits (`sources.facebook`).
