@@ -90,7 +90,8 @@ pub async fn session(
     catalog
         .deregister_schema(RAW_SCHEMA, true)
         .map_err(|e| TransformError::engine("session", e))?;
-    crate::quarantine::register(&ctx, lake).await?;
+    let policy = (view == D1View::Policy).then_some(project);
+    crate::quarantine::register(&ctx, lake, policy).await?;
     Ok(ctx)
 }
 

@@ -384,6 +384,66 @@ impl PiiPolicy {
         None
     }
 
+    /// A quarantined record of D1 `table` (its `raw` text) as the policy shows it: in a
+    /// JSON record every field a rule or a mark (`marked`) makes personal is transformed
+    /// like its column, at any depth (CleverTap nests `profileData`); text that is not
+    /// JSON is redacted whole when the table may hold personal data, as nothing in it
+    /// can be told apart.
+    pub fn apply_to_raw(&self, table: &str, marked: &[String], raw: &str) -> String {
+        match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(mut value @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => {
+                self.apply_to_value(table, marked, &mut value);
+                value.to_string()
+            }
+            _ if self.rules.is_empty() && marked.is_empty() => raw.to_string(),
+            _ => redact(raw),
+        }
+    }
+
+    fn apply_to_value(&self, table: &str, marked: &[String], value: &mut serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::Object(fields) => {
+                let names: Vec<String> = fields.keys().cloned().collect();
+                for name in names {
+                    let personal = marked.iter().any(|m| m.eq_ignore_ascii_case(&name));
+                    let Some(action) = self.action(table, &name, personal) else {
+                        if let Some(inner) = fields.get_mut(&name) {
+                            self.apply_to_value(table, marked, inner);
+                        }
+                        continue;
+                    };
+                    let Some(field) = fields.get_mut(&name) else {
+                        continue;
+                    };
+                    let text = match &*field {
+                        Value::Null => continue,
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    let shown = match action {
+                        PiiAction::Keep => continue,
+                        PiiAction::Drop => {
+                            fields.remove(&name);
+                            continue;
+                        }
+                        PiiAction::Hash => self.keys.hmac_hex(&text),
+                        PiiAction::MaskLast4 => Some(mask_last4(&text)),
+                        PiiAction::Redact => Some(redact(&text)),
+                        PiiAction::Encrypt => self.keys.encrypt(&text, &format!("{table}.{name}")),
+                    };
+                    *field = shown.map_or(Value::Null, Value::String);
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    self.apply_to_value(table, marked, item);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The functions of this module, bound to the policy's keys.
     pub fn functions(&self) -> Vec<ScalarUDF> {
         let keys = Arc::new(self.keys.clone());
@@ -657,6 +717,33 @@ mod tests {
             "pii:\n  key: {KEY_ONE}\n  columns: {{ \"*.email\": hash }}\n"
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn quarantined_records_show_personal_fields_through_the_policy() {
+        let p = PiiPolicy::new(Some(KEY_ONE), &[("*.phone", PiiAction::MaskLast4)]);
+        let marked = vec!["email".to_string(), "address".to_string()];
+        let raw = r#"{"identity":"C-1","email":"jane@example.com","phone":"+15551234567","profileData":{"Address":"12 Main St"},"n":3}"#;
+        let shown: serde_json::Value =
+            serde_json::from_str(&p.apply_to_raw("app_profiles", &marked, raw)).unwrap();
+        assert_eq!(shown["identity"], "C-1");
+        assert_eq!(shown["n"], 3);
+        assert_eq!(
+            shown["email"].as_str(),
+            p.keys.hmac_hex("jane@example.com").as_deref()
+        );
+        assert_eq!(shown["phone"], "********4567");
+        assert_eq!(
+            shown["profileData"]["Address"].as_str(),
+            p.keys.hmac_hex("12 Main St").as_deref()
+        );
+        // Not JSON: nothing can be told apart, so all of it is redacted.
+        assert_eq!(
+            p.apply_to_raw("app_profiles", &marked, "jane@example.com,12 Main St"),
+            "****@*******.***,** **** **"
+        );
+        let none = PiiPolicy::new(Some(KEY_ONE), &[]);
+        assert_eq!(none.apply_to_raw("orders", &[], "a,b"), "a,b");
     }
 
     #[test]

@@ -785,3 +785,53 @@ async fn a_spend_too_large_to_convert_is_quarantined_not_a_panic() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantined_d1_records_are_shown_through_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open("lake", dir.path()).unwrap();
+    let project = ModelProject::load_dir(&example_models(), policy())
+        .unwrap()
+        .with_streams(d1_specs());
+    let rejected = |line: u64, raw: &str| sluice_core::typing::Rejected {
+        origin: sluice_core::typing::Origin {
+            page: "raw/app/profiles/p00001.json".into(),
+            line,
+        },
+        reason: "not a record".into(),
+        raw: raw.into(),
+    };
+    sluice_core::quarantine::write(
+        &lake,
+        "d1",
+        "app_profiles",
+        "r1",
+        &[
+            rejected(
+                1,
+                r#"{"profile_id":"p9","email":"zed@example.com","name":"Zed Q"}"#,
+            ),
+            rejected(2, "zed@example.com,+15550001234"),
+        ],
+    )
+    .await
+    .unwrap();
+    let sql = "SELECT raw FROM quarantine.d1__app_profiles ORDER BY origin";
+    let shown = rows_of(&lake, &project, sql).await;
+    assert_eq!(shown.len(), 2);
+    assert!(
+        shown
+            .iter()
+            .all(|r| !r.contains("zed@") && !r.contains("Zed Q")),
+        "{shown:?}"
+    );
+    assert!(shown[0].contains("p9"), "{shown:?}");
+    // `--unmasked` shows them as received.
+    let (_, batches) = sluice_transform::query(&lake, &project, sql, D1View::Unmasked)
+        .await
+        .unwrap();
+    let clear =
+        sluice_transform::render::render(&batches, sluice_transform::render::OutputFormat::Csv)
+            .unwrap();
+    assert!(clear.contains("zed@example.com"), "{clear}");
+}
