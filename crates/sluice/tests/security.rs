@@ -220,3 +220,32 @@ sources:
         assert_eq!(mode, expected, "{} is {mode:o}", path.display());
     }
 }
+
+#[test]
+fn a_short_pii_key_is_a_config_error_naming_the_key() {
+    let project = Project::new(
+        "name: shortkey\nlake: ./lake\npii:\n  key: ${PII_HMAC_KEY}\n  columns: { \"*.email\": hash }\n",
+    );
+    for key in ["", "changeme", "0123456789abcdef0123456789abcdef"] {
+        let out = project
+            .cmd()
+            .env("PII_HMAC_KEY", key)
+            .arg("validate")
+            .output()
+            .unwrap();
+        assert_exit(&out, 3);
+        let err = stderr(&out);
+        assert!(err.contains("pii.key"), "{key:?}: {err}");
+        assert!(err.contains("at least 32"), "{key:?}: {err}");
+        if !key.is_empty() {
+            assert!(!err.contains(key), "the key was echoed: {err}");
+        }
+    }
+    let out = project
+        .cmd()
+        .env("PII_HMAC_KEY", PII_KEY)
+        .arg("validate")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+}
