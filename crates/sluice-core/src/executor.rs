@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
@@ -410,11 +410,7 @@ impl Executor {
     }
 
     fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.execution.initial_backoff_ms))
-            .with_max_delay(Duration::from_millis(self.execution.max_backoff_ms))
-            .with_max_times(self.execution.retries as usize)
-            .with_jitter()
+        crate::publish::backoff(&self.execution)
     }
 
     /// One row per key in a merge stream's staged files; the others, for quarantine.

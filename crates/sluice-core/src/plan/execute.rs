@@ -14,6 +14,7 @@
 //! starts, in-flight loads roll back, and state is not advanced.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -22,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use super::{PlanTask, RunPlan, Selection};
 use crate::config::ConfigError;
 use crate::executor::{Executor, RunOptions};
-use crate::run::RunRecord;
+use crate::run::{RunRecord, RunStatus};
+use crate::source::Source;
 
 /// Runs SQL models for a run; sluice-transform implements it.
 #[async_trait]
@@ -75,6 +77,14 @@ pub async fn run(
         }
     }
     let cancel = options.cancel.clone();
+    // Notices (an API version nearing its sunset, deprecation headers the API sent
+    // while the run read it) are known once the streams ran.
+    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+    for task in &streams {
+        if !sources.iter().any(|s| s.name() == task.source.name()) {
+            sources.push(task.source.clone());
+        }
+    }
     let mut record = executor.run(streams, options).await;
     if !model_ids.is_empty() {
         // A panic in the model stage (a bug, or an engine's) must end as a failed
@@ -86,15 +96,28 @@ pub async fn run(
             Ok(Ok(())) => {}
             Ok(Err(ModelRunError::Config(e))) => return Err(PlanRunError::Config(e)),
             Ok(Err(ModelRunError::Failed(message))) => {
+                // The streams' loads stand, but no model ran: never a green run.
                 record.error = Some(crate::secret::redact(&message));
+                if record.status == RunStatus::Succeeded {
+                    record.status = RunStatus::Partial;
+                }
             }
             Err(panic) => {
                 record.error = Some(crate::run::panic_message("the model stage", &*panic));
-                record.status = crate::run::RunStatus::Failed;
+                record.status = RunStatus::Failed;
                 record.finished_at = Some(chrono::Utc::now());
             }
         }
-        // The model stage re-settled the status; store the final record.
+    }
+    record.notices = sources
+        .iter()
+        .flat_map(|s| {
+            let name = s.name().to_string();
+            s.notices().into_iter().map(move |n| format!("{name}: {n}"))
+        })
+        .collect();
+    if !model_ids.is_empty() || !record.notices.is_empty() {
+        // The model stage re-settled the status, notices were added: store the final record.
         if let Err(e) = executor.state.save_run(&record).await {
             record.error = Some(format!("cannot write the run record: {e}"));
         }
