@@ -960,6 +960,38 @@ fn tls_is_required_for_remote_hosts_unless_disabled() {
 }
 
 #[tokio::test]
+async fn a_server_without_tls_is_refused_when_tls_is_required_and_says_how_to_opt_out() {
+    // What PostgreSQL with `ssl=off` answers to the SSLRequest: a single `N`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 8];
+            let _ = socket.read_exact(&mut request).await;
+            let _ = socket.write_all(b"N").await;
+        }
+    });
+    let config = PostgresConfig {
+        url: Secret::new(format!(
+            "postgres://sluice@127.0.0.1:{port}/x?sslmode=require"
+        )),
+        schema_prefix: String::new(),
+        connect_timeout_secs: 2,
+        ssl_root_cert: None,
+    };
+    let err = PostgresDestination::new(config, Path::new("."))
+        .unwrap()
+        .check()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server does not support TLS"), "{err}");
+    assert!(err.contains("sslmode=disable"), "{err}");
+    server.abort();
+}
+
+#[tokio::test]
 async fn check_and_unreachable_servers() {
     let db = Db::new().await;
     db.dest.check().await.unwrap();

@@ -194,7 +194,14 @@ impl PostgresDestination {
     /// date ↔ timestamptz casts do not depend on the server's time zone.
     pub(crate) async fn connect(&self) -> Result<Client, DestinationError> {
         let connect_error = |e: tokio_postgres::Error| {
-            let (target, message) = (self.described.clone(), redact(&error_text(&e)));
+            let (target, mut message) = (self.described.clone(), redact(&error_text(&e)));
+            if message.contains("server does not support TLS") {
+                // TLS is the default off loopback: say how to choose otherwise.
+                message.push_str(
+                    " (TLS is required for hosts other than this machine; add `?sslmode=disable` \
+                     to the URL only on a network you trust)",
+                );
+            }
             if refuses_the_settings(&e) {
                 DestinationError::Refused { target, message }
             } else {
