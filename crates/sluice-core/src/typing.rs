@@ -106,7 +106,15 @@ pub fn to_scalar(value: &Value, ty: FieldType) -> Result<Scalar, String> {
     if value.is_null() {
         return Ok(Scalar::Null);
     }
-    let mismatch = || format!("expected {}, got {}", ty.name(), short(value));
+    // The reason names the kind of value, never the value: reasons reach run records
+    // and logs, and a value may be personal data (the quarantine's `raw` keeps it).
+    let mismatch = || {
+        let length = match value {
+            Value::String(s) => format!(" of {} characters", s.chars().count()),
+            _ => String::new(),
+        };
+        format!("expected {}, got {}{length}", ty.name(), json_kind(value))
+    };
     match ty {
         FieldType::Boolean => match value {
             Value::Bool(b) => Ok(Scalar::Boolean(*b)),
@@ -166,10 +174,10 @@ pub fn to_scalar(value: &Value, ty: FieldType) -> Result<Scalar, String> {
                     Ok(parsed) => decimal_to_unscaled(parsed, scale),
                     Err(_) => plain_decimal_unscaled(&text, scale).ok_or_else(mismatch)?,
                 }
-                .ok_or_else(|| format!("{text} has more than {scale} decimal places"))?;
+                .ok_or_else(|| format!("a number with more than {scale} decimal places"))?;
             if !fits_precision(unscaled, precision) {
                 return Err(format!(
-                    "{text} has more than {} digits before the decimal point (numeric({precision},{scale}))",
+                    "a number with more than {} digits before the decimal point (numeric({precision},{scale}))",
                     precision as i16 - scale as i16
                 ));
             }
@@ -289,15 +297,6 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
         }
     }
     None
-}
-
-fn short(value: &Value) -> String {
-    let text = value.to_string();
-    if text.chars().count() > 60 {
-        format!("{}…", text.chars().take(60).collect::<String>())
-    } else {
-        text
-    }
 }
 
 enum Column {
@@ -551,7 +550,7 @@ mod tests {
         assert_eq!(bad.origin.to_string(), "p.json:3");
         assert!(
             bad.reason
-                .contains("field `impressions`: expected bigint, got \"many\""),
+                .contains("field `impressions`: expected bigint, got a string of 4 characters"),
             "{}",
             bad.reason
         );

@@ -94,7 +94,26 @@ enum Command {
     Sandbox(sluice_sandbox::cli::SandboxCommand),
 }
 
+/// Everything sluice creates (lake objects, state, `warehouse.db`, exports) is
+/// readable by its owner only: files 0600, folders 0700. They hold personal data
+/// and run history, and the process umask (often 022) would make them world-readable.
+#[cfg(unix)]
+fn create_files_private() {
+    // `mode_t` of the C library; std has no umask and the libc crate is not a dependency.
+    #[cfg(target_os = "linux")]
+    type ModeT = u32;
+    #[cfg(not(target_os = "linux"))]
+    type ModeT = u16;
+    extern "C" {
+        fn umask(mask: ModeT) -> ModeT;
+    }
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe { umask(0o077) };
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    create_files_private();
     return_freed_memory_promptly();
     let cli = Cli::parse();
     let interactive = logging::init(cli.log_format, &cli.log);

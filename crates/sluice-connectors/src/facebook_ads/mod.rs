@@ -50,6 +50,8 @@ pub struct Account {
 impl Account {
     fn from_json(v: &Value) -> Option<Account> {
         let id = v.get("id").and_then(Value::as_str)?;
+        // Account ids become URL paths: one that is not an id is not an account.
+        crate::http::id_segment(id, "account id").ok()?;
         Some(Account {
             id: config::normalize_account(id),
             currency: v.get("currency").and_then(Value::as_str).map(String::from),
