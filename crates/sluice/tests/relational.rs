@@ -833,3 +833,41 @@ fn mysql_writes_during_runs_and_a_sigkill_then_reruns_converge_exactly() {
     );
     my.query(&format!("DROP DATABASE {db}"));
 }
+
+#[test]
+fn a_value_that_does_not_fit_is_quarantined_with_its_page_and_line() {
+    let prefix = unique_prefix("pgquarantine");
+    let pg = Pg::connect();
+    pg.drop_schemas(&prefix);
+    let schema = format!("{prefix}src");
+    // `infinity` is a PostgreSQL timestamp no D1 timestamp holds; NaN no decimal.
+    pg.execute(&format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.every_type (id int PRIMARY KEY, at timestamptz, amount numeric(8,2));
+         INSERT INTO {schema}.every_type VALUES (1, '2024-07-01 00:00:00+00', 1.50), (2, 'infinity', 2), (3, now(), 'NaN');"
+    ));
+    let project = Project::new(&pg_types_pipeline(&schema, "").replace(
+        &format!("      no_key:\n        table: {schema}.no_key\n"),
+        "",
+    ));
+    let record = run_json(&project, &[]);
+    let every = task(&record, "pg.every");
+    assert_eq!(every["rows_loaded"], 1, "{every}");
+    assert_eq!(every["rows_quarantined"], 2, "{every}");
+    // Pages of two rows: `infinity` is line 2 of the first page, NaN line 1 of the second.
+    let quarantined = sqlite_rows(
+        &project,
+        "SELECT origin, line, reason, raw FROM d1__pg_every__quarantine ORDER BY origin",
+    );
+    assert_eq!(quarantined.len(), 2, "{quarantined:?}");
+    let (infinity, nan) = (&quarantined[0], &quarantined[1]);
+    assert!(
+        infinity.contains("p00001.ndjson.zst|2|field `at`")
+            && infinity.contains(r#""at":"infinity""#),
+        "{infinity}"
+    );
+    assert!(
+        nan.contains("p00002.ndjson.zst|1|field `amount`") && nan.contains(r#""amount":"NaN""#),
+        "{nan}"
+    );
+    pg.drop_schemas(&prefix);
+}
