@@ -268,6 +268,65 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn pages_follow_the_cursor_then_the_key_from_the_last_row() {
+        let url = url::Url::parse("postgres://u@db.example:5432/shop").unwrap();
+        let db =
+            crate::sql::postgres::Postgres::new(&url, crate::sql::config::TlsMode::Disable, "k")
+                .unwrap();
+        let column = |name: &str, ty, source_type: &str| SqlColumn {
+            name: name.into(),
+            ty,
+            read_as: ReadAs::Text,
+            source_type: source_type.into(),
+        };
+        let stream = SqlStream {
+            spec: sluice_core::source::StreamSpec {
+                name: "orders".into(),
+                table: "db_orders".into(),
+                schema: sluice_core::schema::TableSchema::new(Vec::new()),
+                infer_columns: false,
+                primary_key: vec!["id".into()],
+                partition_column: None,
+                write_mode: sluice_core::destination::WriteMode::Merge,
+                dedupe: Default::default(),
+            },
+            relation: super::super::Relation::Table {
+                schema: Some("public".into()),
+                name: "orders".into(),
+            },
+            columns: vec![
+                column("id", FieldType::Bigint, "int8"),
+                column("updated_at", FieldType::Timestamp, "timestamptz"),
+            ],
+            order_key: vec![1, 0],
+            mode: Mode::Cursor {
+                column: 1,
+                overlap: Some((600.0, true)),
+            },
+        };
+        let bounds = Bounds {
+            lower: Some("2024-07-01 10:00:00+00".into()),
+            upper: Some("2024-07-02 00:00:00+00".into()),
+        };
+        let (sql, params) = page_query(&db, &stream, &bounds, None, 500);
+        assert_eq!(
+            sql,
+            "SELECT q.\"id\"::text, q.\"updated_at\"::text, q.\"updated_at\"::text, q.\"id\"::text \
+             FROM \"public\".\"orders\" AS q WHERE q.\"updated_at\" <= $1::text::timestamptz \
+             AND q.\"updated_at\" >= ($2::text::timestamptz - make_interval(secs => 600)) \
+             ORDER BY q.\"updated_at\", q.\"id\" LIMIT 500"
+        );
+        assert_eq!(params.len(), 2);
+        let last = ["2024-07-01 11:00:00+00".to_string(), "42".to_string()];
+        let (sql, params) = page_query(&db, &stream, &bounds, Some(&last), 500);
+        assert!(
+            sql.contains("AND (q.\"updated_at\", q.\"id\") > ($3::text::timestamptz, $4::text::int8) ORDER BY"),
+            "{sql}"
+        );
+        assert_eq!(params[2..], last);
+    }
+
+    #[test]
     fn timestamps_become_rfc3339() {
         assert_eq!(
             iso_timestamp("2024-07-01 10:11:12.123456+00"),
