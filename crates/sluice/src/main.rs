@@ -1,6 +1,7 @@
 //! The `sluice` command line. It parses arguments and calls the library crates;
 //! the work itself lives in sluice-core, sluice-connectors and sluice-destinations.
 
+mod alerts;
 mod commands;
 mod exit;
 mod export;
@@ -8,6 +9,7 @@ mod lineage;
 mod logging;
 mod progress;
 mod project;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +80,8 @@ enum Command {
     /// Inspect the schema registry: versions and changes of every stream.
     #[command(subcommand)]
     Schema(commands::schema::SchemaCommand),
+    /// Run the pipeline on its `schedule:` with health probes, metrics, an API and a dashboard.
+    Serve(server::ServeArgs),
     /// List a database source's tables, columns, types, keys and suggested sync; `--write` adds streams.
     Discover(commands::discover::DiscoverArgs),
     /// Run the example pipeline end to end on the embedded default and print a summary.
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
             Command::Query(args) => commands::query::run(&cli.pipeline, args).await,
             Command::Runs(args) => commands::runs::run(&cli.pipeline, args).await,
             Command::Schema(cmd) => commands::schema::run(&cli.pipeline, cmd).await,
+            Command::Serve(args) => server::run(&cli.pipeline, args).await,
             Command::Discover(args) => commands::discover::run(&cli.pipeline, args).await,
             Command::Demo(args) => commands::demo::run(args, interactive).await,
             Command::Export(cmd) => export::run(&cli.pipeline, cmd).await,

@@ -238,6 +238,18 @@ pub fn database(
     })
 }
 
+/// `type: postgres` and `type: mysql` (MariaDB too).
+pub const SOURCE_TYPES: &[crate::SourceType] = &[
+    crate::SourceType {
+        name: "postgres",
+        build: |doc, section, ctx| Ok(Arc::new(SqlSource::build(doc, section, ctx)?)),
+    },
+    crate::SourceType {
+        name: "mysql",
+        build: |doc, section, ctx| Ok(Arc::new(SqlSource::build(doc, section, ctx)?)),
+    },
+];
+
 impl SqlSource {
     /// Builds from `sources.<name>`, reading each stream's columns from the catalog.
     #[allow(clippy::result_large_err)] // ConfigError's size is the config module's choice.

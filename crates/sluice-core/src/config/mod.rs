@@ -8,6 +8,7 @@
 
 mod interpolate;
 mod locate;
+mod schedule;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +21,7 @@ use serde_yaml::Value;
 
 pub use interpolate::{expand, EnvLookup, Lookup};
 pub use locate::{join_path, Position, SpanMap};
+pub use schedule::{CatchUp, Schedule};
 
 /// A config error a user can act on: where it is, what is wrong, what to write instead.
 #[derive(Debug, Clone)]
@@ -243,9 +245,11 @@ struct RawPipeline {
     #[serde(default)]
     models: Option<String>,
     #[serde(default)]
-    schedule: Option<String>,
+    schedule: Option<Value>,
     #[serde(default)]
-    alerts: Vec<Value>,
+    alerts: Option<Value>,
+    #[serde(default)]
+    serve: Option<Value>,
     #[serde(default)]
     pii: Option<Value>,
     #[serde(default)]
@@ -272,8 +276,12 @@ pub struct PipelineConfig {
     pub sources: Vec<Section>,
     pub execution: ExecutionConfig,
     pub models: Option<PathBuf>,
-    pub schedule: Option<String>,
-    pub alerts: Vec<Value>,
+    /// When `sluice serve` runs the pipeline (and the exported DAG / CronJob).
+    pub schedule: Option<Schedule>,
+    /// Where failures are announced (parsed by the binary's alerts module).
+    pub alerts: Option<Section>,
+    /// `sluice serve`'s options, e.g. API tokens (parsed by the binary's server module).
+    pub serve: Option<Section>,
     pub pii: Option<Section>,
     pub schema: Option<Section>,
     /// Where OpenLineage run events go (parsed by the binary's lineage module).
@@ -392,6 +400,7 @@ impl PipelineConfig {
                 section(&name, vec!["sources".into(), name.clone()], v)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let schedule = raw.schedule.map(|v| Schedule::parse(&doc, v)).transpose()?;
         let untyped = |key: &str, v: Value| Section {
             name: key.to_string(),
             kind: key.to_string(),
@@ -406,8 +415,9 @@ impl PipelineConfig {
             sources,
             execution: raw.execution,
             models: raw.models.map(|m| root.join(m)),
-            schedule: raw.schedule,
-            alerts: raw.alerts,
+            schedule,
+            alerts: raw.alerts.map(|v| untyped("alerts", v)),
+            serve: raw.serve.map(|v| untyped("serve", v)),
             pii: raw.pii.map(|v| untyped("pii", v)),
             schema: raw.schema.map(|v| untyped("schema", v)),
             lineage: raw.lineage.map(|v| untyped("lineage", v)),

@@ -78,11 +78,27 @@ pub async fn execute(
 
 /// Runs `sources` (the project's, or replay wrappers of them) with the project's lake,
 /// state and destination: the selected part of the run plan, executed by the library.
+/// SIGINT / SIGTERM cancel it.
 pub async fn execute_with(
     project: &Project,
     sources: &[Arc<dyn Source>],
     args: &RunArgs,
     observer: Arc<dyn RunObserver>,
+) -> Result<RunRecord, u8> {
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone());
+    execute_cancellable(project, sources, args, observer, cancel, new_run_id()).await
+}
+
+/// [`execute_with`] as run id `run_id`, stopped by `cancel` rather than by signals
+/// (`sluice serve` owns its signals and runs many runs).
+pub async fn execute_cancellable(
+    project: &Project,
+    sources: &[Arc<dyn Source>],
+    args: &RunArgs,
+    observer: Arc<dyn RunObserver>,
+    cancel: CancellationToken,
+    run_id: String,
 ) -> Result<RunRecord, u8> {
     if let (Some(since), Some(until)) = (args.since, args.until) {
         if since > until {
@@ -111,8 +127,6 @@ pub async fn execute_with(
             return Err(exit::CONFIG);
         }
     };
-    let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone());
     let executor = Executor {
         pipeline: project.config.name.clone(),
         lake: project.lake.clone(),
@@ -122,7 +136,6 @@ pub async fn execute_with(
         schema_policy: project.schema_policy.clone(),
         observer,
     };
-    let run_id = new_run_id();
     // Every log line of the run (extraction and models) names it.
     let span = tracing::info_span!("run", run_id = %run_id);
     if let Some(lineage) = &lineage {
@@ -159,15 +172,7 @@ pub async fn execute_with(
         .instrument(span)
         .await
     {
-        Ok(mut record) => {
-            // Shown with the summary: the API's own deprecation headers arrive with its answers.
-            record.notices = sources
-                .iter()
-                .flat_map(|s| {
-                    let name = s.name().to_string();
-                    s.notices().into_iter().map(move |n| format!("{name}: {n}"))
-                })
-                .collect();
+        Ok(record) => {
             if let Some(lineage) = &lineage {
                 lineage.finished(&record).await;
             }
@@ -280,6 +285,9 @@ pub fn print_summary(record: &RunRecord) {
         for warning in &t.warnings {
             println!("  ! {}: {warning}", t.task);
         }
+    }
+    for notice in &record.notices {
+        println!("  ! {notice}");
     }
     if let Some(e) = &record.error {
         println!("  ✗ {e}");

@@ -28,6 +28,13 @@ pub async fn run(pipeline: &Path, args: ValidateArgs) -> u8 {
         crate::project::print_config_error(&e);
         return exit::CONFIG;
     }
+    // `serve:` and `alerts:` are checked here too, so a typo is not found at 3 a.m.
+    let serve_sections = crate::server::Tokens::from_config(&project.config)
+        .and_then(|_| crate::alerts::Alerter::from_config(&project.config, "http://localhost"));
+    if let Err(e) = serve_sections {
+        crate::project::print_config_error(&e);
+        return exit::CONFIG;
+    }
     let specs: Vec<_> = project.sources.iter().flat_map(|s| s.streams()).collect();
     let models = models.with_streams(specs.iter().cloned());
     if let Err(e) = sluice_transform::preflight::check_models(&models, &project.lake, &specs).await

@@ -143,6 +143,19 @@ impl ProjectShape {
                 reads: m.depends_on.iter().map(|d| d.to_string()).collect(),
             })
             .collect();
+        if let Some(schedule) = &config.schedule {
+            // Airflow and Kubernetes read five-field cron; seconds are `sluice serve`'s own.
+            if schedule.expression.split_whitespace().count() > 5 {
+                return Err(ShapeError::Config(config.doc.error_at(
+                    &["schedule".to_string()],
+                    format!(
+                        "`{}` has a seconds (or year) field, which Airflow and Kubernetes \
+                         CronJobs do not support; export needs five fields",
+                        schedule.expression
+                    ),
+                )));
+            }
+        }
         let (env, secret_files) = env_references(&config.doc.text);
         let files = project_files(&config.root, pipeline_file, &model_project.dir)?;
         Ok(ProjectShape {
@@ -153,10 +166,10 @@ impl ProjectShape {
             env,
             secret_files,
             files,
-            schedule: config.schedule.as_ref().map(|cron| ScheduleShape {
-                cron: cron.clone(),
-                timezone: "UTC".into(),
-                catchup: "skip".into(),
+            schedule: config.schedule.as_ref().map(|s| ScheduleShape {
+                cron: s.expression.clone(),
+                timezone: s.timezone.name().to_string(),
+                catchup: s.catch_up.as_str().to_string(),
             }),
             retries: config.execution.retries,
             initial_backoff_ms: config.execution.initial_backoff_ms,

@@ -188,3 +188,20 @@ pub fn cents(s: &str) -> i64 {
     assert!(frac[2..].chars().all(|c| c == '0'), "sub-cent amount {s}");
     whole.parse::<i64>().unwrap() * 100 + frac[..2].parse::<i64>().unwrap()
 }
+
+/// The pinned test venv's Python (`$SLUICE_TEST_PYTHON`, else target/py); fails
+/// loudly, saying how to create it, when it is missing.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("SLUICE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "{} not found: run ./scripts/test, or `source scripts/lib/python.sh && ensure_test_python`, \
+         to create the pinned test venv",
+        path.display()
+    );
+    path
+}

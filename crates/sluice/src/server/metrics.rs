@@ -1,0 +1,157 @@
+//! `/metrics`: OpenMetrics text (which Prometheus scrapes) derived from the run
+//! records in the lake at each scrape.
+//!
+//! Deriving rather than counting in memory means the numbers survive restarts,
+//! include runs made by `sluice run` or an Airflow task against the same lake, and
+//! always equal what `sluice runs` shows.
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `sluice_runs_total` | `status` |
+//! | `sluice_rows_loaded_total`, `sluice_rows_extracted_total`, `sluice_bytes_received_total`, `sluice_pages_total`, `sluice_retries_total` | `task`, `table` |
+//! | `sluice_rows_quarantined_total`, `sluice_check_failures_total` | `table` |
+//! | `sluice_task_errors_total` | `class` |
+//! | `sluice_task_duration_seconds` (histogram) | `task` |
+//! | `sluice_table_last_success_timestamp_seconds`, `sluice_table_freshness_seconds` | `table` |
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use sluice_core::run::{RunRecord, TaskStatus};
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Task durations from 0.1 s to ~30 min.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.1, 2.0, 15))
+}
+
+/// The metrics of `records` as OpenMetrics text; `now` dates the freshness gauges.
+pub fn render(records: &[Arc<RunRecord>], now: DateTime<Utc>) -> Result<String, String> {
+    let mut registry = Registry::with_prefix("sluice");
+    let runs = Family::<Labels, Counter>::default();
+    let rows_loaded = Family::<Labels, Counter>::default();
+    let rows_extracted = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    let pages = Family::<Labels, Counter>::default();
+    let retries = Family::<Labels, Counter>::default();
+    let quarantined = Family::<Labels, Counter>::default();
+    let check_failures = Family::<Labels, Counter>::default();
+    let errors = Family::<Labels, Counter>::default();
+    let durations = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+        duration_histogram as fn() -> Histogram,
+    );
+    let last_success = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let freshness = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+
+    for record in records {
+        runs.get_or_create(&labels(&[("status", record.status.as_str())]))
+            .inc();
+        for task in &record.tasks {
+            let by_task = labels(&[("task", &task.task), ("table", &task.table)]);
+            let by_table = labels(&[("table", &task.table)]);
+            if task.task.ends_with(":checks") {
+                // A checks task re-reads the model's rows; count what it quarantined
+                // and whether an error check failed, not its rows as loads.
+                if task.status == TaskStatus::Failed {
+                    check_failures.get_or_create(&by_table).inc();
+                }
+            } else {
+                rows_loaded.get_or_create(&by_task).inc_by(task.rows_loaded);
+                rows_extracted
+                    .get_or_create(&by_task)
+                    .inc_by(task.rows_extracted);
+                bytes.get_or_create(&by_task).inc_by(task.bytes);
+                pages.get_or_create(&by_task).inc_by(task.pages);
+                retries
+                    .get_or_create(&by_task)
+                    .inc_by(u64::from(task.retries));
+            }
+            quarantined
+                .get_or_create(&by_table)
+                .inc_by(task.rows_quarantined);
+            if let Some(error) = &task.error {
+                let class = serde_json::to_value(error.class)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "unknown".into());
+                errors.get_or_create(&labels(&[("class", &class)])).inc();
+            }
+            if !matches!(task.status, TaskStatus::Skipped | TaskStatus::Cancelled) {
+                durations
+                    .get_or_create(&labels(&[("task", &task.task)]))
+                    .observe(task.duration_ms as f64 / 1000.0);
+            }
+        }
+    }
+    for table in super::http::freshness(records, now) {
+        let Some(success) = table.last_success else {
+            continue;
+        };
+        let by_table = labels(&[("table", &table.table)]);
+        last_success
+            .get_or_create(&by_table)
+            .set(success.timestamp_millis() as f64 / 1000.0);
+        freshness
+            .get_or_create(&by_table)
+            .set((now - success).num_milliseconds().max(0) as f64 / 1000.0);
+    }
+
+    registry.register("runs", "Runs by final status", runs);
+    registry.register(
+        "rows_loaded",
+        "Rows loaded into the destination",
+        rows_loaded,
+    );
+    registry.register(
+        "rows_extracted",
+        "Rows read from sources or computed by models",
+        rows_extracted,
+    );
+    registry.register(
+        "bytes_received",
+        "Bytes received from sources, as landed",
+        bytes,
+    );
+    registry.register("pages", "Pages received from sources", pages);
+    registry.register("retries", "Attempts beyond the first", retries);
+    registry.register(
+        "rows_quarantined",
+        "Records quarantined instead of loaded",
+        quarantined,
+    );
+    registry.register(
+        "check_failures",
+        "Model check groups where an error-severity check failed",
+        check_failures,
+    );
+    registry.register("task_errors", "Failed tasks by error class", errors);
+    registry.register("task_duration_seconds", "Task durations", durations);
+    registry.register(
+        "table_last_success_timestamp_seconds",
+        "When a table was last loaded (or confirmed up to date)",
+        last_success,
+    );
+    registry.register(
+        "table_freshness_seconds",
+        "Seconds since a table was last loaded (or confirmed up to date)",
+        freshness,
+    );
+    let mut text = String::new();
+    encode(&mut text, &registry).map_err(|e| format!("cannot encode metrics: {e}"))?;
+    Ok(text)
+}
