@@ -871,3 +871,51 @@ fn a_value_that_does_not_fit_is_quarantined_with_its_page_and_line() {
     );
     pg.drop_schemas(&prefix);
 }
+
+#[test]
+fn discover_reads_the_mariadb_catalog() {
+    let my = My::connect();
+    let table = format!("{}orders", unique_prefix("mydiscover"));
+    my.query(&format!(
+        "USE test; DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (id bigint PRIMARY KEY, paid tinyint(1), amount decimal(12,2), doc json, modified_at datetime(6) NOT NULL);
+         INSERT INTO {table} VALUES (1, 1, 9.99, '{{\"a\": 1}}', '2024-07-01 10:00:00')"
+    ));
+    let pipeline = format!(
+        "name: rel\nlake: ./lake\nsources:\n  my:\n    type: mysql\n    url: {}\n",
+        mysql_url()
+    );
+    let project = Project::new(&pipeline);
+    let out = project
+        .cmd()
+        .args(["discover", "my", &table, "--write"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let listing = stdout(&out);
+    assert!(
+        listing.contains("(primary key: id; suggested sync: incremental, cursor: modified_at)"),
+        "{listing}"
+    );
+    for (column, ty) in [
+        ("paid", "boolean"),
+        ("amount", "numeric(12,2)"),
+        ("doc", "json"),
+        ("modified_at", "timestamp"),
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(column) && l.trim_end().ends_with(ty)),
+            "{column} {ty}: {listing}"
+        );
+    }
+    let written = std::fs::read_to_string(project.path().join("pipeline.yaml")).unwrap();
+    assert_eq!(
+        written,
+        format!("{pipeline}    streams:\n      {table}:\n        table: test.{table}\n        sync: incremental\n        cursor: modified_at\n")
+    );
+    let record = run_json(&project, &[]);
+    assert_eq!(task(&record, &format!("my.{table}"))["rows_extracted"], 1);
+    my.query(&format!("DROP TABLE test.{table}"));
+}
