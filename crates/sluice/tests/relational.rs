@@ -919,3 +919,31 @@ fn discover_reads_the_mariadb_catalog() {
     assert_eq!(task(&record, &format!("my.{table}"))["rows_extracted"], 1);
     my.query(&format!("DROP TABLE test.{table}"));
 }
+
+#[test]
+fn a_database_that_does_not_answer_fails_its_runs_but_not_plan_or_validate() {
+    // Nothing listens on port 1: the connection is refused.
+    let project = Project::new(
+        "name: rel\nlake: ./lake\nsources:\n  db:\n    type: postgres\n    url: postgres://postgres@127.0.0.1:1/test\n    streams:\n      items: { table: public.items, sync: incremental, cursor: updated_at, primary_key: [id] }\n",
+    );
+    let plan = project.cmd().arg("plan").output().unwrap();
+    assert_exit(&plan, 0);
+    assert!(stdout(&plan).contains("db.items"), "{}", stdout(&plan));
+    let validate = project.cmd().arg("validate").output().unwrap();
+    assert_exit(&validate, 0);
+    assert!(
+        stdout(&validate).contains("did not answer"),
+        "validate says the columns were not checked: {}",
+        stdout(&validate)
+    );
+    let connections = project
+        .cmd()
+        .args(["validate", "--connections"])
+        .output()
+        .unwrap();
+    assert_exit(&connections, 6);
+    let run = project.run(&["--json"]);
+    assert_ne!(run.status.code(), Some(0));
+    let text = format!("{}{}", stdout(&run), stderr(&run));
+    assert!(text.contains("did not answer"), "{text}");
+}

@@ -178,6 +178,10 @@ pub struct SqlSource {
     streams: Vec<SqlStream>,
     batch_size: usize,
     max_concurrency: usize,
+    /// Why the catalog could not be read when the source was built (the database
+    /// did not answer): the streams are known by name only, and every plan, read
+    /// and check fails with this until a later load reaches the database.
+    unreachable: Option<SourceError>,
 }
 
 /// Runs a future to completion on a runtime of its own, on a thread of its own: a
@@ -280,17 +284,44 @@ impl SqlSource {
                 streams: Vec::new(),
                 batch_size: config.batch_size.max(1),
                 max_concurrency: config.max_concurrency.max(1),
+                unreachable: None,
             });
         }
-        let mut session = db.session().await.map_err(|e| {
-            SourceError::config(
-                format!(
-                    "cannot connect to read the columns of its streams: {}",
-                    e.message
-                ),
-                format!("{key_prefix}.url"),
-            )
-        })?;
+        let mut session = match db.session().await {
+            Ok(session) => session,
+            // A database that does not answer must not stop `plan`, `export` or
+            // `serve`: the streams are kept by name and their runs fail instead.
+            Err(e) if e.class == sluice_core::source::ErrorClass::Transient => {
+                let streams = config
+                    .streams
+                    .iter()
+                    .map(|(stream_name, stream)| {
+                        let key = format!("{key_prefix}.streams.{stream_name}");
+                        streams::unread_stream(name, stream_name, stream, &key)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                return Ok(SqlSource {
+                    name: name.to_string(),
+                    db,
+                    streams,
+                    batch_size: config.batch_size.max(1),
+                    max_concurrency: config.max_concurrency.max(1),
+                    unreachable: Some(SourceError::transient(format!(
+                        "the database did not answer when the pipeline was loaded, so its columns are unknown: {}",
+                        e.message
+                    ))),
+                });
+            }
+            Err(e) => {
+                return Err(SourceError::config(
+                    format!(
+                        "cannot connect to read the columns of its streams: {}",
+                        e.message
+                    ),
+                    format!("{key_prefix}.url"),
+                ))
+            }
+        };
         let mut streams = Vec::new();
         for (stream_name, stream) in &config.streams {
             let key = format!("{key_prefix}.streams.{stream_name}");
@@ -303,7 +334,16 @@ impl SqlSource {
             streams,
             batch_size: config.batch_size.max(1),
             max_concurrency: config.max_concurrency.max(1),
+            unreachable: None,
         })
+    }
+
+    /// The catalog was not read: nothing can be planned or read.
+    fn reachable(&self) -> Result<(), SourceError> {
+        match &self.unreachable {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
     }
 
     fn stream(&self, name: &str) -> Result<&SqlStream, SourceError> {
@@ -329,6 +369,7 @@ impl Source for SqlSource {
     }
 
     async fn check(&self) -> Result<(), SourceError> {
+        self.reachable()?;
         let mut session = self.db.session().await?;
         session.rows("SELECT '1'", Vec::new()).await?;
         session.close().await
@@ -340,6 +381,7 @@ impl Source for SqlSource {
         cursor: Option<&Value>,
         window: &RunWindow,
     ) -> Result<StreamPlan, SourceError> {
+        self.reachable()?;
         let stream = self.stream(&spec.name)?;
         let dt = window.today.to_string();
         let column = match stream.mode {
@@ -396,6 +438,7 @@ impl Source for SqlSource {
         slice: &Slice,
         sink: &mut dyn PageSink,
     ) -> Result<(), SourceError> {
+        self.reachable()?;
         let stream = self.stream(&spec.name)?;
         let bounds = Bounds::of(slice);
         let dt = slice
@@ -440,5 +483,12 @@ impl Source for SqlSource {
 
     fn max_concurrency(&self) -> usize {
         self.max_concurrency
+    }
+
+    fn notices(&self) -> Vec<String> {
+        self.unreachable
+            .iter()
+            .map(|e| format!("{} (its streams' columns are not checked)", e.message))
+            .collect()
     }
 }

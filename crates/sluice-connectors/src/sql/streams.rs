@@ -225,3 +225,50 @@ pub(crate) async fn build_stream(
         mode,
     })
 }
+
+/// A stream known by name only (the database did not answer when it was built):
+/// declared `columns:` and `primary_key:` but nothing from the catalog; never read.
+pub(crate) fn unread_stream(
+    source: &str,
+    stream_name: &str,
+    config: &SqlStreamConfig,
+    key: &str,
+) -> Result<SqlStream, SourceError> {
+    let relation = relation_of(config, key)?;
+    let mut columns = Vec::new();
+    for (name, declared) in &config.columns {
+        let ty = FieldType::parse(declared)
+            .map_err(|e| SourceError::config(e, format!("{key}.columns.{name}")))?;
+        columns.push(SqlColumn {
+            name: name.clone(),
+            ty,
+            read_as: ReadAs::Text,
+            source_type: declared.clone(),
+        });
+    }
+    let primary_key = config.primary_key.clone().unwrap_or_default();
+    let write_mode = match (config.write_mode, config.sync) {
+        (Some(mode), _) => mode,
+        (None, SyncMode::Incremental) if !primary_key.is_empty() => WriteMode::Merge,
+        _ => WriteMode::Replace,
+    };
+    Ok(SqlStream {
+        spec: StreamSpec {
+            name: stream_name.to_string(),
+            table: config
+                .d1_table
+                .clone()
+                .unwrap_or_else(|| format!("{source}_{stream_name}")),
+            schema: TableSchema::new(columns.iter().map(|c| Field::new(&c.name, c.ty)).collect()),
+            infer_columns: false,
+            primary_key,
+            partition_column: None,
+            write_mode,
+            dedupe: Default::default(),
+        },
+        relation,
+        columns,
+        order_key: Vec::new(),
+        mode: Mode::Full,
+    })
+}
