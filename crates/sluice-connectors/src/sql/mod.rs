@@ -165,8 +165,8 @@ pub trait Database: Send + Sync {
     fn key_expr(&self, column: &SqlColumn) -> String;
     /// Parameter `n` (1-based) compared with `column`.
     fn param(&self, n: usize, column: &SqlColumn) -> String;
-    /// `value` minus an overlap (seconds when `is_duration`).
-    fn minus(&self, value: String, amount: f64, is_duration: bool, column: &SqlColumn) -> String;
+    /// `value` minus an overlap.
+    fn minus(&self, value: String, overlap: config::Overlap) -> String;
     /// The largest value of a column of `q`, as text.
     fn max_text(&self, column: &SqlColumn) -> String;
 }
@@ -411,7 +411,7 @@ impl Source for SqlSource {
             });
         };
         let overlap =
-            matches!(stream.mode, Mode::Cursor { overlap: Some((amount, _)), .. } if amount > 0.0);
+            matches!(stream.mode, Mode::Cursor { overlap: Some(o), .. } if o.amount > 0.0);
         if lower.as_deref() == Some(upper.as_str()) && !overlap {
             // Nothing past the cursor: no query at all.
             return Ok(StreamPlan {

@@ -69,10 +69,10 @@ pub(crate) fn page_query(
             let p = db.param(params.len(), col);
             conditions.push(match &stream.mode {
                 Mode::Cursor {
-                    overlap: Some((amount, is_duration)),
+                    overlap: Some(overlap),
                     ..
-                } if *amount > 0.0 => {
-                    format!("{name} >= {}", db.minus(p, *amount, *is_duration, col))
+                } if overlap.amount > 0.0 => {
+                    format!("{name} >= {}", db.minus(p, *overlap))
                 }
                 _ => format!("{name} > {p}"),
             });
@@ -301,7 +301,10 @@ mod tests {
             order_key: vec![1, 0],
             mode: Mode::Cursor {
                 column: 1,
-                overlap: Some((600.0, true)),
+                overlap: Some(crate::sql::config::Overlap {
+                    amount: 600.0,
+                    is_duration: true,
+                }),
             },
         };
         let bounds = Bounds {

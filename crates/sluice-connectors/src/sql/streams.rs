@@ -5,7 +5,7 @@ use sluice_core::destination::WriteMode;
 use sluice_core::schema::{Field, FieldType, TableSchema};
 use sluice_core::source::{SourceError, StreamSpec};
 
-use super::config::{parse_overlap, SqlStreamConfig, SyncMode};
+use super::config::{parse_overlap, Overlap, SqlStreamConfig, SyncMode};
 use super::{Database, ReadAs, Relation, Session, SqlColumn};
 
 /// How a stream is synced.
@@ -15,7 +15,7 @@ pub(crate) enum Mode {
     /// By a growing column (index into columns), with an optional overlap.
     Cursor {
         column: usize,
-        overlap: Option<(f64, bool)>,
+        overlap: Option<Overlap>,
     },
     /// By an append-only key.
     AppendKey {
