@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use chrono::{Duration, NaiveDate, Utc};
 use common::*;
-use sluice_sandbox::{credentials, Faults, RunningSandbox, SandboxOptions};
+use sluice_sandbox::{credentials, Faults, SandboxOptions};
 
 fn change_day() -> NaiveDate {
     Utc::now().date_naive() - Duration::days(2)
@@ -30,40 +30,6 @@ fn options(today: NaiveDate) -> SandboxOptions {
         ..Faults::default()
     };
     options
-}
-
-struct Sandbox {
-    runtime: tokio::runtime::Runtime,
-    running: Option<RunningSandbox>,
-}
-
-impl Sandbox {
-    fn start(today: NaiveDate) -> Sandbox {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let running = runtime
-            .block_on(sluice_sandbox::start(options(today), 0))
-            .unwrap();
-        Sandbox {
-            runtime,
-            running: Some(running),
-        }
-    }
-
-    fn url(&self) -> String {
-        self.running.as_ref().unwrap().base_url()
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            self.runtime.block_on(running.shutdown());
-        }
-    }
 }
 
 fn pipeline(schema: &str) -> String {
@@ -93,7 +59,7 @@ fn project(schema: &str) -> Project {
 
 /// A run whose "today" is the sandbox's.
 fn run(project: &Project, today: NaiveDate) -> std::process::Output {
-    let sandbox = Sandbox::start(today);
+    let sandbox = TestSandbox::start(options(today));
     project
         .cmd()
         .env("SANDBOX_URL", sandbox.url())

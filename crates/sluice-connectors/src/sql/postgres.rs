@@ -41,16 +41,7 @@ impl Postgres {
             )));
         }
         // TLS is the `tls:` key's decision, not the URL's.
-        let mut stripped = url.clone();
-        let rest: Vec<(String, String)> = url
-            .query_pairs()
-            .filter(|(k, _)| k != "sslmode")
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        stripped.set_query(None);
-        if !rest.is_empty() {
-            stripped.query_pairs_mut().extend_pairs(rest);
-        }
+        let (stripped, _) = sluice_core::connection::take_query_param(url, "sslmode");
         let mut connect: tokio_postgres::Config =
             stripped
                 .as_str()
