@@ -111,6 +111,17 @@ fn renames_and_evolve_keep_amount_equal_to_the_truth_and_history_shows_the_day()
         report.contains("Coupon") && report.contains("Items"),
         "the run reports the new and the re-typed property:\n{report}"
     );
+    assert!(
+        report.lines().any(|l| l.contains("d2a.charged_daily")
+            && l.contains("reads `Items` of d1.app_events_charged")),
+        "the run names the model that reads the re-typed property:\n{report}"
+    );
+    assert!(
+        !report
+            .lines()
+            .any(|l| l.contains("d2a.charged_daily") && l.contains("`Coupon`")),
+        "a new property it does not read is no concern of the model:\n{report}"
+    );
 
     let history = project
         .cmd()
