@@ -630,6 +630,7 @@ async fn metrics_equal_the_run_records_and_only_operators_trigger_runs() {
         .unwrap();
     assert_eq!(orders["rows_loaded_total"], 65);
     assert_eq!(orders["last_rows_loaded"], 25);
+    assert_eq!(orders["recent_rows_loaded"], json!([40, 25]));
     let plan = server.get_json("/api/plan").await;
     let ids: Vec<&str> = plan["nodes"]
         .as_array()
@@ -645,6 +646,7 @@ async fn metrics_equal_the_run_records_and_only_operators_trigger_runs() {
         second.as_str(),
         "<svg",
         ">d2a.orders_daily</text>",
+        "<title>rows per load: 40, 25</title>",
         "d1.shop_orders",
     ] {
         assert!(

@@ -232,6 +232,8 @@ pub struct TableFreshness {
     pub last_rows_loaded: u64,
     pub rows_loaded_total: u64,
     pub rows_quarantined_total: u64,
+    /// Rows loaded by its last (up to 30) successful tasks, oldest first.
+    pub recent_rows_loaded: Vec<u64>,
 }
 
 /// Every table a run touched, sorted by name.
@@ -250,6 +252,7 @@ pub fn freshness(records: &[Arc<RunRecord>], now: DateTime<Utc>) -> Vec<TableFre
                     last_rows_loaded: 0,
                     rows_loaded_total: 0,
                     rows_quarantined_total: 0,
+                    recent_rows_loaded: Vec::new(),
                 });
             entry.last_run_id = Some(record.run_id.clone());
             entry.last_status = crate::commands::run::status_text(task.status).to_string();
@@ -258,6 +261,10 @@ pub fn freshness(records: &[Arc<RunRecord>], now: DateTime<Utc>) -> Vec<TableFre
             if matches!(task.status, TaskStatus::Succeeded | TaskStatus::UpToDate) {
                 let done =
                     task.started_at + chrono::Duration::milliseconds(task.duration_ms as i64);
+                if entry.recent_rows_loaded.len() == 30 {
+                    entry.recent_rows_loaded.remove(0);
+                }
+                entry.recent_rows_loaded.push(task.rows_loaded);
                 if entry.last_success.is_none_or(|t| t < done) {
                     entry.last_success = Some(done);
                     entry.last_rows_loaded = task.rows_loaded;
