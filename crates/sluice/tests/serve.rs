@@ -665,6 +665,50 @@ async fn metrics_equal_the_run_records_and_only_operators_trigger_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_reads_need_a_token_and_probes_do_not() {
+    let project = files_project(
+        "private",
+        &format!("{}  protect_reads: true\n", serve_section()),
+    );
+    let server = Server::start(&project, &[]).await;
+    let get = |path: &'static str, token: Option<&'static str>| {
+        let mut request = server.http.get(server.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    for path in ["/", "/api/runs", "/api/tables", "/api/plan", "/metrics"] {
+        assert_eq!(get(path, None).await, 401, "{path} without a token");
+        assert_eq!(
+            get(path, Some("wrong")).await,
+            401,
+            "{path} with a wrong token"
+        );
+        assert_eq!(get(path, Some(VIEWER_TOKEN)).await, 200, "{path} as viewer");
+        assert_eq!(
+            get(path, Some(OPERATOR_TOKEN)).await,
+            200,
+            "{path} as operator"
+        );
+    }
+    assert_eq!(get("/healthz", None).await, 200);
+    assert_eq!(get("/readyz", None).await, 200);
+    let (status, _) = server.trigger(Some(VIEWER_TOKEN), json!({})).await;
+    assert_eq!(status, 403);
+
+    // Protecting reads without any token is a config error at its line.
+    let project = files_project("private", "serve: { protect_reads: true }\n");
+    let out = project.cmd().arg("validate").output().unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("serve.protect_reads: protect_reads needs at least one token"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_destination() {
     // Fails loudly when PostgreSQL is missing (Pg blocks, so off the async threads).
     tokio::task::spawn_blocking(|| drop(Pg::connect()))

@@ -10,8 +10,8 @@
 //! | `POST /api/runs/{id}/cancel` | cancel the run in progress (its loads roll back) | bearer token with role `operator` |
 //! | `GET /`, `/runs/{id}` | the dashboard | anyone who reaches the port |
 //!
-//! Reads are not token-protected: bind `--listen` to an address only your
-//! network reaches. Triggering always needs an operator token.
+//! Reads are open unless `serve.protect_reads` is set (then any token may read);
+//! triggering and cancelling always need an operator token.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -43,18 +43,40 @@ pub fn router(daemon: Arc<Daemon>, plan: RunPlan) -> Router {
         daemon,
         plan: Arc::new(plan),
     };
-    Router::new()
+    let reads_and_writes = Router::new()
         .route("/", get(super::dashboard::index))
         .route("/runs/{id}", get(super::dashboard::run_page))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/runs", get(list_runs).post(trigger_run))
         .route("/api/runs/{id}", get(one_run))
         .route("/api/runs/{id}/cancel", axum::routing::post(cancel_run))
         .route("/api/tables", get(tables))
         .route("/api/plan", get(plan_json))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            reads_need_a_token,
+        ));
+    // Probes answer whoever asks: the orchestrator has no token.
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(reads_and_writes)
         .with_state(state)
+}
+
+/// With `serve.protect_reads`, a GET needs a token of any role (writes check their
+/// own, stronger role).
+async fn reads_need_a_token(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.daemon.tokens.protect_reads && request.method() == axum::http::Method::GET {
+        if let Err((status, message)) = authorize(&state, request.headers(), Role::Viewer) {
+            return error(status, message);
+        }
+    }
+    next.run(request).await
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
