@@ -180,6 +180,12 @@ pub struct FilesSource {
     max_concurrency: usize,
 }
 
+/// `type: files`.
+pub const SOURCE_TYPE: crate::SourceType = crate::SourceType {
+    name: "files",
+    build: |doc, section, ctx| Ok(Arc::new(FilesSource::build(doc, section, ctx)?)),
+};
+
 impl FilesSource {
     pub fn build(
         doc: &ConfigDocument,

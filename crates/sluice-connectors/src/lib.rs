@@ -1,6 +1,6 @@
 //! sluice's sources: one module per system, each with its own config struct that
-//! builds a [`Source`]. Adding a connector touches its own module plus one line in
-//! [`build_source`].
+//! builds a [`Source`]. Adding a source type is its own module (which exports a
+//! `SOURCE_TYPE`) plus one line in the [`source_types!`] list below.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,12 +10,52 @@ use sluice_core::lake::Lake;
 use sluice_core::source::Source;
 
 pub mod api_versions;
-pub mod clevertap;
-pub mod facebook_ads;
 pub mod file_changes;
-pub mod files;
-pub mod google_ads;
 pub mod http;
+pub mod incremental;
+
+/// Declares the source modules and registers their `SOURCE_TYPE`s, in one list.
+macro_rules! source_types {
+    ($($module:ident),* $(,)?) => {
+        $(pub mod $module;)*
+        /// Every source type this build knows, in the order `validate` lists them.
+        pub const SOURCE_TYPES: &[SourceType] = &[$($module::SOURCE_TYPE),*];
+    };
+}
+
+// One line per source type.
+source_types! {
+    files,
+    facebook_ads,
+    google_ads,
+    clevertap,
+    generate,
+}
+
+/// A source `type:` and how to build it from its config section.
+pub struct SourceType {
+    pub name: &'static str,
+    pub build: BuildFn,
+}
+
+/// Builds a source from `sources.<name>`; errors point at the offending key.
+pub type BuildFn =
+    fn(&ConfigDocument, &Section, &BuildContext) -> Result<Arc<dyn Source>, ConfigError>;
+
+/// The usual `build`: parse the section into the connector's config struct, then
+/// construct it; a construction error is placed at the key it names.
+#[allow(clippy::result_large_err)] // ConfigError's size is the config module's choice.
+pub(crate) fn build_from_config<C, S>(
+    doc: &ConfigDocument,
+    section: &Section,
+    new: impl FnOnce(&str, C, &str) -> Result<S, sluice_core::source::SourceError>,
+) -> Result<S, ConfigError>
+where
+    C: serde::de::DeserializeOwned,
+{
+    let config: C = doc.parse_section(section)?;
+    new(&section.name, config, &section.path.join(".")).map_err(|e| error_at_key(doc, section, e))
+}
 
 /// A connector's construction error, placed at the key it names under `section`
 /// (`sources.google.oauth.refresh_token`), or at the section itself.
@@ -45,34 +85,27 @@ pub struct BuildContext {
     pub lake: Lake,
 }
 
-/// Source `type`s this build knows, for validation messages.
-pub const SOURCE_TYPES: &[&str] = &["files", "facebook_ads", "google_ads", "clevertap"];
-
 /// Builds the source declared by `section` (`sources.<name>`).
+#[allow(clippy::result_large_err)] // ConfigError's size is the config module's choice.
 pub fn build_source(
     doc: &ConfigDocument,
     section: &Section,
     ctx: &BuildContext,
 ) -> Result<Arc<dyn Source>, ConfigError> {
-    match section.kind.as_str() {
-        "files" => Ok(Arc::new(files::FilesSource::build(doc, section, ctx)?)),
-        "facebook_ads" => Ok(Arc::new(facebook_ads::FacebookSource::build(
-            doc, section, ctx,
-        )?)),
-        "google_ads" => Ok(Arc::new(google_ads::GoogleSource::build(
-            doc, section, ctx,
-        )?)),
-        "clevertap" => Ok(Arc::new(clevertap::CleverTapSource::build(
-            doc, section, ctx,
-        )?)),
-        other => {
-            let mut path = section.path.clone();
-            path.push("type".into());
-            let mut error = doc.error_at(&path, format!("unknown source type `{other}`"));
-            error.help = suggest(other, SOURCE_TYPES.iter().copied())
-                .map(|s| format!("did you mean `{s}`?"))
-                .or_else(|| Some(format!("known types: {}", SOURCE_TYPES.join(", "))));
-            Err(error)
-        }
+    if let Some(source_type) = SOURCE_TYPES.iter().find(|t| t.name == section.kind) {
+        return (source_type.build)(doc, section, ctx);
     }
+    let names = || SOURCE_TYPES.iter().map(|t| t.name);
+    let mut path = section.path.clone();
+    path.push("type".into());
+    let mut error = doc.error_at(&path, format!("unknown source type `{}`", section.kind));
+    error.help = suggest(&section.kind, names())
+        .map(|s| format!("did you mean `{s}`?"))
+        .or_else(|| {
+            Some(format!(
+                "known types: {}",
+                names().collect::<Vec<_>>().join(", ")
+            ))
+        });
+    Err(error)
 }

@@ -15,7 +15,7 @@ use sluice_connectors::clevertap::config::{
     CleverTapConfig, CleverTapStreams, EventsConfig, ProfilesConfig,
 };
 use sluice_connectors::clevertap::CleverTapSource;
-use sluice_connectors::http::window::DayWindow;
+use sluice_connectors::incremental::DayWindow;
 use sluice_core::secret::Secret;
 use sluice_core::source::{ErrorClass, Slice, Source};
 use sluice_sandbox::data::{classify_address, AddressProblem, CT_EVENTS};

@@ -142,6 +142,16 @@ pub trait Destination: Send + Sync {
     /// Creates or evolves the table, then publishes `request` atomically.
     async fn load(&self, request: LoadRequest<'_>) -> Result<LoadOutcome, DestinationError>;
 
+    /// Appends `rows` to `<table>__quarantine` without touching the table itself:
+    /// the failing rows of a model whose error-severity check blocked its publish,
+    /// so every quarantine lives in the warehouse next to its table.
+    async fn record_quarantine(
+        &self,
+        table: &TableSpec,
+        run_id: &str,
+        rows: &[Rejected],
+    ) -> Result<u64, DestinationError>;
+
     /// Row count of a published table, or `None` if it does not exist (summaries, tests).
     async fn row_count(&self, layer: &str, table: &str) -> Result<Option<u64>, DestinationError>;
 }

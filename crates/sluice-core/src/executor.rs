@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
@@ -393,11 +393,7 @@ impl Executor {
     }
 
     fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.execution.initial_backoff_ms))
-            .with_max_delay(Duration::from_millis(self.execution.max_backoff_ms))
-            .with_max_times(self.execution.retries as usize)
-            .with_jitter()
+        crate::publish::backoff(&self.execution)
     }
 
     /// One row per key in a merge stream's staged files; the others, for quarantine.

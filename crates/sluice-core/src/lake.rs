@@ -5,8 +5,13 @@
 //! ```text
 //! raw/<source>/<stream>/dt=<date>/<run>/<page>.json.zst   pages exactly as received, zstd
 //! d1/<table>/dt=<date>/<run>-<n>.parquet                 typed D1 tables
-//! _state/…                                                cursors, schema versions, run records
+//! d2a|d2b/<model>/[dt=<date>/]<run>.parquet               model tables
+//! quarantine/<layer>/<table>/<run>.ndjson                 records that did not fit, with reasons
+//! _staging/<run>/…                                        files of a run not yet published
+//! _state/<pipeline>/…                                     cursors, schema versions, run records
 //! ```
+//!
+//! Every path is spelled in [`layout`] alone; the rest of sluice asks it.
 //!
 //! The lake owns object storage access; it does not know what a source or a run is.
 //! State objects are written with create-only puts (see [`Lake::put_new`]) so two
@@ -32,6 +37,44 @@ const ROW_GROUP_ROWS: usize = 64 * 1024;
 /// 64 MiB of insights NDJSON (`zstd -b`): level 1 660 MB/s at 11.0×; level 3 half
 /// the speed for a few percent of size; `--fast=1` only 10 % faster at 8.8×.
 const RAW_PAGE_ZSTD_LEVEL: i32 = 1;
+
+/// The lake's layout: the one place its paths are spelled.
+pub mod layout {
+    /// Landed pages of a stream: `raw/<source>/<stream>`.
+    pub fn raw_stream(source: &str, stream: &str) -> String {
+        format!("raw/{source}/{stream}")
+    }
+
+    /// A table of a layer (`d1`, `d2a`, `d2b`): `<layer>/<table>`.
+    pub fn table(layer: &str, table: &str) -> String {
+        format!("{layer}/{table}")
+    }
+
+    /// One date partition of a table: `<layer>/<table>/dt=<date>/`.
+    pub fn table_partition(layer: &str, table: &str, dt: &str) -> String {
+        format!("{layer}/{table}/dt={dt}/")
+    }
+
+    /// Everything a run has staged and not yet published: `_staging/<run>`.
+    pub fn staging(run_id: &str) -> String {
+        format!("_staging/{run_id}")
+    }
+
+    /// Where a model's output is staged before it is published.
+    pub fn model_staging(run_id: &str, layer: &str, model: &str) -> String {
+        format!("{}/models/{layer}/{model}", staging(run_id))
+    }
+
+    /// The folder of pipeline state: `_state/<pipeline>`.
+    pub fn state(pipeline: &str) -> String {
+        format!("_state/{pipeline}")
+    }
+
+    /// The quarantine of a table: `quarantine/<layer>/<table>`.
+    pub fn quarantine(layer: &str, table: &str) -> String {
+        format!("quarantine/{layer}/{table}")
+    }
+}
 
 /// A lake operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +248,17 @@ impl Lake {
         Ok(objects)
     }
 
+    /// Moves an object (a staged file into its table), replacing what is at `to`.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), LakeError> {
+        self.store
+            .rename(&self.object_path(from), &self.object_path(to))
+            .await
+            .map_err(|source| LakeError::Store {
+                path: to.to_string(),
+                source,
+            })
+    }
+
     pub async fn delete(&self, relative: &str) -> Result<(), LakeError> {
         match self.store.delete(&self.object_path(relative)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -290,16 +344,86 @@ impl std::fmt::Display for PagePath<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "raw/{}/{}/dt={}/{}/{}.{}.zst",
-            self.source, self.stream, self.dt, self.run_id, self.page, self.extension
+            "{}/dt={}/{}/{}.{}.zst",
+            layout::raw_stream(self.source, self.stream),
+            self.dt,
+            self.run_id,
+            self.page,
+            self.extension
         )
     }
+}
+
+/// A batch's rows by the date in its partition column (the lake's `dt=` folders).
+#[derive(Debug)]
+pub struct DateParts {
+    /// ISO date → rows, in order of each date's first appearance.
+    pub parts: Vec<(String, RecordBatch)>,
+    /// Rows whose partition value is NULL: they belong to no folder. The caller
+    /// quarantines them (a NULL partition value is never published as `dt=none`).
+    pub nulls: Option<RecordBatch>,
+}
+
+/// Splits `batch` by the date in column `column` (a date, or anything Arrow casts to
+/// one: timestamps, ISO date text). The one partitioning rule of D1 and models alike.
+pub fn split_by_date(
+    batch: &RecordBatch,
+    column: usize,
+) -> Result<DateParts, arrow::error::ArrowError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Date32Type};
+    let values = batch.column(column);
+    let days = if values.data_type() == &DataType::Date32 {
+        values.clone()
+    } else {
+        // Not `safe`: text that is no date is an error, not a NULL.
+        let options = arrow::compute::CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        arrow::compute::cast_with_options(values, &DataType::Date32, &options)?
+    };
+    let days = days.as_primitive::<Date32Type>();
+    let mut groups: Vec<(Option<i32>, Vec<u32>)> = Vec::new();
+    for (row, day) in days.iter().enumerate() {
+        match groups.iter_mut().find(|(d, _)| *d == day) {
+            Some((_, rows)) => rows.push(row as u32),
+            None => groups.push((day, vec![row as u32])),
+        }
+    }
+    let mut out = DateParts {
+        parts: Vec::with_capacity(groups.len()),
+        nulls: None,
+    };
+    let whole = groups.len() == 1;
+    for (day, rows) in groups {
+        let part = if whole {
+            batch.clone()
+        } else {
+            arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(rows))?
+        };
+        match day {
+            Some(day) => out.parts.push((date_folder(day), part)),
+            None => out.nulls = Some(part),
+        }
+    }
+    Ok(out)
+}
+
+/// The ISO date of days since the epoch (Arrow's `Date32`), as `dt=` folders name it.
+pub fn date_folder(days_since_epoch: i32) -> String {
+    (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")
+        + chrono::Duration::days(days_since_epoch as i64))
+    .to_string()
 }
 
 /// Where a run records what one slice asked the source for (`{key, params}`), so a
 /// replay can decode the slice's pages with the context they were fetched in.
 pub fn slice_manifest_path(source: &str, stream: &str, run_id: &str, slice: usize) -> String {
-    format!("raw/{source}/{stream}/_slices/{run_id}/s{slice:05}.json")
+    format!(
+        "{}/_slices/{run_id}/s{slice:05}.json",
+        layout::raw_stream(source, stream)
+    )
 }
 
 /// A Parquet file being written to the lake.
@@ -320,6 +444,19 @@ impl TableFileWriter {
 
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Bytes of the row group being built, held in memory until it is flushed.
+    pub fn buffered_bytes(&self) -> usize {
+        self.writer.in_progress_size()
+    }
+
+    /// Ends the current row group (a smaller one), releasing its buffers.
+    pub async fn flush(&mut self) -> Result<(), LakeError> {
+        self.writer.flush().await.map_err(|e| LakeError::Data {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
     }
 
     /// Finishes the file; it becomes visible in the lake only now.
@@ -369,6 +506,47 @@ pub async fn parquet_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_by_date_groups_in_order_of_first_appearance_and_sets_nulls_apart() {
+        use arrow::array::{Date32Array, Int64Array, StringArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("day", DataType::Date32, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Date32Array::from(vec![
+                    Some(19906),
+                    None,
+                    Some(19905),
+                    Some(19906),
+                ])),
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+            ],
+        )
+        .unwrap();
+        let split = split_by_date(&batch, 0).unwrap();
+        let shape: Vec<(&str, usize)> = split
+            .parts
+            .iter()
+            .map(|(d, b)| (d.as_str(), b.num_rows()))
+            .collect();
+        assert_eq!(shape, [("2024-07-02", 2), ("2024-07-01", 1)]);
+        assert_eq!(split.nulls.map(|b| b.num_rows()), Some(1));
+
+        // ISO text partitions the same way; text that is no date is an error.
+        let text = |values: Vec<&str>| {
+            let schema = Arc::new(Schema::new(vec![Field::new("day", DataType::Utf8, true)]));
+            RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(values))]).unwrap()
+        };
+        let split = split_by_date(&text(vec!["2024-07-01", "2024-07-01"]), 0).unwrap();
+        assert_eq!(split.parts.len(), 1);
+        assert_eq!(split.parts[0].0, "2024-07-01");
+        assert!(split_by_date(&text(vec!["soon"]), 0).is_err());
+    }
 
     #[tokio::test]
     async fn pages_round_trip_and_put_new_refuses_to_overwrite() {

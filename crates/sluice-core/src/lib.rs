@@ -14,6 +14,7 @@ pub mod executor;
 pub mod lake;
 pub mod line_typer;
 pub mod plan;
+pub mod publish;
 pub mod quarantine;
 pub mod replay;
 pub mod run;

@@ -14,7 +14,10 @@ pub const PREFIX: &str = "quarantine";
 
 /// The lake path of one run's quarantine of `layer.table`.
 pub fn path(layer: &str, table: &str, run_id: &str) -> String {
-    format!("{PREFIX}/{layer}/{table}/{run_id}.ndjson")
+    format!(
+        "{}/{run_id}.ndjson",
+        crate::lake::layout::quarantine(layer, table)
+    )
 }
 
 /// Writes `rejected` (nothing when empty); returns the path written.

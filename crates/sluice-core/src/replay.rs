@@ -64,7 +64,7 @@ impl Source for ReplaySource {
         _cursor: Option<&Value>,
         _window: &RunWindow,
     ) -> Result<StreamPlan, SourceError> {
-        let prefix = format!("raw/{}/{}", self.inner.name(), stream.name);
+        let prefix = crate::lake::layout::raw_stream(self.inner.name(), &stream.name);
         let objects = self
             .lake
             .list(&prefix)

@@ -58,7 +58,7 @@ impl StateStore {
     pub fn new(lake: Lake, pipeline: &str) -> Self {
         StateStore {
             lake,
-            prefix: format!("_state/{pipeline}"),
+            prefix: crate::lake::layout::state(pipeline),
         }
     }
 

@@ -21,7 +21,7 @@ use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use sluice_core::destination::WriteMode;
-use sluice_core::lake::Lake;
+use sluice_core::lake::{layout, Lake};
 
 use crate::error::TransformError;
 use crate::project::ModelProject;
@@ -114,12 +114,65 @@ async fn listing_table(
     let options = ListingOptions::new(Arc::new(format))
         .with_file_extension(".parquet")
         .with_table_partition_cols(partition_cols);
-    let config = ListingTableConfig::new(table_url(lake, relative)?)
-        .with_listing_options(options)
-        .infer_schema(&ctx.state())
-        .await
-        .map_err(err)?;
+    let url = table_url(lake, relative)?;
+    let config = ListingTableConfig::new(url.clone()).with_listing_options(options.clone());
+    let config = match config.clone().infer_schema(&ctx.state()).await {
+        Ok(config) => config,
+        // Files written before and after a column was widened (bigint → text by
+        // `on_type_change: evolve`) disagree on its type: read them all as the wider one.
+        Err(_) => config.with_schema(widened_schema(ctx, &options, &url).await.map_err(err)?),
+    };
     Ok(Arc::new(ListingTable::try_new(config).map_err(err)?))
+}
+
+/// The schema of every file under `url`, merged column by column; where files disagree
+/// on a column's type, the type that holds both (the order sluice widens in: bigint →
+/// numeric → text; anything else → text). Older files are cast when read.
+async fn widened_schema(
+    ctx: &SessionContext,
+    options: &ListingOptions,
+    url: &ListingTableUrl,
+) -> datafusion::error::Result<SchemaRef> {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use futures::TryStreamExt;
+    let state = ctx.state();
+    let store = state.runtime_env().object_store(url)?;
+    let mut files: Vec<_> = url
+        .list_all_files(&state, store.as_ref(), &options.file_extension)
+        .await?
+        .try_collect()
+        .await?;
+    files.retain(|f| f.size > 0);
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut fields: Vec<Field> = Vec::new();
+    for file in &files {
+        let schema = options
+            .format
+            .infer_schema(&state, &store, std::slice::from_ref(file))
+            .await?;
+        for field in schema.fields() {
+            match fields.iter_mut().find(|f| f.name() == field.name()) {
+                None => fields.push(field.as_ref().clone().with_nullable(true)),
+                Some(known) if known.data_type() == field.data_type() => {}
+                Some(known) => {
+                    let wider = wider_type(known.data_type(), field.data_type());
+                    *known = Field::new(known.name(), wider, true);
+                }
+            }
+        }
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The type that holds values of both `a` and `b`.
+fn wider_type(a: &DataType, b: &DataType) -> DataType {
+    use DataType::*;
+    match (a, b) {
+        (Int64, Decimal128(p, s)) | (Decimal128(p, s), Int64) => Decimal128((*p).max(38), *s),
+        (Decimal128(_, s1), Decimal128(_, s2)) => Decimal128(38, (*s1).max(*s2)),
+        (Int64, Float64) | (Float64, Int64) => Float64,
+        _ => Utf8,
+    }
 }
 
 fn quote(name: &str) -> String {
@@ -137,7 +190,7 @@ async fn register_d1(
     let raw = listing_table(
         ctx,
         lake,
-        &format!("d1/{table}"),
+        &layout::table("d1", table),
         vec![("dt".to_string(), DataType::Utf8)],
     )
     .await?;
@@ -206,10 +259,26 @@ pub async fn register_lake_table(
     if !lake_tables(lake, layer).await?.contains(table) {
         return Ok(false);
     }
-    let provider = listing_table(ctx, lake, &format!("{layer}/{table}"), Vec::new()).await?;
+    let provider = listing_table(ctx, lake, &layout::table(layer, table), Vec::new()).await?;
     ctx.register_table(reference, provider)
         .map_err(|e| TransformError::engine("register", e))?;
     Ok(true)
+}
+
+/// A model's staged output (the Parquet files under `prefix`), as a table its checks read.
+pub async fn staged_table(
+    ctx: &SessionContext,
+    lake: &Lake,
+    prefix: &str,
+    schema: SchemaRef,
+) -> Result<Arc<dyn TableProvider>, TransformError> {
+    let err = |e| TransformError::engine(format!("staged output {prefix}"), e);
+    let format = ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
+    let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(table_url(lake, prefix)?)
+        .with_listing_options(options)
+        .with_schema(schema);
+    Ok(Arc::new(ListingTable::try_new(config).map_err(err)?))
 }
 
 /// Registers an empty table with `schema` (a model's planned output, so later models plan).

@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
 use datafusion::common::TableReference;
-use datafusion::datasource::MemTable;
 use datafusion::execution::context::SessionContext;
 use serde::Deserialize;
 use sluice_core::typing::{Origin, Rejected};
@@ -323,21 +323,21 @@ fn parse_age(text: &str) -> Result<i64, String> {
     })
 }
 
-/// Runs `checks` over `batches` (the model's output) in `ctx`, which sees the other tables.
+/// Runs `checks` over `output` (the model's staged output, `rows` rows) in `ctx`,
+/// which sees the other tables.
 pub async fn run_checks(
     ctx: &SessionContext,
     checks: &[CheckSpec],
     schema: SchemaRef,
-    batches: &[RecordBatch],
+    output: Arc<dyn TableProvider>,
+    rows: u64,
 ) -> Result<Vec<CheckFailure>, TransformError> {
     if checks.is_empty() {
         return Ok(Vec::new());
     }
     let this = TableReference::bare(THIS);
     let _ = ctx.deregister_table(this.clone());
-    let table = MemTable::try_new(schema.clone(), vec![batches.to_vec()])
-        .map_err(|e| TransformError::engine("checks", e))?;
-    ctx.register_table(this.clone(), Arc::new(table))
+    ctx.register_table(this.clone(), output)
         .map_err(|e| TransformError::engine("checks", e))?;
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let mut failures = Vec::new();
@@ -364,7 +364,7 @@ pub async fn run_checks(
                 });
             }
         } else if let Some(rc) = &check.row_count {
-            let n: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            let n = rows;
             if rc.min.is_some_and(|m| n < m) || rc.max.is_some_and(|m| n > m) {
                 failures.push(CheckFailure {
                     check: name.clone(),
@@ -431,8 +431,22 @@ fn freshness_values(batches: &[RecordBatch]) -> (Option<String>, Option<i64>) {
 
 /// Rows as quarantine records: the check, the reason, the row as JSON.
 fn to_rejected(check: &str, batches: &[RecordBatch]) -> Result<Vec<Rejected>, TransformError> {
+    rows_as_rejected(
+        &format!("check:{check}"),
+        &format!("check {check} failed"),
+        batches,
+    )
+}
+
+/// Rows as quarantine records from `origin` (their line is their position), each with
+/// `reason` and the row as JSON.
+pub(crate) fn rows_as_rejected(
+    origin: &str,
+    reason: &str,
+    batches: &[RecordBatch],
+) -> Result<Vec<Rejected>, TransformError> {
     let mut out = Vec::new();
-    let page: Arc<str> = Arc::from(format!("check:{check}"));
+    let page: Arc<str> = Arc::from(origin);
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
         let mut buffer = Vec::new();
         {
@@ -450,7 +464,7 @@ fn to_rejected(check: &str, batches: &[RecordBatch]) -> Result<Vec<Rejected>, Tr
                     page: page.clone(),
                     line: out.len() as u64 + 1,
                 },
-                reason: format!("check {check} failed"),
+                reason: reason.to_string(),
                 raw: line.to_string(),
             });
         }

@@ -155,6 +155,8 @@ pub struct ModelProject {
     pub rates: CurrencyRates,
     /// D1 tables by name; see [`ModelProject::with_streams`].
     pub d1_tables: BTreeMap<String, D1Table>,
+    /// Retries and back-off of model publishes (the pipeline's `execution:`).
+    pub execution: sluice_core::config::ExecutionConfig,
 }
 
 impl ModelProject {
@@ -169,7 +171,9 @@ impl ModelProject {
             .models
             .clone()
             .unwrap_or_else(|| config.root.join("models"));
-        Self::load_dir(&dir, pii)
+        let mut project = Self::load_dir(&dir, pii)?;
+        project.execution = config.execution.clone();
+        Ok(project)
     }
 
     /// Loads models from `dir` with an explicit policy (tests, tools).
@@ -198,6 +202,7 @@ impl ModelProject {
             pii,
             rates,
             d1_tables: BTreeMap::new(),
+            execution: Default::default(),
         })
     }
 

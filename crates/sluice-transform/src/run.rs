@@ -23,20 +23,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{BooleanArray, RecordBatch, StringArray};
-use datafusion::arrow::compute::{cast, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::DataFusionError;
 use datafusion::execution::context::SessionContext;
 use futures::StreamExt;
-use sluice_core::destination::{Destination, LoadRequest, LoadTail, TableSpec, WriteMode};
-use sluice_core::lake::Lake;
+use sluice_core::destination::{Destination, LoadTail, TableSpec, WriteMode};
+use sluice_core::lake::{layout, Lake};
+use sluice_core::publish::StagedLoad;
 use sluice_core::run::{RunRecord, TaskError, TaskRecord, TaskStatus};
 use sluice_core::source::ErrorClass;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{self, D1View};
-use crate::checks::{run_checks, Severity};
+use crate::checks::{self, run_checks, Severity};
 use crate::conform;
 use crate::error::TransformError;
 use crate::project::{find_ignore_case, offset_of, Materialization, Model, ModelProject};
@@ -300,6 +300,8 @@ struct Outcome {
     partitions: Vec<String>,
     has_checks: bool,
     quarantined: u64,
+    /// Rows withheld because their `partition_by` value is NULL (in the quarantine).
+    undated: u64,
     warnings: Vec<String>,
     /// An `error` check failed: nothing was published.
     blocked: Option<String>,
@@ -349,6 +351,13 @@ impl Outcome {
             task.rows_quarantined = self.quarantined;
             return (task, checks, Recomputed::Failed);
         }
+        if self.undated > 0 {
+            task.rows_quarantined = self.undated;
+            task.warnings.push(format!(
+                "{} rows quarantined: their partition_by value is NULL",
+                self.undated
+            ));
+        }
         task.status = TaskStatus::Succeeded;
         (task, checks, self.recomputed)
     }
@@ -365,7 +374,6 @@ async fn run_one(
     scope: &Recomputed,
     cancel: &CancellationToken,
 ) -> Result<Outcome, TransformError> {
-    let _ = project;
     let context = model.qualified_name();
     let engine = |e: DataFusionError| TransformError::engine(&context, e);
     let sql = match scope {
@@ -383,21 +391,41 @@ async fn run_one(
     let df = ctx.sql(&sql).await.map_err(engine)?;
     let (table_schema, target) = conform::table_schema(df.schema().as_arrow())
         .map_err(|m| TransformError::engine(&context, m))?;
-    let batches = tokio::select! {
+    // The output streams into staged Parquet files (one per partition date), so a
+    // model's memory is bounded by the engine's state and one row group per date,
+    // not by its output.
+    let run_id = &record.run_id;
+    let staging = layout::model_staging(run_id, model.layer.as_str(), &model.name);
+    let staged = tokio::select! {
         _ = cancel.cancelled() => return Err(TransformError::Cancelled),
-        result = df.collect() => result.map_err(engine)?,
+        result = stage_output(df, lake, &staging, &target, model) => result?,
     };
-    let batches: Vec<RecordBatch> = batches
-        .iter()
-        .filter(|b| b.num_rows() > 0)
-        .map(|b| conform::conform_batch(b, &target))
-        .collect::<Result<_, _>>()
-        .map_err(|m| TransformError::engine(&context, m))?;
-    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let StagedOutput {
+        files: staged_files,
+        rows,
+        undated,
+    } = staged;
+    let undated = checks::rows_as_rejected(
+        &format!("model:{}", model.name),
+        &format!(
+            "partition_by column `{}` is NULL: the row has no date to be published under",
+            model.config.partition_by.as_deref().unwrap_or_default()
+        ),
+        &undated,
+    )?;
 
     // Checks.
-    let failures = run_checks(ctx, &model.config.checks, target.clone(), &batches).await?;
-    let mut quarantine = Vec::new();
+    let output = catalog::staged_table(ctx, lake, &staging, target.clone()).await?;
+    let failures = run_checks(ctx, &model.config.checks, target.clone(), output, rows).await;
+    let failures = match failures {
+        Ok(f) => f,
+        Err(e) => {
+            discard(lake, &staged_files).await;
+            return Err(e);
+        }
+    };
+    let undated_rows = undated.len() as u64;
+    let mut quarantine = undated;
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
     for f in &failures {
@@ -408,7 +436,7 @@ async fn run_one(
         }
     }
     let layer = model.layer.as_str();
-    let dir = format!("{layer}/{}", model.name);
+    let dir = layout::table(layer, &model.name);
     let had_table = catalog::lake_tables(lake, layer)
         .await?
         .contains(&model.name);
@@ -424,6 +452,20 @@ async fn run_one(
                 )
             });
     if !errors.is_empty() {
+        // The table is not published, but its failing rows are, next to it
+        // (`<model>__quarantine`), like a stream's rejected records.
+        let blocked_spec = TableSpec {
+            layer: layer.to_string(),
+            name: model.table_name().to_string(),
+            schema: table_schema,
+            primary_key: model.config.primary_key.clone(),
+            partition_column: model.config.partition_by.clone(),
+            write_mode: WriteMode::Replace,
+        };
+        discard(lake, &staged_files).await;
+        destination
+            .record_quarantine(&blocked_spec, &record.run_id, &quarantine)
+            .await?;
         if let Some(pointer) = &kept_at {
             errors.push(pointer.clone());
         }
@@ -435,44 +477,21 @@ async fn run_one(
             partitions: Vec::new(),
             has_checks: true,
             quarantined: quarantine.len() as u64,
+            undated: undated_rows,
             warnings,
             blocked: Some(errors.join("; ")),
             had_table,
         });
     }
 
-    // Lake: new files first.
-    let run_id = &record.run_id;
-    let mut written = Vec::new();
-    let mut output_dates = BTreeSet::new();
-    match &model.config.partition_by {
-        Some(column) => {
-            for (date, part) in split_by_date(&batches, column, &target)? {
-                let path = format!("{dir}/dt={date}/{run_id}.parquet");
-                written.push(write_file(lake, &path, &target, &part).await?);
-                output_dates.insert(date);
-            }
-        }
-        None => {
-            let path = format!("{dir}/{run_id}.parquet");
-            written.push(write_file(lake, &path, &target, &batches).await?);
-        }
-    }
-
-    // Destination: one transaction.
+    // Destination: one transaction, streamed from the staged files.
+    let output_dates: BTreeSet<String> = staged_files.iter().filter_map(|f| f.0.clone()).collect();
     let (write_mode, partitions): (WriteMode, Vec<String>) = match scope {
         Recomputed::Partitions(dates) => (
             WriteMode::OverwritePartitions,
             dates.iter().cloned().collect(),
         ),
-        _ => (
-            WriteMode::Replace,
-            output_dates
-                .iter()
-                .filter(|d| *d != "none")
-                .cloned()
-                .collect(),
-        ),
+        _ => (WriteMode::Replace, output_dates.iter().cloned().collect()),
     };
     let spec = TableSpec {
         layer: layer.to_string(),
@@ -483,33 +502,54 @@ async fn run_one(
         write_mode,
     };
     let load_id = format!("{run_id}:{}", model.qualified_name());
-    let stream = futures::stream::iter(batches.into_iter().map(Ok)).boxed();
-    let loaded = destination
-        .load(LoadRequest {
-            table: &spec,
-            batches: stream,
-            tail: LoadTail {
-                quarantine: quarantine.clone(),
-                partitions: partitions.clone(),
-            }
-            .ready(),
+    let files: Vec<String> = staged_files.iter().map(|f| f.1.clone()).collect();
+    let tail = LoadTail {
+        quarantine: quarantine.clone(),
+        partitions: partitions.clone(),
+    };
+    let on_retry = |e: &sluice_core::destination::DestinationError, delay: std::time::Duration| {
+        tracing::warn!(table = %spec.qualified_name(), error = %e, ?delay, "load failed; retrying");
+    };
+    let loaded = sluice_core::publish::load_staged(
+        destination,
+        lake,
+        StagedLoad {
+            spec: &spec,
+            files: &files,
+            tail: &tail,
             load_id: &load_id,
             run_id,
-        })
-        .await;
+        },
+        &project.execution,
+        cancel,
+        &on_retry,
+    )
+    .await;
     let outcome = match loaded {
         Ok(o) => o,
         Err(e) => {
-            for path in &written {
-                lake.delete(path).await?;
-            }
+            discard(lake, &staged_files).await;
             return Err(e.into());
         }
     };
 
+    // Lake: the staged files become the model's table.
+    let mut written = Vec::new();
+    for (n, (date, path)) in staged_files.iter().enumerate() {
+        let target_path = match date {
+            Some(date) => format!("{dir}/dt={date}/{run_id}-{n:05}.parquet"),
+            None => format!("{dir}/{run_id}-{n:05}.parquet"),
+        };
+        lake.rename(path, &target_path).await?;
+        written.push(target_path);
+    }
+
     // Lake: remove what the new files replace.
     let replaced_prefixes: Vec<String> = match scope {
-        Recomputed::Partitions(dates) => dates.iter().map(|d| format!("{dir}/dt={d}/")).collect(),
+        Recomputed::Partitions(dates) => dates
+            .iter()
+            .map(|d| layout::table_partition(layer, &model.name, d))
+            .collect(),
         _ => vec![format!("{dir}/")],
     };
     for prefix in replaced_prefixes {
@@ -528,54 +568,119 @@ async fn run_one(
         has_checks: !model.config.checks.is_empty(),
         // `warn` rows are published: flagged (copies in the quarantine), not withheld.
         quarantined: 0,
+        undated: undated_rows,
         warnings: warnings.into_iter().chain(kept_at).collect(),
         blocked: None,
         had_table,
     })
 }
 
-async fn write_file(
-    lake: &Lake,
-    path: &str,
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<String, TransformError> {
-    let mut writer = lake.parquet_writer(path, schema.clone())?;
-    for b in batches {
-        writer.write(b).await?;
-    }
-    Ok(writer.close().await?.0)
+/// Rows per staged model file: a load reads one file into memory at a time.
+const MODEL_FILE_ROWS: u64 = 256 * 1024;
+/// Row-group bytes all open staged files may buffer together before they are cut.
+const MODEL_BUFFER_BYTES: usize = 48 * 1024 * 1024;
+
+/// A model's output, staged in the lake.
+struct StagedOutput {
+    /// (partition date, lake path) of each staged file; no date when unpartitioned.
+    files: Vec<(Option<String>, String)>,
+    rows: u64,
+    /// Rows whose `partition_by` value is NULL: not staged, for the quarantine.
+    undated: Vec<RecordBatch>,
 }
 
-/// Output rows grouped by their partition date (`none` for a NULL date).
-fn split_by_date(
-    batches: &[RecordBatch],
-    column: &str,
-    schema: &SchemaRef,
-) -> Result<BTreeMap<String, Vec<RecordBatch>>, TransformError> {
-    let index = schema
-        .index_of(column)
-        .map_err(|e| TransformError::engine("partition", e))?;
-    let mut out: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
-    for batch in batches {
-        let dates = cast(batch.column(index), &DataType::Utf8)
-            .map_err(|e| TransformError::engine("partition", e))?;
-        let dates = dates
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("Utf8")
-            .clone();
-        let distinct: BTreeSet<Option<&str>> = dates.iter().collect();
-        for value in distinct {
-            let mask: BooleanArray = dates.iter().map(|d| Some(d == value)).collect();
-            let part = filter_record_batch(batch, &mask)
-                .map_err(|e| TransformError::engine("partition", e))?;
-            out.entry(value.unwrap_or("none").to_string())
-                .or_default()
-                .push(part);
+/// Streams `df`'s output into Parquet files under `staging`: conformed to `target`,
+/// split by partition date when the model has one.
+async fn stage_output(
+    df: datafusion::dataframe::DataFrame,
+    lake: &Lake,
+    staging: &str,
+    target: &SchemaRef,
+    model: &Model,
+) -> Result<StagedOutput, TransformError> {
+    let context = model.qualified_name();
+    let engine = |e: DataFusionError| TransformError::engine(&context, e);
+    let partition = match &model.config.partition_by {
+        Some(column) => Some(
+            target
+                .index_of(column)
+                .map_err(|e| TransformError::engine(format!("partition_by `{column}`"), e))?,
+        ),
+        None => None,
+    };
+    // One open file per partition date; each is rotated at MODEL_FILE_ROWS, and
+    // row groups are cut early when all open files together buffer too much.
+    let mut writers: BTreeMap<Option<String>, sluice_core::lake::TableFileWriter> = BTreeMap::new();
+    let mut files = Vec::new();
+    let mut rows = 0u64;
+    let mut undated = Vec::new();
+    let mut output = df.execute_stream().await.map_err(engine)?;
+    while let Some(batch) = output.next().await {
+        let batch = batch.map_err(engine)?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let batch = conform::conform_batch(&batch, target)
+            .map_err(|m| TransformError::engine(&context, m))?;
+        let parts = match partition {
+            None => vec![(None, batch)],
+            Some(index) => {
+                let split = sluice_core::lake::split_by_date(&batch, index)
+                    .map_err(|e| TransformError::engine(format!("{context} partition_by"), e))?;
+                undated.extend(split.nulls);
+                split.parts.into_iter().map(|(d, b)| (Some(d), b)).collect()
+            }
+        };
+        for (date, part) in parts {
+            let writer = match writers.entry(date.clone()) {
+                std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let folder = match &date {
+                        Some(date) => format!("{staging}/dt={date}"),
+                        None => staging.to_string(),
+                    };
+                    let path = format!("{folder}/part-{:05}.parquet", files.len());
+                    files.push((date.clone(), path.clone()));
+                    v.insert(lake.parquet_writer(&path, target.clone())?)
+                }
+            };
+            rows += part.num_rows() as u64;
+            writer.write(&part).await?;
+            if writer.rows() >= MODEL_FILE_ROWS {
+                if let Some(full) = writers.remove(&date) {
+                    full.close().await?;
+                }
+            }
+        }
+        if writers.values().map(|w| w.buffered_bytes()).sum::<usize>() > MODEL_BUFFER_BYTES {
+            for writer in writers.values_mut() {
+                writer.flush().await?;
+            }
         }
     }
-    Ok(out)
+    // An empty output is still a table (with no rows).
+    if files.is_empty() && partition.is_none() {
+        let path = format!("{staging}/part-00000.parquet");
+        files.push((None, path.clone()));
+        writers.insert(None, lake.parquet_writer(&path, target.clone())?);
+    }
+    for (_, writer) in writers {
+        writer.close().await?;
+    }
+    Ok(StagedOutput {
+        files,
+        rows,
+        undated,
+    })
+}
+
+/// Removes staged files that will not be published.
+async fn discard(lake: &Lake, staged: &[(Option<String>, String)]) {
+    for (_, path) in staged {
+        if let Err(e) = lake.delete(path).await {
+            tracing::debug!(path = %path, error = %e, "could not remove a staged model file");
+        }
+    }
 }
 
 /// Runs `sql` over the lake's tables (`d1.<table>`, `d2a.<model>`, `d2b.<model>`) with the

@@ -498,7 +498,9 @@ async fn example_models_publish_expected_rows_incrementally_and_keep_pii_out_of_
         .await
         .unwrap();
     assert!(
-        day1_files.iter().all(|o| o.path.ends_with("r1.parquet")),
+        day1_files
+            .iter()
+            .all(|o| o.path.rsplit('/').next().unwrap().starts_with("r1-")),
         "day 1 untouched: {day1_files:?}"
     );
     assert_eq!(before_day1, rows_of(&lake, &project, "SELECT * FROM d2a.ad_performance_daily WHERE date = DATE '2024-07-01' ORDER BY platform, ad_group_id, ad_id").await);

@@ -71,7 +71,23 @@ fn validate_connections_reports_the_apis_deprecation_headers() {
         .args(["validate", "--connections"])
         .output()
         .unwrap();
+    // A run says it too, in its summary and in the record `sluice runs` reads.
+    let ran = project.run(&[]);
+    let runs = project.cmd().args(["runs", "--json"]).output().unwrap();
     runtime.block_on(sandbox.shutdown());
+    assert_exit(&ran, 0);
+    let summary = stdout(&ran);
+    assert!(
+        summary
+            .lines()
+            .any(|l| l.starts_with("  ! facebook:") && l.contains(&format!("{sunset}"))),
+        "the run summary shows the notice:\n{summary}"
+    );
+    let stored = stdout(&runs);
+    assert!(
+        stored.contains("\"notices\"") && stored.contains(&format!("stops answering on {sunset}")),
+        "the stored run record keeps the notice:\n{stored}"
+    );
     assert_exit(&quiet, 0);
     assert!(
         !stdout(&quiet).contains("Sunset"),

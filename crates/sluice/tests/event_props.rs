@@ -126,6 +126,13 @@ fn renames_and_evolve_keep_amount_equal_to_the_truth_and_history_shows_the_day()
     let project = project(
         "schema:\n  on_new_field: evolve\n  on_type_change: evolve\n  renames:\n    app.events_charged: { amount_value: Amount }\n",
     );
+    // A model over the typed table reads files written before and after `Items`
+    // turned into text.
+    project.write(
+        "models/d2a/charged_daily.sql",
+        "SELECT event_date, count(*) AS orders, sum(\"Amount\") AS amount, count(\"Items\") AS items\n\
+         FROM d1.app_events_charged GROUP BY event_date\n",
+    );
     let before = change_day() - Duration::days(1);
     let first = run(&project, before);
     assert_exit(&first, 0);
@@ -189,6 +196,25 @@ fn renames_and_evolve_keep_amount_equal_to_the_truth_and_history_shows_the_day()
     assert_eq!(
         loaded, expected,
         "orders and amount per day equal the truth\n{report}"
+    );
+    let mut stmt = db
+        .prepare("select cast(event_date as text), orders, amount, items from d2a__charged_daily")
+        .unwrap();
+    let modelled: BTreeMap<String, (i64, i64)> = stmt
+        .query_map([], |r| {
+            let orders: i64 = r.get(1)?;
+            assert_eq!(orders, r.get::<_, i64>(3)?, "every order has its Items");
+            Ok((
+                r.get::<_, String>(0)?,
+                (orders, (r.get::<_, f64>(2)? * 100.0).round() as i64),
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        modelled, expected,
+        "the model spans the re-typed column\n{report}"
     );
 }
 

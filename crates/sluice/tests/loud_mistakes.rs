@@ -307,6 +307,23 @@ fn check_severities_report_what_was_published_and_failing_rows_are_queryable() {
         "select origin, raw from quarantine.d2a__orders_clean",
     );
     assert!(rows.contains("-3"), "{rows}");
+    // ... and in the warehouse, next to where the table would be (which is not there).
+    let db = project.sqlite();
+    let blocked: String = db
+        .query_row("select raw from d2a__orders_clean__quarantine", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(blocked.contains("-3"), "{blocked}");
+    let published: i64 = db
+        .query_row(
+            "select count(*) from sqlite_master where name = 'd2a__orders_clean'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(published, 0, "an error-severity failure publishes no table");
+    drop(db);
 
     // `warn`: published, flagged, not counted as quarantined.
     project.write(
@@ -325,8 +342,8 @@ fn check_severities_report_what_was_published_and_failing_rows_are_queryable() {
     let db = project.sqlite();
     let flagged: i64 = db
         .query_row(
-            "select count(*) from d2a__orders_clean__quarantine",
-            [],
+            "select count(*) from d2a__orders_clean__quarantine where run_id = ?1",
+            [record["run_id"].as_str().unwrap()],
             |r| r.get(0),
         )
         .unwrap();
@@ -512,4 +529,45 @@ fn logs_carry_no_colour_when_piped_json_lines_name_the_run_and_config_errors_fol
         line["message"].as_str().unwrap().contains("sourcs"),
         "{line}"
     );
+}
+
+// A model row with no partition date is quarantined (never a `dt=none` folder), and
+// the lake and the warehouse hold the same dated rows.
+#[test]
+fn a_model_row_with_a_null_partition_date_is_quarantined_not_published() {
+    let project = Project::new(models_pipeline());
+    project.write(
+        "data/orders.ndjson",
+        "{\"id\": 1, \"amount\": 2}\n{\"id\": 2, \"amount\": 3}\n",
+    );
+    project.write(
+        "models/d2a/orders_daily.sql",
+        "SELECT id, amount, CASE WHEN id = 2 THEN NULL ELSE DATE '2024-07-01' END AS day\n\
+         FROM d1.shop_orders\n",
+    );
+    project.write("models/d2a/orders_daily.yml", "partition_by: day\n");
+    let record = run_json(&project, 0);
+    let model = task(&record, "d2a.orders_daily");
+    assert_eq!(model["rows_quarantined"], 1, "{model}");
+    assert_eq!(
+        query_csv(&project, "select id from d2a.orders_daily"),
+        "id\n1\n"
+    );
+    let db = project.sqlite();
+    let (published, quarantined): (i64, String) = (
+        db.query_row("select count(*) from d2a__orders_daily", [], |r| r.get(0))
+            .unwrap(),
+        db.query_row(
+            "select reason from d2a__orders_daily__quarantine",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap(),
+    );
+    assert_eq!(published, 1);
+    assert!(quarantined.contains("`day` is NULL"), "{quarantined}");
+    assert!(!project
+        .path()
+        .join("lake/d2a/orders_daily/dt=none")
+        .exists());
 }

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use sluice_core::config::{ConfigDocument, ConfigError, Section};
 use sluice_core::destination::WriteMode;
 use sluice_core::schema::{Field, FieldType, TableSchema};
 use sluice_core::source::{
@@ -25,9 +24,8 @@ use sluice_core::source::{
 };
 use sluice_core::typing::{Origin, Record, Rejected};
 
-use crate::http::window::{plan_window, DayWindow, Incremental};
+use crate::incremental::{plan_window, DayWindow, Incremental};
 use crate::http::{parse_base_url, HttpClient};
-use crate::BuildContext;
 use api::{CleverTapApi, CursorPage};
 use config::{CleverTapConfig, ProfilesConfig};
 use records::{event_record, event_slug, fingerprint, lift_properties, profile_record};
@@ -42,19 +40,19 @@ pub struct CleverTapSource {
     specs: Vec<StreamSpec>,
 }
 
-impl CleverTapSource {
-    /// Builds from `sources.<name>`; errors point at the offending key in the file.
-    #[allow(clippy::result_large_err)] // ConfigError's size is the config module's choice.
-    pub fn build(
-        doc: &ConfigDocument,
-        section: &Section,
-        _ctx: &BuildContext,
-    ) -> Result<Self, ConfigError> {
-        let config: CleverTapConfig = doc.parse_section(section)?;
-        CleverTapSource::new(&section.name, config, &section.path.join("."))
-            .map_err(|e| crate::error_at_key(doc, section, e))
-    }
+/// `type: clevertap`.
+pub const SOURCE_TYPE: crate::SourceType = crate::SourceType {
+    name: "clevertap",
+    build: |doc, section, _ctx| {
+        Ok(std::sync::Arc::new(crate::build_from_config(
+            doc,
+            section,
+            CleverTapSource::new,
+        )?))
+    },
+};
 
+impl CleverTapSource {
     pub fn new(name: &str, config: CleverTapConfig, key_prefix: &str) -> Result<Self, SourceError> {
         let key = if config.base_url.is_some() {
             "base_url"

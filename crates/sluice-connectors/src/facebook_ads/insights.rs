@@ -36,7 +36,7 @@ use super::config::{InsightsConfig, Level};
 use super::entities::{data, land_json, Pager};
 use super::streams::{insights_key, insights_request_fields, is_action_list};
 use super::FacebookSource;
-use crate::http::window::DayWindow;
+use crate::incremental::DayWindow;
 use crate::http::{ApiRequest, ApiResponse};
 
 /// The smallest request (one day, one campaign, one field group) is retried this

@@ -21,16 +21,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use sluice_core::config::{ConfigDocument, ConfigError, Section};
 use sluice_core::source::{
     DecodeState, DecodedPage, LandedPage, PageSink, RunWindow, Slice, Source, SourceError,
     StreamPlan, StreamSpec,
 };
 use tokio::sync::Mutex;
 
-use crate::http::window::{plan_window, Incremental};
+use crate::incremental::{plan_window, Incremental};
 use crate::http::{parse_base_url, HttpClient};
-use crate::BuildContext;
 use api::GraphApi;
 use config::{effective_streams, FacebookConfig, InsightsConfig, StreamChoice};
 
@@ -74,19 +72,19 @@ pub struct FacebookSource {
     version_notice: Option<String>,
 }
 
-impl FacebookSource {
-    /// Builds from `sources.<name>`; errors point at the offending key in the file.
-    #[allow(clippy::result_large_err)] // ConfigError's size is the config module's choice.
-    pub fn build(
-        doc: &ConfigDocument,
-        section: &Section,
-        _ctx: &BuildContext,
-    ) -> Result<Self, ConfigError> {
-        let config: FacebookConfig = doc.parse_section(section)?;
-        FacebookSource::new(&section.name, config, &section.path.join("."))
-            .map_err(|e| crate::error_at_key(doc, section, e))
-    }
+/// `type: facebook_ads`.
+pub const SOURCE_TYPE: crate::SourceType = crate::SourceType {
+    name: "facebook_ads",
+    build: |doc, section, _ctx| {
+        Ok(std::sync::Arc::new(crate::build_from_config(
+            doc,
+            section,
+            FacebookSource::new,
+        )?))
+    },
+};
 
+impl FacebookSource {
     /// Builds from a typed config; `key_prefix` is where the section sits (`sources.facebook`).
     pub fn new(name: &str, config: FacebookConfig, key_prefix: &str) -> Result<Self, SourceError> {
         let version_notice = crate::api_versions::judge(

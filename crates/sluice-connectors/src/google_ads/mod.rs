@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use sluice_core::config::{ConfigDocument, ConfigError, Section};
 use sluice_core::destination::WriteMode;
 use sluice_core::schema::{Field, FieldType, TableSchema};
 use sluice_core::source::{
@@ -27,9 +26,8 @@ use sluice_core::source::{
 use sluice_core::typing::{Origin, Record};
 use tokio::sync::Mutex;
 
-use crate::http::window::{plan_window, DayWindow, Incremental};
+use crate::incremental::{plan_window, DayWindow, Incremental};
 use crate::http::HttpClient;
-use crate::BuildContext;
 use api::GoogleApi;
 use config::{normalize_customer, GoogleConfig, GoogleStreamConfig};
 
@@ -72,19 +70,19 @@ pub struct GoogleSource {
     version_notice: Option<String>,
 }
 
-impl GoogleSource {
-    /// Builds from `sources.<name>`; errors point at the offending key in the file.
-    #[allow(clippy::result_large_err)] // ConfigError's size is the config module's choice.
-    pub fn build(
-        doc: &ConfigDocument,
-        section: &Section,
-        _ctx: &BuildContext,
-    ) -> Result<Self, ConfigError> {
-        let config: GoogleConfig = doc.parse_section(section)?;
-        GoogleSource::new(&section.name, config, &section.path.join("."))
-            .map_err(|e| crate::error_at_key(doc, section, e))
-    }
+/// `type: google_ads`.
+pub const SOURCE_TYPE: crate::SourceType = crate::SourceType {
+    name: "google_ads",
+    build: |doc, section, _ctx| {
+        Ok(std::sync::Arc::new(crate::build_from_config(
+            doc,
+            section,
+            GoogleSource::new,
+        )?))
+    },
+};
 
+impl GoogleSource {
     pub fn new(name: &str, config: GoogleConfig, key_prefix: &str) -> Result<Self, SourceError> {
         let version_notice = crate::api_versions::judge(
             crate::api_versions::Api::GoogleAds,

@@ -13,7 +13,6 @@
 //! (Facebook's `access_token`) never reach a log or a run record.
 
 mod pacer;
-pub mod window;
 
 pub use pacer::Pacer;
 

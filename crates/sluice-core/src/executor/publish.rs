@@ -9,19 +9,14 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
-use arrow::array::{new_null_array, ArrayRef};
-use arrow::record_batch::RecordBatch;
-use backon::Retryable;
-use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use sha2::{Digest, Sha256};
 
 use super::live_load::{joined_load, LiveLoad, LiveLoadTask};
 use super::{Counters, Executor, RunOptions, TaskFailure};
-use crate::destination::{
-    DestinationError, LoadOutcome, LoadRequest, LoadTail, TableSpec, WriteMode,
-};
-use crate::lake::{parquet_batches, Lake, LakeError};
+use crate::destination::{DestinationError, LoadOutcome, LoadTail, TableSpec, WriteMode};
+use crate::lake::{layout, LakeError};
+use crate::publish::StagedLoad;
 use crate::run::TaskRecord;
 use crate::schema::TableSchema;
 use crate::typing::Rejected;
@@ -134,7 +129,7 @@ impl Executor {
 
         // Checkpoints and leftovers of earlier, unpublished runs are now obsolete.
         self.state.clear_checkpoints(table).await?;
-        for object in self.lake.list("_staging").await? {
+        for object in self.lake.list("_staging/").await? {
             if object.path.contains(&format!("/{table}/")) {
                 self.lake.delete(&object.path).await?;
             }
@@ -155,37 +150,34 @@ impl Executor {
         options: &RunOptions,
         counters: &Counters,
     ) -> Result<LoadOutcome, TaskFailure> {
-        let attempt = || async {
-            let batches = staged_batches(&self.lake, staged, spec.schema.clone());
-            let request = LoadRequest {
-                table: spec,
-                batches,
-                tail: LoadTail {
-                    quarantine: rejected.to_vec(),
-                    partitions: partitions.to_vec(),
-                }
-                .ready(),
+        let files: Vec<String> = staged.iter().map(|f| f.path.clone()).collect();
+        let tail = LoadTail {
+            quarantine: rejected.to_vec(),
+            partitions: partitions.to_vec(),
+        };
+        let on_retry = |e: &DestinationError, delay: std::time::Duration| {
+            counters.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(table = %spec.qualified_name(), error = %e, ?delay, "load failed; retrying");
+        };
+        crate::publish::load_staged(
+            self.destination.as_ref(),
+            &self.lake,
+            StagedLoad {
+                spec,
+                files: &files,
+                tail: &tail,
                 load_id,
                 run_id: &options.run_id,
-            };
-            tokio::select! {
-                // Dropping the load future rolls its transaction back.
-                _ = options.cancel.cancelled() => Err(DestinationError::Cancelled { table: spec.qualified_name() }),
-                outcome = self.destination.load(request) => outcome,
-            }
-        };
-        attempt
-            .retry(self.backoff())
-            .when(|e: &DestinationError| e.is_transient() && !options.cancel.is_cancelled())
-            .notify(|e, delay| {
-                counters.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(table = %spec.qualified_name(), error = %e, ?delay, "load failed; retrying");
-            })
-            .await
-            .map_err(|e| match e {
-                DestinationError::Cancelled { .. } => TaskFailure::Cancelled,
-                e => TaskFailure::Destination(e),
-            })
+            },
+            &self.execution,
+            &options.cancel,
+            &on_retry,
+        )
+        .await
+        .map_err(|e| match e {
+            DestinationError::Cancelled { .. } => TaskFailure::Cancelled,
+            e => TaskFailure::Destination(e),
+        })
     }
 
     /// Moves this run's staged files into `d1/<table>/dt=…/` and removes what they replace.
@@ -200,7 +192,10 @@ impl Executor {
         let store = self.lake.store();
         let mut targets = Vec::with_capacity(staged.len());
         for (n, file) in staged.iter().enumerate() {
-            let target = format!("d1/{table}/dt={}/{run_id}-{n:05}.parquet", file.dt);
+            let target = format!(
+                "{}{run_id}-{n:05}.parquet",
+                layout::table_partition("d1", table, &file.dt)
+            );
             store
                 .rename(
                     &self.lake.object_path(&file.path),
@@ -214,10 +209,10 @@ impl Executor {
             targets.push(target);
         }
         let prefixes: Vec<String> = match mode {
-            WriteMode::Replace => vec![format!("d1/{table}/")],
+            WriteMode::Replace => vec![format!("{}/", layout::table("d1", table))],
             WriteMode::OverwritePartitions => partitions
                 .iter()
-                .map(|dt| format!("d1/{table}/dt={dt}/"))
+                .map(|dt| layout::table_partition("d1", table, dt))
                 .collect(),
             WriteMode::Append | WriteMode::Merge => Vec::new(),
         };
@@ -234,61 +229,6 @@ impl Executor {
             }
         }
         Ok(())
-    }
-}
-
-/// Batches of the staged files, conformed to the final schema (columns that
-/// appeared mid-run are null in earlier files).
-fn staged_batches<'a>(
-    lake: &'a Lake,
-    staged: &'a [StagedFile],
-    schema: TableSchema,
-) -> futures::stream::BoxStream<'a, Result<RecordBatch, DestinationError>> {
-    let arrow_schema = schema.arrow_schema();
-    futures::stream::iter(staged)
-        .then(move |file| async move {
-            parquet_batches(lake, &file.path)
-                .await
-                .map_err(|e| load_err(e.to_string()))
-        })
-        .map_ok(move |reader| {
-            let arrow_schema = arrow_schema.clone();
-            futures::stream::iter(reader.map(move |batch| {
-                batch
-                    .map_err(|e| load_err(e.to_string()))
-                    .and_then(|b| conform(&b, &arrow_schema))
-            }))
-        })
-        .try_flatten()
-        .boxed()
-}
-
-fn conform(
-    batch: &RecordBatch,
-    schema: &arrow::datatypes::SchemaRef,
-) -> Result<RecordBatch, DestinationError> {
-    if batch.schema().fields() == schema.fields() {
-        return RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
-            .map_err(|e| load_err(e.to_string()));
-    }
-    let columns: Vec<ArrayRef> = schema
-        .fields()
-        .iter()
-        .map(|field| match batch.column_by_name(field.name()) {
-            Some(column) if column.data_type() == field.data_type() => Ok(column.clone()),
-            Some(column) => {
-                arrow::compute::cast(column, field.data_type()).map_err(|e| load_err(e.to_string()))
-            }
-            None => Ok(new_null_array(field.data_type(), batch.num_rows())),
-        })
-        .collect::<Result<_, _>>()?;
-    RecordBatch::try_new(schema.clone(), columns).map_err(|e| load_err(e.to_string()))
-}
-
-fn load_err(message: String) -> DestinationError {
-    DestinationError::Load {
-        table: "staged batch".into(),
-        message,
     }
 }
 

@@ -118,7 +118,7 @@ impl<'s, 'a> SliceSink<'s, 'a> {
             .get(column)
             .map(|v| to_scalar(v, FieldType::Date))
         {
-            Some(Ok(Scalar::Date(days))) => Ok(date_of(days)),
+            Some(Ok(Scalar::Date(days))) => Ok(crate::lake::date_folder(days)),
             Some(Err(e)) => Err(format!("partition column `{column}`: {e}")),
             _ => Err(format!("partition column `{column}` is missing or null")),
         }
@@ -142,7 +142,8 @@ impl<'s, 'a> SliceSink<'s, 'a> {
         let partition = self.partitions.get_mut(dt).expect("partition exists");
         if partition.writer.is_none() {
             let path = format!(
-                "_staging/{run_id}/{table}/dt={dt}/s{slice:05}-a{attempt}-{seq:04}.parquet"
+                "{}/{table}/dt={dt}/s{slice:05}-a{attempt}-{seq:04}.parquet",
+                crate::lake::layout::staging(run_id)
             );
             let writer = self
                 .extraction
@@ -282,47 +283,6 @@ impl SliceSink<'_, '_> {
         }
         Ok(())
     }
-}
-
-/// A batch's rows grouped by the ISO date in a `Date32` column, in order of first appearance.
-fn split_by_date(
-    batch: &RecordBatch,
-    column: usize,
-) -> Result<Vec<(String, RecordBatch)>, arrow::error::ArrowError> {
-    use arrow::array::AsArray;
-    let days = batch
-        .column(column)
-        .as_primitive_opt::<arrow::datatypes::Date32Type>()
-        .ok_or_else(|| {
-            arrow::error::ArrowError::CastError("partition column is not a date".into())
-        })?;
-    let mut groups: Vec<(i32, Vec<u32>)> = Vec::new();
-    for (row, day) in days.iter().enumerate() {
-        // The typer sends rows without a partition value to the general path.
-        let day =
-            day.ok_or_else(|| arrow::error::ArrowError::CastError("null partition value".into()))?;
-        match groups.iter_mut().find(|(d, _)| *d == day) {
-            Some((_, rows)) => rows.push(row as u32),
-            None => groups.push((day, vec![row as u32])),
-        }
-    }
-    if groups.len() == 1 {
-        return Ok(vec![(date_of(groups[0].0), batch.clone())]);
-    }
-    groups
-        .into_iter()
-        .map(|(day, rows)| {
-            let rows = arrow::array::UInt32Array::from(rows);
-            arrow::compute::take_record_batch(batch, &rows).map(|part| (date_of(day), part))
-        })
-        .collect()
-}
-
-/// The ISO date of a `Scalar::Date`, for `dt=` folders.
-fn date_of(days: i32) -> String {
-    (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")
-        + chrono::Duration::days(days as i64))
-    .to_string()
 }
 
 fn lake_to_source(e: LakeError) -> SourceError {
@@ -519,8 +479,17 @@ impl PageSink for SliceSink<'_, '_> {
             .and_then(|c| self.schema.index_of(c));
         let parts = match column {
             None => vec![(self.extraction.window.today.to_string(), batch)],
-            Some(i) => split_by_date(&batch, i)
-                .map_err(|e| SourceError::transient(format!("partitioning typed rows: {e}")))?,
+            Some(i) => {
+                let split = crate::lake::split_by_date(&batch, i)
+                    .map_err(|e| SourceError::transient(format!("partitioning typed rows: {e}")))?;
+                // The typer sends rows without a partition value to the general path.
+                if split.nulls.is_some() {
+                    return Err(SourceError::transient(
+                        "partitioning typed rows: null partition value",
+                    ));
+                }
+                split.parts
+            }
         };
         for (dt, part) in parts {
             self.partition(&dt);

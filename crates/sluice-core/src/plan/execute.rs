@@ -13,13 +13,16 @@
 //! One [`CancellationToken`] (in [`RunOptions`]) stops both stages: nothing new
 //! starts, in-flight loads roll back, and state is not advanced.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::{PlanTask, RunPlan, Selection};
 use crate::config::ConfigError;
 use crate::executor::{Executor, RunOptions};
-use crate::run::RunRecord;
+use crate::run::{RunRecord, RunStatus};
+use crate::source::Source;
 
 /// Runs SQL models for a run; sluice-transform implements it.
 #[async_trait]
@@ -72,16 +75,37 @@ pub async fn run(
         }
     }
     let cancel = options.cancel.clone();
+    // Notices (an API version nearing its sunset, deprecation headers the API sent
+    // while the run read it) are known once the streams ran.
+    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+    for task in &streams {
+        if !sources.iter().any(|s| s.name() == task.source.name()) {
+            sources.push(task.source.clone());
+        }
+    }
     let mut record = executor.run(streams, options).await;
     if !model_ids.is_empty() {
         match models.run_models(&model_ids, &mut record, &cancel).await {
             Ok(()) => {}
             Err(ModelRunError::Config(e)) => return Err(PlanRunError::Config(e)),
             Err(ModelRunError::Failed(message)) => {
+                // The streams' loads stand, but no model ran: never a green run.
                 record.error = Some(crate::secret::redact(&message));
+                if record.status == RunStatus::Succeeded {
+                    record.status = RunStatus::Partial;
+                }
             }
         }
-        // The model stage re-settled the status; store the final record.
+    }
+    record.notices = sources
+        .iter()
+        .flat_map(|s| {
+            let name = s.name().to_string();
+            s.notices().into_iter().map(move |n| format!("{name}: {n}"))
+        })
+        .collect();
+    if !model_ids.is_empty() || !record.notices.is_empty() {
+        // The model stage re-settled the status, notices were added: store the final record.
         if let Err(e) = executor.state.save_run(&record).await {
             record.error = Some(format!("cannot write the run record: {e}"));
         }

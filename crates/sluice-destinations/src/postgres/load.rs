@@ -25,6 +25,7 @@ use futures::StreamExt;
 use sluice_core::destination::{DestinationError, LoadOutcome, LoadRequest, TableSpec, WriteMode};
 use sluice_core::schema::{FieldType, MAX_DECIMAL_PRECISION};
 use sluice_core::secret::redact;
+use sluice_core::typing::Rejected;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Transaction};
@@ -264,33 +265,9 @@ pub(super) async fn load(
     };
     tracing::debug!(table = %label, staged, rows_loaded, rows_replaced, "published");
 
-    if !tail.quarantine.is_empty() {
-        tx.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {} (run_id text NOT NULL, origin text NOT NULL, line bigint, \
-             reason text NOT NULL, raw text, quarantined_at timestamptz NOT NULL DEFAULT now())",
-            plan.quarantine
-        ))
+    insert_quarantine(&tx, &plan.quarantine, request.run_id, &tail.quarantine)
         .await
         .map_err(failed)?;
-        let sql = format!(
-            "INSERT INTO {} (run_id, origin, line, reason, raw) \
-             SELECT $1::text, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[])",
-            plan.quarantine
-        );
-        let statement = tx.prepare(&sql).await.map_err(failed)?;
-        for chunk in tail.quarantine.chunks(QUARANTINE_CHUNK) {
-            let origins: Vec<String> = chunk.iter().map(|r| no_nul(&r.origin.page)).collect();
-            let lines: Vec<i64> = chunk.iter().map(|r| r.origin.line as i64).collect();
-            let reasons: Vec<String> = chunk.iter().map(|r| no_nul(&r.reason)).collect();
-            let raws: Vec<String> = chunk.iter().map(|r| no_nul(&r.raw)).collect();
-            tx.execute(
-                &statement,
-                &[&request.run_id, &origins, &lines, &reasons, &raws],
-            )
-            .await
-            .map_err(failed)?;
-        }
-    }
 
     tx.execute(
         &format!(
@@ -555,6 +532,64 @@ async fn prepare_table(
         existing.extend(new_types);
     }
     Ok(existing)
+}
+
+/// Appends records to `<table>__quarantine` alone, in their own transaction: the
+/// failing rows of a model whose error-severity check blocked its publish.
+pub(super) async fn record_quarantine(
+    destination: &PostgresDestination,
+    spec: &TableSpec,
+    run_id: &str,
+    rows: &[Rejected],
+) -> Result<u64, DestinationError> {
+    let label = spec.qualified_name();
+    let failed = |e: tokio_postgres::Error| DestinationError::Load {
+        table: label.clone(),
+        message: redact(&error_text(&e)),
+    };
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let plan = TablePlan::new(destination, spec)?;
+    let mut client = destination.connect().await?;
+    ensure_schema(&client, &plan.schema).await.map_err(failed)?;
+    let tx = client.transaction().await.map_err(failed)?;
+    insert_quarantine(&tx, &plan.quarantine, run_id, rows)
+        .await
+        .map_err(failed)?;
+    tx.commit().await.map_err(failed)?;
+    Ok(rows.len() as u64)
+}
+
+/// Inserts quarantined records (creating `<table>__quarantine` on first use).
+async fn insert_quarantine(
+    tx: &Transaction<'_>,
+    quarantine: &str,
+    run_id: &str,
+    rows: &[Rejected],
+) -> Result<(), tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {quarantine} (run_id text NOT NULL, origin text NOT NULL, line bigint, \
+         reason text NOT NULL, raw text, quarantined_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await?;
+    let sql = format!(
+        "INSERT INTO {quarantine} (run_id, origin, line, reason, raw) \
+         SELECT $1::text, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[])"
+    );
+    let statement = tx.prepare(&sql).await?;
+    for chunk in rows.chunks(QUARANTINE_CHUNK) {
+        let origins: Vec<String> = chunk.iter().map(|r| no_nul(&r.origin.page)).collect();
+        let lines: Vec<i64> = chunk.iter().map(|r| r.origin.line as i64).collect();
+        let reasons: Vec<String> = chunk.iter().map(|r| no_nul(&r.reason)).collect();
+        let raws: Vec<String> = chunk.iter().map(|r| no_nul(&r.raw)).collect();
+        tx.execute(&statement, &[&run_id, &origins, &lines, &reasons, &raws])
+            .await?;
+    }
+    Ok(())
 }
 
 /// `CREATE SCHEMA IF NOT EXISTS`, tolerating a concurrent creator winning the race.

@@ -18,8 +18,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use sluice_core::destination::{Destination, DestinationError, LoadOutcome, LoadRequest};
+use sluice_core::destination::{
+    Destination, DestinationError, LoadOutcome, LoadRequest, TableSpec,
+};
 use sluice_core::secret::{redact, Secret};
+use sluice_core::typing::Rejected;
 use tokio_postgres::{Client, NoTls};
 
 use crate::names;
@@ -301,6 +304,15 @@ impl Destination for PostgresDestination {
 
     async fn load(&self, request: LoadRequest<'_>) -> Result<LoadOutcome, DestinationError> {
         load::load(self, request).await
+    }
+
+    async fn record_quarantine(
+        &self,
+        table: &TableSpec,
+        run_id: &str,
+        rows: &[Rejected],
+    ) -> Result<u64, DestinationError> {
+        load::record_quarantine(self, table, run_id, rows).await
     }
 
     async fn row_count(&self, layer: &str, table: &str) -> Result<Option<u64>, DestinationError> {

@@ -20,6 +20,7 @@ use std::time::Duration;
 use rusqlite::{params, OptionalExtension, Statement, Transaction, TransactionBehavior};
 use sluice_core::destination::{DestinationError, LoadOutcome, LoadTail, TableSpec, WriteMode};
 use sluice_core::schema::FieldType;
+use sluice_core::typing::Rejected;
 use tokio::sync::mpsc::Receiver;
 
 use super::{open, table_name, Message};
@@ -224,31 +225,7 @@ pub(super) fn run(
     let now = chrono::Utc::now()
         .format("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string();
-    if !tail.quarantine.is_empty() {
-        let quarantine = quote(&format!("{table}__quarantine"));
-        tx.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS {quarantine} (run_id TEXT NOT NULL, origin TEXT NOT NULL, \
-             line INTEGER, reason TEXT NOT NULL, raw TEXT, quarantined_at TEXT NOT NULL)"
-        ))
-        .map_err(failed)?;
-        let mut insert = tx
-            .prepare(&format!(
-                "INSERT INTO {quarantine} (run_id, origin, line, reason, raw, quarantined_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
-            ))
-            .map_err(failed)?;
-        for r in &tail.quarantine {
-            insert
-                .execute(params![
-                    job.run_id,
-                    &*r.origin.page,
-                    r.origin.line as i64,
-                    r.reason,
-                    r.raw,
-                    now
-                ])
-                .map_err(failed)?;
-        }
-    }
+    insert_quarantine(&tx, &table, &job.run_id, &tail.quarantine, &now).map_err(failed)?;
     tx.execute(
         &format!("INSERT INTO {LEDGER} (table_name, load_id, run_id, rows, loaded_at) VALUES (?1, ?2, ?3, ?4, ?5)"),
         params![label, job.load_id, job.run_id, rows_loaded as i64, now],
@@ -581,4 +558,36 @@ fn bind(
 
 fn out_of_range(what: &str) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(format!("{what} out of range").into())
+}
+
+/// Inserts quarantined records into `<table>__quarantine`, creating it on first use.
+pub(super) fn insert_quarantine(
+    tx: &Transaction<'_>,
+    table: &str,
+    run_id: &str,
+    rows: &[Rejected],
+    now: &str,
+) -> rusqlite::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let quarantine = quote(&format!("{table}__quarantine"));
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {quarantine} (run_id TEXT NOT NULL, origin TEXT NOT NULL, \
+         line INTEGER, reason TEXT NOT NULL, raw TEXT, quarantined_at TEXT NOT NULL)"
+    ))?;
+    let mut insert = tx.prepare(&format!(
+        "INSERT INTO {quarantine} (run_id, origin, line, reason, raw, quarantined_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+    ))?;
+    for r in rows {
+        insert.execute(params![
+            run_id,
+            &*r.origin.page,
+            r.origin.line as i64,
+            r.reason,
+            r.raw,
+            now
+        ])?;
+    }
+    Ok(())
 }

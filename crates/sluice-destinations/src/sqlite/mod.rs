@@ -18,7 +18,10 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Deserialize;
-use sluice_core::destination::{Destination, DestinationError, LoadOutcome, LoadRequest};
+use sluice_core::destination::{
+    Destination, DestinationError, LoadOutcome, LoadRequest, TableSpec,
+};
+use sluice_core::typing::Rejected;
 
 use crate::names::quote;
 
@@ -173,6 +176,29 @@ impl Destination for SqliteDestination {
             }
         }
         worker.await.map_err(|e| self.error(&label, e))?
+    }
+
+    async fn record_quarantine(
+        &self,
+        table: &TableSpec,
+        run_id: &str,
+        rows: &[Rejected],
+    ) -> Result<u64, DestinationError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let name = table_name(&table.layer, &table.name);
+        let (run_id, rows) = (run_id.to_string(), rows.to_vec());
+        self.with_connection(&table.qualified_name(), move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now = chrono::Utc::now()
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            load::insert_quarantine(&tx, &name, &run_id, &rows, &now)?;
+            tx.commit()?;
+            Ok(rows.len() as u64)
+        })
+        .await
     }
 
     async fn row_count(&self, layer: &str, table: &str) -> Result<Option<u64>, DestinationError> {

@@ -172,15 +172,7 @@ pub async fn execute_cancellable(
         .instrument(span)
         .await
     {
-        Ok(mut record) => {
-            // Shown with the summary: the API's own deprecation headers arrive with its answers.
-            record.notices = sources
-                .iter()
-                .flat_map(|s| {
-                    let name = s.name().to_string();
-                    s.notices().into_iter().map(move |n| format!("{name}: {n}"))
-                })
-                .collect();
+        Ok(record) => {
             if let Some(lineage) = &lineage {
                 lineage.finished(&record).await;
             }
@@ -293,6 +285,9 @@ pub fn print_summary(record: &RunRecord) {
         for warning in &t.warnings {
             println!("  ! {}: {warning}", t.task);
         }
+    }
+    for notice in &record.notices {
+        println!("  ! {notice}");
     }
     if let Some(e) = &record.error {
         println!("  ✗ {e}");

@@ -249,27 +249,3 @@ async fn a_new_column_mid_slice_closes_the_old_files_and_types_with_the_new_shap
         "X"
     );
 }
-
-#[test]
-fn split_by_date_groups_rows_in_order_of_first_appearance() {
-    use arrow::array::Date32Array;
-    use arrow::datatypes::{DataType, Field as ArrowField, Schema};
-    let schema = std::sync::Arc::new(Schema::new(vec![
-        ArrowField::new("day", DataType::Date32, true),
-        ArrowField::new("n", DataType::Int64, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            std::sync::Arc::new(Date32Array::from(vec![19906, 19905, 19906])),
-            std::sync::Arc::new(Int64Array::from(vec![1, 2, 3])),
-        ],
-    )
-    .unwrap();
-    let parts = split_by_date(&batch, 0).unwrap();
-    let shape: Vec<(&str, usize)> = parts
-        .iter()
-        .map(|(d, b)| (d.as_str(), b.num_rows()))
-        .collect();
-    assert_eq!(shape, [("2024-07-02", 2), ("2024-07-01", 1)]);
-}
