@@ -203,7 +203,10 @@ impl Alerter {
     }
 
     fn store_path(&self) -> String {
-        format!("_state/{}/alerts.json", self.pipeline)
+        format!(
+            "{}/alerts.json",
+            sluice_core::lake::layout::state(&self.pipeline)
+        )
     }
 
     /// Keeps the open problem in `lake`, and picks up the one a previous process left:
