@@ -463,12 +463,13 @@ async fn sigterm_mid_run_leaves_each_table_as_before_or_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catch_up_latest_runs_the_missed_time_once_and_skip_runs_nothing() {
+async fn catch_up_runs_the_latest_missed_time_every_one_or_none_as_declared() {
     // Once a year, at midnight on 1 January: the last time passed long ago.
     let schedule = "schedule: { cron: \"0 0 0 1 1 *\", catch_up: POLICY }\n";
     let three_years_ago = (Utc::now() - chrono::Duration::days(3 * 365)).to_rfc3339();
     let last_new_year = format!("{}-01-01T00:00:00Z", Utc::now().format("%Y"));
-    for (policy, expected_runs) in [("latest", 1), ("skip", 0)] {
+    // From early December three years ago: 1 January of each of the last three years.
+    for (policy, expected_runs) in [("latest", 1), ("skip", 0), ("all", 3)] {
         let name = format!("catch_{policy}");
         let project = files_project(&name, &schedule.replace("POLICY", policy));
         project.write(

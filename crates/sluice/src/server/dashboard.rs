@@ -10,7 +10,6 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::Utc;
 use minijinja::value::Serde;
 use minijinja::{context, Environment};
-use serde::Serialize;
 use sluice_core::plan::{NodeKind, RunPlan};
 use sluice_core::run::{RunRecord, TaskStatus};
 
@@ -148,7 +147,6 @@ pub async fn run_page(State(state): State<AppState>, Path(id): Path<String>) -> 
 }
 
 /// A node placed on the drawing.
-#[derive(Serialize)]
 struct Placed {
     id: String,
     x: i64,
