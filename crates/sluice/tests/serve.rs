@@ -666,6 +666,32 @@ async fn metrics_equal_the_run_records_and_only_operators_trigger_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_start_is_recorded_as_failed() {
+    let project = files_project("unstartable", &serve_section());
+    let server = Server::start(&project, &[]).await;
+    // Broken after the server started: the next run cannot even be planned.
+    project.write(
+        "models/d2a/orders_daily.sql",
+        "select order_date, sum(amount) as amount from d1.no_such_table group by order_date\n",
+    );
+    let (id, record) = run_now(&server).await;
+    assert_eq!(record["status"], "failed", "{record:#}");
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not start (exit code 3)"),
+        "{record:#}"
+    );
+    assert_eq!(lake_runs(&project, "unstartable")[0]["run_id"], id.as_str());
+    assert!(
+        server.log_text().contains("no_such_table"),
+        "the log says why:\n{}",
+        server.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protected_reads_need_a_token_and_probes_do_not() {
     let project = files_project(
         "private",
