@@ -920,6 +920,51 @@ async fn a_failed_run_is_alerted_once_by_webhook_and_email_then_its_recovery() {
     assert!(mails[1].contains("recovered"), "{}", mails[1]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_schema_change_is_announced_and_shown_on_the_dashboard() {
+    let webhook = Webhook::start().await;
+    let project = Project::new(&format!(
+        "name: drifting\nlake: ./lake\nsources:\n  shop:\n    type: files\n    streams:\n      orders:\n        path: data/*.ndjson\n        primary_key: [id]\n{}alerts:\n  webhook: {{ url: \"{}\" }}\n",
+        serve_section(),
+        webhook.url
+    ));
+    project.write("data/day1.ndjson", "{\"id\": 1, \"amount\": 10}\n");
+    let server = Server::start(&project, &[]).await;
+    let (_, record) = run_now(&server).await;
+    assert_eq!(record["status"], "succeeded", "{record:#}");
+    // A field the stream never had: a schema change, loaded under the default policy.
+    project.write(
+        "data/day2.ndjson",
+        "{\"id\": 2, \"amount\": 12, \"coupon\": \"X1\"}\n",
+    );
+    let (changed_id, record) = run_now(&server).await;
+    assert_eq!(record["status"], "succeeded", "{record:#}");
+    let messages = webhook.wait_for(1).await;
+    let text = messages[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("drifting: source schema changed")
+            && text.contains("shop.orders")
+            && text.contains("coupon")
+            && text.contains(&format!("/runs/{changed_id}")),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        webhook.received().len(),
+        1,
+        "only the run with the change alerts"
+    );
+    let (_, page) = server.get("/").await;
+    let changes = page
+        .split("<table id=\"schema-changes\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no schema changes on the dashboard:\n{page}"));
+    assert!(
+        changes.contains("coupon") && changes.contains(&changed_id),
+        "{changes}"
+    );
+}
+
 /// Triggers a whole run with the operator token; its id and final record.
 async fn run_now(server: &Server) -> (String, Value) {
     let (status, body) = server.trigger(Some(OPERATOR_TOKEN), json!({})).await;

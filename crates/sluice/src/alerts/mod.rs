@@ -1,5 +1,5 @@
 //! Alerts: telling someone when a run fails, is partial, or an error-severity check
-//! fails, and again when the pipeline recovers.
+//! fails, and again when the pipeline recovers; and when a source's schema changed.
 //!
 //! ```yaml
 //! alerts:
@@ -233,8 +233,48 @@ impl Alerter {
     }
 
     /// Looks at a finished run: alerts on a new or still-open problem (throttled),
-    /// announces a recovery. Returns the alert it sent, if any.
-    pub async fn after_run(&self, record: &RunRecord) -> Option<Alert> {
+    /// announces a recovery and source schema changes. Returns the alerts it sent.
+    pub async fn after_run(&self, record: &RunRecord) -> Vec<Alert> {
+        let mut sent = Vec::new();
+        if let Some(alert) = self.problem_alert(record).await {
+            sent.push(alert);
+        }
+        // A schema change is news, not a lasting problem: announced once, never throttled.
+        if let Some(alert) = self.schema_alert(record) {
+            self.send(&alert).await;
+            sent.push(alert);
+        }
+        sent
+    }
+
+    fn schema_alert(&self, record: &RunRecord) -> Option<Alert> {
+        let changes: Vec<String> = record
+            .tasks
+            .iter()
+            .flat_map(|t| {
+                t.schema_changes
+                    .iter()
+                    .map(move |c| format!("- {} ({}): {c}", t.task, t.table))
+            })
+            .collect();
+        if changes.is_empty() {
+            return None;
+        }
+        Some(Alert {
+            subject: format!("[sluice] {}: source schema changed", self.pipeline),
+            body: format!(
+                "Pipeline `{}`: run {} found source schema changes:\n{}\nRun: {}",
+                self.pipeline,
+                record.run_id,
+                changes.join("\n"),
+                self.run_link(&record.run_id),
+            ),
+        })
+    }
+
+    /// The alert about the run's problem (new, repeated after `repeat_after`) or
+    /// about the recovery from the open one; `None` when there is nothing to say.
+    async fn problem_alert(&self, record: &RunRecord) -> Option<Alert> {
         let problem = problem_of(record);
         let now = Utc::now();
         let mut open = self.open.lock().await;
@@ -468,18 +508,18 @@ mod tests {
     #[tokio::test]
     async fn a_problem_is_announced_once_then_its_recovery() {
         let alerter = silent_alerter();
-        assert!(alerter.after_run(&record("r0", false)).await.is_none());
-        let first = alerter.after_run(&record("r1", true)).await.unwrap();
+        assert!(alerter.problem_alert(&record("r0", false)).await.is_none());
+        let first = alerter.problem_alert(&record("r1", true)).await.unwrap();
         assert_eq!(first.subject, "[sluice] shop: run FAILED");
         assert!(first
             .body
             .contains("- shop.orders (d1.shop_orders): 401 from the API\n"));
         assert!(first.body.contains("http://dash/runs/r1"));
-        assert!(alerter.after_run(&record("r2", true)).await.is_none());
-        let recovered = alerter.after_run(&record("r3", false)).await.unwrap();
+        assert!(alerter.problem_alert(&record("r2", true)).await.is_none());
+        let recovered = alerter.problem_alert(&record("r3", false)).await.unwrap();
         assert!(recovered.subject.ends_with("recovered"), "{recovered:?}");
         assert!(recovered.body.contains("http://dash/runs/r3"));
-        assert!(alerter.after_run(&record("r4", false)).await.is_none());
+        assert!(alerter.problem_alert(&record("r4", false)).await.is_none());
     }
 
     #[test]
