@@ -965,6 +965,41 @@ async fn a_source_schema_change_is_announced_and_shown_on_the_dashboard() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_not_loaded_within_its_limit_is_announced_stale_then_fresh() {
+    let webhook = Webhook::start().await;
+    let project = files_project(
+        "freshness",
+        &format!(
+            "{}alerts:\n  webhook: {{ url: \"{}\" }}\n  freshness: {{ warn_after: 3s, tables: {{ d2a.orders_daily: 1h }} }}\n",
+            serve_section(),
+            webhook.url
+        ),
+    );
+    let server = Server::start(&project, &[]).await;
+    let (_, record) = run_now(&server).await;
+    assert_eq!(record["status"], "succeeded", "{record:#}");
+    let loaded = Instant::now();
+    let stale = webhook.wait_for(1).await;
+    assert!(
+        loaded.elapsed() >= Duration::from_secs(2),
+        "announced before the limit: {stale:?}"
+    );
+    let text = stale[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("freshness: d1.shop_orders is stale") && text.contains("limit 3 s"),
+        "{text}"
+    );
+    // The model's own limit is an hour: only the D1 table breached.
+    assert!(!text.contains("orders_daily"), "{text}");
+
+    let (_, record) = run_now(&server).await;
+    assert_eq!(record["status"], "succeeded", "{record:#}");
+    let messages = webhook.wait_for(2).await;
+    let text = messages[1]["text"].as_str().unwrap();
+    assert!(text.contains("d1.shop_orders is fresh again"), "{text}");
+}
+
 /// Triggers a whole run with the operator token; its id and final record.
 async fn run_now(server: &Server) -> (String, Value) {
     let (status, body) = server.trigger(Some(OPERATOR_TOKEN), json!({})).await;

@@ -14,6 +14,8 @@
 //! the dashboard. Sending is best effort: a webhook or SMTP server that is down is
 //! logged, never fails a run.
 
+mod freshness;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -41,6 +43,9 @@ pub struct AlertsConfig {
     /// should not send twelve messages an hour.
     #[serde(default = "default_repeat_after")]
     pub repeat_after: String,
+    /// Announce tables not loaded for too long (`{warn_after: 26h, tables: {…}}`).
+    #[serde(default)]
+    pub freshness: Option<freshness::FreshnessConfig>,
 }
 
 fn default_repeat_after() -> String {
@@ -139,6 +144,8 @@ pub struct Alerter {
     open: Mutex<Option<OpenProblem>>,
     /// Where the open problem is kept (`_state/<pipeline>/alerts.json`), if anywhere.
     store: Option<Lake>,
+    /// Freshness limits per table, if configured.
+    freshness: Option<freshness::Watch>,
 }
 
 /// One message, rendered for both channels.
@@ -187,7 +194,19 @@ impl Alerter {
                     .map_err(|(key, message)| config.doc.error_at(&at(&["email", key]), message))
             })
             .transpose()?;
+        let freshness = parsed
+            .freshness
+            .as_ref()
+            .map(|f| {
+                freshness::Watch::new(f).map_err(|(key, message)| {
+                    let mut path = at(&["freshness"]);
+                    path.extend(key);
+                    config.doc.error_at(&path, message)
+                })
+            })
+            .transpose()?;
         Ok(Some(Alerter {
+            freshness,
             pipeline: config.name.clone(),
             dashboard: dashboard.trim_end_matches('/').to_string(),
             webhook: parsed.webhook.map(|w| w.url),
@@ -200,6 +219,30 @@ impl Alerter {
             open: Mutex::new(None),
             store: None,
         }))
+    }
+
+    /// How often `sluice serve` should call [`Alerter::check_freshness`], if at all.
+    pub fn freshness_check_every(&self) -> Option<Duration> {
+        self.freshness.as_ref().map(freshness::Watch::check_every)
+    }
+
+    /// Announces tables that became stale (or fresh again); `tables` are (table,
+    /// last successful load). Returns the alerts it sent.
+    pub async fn check_freshness(
+        &self,
+        tables: &[(String, Option<DateTime<Utc>>)],
+        now: DateTime<Utc>,
+    ) -> Vec<Alert> {
+        let Some(watch) = &self.freshness else {
+            return Vec::new();
+        };
+        let alerts = watch
+            .check(&self.pipeline, &self.dashboard, tables, now)
+            .await;
+        for alert in &alerts {
+            self.send(alert).await;
+        }
+        alerts
     }
 
     fn store_path(&self) -> String {
@@ -502,6 +545,7 @@ mod tests {
             http: reqwest::Client::new(),
             open: Mutex::new(None),
             store: None,
+            freshness: None,
         }
     }
 

@@ -312,6 +312,13 @@ pub async fn run(pipeline: &Path, args: ServeArgs) -> u8 {
         );
         tokio::spawn(scheduler::run_loop(daemon.clone(), s))
     });
+    if let Some(every) = daemon
+        .alerter
+        .as_ref()
+        .and_then(|a| a.freshness_check_every())
+    {
+        tokio::spawn(watch_freshness(daemon.clone(), every));
+    }
     let app = http::router(daemon.clone(), plan);
     let server_stop = CancellationToken::new();
     let server = {
@@ -352,6 +359,31 @@ pub async fn run(pipeline: &Path, args: ServeArgs) -> u8 {
     server_stop.cancel();
     let _ = server.await;
     exit::OK
+}
+
+/// Checks table freshness every `every` until the server stops: a table goes stale
+/// while nothing runs, so this cannot wait for a run to end.
+async fn watch_freshness(daemon: Arc<Daemon>, every: Duration) {
+    let Some(alerter) = &daemon.alerter else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = daemon.stopping.cancelled() => return,
+        }
+        match daemon.records.all().await {
+            Ok(records) => {
+                let now = chrono::Utc::now();
+                let tables: Vec<_> = http::freshness(&records, now)
+                    .into_iter()
+                    .map(|t| (t.table, t.last_success))
+                    .collect();
+                alerter.check_freshness(&tables, now).await;
+            }
+            Err(e) => tracing::warn!("freshness check: cannot read run records: {e}"),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
