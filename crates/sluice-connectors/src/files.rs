@@ -181,10 +181,10 @@ pub struct FilesSource {
 }
 
 /// `type: files`.
-pub const SOURCE_TYPE: crate::SourceType = crate::SourceType {
-    name: "files",
-    build: |doc, section, ctx| Ok(Arc::new(FilesSource::build(doc, section, ctx)?)),
-};
+pub const SOURCE_TYPES: &[crate::SourceType] = &[crate::SourceType {
+        name: "files",
+        build: |doc, section, ctx| Ok(Arc::new(FilesSource::build(doc, section, ctx)?)),
+}];
 
 impl FilesSource {
     pub fn build(

@@ -36,16 +36,16 @@ use sluice_core::source::{
 use sluice_core::typing::{decode_json_line, Origin};
 
 /// `type: generate`.
-pub const SOURCE_TYPE: crate::SourceType = crate::SourceType {
-    name: "generate",
-    build: |doc, section, _ctx| {
-        Ok(Arc::new(crate::build_from_config(
-            doc,
-            section,
-            GenerateSource::new,
-        )?))
-    },
-};
+pub const SOURCE_TYPES: &[crate::SourceType] = &[crate::SourceType {
+        name: "generate",
+        build: |doc, section, _ctx| {
+            Ok(Arc::new(crate::build_from_config(
+                doc,
+                section,
+                GenerateSource::new,
+            )?))
+        },
+}];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

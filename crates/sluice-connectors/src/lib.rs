@@ -14,22 +14,27 @@ pub mod file_changes;
 pub mod http;
 pub mod incremental;
 
-/// Declares the source modules and registers their `SOURCE_TYPE`s, in one list.
+/// Declares the source modules and registers the `SOURCE_TYPES` each exports.
 macro_rules! source_types {
     ($($module:ident),* $(,)?) => {
         $(pub mod $module;)*
-        /// Every source type this build knows, in the order `validate` lists them.
-        pub const SOURCE_TYPES: &[SourceType] = &[$($module::SOURCE_TYPE),*];
+        const MODULE_SOURCE_TYPES: &[&[SourceType]] = &[$($module::SOURCE_TYPES),*];
     };
 }
 
-// One line per source type.
+// One line per source module.
 source_types! {
     files,
     facebook_ads,
     google_ads,
     clevertap,
+    sql,
     generate,
+}
+
+/// Every source type this build knows, in the order `validate` lists them.
+pub fn source_types() -> impl Iterator<Item = &'static SourceType> {
+    MODULE_SOURCE_TYPES.iter().flat_map(|types| types.iter())
 }
 
 /// A source `type:` and how to build it from its config section.
@@ -92,10 +97,10 @@ pub fn build_source(
     section: &Section,
     ctx: &BuildContext,
 ) -> Result<Arc<dyn Source>, ConfigError> {
-    if let Some(source_type) = SOURCE_TYPES.iter().find(|t| t.name == section.kind) {
+    if let Some(source_type) = source_types().find(|t| t.name == section.kind) {
         return (source_type.build)(doc, section, ctx);
     }
-    let names = || SOURCE_TYPES.iter().map(|t| t.name);
+    let names = || source_types().map(|t| t.name);
     let mut path = section.path.clone();
     path.push("type".into());
     let mut error = doc.error_at(&path, format!("unknown source type `{}`", section.kind));

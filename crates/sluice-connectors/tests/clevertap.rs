@@ -455,3 +455,57 @@ async fn landed_pages_decode_to_the_records_read_handed_over() {
     assert_eq!(decode("events").unwrap_err().class, ErrorClass::Data);
     assert_eq!(decode("profiles").unwrap().records.len(), 1);
 }
+
+/// The requests a raw test server received.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A loopback server answering every request with `reply`; returns its port and what it received.
+async fn raw_server(reply: String) -> (u16, Received, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 16384];
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let _ = socket.write_all(reply.as_bytes()).await;
+        }
+    });
+    (port, seen, task)
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_host_never_carries_the_passcode() {
+    let (thief, stolen, thief_task) =
+        raw_server("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".into())
+            .await;
+    // 307 keeps the method and body: the most tempting redirect to follow.
+    let (port, seen, task) = raw_server(format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{thief}/1/counts/events.json\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    ))
+    .await;
+    let ct = source(
+        &format!("http://127.0.0.1:{port}"),
+        "passcode-that-stays-home",
+    );
+    let err = ct.check().await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Configuration, "{}", err.message);
+    assert!(err.message.contains("redirected"), "{}", err.message);
+    let asked = seen.lock().unwrap().clone();
+    assert!(
+        asked.iter().any(|r| r.contains("passcode-that-stays-home")),
+        "the configured host gets the passcode: {asked:?}"
+    );
+    assert!(
+        stolen.lock().unwrap().is_empty(),
+        "the other host was contacted: {:?}",
+        stolen.lock().unwrap()
+    );
+    task.abort();
+    thief_task.abort();
+}

@@ -300,6 +300,58 @@ async fn entities_and_actions_are_complete() {
     sandbox.shutdown().await;
 }
 
+#[tokio::test]
+async fn landed_pages_carry_no_credential_and_still_page() {
+    // With an app secret every request carries `appsecret_proof`, and Graph echoes the
+    // query into `paging.next`: the landed pages must not keep it.
+    let opts = options(Faults::default());
+    let sandbox = sluice_sandbox::start(opts.clone(), 0).await.unwrap();
+    let app_secret = "landed-pages-app-secret-1234";
+    let fb = source(
+        &sandbox.base_url(),
+        credentials::FACEBOOK_ACCESS_TOKEN,
+        |c| {
+            c.app_secret = Some(Secret::new(app_secret));
+            c.page_size = 3;
+        },
+    );
+    let proof = {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(app_secret.as_bytes()).unwrap();
+        mac.update(credentials::FACEBOOK_ACCESS_TOKEN.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let run = backfill(TODAY, SINCE, UNTIL);
+    let truth = sluice_sandbox::truth(&opts, SINCE.parse().unwrap(), UNTIL.parse().unwrap());
+    let e = extract(&fb, "ads", None, &run).await.unwrap();
+    assert_eq!(
+        e.rows.len() as i64,
+        int(truth["facebook"]["rows"].get("ads"))
+    );
+    let landed: Vec<String> = e
+        .landed
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(
+        landed.iter().any(|p| p.contains("appsecret_proof=***")),
+        "no page had a next URL: {landed:?}"
+    );
+    for page in &landed {
+        assert!(
+            !page.contains(&proof),
+            "a landed page keeps the proof: {page}"
+        );
+        assert!(!page.contains(credentials::FACEBOOK_ACCESS_TOKEN), "{page}");
+        serde_json::from_str::<Value>(page).expect("still JSON");
+    }
+    sandbox.shutdown().await;
+}
+
 /// The rows of an insights read by (account, ad, day), for comparing whole rows.
 fn by_key(
     rows: &[serde_json::Map<String, Value>],

@@ -235,6 +235,31 @@ async fn tokens_expiring_between_requests_are_refreshed() {
 }
 
 #[tokio::test]
+async fn an_absurd_token_lifetime_neither_panics_nor_is_trusted() {
+    // `expires_in: 18446744073709551615` once overflowed `Instant + lifetime` (a panic
+    // that left the run record `running`); the lifetime is now capped.
+    let faults = Faults {
+        google_token_ttl_secs: Some(u64::MAX),
+        ..Faults::default()
+    };
+    let opts = options(TODAY, faults);
+    let sandbox = sluice_sandbox::start(opts.clone(), 0).await.unwrap();
+    let google = source(&sandbox.base_url(), |_| {});
+    let (since, until) = ("2024-09-28", "2024-09-30");
+    let e = extract(
+        &google,
+        "campaign_daily",
+        None,
+        &backfill(TODAY, since, until),
+    )
+    .await
+    .unwrap();
+    let truth = sluice_sandbox::truth(&opts, since.parse().unwrap(), until.parse().unwrap());
+    assert_eq!(sums(&e.rows), truth_sums(&truth));
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
 async fn second_day_refetches_only_the_lookback_window() {
     let lookback = 7;
     let tweak = |c: &mut GoogleConfig| {

@@ -22,13 +22,14 @@
 //! [`StreamSchema`](crate::drift::StreamSchema).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +104,9 @@ enum TaskFailure {
     State(#[from] StateError),
     #[error("cancelled")]
     Cancelled,
+    /// A panic in the source or the load, caught so the run record still ends.
+    #[error("{0}")]
+    Panic(String),
 }
 
 impl TaskFailure {
@@ -184,8 +188,17 @@ impl Executor {
         let outcome = if options.cancel.is_cancelled() {
             Err(TaskFailure::Cancelled)
         } else {
-            self.extract_and_load(&task, &budget, options, &counters, &mut record)
+            // A panic (a connector bug, a hostile input we missed) fails this task; without
+            // the catch it would end the process with the run record still `running`.
+            AssertUnwindSafe(self.extract_and_load(&task, &budget, options, &counters, &mut record))
+                .catch_unwind()
                 .await
+                .unwrap_or_else(|panic| {
+                    Err(TaskFailure::Panic(crate::run::panic_message(
+                        &format!("stream {name}"),
+                        &*panic,
+                    )))
+                })
         };
         record.duration_ms = started.elapsed().as_millis() as u64;
         record.retries += counters.retries.load(Ordering::Relaxed) as u32;
@@ -193,9 +206,13 @@ impl Executor {
         record.bytes = counters.bytes.load(Ordering::Relaxed);
         record.rows_extracted = counters.rows.load(Ordering::Relaxed);
         record.slices_resumed = counters.resumed.load(Ordering::Relaxed);
-        record
-            .warnings
-            .extend(counters.warnings.lock().expect("warnings lock").drain(..));
+        record.warnings.extend(
+            counters
+                .warnings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..),
+        );
         match outcome {
             Ok(status) => record.status = status,
             Err(TaskFailure::Cancelled) => record.status = TaskStatus::Cancelled,

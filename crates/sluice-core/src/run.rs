@@ -165,6 +165,19 @@ impl RunRecord {
     }
 }
 
+/// What a caught panic says, for a run record: where it happened and its message,
+/// redacted (a panic message may quote a value).
+pub fn panic_message(place: &str, payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    crate::secret::redact(&format!(
+        "internal error in {place} (a bug in sluice, please report it): {text}"
+    ))
+}
+
 /// A new run id: sortable by time, unique across machines (`20240701T050000Z-3f9a1c`).
 pub fn new_run_id() -> String {
     let suffix: u32 = rand::random::<u32>() & 0x00ff_ffff;

@@ -65,16 +65,30 @@ fn registry() -> &'static RwLock<Vec<String>> {
 
 /// Registers a value to be scrubbed from every log line and run record.
 /// Very short values are ignored: redacting "a" would mangle every message.
+/// The value is registered as written and as it appears inside JSON text (`\"`, `\\`)
+/// and in a URL (`%2F`, `+` or `%20`): an error quoting a request body or URL
+/// carries those forms, not the plain one.
 pub fn register(value: &str) {
     if value.len() < 4 {
         return;
     }
+    let json = serde_json::to_string(value).unwrap_or_default();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|j| j.strip_suffix('"'))
+        .unwrap_or(value)
+        .to_string();
+    let form: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    // In form encoding a literal `+` is `%2B`, so every `+` left is a space.
+    let percent = form.replace('+', "%20");
     let mut secrets = registry().write().unwrap_or_else(|e| e.into_inner());
-    if !secrets.iter().any(|s| s == value) {
-        secrets.push(value.to_string());
-        // Longest first, so a secret that contains another is replaced whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for form in [value.to_string(), json, form, percent] {
+        if !secrets.contains(&form) {
+            secrets.push(form);
+        }
     }
+    // Longest first, so a secret that contains another is replaced whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
 }
 
 /// Replaces every registered secret in `text` with `***`.
@@ -100,6 +114,17 @@ mod tests {
         assert_eq!(format!("{s:?}"), "***");
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
         assert_eq!(s.expose(), "hunter2-very-secret");
+    }
+
+    #[test]
+    fn redact_scrubs_json_escaped_and_url_encoded_forms() {
+        let _ = Secret::new("pa\"ss/wo&rd s\\ecret+1");
+        let json = r#"{"password":"pa\"ss/wo&rd s\\ecret+1"}"#;
+        assert_eq!(redact(json), r#"{"password":"***"}"#);
+        let query = "GET /x?token=pa%22ss%2Fwo%26rd+s%5Cecret%2B1&a=1";
+        assert_eq!(redact(query), "GET /x?token=***&a=1");
+        let path = "GET /x/pa%22ss%2Fwo%26rd%20s%5Cecret%2B1/y";
+        assert_eq!(redact(path), "GET /x/***/y");
     }
 
     #[test]

@@ -106,7 +106,15 @@ pub fn to_scalar(value: &Value, ty: FieldType) -> Result<Scalar, String> {
     if value.is_null() {
         return Ok(Scalar::Null);
     }
-    let mismatch = || format!("expected {}, got {}", ty.name(), short(value));
+    // The reason names the kind of value, never the value: reasons reach run records
+    // and logs, and a value may be personal data (the quarantine's `raw` keeps it).
+    let mismatch = || {
+        let length = match value {
+            Value::String(s) => format!(" of {} characters", s.chars().count()),
+            _ => String::new(),
+        };
+        format!("expected {}, got {}{length}", ty.name(), json_kind(value))
+    };
     match ty {
         FieldType::Boolean => match value {
             Value::Bool(b) => Ok(Scalar::Boolean(*b)),
@@ -159,14 +167,17 @@ pub fn to_scalar(value: &Value, ty: FieldType) -> Result<Scalar, String> {
                 Value::String(s) => s.trim().to_string(),
                 _ => return Err(mismatch()),
             };
-            let parsed = Decimal::from_str_exact(&text)
-                .or_else(|_| Decimal::from_scientific(&text))
-                .map_err(|_| mismatch())?;
-            let unscaled = decimal_to_unscaled(parsed, scale)
-                .ok_or_else(|| format!("{text} has more than {scale} decimal places"))?;
+            // rust_decimal holds 28 digits; a plain decimal up to Decimal128's 38
+            // (a database's numeric(38,10)) is read digit by digit instead.
+            let unscaled =
+                match Decimal::from_str_exact(&text).or_else(|_| Decimal::from_scientific(&text)) {
+                    Ok(parsed) => decimal_to_unscaled(parsed, scale),
+                    Err(_) => plain_decimal_unscaled(&text, scale).ok_or_else(mismatch)?,
+                }
+                .ok_or_else(|| format!("a number with more than {scale} decimal places"))?;
             if !fits_precision(unscaled, precision) {
                 return Err(format!(
-                    "{text} has more than {} digits before the decimal point (numeric({precision},{scale}))",
+                    "a number with more than {} digits before the decimal point (numeric({precision},{scale}))",
                     precision as i16 - scale as i16
                 ));
             }
@@ -200,6 +211,36 @@ pub fn to_scalar(value: &Value, ty: FieldType) -> Result<Scalar, String> {
             _ => Err(mismatch()),
         },
     }
+}
+
+/// A plain decimal (`-123.4500`) as an unscaled integer at `scale`: `None` when it
+/// is not one or overflows i128, `Some(None)` when non-zero digits pass the scale.
+fn plain_decimal_unscaled(text: &str, scale: i8) -> Option<Option<i128>> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty() || !all_digits(whole) || !all_digits(fraction) {
+        return None;
+    }
+    let scale = scale.max(0) as usize;
+    let kept = fraction.get(..scale.min(fraction.len())).unwrap_or("");
+    if fraction[kept.len()..].bytes().any(|b| b != b'0') {
+        return Some(None);
+    }
+    let mut unscaled: i128 = 0;
+    let padding = scale - kept.len();
+    for b in whole.bytes().chain(kept.bytes()) {
+        unscaled = unscaled
+            .checked_mul(10)?
+            .checked_add(i128::from(b - b'0'))?;
+    }
+    for _ in 0..padding {
+        unscaled = unscaled.checked_mul(10)?;
+    }
+    Some(Some(if negative { -unscaled } else { unscaled }))
 }
 
 /// Whether an unscaled decimal has at most `precision` digits.
@@ -256,15 +297,6 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
         }
     }
     None
-}
-
-fn short(value: &Value) -> String {
-    let text = value.to_string();
-    if text.chars().count() > 60 {
-        format!("{}…", text.chars().take(60).collect::<String>())
-    } else {
-        text
-    }
 }
 
 enum Column {
@@ -463,6 +495,33 @@ mod tests {
     use arrow::datatypes::{Decimal128Type, Int64Type};
     use serde_json::json;
 
+    #[test]
+    fn numerics_wider_than_28_digits_stay_exact() {
+        let ty = FieldType::Numeric {
+            precision: 38,
+            scale: 10,
+        };
+        assert_eq!(
+            to_scalar(&json!("-1234567890123456789012345678.0123456789"), ty),
+            Ok(Scalar::Numeric(-12345678901234567890123456780123456789))
+        );
+        assert_eq!(
+            to_scalar(&json!("1234567890123456789012345678.01234567890"), ty),
+            Ok(Scalar::Numeric(12345678901234567890123456780123456789))
+        );
+        assert!(
+            to_scalar(&json!("1234567890123456789012345678.01234567891"), ty)
+                .unwrap_err()
+                .contains("decimal places")
+        );
+        assert!(
+            to_scalar(&json!("12345678901234567890123456789.0123456789"), ty)
+                .unwrap_err()
+                .contains("digits before")
+        );
+        assert!(to_scalar(&json!("1.2.3"), ty).is_err());
+    }
+
     fn record(v: Value, line: u64) -> Record {
         Record {
             fields: v.as_object().unwrap().clone(),
@@ -491,7 +550,7 @@ mod tests {
         assert_eq!(bad.origin.to_string(), "p.json:3");
         assert!(
             bad.reason
-                .contains("field `impressions`: expected bigint, got \"many\""),
+                .contains("field `impressions`: expected bigint, got a string of 4 characters"),
             "{}",
             bad.reason
         );

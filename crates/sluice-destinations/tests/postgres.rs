@@ -878,6 +878,120 @@ async fn hostile_field_names_are_data_never_sql() {
 }
 
 #[tokio::test]
+async fn a_refused_row_is_not_quoted_in_the_error() {
+    // A constraint someone added to the table refuses a row: PostgreSQL's `detail`
+    // ("Failing row contains (…)") quotes the row's values, which must not reach
+    // logs or run records.
+    let db = Db::new().await;
+    let v1 = spec(
+        "people",
+        vec![Field::new("email", FieldType::Text)],
+        WriteMode::Append,
+    );
+    load(
+        &*db.dest,
+        &v1,
+        vec![Ok(batch(&v1.schema, &[json!({"email": "ok@example.com"})]))],
+        Load::default(),
+    )
+    .await
+    .unwrap();
+    db.rows(&format!(
+        "ALTER TABLE {} ADD CONSTRAINT no_secret CHECK (email NOT LIKE 'secret%')",
+        db.qualified("people")
+    ))
+    .await;
+    let err = load(
+        &*db.dest,
+        &v1,
+        vec![Ok(batch(
+            &v1.schema,
+            &[json!({"email": "secret.person@example.com"})],
+        ))],
+        Load {
+            load_id: "load-2",
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("23514"), "{text}");
+    assert!(!text.contains("secret.person"), "{text}");
+}
+
+#[test]
+fn tls_is_required_for_remote_hosts_unless_disabled() {
+    let tls = |url: &str| {
+        let config = PostgresConfig {
+            url: Secret::new(url),
+            schema_prefix: String::new(),
+            connect_timeout_secs: 2,
+            ssl_root_cert: None,
+        };
+        PostgresDestination::new(config, Path::new("."))
+            .map(|d| d.tls_mode())
+            .map_err(|p| p.message)
+    };
+    use tokio_postgres::config::SslMode;
+    assert_eq!(tls("postgres://u@db.example.com/x"), Ok(SslMode::Require));
+    assert_eq!(tls("postgres://u@10.0.0.5:5432/x"), Ok(SslMode::Require));
+    assert_eq!(
+        tls("postgres://u@db.example.com/x?sslmode=disable"),
+        Ok(SslMode::Disable)
+    );
+    assert_eq!(
+        tls("postgres://u@db.example.com/x?sslmode=prefer"),
+        Ok(SslMode::Prefer)
+    );
+    assert_eq!(
+        tls("postgres://u@db.example.com/x?sslmode=verify-full"),
+        Ok(SslMode::Require)
+    );
+    assert_eq!(tls("postgres://u@127.0.0.1:5432/x"), Ok(SslMode::Disable));
+    assert_eq!(tls("postgres://u@localhost/x"), Ok(SslMode::Disable));
+    assert_eq!(tls("postgres://u@[::1]:5432/x"), Ok(SslMode::Disable));
+    assert_eq!(
+        tls("postgres://u@127.0.0.1/x?sslmode=require"),
+        Ok(SslMode::Require)
+    );
+    let err = tls("postgres://u@localhost/x?sslmode=maybe").unwrap_err();
+    assert!(err.contains("unknown sslmode `maybe`"), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_without_tls_is_refused_when_tls_is_required_and_says_how_to_opt_out() {
+    // What PostgreSQL with `ssl=off` answers to the SSLRequest: a single `N`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 8];
+            let _ = socket.read_exact(&mut request).await;
+            let _ = socket.write_all(b"N").await;
+        }
+    });
+    let config = PostgresConfig {
+        url: Secret::new(format!(
+            "postgres://sluice@127.0.0.1:{port}/x?sslmode=require"
+        )),
+        schema_prefix: String::new(),
+        connect_timeout_secs: 2,
+        ssl_root_cert: None,
+    };
+    let err = PostgresDestination::new(config, Path::new("."))
+        .unwrap()
+        .check()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server does not support TLS"), "{err}");
+    assert!(err.contains("sslmode=disable"), "{err}");
+    server.abort();
+}
+
+#[tokio::test]
 async fn check_and_unreachable_servers() {
     let db = Db::new().await;
     db.dest.check().await.unwrap();

@@ -647,7 +647,12 @@ fn token(st: &AppState, r: &Req) -> Reply {
         .unwrap_or(DEFAULT_TOKEN_TTL);
     let life = if st.opts.faults.expired_token { 0 } else { ttl };
     if let Ok(mut t) = st.google.tokens.lock() {
-        t.insert(tok.clone(), Instant::now() + StdDuration::from_secs(life));
+        // A hostile lifetime (`u64::MAX`, for clients' tests) must not overflow here.
+        let now = Instant::now();
+        let expires = now
+            .checked_add(StdDuration::from_secs(life))
+            .unwrap_or(now + StdDuration::from_secs(100 * 365 * 86_400));
+        t.insert(tok.clone(), expires);
     }
     Reply::json(
         200,

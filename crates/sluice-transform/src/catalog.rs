@@ -11,14 +11,16 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{MemorySchemaProvider, TableProvider};
+use datafusion::common::Result as DfResult;
 use datafusion::common::TableReference;
+use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::datasource::MemTable;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
-use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use sluice_core::destination::WriteMode;
 use sluice_core::lake::{layout, Lake};
@@ -28,7 +30,8 @@ use crate::project::ModelProject;
 
 /// The URL the lake's object store is registered under in the engine.
 const LAKE_URL: &str = "sluice-lake://lake/";
-/// Where the D1 tables are registered as read from the lake, before policy and de-duplication.
+/// Where the D1 tables are registered as read from the lake, before policy and
+/// de-duplication, while their views are built (then the schema is removed).
 pub const RAW_SCHEMA: &str = "d1_raw";
 
 /// Whether D1 is seen through the PII policy.
@@ -82,8 +85,30 @@ pub async fn session(
             register_lake_table(&ctx, lake, layer, &table).await?;
         }
     }
-    crate::quarantine::register(&ctx, lake).await?;
+    // The D1 views hold their raw tables; by name the raw tables are gone, so no
+    // query, model or check can read around the PII policy.
+    catalog
+        .deregister_schema(RAW_SCHEMA, true)
+        .map_err(|e| TransformError::engine("session", e))?;
+    let policy = (view == D1View::Policy).then_some(project);
+    crate::quarantine::register(&ctx, lake, policy).await?;
     Ok(ctx)
+}
+
+/// What SQL from users (models, checks, `sluice query`) may do: read. DDL (`CREATE
+/// EXTERNAL TABLE` over any file), DML (`COPY … TO` a file, `INSERT`) and statements
+/// (`SET`) are refused, so SQL can neither write outside the lake's own paths nor
+/// change what the session reads.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Plans user SQL on `ctx` under [`read_only`].
+pub async fn user_sql(ctx: &SessionContext, sql: &str) -> DfResult<DataFrame> {
+    ctx.sql_with_options(sql, read_only()).await
 }
 
 /// Table names under `<layer>/` in the lake.
@@ -230,7 +255,7 @@ async fn register_d1(
         match action {
             None => select.push(quote(column)),
             Some(action) => {
-                if let Some(expr) = action.apply(&quote(column)) {
+                if let Some(expr) = action.apply(table, column) {
                     select.push(format!("{expr} AS {}", quote(column)));
                 }
             }

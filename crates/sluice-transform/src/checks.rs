@@ -344,7 +344,7 @@ pub async fn run_checks(
     for check in checks {
         let name = check.display_name();
         let run = |sql: String| async move {
-            ctx.sql(&sql)
+            crate::catalog::user_sql(ctx, &sql)
                 .await
                 .map_err(|e| TransformError::engine(format!("check {name}"), e))?
                 .collect()

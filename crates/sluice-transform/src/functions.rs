@@ -80,11 +80,8 @@ impl CurrencyRates {
                 .get(&(f.to_string(), t.to_string()))
                 .and_then(|m| m.range(..=date).next_back().map(|(_, r)| *r))
         };
-        on_or_before(from, to).or_else(|| {
-            on_or_before(to, from)
-                .filter(|r| !r.is_zero())
-                .map(|r| Decimal::ONE / r)
-        })
+        on_or_before(from, to)
+            .or_else(|| on_or_before(to, from).and_then(|r| Decimal::ONE.checked_div(r)))
     }
 
     /// The rate from `from` to `to` on `date`.
@@ -93,8 +90,10 @@ impl CurrencyRates {
         if from == to {
             return Some(Decimal::ONE);
         }
-        self.direct(&from, &to, date)
-            .or_else(|| Some(self.direct(&from, "USD", date)? * self.direct("USD", &to, date)?))
+        self.direct(&from, &to, date).or_else(|| {
+            self.direct(&from, "USD", date)?
+                .checked_mul(self.direct("USD", &to, date)?)
+        })
     }
 }
 
@@ -154,8 +153,11 @@ pub fn functions(rates: &CurrencyRates) -> Vec<ScalarUDF> {
                         }
                         let day = date.value_as_date(i)?;
                         let rate = rates.rate(from.value(i), to.value(i), day)?;
-                        let value =
-                            Decimal::from_i128_with_scale(amount.value(i), 6).checked_mul(rate)?;
+                        // Beyond rust_decimal's 96 bits (a spend of 8e22) or an overflowing
+                        // product: NULL, which a `not_null` check quarantines; never a panic.
+                        let value = Decimal::try_from_i128_with_scale(amount.value(i), 6)
+                            .ok()?
+                            .checked_mul(rate)?;
                         to_units(value)
                     })
                     .collect();
@@ -216,14 +218,16 @@ fn money(array: Decimal128Array) -> DfResult<ColumnarValue> {
     ))
 }
 
-/// A decimal as an integer at scale 6, rounded half away from zero.
+/// A decimal as an integer at scale 6, rounded half away from zero; `None` when it
+/// has too many integer digits to carry 6 decimals (rust_decimal then keeps the old
+/// scale, and the mantissa read as scale 6 would be a wrong amount).
 fn to_units(value: Decimal) -> Option<i128> {
     let mut v = value.round_dp_with_strategy(
         MONEY_SCALE as u32,
         rust_decimal::RoundingStrategy::MidpointAwayFromZero,
     );
     v.rescale(MONEY_SCALE as u32);
-    Some(v.mantissa())
+    (v.scale() == MONEY_SCALE as u32).then(|| v.mantissa())
 }
 
 /// Money text to a decimal: currency symbols/codes and spaces ignored, `(x)` and trailing `-`
@@ -336,6 +340,35 @@ fn safe_cast(input: &dyn Array, target: &DataType) -> DfResult<ArrayRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_conversion_too_big_for_a_decimal_is_null_not_a_panic() {
+        let mut rates = CurrencyRates::default();
+        let day = NaiveDate::from_ymd_opt(2024, 7, 1).unwrap();
+        rates.insert(day, "EUR", "USD", Decimal::from_str("1.08").unwrap());
+        // The inverse of a tiny rate: 1e28, too many digits to carry 6 decimals.
+        rates.insert(
+            day,
+            "XTS",
+            "EUR",
+            Decimal::from_str("0.0000000000000000000000000001").unwrap(),
+        );
+        let ctx = datafusion::prelude::SessionContext::new();
+        for f in functions(&rates) {
+            ctx.register_udf(f);
+        }
+        let sql = "SELECT \
+            CAST(convert_currency(CAST('80000000000000000000000' AS DECIMAL(38, 6)), 'EUR', 'USD', DATE '2024-07-01') AS VARCHAR), \
+            CAST(convert_currency(CAST('12.5' AS DECIMAL(38, 6)), 'EUR', 'USD', DATE '2024-07-01') AS VARCHAR), \
+            CAST(convert_currency(CAST('1' AS DECIMAL(38, 6)), 'EUR', 'XTS', DATE '2024-07-01') AS VARCHAR)";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        let row = text.lines().nth(3).unwrap();
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[1..4], ["", "13.500000", ""], "{text}");
+    }
 
     #[test]
     fn money_strings_parse_exactly() {

@@ -7,10 +7,18 @@
 //! `<table>.<column>` (or just `<column>` for patterns without a dot), or when its
 //! connector marked it `pii` — then `default` applies (hash, unless there is no key).
 //!
+//! Keys: `key` (and `encryption_key`, `old_keys`) must hold at least 32 bytes (64 hex
+//! digits, base64 of 32+ bytes, or 32+ characters of text). The hash key and each
+//! AES-256 key are derived from them with HKDF-SHA-256 under a distinct label per
+//! purpose, so no value a model can hash ever equals a key. Encrypted values are
+//! `enc:v2:<key id>:<base64url(nonce ‖ ciphertext)>` and bound to the `table.column`
+//! they were encrypted from (AES-GCM associated data): `decrypt(value, 'table.column')`
+//! fails for a value copied from another column.
+//!
 //! ```yaml
 //! pii:
-//!   key: ${PII_HMAC_KEY}          # HMAC-SHA-256 key: stable across runs, so hashes still join
-//!   key_id: k1                    # prefix of encrypted values; keys rotate by adding an id
+//!   key: ${PII_HMAC_KEY}          # 32+ bytes, stable across runs, so hashes still join
+//!   key_id: k1                    # part of encrypted values; keys rotate by adding an id
 //!   encryption_key: ${PII_ENC}    # optional; default: derived from `key` and `key_id`
 //!   old_keys: { k0: ${OLD} }      # optional; decrypt-only keys of earlier ids
 //!   default: hash                 # action for connector-marked columns no rule matches
@@ -24,17 +32,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use datafusion::arrow::array::{Array, ArrayRef, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result as DfResult;
 use datafusion::logical_expr::{create_udf, ColumnarValue, ScalarUDF, Volatility};
-use globset::{Glob, GlobMatcher};
+use globset::{GlobBuilder, GlobMatcher};
+use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use sluice_core::config::{ConfigError, PipelineConfig, Section};
 use sluice_core::secret::Secret;
 
@@ -49,7 +58,8 @@ pub enum PiiAction {
     MaskLast4,
     /// Format-preserving redaction (`j***@e******.com`, `+* ***-***-4567`).
     Redact,
-    /// AES-256-GCM with the active key id: reversible with `decrypt()` in a model.
+    /// AES-256-GCM with the active key id, bound to `table.column`: reversible with
+    /// `decrypt(value, 'table.column')` in a model.
     Encrypt,
     /// The column is not visible to models at all.
     Drop,
@@ -58,16 +68,20 @@ pub enum PiiAction {
 }
 
 impl PiiAction {
-    /// The SQL expression that transforms `column` (quoted), or `None` to drop it.
-    pub fn apply(&self, quoted_column: &str) -> Option<String> {
+    /// The SQL expression that transforms `column` (quoted) of `table`, or `None` to drop it.
+    pub fn apply(&self, table: &str, column: &str) -> Option<String> {
+        let quoted_column = format!("\"{}\"", column.replace('"', "\"\""));
         let text = format!("CAST({quoted_column} AS VARCHAR)");
         Some(match self {
             PiiAction::Hash => format!("hmac_sha256({text})"),
             PiiAction::MaskLast4 => format!("mask_last4({text})"),
             PiiAction::Redact => format!("redact({text})"),
-            PiiAction::Encrypt => format!("encrypt({text})"),
+            PiiAction::Encrypt => {
+                let context = format!("{table}.{column}").replace('\'', "''");
+                format!("encrypt({text}, '{context}')")
+            }
             PiiAction::Drop => return None,
-            PiiAction::Keep => return Some(quoted_column.to_string()),
+            PiiAction::Keep => return Some(quoted_column),
         })
     }
 }
@@ -93,10 +107,27 @@ fn default_key_id() -> String {
     "k1".into()
 }
 
+/// The shortest key material accepted: 256 bits, the strength of the keys derived from it.
+pub const MIN_KEY_BYTES: usize = 32;
+/// HKDF salt: fixed, so the same `pii.key` gives the same hashes on every machine.
+const HKDF_SALT: &[u8] = b"sluice/pii";
+/// HKDF label of the HMAC key behind `hash` / `hmac_sha256()`.
+const HASH_LABEL: &str = "sluice/pii/hash/hmac-sha256";
+/// HKDF label prefix of the AES-256-GCM keys (followed by the key id).
+const AES_LABEL: &str = "sluice/pii/encrypt/aes-256-gcm/";
+/// Prefix of encrypted values; the version changes when the format or binding does.
+const ENCRYPTED_PREFIX: &str = "enc:v2:";
+
+/// A key that cannot be used, in words that name what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(String);
+
 /// The keys behind the PII functions. Never printed.
 #[derive(Clone, Default)]
 pub struct PiiKeys {
-    hmac: Option<Vec<u8>>,
+    /// HMAC-SHA-256 key of `hash`, derived from `pii.key`.
+    hmac: Option<[u8; 32]>,
     active_id: String,
     /// Encryption keys by id; `active_id` encrypts, all of them decrypt.
     encryption: BTreeMap<String, [u8; 32]>,
@@ -113,53 +144,54 @@ impl std::fmt::Debug for PiiKeys {
 }
 
 impl PiiKeys {
-    /// Keys from a secret (tests and tools); encryption key derived from it.
-    pub fn new(key: &str) -> PiiKeys {
-        let mut keys = PiiKeys {
-            hmac: Some(key.as_bytes().to_vec()),
-            active_id: default_key_id(),
-            encryption: BTreeMap::new(),
-        };
-        let derived = keys.derive(&keys.active_id.clone());
-        keys.encryption.insert(keys.active_id.clone(), derived);
-        keys
-    }
-
-    fn derive(&self, id: &str) -> [u8; 32] {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(self.hmac.as_deref().unwrap_or_default())
-                .expect("HMAC takes any key length");
-        mac.update(format!("sluice/aes-256-gcm/{id}").as_bytes());
-        mac.finalize().into_bytes().into()
+    /// Keys from one secret of 32+ bytes (tests and tools); encryption key derived from it.
+    pub fn new(key: &str) -> Result<PiiKeys, KeyError> {
+        let material = key_material("key", key)?;
+        let active_id = default_key_id();
+        let mut encryption = BTreeMap::new();
+        encryption.insert(active_id.clone(), derive_aes(&material, &active_id));
+        Ok(PiiKeys {
+            hmac: Some(derive(&material, HASH_LABEL)),
+            active_id,
+            encryption,
+        })
     }
 
     pub fn hmac_hex(&self, value: &str) -> Option<String> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.hmac.as_deref()?).ok()?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.hmac.as_ref()?).ok()?;
         mac.update(value.as_bytes());
         Some(hex(&mac.finalize().into_bytes()))
     }
 
-    /// `enc:<key id>:<base64url(nonce ‖ ciphertext)>`.
-    pub fn encrypt(&self, value: &str) -> Option<String> {
+    /// `enc:v2:<key id>:<base64url(nonce ‖ ciphertext)>`, bound to `context` (`table.column`).
+    pub fn encrypt(&self, value: &str, context: &str) -> Option<String> {
         let key = self.encryption.get(&self.active_id)?;
         let cipher = Aes256Gcm::new_from_slice(key).ok()?;
         let nonce_bytes: [u8; 12] = rand::random();
+        let aad = associated_data(&self.active_id, context);
         let mut out = nonce_bytes.to_vec();
         out.extend(
             cipher
-                .encrypt(Nonce::from_slice(&nonce_bytes), value.as_bytes())
+                .encrypt(
+                    Nonce::from_slice(&nonce_bytes),
+                    Payload {
+                        msg: value.as_bytes(),
+                        aad: aad.as_bytes(),
+                    },
+                )
                 .ok()?,
         );
         Some(format!(
-            "enc:{}:{}",
+            "{ENCRYPTED_PREFIX}{}:{}",
             self.active_id,
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
         ))
     }
 
-    /// The clear text of an `encrypt` value; `None` if the key id is unknown or it was tampered with.
-    pub fn decrypt(&self, value: &str) -> Option<String> {
-        let rest = value.strip_prefix("enc:")?;
+    /// The clear text of an `encrypt` value of `context`; `None` if the key id is unknown,
+    /// the value was tampered with or it was encrypted from another column.
+    pub fn decrypt(&self, value: &str, context: &str) -> Option<String> {
+        let rest = value.strip_prefix(ENCRYPTED_PREFIX)?;
         let (id, data) = rest.split_once(':')?;
         let key = self.encryption.get(id)?;
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -170,9 +202,62 @@ impl PiiKeys {
         }
         let (nonce, ciphertext) = bytes.split_at(12);
         let cipher = Aes256Gcm::new_from_slice(key).ok()?;
-        let clear = cipher.decrypt(Nonce::from_slice(nonce), ciphertext).ok()?;
+        let aad = associated_data(id, context);
+        let clear = cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .ok()?;
         String::from_utf8(clear).ok()
     }
+}
+
+/// What a ciphertext is bound to: format version, key id and the column it came from.
+fn associated_data(key_id: &str, context: &str) -> String {
+    format!("{ENCRYPTED_PREFIX}{key_id}:{context}")
+}
+
+/// 32 bytes of `label`'s key from `material` (HKDF-SHA-256).
+fn derive(material: &[u8], label: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(HKDF_SALT), material)
+        .expand(label.as_bytes(), &mut out)
+        .expect("32 bytes is a valid HKDF-SHA-256 output length");
+    out
+}
+
+fn derive_aes(material: &[u8], key_id: &str) -> [u8; 32] {
+    derive(material, &format!("{AES_LABEL}{key_id}"))
+}
+
+/// The bytes of a configured key: 64 hex digits and base64 are decoded, other text is
+/// used as is. Fewer than [`MIN_KEY_BYTES`] is refused: a short key is guessable, and
+/// an empty one (`PII_HMAC_KEY=`) would make every hash a public function.
+fn key_material(name: &str, text: &str) -> Result<Vec<u8>, KeyError> {
+    let t = text.trim();
+    let decoded =
+        if t.len().is_multiple_of(2) && !t.is_empty() && t.chars().all(|c| c.is_ascii_hexdigit()) {
+            (0..t.len() / 2)
+                .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .ok()
+                .filter(|b| b.len() >= MIN_KEY_BYTES)
+        };
+    let bytes = decoded.unwrap_or_else(|| t.as_bytes().to_vec());
+    if bytes.len() < MIN_KEY_BYTES {
+        return Err(KeyError(format!(
+            "`{name}` is {} bytes; at least {MIN_KEY_BYTES} are required (generate one with `openssl rand -hex 32`)",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// The `pii:` section, parsed.
@@ -194,7 +279,9 @@ impl PiiPolicy {
                 .map(|(p, a)| (p.to_string(), glob(p).expect("valid test glob"), *a))
                 .collect(),
             default: None,
-            keys: key.map(PiiKeys::new).unwrap_or_default(),
+            keys: key
+                .map(|k| PiiKeys::new(k).expect("a test key of 32+ bytes"))
+                .unwrap_or_default(),
         }
     }
 
@@ -217,8 +304,31 @@ impl PiiPolicy {
             let matcher = glob(&pattern).map_err(|e| doc.error_at(&path, e))?;
             rules.push((pattern, matcher, action));
         }
+        if !raw
+            .key_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || raw.key_id.is_empty()
+        {
+            return Err(doc.error_at(
+                &at("key_id"),
+                "`pii.key_id` may use letters, digits, `_` and `-` (it is part of every encrypted value)",
+            ));
+        }
+        // `keys`: where the secret is under `pii:`, e.g. ["old_keys", "k0"].
+        let material = |keys: &[&str], secret: &Secret| {
+            let mut path = section.path.clone();
+            path.extend(keys.iter().map(|k| k.to_string()));
+            key_material(&format!("pii.{}", keys.join(".")), secret.expose())
+                .map_err(|e| doc.error_at(&path, e.to_string()))
+        };
+        let key = raw
+            .key
+            .as_ref()
+            .map(|k| material(&["key"], k))
+            .transpose()?;
         let mut keys = PiiKeys {
-            hmac: raw.key.as_ref().map(|k| k.expose().as_bytes().to_vec()),
+            hmac: key.as_deref().map(|m| derive(m, HASH_LABEL)),
             active_id: raw.key_id.clone(),
             encryption: BTreeMap::new(),
         };
@@ -228,18 +338,20 @@ impl PiiPolicy {
         if keys.hmac.is_none() && (needs_hmac || needs_cipher && raw.encryption_key.is_none()) {
             return Err(doc.error_at(
                 &at("key"),
-                "`pii.key` is required to hash or encrypt (e.g. key: ${PII_HMAC_KEY})",
+                "`pii.key` is required to hash or encrypt (e.g. key: ${PII_HMAC_KEY}, 32+ bytes)",
             ));
         }
         if let Some(k) = &raw.encryption_key {
+            let m = material(&["encryption_key"], k)?;
             keys.encryption
-                .insert(raw.key_id.clone(), key_bytes(k.expose()));
-        } else if keys.hmac.is_some() {
-            let derived = keys.derive(&raw.key_id);
-            keys.encryption.insert(raw.key_id.clone(), derived);
+                .insert(raw.key_id.clone(), derive_aes(&m, &raw.key_id));
+        } else if let Some(m) = &key {
+            keys.encryption
+                .insert(raw.key_id.clone(), derive_aes(m, &raw.key_id));
         }
         for (id, k) in &raw.old_keys {
-            keys.encryption.insert(id.clone(), key_bytes(k.expose()));
+            let m = material(&["old_keys", id.as_str()], k)?;
+            keys.encryption.insert(id.clone(), derive_aes(&m, id));
         }
         Ok(PiiPolicy {
             rules,
@@ -272,6 +384,66 @@ impl PiiPolicy {
         None
     }
 
+    /// A quarantined record of D1 `table` (its `raw` text) as the policy shows it: in a
+    /// JSON record every field a rule or a mark (`marked`) makes personal is transformed
+    /// like its column, at any depth (CleverTap nests `profileData`); text that is not
+    /// JSON is redacted whole when the table may hold personal data, as nothing in it
+    /// can be told apart.
+    pub fn apply_to_raw(&self, table: &str, marked: &[String], raw: &str) -> String {
+        match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(mut value @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => {
+                self.apply_to_value(table, marked, &mut value);
+                value.to_string()
+            }
+            _ if self.rules.is_empty() && marked.is_empty() => raw.to_string(),
+            _ => redact(raw),
+        }
+    }
+
+    fn apply_to_value(&self, table: &str, marked: &[String], value: &mut serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::Object(fields) => {
+                let names: Vec<String> = fields.keys().cloned().collect();
+                for name in names {
+                    let personal = marked.iter().any(|m| m.eq_ignore_ascii_case(&name));
+                    let Some(action) = self.action(table, &name, personal) else {
+                        if let Some(inner) = fields.get_mut(&name) {
+                            self.apply_to_value(table, marked, inner);
+                        }
+                        continue;
+                    };
+                    let Some(field) = fields.get_mut(&name) else {
+                        continue;
+                    };
+                    let text = match &*field {
+                        Value::Null => continue,
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    let shown = match action {
+                        PiiAction::Keep => continue,
+                        PiiAction::Drop => {
+                            fields.remove(&name);
+                            continue;
+                        }
+                        PiiAction::Hash => self.keys.hmac_hex(&text),
+                        PiiAction::MaskLast4 => Some(mask_last4(&text)),
+                        PiiAction::Redact => Some(redact(&text)),
+                        PiiAction::Encrypt => self.keys.encrypt(&text, &format!("{table}.{name}")),
+                    };
+                    *field = shown.map_or(Value::Null, Value::String);
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    self.apply_to_value(table, marked, item);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The functions of this module, bound to the policy's keys.
     pub fn functions(&self) -> Vec<ScalarUDF> {
         let keys = Arc::new(self.keys.clone());
@@ -280,8 +452,12 @@ impl PiiPolicy {
             text_udf("hmac_sha256", Volatility::Immutable, move |v| {
                 k1.hmac_hex(v)
             }),
-            text_udf("encrypt", Volatility::Volatile, move |v| k2.encrypt(v)),
-            text_udf("decrypt", Volatility::Immutable, move |v| k3.decrypt(v)),
+            text2_udf("encrypt", Volatility::Volatile, move |v, context| {
+                k2.encrypt(v, context)
+            }),
+            text2_udf("decrypt", Volatility::Immutable, move |v, context| {
+                k3.decrypt(v, context)
+            }),
             text_udf("mask_last4", Volatility::Immutable, |v| Some(mask_last4(v))),
             text_udf("redact_email", Volatility::Immutable, |v| {
                 Some(redact_email(v))
@@ -294,28 +470,13 @@ impl PiiPolicy {
     }
 }
 
+/// Case-insensitive: `*.email` must catch a column a source spells `Email`.
 fn glob(pattern: &str) -> Result<GlobMatcher, String> {
-    Glob::new(pattern)
+    GlobBuilder::new(pattern)
+        .case_insensitive(true)
+        .build()
         .map(|g| g.compile_matcher())
         .map_err(|e| format!("invalid pattern `{pattern}`: {e}"))
-}
-
-/// 64 hex digits or base64 of 32 bytes are used as is; anything else is a passphrase (SHA-256).
-fn key_bytes(text: &str) -> [u8; 32] {
-    let t = text.trim();
-    if t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit()) {
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).unwrap_or(0);
-        }
-        return out;
-    }
-    if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(t) {
-        if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
-            return key;
-        }
-    }
-    Sha256::digest(t.as_bytes()).into()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -411,6 +572,30 @@ pub(crate) fn text_udf(
     )
 }
 
+/// A (text, text) → text function; NULL in either, NULL out; `None` from `f` is NULL.
+pub(crate) fn text2_udf(
+    name: &str,
+    volatility: Volatility,
+    f: impl Fn(&str, &str) -> Option<String> + Send + Sync + 'static,
+) -> ScalarUDF {
+    create_udf(
+        name,
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Utf8,
+        volatility,
+        Arc::new(move |args: &[ColumnarValue]| -> DfResult<ColumnarValue> {
+            let values = utf8_arg(args, 0)?;
+            let contexts = utf8_arg(args, 1)?;
+            let out: StringArray = values
+                .iter()
+                .zip(contexts.iter())
+                .map(|(v, c)| f(v?, c?))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
+        }),
+    )
+}
+
 /// Argument `i` as a Utf8 array (scalars expanded, other string types cast).
 pub(crate) fn utf8_arg(args: &[ColumnarValue], i: usize) -> DfResult<StringArray> {
     let arrays = ColumnarValue::values_to_arrays(args)?;
@@ -426,17 +611,146 @@ pub(crate) fn utf8_arg(args: &[ColumnarValue], i: usize) -> DfResult<StringArray
 mod tests {
     use super::*;
 
+    const KEY_ONE: &str = "test-key-one-0123456789abcdef-0123456789";
+    const KEY_TWO: &str = "test-key-two-0123456789abcdef-0123456789";
+
     #[test]
     fn hashing_is_stable_and_keyed_and_encryption_round_trips() {
-        let a = PiiKeys::new("key-one");
-        let b = PiiKeys::new("key-two");
+        let a = PiiKeys::new(KEY_ONE).unwrap();
+        let b = PiiKeys::new(KEY_TWO).unwrap();
         assert_eq!(a.hmac_hex("x@y.z"), a.hmac_hex("x@y.z"));
         assert_ne!(a.hmac_hex("x@y.z"), b.hmac_hex("x@y.z"));
-        let enc = a.encrypt("12 Main St").unwrap();
-        assert!(enc.starts_with("enc:k1:"), "{enc}");
+        let enc = a.encrypt("12 Main St", "profiles.address").unwrap();
+        assert!(enc.starts_with("enc:v2:k1:"), "{enc}");
         assert!(!enc.contains("Main"));
-        assert_eq!(a.decrypt(&enc).as_deref(), Some("12 Main St"));
-        assert_eq!(b.decrypt(&enc), None);
+        assert_eq!(
+            a.decrypt(&enc, "profiles.address").as_deref(),
+            Some("12 Main St")
+        );
+        assert_eq!(b.decrypt(&enc, "profiles.address"), None);
+    }
+
+    #[test]
+    fn a_ciphertext_decrypts_only_for_the_column_it_was_encrypted_from() {
+        let keys = PiiKeys::new(KEY_ONE).unwrap();
+        let enc = keys.encrypt("12 Main St", "profiles.address").unwrap();
+        assert_eq!(keys.decrypt(&enc, "profiles.notes"), None);
+        assert_eq!(keys.decrypt(&enc, "orders.address"), None);
+        // Same bytes under another version or key id: refused, not misread.
+        let relabelled = enc.replacen("enc:v2:k1:", "enc:v2:k0:", 1);
+        assert_eq!(keys.decrypt(&relabelled, "profiles.address"), None);
+    }
+
+    #[test]
+    fn no_hashable_value_yields_a_key() {
+        // The old scheme made the AES key = HMAC(pii.key, "sluice/aes-256-gcm/k1"): hashing
+        // that label in a model published the key. Keys now come from HKDF labels and the
+        // hash key is itself derived, so neither the labels nor the raw key hash to a key.
+        let keys = PiiKeys::new(KEY_ONE).unwrap();
+        let aes = hex(&keys.encryption["k1"]);
+        let hash_key = hex(keys.hmac.as_ref().unwrap());
+        for label in [
+            "sluice/aes-256-gcm/k1",
+            &format!("{AES_LABEL}k1"),
+            HASH_LABEL,
+            KEY_ONE,
+        ] {
+            let hashed = keys.hmac_hex(label).unwrap();
+            assert_ne!(hashed, aes, "hash of {label:?} is the AES key");
+            assert_ne!(hashed, hash_key, "hash of {label:?} is the hash key");
+        }
+        assert_ne!(aes, hash_key);
+        let mut raw = <Hmac<Sha256> as Mac>::new_from_slice(KEY_ONE.as_bytes()).unwrap();
+        raw.update(b"x@y.z");
+        assert_ne!(
+            keys.hmac_hex("x@y.z").unwrap(),
+            hex(&raw.finalize().into_bytes()),
+            "the hash key must be derived, not the configured text"
+        );
+    }
+
+    fn parse(yaml: &str) -> Result<PiiPolicy, ConfigError> {
+        struct NoEnv;
+        impl sluice_core::config::Lookup for NoEnv {
+            fn var(&self, _: &str) -> Option<String> {
+                None
+            }
+        }
+        let text = format!("name: t\nlake: ./lake\n{yaml}");
+        let config = PipelineConfig::parse(
+            "pipeline.yaml".into(),
+            text,
+            std::path::Path::new("."),
+            &NoEnv,
+        )?;
+        PiiPolicy::parse(&config, config.pii.as_ref().expect("a pii section"))
+    }
+
+    #[test]
+    fn short_or_empty_keys_are_refused_naming_the_key() {
+        for key in [
+            "\"\"",
+            "demo-only-pii-key",
+            "0123456789abcdef0123456789abcdef",
+        ] {
+            let err = parse(&format!(
+                "pii:\n  key: {key}\n  columns: {{ \"*.email\": hash }}\n"
+            ))
+            .err()
+            .unwrap_or_else(|| panic!("key {key} accepted"));
+            let text = err.to_string();
+            assert!(text.contains("pii.key"), "{text}");
+            assert!(text.contains("at least 32"), "{text}");
+        }
+        let err = parse(&format!(
+            "pii:\n  key: {KEY_ONE}\n  old_keys: {{ k0: short }}\n  columns: {{ \"*.a\": encrypt }}\n"
+        ))
+        .expect_err("a short old key is refused");
+        assert!(err.to_string().contains("pii.old_keys.k0"), "{err}");
+        // 64 hex digits are 32 bytes: accepted.
+        parse(&format!(
+            "pii:\n  key: \"{}\"\n  columns: {{ \"*.email\": hash }}\n",
+            "ab".repeat(32)
+        ))
+        .unwrap();
+        parse(&format!(
+            "pii:\n  key: {KEY_ONE}\n  columns: {{ \"*.email\": hash }}\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn quarantined_records_show_personal_fields_through_the_policy() {
+        let p = PiiPolicy::new(Some(KEY_ONE), &[("*.phone", PiiAction::MaskLast4)]);
+        let marked = vec!["email".to_string(), "address".to_string()];
+        let raw = r#"{"identity":"C-1","email":"jane@example.com","phone":"+15551234567","profileData":{"Address":"12 Main St"},"n":3}"#;
+        let shown: serde_json::Value =
+            serde_json::from_str(&p.apply_to_raw("app_profiles", &marked, raw)).unwrap();
+        assert_eq!(shown["identity"], "C-1");
+        assert_eq!(shown["n"], 3);
+        assert_eq!(
+            shown["email"].as_str(),
+            p.keys.hmac_hex("jane@example.com").as_deref()
+        );
+        assert_eq!(shown["phone"], "********4567");
+        assert_eq!(
+            shown["profileData"]["Address"].as_str(),
+            p.keys.hmac_hex("12 Main St").as_deref()
+        );
+        // Not JSON: nothing can be told apart, so all of it is redacted.
+        assert_eq!(
+            p.apply_to_raw("app_profiles", &marked, "jane@example.com,12 Main St"),
+            "****@*******.***,** **** **"
+        );
+        let none = PiiPolicy::new(Some(KEY_ONE), &[]);
+        assert_eq!(none.apply_to_raw("orders", &[], "a,b"), "a,b");
+    }
+
+    #[test]
+    fn rule_globs_ignore_case() {
+        let p = PiiPolicy::new(Some(KEY_ONE), &[("*.email", PiiAction::Hash)]);
+        assert_eq!(p.action("Profiles", "Email", false), Some(PiiAction::Hash));
+        assert_eq!(p.action("profiles", "EMAIL", false), Some(PiiAction::Hash));
     }
 
     #[test]
@@ -451,7 +765,7 @@ mod tests {
     #[test]
     fn rules_match_in_order_and_marked_columns_default_to_hash() {
         let p = PiiPolicy::new(
-            Some("k"),
+            Some(KEY_ONE),
             &[
                 ("*.email", PiiAction::Hash),
                 ("phone", PiiAction::MaskLast4),

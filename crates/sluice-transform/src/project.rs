@@ -230,6 +230,26 @@ impl ModelProject {
         self
     }
 
+    /// Marks `columns` of D1 `table` personal, beside what the streams said (e.g. from
+    /// the schema registry: a column landed as personal stays personal when the source
+    /// can no longer be built to say so).
+    pub fn mark_pii(&mut self, table: &str, columns: impl IntoIterator<Item = String>) {
+        let entry = self
+            .d1_tables
+            .entry(table.to_string())
+            .or_insert_with(|| D1Table {
+                primary_key: Vec::new(),
+                write_mode: WriteMode::default(),
+                partitioned: false,
+                pii_columns: Vec::new(),
+            });
+        for column in columns {
+            if !entry.pii_columns.contains(&column) {
+                entry.pii_columns.push(column);
+            }
+        }
+    }
+
     pub fn model(&self, layer: &str, name: &str) -> Option<&Model> {
         self.models
             .iter()

@@ -17,13 +17,20 @@ use sluice_core::lake::Lake;
 use sluice_core::quarantine::PREFIX;
 
 use crate::error::TransformError;
+use crate::project::ModelProject;
 
 /// The engine's schema of the quarantine tables.
 pub const SCHEMA: &str = "quarantine";
 const COLUMNS: [&str; 4] = ["run_id", "origin", "reason", "raw"];
 
-/// Registers one table per quarantined lake table.
-pub async fn register(ctx: &SessionContext, lake: &Lake) -> Result<(), TransformError> {
+/// Registers one table per quarantined lake table. With `policy`, the `raw` records of
+/// D1 quarantines show their personal fields as the policy's D1 views do (see
+/// [`crate::pii::PiiPolicy::apply_to_raw`]); without, as received.
+pub async fn register(
+    ctx: &SessionContext,
+    lake: &Lake,
+    policy: Option<&ModelProject>,
+) -> Result<(), TransformError> {
     let catalog = ctx.catalog("datafusion").expect("default catalog");
     catalog
         .register_schema(SCHEMA, Arc::new(MemorySchemaProvider::new()))
@@ -48,6 +55,17 @@ pub async fn register(ctx: &SessionContext, lake: &Lake) -> Result<(), Transform
             .collect::<Vec<_>>(),
     ));
     for (name, files) in tables {
+        // Model quarantines hold rows models computed from the policy's views already.
+        let personal = policy
+            .zip(name.strip_prefix("d1__"))
+            .map(|(project, table)| {
+                let marked = project
+                    .d1_tables
+                    .get(table)
+                    .map(|d| d.pii_columns.clone())
+                    .unwrap_or_default();
+                (project, table, marked)
+            });
         let mut columns: Vec<Vec<Option<String>>> = vec![Vec::new(); COLUMNS.len()];
         for file in files {
             let Some(body) = lake.get(&file).await? else {
@@ -56,10 +74,16 @@ pub async fn register(ctx: &SessionContext, lake: &Lake) -> Result<(), Transform
             for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let value: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
                 for (i, column) in COLUMNS.iter().enumerate() {
-                    columns[i].push(match &value[*column] {
+                    let text = match &value[*column] {
                         serde_json::Value::Null => None,
                         serde_json::Value::String(s) => Some(s.clone()),
                         other => Some(other.to_string()),
+                    };
+                    columns[i].push(match (&personal, *column, text) {
+                        (Some((project, table, marked)), "raw", Some(raw)) => {
+                            Some(project.pii.apply_to_raw(table, marked, &raw))
+                        }
+                        (_, _, text) => text,
                     });
                 }
             }

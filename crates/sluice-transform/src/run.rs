@@ -209,6 +209,10 @@ pub(crate) async fn plan(ctx: &SessionContext, model: &Model) -> Result<SchemaRe
         .create_logical_plan(&model.sql)
         .await
         .map_err(|e| plan_error(model, &e))?;
+    // A model is a query: DDL, DML and statements are refused before anything runs.
+    catalog::read_only()
+        .verify_plan(&plan)
+        .map_err(|e| plan_error(model, &e))?;
     let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let (table, _) = conform::table_schema(&schema).map_err(|m| model.sql_error(None, m))?;
     if let Some(column) = &model.config.partition_by {
@@ -388,7 +392,7 @@ async fn run_one(
         }
         _ => model.sql.to_string(),
     };
-    let df = ctx.sql(&sql).await.map_err(engine)?;
+    let df = catalog::user_sql(ctx, &sql).await.map_err(engine)?;
     let (table_schema, target) = conform::table_schema(df.schema().as_arrow())
         .map_err(|m| TransformError::engine(&context, m))?;
     // The output streams into staged Parquet files (one per partition date), so a
@@ -692,8 +696,7 @@ pub async fn query(
     view: D1View,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), TransformError> {
     let ctx = catalog::session(project, lake, view).await?;
-    let df = ctx
-        .sql(sql)
+    let df = catalog::user_sql(&ctx, sql)
         .await
         .map_err(|e| TransformError::engine("query", e))?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());

@@ -23,7 +23,7 @@ fn example_models() -> PathBuf {
 
 fn policy() -> PiiPolicy {
     PiiPolicy::new(
-        Some("test-pii-key"),
+        Some("test-pii-key-for-the-example-models-0123456789"),
         &[
             ("*.email", PiiAction::Hash),
             ("*.phone", PiiAction::MaskLast4),
@@ -731,4 +731,109 @@ async fn a_failing_error_check_publishes_nothing_and_keeps_the_previous_table() 
     );
     // One file per run: the flagged rows of r1, the blocking ones of r2.
     assert_eq!(lake.list("quarantine/d2a/groups/").await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spend_too_large_to_convert_is_quarantined_not_a_panic() {
+    // 8e22 EUR fits the D1 decimal, but times the rate it no longer fits a 96-bit
+    // decimal: convert_currency once panicked there, killing the run.
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open("lake", dir.path()).unwrap();
+    let (destination, _prefix) = postgres(dir.path()).await;
+    let project = ModelProject::load_dir(&example_models(), policy())
+        .unwrap()
+        .with_streams(d1_specs());
+    let day = "2024-07-01";
+    let mut tasks = land_ads_day(&lake, day, "r1").await;
+    write_d1(
+        &lake,
+        "facebook_insights",
+        day,
+        "r1",
+        &[
+            fb(day, "a1", "EUR", 1000, 10, "12.3456"),
+            fb(day, "a2", "EUR", 500, 5, "80000000000000000000000"),
+        ],
+    )
+    .await;
+    tasks.push(land_profiles(&lake, day, "r1").await);
+    let mut run = record("r1", tasks);
+    sluice_transform::run_models(
+        &project,
+        &lake,
+        destination.as_ref(),
+        &mut run,
+        &ModelRunOptions::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let model = task(&run, "d2a.ad_performance_daily");
+    assert_eq!(model.status, TaskStatus::Failed, "{model:#?}");
+    let message = &model.error.as_ref().unwrap().message;
+    assert!(message.contains("not_null"), "{message}");
+    let checks = task(&run, "d2a.ad_performance_daily:checks");
+    assert_eq!(checks.rows_quarantined, 1, "{checks:#?}");
+    let quarantined = rows_of(
+        &lake,
+        &project,
+        "SELECT count(*) FROM quarantine.d2a__ad_performance_daily",
+    )
+    .await;
+    assert_eq!(quarantined, ["1"]);
+    assert!(lake
+        .list("d2a/ad_performance_daily/")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantined_d1_records_are_shown_through_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open("lake", dir.path()).unwrap();
+    let project = ModelProject::load_dir(&example_models(), policy())
+        .unwrap()
+        .with_streams(d1_specs());
+    let rejected = |line: u64, raw: &str| sluice_core::typing::Rejected {
+        origin: sluice_core::typing::Origin {
+            page: "raw/app/profiles/p00001.json".into(),
+            line,
+        },
+        reason: "not a record".into(),
+        raw: raw.into(),
+    };
+    sluice_core::quarantine::write(
+        &lake,
+        "d1",
+        "app_profiles",
+        "r1",
+        &[
+            rejected(
+                1,
+                r#"{"profile_id":"p9","email":"zed@example.com","name":"Zed Q"}"#,
+            ),
+            rejected(2, "zed@example.com,+15550001234"),
+        ],
+    )
+    .await
+    .unwrap();
+    let sql = "SELECT raw FROM quarantine.d1__app_profiles ORDER BY origin";
+    let shown = rows_of(&lake, &project, sql).await;
+    assert_eq!(shown.len(), 2);
+    assert!(
+        shown
+            .iter()
+            .all(|r| !r.contains("zed@") && !r.contains("Zed Q")),
+        "{shown:?}"
+    );
+    assert!(shown[0].contains("p9"), "{shown:?}");
+    // `--unmasked` shows them as received.
+    let (_, batches) = sluice_transform::query(&lake, &project, sql, D1View::Unmasked)
+        .await
+        .unwrap();
+    let clear =
+        sluice_transform::render::render(&batches, sluice_transform::render::OutputFormat::Csv)
+            .unwrap();
+    assert!(clear.contains("zed@example.com"), "{clear}");
 }

@@ -82,6 +82,8 @@ enum Command {
     Schema(commands::schema::SchemaCommand),
     /// Run the pipeline on its `schedule:` with health probes, metrics, an API and a dashboard.
     Serve(server::ServeArgs),
+    /// List a database source's tables, columns, types, keys and suggested sync; `--write` adds streams.
+    Discover(commands::discover::DiscoverArgs),
     /// Run the example pipeline end to end on the embedded default and print a summary.
     Demo(commands::demo::DemoArgs),
     /// Generate files that run the pipeline elsewhere: an Airflow DAG, Kubernetes manifests.
@@ -92,7 +94,26 @@ enum Command {
     Sandbox(sluice_sandbox::cli::SandboxCommand),
 }
 
+/// Everything sluice creates (lake objects, state, `warehouse.db`, exports) is
+/// readable by its owner only: files 0600, folders 0700. They hold personal data
+/// and run history, and the process umask (often 022) would make them world-readable.
+#[cfg(unix)]
+fn create_files_private() {
+    // `mode_t` of the C library; std has no umask and the libc crate is not a dependency.
+    #[cfg(target_os = "linux")]
+    type ModeT = u32;
+    #[cfg(not(target_os = "linux"))]
+    type ModeT = u16;
+    extern "C" {
+        fn umask(mask: ModeT) -> ModeT;
+    }
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe { umask(0o077) };
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    create_files_private();
     return_freed_memory_promptly();
     let cli = Cli::parse();
     let interactive = logging::init(cli.log_format, &cli.log);
@@ -117,6 +138,7 @@ fn main() -> ExitCode {
             Command::Runs(args) => commands::runs::run(&cli.pipeline, args).await,
             Command::Schema(cmd) => commands::schema::run(&cli.pipeline, cmd).await,
             Command::Serve(args) => server::run(&cli.pipeline, args).await,
+            Command::Discover(args) => commands::discover::run(&cli.pipeline, args).await,
             Command::Demo(args) => commands::demo::run(args, interactive).await,
             Command::Export(cmd) => export::run(&cli.pipeline, cmd).await,
             Command::Sandbox(cmd) => match sluice_sandbox::cli::run(cmd).await {

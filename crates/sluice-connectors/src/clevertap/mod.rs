@@ -41,16 +41,16 @@ pub struct CleverTapSource {
 }
 
 /// `type: clevertap`.
-pub const SOURCE_TYPE: crate::SourceType = crate::SourceType {
-    name: "clevertap",
-    build: |doc, section, _ctx| {
-        Ok(std::sync::Arc::new(crate::build_from_config(
-            doc,
-            section,
-            CleverTapSource::new,
-        )?))
-    },
-};
+pub const SOURCE_TYPES: &[crate::SourceType] = &[crate::SourceType {
+        name: "clevertap",
+        build: |doc, section, _ctx| {
+            Ok(std::sync::Arc::new(crate::build_from_config(
+                doc,
+                section,
+                CleverTapSource::new,
+            )?))
+        },
+}];
 
 impl CleverTapSource {
     pub fn new(name: &str, config: CleverTapConfig, key_prefix: &str) -> Result<Self, SourceError> {

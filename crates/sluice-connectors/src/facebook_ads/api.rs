@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::Value;
 use sluice_core::secret::Secret;
 use sluice_core::source::{ErrorClass, SourceError};
@@ -166,8 +167,7 @@ pub fn usage_from_headers(response: &ApiResponse) -> (f64, Option<Duration>) {
         take(&v, &["call_count", "total_cputime", "total_time"]);
     }
     let regain = regain_minutes
-        .filter(|m| m.is_finite())
-        .map(|m| Duration::from_secs_f64(m * 60.0));
+        .and_then(|m| crate::http::clamped_secs(m * 60.0, crate::http::MAX_SERVER_WAIT));
     (pct, regain)
 }
 
@@ -258,9 +258,19 @@ impl GraphApi {
         let pacer = self.http.pacer().clone();
         let key = request.pace_key.clone().unwrap_or_default();
         let prefix = self.key_prefix.clone();
-        self.http
+        let mut response = self
+            .http
             .send(request, &move |r| judge(r, &pacer, &key, &prefix))
-            .await
+            .await?;
+        // Graph echoes the query into `paging.next` (`appsecret_proof`, and
+        // `access_token` where a proxy moves it there): pages are landed without
+        // our credentials. Replay reads `after` from the cursors, which stay.
+        let credentials = [Some(&self.token), self.appsecret_proof.as_ref()];
+        response.body = without_credentials(
+            response.body,
+            credentials.iter().flatten().map(|s| s.expose()),
+        );
+        Ok(response)
     }
 
     /// Sends and parses the body as JSON.
@@ -288,6 +298,28 @@ pub fn next_after(page: &Value) -> Option<String> {
         .query_pairs()
         .find(|(k, _)| k == "after")
         .map(|(_, v)| v.into_owned())
+}
+
+/// `body` with every occurrence of each credential replaced by `***`. The values are
+/// URL-safe tokens and hex digests, so the result is still the same JSON.
+fn without_credentials<'a>(body: Bytes, credentials: impl Iterator<Item = &'a str>) -> Bytes {
+    let mut body = body;
+    for credential in credentials.filter(|c| c.len() >= 8) {
+        let finder = memchr::memmem::Finder::new(credential.as_bytes());
+        if finder.find(&body).is_none() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(body.len());
+        let mut rest: &[u8] = &body;
+        while let Some(at) = finder.find(rest) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(b"***");
+            rest = &rest[at + credential.len()..];
+        }
+        out.extend_from_slice(rest);
+        body = Bytes::from(out);
+    }
+    body
 }
 
 fn hmac_sha256_hex(key: &str, message: &str) -> String {
@@ -444,6 +476,25 @@ mod tests {
         );
         // No usage header at all: the client's own back-off.
         assert_eq!(wait(&[]), None);
+    }
+
+    #[test]
+    fn an_absurd_regain_time_is_capped_not_a_panic() {
+        let p = Pacer::default();
+        let throttle = r#"{"error":{"message":"(#80000) Too many calls.","code":80000,"error_subcode":2446079,"is_transient":true}}"#;
+        for minutes in ["1e20", "1e300", "18446744073709551615"] {
+            let usage = format!(
+                r#"{{"act_1":[{{"type":"ads_insights","call_count":100,"estimated_time_to_regain_access":{minutes}}}]}}"#
+            );
+            let r = response(400, throttle, &[("x-business-use-case-usage", &usage)]);
+            assert_eq!(usage_from_headers(&r).1, Some(crate::http::MAX_SERVER_WAIT));
+            match judge(&r, &p, "act_1", "sources.fb") {
+                Verdict::Retry { after, .. } => {
+                    assert_eq!(after, Some(crate::http::MAX_SERVER_WAIT))
+                }
+                other => panic!("expected a retry, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -608,6 +608,8 @@ async fn run_report(ctx: &JobContext, job: &Job) -> Result<String, SourceError> 
             "{account}: async insights job was not created: {created}"
         )));
     };
+    // It becomes a URL path: an absolute URL here must not take the token elsewhere.
+    crate::http::id_segment(&run_id, "report_run_id")?;
 
     // A job that stops moving is split like a failed one.
     let mut pause = FIRST_POLL;
@@ -901,7 +903,12 @@ async fn campaigns_with_rows(
     while let Some((_, page)) = pager.next(&ctx.api).await? {
         for id in data(&page).iter().filter_map(|row| row.get("campaign_id")) {
             let id = value_text(id);
-            if !id.is_empty() && !ids.contains(&id) {
+            if id.is_empty() {
+                continue;
+            }
+            // Each id becomes a URL path (`<campaign_id>/insights`).
+            crate::http::id_segment(&id, "campaign_id")?;
+            if !ids.contains(&id) {
                 ids.push(id);
             }
         }

@@ -50,6 +50,8 @@ pub struct Account {
 impl Account {
     fn from_json(v: &Value) -> Option<Account> {
         let id = v.get("id").and_then(Value::as_str)?;
+        // Account ids become URL paths: one that is not an id is not an account.
+        crate::http::id_segment(id, "account id").ok()?;
         Some(Account {
             id: config::normalize_account(id),
             currency: v.get("currency").and_then(Value::as_str).map(String::from),
@@ -73,16 +75,16 @@ pub struct FacebookSource {
 }
 
 /// `type: facebook_ads`.
-pub const SOURCE_TYPE: crate::SourceType = crate::SourceType {
-    name: "facebook_ads",
-    build: |doc, section, _ctx| {
-        Ok(std::sync::Arc::new(crate::build_from_config(
-            doc,
-            section,
-            FacebookSource::new,
-        )?))
-    },
-};
+pub const SOURCE_TYPES: &[crate::SourceType] = &[crate::SourceType {
+        name: "facebook_ads",
+        build: |doc, section, _ctx| {
+            Ok(std::sync::Arc::new(crate::build_from_config(
+                doc,
+                section,
+                FacebookSource::new,
+            )?))
+        },
+}];
 
 impl FacebookSource {
     /// Builds from a typed config; `key_prefix` is where the section sits (`sources.facebook`).

@@ -132,11 +132,15 @@ fn find_key<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     }
 }
 
-/// `"30s"`, `"1.5s"` → a duration.
+/// `"30s"`, `"1.5s"` → a duration, at most a day: a daily quota says "retry tomorrow",
+/// longer (`"1e20s"`) is a broken or hostile server and must not overflow.
 fn parse_duration(text: &str) -> Option<Duration> {
     let secs: f64 = text.trim().strip_suffix('s')?.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    crate::http::clamped_secs(secs, MAX_RETRY_DELAY)
 }
+
+/// The longest `retryDelay` recorded (see [`parse_duration`]).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
 
 /// True for the developer token's exhausted daily operations quota (as opposed
 /// to a momentary rate limit, `RESOURCE_TEMPORARILY_EXHAUSTED`, retried after its delay).
@@ -322,8 +326,9 @@ impl GoogleApi {
             .unwrap_or(3600);
         // Registering it keeps the access token out of every log line and error.
         let token = Secret::new(token);
-        // Refresh a little before the stated expiry (a fifth of short lifetimes).
-        let lifetime = Duration::from_secs(expires_in);
+        // Refresh a little before the stated expiry (a fifth of short lifetimes). Google's
+        // tokens live an hour; a longer claim (`expires_in: 2^64-1`) is capped, not trusted.
+        let lifetime = Duration::from_secs(expires_in).min(crate::http::MAX_SERVER_WAIT);
         let margin = EXPIRY_MARGIN.min(lifetime / 5);
         *cached = Some((token.clone(), Instant::now() + lifetime - margin));
         Ok(token)
@@ -435,6 +440,7 @@ impl GoogleApi {
         login_customer_id: Option<&str>,
         query_key: &str,
     ) -> Result<(ApiResponse, Vec<Value>, Option<String>), SourceError> {
+        crate::http::id_segment(customer_id, "customer id")?;
         let response = self
             .call(
                 &format!("customers/{customer_id}/googleAds:searchStream"),
@@ -526,6 +532,20 @@ mod tests {
             body: Bytes::from(body.to_string()),
             label: "POST /v26/customers/1/googleAds:searchStream".into(),
         }
+    }
+
+    #[test]
+    fn an_absurd_retry_delay_is_capped_and_still_reads_as_daily_quota() {
+        assert_eq!(parse_duration("1e20s"), Some(MAX_RETRY_DELAY));
+        assert_eq!(parse_duration("infs"), Some(MAX_RETRY_DELAY));
+        assert_eq!(parse_duration("NaNs"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        let body = r#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.ads.googleads.v26.errors.GoogleAdsFailure","errors":[{"errorCode":{"quotaError":"RESOURCE_EXHAUSTED"},"message":"Too many requests","details":{"quotaErrorDetails":{"retryDelay":"1e20s"}}}],"requestId":"r"}]}}"#;
+        let error =
+            RpcError::from_value(&serde_json::from_str(body).unwrap()).expect("an RPC error");
+        assert_eq!(error.retry_delay, Some(MAX_RETRY_DELAY));
+        assert!(is_daily_quota(&error));
     }
 
     #[test]

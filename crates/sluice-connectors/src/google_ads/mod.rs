@@ -71,16 +71,16 @@ pub struct GoogleSource {
 }
 
 /// `type: google_ads`.
-pub const SOURCE_TYPE: crate::SourceType = crate::SourceType {
-    name: "google_ads",
-    build: |doc, section, _ctx| {
-        Ok(std::sync::Arc::new(crate::build_from_config(
-            doc,
-            section,
-            GoogleSource::new,
-        )?))
-    },
-};
+pub const SOURCE_TYPES: &[crate::SourceType] = &[crate::SourceType {
+        name: "google_ads",
+        build: |doc, section, _ctx| {
+            Ok(std::sync::Arc::new(crate::build_from_config(
+                doc,
+                section,
+                GoogleSource::new,
+            )?))
+        },
+}];
 
 impl GoogleSource {
     pub fn new(name: &str, config: GoogleConfig, key_prefix: &str) -> Result<Self, SourceError> {

@@ -71,6 +71,22 @@ impl Default for HttpSettings {
     }
 }
 
+/// The longest wait a server can make us record (Retry-After, a regain time, a
+/// token lifetime). Servers send absurd values too (`Retry-After: 1e20`): clamped,
+/// they neither overflow a `Duration`/`Instant` (a panic that would kill the run)
+/// nor park a run for years; a wait above `max_wait_secs` still fails the request
+/// as transient, so the run moves on.
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(3600);
+
+/// A server-given number of seconds as a wait, at most `max`; `None` if not a number
+/// or negative.
+pub fn clamped_secs(secs: f64, max: Duration) -> Option<Duration> {
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs.min(max.as_secs_f64())).ok()
+}
+
 /// What a connector decides about one response.
 #[derive(Debug)]
 pub enum Verdict {
@@ -166,8 +182,7 @@ impl ApiResponse {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64)
+            .and_then(|secs| clamped_secs(secs, MAX_SERVER_WAIT))
     }
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
@@ -232,6 +247,8 @@ impl HttpClient {
             .timeout(Duration::from_secs(settings.timeout_secs.max(1)))
             .connect_timeout(Duration::from_secs(settings.connect_timeout_secs.max(1)))
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirect_policy())
+            .referer(false)
             .gzip(true)
             .build()
             .map_err(|e| {
@@ -333,7 +350,9 @@ impl HttpClient {
             // return in lock-step. The wait is the server's, not our escalating back-off:
             // a throttle the server says is already over (wait 0) costs a moment, even
             // after earlier 5xx retries of the same request.
-            let delay = after.map_or(delay, |after| after + delay.min(Duration::from_millis(250)));
+            let delay = after.map_or(delay, |after| {
+                after.saturating_add(delay.min(Duration::from_millis(250)))
+            });
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(request = %label, reason = %sluice_core::secret::redact(&reason), ?delay, "retrying");
             tokio::time::sleep(delay).await;
@@ -406,6 +425,21 @@ impl HttpClient {
             .await
             .map_err(|e| Attempt::Retry(format!("{label}: {}", e.without_url())))?;
         let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            let to = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| response.url().join(v).ok())
+                .map(|u| format!("{}://{}", u.scheme(), u.authority()))
+                .unwrap_or_else(|| "an unknown place".into());
+            return Err(Attempt::Fail(SourceError::new(
+                ErrorClass::Configuration,
+                format!(
+                    "{label}: the API redirected to {to}; refused (credentials are sent only to the configured host, over the configured scheme)"
+                ),
+            )));
+        }
         let headers = response.headers().clone();
         if let Some(notice) = deprecation_notice(&headers) {
             if let Ok(mut notices) = self.notices.lock() {
@@ -520,13 +554,66 @@ pub fn parse_base_url(text: &str, key: &str) -> Result<Url, SourceError> {
     Ok(url)
 }
 
-/// Joins path segments onto a base URL that ends with `/`.
+/// Joins path segments onto a base URL that ends with `/`. The result must stay under
+/// `base` (same scheme, host, port and path prefix): a path built from an id an API
+/// returned (`https://evil.example/x`, `//evil.example`, `../../`) can never send the
+/// request, and the token it carries, anywhere else.
 pub fn join(base: &Url, path: &str) -> Result<Url, SourceError> {
-    base.join(path.trim_start_matches('/')).map_err(|e| {
-        SourceError::new(
-            ErrorClass::Configuration,
-            format!("bad URL path `{path}`: {e}"),
-        )
+    let bad = |why: String| SourceError::new(ErrorClass::Configuration, why);
+    let url = base
+        .join(path.trim_start_matches('/'))
+        .map_err(|e| bad(format!("bad URL path `{path}`: {e}")))?;
+    if !same_origin(base, &url) || !url.path().starts_with(base.path()) {
+        return Err(bad(format!(
+            "refused URL path `{path}`: it leaves the API's base URL `{}`",
+            base.as_str()
+        )));
+    }
+    Ok(url)
+}
+
+/// Same scheme, host and port: where a credential may be sent.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str().map(str::to_ascii_lowercase) == b.host_str().map(str::to_ascii_lowercase)
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// An id an API returned (report run, account, customer), checked before it becomes
+/// part of a URL path: letters, digits, `_` and `-` only, at most 128 characters.
+pub fn id_segment<'a>(id: &'a str, what: &str) -> Result<&'a str, SourceError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(id)
+    } else {
+        let shown: String = id.chars().take(40).collect();
+        Err(SourceError::new(
+            ErrorClass::Data,
+            format!("the API returned a malformed {what} `{shown}`: refused to put it in a URL"),
+        ))
+    }
+}
+
+/// Follows a redirect only within the origin of the request (same scheme, host and
+/// port, so never https → http): the credentials a request carries in headers
+/// (`x-clevertap-passcode`, `developer-token`, a bearer token) or in its query go
+/// only where they were configured to go. A refused redirect comes back as the 3xx
+/// it is, and [`HttpClient::send`] fails the request on it.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let allowed = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| same_origin(first, attempt.url()));
+        if !allowed || attempt.previous().len() > 5 {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
     })
 }
 
@@ -571,6 +658,194 @@ mod tests {
         assert!(err.contains("use https"), "{err}");
         let err = parse_base_url("http://example.com", "sources.fb.base_url").unwrap_err();
         assert_eq!(err.config_key.as_deref(), Some("sources.fb.base_url"));
+    }
+
+    #[test]
+    fn hostile_retry_after_values_are_clamped_not_a_panic() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+            ApiResponse {
+                status: 429,
+                headers,
+                body: Bytes::new(),
+                label: "GET /x".into(),
+            }
+            .retry_after()
+        };
+        assert_eq!(with("1e20"), Some(MAX_SERVER_WAIT));
+        assert_eq!(with("inf"), Some(MAX_SERVER_WAIT));
+        assert_eq!(with("18446744073709551616"), Some(MAX_SERVER_WAIT));
+        assert_eq!(with("NaN"), None);
+        assert_eq!(with("-5"), None);
+        assert_eq!(with("2.5"), Some(Duration::from_millis(2500)));
+        // The pacer takes a clamped wait too, whatever it is handed.
+        Pacer::default().block("a", Duration::MAX);
+    }
+
+    #[tokio::test]
+    async fn a_huge_retry_after_fails_the_request_as_transient() {
+        // A real server on loopback answering 429 with `Retry-After: 1e20`.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1e20\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                    .await;
+            }
+        });
+        let client = HttpClient::new(HttpSettings::default(), None).unwrap();
+        let url = Url::parse(&format!("http://{addr}/x")).unwrap();
+        let err = client
+            .send(&ApiRequest::get(url), &|r: &ApiResponse| {
+                generic_retry(r).unwrap_or(Verdict::Accept)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Transient);
+        assert!(
+            err.message.contains("asks to wait 3600s"),
+            "{}",
+            err.message
+        );
+        server.abort();
+    }
+
+    /// The requests a test server received (request line and headers).
+    type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+
+    /// A loopback HTTP server answering every request with `reply` (given its own port).
+    async fn server(
+        reply: impl Fn(u16) -> String + Send + Sync + 'static,
+    ) -> (u16, Seen, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 8192];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                log.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let _ = socket.write_all(reply(port).as_bytes()).await;
+            }
+        });
+        (port, seen, task)
+    }
+
+    fn redirect_to(location: &str) -> String {
+        format!("HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+
+    #[tokio::test]
+    async fn redirects_to_another_origin_are_refused_and_carry_no_credential() {
+        let (elsewhere, stolen, other_task) = server(|_| OK.to_string()).await;
+        // Another loopback port is another origin.
+        let (port, seen, task) =
+            server(move |_| redirect_to(&format!("http://127.0.0.1:{elsewhere}/steal?x=1"))).await;
+        let client = HttpClient::new(HttpSettings::default(), None).unwrap();
+        let request = ApiRequest::get(
+            Url::parse(&format!("http://127.0.0.1:{port}/1/profiles.json")).unwrap(),
+        )
+        .header("x-clevertap-passcode", "passcode-must-stay-home")
+        .header("developer-token", "dev-token-must-stay-home")
+        .header("authorization", "Bearer bearer-must-stay-home");
+        let err = client.send(&request, &require_json).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Configuration, "{}", err.message);
+        assert!(
+            err.message.contains("redirected to http://127.0.0.1:"),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains("steal"), "{}", err.message);
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "a refused redirect is not retried"
+        );
+        assert!(
+            stolen.lock().unwrap().is_empty(),
+            "the other origin was contacted: {:?}",
+            stolen.lock().unwrap()
+        );
+        task.abort();
+        other_task.abort();
+    }
+
+    #[tokio::test]
+    async fn redirects_within_the_origin_are_followed_without_a_referer() {
+        // `/a` moves to `/moved`, on the same origin, which answers 200.
+        let (port, seen, task) =
+            server(|own| redirect_to(&format!("http://127.0.0.1:{own}/moved"))).await;
+        let (ok_port, ok_seen, ok_task) = server(|_| OK.to_string()).await;
+        let client = HttpClient::new(HttpSettings::default(), None).unwrap();
+        let url = |p: u16, path: &str| Url::parse(&format!("http://127.0.0.1:{p}{path}")).unwrap();
+        // A server that redirects forever to itself: followed a few times, then refused.
+        let err = client
+            .send(&ApiRequest::get(url(port, "/a")), &require_json)
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("redirected"), "{}", err.message);
+        let requests = seen.lock().unwrap().clone();
+        assert!(requests.len() > 1, "{requests:?}");
+        assert!(requests[1].starts_with("GET /moved "), "{requests:?}");
+        assert!(
+            requests
+                .iter()
+                .all(|r| !r.to_ascii_lowercase().contains("referer")),
+            "{requests:?}"
+        );
+        // Without a redirect nothing changes.
+        client
+            .send(&ApiRequest::get(url(ok_port, "/b")), &require_json)
+            .await
+            .unwrap();
+        assert_eq!(ok_seen.lock().unwrap().len(), 1);
+        task.abort();
+        ok_task.abort();
+    }
+
+    #[test]
+    fn joined_paths_stay_under_the_base_url() {
+        let base = Url::parse("https://graph.facebook.com/v26.0/").unwrap();
+        assert_eq!(
+            join(&base, "act_1/insights").unwrap().as_str(),
+            "https://graph.facebook.com/v26.0/act_1/insights"
+        );
+        for hostile in [
+            "https://evil.example/x",
+            "http://graph.facebook.com/v26.0/x",
+            "https://graph.facebook.com:8443/v26.0/x",
+            "../v1.0/x",
+        ] {
+            let err = join(&base, hostile).unwrap_err();
+            assert!(
+                err.message.contains("refused URL path"),
+                "{hostile}: {}",
+                err.message
+            );
+        }
+        assert!(id_segment("123456789", "report_run_id").is_ok());
+        assert!(id_segment("act_123", "account id").is_ok());
+        for bad in [
+            "https://evil.example/x",
+            "1/../../x",
+            "",
+            "a b",
+            "..",
+            "1?x=2",
+        ] {
+            assert!(id_segment(bad, "report_run_id").is_err(), "{bad}");
+        }
     }
 
     #[test]

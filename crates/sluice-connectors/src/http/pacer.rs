@@ -64,7 +64,10 @@ impl Pacer {
     pub fn block(&self, key: &str, for_: Duration) {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let state = keys.entry(key.to_string()).or_default();
-        let until = Instant::now() + for_;
+        let now = Instant::now();
+        let until = now
+            .checked_add(for_.min(super::MAX_SERVER_WAIT))
+            .unwrap_or(now);
         state.blocked_until = Some(state.blocked_until.map_or(until, |b| b.max(until)));
     }
 

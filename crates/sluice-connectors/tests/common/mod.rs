@@ -74,6 +74,8 @@ pub struct Extract {
     pub rejected: Vec<Rejected>,
     pub warnings: Vec<String>,
     pub pages: usize,
+    /// The landed pages' bodies, as landed.
+    pub landed: Vec<Vec<u8>>,
     pub slices: usize,
     pub cursor_after: Option<Value>,
 }
@@ -126,6 +128,8 @@ pub async fn extract(
     for r in results {
         let sink = r?;
         out.pages += sink.pages.len();
+        out.landed
+            .extend(sink.pages.into_iter().map(|(_, body)| body));
         out.rows.extend(sink.records.into_iter().map(|r| r.fields));
         out.rejected.extend(sink.rejected);
         out.warnings.extend(sink.warnings);

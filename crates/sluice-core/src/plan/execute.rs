@@ -13,9 +13,11 @@
 //! One [`CancellationToken`] (in [`RunOptions`]) stops both stages: nothing new
 //! starts, in-flight loads roll back, and state is not advanced.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{PlanTask, RunPlan, Selection};
@@ -85,15 +87,25 @@ pub async fn run(
     }
     let mut record = executor.run(streams, options).await;
     if !model_ids.is_empty() {
-        match models.run_models(&model_ids, &mut record, &cancel).await {
-            Ok(()) => {}
-            Err(ModelRunError::Config(e)) => return Err(PlanRunError::Config(e)),
-            Err(ModelRunError::Failed(message)) => {
+        // A panic in the model stage (a bug, or an engine's) must end as a failed
+        // record, never leave the stored one claiming the run is still going.
+        let stage = AssertUnwindSafe(models.run_models(&model_ids, &mut record, &cancel))
+            .catch_unwind()
+            .await;
+        match stage {
+            Ok(Ok(())) => {}
+            Ok(Err(ModelRunError::Config(e))) => return Err(PlanRunError::Config(e)),
+            Ok(Err(ModelRunError::Failed(message))) => {
                 // The streams' loads stand, but no model ran: never a green run.
                 record.error = Some(crate::secret::redact(&message));
                 if record.status == RunStatus::Succeeded {
                     record.status = RunStatus::Partial;
                 }
+            }
+            Err(panic) => {
+                record.error = Some(crate::run::panic_message("the model stage", &*panic));
+                record.status = RunStatus::Failed;
+                record.finished_at = Some(chrono::Utc::now());
             }
         }
     }

@@ -23,6 +23,7 @@ use sluice_core::destination::{
 };
 use sluice_core::secret::{redact, Secret};
 use sluice_core::typing::Rejected;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 
 use crate::names;
@@ -31,10 +32,10 @@ use crate::names;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
-    /// Connection URL: `postgres://user:password@host:5432/db`. Add
-    /// `?sslmode=require` (or `verify-ca`, `verify-full`) for TLS; the server
-    /// certificate is always verified, against the Mozilla roots plus
-    /// `ssl_root_cert`. A secret: it is never logged.
+    /// Connection URL: `postgres://user:password@host:5432/db`. TLS is required for
+    /// any host but loopback unless `?sslmode=disable` (see `tls_mode` for every
+    /// mode); the server certificate and host name are always verified, against the
+    /// Mozilla roots plus `ssl_root_cert`. A secret: it is never logged.
     pub url: Secret,
     /// Prepended to every schema sluice creates: layer `d1` becomes schema
     /// `<schema_prefix>d1`, and the load ledger lives in `<schema_prefix>_sluice`.
@@ -54,6 +55,46 @@ fn default_connect_timeout() -> u64 {
     10
 }
 
+/// What TLS a connection uses, from the URL's `sslmode` and where the server is.
+///
+/// - no `sslmode`: required (and verified) for any host but loopback, where the
+///   sandbox and local test servers run without certificates;
+/// - `disable`: never (a trusted network, on purpose);
+/// - `allow`, `prefer`: TLS when the server offers it, verified; plaintext when it
+///   does not (as libpq, and as open to a downgrade by whoever sits in between);
+/// - `require`, `verify-ca`, `verify-full`: always, and always verified, chain and
+///   host name (stricter than libpq's `require`/`verify-ca`: an unverified
+///   certificate protects only against listeners, not against a relay).
+fn tls_mode(sslmode: Option<&str>, loopback: bool) -> Result<SslMode, String> {
+    Ok(match sslmode {
+        None if loopback => SslMode::Disable,
+        None => SslMode::Require,
+        Some("disable") => SslMode::Disable,
+        Some("allow" | "prefer") => SslMode::Prefer,
+        Some("require" | "verify-ca" | "verify-full") => SslMode::Require,
+        Some(other) => {
+            return Err(format!(
+                "unknown sslmode `{other}` (use disable, prefer, require, verify-ca or verify-full)"
+            ))
+        }
+    })
+}
+
+/// True when every host of the connection is this machine (loopback or a Unix socket).
+fn only_loopback(connect: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    connect.get_hosts().iter().all(|host| match host {
+        Host::Tcp(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Host::Unix(_) => true,
+    })
+}
+
 /// A problem with one config key, for [`crate::build`] to point at.
 #[derive(Debug)]
 pub struct ConfigProblem {
@@ -65,7 +106,7 @@ pub struct ConfigProblem {
 pub struct PostgresDestination {
     config: PostgresConfig,
     connect: tokio_postgres::Config,
-    /// `Some` when the URL asked for TLS.
+    /// `Some` unless TLS is off (see [`tls_mode`]).
     tls: Option<Arc<rustls::ClientConfig>>,
     described: String,
 }
@@ -92,15 +133,6 @@ impl PostgresDestination {
             .query_pairs()
             .find(|(k, _)| k == "sslmode")
             .map(|(_, v)| v.into_owned());
-        let use_tls = match sslmode.as_deref() {
-            None | Some("disable" | "allow" | "prefer") => false,
-            Some("require" | "verify-ca" | "verify-full") => true,
-            Some(other) => {
-                return Err(url_problem(format!(
-                    "unknown sslmode `{other}` (use disable, prefer, require, verify-ca or verify-full)"
-                )))
-            }
-        };
         // tokio-postgres knows only disable/prefer/require; TLS is decided here instead.
         let mut stripped = url.clone();
         let rest: Vec<(String, String)> = url
@@ -123,12 +155,10 @@ impl PostgresDestination {
             connect.application_name("sluice");
         }
         connect.connect_timeout(Duration::from_secs(config.connect_timeout_secs.max(1)));
-        connect.ssl_mode(if use_tls {
-            tokio_postgres::config::SslMode::Require
-        } else {
-            tokio_postgres::config::SslMode::Disable
-        });
-        let tls = if use_tls {
+        let ssl_mode =
+            tls_mode(sslmode.as_deref(), only_loopback(&connect)).map_err(url_problem)?;
+        connect.ssl_mode(ssl_mode);
+        let tls = if ssl_mode != SslMode::Disable {
             let ca = config.ssl_root_cert.as_ref().map(|p| root.join(p));
             Some(Arc::new(tls_config(ca.as_deref()).map_err(|message| {
                 ConfigProblem {
@@ -155,11 +185,23 @@ impl PostgresDestination {
         &self.config
     }
 
+    /// Whether connections use TLS: see [`tls_mode`].
+    pub fn tls_mode(&self) -> SslMode {
+        self.connect.get_ssl_mode()
+    }
+
     /// A new connection, its driver task spawned; the session is in UTC so
     /// date ↔ timestamptz casts do not depend on the server's time zone.
     pub(crate) async fn connect(&self) -> Result<Client, DestinationError> {
         let connect_error = |e: tokio_postgres::Error| {
-            let (target, message) = (self.described.clone(), redact(&error_text(&e)));
+            let (target, mut message) = (self.described.clone(), redact(&error_text(&e)));
+            if message.contains("server does not support TLS") {
+                // TLS is the default off loopback: say how to choose otherwise.
+                message.push_str(
+                    " (TLS is required for hosts other than this machine; add `?sslmode=disable` \
+                     to the URL only on a network you trust)",
+                );
+            }
             if refuses_the_settings(&e) {
                 DestinationError::Refused { target, message }
             } else {
@@ -241,15 +283,13 @@ fn refuses_the_settings(e: &tokio_postgres::Error) -> bool {
     })
 }
 
-/// A driver error with the server's code, message and detail when there are some.
+/// A driver error with the server's code and message (and hint) when there are some.
+/// Never the server's `detail`: it quotes row values ("Failing row contains (…)",
+/// "Key (email)=(…) already exists"), and this text goes to logs and run records.
 pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut text = format!("{} ({})", db.message(), db.code().code());
-            if let Some(detail) = db.detail() {
-                text.push_str(": ");
-                text.push_str(detail);
-            }
             if let Some(hint) = db.hint() {
                 text.push_str("; hint: ");
                 text.push_str(hint);

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use sluice_core::config::PipelineConfig;
 use sluice_core::lake::Lake;
+use sluice_core::state::StateStore;
 use sluice_transform::render::{render, OutputFormat};
 use sluice_transform::{D1View, ModelProject};
 
@@ -60,6 +61,13 @@ pub async fn run(pipeline: &Path, args: QueryArgs) -> u8 {
             return exit::CONFIG;
         }
     };
+    let models = match with_registered_marks(models, &lake, &config.name).await {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {}", sluice_core::secret::redact(&e));
+            return exit::RUN_FAILED;
+        }
+    };
     let view = if args.unmasked {
         D1View::Unmasked
     } else {
@@ -86,4 +94,34 @@ pub async fn run(pipeline: &Path, args: QueryArgs) -> u8 {
             exit::RUN_FAILED
         }
     }
+}
+
+/// Adds the personal columns the schema registry recorded for every D1 table in the
+/// lake, in any version: PII marks then hold even when the sources cannot be built
+/// (an unset credential, an edited `pii:` list) to say which columns are personal.
+async fn with_registered_marks(
+    mut models: ModelProject,
+    lake: &Lake,
+    pipeline: &str,
+) -> Result<ModelProject, String> {
+    let state = StateStore::new(lake.clone(), pipeline);
+    let tables = sluice_transform::catalog::lake_tables(lake, "d1")
+        .await
+        .map_err(|e| e.to_string())?;
+    for table in tables {
+        let history = state
+            .schema_history(&table)
+            .await
+            .map_err(|e| format!("cannot read the schema registry of {table}: {e}"))?;
+        let marked: Vec<String> = history
+            .iter()
+            .flat_map(|v| v.value.fields.iter())
+            .filter(|f| f.pii)
+            .map(|f| f.name.clone())
+            .collect();
+        if !marked.is_empty() {
+            models.mark_pii(&table, marked);
+        }
+    }
+    Ok(models)
 }

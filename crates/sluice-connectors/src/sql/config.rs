@@ -1,0 +1,149 @@
+//! `type: postgres` / `type: mysql` source configuration: every key, its default and why.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use sluice_core::destination::WriteMode;
+use sluice_core::secret::Secret;
+
+/// A relational database read as a source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// `postgres://user:password@host:5432/db` or `mysql://user:password@host:3306/db`
+    /// (usually `${VAR}`: the URL carries the password).
+    pub url: Secret,
+    /// `disable`, `require` (encrypted, certificate not checked) or `verify-full`
+    /// (encrypted, certificate and host name checked against the web PKI roots).
+    /// Default: `require`, except `disable` for a loopback host.
+    #[serde(default)]
+    pub tls: Option<TlsMode>,
+    /// Rows per page: one keyset query, one landed page, one batch handed to typing.
+    /// Memory is bounded by it; 10 000 rows of a wide table is a few MiB.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Streams read at once, each on its own connection and snapshot.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// The streams: name → a table or a query and how to sync it
+    /// (`sluice discover <source> --write TABLE…` adds them).
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub streams: BTreeMap<String, SqlStreamConfig>,
+}
+
+/// `streams:` with nothing (or only comments) under it is no streams yet.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, SqlStreamConfig>, D::Error> {
+    Ok(Option::deserialize(d)?.unwrap_or_default())
+}
+
+fn default_batch_size() -> usize {
+    10_000
+}
+
+fn default_concurrency() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    Require,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Every run reads the whole table in one consistent snapshot and replaces D1.
+    #[default]
+    Full,
+    /// Each run reads rows past the stored cursor (`cursor:` or `append_key:`).
+    Incremental,
+}
+
+/// One stream: a table or a query.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlStreamConfig {
+    /// The source table, `table` or `schema.table`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// A SELECT read as if it were a table (give `primary_key:` for incremental sync).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// `full` (default) or `incremental`.
+    #[serde(default)]
+    pub sync: SyncMode,
+    /// Incremental: the column that grows when a row changes (`updated_at`). Rows are
+    /// read in (cursor, primary key) order, so ties across pages are exact.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Incremental by cursor: how far before the stored cursor each run starts again,
+    /// for rows committed late with an older cursor value: `10 minutes`, `2 hours`,
+    /// `30 seconds` for time cursors, a number for numeric ones. Default none.
+    #[serde(default)]
+    pub overlap: Option<String>,
+    /// Incremental for append-only tables: a key that only grows (`id`).
+    #[serde(default)]
+    pub append_key: Option<String>,
+    /// The key rows are merged on; default: the table's primary key in the catalog.
+    #[serde(default)]
+    pub primary_key: Option<Vec<String>>,
+    /// Column types that override the mapping from the catalog (`amount: numeric(18,4)`),
+    /// e.g. for a PostgreSQL `numeric` declared without precision.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// The D1 table (default `<source>_<stream>`).
+    #[serde(default)]
+    pub d1_table: Option<String>,
+    /// Default: `replace` for full sync, `merge` (on the primary key) for incremental.
+    #[serde(default)]
+    pub write_mode: Option<WriteMode>,
+}
+
+/// Parses `overlap:`: a number with an optional time unit. Returns the amount and
+/// whether it is a duration (then in seconds).
+pub fn parse_overlap(text: &str) -> Result<(f64, bool), String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (text[..i].trim(), text[i..].trim()),
+        None => (text, ""),
+    };
+    let amount: f64 = number
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+        .ok_or_else(|| {
+            format!("`{text}` is not an overlap: use e.g. `10 minutes`, `2 hours` or a number")
+        })?;
+    let seconds = match unit.trim_end_matches('s') {
+        "" => return Ok((amount, false)),
+        "second" | "sec" => 1.0,
+        "minute" | "min" | "m" => 60.0,
+        "hour" | "h" => 3600.0,
+        "day" | "d" => 86400.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in overlap `{text}` (seconds, minutes, hours, days)"
+            ))
+        }
+    };
+    Ok((amount * seconds, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlaps_parse_with_and_without_units() {
+        assert_eq!(parse_overlap("10 minutes").unwrap(), (600.0, true));
+        assert_eq!(parse_overlap("1h").unwrap(), (3600.0, true));
+        assert_eq!(parse_overlap("250").unwrap(), (250.0, false));
+        assert!(parse_overlap("ten minutes").is_err());
+        assert!(parse_overlap("5 fortnights").is_err());
+    }
+}
