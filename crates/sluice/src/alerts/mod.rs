@@ -212,8 +212,10 @@ impl Alerter {
             webhook: parsed.webhook.map(|w| w.url),
             email,
             repeat_after,
+            // No redirects: an alert (with its run details) goes where it was configured.
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
             open: Mutex::new(None),
