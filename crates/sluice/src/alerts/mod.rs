@@ -383,8 +383,11 @@ impl Alerter {
     }
 
     async fn send(&self, alert: &Alert) {
+        // Error messages come from sources and databases: no secret leaves in an alert.
+        let subject = sluice_core::secret::redact(&alert.subject);
+        let body = sluice_core::secret::redact(&alert.body);
         if let Some(url) = &self.webhook {
-            let text = format!("*{}*\n{}", alert.subject, alert.body);
+            let text = format!("*{subject}*\n{body}");
             let sent = self
                 .http
                 .post(url)
@@ -400,13 +403,11 @@ impl Alerter {
             }
         }
         if let Some(email) = &self.email {
-            let mut builder = Message::builder()
-                .from(email.from.clone())
-                .subject(alert.subject.clone());
+            let mut builder = Message::builder().from(email.from.clone()).subject(subject);
             for to in &email.to {
                 builder = builder.to(to.clone());
             }
-            let sent = match builder.body(alert.body.clone()) {
+            let sent = match builder.body(body) {
                 Ok(message) => email
                     .transport
                     .send(message)
