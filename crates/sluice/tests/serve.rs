@@ -574,6 +574,7 @@ async fn metrics_equal_the_run_records_and_only_operators_trigger_runs() {
         Some(2.0),
         "{text}"
     );
+    assert_eq!(sample("sluice_runs_in_progress", &[]), Some(0.0), "{text}");
     let mut rows_by_task: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut tasks_by_name: BTreeMap<String, u64> = BTreeMap::new();
     for record in &records {

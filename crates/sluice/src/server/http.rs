@@ -163,7 +163,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
         Ok(r) => r,
         Err(response) => return response,
     };
-    match super::metrics::render(&records, Utc::now()) {
+    let current = state.daemon.current_run();
+    match super::metrics::render(&records, current.as_deref(), Utc::now()) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
