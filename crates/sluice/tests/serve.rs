@@ -498,6 +498,15 @@ async fn catch_up_runs_the_latest_missed_time_every_one_or_none_as_declared() {
         }
         // Nothing else is due for months: the runs seen now are all there will be.
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let next_new_year = format!(
+            "next {}-01-01 00:00:00 UTC",
+            Utc::now().format("%Y").to_string().parse::<i32>().unwrap() + 1
+        );
+        let (_, page) = server.get("/").await;
+        assert!(
+            page.contains(&next_new_year),
+            "{next_new_year} not on:\n{page}"
+        );
         assert_eq!(server.terminate(Duration::from_secs(30)).await, 0);
         let runs = lake_runs(&project, &name);
         assert_eq!(runs.len(), expected_runs, "{policy}: {runs:#?}");

@@ -89,8 +89,13 @@ pub async fn index(State(state): State<AppState>) -> Response {
         .take(10)
         .collect();
     let schedule = state.daemon.project.config.schedule.as_ref().map(|s| {
+        let next = s
+            .cron
+            .find_next_occurrence(&now.with_timezone(&s.timezone), false)
+            .map(|t| format!("; next {}", t.format("%Y-%m-%d %H:%M:%S %Z")))
+            .unwrap_or_default();
         format!(
-            "{} ({}, catch_up: {})",
+            "{} ({}, catch_up: {}{next})",
             s.expression,
             s.timezone.name(),
             s.catch_up.as_str()
