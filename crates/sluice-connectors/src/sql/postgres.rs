@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::{Kind, ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
-use super::config::TlsMode;
+use super::config::{Overlap, TlsMode};
 use super::{
     CatalogTable, Database, Described, DescribedColumn, ReadAs, Relation, Session, SqlColumn,
     TextRows,
@@ -180,7 +180,11 @@ impl Database for Postgres {
         format!("${n}::text::{}", column.source_type)
     }
 
-    fn minus(&self, value: String, amount: f64, is_duration: bool, _column: &SqlColumn) -> String {
+    fn minus(&self, value: String, overlap: Overlap) -> String {
+        let Overlap {
+            amount,
+            is_duration,
+        } = overlap;
         if is_duration {
             format!("({value} - make_interval(secs => {amount}))")
         } else {
