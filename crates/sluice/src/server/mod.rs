@@ -1,6 +1,6 @@
 //! `sluice serve`: the long-running mode. It runs the pipeline on its `schedule:`,
-//! answers health probes, exposes metrics and a JSON API, draws a dashboard, and
-//! announces failures (`alerts:`).
+//! answers health probes, exposes metrics and a JSON API, draws a dashboard,
+//! announces failures (`alerts:`) and watches table freshness between runs.
 //!
 //! | module | owns |
 //! |---|---|
