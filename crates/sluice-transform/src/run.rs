@@ -390,7 +390,8 @@ impl Outcome {
             let mut t = TaskRecord::new(format!("{name}:checks"), task.table.clone());
             t.started_at = task.started_at;
             t.rows_extracted = self.rows;
-            t.rows_quarantined = self.quarantined;
+            // The failing rows; undated rows are the model task's (each row counted once).
+            t.rows_quarantined = self.quarantined.saturating_sub(self.undated);
             t.warnings = self.warnings.clone();
             t.status = TaskStatus::Succeeded;
             if let Some(message) = &self.blocked {
@@ -415,7 +416,7 @@ impl Outcome {
                 message: format!("not published ({kept}): {message}"),
                 config_key: None,
             });
-            task.rows_quarantined = self.quarantined;
+            task.rows_quarantined = self.undated;
             return (task, checks, Recomputed::Failed);
         }
         if self.undated > 0 {

@@ -1143,3 +1143,148 @@ impl SmtpSink {
         }
     }
 }
+
+/// Headless Chromium (`$SLUICE_TEST_CHROMIUM`, found or installed by scripts/test).
+fn chromium() -> std::path::PathBuf {
+    let found = std::env::var_os("SLUICE_TEST_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            ["chromium", "chromium-browser", "google-chrome"]
+                .iter()
+                .map(|name| std::path::Path::new("/usr/bin").join(name))
+                .find(|p| p.exists())
+        });
+    found.expect(
+        "headless Chromium not found: run ./scripts/test (it installs Debian's chromium), \
+         or set SLUICE_TEST_CHROMIUM",
+    )
+}
+
+/// Chromium's rendering of `url`: the DOM after load, and a screenshot at `png`.
+fn render(url: &str, png: &std::path::Path) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let common = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+    ];
+    let profile_arg = format!("--user-data-dir={}", profile.path().display());
+    let dom = std::process::Command::new(chromium())
+        .args(common)
+        .arg(&profile_arg)
+        .args(["--dump-dom", url])
+        .output()
+        .expect("run chromium");
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let shot = std::process::Command::new(chromium())
+        .args(common)
+        .arg(&profile_arg)
+        .arg(format!("--screenshot={}", png.display()))
+        .args(["--window-size=1280,1400", url])
+        .output()
+        .expect("run chromium");
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    String::from_utf8(dom.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_in_headless_chromium_shows_runs_the_dag_a_failed_check_and_a_schema_change()
+{
+    let project = files_project("dash", &serve_section());
+    project.write(
+        "models/d2a/orders_daily.yml",
+        "checks:\n  - range: { column: amount, max: 0 }\n",
+    );
+    let server = Server::start(&project, &[]).await;
+    let (_, first) = run_now(&server).await;
+    assert_eq!(first["status"], "partial", "{first:#}");
+    project.write(
+        "data/orders/b.ndjson",
+        "{\"order_id\": 900, \"customer_id\": \"C-9\", \"amount\": \"1.00\", \"order_date\": \"2024-07-02\", \"coupon\": \"X1\"}\n",
+    );
+    let (changed, _) = run_now(&server).await;
+
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = shots.join("dashboard.png");
+    let _ = std::fs::remove_file(&png);
+    let dom = tokio::task::spawn_blocking({
+        let (url, png) = (server.url("/"), png.clone());
+        move || render(&url, &png)
+    })
+    .await
+    .unwrap();
+    let section = |id: &str| -> String {
+        dom.split(&format!("<table id=\"{id}\">"))
+            .nth(1)
+            .and_then(|rest| rest.split("</table>").next())
+            .unwrap_or_else(|| panic!("no #{id} on the dashboard:\n{dom}"))
+            .to_string()
+    };
+    let runs = section("runs");
+    assert_eq!(
+        runs.matches("<tr>").count(),
+        3,
+        "a header and two runs:\n{runs}"
+    );
+    let tasks = first["tasks"].as_array().unwrap();
+    let counted: u64 = tasks
+        .iter()
+        .map(|t| t["rows_quarantined"].as_u64().unwrap())
+        .sum();
+    let check = tasks
+        .iter()
+        .find(|t| t["task"] == "d2a.orders_daily:checks")
+        .unwrap();
+    let failing: u64 = check["error"]["message"]
+        .as_str()
+        .unwrap()
+        .split(" failing rows")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no failing-row count in {check:#}"));
+    assert!(failing > 0);
+    assert_eq!(
+        counted, failing,
+        "each failing row is counted once: {first:#}"
+    );
+    assert!(
+        runs.contains("partial") && runs.contains(&changed),
+        "{runs}"
+    );
+    assert!(
+        dom.contains("<svg") && dom.contains("shop.orders") && dom.contains("d2a.orders_daily"),
+        "the plan is drawn with its nodes:\n{dom}"
+    );
+    let checks = section("checks");
+    assert!(
+        checks.contains("range") && checks.contains("orders_daily"),
+        "{checks}"
+    );
+    let changes = section("schema-changes");
+    assert!(
+        changes.contains("coupon") && changes.contains(&changed),
+        "{changes}"
+    );
+    let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 20_000,
+        "a screenshot of the page was taken ({size} bytes)"
+    );
+
+    // A viewer's token cannot trigger a run; an operator's can (through the same API the
+    // dashboard links to).
+    let (status, _) = server.trigger(Some(VIEWER_TOKEN), json!({})).await;
+    assert_eq!(status, 403);
+}
