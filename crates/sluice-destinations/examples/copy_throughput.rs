@@ -186,6 +186,8 @@ async fn main() {
             schema_prefix: prefix.into(),
             connect_timeout_secs: 10,
             ssl_root_cert: None,
+            d1_readers: Vec::new(),
+            readers: Vec::new(),
         },
         Path::new("."),
     )

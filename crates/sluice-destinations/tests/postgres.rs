@@ -135,6 +135,8 @@ fn destination(prefix: &str) -> PostgresDestination {
         schema_prefix: prefix.to_string(),
         connect_timeout_secs: 5,
         ssl_root_cert: None,
+        d1_readers: Vec::new(),
+        readers: Vec::new(),
     };
     PostgresDestination::new(config, Path::new(".")).expect("valid test URL")
 }
@@ -928,6 +930,8 @@ fn tls_is_required_for_remote_hosts_unless_disabled() {
             schema_prefix: String::new(),
             connect_timeout_secs: 2,
             ssl_root_cert: None,
+            d1_readers: Vec::new(),
+            readers: Vec::new(),
         };
         PostgresDestination::new(config, Path::new("."))
             .map(|d| d.tls_mode())
@@ -979,6 +983,8 @@ async fn a_server_without_tls_is_refused_when_tls_is_required_and_says_how_to_op
         schema_prefix: String::new(),
         connect_timeout_secs: 2,
         ssl_root_cert: None,
+        d1_readers: Vec::new(),
+        readers: Vec::new(),
     };
     let err = PostgresDestination::new(config, Path::new("."))
         .unwrap()
@@ -1001,6 +1007,8 @@ async fn check_and_unreachable_servers() {
         schema_prefix: String::new(),
         connect_timeout_secs: 2,
         ssl_root_cert: None,
+        d1_readers: Vec::new(),
+        readers: Vec::new(),
     };
     let unreachable = PostgresDestination::new(config, Path::new(".")).unwrap();
     let err = unreachable.check().await.unwrap_err();

@@ -34,6 +34,7 @@ pub mod quarantine;
 pub mod render;
 pub mod run;
 pub mod stage;
+pub mod warehouse;
 
 /// The engine's Arrow, for callers that print or inspect results.
 pub use datafusion::arrow;

@@ -167,6 +167,8 @@ fn destination(url: &str, ca: Option<&Path>) -> PostgresDestination {
             schema_prefix: String::new(),
             connect_timeout_secs: 5,
             ssl_root_cert: ca.map(Path::to_path_buf),
+            d1_readers: Vec::new(),
+            readers: Vec::new(),
         },
         Path::new("."),
     )

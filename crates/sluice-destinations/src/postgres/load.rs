@@ -31,6 +31,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Transaction};
 
 use super::copy::{wire_type, RowCells};
+use super::grants;
 use super::{error_text, PostgresDestination};
 use crate::columns::BatchColumns;
 use crate::names::{fit, pg, quote, POSTGRES_MAX_IDENTIFIER};
@@ -57,6 +58,7 @@ pub(super) async fn load(
     ensure_schema(&client, &plan.ledger_schema)
         .await
         .map_err(failed)?;
+    secure(destination, &mut client, &plan, spec).await?;
     create_if_missing(
         &client,
         &format!(
@@ -553,12 +555,39 @@ pub(super) async fn record_quarantine(
     let plan = TablePlan::new(destination, spec)?;
     let mut client = destination.connect().await?;
     ensure_schema(&client, &plan.schema).await.map_err(failed)?;
+    ensure_schema(&client, &plan.ledger_schema)
+        .await
+        .map_err(failed)?;
+    secure(destination, &mut client, &plan, spec).await?;
     let tx = client.transaction().await.map_err(failed)?;
     insert_quarantine(&tx, &plan.quarantine, run_id, rows)
         .await
         .map_err(failed)?;
     tx.commit().await.map_err(failed)?;
     Ok(rows.len() as u64)
+}
+
+/// Sets who may read the table's schema (and the ledger's): see [`super::grants`].
+/// A refusal (a listed role that does not exist, no right to grant) is not retried.
+async fn secure(
+    destination: &PostgresDestination,
+    client: &mut Client,
+    plan: &TablePlan,
+    spec: &TableSpec,
+) -> Result<(), DestinationError> {
+    let refused = |e: tokio_postgres::Error| DestinationError::Schema {
+        table: spec.qualified_name(),
+        message: format!(
+            "setting read access (destination.readers / d1_readers): {}",
+            redact(&error_text(&e))
+        ),
+    };
+    grants::secure(destination, client, &plan.schema, Some(&spec.layer))
+        .await
+        .map_err(refused)?;
+    grants::secure(destination, client, &plan.ledger_schema, None)
+        .await
+        .map_err(refused)
 }
 
 /// Inserts quarantined records (creating `<table>__quarantine` on first use).

@@ -10,6 +10,7 @@
 //! crashes can never leave a half-published table.
 
 mod copy;
+pub mod grants;
 mod load;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,15 @@ pub struct PostgresConfig {
     /// pipeline folder (e.g. AWS RDS's `global-bundle.pem`).
     #[serde(default)]
     pub ssl_root_cert: Option<PathBuf>,
+    /// Roles that may read D1 (clear personal data) and the load ledger: the only
+    /// ones granted USAGE and SELECT on schemas `d1` and `_sluice`, which sluice
+    /// keeps closed to everyone else (see [`grants`]).
+    #[serde(default)]
+    pub d1_readers: Vec<String>,
+    /// Roles that may read the D2 layers (`d2a`, `d2b`: personal columns only as the
+    /// PII policy shows them), e.g. a BI tool's role.
+    #[serde(default)]
+    pub readers: Vec<String>,
 }
 
 fn default_connect_timeout() -> u64 {
@@ -109,6 +119,8 @@ pub struct PostgresDestination {
     /// `Some` unless TLS is off (see [`tls_mode`]).
     tls: Option<Arc<rustls::ClientConfig>>,
     described: String,
+    /// Schemas whose grants this process has set (once each: see [`grants`]).
+    secured: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl PostgresDestination {
@@ -160,11 +172,23 @@ impl PostgresDestination {
         let port = url.port().unwrap_or(5432);
         let database = url.path().trim_start_matches('/');
         let described = format!("postgres {host}:{port}/{database}");
+        for (key, roles) in [
+            ("d1_readers", &config.d1_readers),
+            ("readers", &config.readers),
+        ] {
+            if let Some(bad) = roles.iter().find(|r| r.is_empty() || r.contains('\0')) {
+                return Err(ConfigProblem {
+                    key,
+                    message: format!("`{bad}` is not a role name"),
+                });
+            }
+        }
         Ok(PostgresDestination {
             config,
             connect,
             tls,
             described,
+            secured: Default::default(),
         })
     }
 

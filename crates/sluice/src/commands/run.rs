@@ -131,7 +131,11 @@ pub async fn execute_cancellable(
         pipeline: project.config.name.clone(),
         lake: project.lake.clone(),
         state: project.state.clone(),
-        destination: project.destination.clone(),
+        // D1 quarantine rows reach the warehouse only as the PII policy shows them.
+        destination: Arc::new(sluice_transform::warehouse::PolicedDestination::new(
+            project.destination.clone(),
+            models.pii.clone(),
+        )),
         execution: project.config.execution.clone(),
         schema_policy: project.schema_policy.clone(),
         observer,

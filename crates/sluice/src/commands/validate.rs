@@ -60,6 +60,13 @@ pub async fn run(pipeline: &Path, args: ValidateArgs) -> u8 {
             shown.insert((source.name().to_string(), notice));
         }
     }
+    if let Some(column) = personal_column_in_sqlite(&project, &models, &specs) {
+        println!(
+            "  ! destination: D1 in SQLite holds personal data in clear text ({column}; SQLite \
+             has no grants): fine for a demo, for real data use PostgreSQL with \
+             `destination.d1_readers`"
+        );
+    }
     if !args.connections {
         return exit::OK;
     }
@@ -101,4 +108,28 @@ pub async fn run(pipeline: &Path, args: ValidateArgs) -> u8 {
     } else {
         exit::OK
     }
+}
+
+/// A D1 column (`table.column`) holding personal data (a connector's mark or a `pii:`
+/// rule) when the destination is SQLite, where D1 cannot be closed to readers.
+fn personal_column_in_sqlite(
+    project: &Project,
+    models: &sluice_transform::ModelProject,
+    specs: &[sluice_core::source::StreamSpec],
+) -> Option<String> {
+    let sqlite = project
+        .config
+        .destination
+        .as_ref()
+        .is_none_or(|d| d.kind == "sqlite");
+    if !sqlite {
+        return None;
+    }
+    specs.iter().find_map(|spec| {
+        spec.schema
+            .fields
+            .iter()
+            .find(|f| f.pii || models.pii.action(&spec.table, &f.name, false).is_some())
+            .map(|f| format!("{}.{}", spec.table, f.name))
+    })
 }

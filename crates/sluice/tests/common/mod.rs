@@ -142,6 +142,17 @@ impl Pg {
             .collect()
     }
 
+    /// Like [`Pg::strings`], with the server's refusal as the error (permission tests).
+    pub fn try_strings(&self, sql: &str) -> Result<Vec<String>, String> {
+        self.runtime
+            .block_on(self.client.query(sql, &[]))
+            .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect())
+            .map_err(|e| match e.as_db_error() {
+                Some(db) => format!("{} ({})", db.message(), db.code().code()),
+                None => e.to_string(),
+            })
+    }
+
     pub fn table_exists(&self, schema: &str, table: &str) -> bool {
         let sql = format!(
             "select count(*) from information_schema.tables where table_schema = '{schema}' and table_name = '{table}'"
