@@ -5,6 +5,7 @@
 //! Connectors and destinations live in their own crates and implement the
 //! [`source::Source`] and [`destination::Destination`] traits.
 
+pub mod audit;
 pub mod config;
 pub mod connection;
 pub mod declared;

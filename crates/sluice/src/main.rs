@@ -89,6 +89,9 @@ enum Command {
     /// Generate files that run the pipeline elsewhere: an Airflow DAG, Kubernetes manifests.
     #[command(subcommand)]
     Export(export::ExportCommand),
+    /// The audit log: who ran, replayed, cancelled or queried unmasked data; `verify` checks it.
+    #[command(subcommand)]
+    Audit(commands::audit::AuditCommand),
     /// The local emulator of the Facebook, Google Ads and CleverTap APIs.
     #[command(subcommand)]
     Sandbox(sluice_sandbox::cli::SandboxCommand),
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
             Command::Discover(args) => commands::discover::run(&cli.pipeline, args).await,
             Command::Demo(args) => commands::demo::run(args, interactive).await,
             Command::Export(cmd) => export::run(&cli.pipeline, cmd).await,
+            Command::Audit(cmd) => commands::audit::run(&cli.pipeline, cmd).await,
             Command::Sandbox(cmd) => match sluice_sandbox::cli::run(cmd).await {
                 Ok(()) => exit::OK,
                 Err(e) => {

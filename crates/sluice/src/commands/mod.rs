@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod audit;
 pub mod demo;
 pub mod discover;
 pub mod init;

@@ -69,6 +69,13 @@ pub async fn run(pipeline: &Path, args: QueryArgs) -> u8 {
         }
     };
     let view = if args.unmasked {
+        let actor = sluice_core::audit::Actor::local();
+        let details = serde_json::json!({ "sql": args.sql });
+        if let Err(code) =
+            super::audit::record(&lake, &config.name, "query_unmasked", &actor, details).await
+        {
+            return code;
+        }
         D1View::Unmasked
     } else {
         D1View::Policy

@@ -63,6 +63,23 @@ pub async fn run(pipeline: &Path, args: ReplayArgs, interactive: bool) -> u8 {
             return exit::INTERNAL;
         }
     };
+    let details = serde_json::json!({
+        "of_run": past.run_id,
+        "select": args.select,
+        "transforms_only": args.transforms_only,
+    });
+    let actor = sluice_core::audit::Actor::local();
+    if let Err(code) = super::audit::record(
+        &project.lake,
+        &project.config.name,
+        "replay",
+        &actor,
+        details,
+    )
+    .await
+    {
+        return code;
+    }
 
     let (mut record, copied) = if args.transforms_only {
         // The past run's D1 tasks say which partitions the models recompute; they are

@@ -115,6 +115,15 @@ pub async fn execute_cancellable(
             return Err(exit::CONFIG);
         }
     };
+    let details = serde_json::json!({
+        "run_id": run_id,
+        "select": args.select,
+        "since": args.since,
+        "until": args.until,
+        "full_refresh": args.full_refresh,
+    });
+    let actor = sluice_core::audit::Actor::local();
+    super::audit::record(&project.lake, &project.config.name, "run", &actor, details).await?;
     let specs: Vec<_> = sources.iter().flat_map(|s| s.streams()).collect();
     if let Err(e) = sluice_transform::preflight::check_models(&models, &project.lake, &specs).await
     {

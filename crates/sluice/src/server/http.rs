@@ -399,6 +399,24 @@ async fn trigger_run(
     };
     let run_id = sluice_core::run::new_run_id();
     tracing::info!(run_id = %run_id, token = %who, "run triggered over the API");
+    let project = &daemon.project;
+    let actor = sluice_core::audit::Actor::with_token(&who);
+    let details = json!({ "run_id": run_id, "select": body.select });
+    if crate::commands::audit::record(
+        &project.lake,
+        &project.config.name,
+        "trigger",
+        &actor,
+        details,
+    )
+    .await
+    .is_err()
+    {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the run could not be recorded in the audit log",
+        );
+    }
     let ticket = daemon.claim(run_id.clone(), slot);
     let select = body.select.clone();
     let runner = daemon.clone();
@@ -422,6 +440,24 @@ async fn cancel_run(
         Ok(name) => name,
         Err((status, message)) => return error(status, message),
     };
+    let project = &state.daemon.project;
+    let actor = sluice_core::audit::Actor::with_token(&who);
+    let details = json!({ "run_id": id });
+    if crate::commands::audit::record(
+        &project.lake,
+        &project.config.name,
+        "cancel",
+        &actor,
+        details,
+    )
+    .await
+    .is_err()
+    {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the cancel could not be recorded in the audit log",
+        );
+    }
     if state.daemon.cancel_run(&id) {
         tracing::warn!(run_id = %id, token = %who, "run cancelled over the API");
         (
