@@ -328,6 +328,34 @@ async fn an_operator_cancels_the_run_in_progress_and_a_viewer_cannot() {
         409,
         "nothing is running any more"
     );
+    // The audit log says which token triggered and cancelled it (and nothing for refusals).
+    let out = project.cmd().args(["audit", "show"]).output().unwrap();
+    assert_exit(&out, 0);
+    let entries: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<(String, Value)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["token"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("trigger".to_string(), json!("ops")),
+            ("run".to_string(), Value::Null),
+            ("cancel".to_string(), json!("ops")),
+        ],
+        "{entries:#?}"
+    );
+    assert!(entries
+        .iter()
+        .all(|e| e["details"]["run_id"] == id.as_str()));
     drop(server);
     sandbox.shutdown().await;
 }

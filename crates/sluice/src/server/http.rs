@@ -440,6 +440,9 @@ async fn cancel_run(
         Ok(name) => name,
         Err((status, message)) => return error(status, message),
     };
+    if state.daemon.current_run().as_deref() != Some(id.as_str()) {
+        return error(StatusCode::CONFLICT, format!("run {id} is not in progress"));
+    }
     let project = &state.daemon.project;
     let actor = sluice_core::audit::Actor::with_token(&who);
     let details = json!({ "run_id": id });
