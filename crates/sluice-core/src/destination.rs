@@ -152,6 +152,18 @@ pub trait Destination: Send + Sync {
         rows: &[Rejected],
     ) -> Result<u64, DestinationError>;
 
+    /// `sluice forget`: deletes the rows of `layer.table` where one of `columns` (read
+    /// as text) is one of `values`, and the rows of `<table>__quarantine` whose `raw`
+    /// contains one of them, in one transaction. A missing table or column is skipped.
+    /// Returns the rows deleted.
+    async fn forget(
+        &self,
+        layer: &str,
+        table: &str,
+        columns: &[String],
+        values: &[String],
+    ) -> Result<u64, DestinationError>;
+
     /// Row count of a published table, or `None` if it does not exist (summaries, tests).
     async fn row_count(&self, layer: &str, table: &str) -> Result<Option<u64>, DestinationError>;
 }

@@ -93,6 +93,16 @@ impl Destination for PolicedDestination {
         self.inner.record_quarantine(table, run_id, &rows).await
     }
 
+    async fn forget(
+        &self,
+        layer: &str,
+        table: &str,
+        columns: &[String],
+        values: &[String],
+    ) -> Result<u64, DestinationError> {
+        self.inner.forget(layer, table, columns, values).await
+    }
+
     async fn row_count(&self, layer: &str, table: &str) -> Result<Option<u64>, DestinationError> {
         self.inner.row_count(layer, table).await
     }

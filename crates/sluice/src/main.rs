@@ -89,6 +89,8 @@ enum Command {
     /// Generate files that run the pipeline elsewhere: an Airflow DAG, Kubernetes manifests.
     #[command(subcommand)]
     Export(export::ExportCommand),
+    /// Erase one person (`--subject <email>`) from the lake's tables and the warehouse.
+    Forget(commands::forget::ForgetArgs),
     /// The audit log: who ran, replayed, cancelled or queried unmasked data; `verify` checks it.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
@@ -144,6 +146,7 @@ fn main() -> ExitCode {
             Command::Discover(args) => commands::discover::run(&cli.pipeline, args).await,
             Command::Demo(args) => commands::demo::run(args, interactive).await,
             Command::Export(cmd) => export::run(&cli.pipeline, cmd).await,
+            Command::Forget(args) => commands::forget::run(&cli.pipeline, args).await,
             Command::Audit(cmd) => commands::audit::run(&cli.pipeline, cmd).await,
             Command::Sandbox(cmd) => match sluice_sandbox::cli::run(cmd).await {
                 Ok(()) => exit::OK,

@@ -366,6 +366,60 @@ impl Destination for PostgresDestination {
         load::record_quarantine(self, table, run_id, rows).await
     }
 
+    async fn forget(
+        &self,
+        layer: &str,
+        table: &str,
+        columns: &[String],
+        values: &[String],
+    ) -> Result<u64, DestinationError> {
+        let mut client = self.connect().await?;
+        let schema = names::fit(&self.schema_name(layer), names::POSTGRES_MAX_IDENTIFIER);
+        let failed = |e: tokio_postgres::Error| DestinationError::Load {
+            table: format!("{layer}.{table}"),
+            message: redact(&error_text(&e)),
+        };
+        let tx = client.transaction().await.map_err(failed)?;
+        let mut deleted = 0;
+        let quarantine = format!("{table}__quarantine");
+        for (name, wanted) in [(table, columns.to_vec()), (&quarantine, vec!["raw".into()])] {
+            let name = names::fit(name, names::POSTGRES_MAX_IDENTIFIER);
+            let present: Vec<String> = tx
+                .query(
+                    "SELECT column_name::text FROM information_schema.columns \
+                     WHERE table_schema = $1 AND table_name = $2",
+                    &[&schema, &name],
+                )
+                .await
+                .map_err(failed)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let qualified = format!("{}.{}", names::quote(&schema), names::quote(&name));
+            for column in wanted
+                .iter()
+                .map(|c| names::fit(c, names::POSTGRES_MAX_IDENTIFIER))
+            {
+                if !present.contains(&column) {
+                    continue;
+                }
+                let col = names::quote(&column);
+                // The quarantine's `raw` holds whole records: a value anywhere in it counts.
+                let sql = if name.ends_with("__quarantine") && column == "raw" {
+                    format!(
+                        "DELETE FROM {qualified} WHERE EXISTS \
+                         (SELECT 1 FROM unnest($1::text[]) v WHERE strpos({col}, v) > 0)"
+                    )
+                } else {
+                    format!("DELETE FROM {qualified} WHERE {col}::text = ANY($1::text[])")
+                };
+                deleted += tx.execute(&sql, &[&values]).await.map_err(failed)?;
+            }
+        }
+        tx.commit().await.map_err(failed)?;
+        Ok(deleted)
+    }
+
     async fn row_count(&self, layer: &str, table: &str) -> Result<Option<u64>, DestinationError> {
         let client = self.connect().await?;
         let schema = names::fit(&self.schema_name(layer), names::POSTGRES_MAX_IDENTIFIER);

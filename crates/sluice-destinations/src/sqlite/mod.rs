@@ -201,6 +201,51 @@ impl Destination for SqliteDestination {
         .await
     }
 
+    async fn forget(
+        &self,
+        layer: &str,
+        table: &str,
+        columns: &[String],
+        values: &[String],
+    ) -> Result<u64, DestinationError> {
+        let name = table_name(layer, table);
+        let columns = columns.to_vec();
+        let values = values.to_vec();
+        self.with_connection(&format!("{layer}.{table}"), move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut deleted = 0;
+            let quarantine = format!("{name}__quarantine");
+            for (table, wanted) in [(&name, columns), (&quarantine, vec!["raw".to_string()])] {
+                let present: Vec<String> = tx
+                    .prepare("SELECT name FROM pragma_table_info(?1)")?
+                    .query_map([table], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for column in wanted.iter().filter(|c| present.contains(c)) {
+                    let sql = if table == &quarantine {
+                        format!(
+                            "DELETE FROM {} WHERE instr({}, ?1) > 0",
+                            quote(table),
+                            quote(column)
+                        )
+                    } else {
+                        format!(
+                            "DELETE FROM {} WHERE CAST({} AS TEXT) = ?1",
+                            quote(table),
+                            quote(column)
+                        )
+                    };
+                    let mut statement = tx.prepare(&sql)?;
+                    for value in &values {
+                        deleted += statement.execute([value])? as u64;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(deleted)
+        })
+        .await
+    }
+
     async fn row_count(&self, layer: &str, table: &str) -> Result<Option<u64>, DestinationError> {
         let name = table_name(layer, table);
         self.with_connection(&format!("{layer}.{table}"), move |conn| {

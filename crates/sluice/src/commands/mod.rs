@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod demo;
 pub mod discover;
+pub mod forget;
 pub mod init;
 pub mod plan;
 pub mod query;

@@ -1,0 +1,141 @@
+//! `sluice forget` (issue 15): one person is erased from the lake's D1/D2 tables and
+//! quarantines and from PostgreSQL, other rows stay byte for byte, and the audit log
+//! records the erasure without the subject in clear.
+
+mod common;
+
+use common::*;
+
+const PII_KEY: &str = "forget-test-pii-key-0123456789abcdef-xyz";
+
+fn query_csv(project: &Project, sql: &str) -> String {
+    let out = project
+        .cmd()
+        .args(["query", "--unmasked", "--format", "csv", sql])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    stdout(&out)
+}
+
+#[test]
+fn forget_removes_the_subject_everywhere_and_leaves_the_others_untouched() {
+    let pg = Pg::connect();
+    let prefix = unique_prefix("forget");
+    let project = Project::new(&format!(
+        r#"name: shop
+lake: ./lake
+destination:
+  type: postgres
+  url: {url}
+  schema_prefix: {prefix}
+sources:
+  shop:
+    type: files
+    streams:
+      customers:
+        path: data/customers.ndjson
+        columns: {{ customer_id: text, email: text, visits: bigint }}
+pii:
+  key: {PII_KEY}
+  columns:
+    "*.email": hash
+"#,
+        url = pg_url()
+    ));
+    project.write(
+        "data/customers.ndjson",
+        concat!(
+            "{\"customer_id\": \"C-1\", \"email\": \"Ann@Example.com\", \"visits\": 3}\n",
+            "{\"customer_id\": \"C-2\", \"email\": \"bob@example.com\", \"visits\": 5}\n",
+            "{\"customer_id\": \"C-3\", \"email\": \"cy@example.com\", \"visits\": 7}\n",
+            "{\"customer_id\": \"C-4\", \"email\": \"Ann@Example.com\", \"visits\": \"lots\"}\n",
+            "{\"customer_id\": \"C-5\", \"email\": \"dee@example.com\", \"visits\": \"many\"}\n",
+        ),
+    );
+    project.write(
+        "models/d2a/customers_clean.sql",
+        "SELECT customer_id, email AS email_hash, visits FROM d1.shop_customers",
+    );
+    assert_exit(&project.run(&[]), 0);
+
+    let d1 = format!("\"{prefix}d1\".shop_customers");
+    let d2a = format!("\"{prefix}d2a\".customers_clean");
+    let d1_quarantine = format!("\"{prefix}d1\".shop_customers__quarantine");
+    let checksum = |table: &str| {
+        pg.strings(&format!(
+            "SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {table} t \
+             WHERE customer_id <> 'C-1'"
+        ))
+    };
+    let (d1_before, d2a_before) = (checksum(&d1), checksum(&d2a));
+    assert_eq!(pg.scalar_i64(&format!("SELECT count(*) FROM {d1}")), 3);
+    assert_eq!(
+        pg.scalar_i64(&format!("SELECT count(*) FROM {d1_quarantine}")),
+        2
+    );
+    let hash = pg.strings(&format!(
+        "SELECT email_hash FROM {d2a} WHERE customer_id = 'C-1'"
+    ));
+    assert_eq!(hash.len(), 1);
+    let hash = hash[0].clone();
+    assert_eq!(hash.len(), 64);
+
+    let out = project
+        .cmd()
+        .args(["forget", "--subject", "ann@example.com"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+
+    // The warehouse: no row of hers, the others as they were.
+    assert_eq!(
+        pg.strings(&format!("SELECT customer_id FROM {d1} ORDER BY 1")),
+        ["C-2", "C-3"]
+    );
+    assert_eq!(
+        pg.strings(&format!("SELECT customer_id FROM {d2a} ORDER BY 1")),
+        ["C-2", "C-3"]
+    );
+    assert_eq!(checksum(&d1), d1_before);
+    assert_eq!(checksum(&d2a), d2a_before);
+    let raws = pg.strings(&format!("SELECT raw FROM {d1_quarantine}"));
+    assert_eq!(raws.len(), 1, "{raws:?}");
+    assert!(
+        !raws[0].contains(&hash) && raws[0].contains("C-5"),
+        "{raws:?}"
+    );
+
+    // The lake: its tables and quarantines, read in clear.
+    assert_eq!(
+        query_csv(
+            &project,
+            "SELECT customer_id, email FROM d1.shop_customers ORDER BY 1"
+        ),
+        "customer_id,email\nC-2,bob@example.com\nC-3,cy@example.com\n"
+    );
+    assert_eq!(
+        query_csv(
+            &project,
+            "SELECT customer_id FROM d2a.customers_clean ORDER BY 1"
+        ),
+        "customer_id\nC-2\nC-3\n"
+    );
+    let quarantined = query_csv(&project, "SELECT raw FROM quarantine.d1__shop_customers");
+    assert!(
+        !quarantined.to_lowercase().contains("ann@example.com") && quarantined.contains("C-5"),
+        "{quarantined}"
+    );
+
+    // The audit log has the erasure, by hash only.
+    let out = project.cmd().args(["audit", "show"]).output().unwrap();
+    assert_exit(&out, 0);
+    let log = stdout(&out);
+    assert!(log.contains("\"action\":\"forget\""), "{log}");
+    assert!(!log.to_lowercase().contains("ann@example.com"), "{log}");
+    assert_exit(
+        &project.cmd().args(["audit", "verify"]).output().unwrap(),
+        0,
+    );
+    pg.drop_schemas(&prefix);
+}
