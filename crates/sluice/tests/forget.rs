@@ -139,3 +139,65 @@ pii:
     );
     pg.drop_schemas(&prefix);
 }
+
+#[test]
+fn forget_also_erases_from_sqlite() {
+    let project = Project::new(&format!(
+        r#"name: shop
+lake: ./lake
+sources:
+  shop:
+    type: files
+    streams:
+      customers:
+        path: data/customers.ndjson
+        columns: {{ customer_id: text, email: text, visits: bigint }}
+pii:
+  key: {PII_KEY}
+  columns:
+    "*.email": hash
+"#
+    ));
+    project.write(
+        "data/customers.ndjson",
+        concat!(
+            "{\"customer_id\": \"C-1\", \"email\": \"ann@example.com\", \"visits\": 3}\n",
+            "{\"customer_id\": \"C-2\", \"email\": \"bob@example.com\", \"visits\": 5}\n",
+            "{\"customer_id\": \"C-3\", \"email\": \"ann@example.com\", \"visits\": \"x\"}\n",
+        ),
+    );
+    project.write(
+        "models/d2a/customers_clean.sql",
+        "SELECT customer_id, email AS email_hash FROM d1.shop_customers",
+    );
+    assert_exit(&project.run(&[]), 0);
+    let out = project
+        .cmd()
+        .args(["forget", "--subject", " ANN@example.com "])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let db = project.sqlite();
+    let ids = |table: &str| -> Vec<String> {
+        db.prepare(&format!("SELECT customer_id FROM {table} ORDER BY 1"))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(ids("d1__shop_customers"), ["C-2"]);
+    assert_eq!(ids("d2a__customers_clean"), ["C-2"]);
+    let quarantined: i64 = db
+        .query_row(
+            "SELECT count(*) FROM d1__shop_customers__quarantine",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(quarantined, 0);
+    assert_eq!(
+        query_csv(&project, "SELECT customer_id FROM d1.shop_customers"),
+        "customer_id\nC-2\n"
+    );
+}
