@@ -207,6 +207,43 @@ fn d1_is_closed_but_to_d1_readers_d2_is_open_to_readers_and_quarantine_raw_is_po
 }
 
 #[test]
+fn a_reader_role_that_does_not_exist_is_found_by_validate_and_fails_the_load_by_name() {
+    let pg = Pg::connect();
+    let prefix = unique_prefix("noreader");
+    let roles = Roles::create(&pg, &["present"]);
+    let missing = format!("sluice_missing_{}", std::process::id());
+    let project = Project::new(&pipeline(&prefix, &missing, &roles.names[0]));
+    project.write(
+        "data/customers.ndjson",
+        "{\"customer_id\": \"C-1\", \"email\": \"ann@example.com\", \"visits\": 3}\n",
+    );
+    project.write(
+        "models/d2a/customers_clean.sql",
+        "SELECT customer_id, visits FROM d1.shop_customers",
+    );
+    let out = project
+        .cmd()
+        .args(["validate", "--connections"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 6);
+    assert!(
+        stdout(&out).contains(&missing) && stdout(&out).contains("do not exist"),
+        "{}",
+        stdout(&out)
+    );
+    // D1 loads (its readers exist); the D2 model's publish fails, naming the setting.
+    let out = project.run(&["--json"]);
+    assert_exit(&out, 5);
+    let text = stdout(&out);
+    assert!(
+        text.contains("destination.readers") && text.contains(&missing),
+        "{text}"
+    );
+    pg.drop_schemas(&prefix);
+}
+
+#[test]
 fn validate_warns_that_sqlite_keeps_personal_data_in_clear() {
     let project = Project::new(&format!(
         r#"name: shop

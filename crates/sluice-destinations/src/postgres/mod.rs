@@ -350,6 +350,34 @@ impl Destination for PostgresDestination {
         .await
         .map_err(denied)?;
         tx.rollback().await.map_err(denied)?;
+        // Every role named in `readers` / `d1_readers` must exist, or loads will fail.
+        let roles: Vec<&str> = self
+            .config
+            .readers
+            .iter()
+            .chain(&self.config.d1_readers)
+            .map(String::as_str)
+            .collect();
+        let missing: Vec<String> = client
+            .query(
+                "SELECT r FROM unnest($1::text[]) r \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)",
+                &[&roles],
+            )
+            .await
+            .map_err(denied)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if !missing.is_empty() {
+            return Err(DestinationError::Refused {
+                target: self.described.clone(),
+                message: format!(
+                    "destination.readers / d1_readers name roles that do not exist: {}",
+                    missing.join(", ")
+                ),
+            });
+        }
         Ok(())
     }
 
