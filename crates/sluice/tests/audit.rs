@@ -170,3 +170,72 @@ fn runs_replays_and_unmasked_queries_are_chained_and_tampering_is_found() {
         "reordered",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_by_a_signal_is_recorded_as_cancelled() {
+    use sluice_sandbox::{credentials, Faults, SandboxOptions};
+    let mut options = SandboxOptions::new(7, 1, chrono::Utc::now().date_naive());
+    options.faults = Faults {
+        slow_ms: Some(1000),
+        ..Faults::default()
+    };
+    let sandbox = sluice_sandbox::start(options, 0).await.expect("sandbox");
+    let project = Project::new(&format!(
+        r#"name: shop
+lake: ./lake
+sources:
+  facebook:
+    type: facebook_ads
+    base_url: {url}
+    access_token: {token}
+    api_version: v26.0
+    accounts: all
+    streams:
+      campaigns: {{}}
+"#,
+        url = sandbox.base_url(),
+        token = credentials::FACEBOOK_ACCESS_TOKEN,
+    ));
+    #[allow(deprecated)] // cargo_bin: how common::Project finds the binary too
+    let binary = assert_cmd::cargo::cargo_bin("sluice");
+    let mut child = std::process::Command::new(binary)
+        .current_dir(project.path())
+        .env_remove("RUST_LOG")
+        .args(["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The run's own entry is written after the signal handler is installed.
+    let started = std::time::Instant::now();
+    while !entry(&project, 1).exists() {
+        assert!(started.elapsed().as_secs() < 30, "the run never started");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap().code())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(130));
+    let out = project.cmd().args(["audit", "show"]).output().unwrap();
+    assert_exit(&out, 0);
+    let entries: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["run", "cancel"], "{entries:#?}");
+    assert_eq!(
+        entries[1]["details"]["run_id"],
+        entries[0]["details"]["run_id"]
+    );
+    assert_eq!(entries[1]["details"]["by"], "signal");
+    sandbox.shutdown().await;
+}

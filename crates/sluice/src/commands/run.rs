@@ -86,8 +86,9 @@ pub async fn execute_with(
     observer: Arc<dyn RunObserver>,
 ) -> Result<RunRecord, u8> {
     let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone());
-    execute_cancellable(project, sources, args, observer, cancel, new_run_id()).await
+    let run_id = new_run_id();
+    spawn_signal_handler(cancel.clone(), project, &run_id);
+    execute_cancellable(project, sources, args, observer, cancel, run_id).await
 }
 
 /// [`execute_with`] as run id `run_id`, stopped by `cancel` rather than by signals
@@ -221,7 +222,11 @@ pub fn build_plan(
 }
 
 /// SIGINT or SIGTERM cancels the run: in-flight loads roll back, state is not advanced.
-fn spawn_signal_handler(cancel: CancellationToken) {
+/// The cancel is audited (a signal cannot be refused: a failure to record it is only
+/// reported).
+fn spawn_signal_handler(cancel: CancellationToken, project: &Project, run_id: &str) {
+    let (lake, pipeline) = (project.lake.clone(), project.config.name.clone());
+    let run_id = run_id.to_string();
     tokio::spawn(async move {
         #[cfg(unix)]
         {
@@ -237,6 +242,12 @@ fn spawn_signal_handler(cancel: CancellationToken) {
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("stopping: finishing nothing new, rolling back in-flight loads…");
+        let actor = sluice_core::audit::Actor::local();
+        let details = serde_json::json!({ "run_id": run_id, "by": "signal" });
+        let log = sluice_core::audit::AuditLog::new(lake, &pipeline);
+        if let Err(e) = log.append("cancel", &actor, details).await {
+            eprintln!("warning: the cancel could not be recorded in the audit log: {e}");
+        }
         cancel.cancel();
     });
 }
