@@ -286,6 +286,17 @@ impl Lake {
         Ok(path)
     }
 
+    /// Replaces a landed page with `body`, compressed as landed: only `sluice forget`
+    /// rewrites what was received.
+    pub async fn replace_page(&self, relative: &str, body: Bytes) -> Result<(), LakeError> {
+        let compressed =
+            zstd::bulk::compress(&body, RAW_PAGE_ZSTD_LEVEL).map_err(|e| LakeError::Data {
+                path: relative.to_string(),
+                message: format!("compress: {e}"),
+            })?;
+        self.put(relative, Bytes::from(compressed)).await
+    }
+
     /// Reads a landed page back to the exact bytes that were received.
     pub async fn read_page(&self, relative: &str) -> Result<Bytes, LakeError> {
         let compressed = self.get(relative).await?.ok_or_else(|| LakeError::Data {

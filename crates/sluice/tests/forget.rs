@@ -201,3 +201,83 @@ pii:
         "customer_id\nC-2\n"
     );
 }
+
+/// Every landed page of the lake, decompressed, as text.
+fn landed_pages(project: &Project) -> Vec<String> {
+    project
+        .lake_files()
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy().contains("/raw/") && p.extension().is_some_and(|e| e == "zst")
+        })
+        .map(|p| {
+            let bytes = zstd::stream::decode_all(std::fs::File::open(&p).unwrap()).unwrap();
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn forget_removes_the_subject_from_landed_api_pages() {
+    use chrono::{Duration, Utc};
+    use sluice_sandbox::{credentials, SandboxOptions};
+    let today = Utc::now().date_naive();
+    let project = Project::new(&format!(
+        r#"name: app
+lake: ./lake
+sources:
+  app:
+    type: clevertap
+    base_url: ${{SANDBOX_URL:-http://127.0.0.1:9}}
+    account_id: {account}
+    passcode: {passcode}
+    start_date: "{start}"
+    lookback_days: 1
+    streams:
+      profiles: {{}}
+pii:
+  key: {PII_KEY}
+"#,
+        account = credentials::CLEVERTAP_ACCOUNT_ID,
+        passcode = credentials::CLEVERTAP_PASSCODE,
+        start = today - Duration::days(2),
+    ));
+    {
+        let sandbox = TestSandbox::start(SandboxOptions::new(7, 1, today));
+        let out = project
+            .cmd()
+            .env("SANDBOX_URL", sandbox.url())
+            .args(["run", "--today", &today.to_string()])
+            .output()
+            .unwrap();
+        assert_exit(&out, 0);
+    }
+    let emails = query_csv(
+        &project,
+        "SELECT email FROM d1.app_profiles WHERE email IS NOT NULL ORDER BY email",
+    );
+    let emails: Vec<&str> = emails.lines().skip(1).collect();
+    assert!(emails.len() > 2, "{emails:?}");
+    let subject = emails[0].to_string();
+    let others = emails.iter().filter(|e| **e != subject).count();
+    assert!(landed_pages(&project).iter().any(|p| p.contains(&subject)));
+
+    let out = project
+        .cmd()
+        .args(["forget", "--subject", &subject])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    for page in landed_pages(&project) {
+        assert!(
+            !page.to_lowercase().contains(&subject.to_lowercase()),
+            "{page}"
+        );
+    }
+    let after = query_csv(
+        &project,
+        "SELECT email FROM d1.app_profiles WHERE email IS NOT NULL ORDER BY email",
+    );
+    assert_eq!(after.lines().skip(1).count(), others, "{after}");
+    assert!(!after.contains(&subject));
+}

@@ -6,7 +6,7 @@
 //! rule) holds the subject (case and surrounding spaces ignored); D2 and quarantine
 //! rows match when any text holds one of those D1 values or its policy hash. Lake
 //! Parquet files with a match are rewritten without it (staged, then moved over the
-//! original). Landed raw pages are not rewritten (yet).
+//! original). Landed pages lose the records holding the subject.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -115,6 +115,7 @@ async fn erase(
         .iter()
         .filter_map(|v| models.pii.keys.hmac_hex(v))
         .collect();
+    let clear: Vec<String> = values.iter().map(|v| v.to_lowercase()).collect();
     values.extend(hashed);
     let targets: Vec<String> = values.into_iter().collect();
     for spec in specs {
@@ -126,6 +127,8 @@ async fn erase(
             .await
             .map_err(|e| e.to_string())?;
     }
+    // Landed pages: the records holding a clear value, wherever they nest.
+    lake_rows += forget_raw_pages(lake, &clear).await?;
     for model in &models.models {
         let (layer, table) = (model.layer.as_str(), model.table_name());
         let found = rewrite_table(lake, layer, table, None, &|v| {
@@ -268,5 +271,72 @@ fn text_at(column: &dyn Array, row: usize) -> Option<&str> {
         DataType::Utf8 => Some(column.as_string::<i32>().value(row)),
         DataType::Utf8View => Some(column.as_string_view().value(row)),
         _ => None,
+    }
+}
+
+/// Rewrites every landed page holding one of `clear` (lower-cased): in a JSON page,
+/// each array element holding it is removed and any remaining string holding it is
+/// nulled; in an NDJSON page, its lines are removed. Returns the records removed.
+async fn forget_raw_pages(lake: &Lake, clear: &[String]) -> Result<u64, String> {
+    let holds = |text: &str| {
+        let lower = text.to_lowercase();
+        clear.iter().any(|c| lower.contains(c.as_str()))
+    };
+    let mut removed = 0;
+    for object in lake.list("raw/").await.map_err(|e| e.to_string())? {
+        if !object.path.ends_with(".zst") {
+            continue;
+        }
+        let body = lake
+            .read_page(&object.path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&body);
+        if !holds(&text) {
+            continue;
+        }
+        let rewritten = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(mut value) => {
+                removed += prune(&mut value, &holds);
+                serde_json::to_vec(&value).map_err(|e| e.to_string())?
+            }
+            Err(_) => {
+                let mut kept = String::with_capacity(text.len());
+                for line in text.split_inclusive('\n') {
+                    if holds(line) {
+                        removed += 1;
+                    } else {
+                        kept.push_str(line);
+                    }
+                }
+                kept.into_bytes()
+            }
+        };
+        lake.replace_page(&object.path, rewritten.into())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(removed)
+}
+
+/// Removes the array elements of `value` holding a match, nulls other matching strings.
+fn prune(value: &mut serde_json::Value, holds: &dyn Fn(&str) -> bool) -> u64 {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => {
+            let before = items.len();
+            items.retain(|item| !holds(&item.to_string()));
+            let mut removed = (before - items.len()) as u64;
+            for item in items {
+                removed += prune(item, holds);
+            }
+            removed
+        }
+        Value::Object(fields) => fields.values_mut().map(|v| prune(v, holds)).sum(),
+        Value::String(s) if holds(s) => {
+            *value = Value::Null;
+            0
+        }
+        _ => 0,
     }
 }
