@@ -242,16 +242,18 @@ pii:
         passcode = credentials::CLEVERTAP_PASSCODE,
         start = today - Duration::days(2),
     ));
-    {
+    let run_id = {
         let sandbox = TestSandbox::start(SandboxOptions::new(7, 1, today));
         let out = project
             .cmd()
             .env("SANDBOX_URL", sandbox.url())
-            .args(["run", "--today", &today.to_string()])
+            .args(["run", "--json", "--today", &today.to_string()])
             .output()
             .unwrap();
         assert_exit(&out, 0);
-    }
+        let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        record["run_id"].as_str().unwrap().to_string()
+    };
     let emails = query_csv(
         &project,
         "SELECT email FROM d1.app_profiles WHERE email IS NOT NULL ORDER BY email",
@@ -280,4 +282,18 @@ pii:
     );
     assert_eq!(after.lines().skip(1).count(), others, "{after}");
     assert!(!after.contains(&subject));
+
+    // Replaying the run from its rewritten pages does not bring the person back.
+    let out = project
+        .cmd()
+        .args(["replay", "--run", &run_id])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let replayed = query_csv(
+        &project,
+        "SELECT email FROM d1.app_profiles WHERE email IS NOT NULL ORDER BY email",
+    );
+    assert!(!replayed.contains(&subject), "{replayed}");
+    assert_eq!(replayed.lines().skip(1).count(), others, "{replayed}");
 }
