@@ -38,7 +38,7 @@ fn return_freed_memory_promptly() {
 /// sluice: marketing and customer data pipelines in one binary.
 ///
 /// Exit codes: 0 success, 2 usage error, 3 config error, 4 run failed,
-/// 5 run partially failed, 6 a connection check failed, 130 cancelled.
+/// 5 run partially failed, 6 a connection check failed, 7 a check failed (`test`), 130 cancelled.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about, long_about = None)]
 struct Cli {
@@ -75,6 +75,12 @@ enum Command {
     Replay(commands::replay::ReplayArgs),
     /// Run SQL over the lake's tables (d1.*, d2a.*, d2b.*) and print a table, CSV or JSON.
     Query(commands::query::QueryArgs),
+    /// Run the models' checks against what the lake holds, without running anything.
+    Test(commands::test::TestArgs),
+    /// Preview a model's rows over the lake (PII policy applied); nothing is published.
+    Show(commands::show::ShowArgs),
+    /// Print a model's SQL as it runs, with the D1 views it reads.
+    Compile(commands::compile::CompileArgs),
     /// Show run history.
     Runs(commands::runs::RunsArgs),
     /// Inspect the schema registry: versions and changes of every stream.
@@ -135,6 +141,9 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run::run(&cli.pipeline, args, interactive).await,
             Command::Replay(args) => commands::replay::run(&cli.pipeline, args, interactive).await,
             Command::Query(args) => commands::query::run(&cli.pipeline, args).await,
+            Command::Test(args) => commands::test::run(&cli.pipeline, args).await,
+            Command::Show(args) => commands::show::run(&cli.pipeline, args).await,
+            Command::Compile(args) => commands::compile::run(&cli.pipeline, args).await,
             Command::Runs(args) => commands::runs::run(&cli.pipeline, args).await,
             Command::Schema(cmd) => commands::schema::run(&cli.pipeline, cmd).await,
             Command::Serve(args) => server::run(&cli.pipeline, args).await,
