@@ -81,6 +81,11 @@ enum Command {
     Show(commands::show::ShowArgs),
     /// Print a model's SQL as it runs, with the D1 views it reads.
     Compile(commands::compile::CompileArgs),
+    /// List the project's streams, models, tables and checks (or a `--select`ion).
+    Ls(commands::ls::LsArgs),
+    /// Inspect the lake's quarantines (PII policy applied).
+    #[command(subcommand)]
+    Quarantine(commands::quarantine::QuarantineCommand),
     /// Show run history.
     Runs(commands::runs::RunsArgs),
     /// Inspect the schema registry: versions and changes of every stream.
@@ -144,6 +149,8 @@ fn main() -> ExitCode {
             Command::Test(args) => commands::test::run(&cli.pipeline, args).await,
             Command::Show(args) => commands::show::run(&cli.pipeline, args).await,
             Command::Compile(args) => commands::compile::run(&cli.pipeline, args).await,
+            Command::Ls(args) => commands::ls::run(&cli.pipeline, args).await,
+            Command::Quarantine(cmd) => commands::quarantine::run(&cli.pipeline, cmd).await,
             Command::Runs(args) => commands::runs::run(&cli.pipeline, args).await,
             Command::Schema(cmd) => commands::schema::run(&cli.pipeline, cmd).await,
             Command::Serve(args) => server::run(&cli.pipeline, args).await,

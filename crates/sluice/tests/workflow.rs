@@ -351,3 +351,168 @@ fn warehouse_tables(project: &Project) -> Vec<String> {
         .map(Result::unwrap)
         .collect()
 }
+
+#[test]
+fn ls_lists_what_the_project_defines_narrowed_by_select() {
+    let project = project("warn");
+    project.write(
+        "models/d2b/order_totals.sql",
+        "SELECT sum(amount) AS total FROM d2a.orders_clean\n",
+    );
+    project.write("models/d2b/order_totals.yml", "tags: [finance]\n");
+    // Before a run nothing is in the lake.
+    let out = sluice(&project, &["ls", "tables"]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|l| l.contains("d1.shop_orders") && l.contains("not yet")),
+        "{}",
+        stdout(&out)
+    );
+    assert_exit(&sluice(&project, &["run"]), 0);
+
+    let out = sluice(&project, &["ls", "--json"]);
+    assert_exit(&out, 0);
+    let all: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(all["streams"][0]["id"], "shop.orders");
+    assert_eq!(all["streams"][0]["table"], "d1.shop_orders");
+    let models: Vec<&str> = all["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["d2a.orders_clean", "d2b.order_totals"]);
+    let tables: Vec<(&str, bool)> = all["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap(),
+                t["in_lake"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            ("d1.shop_orders", true),
+            ("d2a.orders_clean", true),
+            ("d2b.order_totals", true)
+        ]
+    );
+    let checks: Vec<(&str, &str)> = all["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap(),
+                c["severity"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        checks,
+        [("not_null(id)", "error"), ("range(amount)", "warn")]
+    );
+
+    // --select narrows every kind the way `run --select` does.
+    let out = sluice(
+        &project,
+        &["ls", "models", "--select", "tag:finance", "--json"],
+    );
+    assert_exit(&out, 0);
+    let finance: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(finance.as_array().unwrap().len(), 1);
+    assert_eq!(finance[0]["id"], "d2b.order_totals");
+    assert_eq!(finance[0]["reads"][0], "d2a.orders_clean");
+    let out = sluice(&project, &["ls", "streams", "--select", "+order_totals"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("shop.orders"), "{}", stdout(&out));
+    let out = sluice(&project, &["ls", "checks", "--select", "shop"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("(none)"), "{}", stdout(&out));
+
+    // Failure paths: an unknown selector (3) and an unknown kind (usage, 2).
+    let out = sluice(&project, &["ls", "--select", "tag:nope"]);
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("matches no stream"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sluice(&project, &["ls", "sources"]);
+    assert_exit(&out, 2);
+}
+
+#[test]
+fn quarantine_list_filters_by_table_run_date_and_reason_through_the_pii_policy() {
+    let project = project("warn");
+    // Order 3's amount does not type: D1 quarantines it; order 2 fails the warn check.
+    project.write(
+        "data/orders.ndjson",
+        "{\"id\": 1, \"amount\": 2, \"email\": \"ann@example.com\"}\n\
+         {\"id\": 2, \"amount\": -3, \"email\": \"bob@example.com\"}\n\
+         {\"id\": 3, \"amount\": \"abc\", \"email\": \"cy@example.com\"}\n",
+    );
+    let out = sluice(&project, &["quarantine", "list"]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("no quarantined records"),
+        "{}",
+        stdout(&out)
+    );
+    assert_exit(&sluice(&project, &["run"]), 0);
+
+    let list = |args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["quarantine", "list", "--format", "json"];
+        all.extend_from_slice(args);
+        let out = sluice(&project, &all);
+        assert_exit(&out, 0);
+        serde_json::from_str(&stdout(&out)).unwrap()
+    };
+    let rows = list(&[]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let d1 = rows
+        .iter()
+        .find(|r| r["table"] == "d1.shop_orders")
+        .unwrap();
+    assert_eq!(d1["origin"], "data/orders.ndjson:3");
+    assert!(
+        d1["reason"].as_str().unwrap().contains("field `amount`"),
+        "{d1}"
+    );
+    // The record is shown through the pii: policy.
+    let record = d1["record"].as_str().unwrap();
+    assert!(
+        record.contains("\"id\":3") && !record.contains("cy@example.com"),
+        "{record}"
+    );
+    let text = serde_json::to_string(&rows).unwrap();
+    assert!(!text.contains("@example.com"), "{text}");
+
+    assert_eq!(list(&["--table", "d1.shop_orders"]).len(), 1);
+    assert_eq!(
+        list(&["--table", "orders_clean"])[0]["table"],
+        "d2a.orders_clean"
+    );
+    let by_reason = list(&["--reason", "CHECK RANGE"]);
+    assert_eq!(by_reason.len(), 1);
+    assert_eq!(by_reason[0]["origin"], "check:range(amount):1");
+    assert_eq!(list(&["--since", "2000-01-01"]).len(), 2);
+    assert_eq!(list(&["--since", "2999-01-01"]).len(), 0);
+
+    // Failure paths: a table the lake does not hold (3, with the nearest), a bad date (2).
+    let out = sluice(&project, &["quarantine", "list", "--table", "shop_order"]);
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("did you mean `d1.shop_orders`?"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sluice(&project, &["quarantine", "list", "--since", "yesterday"]);
+    assert_exit(&out, 2);
+}
