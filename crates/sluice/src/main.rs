@@ -51,6 +51,9 @@ struct Cli {
         default_value = "pipeline.yaml"
     )]
     pipeline: PathBuf,
+    /// The `targets:` entry to use (its lake and destination replace the top level's).
+    #[arg(long, global = true, env = "SLUICE_TARGET", value_name = "NAME")]
+    target: Option<String>,
     /// Log format on stderr: `text` (with progress bars on a terminal) or `json`.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -127,6 +130,11 @@ fn main() -> ExitCode {
     create_files_private();
     return_freed_memory_promptly();
     let cli = Cli::parse();
+    if let Some(target) = &cli.target {
+        // Read by the pipeline loader (sluice_core::config::TARGET_VAR); set while
+        // the process still has one thread.
+        std::env::set_var(sluice_core::config::TARGET_VAR, target);
+    }
     let interactive = logging::init(cli.log_format, &cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -516,3 +516,124 @@ fn quarantine_list_filters_by_table_run_date_and_reason_through_the_pii_policy()
     let out = sluice(&project, &["quarantine", "list", "--since", "yesterday"]);
     assert_exit(&out, 2);
 }
+
+fn targets_pipeline() -> &'static str {
+    r#"name: shop
+lake: ./lake
+targets:
+  dev:
+    lake: ./lake-dev
+    destination: { type: sqlite, path: dev.db }
+  prod:
+    lake: ./lake-prod
+    destination: { type: sqlite, path: "${PROD_DB_FILE}" }
+sources:
+  shop:
+    type: files
+    streams:
+      orders:
+        path: data/orders.ndjson
+        columns: { id: bigint, amount: "numeric(12,2)" }
+        infer_columns: false
+"#
+}
+
+fn orders_in(db: &Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap_or_else(|e| panic!("{}: {e}", db.display()))
+        .query_row("select count(*) from d1__shop_orders", [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{}: {e}", db.display()))
+}
+
+#[test]
+fn targets_write_dev_and_prod_to_their_own_destinations_and_lakes() {
+    let project = Project::new(targets_pipeline());
+    project.write(
+        "data/orders.ndjson",
+        "{\"id\": 1, \"amount\": 2}\n{\"id\": 2, \"amount\": 3}\n",
+    );
+    let dir = project.path();
+
+    // dev runs without prod's variables, and nothing of prod's reaches its logs.
+    let out = project
+        .cmd()
+        .env_remove("PROD_DB_FILE")
+        .env("SLUICE_LOG", "debug")
+        .args(["--target", "dev", "run"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(orders_in(&dir.join("dev.db")), 2);
+    assert!(dir.join("lake-dev/d1").exists());
+    assert!(!dir.join("lake").exists() && !dir.join("lake-prod").exists());
+    assert!(!dir.join("warehouse.db").exists());
+    let prod_file = "prod-only-7f3a9c.db";
+    let out = project
+        .cmd()
+        .env("PROD_DB_FILE", prod_file)
+        .env("SLUICE_LOG", "debug")
+        .args(["run", "--target", "dev"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let logs = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!logs.contains("prod-only-7f3a9c"), "{logs}");
+    assert!(!dir.join(prod_file).exists());
+
+    // prod (here by SLUICE_TARGET) writes its own file and lake, from the start.
+    let out = project
+        .cmd()
+        .env("PROD_DB_FILE", prod_file)
+        .env("SLUICE_TARGET", "prod")
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(orders_in(&dir.join(prod_file)), 2);
+    assert!(dir.join("lake-prod/d1").exists());
+    assert_eq!(orders_in(&dir.join("dev.db")), 2);
+    // Each target's run history is its own lake's.
+    let out = project
+        .cmd()
+        .env("PROD_DB_FILE", prod_file)
+        .args(["--target", "prod", "runs", "--json"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let runs: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+
+    // Without --target the top level applies (the embedded default).
+    assert_exit(&project.run(&[]), 0);
+    assert_eq!(orders_in(&dir.join("warehouse.db")), 2);
+
+    // A target that does not exist: a config error naming the nearest.
+    let out = project
+        .cmd()
+        .args(["--target", "prd", "run"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("--target prd: no such target")
+            && stderr(&out).contains("did you mean `prod`?"),
+        "{}",
+        stderr(&out)
+    );
+    // A misspelt key in any target fails every run, at its line.
+    project.write(
+        "pipeline.yaml",
+        targets_pipeline().replace("    lake: ./lake-prod", "    lakee: ./lake-prod"),
+    );
+    let out = project
+        .cmd()
+        .args(["--target", "dev", "validate"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("pipeline.yaml:8:"),
+        "{}",
+        stderr(&out)
+    );
+}
