@@ -157,6 +157,25 @@ fn test_runs_checks_over_the_published_tables_with_exit_codes_and_a_junit_report
         "{failed}"
     );
 
+    // A selector naming one check tests that check alone.
+    let out = sluice(&project, &["test", "--select", "not_null(id)"]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("1 check: 1 passed") && !stdout(&out).contains("range(amount)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = sluice(
+        &project,
+        &["test", "--select", "d2a.orders_clean:range(amount)"],
+    );
+    assert_exit(&out, 7);
+    assert!(
+        stdout(&out).contains("1 check: 0 passed, 1 failed"),
+        "{}",
+        stdout(&out)
+    );
+
     // Nothing was extracted, rebuilt, published or quarantined by `sluice test`.
     assert_eq!(project.lake_files(), published);
 

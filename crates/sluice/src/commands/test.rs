@@ -35,11 +35,28 @@ pub async fn run(pipeline: &Path, args: TestArgs) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let selection = match plan.select(&args.select) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::CONFIG;
+    // A selector naming one check (`not_null(id)`, `d2a.orders_clean:not_null(id)`)
+    // tests that check alone; the plan would select its model's other checks with
+    // it, as `sluice run` runs them together.
+    let names_check = |pattern: &str| {
+        models.models.iter().any(|m| {
+            m.config.checks.iter().any(|c| {
+                let name = c.display_name();
+                pattern == name || pattern == format!("{}:{name}", m.qualified_name())
+            })
+        })
+    };
+    let (named_checks, others): (Vec<String>, Vec<String>) =
+        args.select.iter().cloned().partition(|p| names_check(p));
+    let selection = if others.is_empty() && !named_checks.is_empty() {
+        sluice_core::plan::Selection::default()
+    } else {
+        match plan.select(&others) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::CONFIG;
+            }
         }
     };
     let models = match with_registered_marks(models, &project.lake, &project.config.name).await {
@@ -51,11 +68,9 @@ pub async fn run(pipeline: &Path, args: TestArgs) -> u8 {
     };
     let selected = |model: &sluice_transform::Model,
                     check: &sluice_transform::checks::CheckSpec| {
-        selection.contains(&format!(
-            "{}:{}",
-            model.qualified_name(),
-            check.display_name()
-        ))
+        let name = check.display_name();
+        let id = format!("{}:{name}", model.qualified_name());
+        selection.contains(&id) || named_checks.iter().any(|p| *p == name || *p == id)
     };
     let outcomes = match check_published(&models, &project.lake, selected).await {
         Ok(o) => o,
@@ -136,9 +151,10 @@ fn print_outcomes(outcomes: &[CheckOutcome]) {
     let warned =
         count(&|o| matches!(o.result, CheckResult::Failed { .. }) && o.severity == Severity::Warn);
     let errors = count(&|o| matches!(o.result, CheckResult::Error(_)));
+    let total = outcomes.len();
+    let noun = if total == 1 { "check" } else { "checks" };
     println!(
-        "{} checks: {passed} passed, {failed} failed, {warned} warned, {errors} could not run",
-        outcomes.len()
+        "{total} {noun}: {passed} passed, {failed} failed, {warned} warned, {errors} could not run"
     );
 }
 
