@@ -82,3 +82,81 @@ pub(super) fn select(
     let target: Target = doc.deserialize_at(body, &at(name))?;
     Ok(Some((name.to_string(), target)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{Lookup, PipelineConfig};
+
+    /// The environment of a test: `SLUICE_TARGET` and one prod-only variable.
+    struct Env {
+        target: Option<&'static str>,
+    }
+
+    impl Lookup for Env {
+        fn var(&self, name: &str) -> Option<String> {
+            match name {
+                "SLUICE_TARGET" => self.target.map(str::to_string),
+                "PROD_URL" => Some("postgres://u:prod-secret@db/prod".into()),
+                _ => None,
+            }
+        }
+    }
+
+    const PIPELINE: &str = "name: shop\nlake: ./lake\ntargets:\n  dev:\n    lake: ./lake-dev\n    destination: { type: sqlite, path: dev.db }\n  prod:\n    destination: { type: postgres, url: \"${PROD_URL}\" }\n  broken:\n    destination: { type: postgres, url: \"${UNSET_VAR}\" }\n";
+
+    fn parse(text: &str, target: Option<&'static str>) -> Result<PipelineConfig, String> {
+        PipelineConfig::parse(
+            "pipeline.yaml".into(),
+            text.into(),
+            Path::new("."),
+            &Env { target },
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_target_replaces_lake_and_destination_and_only_its_variables_are_read() {
+        let base = parse(PIPELINE, None).unwrap();
+        assert_eq!((base.lake.as_str(), base.target), ("./lake", None));
+        assert!(base.destination.is_none());
+
+        let dev = parse(PIPELINE, Some("dev")).unwrap();
+        assert_eq!(dev.lake, "./lake-dev");
+        assert_eq!(dev.target.as_deref(), Some("dev"));
+        let destination = dev.destination.unwrap();
+        assert_eq!(destination.kind, "sqlite");
+        assert_eq!(destination.path, ["targets", "dev", "destination"]);
+
+        // prod keeps the top-level lake; its variable is interpolated for it only.
+        let prod = parse(PIPELINE, Some("prod")).unwrap();
+        assert_eq!(prod.lake, "./lake");
+        let url = &prod.destination.unwrap().body["url"];
+        assert_eq!(url.as_str(), Some("postgres://u:prod-secret@db/prod"));
+
+        // `broken`'s unset variable matters only when `broken` is chosen.
+        let err = parse(PIPELINE, Some("broken")).unwrap_err();
+        assert!(
+            err.contains("targets.broken.destination.url") && err.contains("UNSET_VAR"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_targets_and_keys_are_config_errors_with_suggestions() {
+        let err = parse(PIPELINE, Some("dve")).unwrap_err();
+        assert!(
+            err.contains("--target dve: no such target") && err.contains("did you mean `dev`?"),
+            "{err}"
+        );
+        let err = parse("name: shop\n", Some("dev")).unwrap_err();
+        assert!(err.contains("the pipeline defines no `targets:`"), "{err}");
+        let typo = PIPELINE.replace("    lake: ./lake-dev", "    lak: ./lake-dev");
+        let err = parse(&typo, None).unwrap_err();
+        assert!(
+            err.contains("pipeline.yaml:5:") && err.contains("did you mean `lake`?"),
+            "{err}"
+        );
+    }
+}
