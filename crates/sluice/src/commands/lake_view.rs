@@ -1,7 +1,8 @@
 //! What the commands that read the lake without running anything (`query`, `show`,
-//! `compile`, `test`, `quarantine`) share: the models as the lake's tables show
-//! them, with every personal column the schema registry ever recorded, so the
-//! `pii:` policy holds even when the sources cannot be built.
+//! `compile`, `quarantine`) share: the models as the lake's tables show them, with
+//! every personal column the schema registry ever recorded, so the `pii:` policy
+//! holds even when the sources cannot be built. (`test` and `ls` need the run plan,
+//! so they load the whole project, and add the same marks.)
 
 use std::path::Path;
 
