@@ -6,6 +6,7 @@
 //! [`source::Source`] and [`destination::Destination`] traits.
 
 pub mod config;
+pub mod connection;
 pub mod declared;
 pub mod dedupe;
 pub mod destination;

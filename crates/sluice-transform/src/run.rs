@@ -77,6 +77,7 @@ pub async fn run_models(
 
     // 1. Plan everything first.
     let mut planned: BTreeMap<String, SchemaRef> = BTreeMap::new();
+    let mut reads: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
     let mut missing: BTreeMap<String, String> = BTreeMap::new();
     for model in &project.models {
         let absent: Vec<String> = model
@@ -99,9 +100,23 @@ pub async fn run_models(
             continue;
         }
         let schema = plan(&ctx, model).await?;
+        reads.insert(model.qualified_name(), d1_columns_read(&ctx, model).await);
         catalog::register_placeholder(&ctx, model.layer.as_str(), &model.name, schema.clone())?;
         planned.insert(model.qualified_name(), schema);
     }
+
+    // Source fields that changed shape this run, by D1 table: a model reading one is told.
+    let changes: Vec<(String, sluice_core::drift::SchemaChange)> = record
+        .tasks
+        .iter()
+        .filter(|t| t.table.starts_with("d1."))
+        .flat_map(|t| {
+            t.schema_changes
+                .iter()
+                .map(|c| (t.table.clone(), c.clone()))
+        })
+        .filter(|(_, c)| !matches!(c.kind, sluice_core::drift::ChangeKind::Added))
+        .collect();
 
     // D1 partitions this run wrote, by table.
     let mut touched: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -192,6 +207,20 @@ pub async fn run_models(
                 (task, None, Recomputed::Failed)
             }
         };
+        let mut model_task = model_task;
+        if let Some(read) = reads.get(&name) {
+            for (table, change) in &changes {
+                if read
+                    .get(table)
+                    .is_some_and(|columns| columns.contains(&change.field))
+                {
+                    model_task.warnings.push(format!(
+                        "reads `{}` of {table}, which changed this run: {change}",
+                        change.field
+                    ));
+                }
+            }
+        }
         record.tasks.push(model_task);
         if let Some(t) = check_task {
             record.tasks.push(t);
@@ -203,6 +232,40 @@ pub async fn run_models(
 }
 
 /// Plans a model; a SQL error comes back as file:line.
+/// The D1 columns `model` reads, by table (`d1.<table>` → columns): from the
+/// optimised logical plan's table scans, so only columns the query really uses
+/// (projected, filtered, joined on) count. Empty when the model cannot be planned.
+async fn d1_columns_read(
+    ctx: &SessionContext,
+    model: &Model,
+) -> BTreeMap<String, BTreeSet<String>> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::LogicalPlan;
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let state = ctx.state();
+    let Ok(plan) = state.create_logical_plan(&model.sql).await else {
+        return out;
+    };
+    let Ok(plan) = state.optimize(&plan) else {
+        return out;
+    };
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let (schema, table) = (scan.table_name.schema(), scan.table_name.table());
+            if matches!(schema, Some("d1") | Some(catalog::RAW_SCHEMA)) {
+                out.entry(format!("d1.{table}")).or_default().extend(
+                    scan.projected_schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone()),
+                );
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
 pub(crate) async fn plan(ctx: &SessionContext, model: &Model) -> Result<SchemaRef, TransformError> {
     let plan = ctx
         .state()

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use chrono::{Duration, NaiveDate, Utc};
 use common::*;
-use sluice_sandbox::{credentials, Faults, RunningSandbox, SandboxOptions};
+use sluice_sandbox::{credentials, Faults, SandboxOptions};
 
 fn change_day() -> NaiveDate {
     Utc::now().date_naive() - Duration::days(2)
@@ -30,40 +30,6 @@ fn options(today: NaiveDate) -> SandboxOptions {
         ..Faults::default()
     };
     options
-}
-
-struct Sandbox {
-    runtime: tokio::runtime::Runtime,
-    running: Option<RunningSandbox>,
-}
-
-impl Sandbox {
-    fn start(today: NaiveDate) -> Sandbox {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let running = runtime
-            .block_on(sluice_sandbox::start(options(today), 0))
-            .unwrap();
-        Sandbox {
-            runtime,
-            running: Some(running),
-        }
-    }
-
-    fn url(&self) -> String {
-        self.running.as_ref().unwrap().base_url()
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            self.runtime.block_on(running.shutdown());
-        }
-    }
 }
 
 fn pipeline(schema: &str) -> String {
@@ -93,7 +59,7 @@ fn project(schema: &str) -> Project {
 
 /// A run whose "today" is the sandbox's.
 fn run(project: &Project, today: NaiveDate) -> std::process::Output {
-    let sandbox = Sandbox::start(today);
+    let sandbox = TestSandbox::start(options(today));
     project
         .cmd()
         .env("SANDBOX_URL", sandbox.url())
@@ -144,6 +110,17 @@ fn renames_and_evolve_keep_amount_equal_to_the_truth_and_history_shows_the_day()
     assert!(
         report.contains("Coupon") && report.contains("Items"),
         "the run reports the new and the re-typed property:\n{report}"
+    );
+    assert!(
+        report.lines().any(|l| l.contains("d2a.charged_daily")
+            && l.contains("reads `Items` of d1.app_events_charged")),
+        "the run names the model that reads the re-typed property:\n{report}"
+    );
+    assert!(
+        !report
+            .lines()
+            .any(|l| l.contains("d2a.charged_daily") && l.contains("`Coupon`")),
+        "a new property it does not read is no concern of the model:\n{report}"
     );
 
     let history = project

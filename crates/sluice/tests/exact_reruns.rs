@@ -200,3 +200,52 @@ fn a_glob_that_matches_nothing_fails_run_and_validate_connections_unless_allowed
         .unwrap();
     assert_exit(&out, 0);
 }
+
+// Two processes on one pipeline (a second pod, a shard): a publish removes staged
+// leftovers of runs that ended, never the files of a run that is still going.
+#[test]
+fn a_publish_keeps_the_staged_files_of_another_live_run_and_removes_dead_ones() {
+    let project = Project::new(
+        "name: shop\nlake: ./lake\nsources:\n  shop:\n    type: files\n    streams:\n      orders:\n        path: data/orders/*.ndjson\n        columns: { order_id: bigint, amount: \"numeric(12,2)\", order_date: date }\n        partition_column: order_date\n",
+    );
+    project.write("data/orders/a.ndjson", orders_ndjson(1, 10));
+    let out = project.run(&["--json"]);
+    assert_exit(&out, 0);
+    let finished: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = project.path().join("lake/_state/shop/runs");
+
+    // Another process's run, started a minute ago and still going; and a run killed
+    // long ago (still `running` in its record) and one that failed.
+    let record = |id: &str, status: &str, started: chrono::DateTime<chrono::Utc>| {
+        let mut r = finished.clone();
+        r["run_id"] = id.into();
+        r["status"] = status.into();
+        r["started_at"] = started.to_rfc3339().into();
+        std::fs::write(runs.join(format!("{id}.json")), r.to_string()).unwrap();
+        let staged = format!("lake/_staging/{id}/shop_orders/dt=2024-07-01/s00000-a0-0000.parquet");
+        project.write(&staged, "staged by another run");
+        project.path().join(staged)
+    };
+    let now = chrono::Utc::now();
+    let live = record(
+        "20991231T000000000Z-live",
+        "running",
+        now - chrono::Duration::minutes(1),
+    );
+    let killed = record(
+        "20000101T000000000Z-killed",
+        "running",
+        now - chrono::Duration::days(3),
+    );
+    let failed = record(
+        "20000102T000000000Z-failed",
+        "failed",
+        now - chrono::Duration::hours(1),
+    );
+
+    project.write("data/orders/b.ndjson", orders_ndjson(11, 5));
+    assert_exit(&project.run(&[]), 0);
+    assert!(live.exists(), "a live run's staged file was deleted");
+    assert!(!killed.exists(), "a killed run's leftover was kept");
+    assert!(!failed.exists(), "a failed run's leftover was kept");
+}

@@ -833,3 +833,117 @@ fn mysql_writes_during_runs_and_a_sigkill_then_reruns_converge_exactly() {
     );
     my.query(&format!("DROP DATABASE {db}"));
 }
+
+#[test]
+fn a_value_that_does_not_fit_is_quarantined_with_its_page_and_line() {
+    let prefix = unique_prefix("pgquarantine");
+    let pg = Pg::connect();
+    pg.drop_schemas(&prefix);
+    let schema = format!("{prefix}src");
+    // `infinity` is a PostgreSQL timestamp no D1 timestamp holds; NaN no decimal.
+    pg.execute(&format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.every_type (id int PRIMARY KEY, at timestamptz, amount numeric(8,2));
+         INSERT INTO {schema}.every_type VALUES (1, '2024-07-01 00:00:00+00', 1.50), (2, 'infinity', 2), (3, now(), 'NaN');"
+    ));
+    let project = Project::new(&pg_types_pipeline(&schema, "").replace(
+        &format!("      no_key:\n        table: {schema}.no_key\n"),
+        "",
+    ));
+    let record = run_json(&project, &[]);
+    let every = task(&record, "pg.every");
+    assert_eq!(every["rows_loaded"], 1, "{every}");
+    assert_eq!(every["rows_quarantined"], 2, "{every}");
+    // Pages of two rows: `infinity` is line 2 of the first page, NaN line 1 of the second.
+    let quarantined = sqlite_rows(
+        &project,
+        "SELECT origin, line, reason, raw FROM d1__pg_every__quarantine ORDER BY origin",
+    );
+    assert_eq!(quarantined.len(), 2, "{quarantined:?}");
+    let (infinity, nan) = (&quarantined[0], &quarantined[1]);
+    assert!(
+        infinity.contains("p00001.ndjson.zst|2|field `at`")
+            && infinity.contains(r#""at":"infinity""#),
+        "{infinity}"
+    );
+    assert!(
+        nan.contains("p00002.ndjson.zst|1|field `amount`") && nan.contains(r#""amount":"NaN""#),
+        "{nan}"
+    );
+    pg.drop_schemas(&prefix);
+}
+
+#[test]
+fn discover_reads_the_mariadb_catalog() {
+    let my = My::connect();
+    let table = format!("{}orders", unique_prefix("mydiscover"));
+    my.query(&format!(
+        "USE test; DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (id bigint PRIMARY KEY, paid tinyint(1), amount decimal(12,2), doc json, modified_at datetime(6) NOT NULL);
+         INSERT INTO {table} VALUES (1, 1, 9.99, '{{\"a\": 1}}', '2024-07-01 10:00:00')"
+    ));
+    let pipeline = format!(
+        "name: rel\nlake: ./lake\nsources:\n  my:\n    type: mysql\n    url: {}\n",
+        mysql_url()
+    );
+    let project = Project::new(&pipeline);
+    let out = project
+        .cmd()
+        .args(["discover", "my", &table, "--write"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let listing = stdout(&out);
+    assert!(
+        listing.contains("(primary key: id; suggested sync: incremental, cursor: modified_at)"),
+        "{listing}"
+    );
+    for (column, ty) in [
+        ("paid", "boolean"),
+        ("amount", "numeric(12,2)"),
+        ("doc", "json"),
+        ("modified_at", "timestamp"),
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(column) && l.trim_end().ends_with(ty)),
+            "{column} {ty}: {listing}"
+        );
+    }
+    let written = std::fs::read_to_string(project.path().join("pipeline.yaml")).unwrap();
+    assert_eq!(
+        written,
+        format!("{pipeline}    streams:\n      {table}:\n        table: test.{table}\n        sync: incremental\n        cursor: modified_at\n")
+    );
+    let record = run_json(&project, &[]);
+    assert_eq!(task(&record, &format!("my.{table}"))["rows_extracted"], 1);
+    my.query(&format!("DROP TABLE test.{table}"));
+}
+
+#[test]
+fn a_database_that_does_not_answer_fails_its_runs_but_not_plan_or_validate() {
+    // Nothing listens on port 1: the connection is refused.
+    let project = Project::new(
+        "name: rel\nlake: ./lake\nsources:\n  db:\n    type: postgres\n    url: postgres://postgres@127.0.0.1:1/test\n    streams:\n      items: { table: public.items, sync: incremental, cursor: updated_at, primary_key: [id] }\n",
+    );
+    let plan = project.cmd().arg("plan").output().unwrap();
+    assert_exit(&plan, 0);
+    assert!(stdout(&plan).contains("db.items"), "{}", stdout(&plan));
+    let validate = project.cmd().arg("validate").output().unwrap();
+    assert_exit(&validate, 0);
+    assert!(
+        stdout(&validate).contains("did not answer"),
+        "validate says the columns were not checked: {}",
+        stdout(&validate)
+    );
+    let connections = project
+        .cmd()
+        .args(["validate", "--connections"])
+        .output()
+        .unwrap();
+    assert_exit(&connections, 6);
+    let run = project.run(&["--json"]);
+    assert_ne!(run.status.code(), Some(0));
+    let text = format!("{}{}", stdout(&run), stderr(&run));
+    assert!(text.contains("did not answer"), "{text}");
+}

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use chrono::{Duration, NaiveDate, Utc};
 use common::*;
-use sluice_sandbox::{credentials, Faults, RunningSandbox, SandboxOptions};
+use sluice_sandbox::{credentials, Faults, SandboxOptions};
 
 /// The day the sandbox's Facebook insights start carrying `attribution_setting`.
 fn change_day() -> NaiveDate {
@@ -21,41 +21,25 @@ fn start_day() -> NaiveDate {
 }
 
 /// A sandbox whose "today" is `today`, with the schema change on.
-struct Sandbox {
-    runtime: tokio::runtime::Runtime,
-    running: Option<RunningSandbox>,
-    options: SandboxOptions,
-}
+struct Sandbox(TestSandbox);
 
 impl Sandbox {
     fn start(today: NaiveDate) -> Sandbox {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
         let mut options = SandboxOptions::new(7, 1, today);
         options.faults = Faults {
             schema_change_after: Some(change_day()),
             ..Faults::default()
         };
-        let running = runtime
-            .block_on(sluice_sandbox::start(options.clone(), 0))
-            .expect("sandbox starts");
-        Sandbox {
-            runtime,
-            running: Some(running),
-            options,
-        }
+        Sandbox(TestSandbox::start(options))
     }
 
     fn url(&self) -> String {
-        self.running.as_ref().expect("running").base_url()
+        self.0.url()
     }
 
     /// Truth per (account, day): (rows, impressions, clicks, spend in cents).
     fn truth(&self, since: NaiveDate, until: NaiveDate) -> BTreeMap<(String, String), Totals> {
-        let truth = sluice_sandbox::truth(&self.options, since, until);
+        let truth = sluice_sandbox::truth(&self.0.options, since, until);
         truth["facebook"]["days"]
             .as_array()
             .expect("facebook days")
@@ -75,14 +59,6 @@ impl Sandbox {
                 )
             })
             .collect()
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            self.runtime.block_on(running.shutdown());
-        }
     }
 }
 
@@ -240,7 +216,7 @@ fn freeze_holds_the_stream_and_replay_after_evolve_loads_the_held_back_days() {
         .any(|p| p.to_string_lossy().contains(&frozen_run)));
 
     // The decision: evolve. The replay calls no API (the sandbox is gone).
-    let requests_before = sandbox.running.as_ref().unwrap().request_count();
+    let requests_before = sandbox.0.request_count();
     std::fs::write(
         project.path().join("pipeline.yaml"),
         insights_pipeline("evolve"),
@@ -253,10 +229,7 @@ fn freeze_holds_the_stream_and_replay_after_evolve_loads_the_held_back_days() {
         .output()
         .unwrap();
     assert_exit(&replay, 0);
-    assert_eq!(
-        sandbox.running.as_ref().unwrap().request_count(),
-        requests_before
-    );
+    assert_eq!(sandbox.0.request_count(), requests_before);
     assert_eq!(loaded(&project), sandbox.truth(start_day(), today));
     assert!(columns(&project, "d1__facebook_insights").contains(&"attribution_setting".into()));
     let changed_days = sqlite_count(

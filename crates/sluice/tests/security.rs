@@ -7,43 +7,9 @@ mod common;
 
 use chrono::{Duration, NaiveDate, Utc};
 use common::*;
-use sluice_sandbox::{credentials, RunningSandbox, SandboxOptions};
+use sluice_sandbox::{credentials, SandboxOptions};
 
 const PII_KEY: &str = "security-test-pii-key-0123456789abcdef";
-
-struct Sandbox {
-    runtime: tokio::runtime::Runtime,
-    running: Option<RunningSandbox>,
-}
-
-impl Sandbox {
-    fn start(today: NaiveDate) -> Sandbox {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let running = runtime
-            .block_on(sluice_sandbox::start(SandboxOptions::new(7, 1, today), 0))
-            .unwrap();
-        Sandbox {
-            runtime,
-            running: Some(running),
-        }
-    }
-
-    fn url(&self) -> String {
-        self.running.as_ref().unwrap().base_url()
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            self.runtime.block_on(running.shutdown());
-        }
-    }
-}
 
 fn today() -> NaiveDate {
     Utc::now().date_naive()
@@ -94,7 +60,7 @@ fn query_shows_personal_columns_only_through_the_policy_and_only_reads() {
     let passcode = format!("passcode: {}", credentials::CLEVERTAP_PASSCODE);
     let project = Project::new(&pipeline(&passcode));
     {
-        let sandbox = Sandbox::start(today());
+        let sandbox = TestSandbox::start(SandboxOptions::new(7, 1, today()));
         let out = project
             .cmd()
             .env("SANDBOX_URL", sandbox.url())

@@ -104,9 +104,16 @@ pub struct SqlStreamConfig {
     pub write_mode: Option<WriteMode>,
 }
 
-/// Parses `overlap:`: a number with an optional time unit. Returns the amount and
-/// whether it is a duration (then in seconds).
-pub fn parse_overlap(text: &str) -> Result<(f64, bool), String> {
+/// How far before the stored cursor a run starts again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Overlap {
+    /// Seconds for a duration; otherwise in the cursor column's own units.
+    pub amount: f64,
+    pub is_duration: bool,
+}
+
+/// Parses `overlap:`: a number with an optional time unit.
+pub fn parse_overlap(text: &str) -> Result<Overlap, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => (text[..i].trim(), text[i..].trim()),
@@ -120,7 +127,12 @@ pub fn parse_overlap(text: &str) -> Result<(f64, bool), String> {
             format!("`{text}` is not an overlap: use e.g. `10 minutes`, `2 hours` or a number")
         })?;
     let seconds = match unit.trim_end_matches('s') {
-        "" => return Ok((amount, false)),
+        "" => {
+            return Ok(Overlap {
+                amount,
+                is_duration: false,
+            })
+        }
         "second" | "sec" => 1.0,
         "minute" | "min" | "m" => 60.0,
         "hour" | "h" => 3600.0,
@@ -131,7 +143,10 @@ pub fn parse_overlap(text: &str) -> Result<(f64, bool), String> {
             ))
         }
     };
-    Ok((amount * seconds, true))
+    Ok(Overlap {
+        amount: amount * seconds,
+        is_duration: true,
+    })
 }
 
 #[cfg(test)]
@@ -140,9 +155,13 @@ mod tests {
 
     #[test]
     fn overlaps_parse_with_and_without_units() {
-        assert_eq!(parse_overlap("10 minutes").unwrap(), (600.0, true));
-        assert_eq!(parse_overlap("1h").unwrap(), (3600.0, true));
-        assert_eq!(parse_overlap("250").unwrap(), (250.0, false));
+        let overlap = |amount, is_duration| Overlap {
+            amount,
+            is_duration,
+        };
+        assert_eq!(parse_overlap("10 minutes").unwrap(), overlap(600.0, true));
+        assert_eq!(parse_overlap("1h").unwrap(), overlap(3600.0, true));
+        assert_eq!(parse_overlap("250").unwrap(), overlap(250.0, false));
         assert!(parse_overlap("ten minutes").is_err());
         assert!(parse_overlap("5 fortnights").is_err());
     }

@@ -15,7 +15,7 @@ use sluice_core::secret::redact;
 use sluice_core::source::{ErrorClass, SourceError};
 use tokio::sync::mpsc;
 
-use super::config::TlsMode;
+use super::config::{Overlap, TlsMode};
 use super::{
     CatalogTable, Database, Described, DescribedColumn, ReadAs, Relation, Session, SqlColumn,
     TextRows,
@@ -132,7 +132,11 @@ impl Database for Mysql {
         }
     }
 
-    fn minus(&self, value: String, amount: f64, is_duration: bool, _column: &SqlColumn) -> String {
+    fn minus(&self, value: String, overlap: Overlap) -> String {
+        let Overlap {
+            amount,
+            is_duration,
+        } = overlap;
         if is_duration {
             format!(
                 "({value} - INTERVAL {} MICROSECOND)",

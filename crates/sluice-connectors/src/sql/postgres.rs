@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::{Kind, ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
-use super::config::TlsMode;
+use super::config::{Overlap, TlsMode};
 use super::{
     CatalogTable, Database, Described, DescribedColumn, ReadAs, Relation, Session, SqlColumn,
     TextRows,
@@ -41,16 +41,7 @@ impl Postgres {
             )));
         }
         // TLS is the `tls:` key's decision, not the URL's.
-        let mut stripped = url.clone();
-        let rest: Vec<(String, String)> = url
-            .query_pairs()
-            .filter(|(k, _)| k != "sslmode")
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        stripped.set_query(None);
-        if !rest.is_empty() {
-            stripped.query_pairs_mut().extend_pairs(rest);
-        }
+        let (stripped, _) = sluice_core::connection::take_query_param(url, "sslmode");
         let mut connect: tokio_postgres::Config =
             stripped
                 .as_str()
@@ -180,7 +171,11 @@ impl Database for Postgres {
         format!("${n}::text::{}", column.source_type)
     }
 
-    fn minus(&self, value: String, amount: f64, is_duration: bool, _column: &SqlColumn) -> String {
+    fn minus(&self, value: String, overlap: Overlap) -> String {
+        let Overlap {
+            amount,
+            is_duration,
+        } = overlap;
         if is_duration {
             format!("({value} - make_interval(secs => {amount}))")
         } else {

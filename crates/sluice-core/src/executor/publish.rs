@@ -21,6 +21,10 @@ use crate::run::TaskRecord;
 use crate::schema::TableSchema;
 use crate::typing::Rejected;
 
+/// A run still `running` after this long was killed (kill -9 leaves no record of its
+/// end): its staged files are leftovers, not a live run's.
+const LIVE_RUN_HORIZON: chrono::Duration = chrono::Duration::hours(24);
+
 /// A Parquet file staged by a finished slice.
 #[derive(Debug, Clone)]
 pub(super) struct StagedFile {
@@ -129,8 +133,30 @@ impl Executor {
 
         // Checkpoints and leftovers of earlier, unpublished runs are now obsolete.
         self.state.clear_checkpoints(table).await?;
+        self.remove_leftovers(table, &options.run_id).await?;
+        Ok(())
+    }
+
+    /// Deletes staged files of `table` left by runs that ended without publishing
+    /// them. Files of another run that is still going (another process on the same
+    /// pipeline: a second pod, a shard) are its own and stay.
+    async fn remove_leftovers(&self, table: &str, run_id: &str) -> Result<(), TaskFailure> {
+        let mut live: std::collections::BTreeMap<String, bool> = Default::default();
         for object in self.lake.list("_staging/").await? {
-            if object.path.contains(&format!("/{table}/")) {
+            if !object.path.contains(&format!("/{table}/")) {
+                continue;
+            }
+            let Some(owner) = object.path.split('/').nth(1).map(str::to_string) else {
+                continue;
+            };
+            if owner != run_id && !live.contains_key(&owner) {
+                let running = self.state.run(&owner).await?.is_some_and(|run| {
+                    run.status == crate::run::RunStatus::Running
+                        && chrono::Utc::now() - run.started_at < LIVE_RUN_HORIZON
+                });
+                live.insert(owner.clone(), running);
+            }
+            if !live.get(&owner).copied().unwrap_or(false) {
                 self.lake.delete(&object.path).await?;
             }
         }

@@ -129,21 +129,8 @@ impl PostgresDestination {
                 url.scheme()
             )));
         }
-        let sslmode = url
-            .query_pairs()
-            .find(|(k, _)| k == "sslmode")
-            .map(|(_, v)| v.into_owned());
         // tokio-postgres knows only disable/prefer/require; TLS is decided here instead.
-        let mut stripped = url.clone();
-        let rest: Vec<(String, String)> = url
-            .query_pairs()
-            .filter(|(k, _)| k != "sslmode")
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        stripped.set_query(None);
-        if !rest.is_empty() {
-            stripped.query_pairs_mut().extend_pairs(rest);
-        }
+        let (stripped, sslmode) = sluice_core::connection::take_query_param(&url, "sslmode");
         let mut connect: tokio_postgres::Config =
             stripped
                 .as_str()

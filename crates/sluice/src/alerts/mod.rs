@@ -1,5 +1,5 @@
 //! Alerts: telling someone when a run fails, is partial, or an error-severity check
-//! fails, and again when the pipeline recovers.
+//! fails, and again when the pipeline recovers; and when a source's schema changed.
 //!
 //! ```yaml
 //! alerts:
@@ -13,6 +13,8 @@
 //! Every alert names the pipeline, what failed, since when, and links to the run on
 //! the dashboard. Sending is best effort: a webhook or SMTP server that is down is
 //! logged, never fails a run.
+
+mod freshness;
 
 use std::time::Duration;
 
@@ -41,6 +43,9 @@ pub struct AlertsConfig {
     /// should not send twelve messages an hour.
     #[serde(default = "default_repeat_after")]
     pub repeat_after: String,
+    /// Announce tables not loaded for too long (`{warn_after: 26h, tables: {…}}`).
+    #[serde(default)]
+    pub freshness: Option<freshness::FreshnessConfig>,
 }
 
 fn default_repeat_after() -> String {
@@ -139,6 +144,8 @@ pub struct Alerter {
     open: Mutex<Option<OpenProblem>>,
     /// Where the open problem is kept (`_state/<pipeline>/alerts.json`), if anywhere.
     store: Option<Lake>,
+    /// Freshness limits per table, if configured.
+    freshness: Option<freshness::Watch>,
 }
 
 /// One message, rendered for both channels.
@@ -187,14 +194,28 @@ impl Alerter {
                     .map_err(|(key, message)| config.doc.error_at(&at(&["email", key]), message))
             })
             .transpose()?;
+        let freshness = parsed
+            .freshness
+            .as_ref()
+            .map(|f| {
+                freshness::Watch::new(f).map_err(|(key, message)| {
+                    let mut path = at(&["freshness"]);
+                    path.extend(key);
+                    config.doc.error_at(&path, message)
+                })
+            })
+            .transpose()?;
         Ok(Some(Alerter {
+            freshness,
             pipeline: config.name.clone(),
             dashboard: dashboard.trim_end_matches('/').to_string(),
             webhook: parsed.webhook.map(|w| w.url),
             email,
             repeat_after,
+            // No redirects: an alert (with its run details) goes where it was configured.
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
             open: Mutex::new(None),
@@ -202,8 +223,35 @@ impl Alerter {
         }))
     }
 
+    /// How often `sluice serve` should call [`Alerter::check_freshness`], if at all.
+    pub fn freshness_check_every(&self) -> Option<Duration> {
+        self.freshness.as_ref().map(freshness::Watch::check_every)
+    }
+
+    /// Announces tables that became stale (or fresh again); `tables` are (table,
+    /// last successful load). Returns the alerts it sent.
+    pub async fn check_freshness(
+        &self,
+        tables: &[(String, Option<DateTime<Utc>>)],
+        now: DateTime<Utc>,
+    ) -> Vec<Alert> {
+        let Some(watch) = &self.freshness else {
+            return Vec::new();
+        };
+        let alerts = watch
+            .check(&self.pipeline, &self.dashboard, tables, now)
+            .await;
+        for alert in &alerts {
+            self.send(alert).await;
+        }
+        alerts
+    }
+
     fn store_path(&self) -> String {
-        format!("_state/{}/alerts.json", self.pipeline)
+        format!(
+            "{}/alerts.json",
+            sluice_core::lake::layout::state(&self.pipeline)
+        )
     }
 
     /// Keeps the open problem in `lake`, and picks up the one a previous process left:
@@ -230,8 +278,48 @@ impl Alerter {
     }
 
     /// Looks at a finished run: alerts on a new or still-open problem (throttled),
-    /// announces a recovery. Returns the alert it sent, if any.
-    pub async fn after_run(&self, record: &RunRecord) -> Option<Alert> {
+    /// announces a recovery and source schema changes. Returns the alerts it sent.
+    pub async fn after_run(&self, record: &RunRecord) -> Vec<Alert> {
+        let mut sent = Vec::new();
+        if let Some(alert) = self.problem_alert(record).await {
+            sent.push(alert);
+        }
+        // A schema change is news, not a lasting problem: announced once, never throttled.
+        if let Some(alert) = self.schema_alert(record) {
+            self.send(&alert).await;
+            sent.push(alert);
+        }
+        sent
+    }
+
+    fn schema_alert(&self, record: &RunRecord) -> Option<Alert> {
+        let changes: Vec<String> = record
+            .tasks
+            .iter()
+            .flat_map(|t| {
+                t.schema_changes
+                    .iter()
+                    .map(move |c| format!("- {} ({}): {c}", t.task, t.table))
+            })
+            .collect();
+        if changes.is_empty() {
+            return None;
+        }
+        Some(Alert {
+            subject: format!("[sluice] {}: source schema changed", self.pipeline),
+            body: format!(
+                "Pipeline `{}`: run {} found source schema changes:\n{}\nRun: {}",
+                self.pipeline,
+                record.run_id,
+                changes.join("\n"),
+                self.run_link(&record.run_id),
+            ),
+        })
+    }
+
+    /// The alert about the run's problem (new, repeated after `repeat_after`) or
+    /// about the recovery from the open one; `None` when there is nothing to say.
+    async fn problem_alert(&self, record: &RunRecord) -> Option<Alert> {
         let problem = problem_of(record);
         let now = Utc::now();
         let mut open = self.open.lock().await;
@@ -295,8 +383,11 @@ impl Alerter {
     }
 
     async fn send(&self, alert: &Alert) {
+        // Error messages come from sources and databases: no secret leaves in an alert.
+        let subject = sluice_core::secret::redact(&alert.subject);
+        let body = sluice_core::secret::redact(&alert.body);
         if let Some(url) = &self.webhook {
-            let text = format!("*{}*\n{}", alert.subject, alert.body);
+            let text = format!("*{subject}*\n{body}");
             let sent = self
                 .http
                 .post(url)
@@ -312,13 +403,11 @@ impl Alerter {
             }
         }
         if let Some(email) = &self.email {
-            let mut builder = Message::builder()
-                .from(email.from.clone())
-                .subject(alert.subject.clone());
+            let mut builder = Message::builder().from(email.from.clone()).subject(subject);
             for to in &email.to {
                 builder = builder.to(to.clone());
             }
-            let sent = match builder.body(alert.body.clone()) {
+            let sent = match builder.body(body) {
                 Ok(message) => email
                     .transport
                     .send(message)
@@ -459,24 +548,25 @@ mod tests {
             http: reqwest::Client::new(),
             open: Mutex::new(None),
             store: None,
+            freshness: None,
         }
     }
 
     #[tokio::test]
     async fn a_problem_is_announced_once_then_its_recovery() {
         let alerter = silent_alerter();
-        assert!(alerter.after_run(&record("r0", false)).await.is_none());
-        let first = alerter.after_run(&record("r1", true)).await.unwrap();
+        assert!(alerter.problem_alert(&record("r0", false)).await.is_none());
+        let first = alerter.problem_alert(&record("r1", true)).await.unwrap();
         assert_eq!(first.subject, "[sluice] shop: run FAILED");
         assert!(first
             .body
             .contains("- shop.orders (d1.shop_orders): 401 from the API\n"));
         assert!(first.body.contains("http://dash/runs/r1"));
-        assert!(alerter.after_run(&record("r2", true)).await.is_none());
-        let recovered = alerter.after_run(&record("r3", false)).await.unwrap();
+        assert!(alerter.problem_alert(&record("r2", true)).await.is_none());
+        let recovered = alerter.problem_alert(&record("r3", false)).await.unwrap();
         assert!(recovered.subject.ends_with("recovered"), "{recovered:?}");
         assert!(recovered.body.contains("http://dash/runs/r3"));
-        assert!(alerter.after_run(&record("r4", false)).await.is_none());
+        assert!(alerter.problem_alert(&record("r4", false)).await.is_none());
     }
 
     #[test]

@@ -10,7 +10,6 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::Utc;
 use minijinja::value::Serde;
 use minijinja::{context, Environment};
-use serde::Serialize;
 use sluice_core::plan::{NodeKind, RunPlan};
 use sluice_core::run::{RunRecord, TaskStatus};
 
@@ -52,6 +51,10 @@ pub async fn index(State(state): State<AppState>) -> Response {
     let last = records.last().map(|r| r.as_ref());
     let svg = plan_svg(&state.plan, last);
     let tables = freshness(&records, now);
+    let sparklines: Vec<minijinja::Value> = tables
+        .iter()
+        .map(|t| minijinja::Value::from_safe_string(sparkline(&t.recent_rows_loaded)))
+        .collect();
     let failed_checks: Vec<_> = records
         .iter()
         .rev()
@@ -86,8 +89,13 @@ pub async fn index(State(state): State<AppState>) -> Response {
         .take(10)
         .collect();
     let schedule = state.daemon.project.config.schedule.as_ref().map(|s| {
+        let next = s
+            .cron
+            .find_next_occurrence(&now.with_timezone(&s.timezone), false)
+            .map(|t| format!("; next {}", t.format("%Y-%m-%d %H:%M:%S %Z")))
+            .unwrap_or_default();
         format!(
-            "{} ({}, catch_up: {})",
+            "{} ({}, catch_up: {}{next})",
             s.expression,
             s.timezone.name(),
             s.catch_up.as_str()
@@ -101,6 +109,7 @@ pub async fn index(State(state): State<AppState>) -> Response {
             current_run => current,
             runs => Serde(&recent),
             tables => Serde(&tables),
+            sparklines => sparklines,
             failed_checks => failed_checks,
             schema_changes => schema_changes,
             plan_svg => minijinja::Value::from_safe_string(svg),
@@ -143,7 +152,6 @@ pub async fn run_page(State(state): State<AppState>, Path(id): Path<String>) -> 
 }
 
 /// A node placed on the drawing.
-#[derive(Serialize)]
 struct Placed {
     id: String,
     x: i64,
@@ -243,6 +251,38 @@ pub fn plan_svg(plan: &RunPlan, last: Option<&RunRecord>) -> String {
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// Rows loaded per successful load as a small line chart (oldest left).
+pub fn sparkline(values: &[u64]) -> String {
+    const W: f64 = 120.0;
+    const H: f64 = 24.0;
+    let max = values.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let step = if values.len() > 1 {
+        W / (values.len() - 1) as f64
+    } else {
+        0.0
+    };
+    let points: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            format!(
+                "{:.1},{:.1}",
+                i as f64 * step,
+                H - 2.0 - (*v as f64 / max) * (H - 4.0)
+            )
+        })
+        .collect();
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" class="spark" width="{W}" height="{H}"><title>rows per load: {}</title><polyline fill="none" stroke="#1d4f91" stroke-width="1.5" points="{}"/></svg>"##,
+        values
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        points.join(" ")
+    )
 }
 
 fn shorten(text: &str, max: usize) -> String {

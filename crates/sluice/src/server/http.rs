@@ -10,8 +10,8 @@
 //! | `POST /api/runs/{id}/cancel` | cancel the run in progress (its loads roll back) | bearer token with role `operator` |
 //! | `GET /`, `/runs/{id}` | the dashboard | anyone who reaches the port |
 //!
-//! Reads are not token-protected: bind `--listen` to an address only your
-//! network reaches. Triggering always needs an operator token.
+//! Reads are open unless `serve.protect_reads` is set (then any token may read);
+//! triggering and cancelling always need an operator token.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -43,18 +43,40 @@ pub fn router(daemon: Arc<Daemon>, plan: RunPlan) -> Router {
         daemon,
         plan: Arc::new(plan),
     };
-    Router::new()
+    let reads_and_writes = Router::new()
         .route("/", get(super::dashboard::index))
         .route("/runs/{id}", get(super::dashboard::run_page))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/runs", get(list_runs).post(trigger_run))
         .route("/api/runs/{id}", get(one_run))
         .route("/api/runs/{id}/cancel", axum::routing::post(cancel_run))
         .route("/api/tables", get(tables))
         .route("/api/plan", get(plan_json))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            reads_need_a_token,
+        ));
+    // Probes answer whoever asks: the orchestrator has no token.
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(reads_and_writes)
         .with_state(state)
+}
+
+/// With `serve.protect_reads`, a GET needs a token of any role (writes check their
+/// own, stronger role).
+async fn reads_need_a_token(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.daemon.tokens.protect_reads && request.method() == axum::http::Method::GET {
+        if let Err((status, message)) = authorize(&state, request.headers(), Role::Viewer) {
+            return error(status, message);
+        }
+    }
+    next.run(request).await
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -72,39 +94,40 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Ready when the lake and the destination answer (within 5 s each) and the server
-/// is not shutting down.
+/// Ready when the lake and the destination answer (both asked at once, within 4 s,
+/// inside the 5 s a Kubernetes probe waits) and the server is not shutting down.
 async fn readyz(State(state): State<AppState>) -> Response {
     let daemon = &state.daemon;
-    let probe = Duration::from_secs(5);
-    let lake = match tokio::time::timeout(
-        probe,
-        daemon
-            .project
-            .lake
-            .list(&format!("_state/{}/runs", daemon.project.config.name)),
-    )
-    .await
-    {
-        Ok(Ok(_)) => "ok".to_string(),
-        Ok(Err(e)) => sluice_core::secret::redact(&e.to_string()),
-        Err(_) => "no answer within 5 s".into(),
+    let probe = Duration::from_secs(4);
+    let verdict = |outcome: Result<Result<(), String>, tokio::time::error::Elapsed>| match outcome {
+        Ok(Ok(())) => "ok".to_string(),
+        Ok(Err(e)) => sluice_core::secret::redact(&e),
+        Err(_) => "no answer within 4 s".into(),
     };
-    // A read-only round trip: it needs a connection and a query, and takes no lock a
-    // running load could hold.
-    let destination = match tokio::time::timeout(
-        probe,
-        daemon
-            .project
-            .destination
-            .row_count("d1", "_sluice_readiness_probe"),
-    )
-    .await
-    {
-        Ok(Ok(_)) => "ok".to_string(),
-        Ok(Err(e)) => sluice_core::secret::redact(&e.to_string()),
-        Err(_) => "no answer within 5 s".into(),
-    };
+    // One small read each: a GET in the lake (absent is fine), and a read-only
+    // round trip to the destination that takes no lock a running load could hold.
+    let scheduler_state = super::scheduler::state_path(&daemon.project.config.name);
+    let (lake, destination) = tokio::join!(
+        tokio::time::timeout(probe, async {
+            daemon
+                .project
+                .lake
+                .get(&scheduler_state)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }),
+        tokio::time::timeout(probe, async {
+            daemon
+                .project
+                .destination
+                .row_count("d1", "_sluice_readiness_probe")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }),
+    );
+    let (lake, destination) = (verdict(lake), verdict(destination));
     let stopping = daemon.stopping.is_cancelled();
     let ready = lake == "ok" && destination == "ok" && !stopping;
     let body = json!({
@@ -140,7 +163,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
         Ok(r) => r,
         Err(response) => return response,
     };
-    match super::metrics::render(&records, Utc::now()) {
+    let current = state.daemon.current_run();
+    match super::metrics::render(&records, current.as_deref(), Utc::now()) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -232,6 +256,8 @@ pub struct TableFreshness {
     pub last_rows_loaded: u64,
     pub rows_loaded_total: u64,
     pub rows_quarantined_total: u64,
+    /// Rows loaded by its last (up to 30) successful tasks, oldest first.
+    pub recent_rows_loaded: Vec<u64>,
 }
 
 /// Every table a run touched, sorted by name.
@@ -250,6 +276,7 @@ pub fn freshness(records: &[Arc<RunRecord>], now: DateTime<Utc>) -> Vec<TableFre
                     last_rows_loaded: 0,
                     rows_loaded_total: 0,
                     rows_quarantined_total: 0,
+                    recent_rows_loaded: Vec::new(),
                 });
             entry.last_run_id = Some(record.run_id.clone());
             entry.last_status = crate::commands::run::status_text(task.status).to_string();
@@ -258,6 +285,10 @@ pub fn freshness(records: &[Arc<RunRecord>], now: DateTime<Utc>) -> Vec<TableFre
             if matches!(task.status, TaskStatus::Succeeded | TaskStatus::UpToDate) {
                 let done =
                     task.started_at + chrono::Duration::milliseconds(task.duration_ms as i64);
+                if entry.recent_rows_loaded.len() == 30 {
+                    entry.recent_rows_loaded.remove(0);
+                }
+                entry.recent_rows_loaded.push(task.rows_loaded);
                 if entry.last_success.is_none_or(|t| t < done) {
                     entry.last_success = Some(done);
                     entry.last_rows_loaded = task.rows_loaded;

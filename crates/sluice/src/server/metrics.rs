@@ -7,7 +7,7 @@
 //!
 //! | metric | labels |
 //! |---|---|
-//! | `sluice_runs_total` | `status` |
+//! | `sluice_runs_total` (finished runs), `sluice_runs_in_progress` | `status` / — |
 //! | `sluice_rows_loaded_total`, `sluice_rows_extracted_total`, `sluice_bytes_received_total`, `sluice_pages_total`, `sluice_retries_total` | `task`, `table` |
 //! | `sluice_rows_quarantined_total`, `sluice_check_failures_total` | `table` |
 //! | `sluice_task_errors_total` | `class` |
@@ -24,7 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use sluice_core::run::{RunRecord, TaskStatus};
+use sluice_core::run::{RunRecord, RunStatus, TaskStatus};
 
 type Labels = Vec<(String, String)>;
 
@@ -41,7 +41,16 @@ fn duration_histogram() -> Histogram {
 }
 
 /// The metrics of `records` as OpenMetrics text; `now` dates the freshness gauges.
-pub fn render(records: &[Arc<RunRecord>], now: DateTime<Utc>) -> Result<String, String> {
+///
+/// Counters must never go down, so only finished runs are counted: a running run's
+/// record changes (the stream stage writes a settled-looking record before the
+/// models run), so runs still `running` and the `current` run are left out until
+/// they end; `sluice_runs_in_progress` counts them.
+pub fn render(
+    records: &[Arc<RunRecord>],
+    current: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<String, String> {
     let mut registry = Registry::with_prefix("sluice");
     let runs = Family::<Labels, Counter>::default();
     let rows_loaded = Family::<Labels, Counter>::default();
@@ -58,7 +67,12 @@ pub fn render(records: &[Arc<RunRecord>], now: DateTime<Utc>) -> Result<String, 
     let last_success = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let freshness = Family::<Labels, Gauge<f64, AtomicU64>>::default();
 
+    let in_progress = Gauge::<i64>::default();
     for record in records {
+        if record.status == RunStatus::Running || current == Some(record.run_id.as_str()) {
+            in_progress.inc();
+            continue;
+        }
         runs.get_or_create(&labels(&[("status", record.status.as_str())]))
             .inc();
         for task in &record.tasks {
@@ -111,7 +125,12 @@ pub fn render(records: &[Arc<RunRecord>], now: DateTime<Utc>) -> Result<String, 
             .set((now - success).num_milliseconds().max(0) as f64 / 1000.0);
     }
 
-    registry.register("runs", "Runs by final status", runs);
+    registry.register("runs", "Finished runs by status", runs);
+    registry.register(
+        "runs_in_progress",
+        "Runs started and not finished (their counts join the others when they end)",
+        in_progress,
+    );
     registry.register(
         "rows_loaded",
         "Rows loaded into the destination",

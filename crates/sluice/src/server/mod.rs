@@ -1,6 +1,6 @@
 //! `sluice serve`: the long-running mode. It runs the pipeline on its `schedule:`,
-//! answers health probes, exposes metrics and a JSON API, draws a dashboard, and
-//! announces failures (`alerts:`).
+//! answers health probes, exposes metrics and a JSON API, draws a dashboard,
+//! announces failures (`alerts:`) and watches table freshness between runs.
 //!
 //! | module | owns |
 //! |---|---|
@@ -137,8 +137,8 @@ impl Daemon {
     }
 
     /// Runs the pipeline once (the `select`ed part, default all) as the claimed run;
-    /// alerts on the outcome. Never fails: a run that cannot start is recorded as a
-    /// failed run, so it shows on the dashboard and is alerted.
+    /// alerts on the outcome. Never fails: a run that cannot start (or panics) is
+    /// recorded as a failed run, so it shows on the dashboard and is alerted.
     pub async fn execute(self: &Arc<Self>, select: Vec<String>, ticket: RunTicket) -> RunRecord {
         // The run is driven from a blocking thread with `block_on`: rustc cannot yet
         // prove the run's future `Send` (higher-ranked lifetimes in its async closures,
@@ -146,68 +146,31 @@ impl Daemon {
         // on the runtime's workers.
         let daemon = self.clone();
         let handle = tokio::runtime::Handle::current();
-        let failed_id = ticket.run_id.clone();
-        tokio::task::spawn_blocking(move || {
+        let run_id = ticket.run_id.clone();
+        let started_at = chrono::Utc::now();
+        let selected = select.clone();
+        let joined = tokio::task::spawn_blocking(move || {
             let RunTicket {
                 run_id,
                 cancel,
                 slot: _slot,
             } = ticket;
-            handle.block_on(daemon.execute_here(select, run_id, cancel))
+            handle.block_on(daemon.run_once(selected, run_id, cancel))
         })
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!("run {failed_id} panicked: {e}");
-            panic!("run {failed_id} panicked: {e}")
-        })
-    }
-
-    async fn execute_here(
-        &self,
-        select: Vec<String>,
-        run_id: String,
-        cancel: CancellationToken,
-    ) -> RunRecord {
-        let args = RunArgs {
-            select: select.clone(),
-            ..RunArgs::default()
-        };
-        let started_at = chrono::Utc::now();
-        let outcome = execute_cancellable(
-            &self.project,
-            &self.project.sources,
-            &args,
-            Arc::new(crate::progress::LogLines),
-            cancel,
-            run_id.clone(),
-        )
         .await;
-        let record = match outcome {
-            Ok(record) => record,
-            Err(code) => {
-                let record = RunRecord {
-                    run_id: run_id.clone(),
-                    pipeline: self.project.config.name.clone(),
-                    started_at,
-                    finished_at: Some(chrono::Utc::now()),
-                    status: RunStatus::Failed,
-                    window: RunWindow {
-                        since: None,
-                        until: None,
-                        today: started_at.date_naive(),
-                        full_refresh: false,
-                    },
-                    select,
-                    tasks: Vec::new(),
-                    notices: Vec::new(),
-                    error: Some(format!(
-                        "the run could not start (exit code {code}); the server log says why"
-                    )),
-                };
-                if let Err(e) = self.project.state.save_run(&record).await {
-                    tracing::warn!("cannot record the failed start of run {run_id}: {e}");
-                }
-                record
+        let record = match joined {
+            Ok(Ok(record)) => record,
+            Ok(Err(code)) => {
+                let message =
+                    format!("the run could not start (exit code {code}); the server log says why");
+                self.record_failure(&run_id, select, started_at, message)
+                    .await
+            }
+            Err(e) => {
+                let message = format!("the run stopped unexpectedly: {e}");
+                tracing::error!(run_id = %run_id, "{message}");
+                self.record_failure(&run_id, select, started_at, message)
+                    .await
             }
         };
         tracing::info!(
@@ -221,6 +184,60 @@ impl Daemon {
             if record.status != RunStatus::Cancelled {
                 alerter.after_run(&record).await;
             }
+        }
+        record
+    }
+
+    /// The run itself, through the same entry as `sluice run`; `Err` is the exit code
+    /// of a failure before it started (printed to the log).
+    async fn run_once(
+        &self,
+        select: Vec<String>,
+        run_id: String,
+        cancel: CancellationToken,
+    ) -> Result<RunRecord, u8> {
+        let args = RunArgs {
+            select,
+            ..RunArgs::default()
+        };
+        execute_cancellable(
+            &self.project,
+            &self.project.sources,
+            &args,
+            Arc::new(crate::progress::LogLines),
+            cancel,
+            run_id,
+        )
+        .await
+    }
+
+    /// Stores (and returns) the record of a run that failed without a record of its own.
+    async fn record_failure(
+        &self,
+        run_id: &str,
+        select: Vec<String>,
+        started_at: chrono::DateTime<chrono::Utc>,
+        message: String,
+    ) -> RunRecord {
+        let record = RunRecord {
+            run_id: run_id.to_string(),
+            pipeline: self.project.config.name.clone(),
+            started_at,
+            finished_at: Some(chrono::Utc::now()),
+            status: RunStatus::Failed,
+            window: RunWindow {
+                since: None,
+                until: None,
+                today: started_at.date_naive(),
+                full_refresh: false,
+            },
+            select,
+            tasks: Vec::new(),
+            notices: Vec::new(),
+            error: Some(message),
+        };
+        if let Err(e) = self.project.state.save_run(&record).await {
+            tracing::warn!("cannot record the failure of run {run_id}: {e}");
         }
         record
     }
@@ -295,6 +312,13 @@ pub async fn run(pipeline: &Path, args: ServeArgs) -> u8 {
         );
         tokio::spawn(scheduler::run_loop(daemon.clone(), s))
     });
+    if let Some(every) = daemon
+        .alerter
+        .as_ref()
+        .and_then(|a| a.freshness_check_every())
+    {
+        tokio::spawn(watch_freshness(daemon.clone(), every));
+    }
     let app = http::router(daemon.clone(), plan);
     let server_stop = CancellationToken::new();
     let server = {
@@ -335,6 +359,31 @@ pub async fn run(pipeline: &Path, args: ServeArgs) -> u8 {
     server_stop.cancel();
     let _ = server.await;
     exit::OK
+}
+
+/// Checks table freshness every `every` until the server stops: a table goes stale
+/// while nothing runs, so this cannot wait for a run to end.
+async fn watch_freshness(daemon: Arc<Daemon>, every: Duration) {
+    let Some(alerter) = &daemon.alerter else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = daemon.stopping.cancelled() => return,
+        }
+        match daemon.records.all().await {
+            Ok(records) => {
+                let now = chrono::Utc::now();
+                let tables: Vec<_> = http::freshness(&records, now)
+                    .into_iter()
+                    .map(|t| (t.table, t.last_success))
+                    .collect();
+                alerter.check_freshness(&tables, now).await;
+            }
+            Err(e) => tracing::warn!("freshness check: cannot read run records: {e}"),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

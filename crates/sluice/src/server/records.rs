@@ -56,7 +56,7 @@ impl RecordCache {
     pub fn new(lake: Lake, pipeline: &str) -> Self {
         RecordCache {
             lake,
-            dir: format!("_state/{pipeline}/runs"),
+            dir: format!("{}/runs", sluice_core::lake::layout::state(pipeline)),
             cached: Mutex::new(Cached::default()),
         }
     }

@@ -32,7 +32,10 @@ pub struct SchedulerState {
 
 /// Where the scheduler state of `pipeline` lives in the lake.
 pub fn state_path(pipeline: &str) -> String {
-    format!("_state/{pipeline}/scheduler.json")
+    format!(
+        "{}/scheduler.json",
+        sluice_core::lake::layout::state(pipeline)
+    )
 }
 
 /// Marks the scheduler dead when its loop ends, however it ends (a panic included),

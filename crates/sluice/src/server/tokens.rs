@@ -5,6 +5,7 @@
 //!   tokens:
 //!     - { name: grafana, role: viewer, sha256: 9f86d08…}   # sha256 of the token, in hex
 //!     - { name: ops, role: operator, sha256: "${OPS_TOKEN_SHA256}" }
+//!   protect_reads: true     # reads need a token too (default: only triggering does)
 //! ```
 //!
 //! Only hashes are configured, so pipeline.yaml never holds a usable token. A
@@ -44,6 +45,11 @@ pub struct ServeConfig {
     /// Bearer tokens for the API; without any, nothing can be triggered over HTTP.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// Also require a token (any role) to read the API, the dashboard and
+    /// `/metrics`; the probes stay open. Default `false`: reads are open to whoever
+    /// reaches `--listen`.
+    #[serde(default)]
+    pub protect_reads: bool,
 }
 
 /// A configured token, decoded.
@@ -56,7 +62,11 @@ pub struct Token {
 
 /// The configured tokens.
 #[derive(Debug, Clone, Default)]
-pub struct Tokens(Vec<Token>);
+pub struct Tokens {
+    tokens: Vec<Token>,
+    /// Reads need a token too (`serve.protect_reads`).
+    pub protect_reads: bool,
+}
 
 impl Tokens {
     /// Reads `serve.tokens`, pointing at a hash that is not 64 hex digits.
@@ -65,6 +75,14 @@ impl Tokens {
             return Ok(Tokens::default());
         };
         let parsed: ServeConfig = config.doc.parse_section(section)?;
+        if parsed.protect_reads && parsed.tokens.is_empty() {
+            let mut path = section.path.clone();
+            path.push("protect_reads".into());
+            return Err(config.doc.error_at(
+                &path,
+                "protect_reads needs at least one token in `serve.tokens`",
+            ));
+        }
         let mut tokens = Vec::new();
         for (i, token) in parsed.tokens.into_iter().enumerate() {
             let digest = decode_hex(&token.sha256).ok_or_else(|| {
@@ -83,7 +101,10 @@ impl Tokens {
                 digest,
             });
         }
-        Ok(Tokens(tokens))
+        Ok(Tokens {
+            tokens,
+            protect_reads: parsed.protect_reads,
+        })
     }
 
     /// The token matching `presented`, if any. Every configured hash is compared,
@@ -91,7 +112,7 @@ impl Tokens {
     pub fn find(&self, presented: &str) -> Option<&Token> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
-        for token in &self.0 {
+        for token in &self.tokens {
             if bool::from(token.digest[..].ct_eq(&digest[..])) {
                 found = Some(token);
             }
@@ -125,18 +146,21 @@ mod tests {
 
     #[test]
     fn a_token_is_found_by_its_hash_and_nothing_else() {
-        let tokens = Tokens(vec![
-            Token {
-                name: "viewer".into(),
-                role: Role::Viewer,
-                digest: decode_hex(&hex("look")).unwrap(),
-            },
-            Token {
-                name: "ops".into(),
-                role: Role::Operator,
-                digest: decode_hex(&hex("touch")).unwrap(),
-            },
-        ]);
+        let tokens = Tokens {
+            protect_reads: false,
+            tokens: vec![
+                Token {
+                    name: "viewer".into(),
+                    role: Role::Viewer,
+                    digest: decode_hex(&hex("look")).unwrap(),
+                },
+                Token {
+                    name: "ops".into(),
+                    role: Role::Operator,
+                    digest: decode_hex(&hex("touch")).unwrap(),
+                },
+            ],
+        };
         assert_eq!(tokens.find("touch").map(|t| t.role), Some(Role::Operator));
         assert_eq!(tokens.find("look").map(|t| t.role), Some(Role::Viewer));
         assert!(tokens.find("touc").is_none());

@@ -205,3 +205,45 @@ pub fn python() -> PathBuf {
     );
     path
 }
+
+/// The in-process API sandbox on a loopback port, on its own runtime, shut down on drop.
+pub struct TestSandbox {
+    runtime: tokio::runtime::Runtime,
+    running: Option<sluice_sandbox::RunningSandbox>,
+    pub options: sluice_sandbox::SandboxOptions,
+}
+
+impl TestSandbox {
+    pub fn start(options: sluice_sandbox::SandboxOptions) -> TestSandbox {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let running = runtime
+            .block_on(sluice_sandbox::start(options.clone(), 0))
+            .expect("sandbox starts");
+        TestSandbox {
+            runtime,
+            running: Some(running),
+            options,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.running.as_ref().expect("running").base_url()
+    }
+
+    /// Requests the sandbox has answered so far.
+    pub fn request_count(&self) -> u64 {
+        self.running.as_ref().expect("running").request_count()
+    }
+}
+
+impl Drop for TestSandbox {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            self.runtime.block_on(running.shutdown());
+        }
+    }
+}
