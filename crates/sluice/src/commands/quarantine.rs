@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use chrono::NaiveDate;
-use sluice_transform::render::{render, OutputFormat};
 use sluice_transform::D1View;
 
 use super::lake_view::LakeView;
@@ -137,21 +136,7 @@ async fn list(pipeline: &Path, args: ListArgs) -> u8 {
         println!("no quarantined records match");
         return exit::OK;
     }
-    let format = match args.format {
-        Format::Table => OutputFormat::Table,
-        Format::Csv => OutputFormat::Csv,
-        Format::Json => OutputFormat::Json,
-    };
-    match render(&batches, format) {
-        Ok(text) => {
-            println!("{}", text.trim_end());
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::INTERNAL
-        }
-    }
+    super::query::print_rows(&batches, args.format)
 }
 
 /// Whether `name` is a table the lake holds (with nothing quarantined).

@@ -20,6 +20,25 @@ pub enum Format {
     Json,
 }
 
+/// Prints rows as `format` asks (query, show, quarantine); the exit code.
+pub fn print_rows(batches: &[sluice_transform::arrow::array::RecordBatch], format: Format) -> u8 {
+    let format = match format {
+        Format::Table => OutputFormat::Table,
+        Format::Csv => OutputFormat::Csv,
+        Format::Json => OutputFormat::Json,
+    };
+    match render(batches, format) {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::INTERNAL
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct QueryArgs {
     /// The query, e.g. "SELECT platform, sum(spend_usd) FROM d2a.ad_performance_daily GROUP BY 1".
@@ -42,22 +61,8 @@ pub async fn run(pipeline: &Path, args: QueryArgs) -> u8 {
     } else {
         D1View::Policy
     };
-    let format = match args.format {
-        Format::Table => OutputFormat::Table,
-        Format::Csv => OutputFormat::Csv,
-        Format::Json => OutputFormat::Json,
-    };
     match sluice_transform::query(&lake, &models, &args.sql, view).await {
-        Ok((_, batches)) => match render(&batches, format) {
-            Ok(text) => {
-                println!("{}", text.trim_end());
-                exit::OK
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit::INTERNAL
-            }
-        },
+        Ok((_, batches)) => print_rows(&batches, args.format),
         Err(e) => {
             eprintln!("error: {}", sluice_core::secret::redact(&e.to_string()));
             exit::RUN_FAILED

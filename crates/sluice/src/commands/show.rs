@@ -4,8 +4,6 @@
 
 use std::path::Path;
 
-use sluice_transform::render::{render, OutputFormat};
-
 use super::lake_view::{find_model, LakeView};
 use super::query::Format;
 use crate::exit;
@@ -46,19 +44,5 @@ pub async fn run(pipeline: &Path, args: ShowArgs) -> u8 {
                 return exit::RUN_FAILED;
             }
         };
-    let format = match args.format {
-        Format::Table => OutputFormat::Table,
-        Format::Csv => OutputFormat::Csv,
-        Format::Json => OutputFormat::Json,
-    };
-    match render(&batches, format) {
-        Ok(text) => {
-            println!("{}", text.trim_end());
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::INTERNAL
-        }
-    }
+    super::query::print_rows(&batches, args.format)
 }
