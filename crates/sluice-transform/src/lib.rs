@@ -27,6 +27,7 @@ pub mod checks;
 mod conform;
 pub mod error;
 pub mod functions;
+pub mod lineage;
 pub mod pii;
 pub mod preflight;
 pub mod project;
