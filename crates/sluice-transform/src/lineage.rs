@@ -271,3 +271,111 @@ fn from_expr(expr: &Expr, schema: &DFSchema, input: &[BTreeSet<String>]) -> BTre
         .cloned()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pii::PiiPolicy;
+    use sluice_core::schema::{Field, FieldType, TableSchema};
+
+    fn stream(table: &str, columns: &[(&str, FieldType)]) -> StreamSpec {
+        StreamSpec {
+            name: table.into(),
+            table: table.into(),
+            schema: TableSchema::new(columns.iter().map(|(n, t)| Field::new(*n, *t)).collect()),
+            infer_columns: false,
+            primary_key: vec!["id".into()],
+            partition_column: None,
+            write_mode: Default::default(),
+            dedupe: Default::default(),
+        }
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn output_columns_trace_through_joins_unions_aggregates_windows_and_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        std::fs::create_dir_all(models.join("d2a")).unwrap();
+        std::fs::create_dir_all(models.join("d2b")).unwrap();
+        // A join, a union whose branches name their columns differently, a CASE and
+        // an expression over two columns; a filter-only column is no origin.
+        std::fs::write(
+            models.join("d2a/spend.sql"),
+            "SELECT o.id AS id, o.amount * r.rate AS spend, \
+                    CASE WHEN o.kind = 'x' THEN 'a' ELSE 'b' END AS label \
+             FROM d1.orders AS o JOIN d1.rates AS r ON r.id = o.id WHERE o.region = 'eu' \
+             UNION ALL \
+             SELECT g.gid, CAST(g.cost_micros AS DOUBLE) / 1e6, 'google' FROM d1.google AS g",
+        )
+        .unwrap();
+        // An aggregate and a window over the model above.
+        std::fs::write(
+            models.join("d2b/daily.sql"),
+            "SELECT label, sum(spend) AS total, count(*) AS n, \
+                    row_number() OVER (ORDER BY label) AS rank \
+             FROM d2a.spend GROUP BY label",
+        )
+        .unwrap();
+        let project = ModelProject::load_dir(&models, PiiPolicy::new(None, &[])).unwrap();
+        let lake = Lake::open("lake", dir.path()).unwrap();
+        let streams = [
+            stream(
+                "orders",
+                &[
+                    ("id", FieldType::Bigint),
+                    ("amount", FieldType::Double),
+                    ("kind", FieldType::Text),
+                    ("region", FieldType::Text),
+                ],
+            ),
+            stream(
+                "rates",
+                &[("id", FieldType::Bigint), ("rate", FieldType::Double)],
+            ),
+            stream(
+                "google",
+                &[
+                    ("gid", FieldType::Bigint),
+                    ("cost_micros", FieldType::Bigint),
+                ],
+            ),
+        ];
+        let (lineage, reads) = column_lineage(&project, &lake, &streams).await.unwrap();
+        let column = |model: &str, name: &str| -> BTreeSet<String> {
+            lineage.models[model]
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap_or_else(|| panic!("no {model}.{name}: {lineage:?}"))
+                .derives_from
+                .clone()
+        };
+        assert_eq!(
+            column("d2a.spend", "id"),
+            set(&["d1.orders.id", "d1.google.gid"])
+        );
+        assert_eq!(
+            column("d2a.spend", "spend"),
+            set(&["d1.orders.amount", "d1.rates.rate", "d1.google.cost_micros"])
+        );
+        assert_eq!(column("d2a.spend", "label"), set(&["d1.orders.kind"]));
+        assert_eq!(column("d2b.daily", "total"), set(&["d2a.spend.spend"]));
+        assert_eq!(column("d2b.daily", "n"), set(&[]));
+        assert_eq!(column("d2b.daily", "rank"), set(&["d2a.spend.label"]));
+        assert_eq!(
+            lineage.d1_origins("d2b.daily.total"),
+            set(&["d1.orders.amount", "d1.rates.rate", "d1.google.cost_micros"])
+        );
+        assert_eq!(
+            lineage.downstream_of("d1.rates.rate"),
+            set(&["d2a.spend.spend", "d2b.daily.total"])
+        );
+        // Filtered and joined-on columns are read, though no output derives from them.
+        assert!(reads["d2a.spend"].contains("d1.orders.region"));
+        assert!(reads["d2a.spend"].contains("d1.rates.id"));
+        assert!(lineage.downstream_of("d1.orders.region").is_empty());
+    }
+}

@@ -199,8 +199,23 @@ fn impact_of_a_d1_column_lists_exactly_the_models_that_use_it() {
     );
 
     // A column no model reads reaches nothing.
-    let unused = impact("d1.facebook_insights.frequency");
+    let unused = impact("d1.facebook_insights.date_stop");
     assert_eq!(list(&unused["models"]), Vec::<String>::new(), "{unused:#}");
+    assert_eq!(list(&unused["tables"]), Vec::<String>::new(), "{unused:#}");
+
+    // A column the table does not have is an error naming the ones it has.
+    let out = project
+        .cmd()
+        .args(["impact", "d1.facebook_insights.frequency"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("d1.facebook_insights has no column `frequency`; it has: ")
+            && stderr(&out).contains("spend"),
+        "{}",
+        stderr(&out)
+    );
 
     // A table: everything downstream in the plan.
     let profiles = impact("d1.app_profiles");

@@ -134,6 +134,14 @@ pub fn impact(knowledge: &Knowledge, target: &str) -> Result<Impact, String> {
     match column {
         None => models.extend(downstream_models(knowledge, &table)),
         Some(column) => {
+            if let Some(known) = knowledge.columns_of(&table) {
+                if !known.contains(column) {
+                    return Err(format!(
+                        "{table} has no column `{column}`; it has: {}",
+                        known.into_iter().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
             let column = format!("{table}.{column}");
             let derived = knowledge.lineage.downstream_of(&column);
             let reached: BTreeSet<&String> = derived.iter().chain([&column]).collect();

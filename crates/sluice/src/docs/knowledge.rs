@@ -113,6 +113,31 @@ impl<'a> Knowledge<'a> {
         }
     }
 
+    /// The columns of a D1 table (`d1.x`) or model (`d2a.y`), when known: declared,
+    /// recorded by the schema registry, or planned.
+    pub fn columns_of(&self, table: &str) -> Option<BTreeSet<String>> {
+        if let Some(name) = table.strip_prefix("d1.") {
+            let stream = self.stream_of_table(name)?;
+            let mut columns: BTreeSet<String> = stream
+                .spec
+                .schema
+                .fields
+                .iter()
+                .map(|f| f.name.clone())
+                .collect();
+            if let Some(latest) = self.schema_history.get(name).and_then(|h| h.last()) {
+                columns.extend(latest.value.fields.iter().map(|f| f.name.clone()));
+            } else if stream.spec.infer_columns {
+                return None;
+            }
+            return Some(columns);
+        }
+        self.lineage
+            .models
+            .get(table)
+            .map(|columns| columns.iter().map(|c| c.name.clone()).collect())
+    }
+
     /// The plan's check nodes on `model` (`layer.name`).
     pub fn checks_of(&self, model: &str) -> Vec<String> {
         self.plan

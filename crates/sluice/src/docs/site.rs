@@ -276,7 +276,7 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
                 root => "../",
                 pipeline => pipeline,
                 id => &id,
-                description => &config.description,
+                description => description(model),
                 materialized => format!("{:?}", config.materialized).to_lowercase(),
                 partition_by => &config.partition_by,
                 primary_key => config.primary_key.join(", "),
@@ -297,7 +297,7 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
             kind: "model",
             name: id.clone(),
             href: model_href(&id),
-            summary: config.description.clone().unwrap_or_default(),
+            summary: description(model).unwrap_or_default(),
         });
 
         let table_columns: Vec<ColumnRow> = lineage
@@ -391,6 +391,22 @@ fn freshness(knowledge: &Knowledge, task: &str) -> Option<Value> {
                 }
             })
     })
+}
+
+/// A model's description: its YAML's `description:`, else the `--` comment lines
+/// its SQL starts with.
+fn description(model: &sluice_transform::Model) -> Option<String> {
+    if let Some(text) = &model.config.description {
+        return Some(text.clone());
+    }
+    let comment: Vec<&str> = model
+        .sql
+        .lines()
+        .map(str::trim)
+        .take_while(|l| l.starts_with("--"))
+        .map(|l| l.trim_start_matches('-').trim())
+        .collect();
+    (!comment.is_empty()).then(|| comment.join(" "))
 }
 
 fn pii_text(action: Option<PiiAction>, marked: bool) -> String {
