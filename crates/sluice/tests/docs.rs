@@ -107,6 +107,12 @@ fn the_docs_site_opens_from_file_and_links_streams_models_tables_with_column_lin
         model.contains("d2b.channel_spend_daily:unique(date,platform)"),
         "{model}"
     );
+    let results = model
+        .split("<table id=\"check-results\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</table>").next())
+        .unwrap_or_else(|| panic!("the checks' recent results:\n{model}"));
+    assert!(results.contains("<td>ok</td>"), "{results}");
     let spend = lineage_row(&model, "spend_usd");
     assert!(
         spend.contains("d2a.ad_performance_daily.spend_usd"),

@@ -174,6 +174,7 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
                 primary_key => spec.primary_key.join(", "),
                 partition_column => &spec.partition_column,
                 infer_columns => spec.infer_columns,
+                schedule => project.config.schedule.as_ref().map(|s| s.expression.clone()),
                 start_date => option("start_date"),
                 lookback_days => option("lookback_days"),
                 columns => ser(&columns),
@@ -288,6 +289,7 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
                 upstream => ser(&upstream),
                 downstream => ser(&downstream),
                 checks => knowledge.checks_of(&id),
+                check_results => check_results(knowledge, &id),
                 table => ser(Link { name: table_id.clone(), href: Some(format!("../{}", table_href(&table_id))) }),
             },
         )?;
@@ -391,6 +393,26 @@ fn freshness(knowledge: &Knowledge, task: &str) -> Option<Value> {
                 }
             })
     })
+}
+
+/// The model's check group in recent runs, newest first: run, status, message.
+fn check_results(knowledge: &Knowledge, model: &str) -> Vec<Value> {
+    let task = format!("{model}:checks");
+    knowledge
+        .runs
+        .iter()
+        .rev()
+        .filter_map(|run| {
+            let t = run.tasks.iter().find(|t| t.task == task)?;
+            Some(context! {
+                run_id => &run.run_id,
+                at => run.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                status => crate::commands::run::status_text(t.status),
+                message => t.error.as_ref().map(|e| e.message.clone()),
+            })
+        })
+        .take(10)
+        .collect()
 }
 
 /// A model's description: its YAML's `description:`, else the `--` comment lines
