@@ -66,6 +66,25 @@ fn the_docs_site_opens_from_file_and_links_streams_models_tables_with_column_lin
         overview.contains("<table id=\"runs\">"),
         "the run is listed:\n{overview}"
     );
+    // The search box's script filters the list (`?q=` fills it on load).
+    let searched = render(
+        &format!("{}?q=channel%20SPEND", url_of(&index)),
+        &shots.join("docs-search.png"),
+    );
+    let shown: Vec<&str> = searched
+        .split("<li ")
+        .skip(1)
+        .filter(|li| !li.split('>').next().unwrap_or_default().contains("hidden"))
+        .filter_map(|li| li.split("href=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "models/d2b.channel_spend_daily.html",
+            "tables/d2b.channel_spend_daily.html"
+        ],
+        "{searched}"
+    );
     let links = hrefs(&overview);
     let follow = |href: &str| -> String {
         assert!(
