@@ -180,7 +180,8 @@ pub fn impact(knowledge: &Knowledge, target: &str) -> Result<Impact, String> {
             }
         }
     }
-    if column.is_none() && table.starts_with("d1.") {
+    // A stream's change reaches its D1 table first.
+    if column.is_none() && table != target && table.starts_with("d1.") {
         out.tables.insert(table.clone());
     }
     out.models = models;
