@@ -15,6 +15,7 @@
 //! - [`preflight`]: planning every model before a run or in `sluice validate`;
 //! - [`run`]: running every model into the lake and the destination ([`run_models`]),
 //!   and ad-hoc queries ([`query`]);
+//! - [`published`]: models' checks over their published tables, previews (`sluice test`, `show`);
 //! - [`stage`]: the models' part of a run plan (describing models to it, running
 //!   the ones it selected).
 //!
@@ -31,6 +32,7 @@ pub mod lineage;
 pub mod pii;
 pub mod preflight;
 pub mod project;
+pub mod published;
 pub mod quarantine;
 pub mod render;
 pub mod run;
