@@ -30,7 +30,9 @@ pub enum ImpactFormat {
 pub struct ImpactArgs {
     /// A table (`d1.facebook_insights`, `facebook.insights`, `d2a.ad_performance_daily`)
     /// or a column of one (`d1.facebook_insights.spend`).
-    pub target: String,
+    // Not named `target`: that is the global `--target` (an environment).
+    #[arg(value_name = "TABLE|COLUMN")]
+    pub changed: String,
     #[arg(long, value_enum, default_value_t = ImpactFormat::Text)]
     pub format: ImpactFormat,
 }
@@ -56,7 +58,7 @@ pub async fn run(pipeline: &Path, args: ImpactArgs) -> u8 {
         Ok(k) => k,
         Err(code) => return code,
     };
-    let impact = match impact(&knowledge, &args.target) {
+    let impact = match impact(&knowledge, &args.changed) {
         Ok(i) => i,
         Err(message) => {
             eprintln!("error: {message}");
