@@ -3,10 +3,12 @@
 
 mod alerts;
 mod commands;
+mod docs;
 mod exit;
 mod export;
 mod lineage;
 mod logging;
+mod plan_svg;
 mod progress;
 mod project;
 mod server;
@@ -103,6 +105,11 @@ enum Command {
     /// Generate files that run the pipeline elsewhere: an Airflow DAG, Kubernetes manifests.
     #[command(subcommand)]
     Export(export::ExportCommand),
+    /// Generated documentation of the pipeline: `sluice docs build` writes a static site.
+    #[command(subcommand)]
+    Docs(docs::DocsCommand),
+    /// Every model, check and table downstream of a table or column (`d1.facebook_insights.spend`).
+    Impact(docs::impact::ImpactArgs),
     /// The local emulator of the Facebook, Google Ads and CleverTap APIs.
     #[command(subcommand)]
     Sandbox(sluice_sandbox::cli::SandboxCommand),
@@ -165,6 +172,8 @@ fn main() -> ExitCode {
             Command::Discover(args) => commands::discover::run(&cli.pipeline, args).await,
             Command::Demo(args) => commands::demo::run(args, interactive).await,
             Command::Export(cmd) => export::run(&cli.pipeline, cmd).await,
+            Command::Docs(cmd) => docs::run(&cli.pipeline, cmd).await,
+            Command::Impact(args) => docs::impact::run(&cli.pipeline, args).await,
             Command::Sandbox(cmd) => match sluice_sandbox::cli::run(cmd).await {
                 Ok(()) => exit::OK,
                 Err(e) => {
