@@ -1,5 +1,6 @@
-# Finds the MariaDB (or MySQL) the relational-source tests need; exports SLUICE_TEST_MYSQL_URL.
-# Sourced by scripts/test. Unlike PostgreSQL no throwaway server is started: it fails loudly.
+# Finds the MariaDB (or MySQL) the relational-source tests need, or starts a throwaway one
+# under target/test-mysql when the server binaries are installed; exports
+# SLUICE_TEST_MYSQL_URL. Sourced by scripts/test. Fails loudly when it can do neither.
 
 mysql_reachable() {
   # $1: URL mysql://user[:password]@host[:port]/db. The mysql client if present, else /dev/tcp.
@@ -16,6 +17,38 @@ mysql_reachable() {
   fi
 }
 
+# Starts MariaDB on 127.0.0.1:13306 (below the ephemeral port range) with its data in target/test-mysql (kept between runs);
+# returns non-zero when the binaries are missing or it does not come up.
+start_throwaway_mysql() {
+  local server install
+  server=$(command -v mariadbd || command -v mysqld || ls /usr/sbin/mariadbd /usr/sbin/mysqld 2>/dev/null | head -n 1 || true)
+  install=$(command -v mariadb-install-db || command -v mysql_install_db || true)
+  [ -n "$server" ] && [ -n "$install" ] || return 1
+  local dir="$PWD/target/test-mysql" port=13306 as_root=()
+  [ "$(id -u)" = 0 ] && as_root=(--user=root)
+  mkdir -p "$dir"
+  local url="mysql://root@127.0.0.1:$port/test"
+  if ! mysql_reachable "mysql://root@127.0.0.1:$port/mysql"; then
+    if [ ! -d "$dir/data/mysql" ]; then
+      "$install" --no-defaults --datadir="$dir/data" "${as_root[@]}" --auth-root-authentication-method=normal \
+        --skip-test-db >"$dir/install.log" 2>&1 || return 1
+    fi
+    "$server" --no-defaults --datadir="$dir/data" "${as_root[@]}" --port=$port --bind-address=127.0.0.1 \
+      --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" --log-error="$dir/error.log" \
+      --skip-name-resolve >/dev/null 2>&1 &
+    local waited=0
+    until mysql_reachable "mysql://root@127.0.0.1:$port/mysql"; do
+      sleep 0.5; waited=$((waited + 1))
+      [ $waited -gt 60 ] && { echo "test: the throwaway MariaDB did not come up (see $dir/error.log)" >&2; return 1; }
+    done
+  fi
+  if command -v mysql >/dev/null 2>&1; then
+    mysql --protocol=TCP -h 127.0.0.1 -P $port -u root -e 'CREATE DATABASE IF NOT EXISTS test' || return 1
+  fi
+  export SLUICE_TEST_MYSQL_URL="$url"
+  echo "test: started a throwaway MariaDB in target/test-mysql (port $port)"
+}
+
 ensure_mysql() {
   if [ -n "${SLUICE_TEST_MYSQL_URL:-}" ]; then
     if ! mysql_reachable "$SLUICE_TEST_MYSQL_URL"; then
@@ -29,6 +62,7 @@ ensure_mysql() {
     export SLUICE_TEST_MYSQL_URL="$local_url"
     return
   fi
+  start_throwaway_mysql && return
   echo "test: FAILED: no MariaDB/MySQL answers at 127.0.0.1:3306 (user root, no password, database test)." >&2
   echo "      Set SLUICE_TEST_MYSQL_URL=mysql://user:password@host:port/db, or install and start MariaDB:" >&2
   echo "        apt-get install mariadb-server mariadb-client && service mariadb start" >&2

@@ -25,7 +25,8 @@ start_throwaway_postgres() {
     echo "      Set SLUICE_TEST_DATABASE_URL, start PostgreSQL on 127.0.0.1:5432, or install it (apt-get install postgresql)." >&2
     exit 1
   fi
-  local dir="$PWD/target/test-pg" port=55432 run=()
+  # Below the ephemeral port range, so an outgoing connection never holds it.
+  local dir="$PWD/target/test-pg" port=15432 run=()
   # initdb refuses to run as root: use the postgres (or nobody) account then.
   if [ "$(id -u)" = 0 ]; then
     local user=postgres; id "$user" >/dev/null 2>&1 || user=nobody

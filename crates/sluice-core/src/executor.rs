@@ -142,6 +142,13 @@ impl Executor {
             notices: Vec::new(),
             error: None,
         };
+        // An older binary must not write into a lake a newer one has laid out.
+        if let Err(e) = self.state.check_format().await {
+            record.error = Some(e.to_string());
+            record.settle(false);
+            record.status = RunStatus::Failed;
+            return record;
+        }
         if let Err(e) = self.state.save_run(&record).await {
             record.error = Some(format!("cannot write the run record: {e}"));
             record.settle(false);

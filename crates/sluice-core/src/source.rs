@@ -265,6 +265,13 @@ pub trait Source: Send + Sync {
 
     fn streams(&self) -> Vec<StreamSpec>;
 
+    /// Columns the connector computes from other columns of the same record, as
+    /// `(D1 table, column, the columns it is computed from)` (Google Ads' `cost` from
+    /// `cost_micros`): column-level lineage follows them back to what the API sent.
+    fn derived_columns(&self) -> Vec<(String, String, Vec<String>)> {
+        Vec::new()
+    }
+
     /// Checks credentials and reachability (`sluice validate --connections`).
     async fn check(&self) -> Result<(), SourceError>;
 

@@ -21,7 +21,14 @@ pub enum StateError {
     Corrupt { path: String, message: String },
     #[error("{what} was changed by another run ({path} already exists); re-run to continue from its state")]
     Conflict { what: String, path: String },
+    #[error("the lake's state was written in format {found} by a newer sluice; this one reads formats up to {LAKE_FORMAT}: upgrade sluice ({path})")]
+    NewerFormat { found: u64, path: String },
 }
+
+/// The layout and encoding of everything sluice writes to a lake. Raised when a change
+/// would make an older sluice misread a lake; a lake records the format it was written
+/// in (`_state/<pipeline>/format.json`), so an older binary refuses it instead.
+pub const LAKE_FORMAT: u64 = 1;
 
 /// One version of a versioned state object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -249,6 +256,28 @@ impl StateStore {
         Ok(())
     }
 
+    /// Records the lake format on first use (create-only) and refuses a lake written
+    /// in a newer one. Called before a run writes anything.
+    pub async fn check_format(&self) -> Result<(), StateError> {
+        let path = format!("{}/format.json", self.prefix);
+        let mine = Bytes::from(serde_json::json!({ "lake_format": LAKE_FORMAT }).to_string());
+        if self.lake.put_new(&path, mine).await? {
+            return Ok(());
+        }
+        let text = self.lake.get(&path).await?.unwrap_or_default();
+        let found = serde_json::from_slice::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["lake_format"].as_u64())
+            .ok_or_else(|| StateError::Corrupt {
+                path: path.clone(),
+                message: "no `lake_format` number".into(),
+            })?;
+        if found > LAKE_FORMAT {
+            return Err(StateError::NewerFormat { found, path });
+        }
+        Ok(())
+    }
+
     fn run_path(&self, run_id: &str) -> String {
         format!("{}/runs/{run_id}.json", self.prefix)
     }
@@ -284,6 +313,27 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_lake_in_a_newer_format_is_refused_and_the_current_one_is_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open("lake", dir.path()).unwrap();
+        let state = StateStore::new(lake.clone(), "p");
+        state.check_format().await.unwrap();
+        state.check_format().await.unwrap();
+        let recorded = lake.get("_state/p/format.json").await.unwrap().unwrap();
+        assert_eq!(recorded, format!("{{\"lake_format\":{LAKE_FORMAT}}}"));
+
+        lake.put(
+            "_state/p/format.json",
+            Bytes::from(format!("{{\"lake_format\":{}}}", LAKE_FORMAT + 1)),
+        )
+        .await
+        .unwrap();
+        let err = state.check_format().await.unwrap_err();
+        assert!(matches!(err, StateError::NewerFormat { .. }), "{err}");
+        assert!(err.to_string().contains("upgrade sluice"), "{err}");
+    }
 
     #[tokio::test]
     async fn second_writer_of_the_same_cursor_version_gets_a_conflict() {

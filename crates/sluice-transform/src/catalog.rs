@@ -223,6 +223,20 @@ async fn register_d1(
     ctx.register_table(TableReference::partial(RAW_SCHEMA, table), raw)
         .map_err(|e| TransformError::engine("register", e))?;
 
+    let sql = d1_view_sql(project, table, &schema, view);
+    let df = ctx
+        .sql(&sql)
+        .await
+        .map_err(|e| TransformError::engine(format!("d1.{table}"), e))?;
+    ctx.register_table(TableReference::partial("d1", table), df.into_view())
+        .map_err(|e| TransformError::engine("register", e))?;
+    Ok(())
+}
+
+/// The SQL of the `d1.<table>` view over `d1_raw.<table>` (the table as landed, with
+/// `schema`): the latest version of each key of a `merge` table, and personal columns
+/// through the `pii:` policy unless `view` is `Unmasked`.
+fn d1_view_sql(project: &ModelProject, table: &str, schema: &SchemaRef, view: D1View) -> String {
     let known = project.d1_tables.get(table);
     let columns: Vec<&str> = schema
         .fields()
@@ -262,14 +276,31 @@ async fn register_d1(
         }
     }
     select.push("CAST(\"dt\" AS DATE) AS \"dt\"".into());
-    let sql = format!("SELECT {} FROM {source} AS t", select.join(", "));
-    let df = ctx
-        .sql(&sql)
-        .await
-        .map_err(|e| TransformError::engine(format!("d1.{table}"), e))?;
-    ctx.register_table(TableReference::partial("d1", table), df.into_view())
-        .map_err(|e| TransformError::engine("register", e))?;
-    Ok(())
+    format!("SELECT {} FROM {source} AS t", select.join(", "))
+}
+
+/// The definition of the `d1.<table>` view models and queries read (see
+/// [`session`]), for `sluice compile`; `None` when the lake has no such table.
+pub async fn d1_view_definition(
+    project: &ModelProject,
+    lake: &Lake,
+    table: &str,
+    view: D1View,
+) -> Result<Option<String>, TransformError> {
+    if !lake_tables(lake, "d1").await?.contains(table) {
+        return Ok(None);
+    }
+    let ctx = SessionContext::new();
+    let url = url::Url::parse(LAKE_URL).expect("valid URL");
+    ctx.register_object_store(&url, lake.store());
+    let raw = listing_table(
+        &ctx,
+        lake,
+        &layout::table("d1", table),
+        vec![("dt".to_string(), DataType::Utf8)],
+    )
+    .await?;
+    Ok(Some(d1_view_sql(project, table, &raw.schema(), view)))
 }
 
 /// (Re-)registers `<layer>.<table>` from what is in the lake now.

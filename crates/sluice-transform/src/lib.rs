@@ -11,10 +11,12 @@
 //! - [`functions`]: cleaning helpers usable in any model (money, micros, currencies, safe casts);
 //! - [`catalog`]: the DataFusion session over the lake's tables (`d1.*`, `d2a.*`, `d2b.*`);
 //! - [`checks`]: data-quality checks and quarantine;
+//! - [`lineage`]: column-level lineage of every model, from its optimised logical plan;
 //! - [`quarantine`]: every quarantine in the lake as `quarantine.<layer>__<table>`;
 //! - [`preflight`]: planning every model before a run or in `sluice validate`;
 //! - [`run`]: running every model into the lake and the destination ([`run_models`]),
 //!   and ad-hoc queries ([`query`]);
+//! - [`published`]: models' checks over their published tables, previews (`sluice test`, `show`);
 //! - [`stage`]: the models' part of a run plan (describing models to it, running
 //!   the ones it selected).
 //!
@@ -27,9 +29,11 @@ pub mod checks;
 mod conform;
 pub mod error;
 pub mod functions;
+pub mod lineage;
 pub mod pii;
 pub mod preflight;
 pub mod project;
+pub mod published;
 pub mod quarantine;
 pub mod render;
 pub mod run;

@@ -89,7 +89,7 @@ pub async fn check_models(
 
 /// What `d1.<table>` will look like after a stream's first run: its declared
 /// columns, sluice's own, and the `dt` partition.
-fn declared_d1_schema(declared: &TableSchema) -> SchemaRef {
+pub(crate) fn declared_d1_schema(declared: &TableSchema) -> SchemaRef {
     let mut fields: Vec<ArrowField> = declared
         .fields
         .iter()

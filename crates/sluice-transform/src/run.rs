@@ -445,15 +445,7 @@ async fn run_one(
     let context = model.qualified_name();
     let engine = |e: DataFusionError| TransformError::engine(&context, e);
     let sql = match scope {
-        Recomputed::Partitions(dates) => {
-            let column = model.config.partition_by.as_deref().unwrap_or("dt");
-            let list: Vec<String> = dates.iter().map(|d| format!("DATE '{d}'")).collect();
-            format!(
-                "SELECT * FROM (\n{}\n) AS __model WHERE \"{column}\" IN ({})",
-                model.sql.trim().trim_end_matches(';'),
-                list.join(", ")
-            )
-        }
+        Recomputed::Partitions(dates) => incremental_sql(model, dates.iter().map(String::as_str)),
         _ => model.sql.to_string(),
     };
     let df = catalog::user_sql(ctx, &sql).await.map_err(engine)?;
@@ -641,6 +633,18 @@ async fn run_one(
         blocked: None,
         had_table,
     })
+}
+
+/// The SQL an incremental run of `model` executes to recompute only `dates` (the
+/// `partition_by` dates its upstream tables changed).
+pub fn incremental_sql<'a>(model: &Model, dates: impl IntoIterator<Item = &'a str>) -> String {
+    let column = model.config.partition_by.as_deref().unwrap_or("dt");
+    let list: Vec<String> = dates.into_iter().map(|d| format!("DATE '{d}'")).collect();
+    format!(
+        "SELECT * FROM (\n{}\n) AS __model WHERE \"{column}\" IN ({})",
+        model.sql.trim().trim_end_matches(';'),
+        list.join(", ")
+    )
 }
 
 /// Rows per staged model file: a load reads one file into memory at a time.

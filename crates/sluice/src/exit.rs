@@ -11,5 +11,7 @@ pub const RUN_FAILED: u8 = 4;
 pub const PARTIAL: u8 = 5;
 /// `validate --connections`: a source or the destination is unreachable.
 pub const CONNECTION: u8 = 6;
+/// `sluice test`: an `error` check failed or could not run.
+pub const CHECKS_FAILED: u8 = 7;
 /// Stopped by SIGINT/SIGTERM; in-flight loads were rolled back.
 pub const CANCELLED: u8 = 130;

@@ -3,10 +3,12 @@
 
 mod alerts;
 mod commands;
+mod docs;
 mod exit;
 mod export;
 mod lineage;
 mod logging;
+mod plan_svg;
 mod progress;
 mod project;
 mod server;
@@ -38,7 +40,7 @@ fn return_freed_memory_promptly() {
 /// sluice: marketing and customer data pipelines in one binary.
 ///
 /// Exit codes: 0 success, 2 usage error, 3 config error, 4 run failed,
-/// 5 run partially failed, 6 a connection check failed, 130 cancelled.
+/// 5 run partially failed, 6 a connection check failed, 7 a check failed (`test`), 130 cancelled.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about, long_about = None)]
 struct Cli {
@@ -51,6 +53,9 @@ struct Cli {
         default_value = "pipeline.yaml"
     )]
     pipeline: PathBuf,
+    /// The `targets:` entry to use (its lake and destination replace the top level's).
+    #[arg(long, global = true, env = "SLUICE_TARGET", value_name = "NAME")]
+    target: Option<String>,
     /// Log format on stderr: `text` (with progress bars on a terminal) or `json`.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -75,6 +80,17 @@ enum Command {
     Replay(commands::replay::ReplayArgs),
     /// Run SQL over the lake's tables (d1.*, d2a.*, d2b.*) and print a table, CSV or JSON.
     Query(commands::query::QueryArgs),
+    /// Run the models' checks against what the lake holds, without running anything.
+    Test(commands::test::TestArgs),
+    /// Preview a model's rows over the lake (PII policy applied); nothing is published.
+    Show(commands::show::ShowArgs),
+    /// Print a model's SQL as it runs, with the D1 views it reads.
+    Compile(commands::compile::CompileArgs),
+    /// List the project's streams, models, tables and checks (or a `--select`ion).
+    Ls(commands::ls::LsArgs),
+    /// Inspect the lake's quarantines (PII policy applied).
+    #[command(subcommand)]
+    Quarantine(commands::quarantine::QuarantineCommand),
     /// Show run history.
     Runs(commands::runs::RunsArgs),
     /// Inspect the schema registry: versions and changes of every stream.
@@ -94,6 +110,11 @@ enum Command {
     /// The audit log: who ran, replayed, cancelled or queried unmasked data; `verify` checks it.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
+    /// Generated documentation of the pipeline: `sluice docs build` writes a static site.
+    #[command(subcommand)]
+    Docs(docs::DocsCommand),
+    /// Every model, check and table downstream of a table or column (`d1.facebook_insights.spend`).
+    Impact(docs::impact::ImpactArgs),
     /// The local emulator of the Facebook, Google Ads and CleverTap APIs.
     #[command(subcommand)]
     Sandbox(sluice_sandbox::cli::SandboxCommand),
@@ -121,6 +142,11 @@ fn main() -> ExitCode {
     create_files_private();
     return_freed_memory_promptly();
     let cli = Cli::parse();
+    if let Some(target) = &cli.target {
+        // Read by the pipeline loader (sluice_core::config::TARGET_VAR); set while
+        // the process still has one thread.
+        std::env::set_var(sluice_core::config::TARGET_VAR, target);
+    }
     let interactive = logging::init(cli.log_format, &cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,6 +166,11 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run::run(&cli.pipeline, args, interactive).await,
             Command::Replay(args) => commands::replay::run(&cli.pipeline, args, interactive).await,
             Command::Query(args) => commands::query::run(&cli.pipeline, args).await,
+            Command::Test(args) => commands::test::run(&cli.pipeline, args).await,
+            Command::Show(args) => commands::show::run(&cli.pipeline, args).await,
+            Command::Compile(args) => commands::compile::run(&cli.pipeline, args).await,
+            Command::Ls(args) => commands::ls::run(&cli.pipeline, args).await,
+            Command::Quarantine(cmd) => commands::quarantine::run(&cli.pipeline, cmd).await,
             Command::Runs(args) => commands::runs::run(&cli.pipeline, args).await,
             Command::Schema(cmd) => commands::schema::run(&cli.pipeline, cmd).await,
             Command::Serve(args) => server::run(&cli.pipeline, args).await,
@@ -148,6 +179,8 @@ fn main() -> ExitCode {
             Command::Export(cmd) => export::run(&cli.pipeline, cmd).await,
             Command::Forget(args) => commands::forget::run(&cli.pipeline, args).await,
             Command::Audit(cmd) => commands::audit::run(&cli.pipeline, cmd).await,
+            Command::Docs(cmd) => docs::run(&cli.pipeline, cmd).await,
+            Command::Impact(args) => docs::impact::run(&cli.pipeline, args).await,
             Command::Sandbox(cmd) => match sluice_sandbox::cli::run(cmd).await {
                 Ok(()) => exit::OK,
                 Err(e) => {

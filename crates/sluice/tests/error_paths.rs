@@ -81,3 +81,30 @@ fn init_refuses_to_overwrite_a_project() {
         PIPELINE
     );
 }
+
+// A lake laid out by a newer sluice is refused by an older one, before it writes.
+#[test]
+fn run_refuses_a_lake_in_a_newer_format() {
+    let project = Project::new(
+        "name: shop\nlake: ./lake\nsources:\n  shop:\n    type: files\n    streams:\n      orders:\n        path: data/*.ndjson\n",
+    );
+    project.write("data/a.ndjson", "{\"id\": 1}\n");
+    assert_exit(&project.run(&[]), 0);
+    let format = project.path().join("lake/_state/shop/format.json");
+    assert!(format.exists(), "the first run records the lake format");
+    std::fs::write(&format, "{\"lake_format\": 999}").unwrap();
+    project.write("data/b.ndjson", "{\"id\": 2}\n");
+    let out = project.run(&[]);
+    assert_exit(&out, 4);
+    let text = stdout(&out) + &stderr(&out);
+    assert!(
+        text.contains("format 999") && text.contains("upgrade sluice"),
+        "{text}"
+    );
+    // Nothing of the refused run was loaded.
+    let db = project.sqlite();
+    let rows: i64 = db
+        .query_row("select count(*) from d1__shop_orders", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1);
+}

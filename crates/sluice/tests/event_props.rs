@@ -212,3 +212,38 @@ fn freeze_stops_the_stream_naming_the_property_and_its_first_record() {
         "the failure names the property, its first record and the policy:\n{text}"
     );
 }
+
+// The typed per-event table equals the truth in PostgreSQL too, across the change day.
+#[test]
+fn typed_event_table_equals_the_truth_in_postgres_across_the_change() {
+    let pg = Pg::connect();
+    let prefix = unique_prefix("typed");
+    let project = project(&format!(
+        "schema:\n  on_new_field: evolve\n  on_type_change: evolve\n  renames:\n    app.events_charged: {{ amount_value: Amount }}\n\
+         destination:\n  type: postgres\n  url: {}\n  schema_prefix: {prefix}\n",
+        pg_url()
+    ));
+    assert_exit(&run(&project, change_day() - Duration::days(1)), 0);
+    let today = change_day() + Duration::days(1);
+    let second = run(&project, today);
+    assert_exit(&second, 0);
+
+    let loaded: BTreeMap<String, (i64, i64)> = pg
+        .strings(&format!(
+            r#"select event_date::text || '|' || count(*) || '|' || (sum("Amount") * 100)::bigint
+               from "{prefix}d1".app_events_charged group by event_date"#
+        ))
+        .into_iter()
+        .map(|line| {
+            let parts: Vec<&str> = line.split('|').collect();
+            (
+                parts[0].to_string(),
+                (parts[1].parse().unwrap(), parts[2].parse().unwrap()),
+            )
+        })
+        .collect();
+    let expected = truth(today);
+    assert!(expected.contains_key(&change_day().to_string()));
+    assert_eq!(loaded, expected, "{}", stdout(&second));
+    pg.drop_schemas(&prefix);
+}

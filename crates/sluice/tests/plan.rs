@@ -4,50 +4,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use common::*;
 use serde_json::Value;
-use sluice_sandbox::{credentials, SandboxOptions};
-
-/// The example project copied into a temp folder, its `.env` pointing at `base_url`.
-fn example_project(base_url: &str) -> Project {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/marketing");
-    let project = Project::new(&std::fs::read_to_string(example.join("pipeline.yaml")).unwrap());
-    for layer in ["d2a", "d2b"] {
-        for entry in std::fs::read_dir(example.join("models").join(layer)).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_str().unwrap();
-            project.write(
-                &format!("models/{layer}/{name}"),
-                std::fs::read(&path).unwrap(),
-            );
-        }
-    }
-    project.write(
-        "models/currency_rates.csv",
-        std::fs::read(example.join("models/currency_rates.csv")).unwrap(),
-    );
-    let start = Utc::now().date_naive() - Duration::days(3);
-    project.write(
-        ".env",
-        format!(
-            "SANDBOX_URL={base_url}\nGOOGLE_TOKEN_URL={base_url}/token\nSTART_DATE={start}\n\
-             FB_TOKEN={}\nGADS_DEV_TOKEN={}\nGADS_CLIENT_ID={}\nGADS_CLIENT_SECRET={}\nGADS_REFRESH_TOKEN={}\n\
-             GADS_MANAGER_ID={}\nCT_ACCOUNT={}\nCT_PASSCODE={}\n",
-            credentials::FACEBOOK_ACCESS_TOKEN,
-            credentials::GOOGLE_DEVELOPER_TOKEN,
-            credentials::GOOGLE_CLIENT_ID,
-            credentials::GOOGLE_CLIENT_SECRET,
-            credentials::GOOGLE_REFRESH_TOKEN,
-            credentials::GOOGLE_MANAGER_CUSTOMER_ID,
-            credentials::CLEVERTAP_ACCOUNT_ID,
-            credentials::CLEVERTAP_PASSCODE,
-        ),
-    );
-    project
-}
+use sluice_sandbox::SandboxOptions;
 
 fn strings(value: &Value) -> Vec<String> {
     value

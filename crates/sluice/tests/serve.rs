@@ -1179,59 +1179,6 @@ impl SmtpSink {
     }
 }
 
-/// Headless Chromium (`$SLUICE_TEST_CHROMIUM`, found or installed by scripts/test).
-fn chromium() -> std::path::PathBuf {
-    let found = std::env::var_os("SLUICE_TEST_CHROMIUM")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            ["chromium", "chromium-browser", "google-chrome"]
-                .iter()
-                .map(|name| std::path::Path::new("/usr/bin").join(name))
-                .find(|p| p.exists())
-        });
-    found.expect(
-        "headless Chromium not found: run ./scripts/test (it installs Debian's chromium), \
-         or set SLUICE_TEST_CHROMIUM",
-    )
-}
-
-/// Chromium's rendering of `url`: the DOM after load, and a screenshot at `png`.
-fn render(url: &str, png: &std::path::Path) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let common = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-    ];
-    let profile_arg = format!("--user-data-dir={}", profile.path().display());
-    let dom = std::process::Command::new(chromium())
-        .args(common)
-        .arg(&profile_arg)
-        .args(["--dump-dom", url])
-        .output()
-        .expect("run chromium");
-    assert!(
-        dom.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dom.stderr)
-    );
-    let shot = std::process::Command::new(chromium())
-        .args(common)
-        .arg(&profile_arg)
-        .arg(format!("--screenshot={}", png.display()))
-        .args(["--window-size=1280,1400", url])
-        .output()
-        .expect("run chromium");
-    assert!(
-        shot.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shot.stderr)
-    );
-    String::from_utf8(dom.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_in_headless_chromium_shows_runs_the_dag_a_failed_check_and_a_schema_change()
 {

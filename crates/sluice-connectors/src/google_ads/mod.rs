@@ -409,6 +409,14 @@ impl Source for GoogleSource {
         self.specs.clone()
     }
 
+    fn derived_columns(&self) -> Vec<(String, String, Vec<String>)> {
+        self.specs
+            .iter()
+            .filter(|s| s.schema.fields.iter().any(|f| f.name == "cost_micros"))
+            .map(|s| (s.table.clone(), "cost".into(), vec!["cost_micros".into()]))
+            .collect()
+    }
+
     async fn check(&self) -> Result<(), SourceError> {
         let customers = self.customers().await?;
         if customers.is_empty() {

@@ -9,6 +9,7 @@
 mod interpolate;
 mod locate;
 mod schedule;
+mod targets;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +23,7 @@ use serde_yaml::Value;
 pub use interpolate::{expand, EnvLookup, Lookup};
 pub use locate::{join_path, Position, SpanMap};
 pub use schedule::{CatchUp, Schedule};
+pub use targets::{Target, TARGET_VAR};
 
 /// A config error a user can act on: where it is, what is wrong, what to write instead.
 #[derive(Debug, Clone)]
@@ -286,6 +288,8 @@ pub struct PipelineConfig {
     pub schema: Option<Section>,
     /// Where OpenLineage run events go (parsed by the binary's lineage module).
     pub lineage: Option<Section>,
+    /// The `targets:` entry in effect (`--target`), whose `lake`/`destination` replaced the top level's.
+    pub target: Option<String>,
 }
 
 /// Marks where an unset variable was used, for [`PipelineConfig::load_for_inspection`].
@@ -359,9 +363,28 @@ impl PipelineConfig {
     ) -> Result<PipelineConfig, ConfigError> {
         let doc = ConfigDocument::new(file, text);
         let mut value: Value = serde_yaml::from_str(&doc.text).map_err(|e| doc.yaml_error(&e))?;
+        // Targets are read apart: only the chosen one's variables are interpolated.
+        let targets = match &mut value {
+            Value::Mapping(map) => map.remove("targets"),
+            _ => None,
+        };
         interpolate::interpolate(&mut value, lookup, root, &mut Vec::new())
             .map_err(|e| doc.error_at(&e.path, e.message))?;
-        let raw: RawPipeline = doc.deserialize_at(value, &[])?;
+        let mut raw: RawPipeline = doc.deserialize_at(value, &[])?;
+        let target_name = lookup
+            .var(TARGET_VAR)
+            .filter(|v| !v.is_empty() && !v.starts_with(UNSET_MARK));
+        let target = targets::select(&doc, targets, target_name.as_deref(), lookup, root)?;
+        let mut destination_path = vec!["destination".to_string()];
+        if let Some((name, target)) = &target {
+            if let Some(lake) = &target.lake {
+                raw.lake = lake.clone();
+            }
+            if let Some(destination) = &target.destination {
+                raw.destination = Some(destination.clone());
+                destination_path = vec!["targets".into(), name.clone(), "destination".into()];
+            }
+        }
 
         if raw.name.trim().is_empty() {
             return Err(doc.error_at(&["name".into()], "the pipeline needs a name"));
@@ -385,7 +408,7 @@ impl PipelineConfig {
             };
         let destination = raw
             .destination
-            .map(|v| section("destination", vec!["destination".into()], v))
+            .map(|v| section("destination", destination_path, v))
             .transpose()?;
         let sources = raw
             .sources
@@ -421,6 +444,7 @@ impl PipelineConfig {
             pii: raw.pii.map(|v| untyped("pii", v)),
             schema: raw.schema.map(|v| untyped("schema", v)),
             lineage: raw.lineage.map(|v| untyped("lineage", v)),
+            target: target.map(|(name, _)| name),
             doc,
         })
     }

@@ -42,7 +42,7 @@ schedule: "0 5 * * *"
 "#;
 
 const ENV_EXAMPLE: &str = "# Copy to .env (never commit .env). Values here are read as ${NAME} in pipeline.yaml.\nWAREHOUSE_URL=postgres://user:password@localhost:5432/warehouse\n";
-const GITIGNORE: &str = ".env\n/lake\n/warehouse.db*\n";
+const GITIGNORE: &str = ".env\n/lake\n/warehouse.db*\n/docs-site\n";
 const ORDERS: &str = r#"{"order_id": 1, "customer_id": "C-1", "amount": "19.99", "order_date": "2024-07-01", "channel": "web"}
 {"order_id": 2, "customer_id": "C-2", "amount": "5.00", "order_date": "2024-07-01", "channel": "app"}
 {"order_id": 3, "customer_id": "C-1", "amount": "42.10", "order_date": "2024-07-02", "channel": "web"}

@@ -1,16 +1,22 @@
 //! One module per subcommand.
 
 pub mod audit;
+pub mod compile;
 pub mod demo;
 pub mod discover;
 pub mod forget;
 pub mod init;
+pub mod lake_view;
+pub mod ls;
 pub mod plan;
+pub mod quarantine;
 pub mod query;
 pub mod replay;
 pub mod run;
 pub mod runs;
 pub mod schema;
+pub mod show;
+pub mod test;
 pub mod validate;
 
 /// Prints rows as an aligned text table (first row is the header).

@@ -2,16 +2,13 @@
 //! with the plan drawn as inline SVG. No JavaScript and no front-end toolchain;
 //! the page refreshes itself every 30 s.
 
-use std::collections::{BTreeMap, HashMap};
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use chrono::Utc;
 use minijinja::value::Serde;
 use minijinja::{context, Environment};
-use sluice_core::plan::{NodeKind, RunPlan};
-use sluice_core::run::{RunRecord, TaskStatus};
+use sluice_core::run::TaskStatus;
 
 use super::http::{freshness, records, AppState, RunSummary};
 
@@ -49,7 +46,7 @@ pub async fn index(State(state): State<AppState>) -> Response {
         .map(|r| RunSummary::of(r))
         .collect();
     let last = records.last().map(|r| r.as_ref());
-    let svg = plan_svg(&state.plan, last);
+    let svg = crate::plan_svg::plan_svg(&state.plan, last, &|_| None);
     let tables = freshness(&records, now);
     let sparklines: Vec<minijinja::Value> = tables
         .iter()
@@ -151,108 +148,6 @@ pub async fn run_page(State(state): State<AppState>, Path(id): Path<String>) -> 
     }))
 }
 
-/// A node placed on the drawing.
-struct Placed {
-    id: String,
-    x: i64,
-    y: i64,
-    fill: &'static str,
-}
-
-const COLUMN: i64 = 230;
-const ROW: i64 = 34;
-const BOX_W: i64 = 200;
-const BOX_H: i64 = 24;
-
-/// The plan as an SVG: one column per depth (a node sits right of everything it
-/// reads), coloured by the node's task status in the latest run.
-pub fn plan_svg(plan: &RunPlan, last: Option<&RunRecord>) -> String {
-    let status: HashMap<&str, TaskStatus> = last
-        .map(|r| {
-            r.tasks
-                .iter()
-                .map(|t| (t.task.as_str(), t.status))
-                .collect()
-        })
-        .unwrap_or_default();
-    // Nodes come in dependency order, so every upstream has its depth already.
-    let mut depth: HashMap<&str, i64> = HashMap::new();
-    let mut columns: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
-    for node in plan.nodes() {
-        let d = node
-            .upstream
-            .iter()
-            .filter_map(|u| depth.get(u.as_str()))
-            .max()
-            .map_or(0, |d| d + 1);
-        depth.insert(&node.id, d);
-        columns.entry(d).or_default().push(&node.id);
-    }
-    let mut at: HashMap<&str, (i64, i64)> = HashMap::new();
-    let mut placed = Vec::new();
-    for (d, ids) in &columns {
-        for (row, &id) in ids.iter().enumerate() {
-            let (x, y) = (10 + d * COLUMN, 10 + row as i64 * ROW);
-            at.insert(id, (x, y));
-            let node = plan.node(id);
-            let task_status = node.and_then(|n| {
-                let checks = format!("{}:checks", n.task);
-                if n.kind == NodeKind::Check {
-                    status.get(checks.as_str()).copied()
-                } else {
-                    status.get(n.task.as_str()).copied()
-                }
-            });
-            let fill = match task_status {
-                Some(TaskStatus::Succeeded | TaskStatus::UpToDate) => "#d4f4dd",
-                Some(TaskStatus::Failed) => "#f8d0d0",
-                Some(TaskStatus::Cancelled | TaskStatus::Skipped) => "#eeeeee",
-                None => "#ffffff",
-            };
-            placed.push(Placed {
-                id: id.to_string(),
-                x,
-                y,
-                fill,
-            });
-        }
-    }
-    let width = 20 + columns.len() as i64 * COLUMN;
-    let height = 20 + columns.values().map(|c| c.len() as i64).max().unwrap_or(0) * ROW;
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" class="plan" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">"#
-    );
-    for node in plan.nodes() {
-        let Some(&(x2, y2)) = at.get(node.id.as_str()) else {
-            continue;
-        };
-        for upstream in &node.upstream {
-            if let Some(&(x1, y1)) = at.get(upstream.as_str()) {
-                svg.push_str(&format!(
-                    r##"<line x1="{}" y1="{}" x2="{x2}" y2="{}" stroke="#888"/>"##,
-                    x1 + BOX_W,
-                    y1 + BOX_H / 2,
-                    y2 + BOX_H / 2
-                ));
-            }
-        }
-    }
-    for p in &placed {
-        let label = escape(&p.id);
-        svg.push_str(&format!(
-            r##"<g class="node"><title>{label}</title><rect x="{}" y="{}" width="{BOX_W}" height="{BOX_H}" rx="4" fill="{}" stroke="#555"/><text x="{}" y="{}">{}</text></g>"##,
-            p.x,
-            p.y,
-            p.fill,
-            p.x + 6,
-            p.y + 16,
-            escape(&shorten(&p.id, 32)),
-        ));
-    }
-    svg.push_str("</svg>");
-    svg
-}
-
 /// Rows loaded per successful load as a small line chart (oldest left).
 pub fn sparkline(values: &[u64]) -> String {
     const W: f64 = 120.0;
@@ -283,19 +178,4 @@ pub fn sparkline(values: &[u64]) -> String {
             .join(", "),
         points.join(" ")
     )
-}
-
-fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    let kept: String = text.chars().take(max - 1).collect();
-    format!("{kept}…")
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

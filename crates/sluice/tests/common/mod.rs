@@ -258,3 +258,94 @@ impl Drop for TestSandbox {
         }
     }
 }
+
+/// The example project copied into a temp folder, its `.env` pointing at `base_url`.
+pub fn example_project(base_url: &str) -> Project {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/marketing");
+    let project = Project::new(&std::fs::read_to_string(example.join("pipeline.yaml")).unwrap());
+    for layer in ["d2a", "d2b"] {
+        for entry in std::fs::read_dir(example.join("models").join(layer)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap();
+            project.write(
+                &format!("models/{layer}/{name}"),
+                std::fs::read(&path).unwrap(),
+            );
+        }
+    }
+    project.write(
+        "models/currency_rates.csv",
+        std::fs::read(example.join("models/currency_rates.csv")).unwrap(),
+    );
+    let start = chrono::Utc::now().date_naive() - chrono::Duration::days(3);
+    project.write(
+        ".env",
+        format!(
+            "SANDBOX_URL={base_url}\nGOOGLE_TOKEN_URL={base_url}/token\nSTART_DATE={start}\n\
+             FB_TOKEN={}\nGADS_DEV_TOKEN={}\nGADS_CLIENT_ID={}\nGADS_CLIENT_SECRET={}\nGADS_REFRESH_TOKEN={}\n\
+             GADS_MANAGER_ID={}\nCT_ACCOUNT={}\nCT_PASSCODE={}\n",
+            sluice_sandbox::credentials::FACEBOOK_ACCESS_TOKEN,
+            sluice_sandbox::credentials::GOOGLE_DEVELOPER_TOKEN,
+            sluice_sandbox::credentials::GOOGLE_CLIENT_ID,
+            sluice_sandbox::credentials::GOOGLE_CLIENT_SECRET,
+            sluice_sandbox::credentials::GOOGLE_REFRESH_TOKEN,
+            sluice_sandbox::credentials::GOOGLE_MANAGER_CUSTOMER_ID,
+            sluice_sandbox::credentials::CLEVERTAP_ACCOUNT_ID,
+            sluice_sandbox::credentials::CLEVERTAP_PASSCODE,
+        ),
+    );
+    project
+}
+
+/// Headless Chromium (`$SLUICE_TEST_CHROMIUM`, found or installed by scripts/test).
+pub fn chromium() -> std::path::PathBuf {
+    let found = std::env::var_os("SLUICE_TEST_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            ["chromium", "chromium-browser", "google-chrome"]
+                .iter()
+                .map(|name| std::path::Path::new("/usr/bin").join(name))
+                .find(|p| p.exists())
+        });
+    found.expect(
+        "headless Chromium not found: run ./scripts/test (it installs Debian's chromium), \
+         or set SLUICE_TEST_CHROMIUM",
+    )
+}
+
+/// Chromium's rendering of `url`: the DOM after load, and a screenshot at `png`.
+pub fn render(url: &str, png: &std::path::Path) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let common = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+    ];
+    let profile_arg = format!("--user-data-dir={}", profile.path().display());
+    let dom = std::process::Command::new(chromium())
+        .args(common)
+        .arg(&profile_arg)
+        .args(["--dump-dom", url])
+        .output()
+        .expect("run chromium");
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let shot = std::process::Command::new(chromium())
+        .args(common)
+        .arg(&profile_arg)
+        .arg(format!("--screenshot={}", png.display()))
+        .args(["--window-size=1280,1400", url])
+        .output()
+        .expect("run chromium");
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    String::from_utf8(dom.stdout).unwrap()
+}

@@ -1,0 +1,162 @@
+//! `targets:`: named environments (dbt's targets, Meltano's environments) that
+//! override where a pipeline writes.
+//!
+//! ```yaml
+//! targets:
+//!   dev:  { lake: ./lake-dev, destination: { type: sqlite, path: dev.db } }
+//!   prod: { lake: "s3://acme-lake/shop", destination: { type: postgres, url: "${PROD_URL}" } }
+//! ```
+//!
+//! `--target dev` (or `SLUICE_TARGET=dev`) picks one; without it the top-level `lake`
+//! and `destination` apply. Only the chosen target's `${…}` variables are read: a dev
+//! run neither needs nor sees prod's credentials. Every target's keys are checked.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::{interpolate, suggest, ConfigDocument, ConfigError, Lookup};
+
+/// The environment variable `--target` sets (and that selects a target without it).
+pub const TARGET_VAR: &str = "SLUICE_TARGET";
+
+/// What a target overrides.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// The lake location of this target (state and run history live there too).
+    #[serde(default)]
+    pub lake: Option<String>,
+    /// The destination of this target, a whole `destination:` section.
+    #[serde(default)]
+    pub destination: Option<Value>,
+}
+
+/// The target `name` selects from the file's `targets:` (removed from `value` by the
+/// caller before interpolation), interpolated; `None` without a name.
+pub(super) fn select(
+    doc: &ConfigDocument,
+    targets: Option<Value>,
+    name: Option<&str>,
+    lookup: &dyn Lookup,
+    root: &Path,
+) -> Result<Option<(String, Target)>, ConfigError> {
+    let at = |name: &str| vec!["targets".to_string(), name.to_string()];
+    let targets: BTreeMap<String, Value> = match targets {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(value) => doc.deserialize_at(value, &["targets".into()])?,
+    };
+    // Every target is checked (a typo in `prod` is found on a dev run), before any
+    // of their variables are read.
+    for (target, body) in &targets {
+        doc.deserialize_at::<Target>(body.clone(), &at(target))?;
+    }
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let Some(body) = targets.get(name) else {
+        let mut error = if targets.is_empty() {
+            doc.error_at(
+                &[],
+                format!("--target {name}: the pipeline defines no `targets:`"),
+            )
+        } else {
+            doc.error_at(
+                &["targets".into()],
+                format!("--target {name}: no such target"),
+            )
+        };
+        let names: Vec<&str> = targets.keys().map(String::as_str).collect();
+        error.help = Some(match suggest(name, names.iter().copied()) {
+            Some(near) => format!("did you mean `{near}`?"),
+            None if names.is_empty() => "add `targets: {<name>: {lake: …, destination: …}}`".into(),
+            None => format!("targets: {}", names.join(", ")),
+        });
+        return Err(error);
+    };
+    let mut body = body.clone();
+    interpolate::interpolate(&mut body, lookup, root, &mut at(name))
+        .map_err(|e| doc.error_at(&e.path, e.message))?;
+    let target: Target = doc.deserialize_at(body, &at(name))?;
+    Ok(Some((name.to_string(), target)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{Lookup, PipelineConfig};
+
+    /// The environment of a test: `SLUICE_TARGET` and one prod-only variable.
+    struct Env {
+        target: Option<&'static str>,
+    }
+
+    impl Lookup for Env {
+        fn var(&self, name: &str) -> Option<String> {
+            match name {
+                "SLUICE_TARGET" => self.target.map(str::to_string),
+                "PROD_URL" => Some("postgres://u:prod-secret@db/prod".into()),
+                _ => None,
+            }
+        }
+    }
+
+    const PIPELINE: &str = "name: shop\nlake: ./lake\ntargets:\n  dev:\n    lake: ./lake-dev\n    destination: { type: sqlite, path: dev.db }\n  prod:\n    destination: { type: postgres, url: \"${PROD_URL}\" }\n  broken:\n    destination: { type: postgres, url: \"${UNSET_VAR}\" }\n";
+
+    fn parse(text: &str, target: Option<&'static str>) -> Result<PipelineConfig, String> {
+        PipelineConfig::parse(
+            "pipeline.yaml".into(),
+            text.into(),
+            Path::new("."),
+            &Env { target },
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_target_replaces_lake_and_destination_and_only_its_variables_are_read() {
+        let base = parse(PIPELINE, None).unwrap();
+        assert_eq!((base.lake.as_str(), base.target), ("./lake", None));
+        assert!(base.destination.is_none());
+
+        let dev = parse(PIPELINE, Some("dev")).unwrap();
+        assert_eq!(dev.lake, "./lake-dev");
+        assert_eq!(dev.target.as_deref(), Some("dev"));
+        let destination = dev.destination.unwrap();
+        assert_eq!(destination.kind, "sqlite");
+        assert_eq!(destination.path, ["targets", "dev", "destination"]);
+
+        // prod keeps the top-level lake; its variable is interpolated for it only.
+        let prod = parse(PIPELINE, Some("prod")).unwrap();
+        assert_eq!(prod.lake, "./lake");
+        let url = &prod.destination.unwrap().body["url"];
+        assert_eq!(url.as_str(), Some("postgres://u:prod-secret@db/prod"));
+
+        // `broken`'s unset variable matters only when `broken` is chosen.
+        let err = parse(PIPELINE, Some("broken")).unwrap_err();
+        assert!(
+            err.contains("targets.broken.destination.url") && err.contains("UNSET_VAR"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_targets_and_keys_are_config_errors_with_suggestions() {
+        let err = parse(PIPELINE, Some("dve")).unwrap_err();
+        assert!(
+            err.contains("--target dve: no such target") && err.contains("did you mean `dev`?"),
+            "{err}"
+        );
+        let err = parse("name: shop\n", Some("dev")).unwrap_err();
+        assert!(err.contains("the pipeline defines no `targets:`"), "{err}");
+        let typo = PIPELINE.replace("    lake: ./lake-dev", "    lak: ./lake-dev");
+        let err = parse(&typo, None).unwrap_err();
+        assert!(
+            err.contains("pipeline.yaml:5:") && err.contains("did you mean `lake`?"),
+            "{err}"
+        );
+    }
+}
