@@ -159,6 +159,40 @@ pub async fn run_models(
             done.insert(name, Recomputed::Failed);
             continue;
         }
+        // A field the model reads stopped arriving (or looks renamed): running it would
+        // publish NULLs where values were. Hold it: its previous table stays, the run is
+        // partial and says what to map.
+        let gone: Vec<String> = reads
+            .get(&name)
+            .map(|read| {
+                changes
+                    .iter()
+                    .filter(|(table, change)| {
+                        matches!(
+                            change.kind,
+                            sluice_core::drift::ChangeKind::Removed
+                                | sluice_core::drift::ChangeKind::LikelyRename
+                        ) && read.get(table).is_some_and(|c| c.contains(&change.field))
+                    })
+                    .map(|(table, change)| format!("`{}` of {table}: {change}", change.field))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !gone.is_empty() {
+            task.status = TaskStatus::Failed;
+            task.error = Some(TaskError {
+                class: ErrorClass::Data,
+                message: format!(
+                    "held (previous table kept): it reads {}; map the field under schema.renames \
+                     or change the model",
+                    gone.join("; ")
+                ),
+                config_key: None,
+            });
+            record.tasks.push(task);
+            done.insert(name, Recomputed::Failed);
+            continue;
+        }
         let existing = catalog::lake_tables(lake, model.layer.as_str())
             .await?
             .contains(&model.name);

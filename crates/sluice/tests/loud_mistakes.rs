@@ -571,3 +571,54 @@ fn a_model_row_with_a_null_partition_date_is_quarantined_not_published() {
         .join("lake/d2a/orders_daily/dt=none")
         .exists());
 }
+
+// A source field a model reads stops arriving (renamed upstream): the model is held —
+// its previous table kept, the run partial, the field named — instead of publishing NULLs.
+#[test]
+fn a_model_reading_a_field_that_stopped_arriving_is_held_not_filled_with_nulls() {
+    let project = Project::new(
+        "name: shop\nlake: ./lake\nsources:\n  shop:\n    type: files\n    streams:\n      orders:\n        path: data/*.ndjson\n        primary_key: [id]\n        write_mode: merge\n",
+    );
+    project.write(
+        "data/day1.ndjson",
+        "{\"id\": 1, \"amount\": 10}\n{\"id\": 2, \"amount\": 5}\n",
+    );
+    project.write(
+        "models/d2a/order_totals.sql",
+        "SELECT count(*) AS orders, sum(amount) AS amount FROM d1.shop_orders\n",
+    );
+    run_json(&project, 0);
+    let before = query_csv(&project, "select orders, amount from d2a.order_totals");
+
+    // Upstream renamed `amount` to `amount_value`.
+    project.write("data/day2.ndjson", "{\"id\": 3, \"amount_value\": 7}\n");
+    let record = run_json(&project, 5);
+    let model = task(&record, "d2a.order_totals");
+    assert_eq!(model["status"], "failed", "{model}");
+    let message = model["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("held (previous table kept)")
+            && message.contains("`amount` of d1.shop_orders")
+            && message.contains("schema.renames"),
+        "{message}"
+    );
+    assert_eq!(
+        query_csv(&project, "select orders, amount from d2a.order_totals"),
+        before,
+        "the previous table is kept"
+    );
+
+    // Once the model reads the new field too, it runs again over every row.
+    project.write(
+        "models/d2a/order_totals.sql",
+        "SELECT count(*) AS orders, sum(coalesce(amount, amount_value)) AS amount FROM d1.shop_orders\n",
+    );
+    run_json(&project, 0);
+    assert_eq!(
+        query_csv(
+            &project,
+            "select orders, cast(amount as bigint) as amount from d2a.order_totals"
+        ),
+        "orders,amount\n3,22\n"
+    );
+}
