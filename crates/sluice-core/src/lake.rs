@@ -395,12 +395,16 @@ pub fn split_by_date(
         arrow::compute::cast_with_options(values, &DataType::Date32, &options)?
     };
     let days = days.as_primitive::<Date32Type>();
+    // Groups in order of first appearance; the index keeps a row's lookup O(1) however
+    // many dates a batch spans.
     let mut groups: Vec<(Option<i32>, Vec<u32>)> = Vec::new();
+    let mut index: std::collections::HashMap<Option<i32>, usize> = Default::default();
     for (row, day) in days.iter().enumerate() {
-        match groups.iter_mut().find(|(d, _)| *d == day) {
-            Some((_, rows)) => rows.push(row as u32),
-            None => groups.push((day, vec![row as u32])),
-        }
+        let group = *index.entry(day).or_insert_with(|| {
+            groups.push((day, Vec::new()));
+            groups.len() - 1
+        });
+        groups[group].1.push(row as u32);
     }
     let mut out = DateParts {
         parts: Vec::with_capacity(groups.len()),

@@ -30,6 +30,7 @@ mod conform;
 pub mod error;
 pub mod functions;
 pub mod lineage;
+mod output;
 pub mod pii;
 pub mod preflight;
 pub mod project;

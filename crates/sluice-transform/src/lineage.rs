@@ -165,7 +165,7 @@ fn scanned_table(plan: &LogicalPlan) -> Option<String> {
 }
 
 /// Every column the plan's table scans read, as `layer.table.column`.
-fn scanned_columns(plan: &LogicalPlan) -> BTreeSet<String> {
+pub(crate) fn scanned_columns(plan: &LogicalPlan) -> BTreeSet<String> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     let mut out = BTreeSet::new();
     let _ = plan.apply(|node| {

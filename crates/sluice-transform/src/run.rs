@@ -27,7 +27,6 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::DataFusionError;
 use datafusion::execution::context::SessionContext;
-use futures::StreamExt;
 use sluice_core::destination::{Destination, LoadTail, TableSpec, WriteMode};
 use sluice_core::lake::{layout, Lake};
 use sluice_core::publish::StagedLoad;
@@ -39,6 +38,7 @@ use crate::catalog::{self, D1View};
 use crate::checks::{self, run_checks, Severity};
 use crate::conform;
 use crate::error::TransformError;
+use crate::output;
 use crate::project::{find_ignore_case, offset_of, Materialization, Model, ModelProject};
 
 /// Options of a models run.
@@ -77,7 +77,7 @@ pub async fn run_models(
 
     // 1. Plan everything first.
     let mut planned: BTreeMap<String, SchemaRef> = BTreeMap::new();
-    let mut reads: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    let mut reads: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut missing: BTreeMap<String, String> = BTreeMap::new();
     for model in &project.models {
         let absent: Vec<String> = model
@@ -100,7 +100,7 @@ pub async fn run_models(
             continue;
         }
         let schema = plan(&ctx, model).await?;
-        reads.insert(model.qualified_name(), d1_columns_read(&ctx, model).await);
+        reads.insert(model.qualified_name(), columns_read(&ctx, model).await);
         catalog::register_placeholder(&ctx, model.layer.as_str(), &model.name, schema.clone())?;
         planned.insert(model.qualified_name(), schema);
     }
@@ -172,7 +172,7 @@ pub async fn run_models(
                             change.kind,
                             sluice_core::drift::ChangeKind::Removed
                                 | sluice_core::drift::ChangeKind::LikelyRename
-                        ) && read.get(table).is_some_and(|c| c.contains(&change.field))
+                        ) && read.contains(&format!("{table}.{}", change.field))
                     })
                     .map(|(table, change)| format!("`{}` of {table}: {change}", change.field))
                     .collect()
@@ -244,10 +244,7 @@ pub async fn run_models(
         let mut model_task = model_task;
         if let Some(read) = reads.get(&name) {
             for (table, change) in &changes {
-                if read
-                    .get(table)
-                    .is_some_and(|columns| columns.contains(&change.field))
-                {
+                if read.contains(&format!("{table}.{}", change.field)) {
                     model_task.warnings.push(format!(
                         "reads `{}` of {table}, which changed this run: {change}",
                         change.field
@@ -266,38 +263,18 @@ pub async fn run_models(
 }
 
 /// Plans a model; a SQL error comes back as file:line.
-/// The D1 columns `model` reads, by table (`d1.<table>` → columns): from the
-/// optimised logical plan's table scans, so only columns the query really uses
-/// (projected, filtered, joined on) count. Empty when the model cannot be planned.
-async fn d1_columns_read(
-    ctx: &SessionContext,
-    model: &Model,
-) -> BTreeMap<String, BTreeSet<String>> {
-    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    use datafusion::logical_expr::LogicalPlan;
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+/// The columns `model` reads (`layer.table.column`, D1 views as their D1 table), from
+/// the optimised plan's table scans: only columns the query really uses (projected,
+/// filtered, joined on) count. Empty when the model cannot be planned.
+async fn columns_read(ctx: &SessionContext, model: &Model) -> BTreeSet<String> {
     let state = ctx.state();
     let Ok(plan) = state.create_logical_plan(&model.sql).await else {
-        return out;
+        return BTreeSet::new();
     };
-    let Ok(plan) = state.optimize(&plan) else {
-        return out;
-    };
-    let _ = plan.apply(|node| {
-        if let LogicalPlan::TableScan(scan) = node {
-            let (schema, table) = (scan.table_name.schema(), scan.table_name.table());
-            if matches!(schema, Some("d1") | Some(catalog::RAW_SCHEMA)) {
-                out.entry(format!("d1.{table}")).or_default().extend(
-                    scan.projected_schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().clone()),
-                );
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    out
+    match state.optimize(&plan) {
+        Ok(plan) => crate::lineage::scanned_columns(&plan),
+        Err(_) => BTreeSet::new(),
+    }
 }
 
 pub(crate) async fn plan(ctx: &SessionContext, model: &Model) -> Result<SchemaRef, TransformError> {
@@ -492,9 +469,9 @@ async fn run_one(
     let staging = layout::model_staging(run_id, model.layer.as_str(), &model.name);
     let staged = tokio::select! {
         _ = cancel.cancelled() => return Err(TransformError::Cancelled),
-        result = stage_output(df, lake, &staging, &target, model) => result?,
+        result = output::stage(df, lake, &staging, &target, model) => result?,
     };
-    let StagedOutput {
+    let output::StagedOutput {
         files: staged_files,
         rows,
         undated,
@@ -514,7 +491,7 @@ async fn run_one(
     let failures = match failures {
         Ok(f) => f,
         Err(e) => {
-            discard(lake, &staged_files).await;
+            output::discard(lake, &staged_files).await;
             return Err(e);
         }
     };
@@ -556,7 +533,7 @@ async fn run_one(
             partition_column: model.config.partition_by.clone(),
             write_mode: WriteMode::Replace,
         };
-        discard(lake, &staged_files).await;
+        output::discard(lake, &staged_files).await;
         destination
             .record_quarantine(&blocked_spec, &record.run_id, &quarantine)
             .await?;
@@ -622,7 +599,7 @@ async fn run_one(
     let outcome = match loaded {
         Ok(o) => o,
         Err(e) => {
-            discard(lake, &staged_files).await;
+            output::discard(lake, &staged_files).await;
             return Err(e.into());
         }
     };
@@ -679,114 +656,6 @@ pub fn incremental_sql<'a>(model: &Model, dates: impl IntoIterator<Item = &'a st
         model.sql.trim().trim_end_matches(';'),
         list.join(", ")
     )
-}
-
-/// Rows per staged model file: a load reads one file into memory at a time.
-const MODEL_FILE_ROWS: u64 = 256 * 1024;
-/// Row-group bytes all open staged files may buffer together before they are cut.
-const MODEL_BUFFER_BYTES: usize = 48 * 1024 * 1024;
-
-/// A model's output, staged in the lake.
-struct StagedOutput {
-    /// (partition date, lake path) of each staged file; no date when unpartitioned.
-    files: Vec<(Option<String>, String)>,
-    rows: u64,
-    /// Rows whose `partition_by` value is NULL: not staged, for the quarantine.
-    undated: Vec<RecordBatch>,
-}
-
-/// Streams `df`'s output into Parquet files under `staging`: conformed to `target`,
-/// split by partition date when the model has one.
-async fn stage_output(
-    df: datafusion::dataframe::DataFrame,
-    lake: &Lake,
-    staging: &str,
-    target: &SchemaRef,
-    model: &Model,
-) -> Result<StagedOutput, TransformError> {
-    let context = model.qualified_name();
-    let engine = |e: DataFusionError| TransformError::engine(&context, e);
-    let partition = match &model.config.partition_by {
-        Some(column) => Some(
-            target
-                .index_of(column)
-                .map_err(|e| TransformError::engine(format!("partition_by `{column}`"), e))?,
-        ),
-        None => None,
-    };
-    // One open file per partition date; each is rotated at MODEL_FILE_ROWS, and
-    // row groups are cut early when all open files together buffer too much.
-    let mut writers: BTreeMap<Option<String>, sluice_core::lake::TableFileWriter> = BTreeMap::new();
-    let mut files = Vec::new();
-    let mut rows = 0u64;
-    let mut undated = Vec::new();
-    let mut output = df.execute_stream().await.map_err(engine)?;
-    while let Some(batch) = output.next().await {
-        let batch = batch.map_err(engine)?;
-        if batch.num_rows() == 0 {
-            continue;
-        }
-        let batch = conform::conform_batch(&batch, target)
-            .map_err(|m| TransformError::engine(&context, m))?;
-        let parts = match partition {
-            None => vec![(None, batch)],
-            Some(index) => {
-                let split = sluice_core::lake::split_by_date(&batch, index)
-                    .map_err(|e| TransformError::engine(format!("{context} partition_by"), e))?;
-                undated.extend(split.nulls);
-                split.parts.into_iter().map(|(d, b)| (Some(d), b)).collect()
-            }
-        };
-        for (date, part) in parts {
-            let writer = match writers.entry(date.clone()) {
-                std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    let folder = match &date {
-                        Some(date) => format!("{staging}/dt={date}"),
-                        None => staging.to_string(),
-                    };
-                    let path = format!("{folder}/part-{:05}.parquet", files.len());
-                    files.push((date.clone(), path.clone()));
-                    v.insert(lake.parquet_writer(&path, target.clone())?)
-                }
-            };
-            rows += part.num_rows() as u64;
-            writer.write(&part).await?;
-            if writer.rows() >= MODEL_FILE_ROWS {
-                if let Some(full) = writers.remove(&date) {
-                    full.close().await?;
-                }
-            }
-        }
-        if writers.values().map(|w| w.buffered_bytes()).sum::<usize>() > MODEL_BUFFER_BYTES {
-            for writer in writers.values_mut() {
-                writer.flush().await?;
-            }
-        }
-    }
-    // An empty output is still a table (with no rows).
-    if files.is_empty() && partition.is_none() {
-        let path = format!("{staging}/part-00000.parquet");
-        files.push((None, path.clone()));
-        writers.insert(None, lake.parquet_writer(&path, target.clone())?);
-    }
-    for (_, writer) in writers {
-        writer.close().await?;
-    }
-    Ok(StagedOutput {
-        files,
-        rows,
-        undated,
-    })
-}
-
-/// Removes staged files that will not be published.
-async fn discard(lake: &Lake, staged: &[(Option<String>, String)]) {
-    for (_, path) in staged {
-        if let Err(e) = lake.delete(path).await {
-            tracing::debug!(path = %path, error = %e, "could not remove a staged model file");
-        }
-    }
 }
 
 /// Runs `sql` over the lake's tables (`d1.<table>`, `d2a.<model>`, `d2b.<model>`) with the

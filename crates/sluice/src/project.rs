@@ -141,3 +141,21 @@ pub fn report_transform_error(error: &sluice_transform::TransformError) -> u8 {
     }
     crate::exit::CONFIG
 }
+
+/// The pipeline's config and lake, without building sources or the destination: what
+/// commands that read history need (runs, schema, audit). `Err` is the exit code, the
+/// error already printed.
+pub fn config_and_lake(
+    pipeline: &Path,
+    load: fn(&Path) -> Result<PipelineConfig, ConfigError>,
+) -> Result<(PipelineConfig, Lake), u8> {
+    let config = load(pipeline).map_err(|e| {
+        print_config_error(&e);
+        crate::exit::CONFIG
+    })?;
+    let lake = Lake::open(&config.lake, &config.root).map_err(|e| {
+        eprintln!("error: {e}");
+        crate::exit::CONFIG
+    })?;
+    Ok((config, lake))
+}

@@ -11,6 +11,12 @@
 //! [`SourceError`]. URLs are logged without their query string and every error
 //! message goes through the secret redactor, so tokens sent as query parameters
 //! (Facebook's `access_token`) never reach a log or a run record.
+//!
+//! Why one file over 700 lines: everything here is the one request path (send, judge,
+//! retry, pace) and the URL rules it enforces on every request (HTTPS, same-origin
+//! joins and redirects, ids validated before they enter a path); about 200 lines are
+//! its tests. Pacing already lives apart (`pacer.rs`); the next cut, if it grows, is the
+//! URL rules into `http/urls.rs`.
 
 mod pacer;
 

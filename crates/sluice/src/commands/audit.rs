@@ -42,19 +42,9 @@ pub async fn record(
 }
 
 pub async fn run(pipeline: &Path, command: AuditCommand) -> u8 {
-    let config = match PipelineConfig::load(pipeline) {
-        Ok(c) => c,
-        Err(e) => {
-            crate::project::print_config_error(&e);
-            return exit::CONFIG;
-        }
-    };
-    let lake = match Lake::open(&config.lake, &config.root) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::CONFIG;
-        }
+    let (config, lake) = match crate::project::config_and_lake(pipeline, PipelineConfig::load) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     let log = AuditLog::new(lake, &config.name);
     match command {

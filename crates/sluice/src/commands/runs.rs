@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use sluice_core::config::PipelineConfig;
-use sluice_core::lake::Lake;
 use sluice_core::state::StateStore;
 
 use super::{print_table, seconds, thousands};
@@ -23,20 +22,11 @@ pub struct RunsArgs {
 
 pub async fn run(pipeline: &Path, args: RunsArgs) -> u8 {
     // Only config and lake are needed: history is readable even if a source is misconfigured.
-    let config = match PipelineConfig::load_for_inspection(pipeline) {
-        Ok(c) => c,
-        Err(e) => {
-            crate::project::print_config_error(&e);
-            return exit::CONFIG;
-        }
-    };
-    let lake = match Lake::open(&config.lake, &config.root) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::CONFIG;
-        }
-    };
+    let (config, lake) =
+        match crate::project::config_and_lake(pipeline, PipelineConfig::load_for_inspection) {
+            Ok(loaded) => loaded,
+            Err(code) => return code,
+        };
     let state = StateStore::new(lake, &config.name);
     if let Some(id) = &args.run_id {
         return match state.run(id).await {

@@ -5,7 +5,6 @@ use std::path::Path;
 use sluice_core::config::PipelineConfig;
 use sluice_core::drift::diff;
 use sluice_core::drift::presence::Presence;
-use sluice_core::lake::Lake;
 use sluice_core::state::{SchemaVersion, StateStore};
 
 use super::print_table;
@@ -28,20 +27,11 @@ pub enum SchemaCommand {
 }
 
 pub async fn run(pipeline: &Path, command: SchemaCommand) -> u8 {
-    let config = match PipelineConfig::load_for_inspection(pipeline) {
-        Ok(c) => c,
-        Err(e) => {
-            crate::project::print_config_error(&e);
-            return exit::CONFIG;
-        }
-    };
-    let lake = match Lake::open(&config.lake, &config.root) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::CONFIG;
-        }
-    };
+    let (config, lake) =
+        match crate::project::config_and_lake(pipeline, PipelineConfig::load_for_inspection) {
+            Ok(loaded) => loaded,
+            Err(code) => return code,
+        };
     let state = StateStore::new(lake, &config.name);
     let (SchemaCommand::Show { table }
     | SchemaCommand::History { table }
