@@ -140,6 +140,7 @@ impl Executor {
             select: options.select.clone(),
             tasks: Vec::new(),
             notices: Vec::new(),
+            api_usage: Default::default(),
             error: None,
         };
         // An older binary must not write into a lake a newer one has laid out.

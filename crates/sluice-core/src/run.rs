@@ -4,6 +4,8 @@
 //! through [`crate::secret::redact`] before it is stored, so a secret that slipped
 //! into an error message never reaches run history.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -130,8 +132,42 @@ pub struct RunRecord {
     /// sunset, deprecation headers on the API's answers (`source: notice`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<String>,
+    /// What each API source was asked during the run (`facebook` → requests, waits).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub api_usage: BTreeMap<String, ApiUsage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// How hard a run used one API source, for `/metrics` and capacity planning
+/// (how close a pipeline runs to its rate limits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiUsage {
+    /// HTTP requests sent, retries included.
+    pub requests: u64,
+    /// Requests sent again after a 5xx, a throttle or a network error.
+    pub retries: u64,
+    /// Retries the API asked for by saying when to come back (429 + Retry-After,
+    /// Facebook's regain time, Google's retryDelay): the source's rate limit was hit.
+    pub throttled: u64,
+    /// Time requests waited before being sent to stay under the rate limits sluice
+    /// keeps (pacing, request budgets, in-flight caps), milliseconds.
+    pub paced_ms: u64,
+    /// Time spent waiting before retries (back-off and waits the API asked for), ms.
+    pub retry_wait_ms: u64,
+}
+
+impl ApiUsage {
+    /// What happened between `earlier` and `self` (counters of one client).
+    pub fn since(&self, earlier: &ApiUsage) -> ApiUsage {
+        ApiUsage {
+            requests: self.requests.saturating_sub(earlier.requests),
+            retries: self.retries.saturating_sub(earlier.retries),
+            throttled: self.throttled.saturating_sub(earlier.throttled),
+            paced_ms: self.paced_ms.saturating_sub(earlier.paced_ms),
+            retry_wait_ms: self.retry_wait_ms.saturating_sub(earlier.retry_wait_ms),
+        }
+    }
 }
 
 impl RunRecord {

@@ -316,4 +316,10 @@ pub trait Source: Send + Sync {
     fn notices(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// The source's API usage since it was built (HTTP sources); runs record the
+    /// difference over the run. `None`: the source calls no API.
+    fn api_usage(&self) -> Option<crate::run::ApiUsage> {
+        None
+    }
 }

@@ -294,6 +294,28 @@ impl StateStore {
         Ok(())
     }
 
+    fn run_log_path(&self, run_id: &str) -> String {
+        format!("{}/run_logs/{run_id}.log", self.prefix)
+    }
+
+    /// Writes a run's log (already redacted by whoever captured it; redacted again).
+    pub async fn save_run_log(&self, run_id: &str, log: &str) -> Result<(), StateError> {
+        let text = crate::secret::redact(log);
+        self.lake
+            .put(&self.run_log_path(run_id), Bytes::from(text))
+            .await?;
+        Ok(())
+    }
+
+    /// A run's log, if it was kept (runs before logs were kept have none).
+    pub async fn run_log(&self, run_id: &str) -> Result<Option<String>, StateError> {
+        let path = self.run_log_path(run_id);
+        match self.lake.get(&path).await? {
+            Some(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            None => Ok(None),
+        }
+    }
+
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StateError> {
         self.read_json(&self.run_path(run_id)).await
     }

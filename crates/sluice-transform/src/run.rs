@@ -141,7 +141,7 @@ pub async fn run_models(
         let timer = Instant::now();
         if cancel.is_cancelled() {
             task.status = TaskStatus::Cancelled;
-            record.tasks.push(task);
+            finish_task(record, task);
             done.insert(name, Recomputed::Failed);
             continue;
         }
@@ -155,7 +155,7 @@ pub async fn run_models(
         if let Some(reason) = blocked {
             task.status = TaskStatus::Skipped;
             task.warnings.push(reason);
-            record.tasks.push(task);
+            finish_task(record, task);
             done.insert(name, Recomputed::Failed);
             continue;
         }
@@ -189,7 +189,7 @@ pub async fn run_models(
                 ),
                 config_key: None,
             });
-            record.tasks.push(task);
+            finish_task(record, task);
             done.insert(name, Recomputed::Failed);
             continue;
         }
@@ -200,7 +200,7 @@ pub async fn run_models(
         if let Recomputed::Partitions(p) = &scope {
             if p.is_empty() {
                 task.status = TaskStatus::UpToDate;
-                record.tasks.push(task);
+                finish_task(record, task);
                 done.insert(name, Recomputed::Nothing);
                 continue;
             }
@@ -213,6 +213,7 @@ pub async fn run_models(
                 }
             }
         }
+        tracing::info!(task = %name, "model started");
         let outcome = run_one(
             &ctx,
             project,
@@ -252,14 +253,36 @@ pub async fn run_models(
                 }
             }
         }
-        record.tasks.push(model_task);
+        finish_task(record, model_task);
         if let Some(t) = check_task {
-            record.tasks.push(t);
+            finish_task(record, t);
         }
         done.insert(name, recomputed);
     }
     record.settle(cancel.is_cancelled());
     Ok(())
+}
+
+/// Adds a model's (or its checks') task to the run record and to the run's log.
+fn finish_task(record: &mut RunRecord, task: TaskRecord) {
+    match &task.error {
+        // `info`: the run summary already shows failures; this is for the run log.
+        Some(error) => tracing::info!(
+            task = %task.task,
+            status = ?task.status,
+            "task failed: {}",
+            error.message
+        ),
+        None => tracing::info!(
+            task = %task.task,
+            status = ?task.status,
+            rows_loaded = task.rows_loaded,
+            rows_quarantined = task.rows_quarantined,
+            duration_ms = task.duration_ms,
+            "task finished"
+        ),
+    }
+    record.tasks.push(task);
 }
 
 /// Plans a model; a SQL error comes back as file:line.

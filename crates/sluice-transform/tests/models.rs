@@ -293,6 +293,7 @@ fn record(run: &str, tasks: Vec<TaskRecord>) -> RunRecord {
         select: Vec::new(),
         tasks,
         notices: Vec::new(),
+        api_usage: Default::default(),
         error: None,
     }
 }

@@ -7,7 +7,9 @@ use std::io::{self, IsTerminal, Write};
 use std::sync::OnceLock;
 
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -41,14 +43,17 @@ pub fn init(format: LogFormat, filter: &str) -> bool {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(filter).ok())
         .unwrap_or_else(|| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(format == LogFormat::Text && colour)
         .with_writer(RedactingStderr);
-    let _ = match format {
-        LogFormat::Text => builder.with_target(false).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let stderr = match format {
+        LogFormat::Text => stderr.with_target(false).boxed(),
+        LogFormat::Json => stderr.json().flatten_event(true).boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(stderr.with_filter(filter))
+        .with(crate::run_log::RunLogLayer.with_filter(crate::run_log::filter()))
+        .try_init();
     format == LogFormat::Text && io::stderr().is_terminal()
 }
 

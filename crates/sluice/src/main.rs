@@ -11,6 +11,7 @@ mod logging;
 mod plan_svg;
 mod progress;
 mod project;
+mod run_log;
 mod server;
 
 use std::path::PathBuf;

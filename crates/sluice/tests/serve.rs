@@ -712,6 +712,125 @@ async fn metrics_equal_the_run_records_and_only_operators_trigger_runs() {
     assert_eq!(status, 404);
 }
 
+/// Runs `metrics_parse.py` (prometheus_client's OpenMetrics parser) over `text`.
+fn parse_metrics(project: &Project, text: &str) -> Vec<Value> {
+    let file = project.path().join("metrics.txt");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/metrics_parse.py"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser rejected /metrics:\n{}\n{text}",
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_calls_and_rate_limit_waits_per_source_equal_what_the_api_served_and_the_log_is_kept() {
+    // Every 4th request throttled (Facebook code 17 with a regain time), every 9th a 5xx.
+    let mut options = SandboxOptions::new(7, 1, Utc::now().date_naive());
+    options.faults = Faults {
+        rate_limit_every: Some(4),
+        server_error_every: Some(9),
+        ..Faults::default()
+    };
+    let sandbox = sluice_sandbox::start(options, 0).await.expect("sandbox");
+    let project = Project::new(&facebook_pipeline(
+        "calls",
+        &sandbox.base_url(),
+        &serve_section(),
+    ));
+    let server = Server::start(&project, &[]).await;
+    let (status, body) = server.trigger(Some(OPERATOR_TOKEN), json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let run_id = body["run_id"].as_str().unwrap().to_string();
+    let record = server.finished(&run_id, Duration::from_secs(120)).await;
+    assert_eq!(record["status"], "succeeded", "{record:#}");
+
+    // The run's count is the API's count: every request the sandbox answered.
+    let usage = &record["api_usage"]["facebook"];
+    let requests = usage["requests"].as_u64().unwrap();
+    assert_eq!(requests, sandbox.request_count(), "{record:#}");
+    let throttled = usage["throttled"].as_u64().unwrap();
+    let retries = usage["retries"].as_u64().unwrap();
+    assert!(throttled > 0, "every 4th request was throttled: {usage}");
+    assert!(retries > throttled, "5xx were retried too: {usage}");
+    assert!(usage["retry_wait_ms"].as_u64().unwrap() > 0, "{usage}");
+
+    let (status, text) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    let samples = parse_metrics(&project, &text);
+    let sample = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        samples
+            .iter()
+            .find(|s| {
+                s["name"] == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s["labels"][*k].as_str() == Some(*v))
+            })
+            .map(|s| s["value"].as_f64().unwrap())
+    };
+    let facebook = [("source", "facebook")];
+    assert_eq!(
+        sample("sluice_api_requests_total", &facebook),
+        Some(requests as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample("sluice_api_retries_total", &facebook),
+        Some(retries as f64)
+    );
+    assert_eq!(
+        sample("sluice_api_throttled_total", &facebook),
+        Some(throttled as f64)
+    );
+    let waited = sample(
+        "sluice_api_wait_seconds_total",
+        &[("source", "facebook"), ("reason", "retry")],
+    )
+    .expect("retry wait sample");
+    assert!(
+        (waited - usage["retry_wait_ms"].as_f64().unwrap() / 1000.0).abs() < 0.001,
+        "{waited} vs {usage}"
+    );
+
+    // The run's log: kept in the lake, served as text and on the run's page,
+    // with the retries that stderr (filter `info` here, `warn` by default) may not show.
+    let (status, log) = server.get(&format!("/api/runs/{run_id}/log")).await;
+    assert_eq!(status, 200, "{log}");
+    assert!(
+        log.contains("task finished") && log.contains("facebook.campaigns"),
+        "{log}"
+    );
+    assert!(
+        log.contains("retrying"),
+        "the retries are in the log:\n{log}"
+    );
+    assert!(!log.contains(credentials::FACEBOOK_ACCESS_TOKEN), "{log}");
+    let (status, page) = server.get(&format!("/runs/{run_id}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("id=\"log\"") && page.contains("task finished"),
+        "{page}"
+    );
+    assert!(page.contains("id=\"api-usage\""), "{page}");
+    let (status, _) = server.get("/api/runs/no-such-run/log").await;
+    assert_eq!(status, 404);
+    let out = project
+        .cmd()
+        .args(["runs", &run_id, "--show-log"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), log);
+    sandbox.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_cannot_start_is_recorded_as_failed() {
     let project = files_project("unstartable", &serve_section());
@@ -1263,6 +1382,29 @@ async fn the_dashboard_in_headless_chromium_shows_runs_the_dag_a_failed_check_an
     assert!(
         size > 20_000,
         "a screenshot of the page was taken ({size} bytes)"
+    );
+
+    // The failed run's page: its tasks, the failed check, and its log.
+    let first_id = first["run_id"].as_str().unwrap().to_string();
+    let run_png = shots.join("dashboard-run.png");
+    let run_dom = tokio::task::spawn_blocking({
+        let (url, png) = (server.url(&format!("/runs/{first_id}")), run_png.clone());
+        move || render(&url, &png)
+    })
+    .await
+    .unwrap();
+    let log = run_dom
+        .split("<pre id=\"log\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</pre>").next())
+        .unwrap_or_else(|| panic!("no log on the run's page:\n{run_dom}"));
+    assert!(
+        log.contains("task finished") && log.contains("shop.orders"),
+        "{log}"
+    );
+    assert!(
+        run_dom.contains("d2a.orders_daily:checks") && run_dom.contains("failing rows"),
+        "{run_dom}"
     );
 
     // A viewer's token cannot trigger a run; an operator's can (through the same API the

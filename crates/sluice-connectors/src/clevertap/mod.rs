@@ -543,6 +543,10 @@ impl Source for CleverTapSource {
     fn max_concurrency(&self) -> usize {
         self.config.max_concurrency.max(1)
     }
+
+    fn api_usage(&self) -> Option<sluice_core::run::ApiUsage> {
+        Some(self.api.http.stats().usage())
+    }
 }
 
 #[cfg(test)]

@@ -323,4 +323,8 @@ impl Source for FacebookSource {
         notices.extend(self.api.http.notices());
         notices
     }
+
+    fn api_usage(&self) -> Option<sluice_core::run::ApiUsage> {
+        Some(self.api.http.stats().usage())
+    }
 }

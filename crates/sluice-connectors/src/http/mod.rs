@@ -208,7 +208,12 @@ pub struct HttpStats {
     pub retries: AtomicU64,
     pub bytes: AtomicU64,
     pub latency_micros: AtomicU64,
+    /// Waiting for a pacing slot, the request budget or an in-flight permit.
     pub waited_micros: AtomicU64,
+    /// Retries the API asked for with a time to come back (it was throttling us).
+    pub throttled: AtomicU64,
+    /// Sleeping before retries.
+    pub retry_wait_micros: AtomicU64,
 }
 
 /// A point-in-time copy of [`HttpStats`].
@@ -229,6 +234,18 @@ impl HttpStats {
             bytes: self.bytes.load(Ordering::Relaxed),
             latency: Duration::from_micros(self.latency_micros.load(Ordering::Relaxed)),
             waited: Duration::from_micros(self.waited_micros.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// The counters as a run records them.
+    pub fn usage(&self) -> sluice_core::run::ApiUsage {
+        let millis = |micros: &AtomicU64| micros.load(Ordering::Relaxed) / 1000;
+        sluice_core::run::ApiUsage {
+            requests: self.requests.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
+            paced_ms: millis(&self.waited_micros),
+            retry_wait_ms: millis(&self.retry_wait_micros),
         }
     }
 }
@@ -360,7 +377,13 @@ impl HttpClient {
                 after.saturating_add(delay.min(Duration::from_millis(250)))
             });
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(request = %label, reason = %sluice_core::secret::redact(&reason), ?delay, "retrying");
+            if after.is_some() {
+                self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stats
+                .retry_wait_micros
+                .fetch_add(delay.as_micros() as u64, Ordering::Relaxed);
+            tracing::info!(request = %label, reason = %sluice_core::secret::redact(&reason), ?delay, "retrying");
             tokio::time::sleep(delay).await;
         }
     }

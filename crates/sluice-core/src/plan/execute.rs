@@ -85,7 +85,15 @@ pub async fn run(
             sources.push(task.source.clone());
         }
     }
+    let usage_before: Vec<_> = sources.iter().map(|s| s.api_usage()).collect();
     let mut record = executor.run(streams, options).await;
+    for (source, before) in sources.iter().zip(&usage_before) {
+        if let (Some(after), Some(before)) = (source.api_usage(), before) {
+            record
+                .api_usage
+                .insert(source.name().to_string(), after.since(before));
+        }
+    }
     if !model_ids.is_empty() {
         // A panic in the model stage (a bug, or an engine's) must end as a failed
         // record, never leave the stored one claiming the run is still going.
@@ -116,8 +124,9 @@ pub async fn run(
             s.notices().into_iter().map(move |n| format!("{name}: {n}"))
         })
         .collect();
-    if !model_ids.is_empty() || !record.notices.is_empty() {
-        // The model stage re-settled the status, notices were added: store the final record.
+    if !model_ids.is_empty() || !record.notices.is_empty() || !record.api_usage.is_empty() {
+        // The model stage re-settled the status, notices or API usage were added:
+        // store the final record.
         if let Err(e) = executor.state.save_run(&record).await {
             record.error = Some(format!("cannot write the run record: {e}"));
         }

@@ -532,6 +532,7 @@ mod tests {
             select: Vec::new(),
             tasks: vec![task],
             notices: Vec::new(),
+            api_usage: Default::default(),
             error: None,
         };
         record.settle(false);

@@ -101,6 +101,7 @@ pub async fn run(pipeline: &Path, args: ReplayArgs, interactive: bool) -> u8 {
             select: args.select.clone(),
             tasks: d1_tasks,
             notices: Vec::new(),
+            api_usage: Default::default(),
             error: None,
         };
         (record, n)

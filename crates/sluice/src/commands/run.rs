@@ -182,11 +182,16 @@ pub async fn execute_cancellable(
             tracing::warn!(source = %source.name(), "{notice}");
         }
     }
-    match sluice_core::plan::execute::run(&plan, &selection, &executor, options, &stage)
+    crate::run_log::start();
+    let outcome = sluice_core::plan::execute::run(&plan, &selection, &executor, options, &stage)
         .instrument(span)
-        .await
-    {
+        .await;
+    let log = crate::run_log::finish();
+    match outcome {
         Ok(record) => {
+            if let Err(e) = project.state.save_run_log(&record.run_id, &log).await {
+                tracing::warn!(run_id = %record.run_id, "cannot keep the run's log: {e}");
+            }
             if let Some(lineage) = &lineage {
                 lineage.finished(&record).await;
             }
@@ -312,6 +317,23 @@ pub fn print_summary(record: &RunRecord) {
     }
     for notice in &record.notices {
         println!("  ! {notice}");
+    }
+    for (source, usage) in &record.api_usage {
+        if usage.requests == 0 {
+            continue;
+        }
+        let mut line = format!("  api {source}: {} requests", thousands(usage.requests));
+        if usage.retries > 0 {
+            line += &format!(", {} retried", thousands(usage.retries));
+        }
+        if usage.throttled > 0 {
+            line += &format!(" ({} throttled)", thousands(usage.throttled));
+        }
+        let waited = usage.paced_ms + usage.retry_wait_ms;
+        if waited > 0 {
+            line += &format!(", waited {}", seconds(waited));
+        }
+        println!("{line}");
     }
     if let Some(e) = &record.error {
         println!("  ✗ {e}");

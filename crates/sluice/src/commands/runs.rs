@@ -18,6 +18,9 @@ pub struct RunsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// With a run id: print the run's log (what sluice logged while it ran).
+    #[arg(long, requires = "run_id")]
+    pub show_log: bool,
 }
 
 pub async fn run(pipeline: &Path, args: RunsArgs) -> u8 {
@@ -28,6 +31,22 @@ pub async fn run(pipeline: &Path, args: RunsArgs) -> u8 {
             Err(code) => return code,
         };
     let state = StateStore::new(lake, &config.name);
+    if let (Some(id), true) = (&args.run_id, args.show_log) {
+        return match state.run_log(id).await {
+            Ok(Some(log)) => {
+                print!("{log}");
+                exit::OK
+            }
+            Ok(None) => {
+                eprintln!("error: no log of run {id} in {}", state.lake().location());
+                exit::CONFIG
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::INTERNAL
+            }
+        };
+    }
     if let Some(id) = &args.run_id {
         return match state.run(id).await {
             Ok(Some(record)) => {

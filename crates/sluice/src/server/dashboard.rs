@@ -138,12 +138,16 @@ pub async fn run_page(State(state): State<AppState>, Path(id): Path<String>) -> 
             }
         })
         .collect();
+    // A missing log (runs from before logs were kept) is not an error of the page.
+    let log = state.daemon.project.state.run_log(&id).await.ok().flatten();
     page(templates().get_template("run.html").and_then(|t| {
         t.render(context! {
             pipeline => &state.daemon.project.config.name,
             run => Serde(RunSummary::of(&record)),
             tasks => tasks,
             notices => &record.notices,
+            api_usage => Serde(&record.api_usage),
+            log => log,
         })
     }))
 }

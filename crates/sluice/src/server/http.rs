@@ -49,6 +49,7 @@ pub fn router(daemon: Arc<Daemon>, plan: RunPlan) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/runs", get(list_runs).post(trigger_run))
         .route("/api/runs/{id}", get(one_run))
+        .route("/api/runs/{id}/log", get(run_log))
         .route("/api/runs/{id}/cancel", axum::routing::post(cancel_run))
         .route("/api/tables", get(tables))
         .route("/api/plan", get(plan_json))
@@ -239,6 +240,15 @@ async fn one_run(State(state): State<AppState>, Path(id): Path<String>) -> Respo
     match state.daemon.project.state.run(&id).await {
         Ok(Some(record)) => Json(record).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no run {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A run's log as plain text (the events sluice logged while it ran).
+async fn run_log(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.daemon.project.state.run_log(&id).await {
+        Ok(Some(log)) => log.into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no log of run {id}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

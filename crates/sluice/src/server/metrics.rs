@@ -13,6 +13,8 @@
 //! | `sluice_task_errors_total` | `class` |
 //! | `sluice_task_duration_seconds` (histogram) | `task` |
 //! | `sluice_table_last_success_timestamp_seconds`, `sluice_table_freshness_seconds` | `table` |
+//! | `sluice_api_requests_total`, `sluice_api_retries_total`, `sluice_api_throttled_total` | `source` |
+//! | `sluice_api_wait_seconds_total` | `source`, `reason` (`paced`: under sluice's own limits; `retry`: back-off and waits the API asked for) |
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -66,6 +68,10 @@ pub fn render(
     );
     let last_success = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let freshness = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let api_requests = Family::<Labels, Counter>::default();
+    let api_retries = Family::<Labels, Counter>::default();
+    let api_throttled = Family::<Labels, Counter>::default();
+    let api_wait = Family::<Labels, Counter<f64, AtomicU64>>::default();
 
     let in_progress = Gauge::<i64>::default();
     for record in records {
@@ -75,6 +81,21 @@ pub fn render(
         }
         runs.get_or_create(&labels(&[("status", record.status.as_str())]))
             .inc();
+        for (source, usage) in &record.api_usage {
+            let by_source = labels(&[("source", source)]);
+            api_requests
+                .get_or_create(&by_source)
+                .inc_by(usage.requests);
+            api_retries.get_or_create(&by_source).inc_by(usage.retries);
+            api_throttled
+                .get_or_create(&by_source)
+                .inc_by(usage.throttled);
+            for (reason, ms) in [("paced", usage.paced_ms), ("retry", usage.retry_wait_ms)] {
+                api_wait
+                    .get_or_create(&labels(&[("source", source), ("reason", reason)]))
+                    .inc_by(ms as f64 / 1000.0);
+            }
+        }
         for task in &record.tasks {
             let by_task = labels(&[("task", &task.task), ("table", &task.table)]);
             let by_table = labels(&[("table", &task.table)]);
@@ -169,6 +190,26 @@ pub fn render(
         "table_freshness_seconds",
         "Seconds since a table was last loaded (or confirmed up to date)",
         freshness,
+    );
+    registry.register(
+        "api_requests",
+        "HTTP requests sent to a source's API, retries included",
+        api_requests,
+    );
+    registry.register(
+        "api_retries",
+        "Requests to a source's API sent again",
+        api_retries,
+    );
+    registry.register(
+        "api_throttled",
+        "Retries the API asked for with a time to come back (its rate limit was hit)",
+        api_throttled,
+    );
+    registry.register(
+        "api_wait_seconds",
+        "Time requests to a source's API spent waiting: paced under sluice's limits, or before a retry",
+        api_wait,
     );
     let mut text = String::new();
     encode(&mut text, &registry).map_err(|e| format!("cannot encode metrics: {e}"))?;

@@ -234,6 +234,7 @@ impl Daemon {
             select,
             tasks: Vec::new(),
             notices: Vec::new(),
+            api_usage: Default::default(),
             error: Some(message),
         };
         if let Err(e) = self.project.state.save_run(&record).await {
