@@ -57,6 +57,32 @@ pub fn init(format: LogFormat, filter: &str) -> bool {
     format == LogFormat::Text && io::stderr().is_terminal()
 }
 
+/// Prints an error for the user on stderr: `error: …`, or under `--log-format json`
+/// one JSON line (`level: ERROR`), so CI can parse every failure the same way.
+/// Config errors, which know their file and line, go through
+/// [`crate::project::print_config_error`] instead.
+macro_rules! print_error {
+    ($($arg:tt)*) => {
+        $crate::logging::emit_error(&format!($($arg)*))
+    };
+}
+pub(crate) use print_error;
+
+/// What [`print_error!`] expands to.
+pub fn emit_error(message: &str) {
+    let message = sluice_core::secret::redact(message);
+    if format() == LogFormat::Json {
+        let line = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339(),
+            "level": "ERROR",
+            "message": message,
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("error: {message}");
+    }
+}
+
 /// A writer that buffers one log line and writes it to stderr with secrets replaced.
 pub struct RedactingStderr;
 

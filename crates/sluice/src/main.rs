@@ -155,7 +155,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            crate::logging::print_error!("cannot start the async runtime: {e}");
             return exit::INTERNAL.into();
         }
     };
@@ -185,7 +185,7 @@ fn main() -> ExitCode {
             Command::Sandbox(cmd) => match sluice_sandbox::cli::run(cmd).await {
                 Ok(()) => exit::OK,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    crate::logging::print_error!("{e:#}");
                     exit::INTERNAL
                 }
             },

@@ -37,7 +37,7 @@ impl LoadError {
                 crate::exit::CONFIG
             }
             LoadError::Other(message) => {
-                eprintln!("error: {}", sluice_core::secret::redact(&message));
+                crate::logging::print_error!("{}", sluice_core::secret::redact(&message));
                 crate::exit::CONFIG
             }
         }
@@ -106,7 +106,7 @@ pub fn print_config_error(error: &ConfigError) {
         return;
     }
     // The plain one-line form first: greppable, and what non-terminal logs keep.
-    eprintln!("error: {error}");
+    crate::logging::print_error!("{error}");
     if let Some(position) = error.position {
         if !error.source_text.is_empty() {
             let offset = (position.offset as usize).min(error.source_text.len());
@@ -134,8 +134,8 @@ pub fn print_config_error(error: &ConfigError) {
 pub fn report_transform_error(error: &sluice_transform::TransformError) -> u8 {
     match error {
         sluice_transform::TransformError::Config(e) => print_config_error(e),
-        other => eprintln!(
-            "error: cannot plan the models: {}",
+        other => crate::logging::print_error!(
+            "cannot plan the models: {}",
             sluice_core::secret::redact(&other.to_string())
         ),
     }
@@ -154,7 +154,7 @@ pub fn config_and_lake(
         crate::exit::CONFIG
     })?;
     let lake = Lake::open(&config.lake, &config.root).map_err(|e| {
-        eprintln!("error: {e}");
+        crate::logging::print_error!("{e}");
         crate::exit::CONFIG
     })?;
     Ok((config, lake))

@@ -531,6 +531,94 @@ fn logs_carry_no_colour_when_piped_json_lines_name_the_run_and_config_errors_fol
     );
 }
 
+// Under `--log-format json` every failure a CI job meets is one JSON line on stderr
+// (model errors with their file and line), and `validate` reports as one JSON document.
+#[test]
+fn json_log_format_makes_every_error_and_the_validate_report_machine_readable() {
+    let project = Project::new(
+        "name: shop\nlake: ./lake\nsources:\n  shop:\n    type: files\n    streams:\n      visits:\n        path: data/v.csv\n        allow_empty: true\n        infer_columns: false\n        columns: { id: bigint }\n",
+    );
+    let json_cmd = |args: &[&str]| {
+        project
+            .cmd()
+            .args(["--log-format", "json"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let error_line = |out: &std::process::Output| -> serde_json::Value {
+        let text = stderr(out);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+            .collect();
+        lines
+            .into_iter()
+            .find(|l| l["level"] == "ERROR")
+            .unwrap_or_else(|| panic!("no ERROR line in:\n{text}"))
+    };
+
+    let out = json_cmd(&["validate", "--connections"]);
+    assert_exit(&out, 0);
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim())
+        .unwrap_or_else(|e| panic!("{}: {e}", stdout(&out)));
+    assert!(
+        report["summary"].as_str().unwrap().contains("is valid"),
+        "{report}"
+    );
+    assert_eq!(report["checks"].as_array().unwrap().len(), 2, "{report}");
+    assert!(
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true),
+        "{report}"
+    );
+
+    // A model that reads a column the stream does not have: file and line.
+    project.write(
+        "models/d2a/visits_daily.sql",
+        "SELECT id,\n       no_such_column\nFROM d1.shop_visits\n",
+    );
+    project.write("data/v.csv", "id\n1\n");
+    let out = json_cmd(&["validate"]);
+    assert_exit(&out, 3);
+    let line = error_line(&out);
+    assert!(
+        line["file"].as_str().unwrap().ends_with("visits_daily.sql"),
+        "{line}"
+    );
+    assert!(line["line"].as_u64().is_some(), "{line}");
+    assert!(
+        line["message"].as_str().unwrap().contains("no_such_column"),
+        "{line}"
+    );
+    std::fs::remove_file(project.path().join("models/d2a/visits_daily.sql")).unwrap();
+
+    // Errors without a file: an unknown run, a bad selector.
+    let out = json_cmd(&["runs", "no-such-run"]);
+    assert_exit(&out, 3);
+    assert!(
+        error_line(&out)["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-run"),
+        "{}",
+        stderr(&out)
+    );
+    let out = json_cmd(&["run", "--select", "nope"]);
+    assert_exit(&out, 3);
+    assert!(
+        error_line(&out)["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 // A model row with no partition date is quarantined (never a `dt=none` folder), and
 // the lake and the warehouse hold the same dated rows.
 #[test]

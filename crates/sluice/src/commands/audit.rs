@@ -32,8 +32,8 @@ pub async fn record(
     {
         Ok(_) => Ok(()),
         Err(e) => {
-            eprintln!(
-                "error: cannot record `{action}` in the audit log, so it was not done: {}",
+            crate::logging::print_error!(
+                "cannot record `{action}` in the audit log, so it was not done: {}",
                 sluice_core::secret::redact(&e.to_string())
             );
             Err(exit::INTERNAL)
@@ -57,7 +57,7 @@ pub async fn run(pipeline: &Path, command: AuditCommand) -> u8 {
                 exit::OK
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::logging::print_error!("{e}");
                 exit::RUN_FAILED
             }
         },
@@ -69,7 +69,7 @@ pub async fn run(pipeline: &Path, command: AuditCommand) -> u8 {
                 exit::OK
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::logging::print_error!("{e}");
                 exit::RUN_FAILED
             }
         },

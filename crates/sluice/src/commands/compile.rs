@@ -29,14 +29,14 @@ pub async fn run(pipeline: &Path, args: CompileArgs) -> u8 {
     let model = match find_model(&models, &args.model) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             return exit::CONFIG;
         }
     };
     let incremental = model.config.materialized == Materialization::Incremental;
     if !args.dates.is_empty() && !incremental {
-        eprintln!(
-            "error: --dates: {} is not incremental; a run rebuilds it whole",
+        crate::logging::print_error!(
+            "--dates: {} is not incremental; a run rebuilds it whole",
             model.qualified_name()
         );
         return exit::CONFIG;
@@ -58,8 +58,8 @@ pub async fn run(pipeline: &Path, args: CompileArgs) -> u8 {
                 "-- {table}: not in the lake yet (its stream has not run); the view is defined at the first run\n\n"
             )),
             Err(e) => {
-                eprintln!(
-                    "error: {table}: {}",
+                crate::logging::print_error!(
+                    "{table}: {}",
                     sluice_core::secret::redact(&e.to_string())
                 );
                 return exit::RUN_FAILED;

@@ -75,7 +75,7 @@ pub async fn run(args: DemoArgs, interactive: bool) -> u8 {
     let sandbox = match sluice_sandbox::start(SandboxOptions::new(args.seed, 1, today), 0).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot start the sandbox: {e:#}");
+            crate::logging::print_error!("cannot start the sandbox: {e:#}");
             return exit::INTERNAL;
         }
     };
@@ -88,8 +88,8 @@ pub async fn run(args: DemoArgs, interactive: bool) -> u8 {
         &sandbox.base_url(),
         today - Duration::days(args.days - 1),
     ) {
-        eprintln!(
-            "error: cannot write the demo project in {}: {e}",
+        crate::logging::print_error!(
+            "cannot write the demo project in {}: {e}",
             args.dir.display()
         );
         return exit::INTERNAL;
@@ -148,7 +148,9 @@ pub async fn run(args: DemoArgs, interactive: bool) -> u8 {
     );
     match exit_code(&record) {
         exit::OK if !matches_truth => {
-            eprintln!("error: the warehouse does not match the sandbox's truth (see above)");
+            crate::logging::print_error!(
+                "the warehouse does not match the sandbox's truth (see above)"
+            );
             exit::RUN_FAILED
         }
         code => code,

@@ -30,8 +30,8 @@ pub async fn run(pipeline: &Path, args: DiscoverArgs) -> u8 {
     };
     let Some(section) = config.sources.iter().find(|s| s.name == args.source) else {
         let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
-        eprintln!(
-            "error: no source `{}` in {} (sources: {})",
+        crate::logging::print_error!(
+            "no source `{}` in {} (sources: {})",
             args.source,
             pipeline.display(),
             names.join(", ")
@@ -39,15 +39,16 @@ pub async fn run(pipeline: &Path, args: DiscoverArgs) -> u8 {
         return exit::CONFIG;
     };
     if !matches!(section.kind.as_str(), "postgres" | "mysql") {
-        eprintln!(
-            "error: source `{}` is `type: {}`; discover reads databases (postgres, mysql)",
-            args.source, section.kind
+        crate::logging::print_error!(
+            "source `{}` is `type: {}`; discover reads databases (postgres, mysql)",
+            args.source,
+            section.kind
         );
         return exit::CONFIG;
     }
     if args.write && args.tables.is_empty() {
-        eprintln!(
-            "error: name the tables to add, e.g. `sluice discover {} public.orders --write`",
+        crate::logging::print_error!(
+            "name the tables to add, e.g. `sluice discover {} public.orders --write`",
             args.source
         );
         return exit::CONFIG;
@@ -58,7 +59,7 @@ pub async fn run(pipeline: &Path, args: DiscoverArgs) -> u8 {
             return exit::CONFIG;
         }
         Ok(Err(e)) => {
-            eprintln!("error: source `{}`: {e}", args.source);
+            crate::logging::print_error!("source `{}`: {e}", args.source);
             return exit::CONNECTION;
         }
         Ok(Ok(tables)) => tables,
@@ -72,7 +73,7 @@ pub async fn run(pipeline: &Path, args: DiscoverArgs) -> u8 {
     let original = match std::fs::read_to_string(pipeline) {
         Ok(text) => text,
         Err(e) => {
-            eprintln!("error: cannot read {}: {e}", pipeline.display());
+            crate::logging::print_error!("cannot read {}: {e}", pipeline.display());
             return exit::INTERNAL;
         }
     };
@@ -99,7 +100,7 @@ pub async fn run(pipeline: &Path, args: DiscoverArgs) -> u8 {
             }
             Ok(None) => println!("kept stream {}.{name}: it exists already", args.source),
             Err(e) => {
-                eprintln!("error: {}: {e}", pipeline.display());
+                crate::logging::print_error!("{}: {e}", pipeline.display());
                 return exit::CONFIG;
             }
         }
@@ -108,15 +109,15 @@ pub async fn run(pipeline: &Path, args: DiscoverArgs) -> u8 {
         return exit::OK;
     }
     if let Err(e) = std::fs::write(pipeline, &text) {
-        eprintln!("error: cannot write {}: {e}", pipeline.display());
+        crate::logging::print_error!("cannot write {}: {e}", pipeline.display());
         return exit::INTERNAL;
     }
     // The edit must leave a file that loads; otherwise put the original back.
     if let Err(e) = PipelineConfig::load(pipeline) {
         let _ = std::fs::write(pipeline, &original);
         crate::project::print_config_error(&e);
-        eprintln!(
-            "error: the edit did not validate; {} is unchanged",
+        crate::logging::print_error!(
+            "the edit did not validate; {} is unchanged",
             pipeline.display()
         );
         return exit::CONFIG;

@@ -43,7 +43,7 @@ pub async fn run(pipeline: &Path, args: ForgetArgs) -> u8 {
     };
     let subject = args.subject.trim().to_string();
     if subject.is_empty() {
-        eprintln!("error: --subject is empty");
+        crate::logging::print_error!("--subject is empty");
         return exit::CONFIG;
     }
     let subject_hash = models.pii.keys.hmac_hex(&subject).unwrap_or_else(|| {
@@ -76,7 +76,7 @@ pub async fn run(pipeline: &Path, args: ForgetArgs) -> u8 {
             exit::OK
         }
         Err(e) => {
-            eprintln!("error: {}", sluice_core::secret::redact(&e));
+            crate::logging::print_error!("{}", sluice_core::secret::redact(&e));
             exit::RUN_FAILED
         }
     }

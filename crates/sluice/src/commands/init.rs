@@ -64,7 +64,7 @@ pub fn run(args: InitArgs) -> u8 {
             exit::OK
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             exit::CONFIG
         }
     }

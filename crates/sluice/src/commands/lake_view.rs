@@ -46,14 +46,14 @@ impl LakeView {
         let lake = match Lake::open(&config.lake, &config.root) {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::logging::print_error!("{e}");
                 return Err(exit::CONFIG);
             }
         };
         let models = match with_registered_marks(models, &lake, &config.name).await {
             Ok(m) => m,
             Err(e) => {
-                eprintln!("error: {}", sluice_core::secret::redact(&e));
+                crate::logging::print_error!("{}", sluice_core::secret::redact(&e));
                 return Err(exit::RUN_FAILED);
             }
         };

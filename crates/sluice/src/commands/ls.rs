@@ -91,7 +91,7 @@ pub async fn run(pipeline: &Path, args: LsArgs) -> u8 {
     let selection = match plan.select(&args.select) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             return exit::CONFIG;
         }
     };
@@ -100,8 +100,8 @@ pub async fn run(pipeline: &Path, args: LsArgs) -> u8 {
         match sluice_transform::catalog::lake_tables(&project.lake, layer).await {
             Ok(tables) => in_lake.extend(tables.into_iter().map(|t| format!("{layer}.{t}"))),
             Err(e) => {
-                eprintln!(
-                    "error: cannot list the lake: {}",
+                crate::logging::print_error!(
+                    "cannot list the lake: {}",
                     sluice_core::secret::redact(&e.to_string())
                 );
                 return exit::RUN_FAILED;
@@ -178,7 +178,7 @@ pub async fn run(pipeline: &Path, args: LsArgs) -> u8 {
         match value.and_then(|v| serde_json::to_string_pretty(&v)) {
             Ok(text) => println!("{text}"),
             Err(e) => {
-                eprintln!("error: cannot encode the listing: {e}");
+                crate::logging::print_error!("cannot encode the listing: {e}");
                 return exit::INTERNAL;
             }
         }

@@ -41,7 +41,7 @@ pub async fn run(pipeline: &Path, args: PlanArgs) -> u8 {
     let selection = match plan.select(&args.select) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             return exit::CONFIG;
         }
     };
@@ -51,7 +51,7 @@ pub async fn run(pipeline: &Path, args: PlanArgs) -> u8 {
         PlanFormat::Json => match serde_json::to_string_pretty(&render::view(&plan, &selection)) {
             Ok(json) => println!("{json}"),
             Err(e) => {
-                eprintln!("error: cannot encode the plan: {e}");
+                crate::logging::print_error!("cannot encode the plan: {e}");
                 return exit::INTERNAL;
             }
         },

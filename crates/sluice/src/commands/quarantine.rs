@@ -55,7 +55,7 @@ async fn list(pipeline: &Path, args: ListArgs) -> u8 {
     {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("error: cannot list the lake: {e}");
+            crate::logging::print_error!("cannot list the lake: {e}");
             return exit::RUN_FAILED;
         }
     };
@@ -84,7 +84,7 @@ async fn list(pipeline: &Path, args: ListArgs) -> u8 {
                     Ok(true) => {}
                     Ok(false) => return unknown_table(&lake, name).await,
                     Err(e) => {
-                        eprintln!("error: cannot list the lake: {e}");
+                        crate::logging::print_error!("cannot list the lake: {e}");
                         return exit::RUN_FAILED;
                     }
                 }
@@ -128,7 +128,7 @@ async fn list(pipeline: &Path, args: ListArgs) -> u8 {
     let batches = match sluice_transform::query(&lake, &models, &sql, D1View::Policy).await {
         Ok((_, batches)) => batches,
         Err(e) => {
-            eprintln!("error: {}", sluice_core::secret::redact(&e.to_string()));
+            crate::logging::print_error!("{}", sluice_core::secret::redact(&e.to_string()));
             return exit::RUN_FAILED;
         }
     };
@@ -180,6 +180,6 @@ async fn unknown_table(lake: &sluice_core::lake::Lake, name: &str) -> u8 {
     } else {
         format!("tables: {}", all.join(", "))
     };
-    eprintln!("error: --table `{name}` is not a table of the lake{hint} ({listed})");
+    crate::logging::print_error!("--table `{name}` is not a table of the lake{hint} ({listed})");
     exit::CONFIG
 }

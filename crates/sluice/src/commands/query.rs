@@ -33,7 +33,7 @@ pub fn print_rows(batches: &[sluice_transform::arrow::array::RecordBatch], forma
             exit::OK
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             exit::INTERNAL
         }
     }
@@ -75,7 +75,7 @@ pub async fn run(pipeline: &Path, args: QueryArgs) -> u8 {
     match sluice_transform::query(&lake, &models, &args.sql, view).await {
         Ok((_, batches)) => print_rows(&batches, args.format),
         Err(e) => {
-            eprintln!("error: {}", sluice_core::secret::redact(&e.to_string()));
+            crate::logging::print_error!("{}", sluice_core::secret::redact(&e.to_string()));
             exit::RUN_FAILED
         }
     }

@@ -51,15 +51,15 @@ pub async fn run(pipeline: &Path, args: ReplayArgs, interactive: bool) -> u8 {
     let past = match project.state.run(&args.run_id).await {
         Ok(Some(run)) => run,
         Ok(None) => {
-            eprintln!(
-                "error: no run {} in {} (see `sluice runs`)",
+            crate::logging::print_error!(
+                "no run {} in {} (see `sluice runs`)",
                 args.run_id,
                 project.lake.location()
             );
             return exit::CONFIG;
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             return exit::INTERNAL;
         }
     };

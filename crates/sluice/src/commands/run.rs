@@ -103,7 +103,7 @@ pub async fn execute_cancellable(
 ) -> Result<RunRecord, u8> {
     if let (Some(since), Some(until)) = (args.since, args.until) {
         if since > until {
-            eprintln!("error: --since {since} is after --until {until}");
+            crate::logging::print_error!("--since {since} is after --until {until}");
             return Err(exit::CONFIG);
         }
     }
@@ -112,7 +112,7 @@ pub async fn execute_cancellable(
     let selection = match plan.select(&args.select) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             return Err(exit::CONFIG);
         }
     };
@@ -220,7 +220,7 @@ pub fn build_plan(
     match RunPlan::build(sources, &models.describe()) {
         Ok(plan) => Ok((plan, models)),
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             Err(exit::CONFIG)
         }
     }

@@ -38,11 +38,11 @@ pub async fn run(pipeline: &Path, args: RunsArgs) -> u8 {
                 exit::OK
             }
             Ok(None) => {
-                eprintln!("error: no log of run {id} in {}", state.lake().location());
+                crate::logging::print_error!("no log of run {id} in {}", state.lake().location());
                 exit::CONFIG
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::logging::print_error!("{e}");
                 exit::INTERNAL
             }
         };
@@ -61,11 +61,11 @@ pub async fn run(pipeline: &Path, args: RunsArgs) -> u8 {
                 exit::OK
             }
             Ok(None) => {
-                eprintln!("error: no run {id} in {}", state.lake().location());
+                crate::logging::print_error!("no run {id} in {}", state.lake().location());
                 exit::CONFIG
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::logging::print_error!("{e}");
                 exit::INTERNAL
             }
         };
@@ -73,7 +73,7 @@ pub async fn run(pipeline: &Path, args: RunsArgs) -> u8 {
     let runs = match state.runs().await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             return exit::INTERNAL;
         }
     };

@@ -41,11 +41,13 @@ pub async fn run(pipeline: &Path, command: SchemaCommand) -> u8 {
     let history = match state.schema_history(&table).await {
         Ok(h) if !h.is_empty() => h,
         Ok(_) => {
-            eprintln!("error: no schema recorded for `{table}` yet (it is recorded by the first successful run)");
+            crate::logging::print_error!(
+                "no schema recorded for `{table}` yet (it is recorded by the first successful run)"
+            );
             return exit::CONFIG;
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             return exit::INTERNAL;
         }
     };
@@ -107,8 +109,8 @@ pub async fn run(pipeline: &Path, command: SchemaCommand) -> u8 {
             };
             let n = history.len();
             let (Some(a), Some(b)) = (find(from, n.saturating_sub(2)), find(to, n - 1)) else {
-                eprintln!(
-                    "error: no such version (have v1..v{})",
+                crate::logging::print_error!(
+                    "no such version (have v1..v{})",
                     history.last().map_or(0, |h| h.version)
                 );
                 return exit::CONFIG;

@@ -28,7 +28,7 @@ pub async fn run(pipeline: &Path, args: ShowArgs) -> u8 {
     let model = match find_model(&models, &args.model) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             return exit::CONFIG;
         }
     };
@@ -40,7 +40,7 @@ pub async fn run(pipeline: &Path, args: ShowArgs) -> u8 {
                 return exit::CONFIG;
             }
             Err(e) => {
-                eprintln!("error: {}", sluice_core::secret::redact(&e.to_string()));
+                crate::logging::print_error!("{}", sluice_core::secret::redact(&e.to_string()));
                 return exit::RUN_FAILED;
             }
         };

@@ -54,7 +54,7 @@ pub async fn run(pipeline: &Path, args: TestArgs) -> u8 {
         match plan.select(&others) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::logging::print_error!("{e}");
                 return exit::CONFIG;
             }
         }
@@ -62,7 +62,7 @@ pub async fn run(pipeline: &Path, args: TestArgs) -> u8 {
     let models = match with_registered_marks(models, &project.lake, &project.config.name).await {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("error: {}", sluice_core::secret::redact(&e));
+            crate::logging::print_error!("{}", sluice_core::secret::redact(&e));
             return exit::RUN_FAILED;
         }
     };
@@ -75,8 +75,8 @@ pub async fn run(pipeline: &Path, args: TestArgs) -> u8 {
     let outcomes = match check_published(&models, &project.lake, selected).await {
         Ok(o) => o,
         Err(e) => {
-            eprintln!(
-                "error: cannot read the lake: {}",
+            crate::logging::print_error!(
+                "cannot read the lake: {}",
                 sluice_core::secret::redact(&e.to_string())
             );
             return exit::RUN_FAILED;
@@ -87,12 +87,12 @@ pub async fn run(pipeline: &Path, args: TestArgs) -> u8 {
         let xml = match junit_xml(&project.config.name, &outcomes) {
             Ok(x) => x,
             Err(e) => {
-                eprintln!("error: cannot render the JUnit report: {e}");
+                crate::logging::print_error!("cannot render the JUnit report: {e}");
                 return exit::INTERNAL;
             }
         };
         if let Err(e) = std::fs::write(path, xml) {
-            eprintln!("error: cannot write {}: {e}", path.display());
+            crate::logging::print_error!("cannot write {}: {e}", path.display());
             return exit::INTERNAL;
         }
     }

@@ -41,68 +41,64 @@ pub async fn run(pipeline: &Path, args: ValidateArgs) -> u8 {
     {
         return crate::project::report_transform_error(&e);
     }
-    let streams = specs.len();
-    println!(
+    let mut report = Report {
+        summary: format!(
         "{}: pipeline `{}` is valid ({} sources, {} streams, {} models; lake {}; destination {})",
         pipeline.display(),
         project.config.name,
         project.sources.len(),
-        streams,
+        specs.len(),
         models.models.len(),
         project.lake.location(),
         project.destination.describe()
-    );
+        ),
+        ..Report::default()
+    };
     // Warnings known from the config alone (an API version nearing its sunset).
-    let mut shown = std::collections::BTreeSet::new();
     for source in &project.sources {
         for notice in source.notices() {
-            println!("  ! source {}: {notice}", source.name());
-            shown.insert((source.name().to_string(), notice));
+            report.warn(format!("source {}", source.name()), notice);
         }
     }
     if let Some(column) = personal_column_in_sqlite(&project, &models, &specs) {
-        println!(
-            "  ! destination: D1 in SQLite holds personal data in clear text ({column}; SQLite \
-             has no grants): fine for a demo, for real data use PostgreSQL with \
-             `destination.d1_readers`"
+        report.warn(
+            "destination".into(),
+            format!(
+                "D1 in SQLite holds personal data in clear text ({column}; SQLite has no \
+                 grants): fine for a demo, for real data use PostgreSQL with \
+                 `destination.d1_readers`"
+            ),
         );
     }
-    if !args.connections {
-        return exit::OK;
-    }
-    let mut failed = false;
-    match project.destination.check().await {
-        Ok(()) => println!("  ✓ destination {}", project.destination.describe()),
-        Err(e) => {
-            failed = true;
-            println!(
-                "  ✗ destination {}: {}",
-                project.destination.describe(),
-                sluice_core::secret::redact(&e.to_string())
-            );
+    if args.connections {
+        let destination = format!("destination {}", project.destination.describe());
+        match project.destination.check().await {
+            Ok(()) => report.check(destination, None, None),
+            Err(e) => report.check(
+                destination,
+                Some(sluice_core::secret::redact(&e.to_string())),
+                None,
+            ),
         }
-    }
-    for source in &project.sources {
-        match source.check().await {
-            Ok(()) => println!("  ✓ source {}", source.name()),
-            Err(e) => {
-                failed = true;
-                let fix = e
-                    .config_key
-                    .map(|k| format!(" (check `{k}`)"))
-                    .unwrap_or_default();
-                println!("  ✗ source {}: {}{fix}", source.name(), e.message);
+        for source in &project.sources {
+            match source.check().await {
+                Ok(()) => report.check(format!("source {}", source.name()), None, None),
+                Err(e) => report.check(
+                    format!("source {}", source.name()),
+                    Some(e.message),
+                    e.config_key,
+                ),
+            }
+        }
+        // What the APIs said about themselves while answering (deprecation headers).
+        for source in &project.sources {
+            for notice in source.notices() {
+                report.warn(format!("source {}", source.name()), notice);
             }
         }
     }
-    // What the APIs said about themselves while answering (deprecation headers).
-    for source in &project.sources {
-        for notice in source.notices() {
-            if shown.insert((source.name().to_string(), notice.clone())) {
-                println!("  ! source {}: {notice}", source.name());
-            }
-        }
-    }
+    report.print();
+    let failed = report.checks.iter().any(|c| c.error.is_some());
     if failed {
         exit::CONNECTION
     } else {
@@ -132,4 +128,75 @@ fn personal_column_in_sqlite(
             .find(|f| f.pii || models.pii.action(&spec.table, &f.name, false).is_some())
             .map(|f| format!("{}.{}", spec.table, f.name))
     })
+}
+
+/// What `validate` found, printed as text, or as one JSON document on stdout under
+/// `--log-format json` (for CI annotations).
+#[derive(Default, serde::Serialize)]
+struct Report {
+    summary: String,
+    warnings: Vec<Warning>,
+    /// `--connections`: each source and the destination, in order.
+    checks: Vec<Check>,
+}
+
+#[derive(serde::Serialize, PartialEq)]
+struct Warning {
+    subject: String,
+    message: String,
+}
+
+#[derive(serde::Serialize)]
+struct Check {
+    subject: String,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// The config key to fix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config_key: Option<String>,
+}
+
+impl Report {
+    /// Adds a warning once (an API repeats its deprecation notice on every answer).
+    fn warn(&mut self, subject: String, message: String) {
+        let warning = Warning { subject, message };
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
+    }
+
+    fn check(&mut self, subject: String, error: Option<String>, config_key: Option<String>) {
+        self.checks.push(Check {
+            subject,
+            ok: error.is_none(),
+            error,
+            config_key,
+        });
+    }
+
+    fn print(&self) {
+        if crate::logging::format() == crate::logging::LogFormat::Json {
+            println!("{}", serde_json::to_string(self).unwrap_or_default());
+            return;
+        }
+        println!("{}", self.summary);
+        // Config warnings first, then each connection check, as they were found.
+        for w in &self.warnings {
+            println!("  ! {}: {}", w.subject, w.message);
+        }
+        for c in &self.checks {
+            match &c.error {
+                None => println!("  ✓ {}", c.subject),
+                Some(e) => {
+                    let fix = c
+                        .config_key
+                        .as_ref()
+                        .map(|k| format!(" (check `{k}`)"))
+                        .unwrap_or_default();
+                    println!("  ✗ {}: {e}{fix}", c.subject);
+                }
+            }
+        }
+    }
 }

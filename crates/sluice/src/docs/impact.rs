@@ -61,7 +61,7 @@ pub async fn run(pipeline: &Path, args: ImpactArgs) -> u8 {
     let impact = match impact(&knowledge, &args.changed) {
         Ok(i) => i,
         Err(message) => {
-            eprintln!("error: {message}");
+            crate::logging::print_error!("{message}");
             return exit::CONFIG;
         }
     };
@@ -69,7 +69,7 @@ pub async fn run(pipeline: &Path, args: ImpactArgs) -> u8 {
         ImpactFormat::Json => match serde_json::to_string_pretty(&impact) {
             Ok(json) => println!("{json}"),
             Err(e) => {
-                eprintln!("error: cannot encode the impact: {e}");
+                crate::logging::print_error!("cannot encode the impact: {e}");
                 return exit::INTERNAL;
             }
         },

@@ -52,8 +52,8 @@ pub async fn run(pipeline: &Path, command: DocsCommand) -> u8 {
             exit::OK
         }
         Err(e) => {
-            eprintln!(
-                "error: cannot write the documentation to {}: {e}",
+            crate::logging::print_error!(
+                "cannot write the documentation to {}: {e}",
                 out.display()
             );
             exit::INTERNAL

@@ -45,7 +45,7 @@ pub async fn run(pipeline: &Path, command: ExportCommand) -> u8 {
             return exit::CONFIG;
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             return exit::CONFIG;
         }
     };
@@ -80,7 +80,7 @@ pub async fn run(pipeline: &Path, command: ExportCommand) -> u8 {
             exit::OK
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::logging::print_error!("{e}");
             exit::CONFIG
         }
     }

@@ -246,8 +246,8 @@ impl Daemon {
 
 pub async fn run(pipeline: &Path, args: ServeArgs) -> u8 {
     let Some(grace) = crate::alerts::parse_duration(&args.shutdown_grace) else {
-        eprintln!(
-            "error: --shutdown-grace `{}` is not a duration (e.g. `30s`, `5m`)",
+        crate::logging::print_error!(
+            "--shutdown-grace `{}` is not a duration (e.g. `30s`, `5m`)",
             args.shutdown_grace
         );
         return exit::CONFIG;
@@ -286,7 +286,7 @@ pub async fn run(pipeline: &Path, args: ServeArgs) -> u8 {
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            crate::logging::print_error!("cannot listen on {}: {e}", args.listen);
             return exit::CONFIG;
         }
     };
