@@ -490,3 +490,70 @@ fn sharded_airflow_dag_maps_each_source_over_its_shards_and_runs_models_after() 
     }
     assert!(dag["tasks"]["models_d2a"].get("mapped").is_none());
 }
+
+#[test]
+fn exports_run_the_chosen_target_and_ask_only_for_its_variables() {
+    let project = marketing();
+    let pipeline = project.path().join("pipeline.yaml");
+    let mut text = std::fs::read_to_string(&pipeline).unwrap();
+    text.push_str(
+        "targets:\n  dev: { lake: ./lake-dev, destination: { type: sqlite, path: dev.db } }\n  \
+         prod: { lake: \"s3://acme-lake/${PROD_LAKE_PREFIX}\", destination: { type: postgres, url: \"${PROD_WAREHOUSE_URL}\" } }\n",
+    );
+    std::fs::write(&pipeline, text).unwrap();
+    let export_as = |target: &str, args: &[&str]| {
+        let mut cmd = project.cmd();
+        for name in CREDENTIALS {
+            cmd.env(
+                name,
+                if name == "START_DATE" {
+                    "2024-07-01"
+                } else {
+                    "x"
+                },
+            );
+        }
+        cmd.env("PROD_LAKE_PREFIX", "shop")
+            .env(
+                "PROD_WAREHOUSE_URL",
+                "postgres://postgres@127.0.0.1:5432/test",
+            )
+            .args(["--target", target, "export"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    let out = export_as("dev", &["airflow", "--operator", "bash", "--out", "dags"]);
+    assert_exit(&out, 0);
+    let bag = python_check("airflow_dagbag.py", &[&project.path().join("dags")]);
+    let dag = only_dag(&bag);
+    let command = dag["tasks"]["models_d2b"]["bash_command"].as_str().unwrap();
+    assert!(command.contains("--target dev run"), "{command}");
+    let dag_text: String = std::fs::read_dir(project.path().join("dags"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(
+        !dag_text.contains("PROD_WAREHOUSE_URL"),
+        "a dev DAG asks for none of prod's secrets"
+    );
+
+    let out = export_as("prod", &["kubernetes", "--out", "k8s"]);
+    assert_exit(&out, 0);
+    let manifests: String = std::fs::read_dir(project.path().join("k8s"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(
+        manifests.contains("name: SLUICE_TARGET\n") && manifests.contains("value: \"prod\""),
+        "{manifests}"
+    );
+    assert!(manifests.contains("PROD_WAREHOUSE_URL"), "{manifests}");
+    assert!(
+        !manifests.contains("postgres://postgres@127.0.0.1"),
+        "values never reach the manifests"
+    );
+}

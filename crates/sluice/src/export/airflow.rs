@@ -129,6 +129,7 @@ pub fn render(
         initial_backoff_ms => shape.initial_backoff_ms,
         max_backoff_ms => shape.max_backoff_ms,
         env => Serde(&shape.env),
+        target => &shape.target,
         image => &args.image,
         namespace => &args.namespace,
         binary => &args.binary,

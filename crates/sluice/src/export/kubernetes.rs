@@ -55,6 +55,8 @@ struct Context<'a> {
     port: u16,
     project_dir: &'static str,
     env: &'a [EnvRef],
+    /// `--target`: set as `SLUICE_TARGET` in every pod.
+    target: Option<&'a str>,
     files: Vec<ConfigEntry>,
     resources: Resources,
     retries: u32,
@@ -108,6 +110,7 @@ pub fn render(
         port: args.port,
         project_dir: PROJECT_DIR,
         env: &shape.env,
+        target: shape.target.as_deref(),
         files: config_entries(&shape.files)?,
         resources: Resources::default(),
         retries: shape.retries,

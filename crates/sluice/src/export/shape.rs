@@ -112,6 +112,8 @@ pub struct ProjectShape {
     pub lake: String,
     /// The destination type, `None` for the embedded SQLite default.
     pub destination: Option<String>,
+    /// The `targets:` entry chosen with `--target`: generated commands run with it.
+    pub target: Option<String>,
 }
 
 impl ProjectShape {
@@ -156,7 +158,11 @@ impl ProjectShape {
                 )));
             }
         }
-        let (env, secret_files) = env_references(&config.doc.text);
+        // Only the chosen target's variables: a dev export must not ask for prod's secrets.
+        let target = std::env::var(sluice_core::config::TARGET_VAR)
+            .ok()
+            .filter(|t| !t.is_empty());
+        let (env, secret_files) = env_references(&config.doc.text, target.as_deref());
         let files = project_files(&config.root, pipeline_file, &model_project.dir)?;
         Ok(ProjectShape {
             pipeline: config.name.clone(),
@@ -176,6 +182,7 @@ impl ProjectShape {
             max_backoff_ms: config.execution.max_backoff_ms,
             lake: config.lake.clone(),
             destination: config.destination.as_ref().map(|d| d.kind.clone()),
+            target,
         })
     }
 
@@ -293,15 +300,32 @@ fn order_groups(groups: &mut Vec<Task>) -> Result<(), ShapeError> {
 }
 
 /// The `${NAME}` / `${NAME:-default}` variables and `${file:PATH}` files the pipeline
-/// text refers to, read from its YAML values (comments do not count).
-pub fn env_references(text: &str) -> (Vec<EnvRef>, Vec<String>) {
+/// text refers to, read from its YAML values (comments do not count). Of `targets:`,
+/// only `target`'s count, and with a target its `lake`/`destination` replace the top
+/// level's, as when the pipeline is loaded.
+pub fn env_references(text: &str, target: Option<&str>) -> (Vec<EnvRef>, Vec<String>) {
     let mut vars: BTreeMap<String, bool> = BTreeMap::new();
     let mut files = BTreeSet::new();
     let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
         return (Vec::new(), Vec::new());
     };
     let mut strings = Vec::new();
-    collect_strings(&value, &mut strings);
+    match &value {
+        serde_yaml::Value::Mapping(top) => {
+            for (key, entry) in top {
+                match key.as_str() {
+                    Some("targets") => {
+                        if let Some(chosen) = target.and_then(|t| entry.get(t)) {
+                            collect_strings(chosen, &mut strings);
+                        }
+                    }
+                    Some("lake" | "destination") if target.is_some() => {}
+                    _ => collect_strings(entry, &mut strings),
+                }
+            }
+        }
+        other => collect_strings(other, &mut strings),
+    }
     for s in strings {
         let mut rest = s.as_str();
         while let Some(start) = rest.find("${") {
@@ -415,7 +439,7 @@ mod tests {
     #[test]
     fn variables_required_optional_escaped_and_files() {
         let text = "name: m\n# ${IN_A_COMMENT}\nsources:\n  a: { token: \"${TOKEN}\", url: \"${URL:-http://x}\", both: \"${URL}\", lit: \"$${NOT_A_VAR}\", key: \"${file:/run/secrets/key}\", opt: \"${OPT:-}\" }\n";
-        let (env, files) = env_references(text);
+        let (env, files) = env_references(text, None);
         assert_eq!(
             env,
             vec![
@@ -470,6 +494,7 @@ mod tests {
             max_backoff_ms: 30_000,
             lake: "./lake".into(),
             destination: None,
+            target: None,
         }
     }
 
