@@ -107,7 +107,16 @@ pub struct Lake {
     store: Arc<dyn ObjectStore>,
     root: Path,
     location: String,
+    /// Bytes a file writer buffers before it sends a part (see [`Lake::parquet_writer`]).
+    write_part_bytes: usize,
 }
+
+/// A writer's part size on object stores: S3's smallest multipart part (5 MiB).
+const REMOTE_PART_BYTES: usize = 5 * 1024 * 1024;
+/// A writer's part size on a local folder: no minimum, so little is held in memory.
+const LOCAL_PART_BYTES: usize = 1024 * 1024;
+/// Parts of one file in flight at once (object_store's default is 8).
+const PARTS_IN_FLIGHT: usize = 2;
 
 impl Lake {
     /// Opens `location`: a local path (relative to `base_dir`) or a URL such as
@@ -132,6 +141,7 @@ impl Lake {
                 store: Arc::from(store),
                 root,
                 location: location.to_string(),
+                write_part_bytes: REMOTE_PART_BYTES,
             });
         }
         let local = location.strip_prefix("file://").unwrap_or(location);
@@ -142,6 +152,7 @@ impl Lake {
             store: Arc::new(store),
             root: Path::default(),
             location: dir.display().to_string(),
+            write_part_bytes: LOCAL_PART_BYTES,
         })
     }
 
@@ -317,7 +328,15 @@ impl Lake {
         relative: &str,
         schema: arrow::datatypes::SchemaRef,
     ) -> Result<TableFileWriter, LakeError> {
-        let object = BufWriter::new(self.store.clone(), self.object_path(relative));
+        // object_store's default buffers a whole file up to 10 MiB, then 8 parts of 10 MiB
+        // in flight: a model partitioned by day keeps a file open per date, and 30 open
+        // files held ~300 MiB. Small parts, two in flight, bound each writer to a few MiB.
+        let object = BufWriter::with_capacity(
+            self.store.clone(),
+            self.object_path(relative),
+            self.write_part_bytes,
+        )
+        .with_max_concurrency(PARTS_IN_FLIGHT);
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(1).expect("valid level"),
