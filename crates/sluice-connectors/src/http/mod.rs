@@ -578,6 +578,24 @@ pub fn join(base: &Url, path: &str) -> Result<Url, SourceError> {
     Ok(url)
 }
 
+/// Resolves a URL an API handed back for the next page (a `Link: <…>; rel="next"`
+/// target, a `next` field), relative to the request that returned it. Like [`join`],
+/// the result must stay under `base`: a next link can never send the request, and
+/// the credential it carries, to another host or outside the API's path.
+pub fn follow(base: &Url, current: &Url, next: &str) -> Result<Url, SourceError> {
+    let url = current.join(next.trim()).map_err(|e| {
+        SourceError::data(format!("the API returned a malformed next-page URL: {e}"))
+    })?;
+    if !same_origin(base, &url) || !url.path().starts_with(base.path()) {
+        return Err(SourceError::data(format!(
+            "refused the next-page URL `{}`: it leaves the API's base URL `{}`",
+            url.path(),
+            base.as_str()
+        )));
+    }
+    Ok(url)
+}
+
 /// Same scheme, host and port: where a credential may be sent.
 fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()

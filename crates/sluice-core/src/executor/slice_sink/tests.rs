@@ -85,6 +85,7 @@ impl Fixture {
             counters: &self.counters,
             staged: Mutex::new(Vec::new()),
             rejected: Mutex::new(Vec::new()),
+            cursors: Mutex::new(BTreeMap::new()),
             live_load: &self.live_load,
         }
     }
