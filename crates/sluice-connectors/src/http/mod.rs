@@ -1,4 +1,4 @@
-//! The one HTTP client every API source uses (Facebook, Google Ads, CleverTap).
+//! The one HTTP client every API source uses (Facebook, Google Ads, CleverTap, `rest`).
 //!
 //! It owns the transport concerns no connector should re-implement: timeouts,
 //! HTTPS-only (loopback excepted, for the sandbox), bounded response sizes,
