@@ -873,6 +873,36 @@ mod tests {
     }
 
     #[test]
+    fn next_page_links_resolve_against_the_request_and_stay_under_the_base() {
+        let base = Url::parse("https://api.example.com/v1/").unwrap();
+        let current = Url::parse("https://api.example.com/v1/orders?page=1").unwrap();
+        assert_eq!(
+            follow(&base, &current, "orders?page=2").unwrap().as_str(),
+            "https://api.example.com/v1/orders?page=2"
+        );
+        assert_eq!(
+            follow(&base, &current, "https://api.example.com/v1/orders?page=3")
+                .unwrap()
+                .as_str(),
+            "https://api.example.com/v1/orders?page=3"
+        );
+        for hostile in [
+            "https://evil.example/v1/orders?page=2",
+            "//evil.example/v1/x",
+            "http://api.example.com/v1/orders?page=2",
+            "/v2/orders",
+            "../admin",
+        ] {
+            let err = follow(&base, &current, hostile).unwrap_err();
+            assert!(
+                err.message.contains("refused"),
+                "{hostile}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
     fn labels_never_carry_the_query() {
         let r =
             ApiRequest::get(Url::parse("https://x/v1/act_1/insights?access_token=abc").unwrap())
