@@ -130,7 +130,7 @@ fn default_delimiter() -> char {
 }
 
 /// Column declarations keep the order they are written in.
-mod indexmap_like {
+pub(crate) mod indexmap_like {
     use serde::de::{MapAccess, Visitor};
     use serde::{Deserialize, Deserializer};
 

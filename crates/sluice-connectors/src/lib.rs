@@ -30,6 +30,8 @@ source_types! {
     clevertap,
     sql,
     generate,
+    rest,
+    command,
 }
 
 /// Every source type this build knows, in the order `validate` lists them.

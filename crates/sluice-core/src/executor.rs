@@ -315,12 +315,21 @@ impl Executor {
             counters,
             staged: Mutex::new(Vec::new()),
             rejected: Mutex::new(Vec::new()),
+            cursors: Mutex::new(Default::default()),
             live_load: &live_load,
         };
         let live = self
             .extract_slices(task, &plan.slices, budget, &extraction, live)
             .await?;
 
+        // A cursor learnt while reading (the last slice's) replaces the planned one.
+        let cursor_reached = extraction
+            .cursors
+            .into_inner()
+            .expect("cursors lock")
+            .pop_last()
+            .map(|(_, cursor)| cursor);
+        let cursor_after = cursor_reached.or(plan.cursor_after);
         // Removed fields and likely renames are only known once every slice is read.
         let mut stream_schema = extraction.schema.into_inner().expect("schema lock");
         stream_schema.declared_typos().map_err(|m| {
@@ -365,7 +374,7 @@ impl Executor {
                 .await?;
         }
         if !options.window.is_backfill() {
-            if let Some(cursor_after) = plan.cursor_after {
+            if let Some(cursor_after) = cursor_after {
                 self.state
                     .save_cursor(
                         source.name(),

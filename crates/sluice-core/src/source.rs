@@ -251,6 +251,12 @@ pub trait PageSink: Send {
         self.rejected(decoded.rejected).await
     }
 
+    /// The stream's cursor once this slice is published, learnt while reading (the
+    /// largest `updated_at` a REST API returned, a Singer tap's STATE). Stored after
+    /// the publish in place of the plan's `cursor_after`; with several slices, the
+    /// last slice in plan order that reported one wins. Not called by `decode`.
+    fn cursor_reached(&mut self, _cursor: Value) {}
+
     /// A warning for the run record (reconciliation mismatch, a skipped account, …).
     fn warn(&mut self, message: String);
 

@@ -53,6 +53,9 @@ pub struct SliceCheckpoint {
     pub files: Vec<(String, String)>,
     /// Records the slice quarantined: (origin page, line, reason, raw).
     pub rejected: Vec<(String, u64, String, String)>,
+    /// The cursor the slice reported ([`crate::source::PageSink::cursor_reached`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug)]

@@ -1,4 +1,4 @@
-//! The one HTTP client every API source uses (Facebook, Google Ads, CleverTap).
+//! The one HTTP client every API source uses (Facebook, Google Ads, CleverTap, `rest`).
 //!
 //! It owns the transport concerns no connector should re-implement: timeouts,
 //! HTTPS-only (loopback excepted, for the sandbox), bounded response sizes,
@@ -601,6 +601,24 @@ pub fn join(base: &Url, path: &str) -> Result<Url, SourceError> {
     Ok(url)
 }
 
+/// Resolves a URL an API handed back for the next page (a `Link: <…>; rel="next"`
+/// target, a `next` field), relative to the request that returned it. Like [`join`],
+/// the result must stay under `base`: a next link can never send the request, and
+/// the credential it carries, to another host or outside the API's path.
+pub fn follow(base: &Url, current: &Url, next: &str) -> Result<Url, SourceError> {
+    let url = current.join(next.trim()).map_err(|e| {
+        SourceError::data(format!("the API returned a malformed next-page URL: {e}"))
+    })?;
+    if !same_origin(base, &url) || !url.path().starts_with(base.path()) {
+        return Err(SourceError::data(format!(
+            "refused the next-page URL `{}`: it leaves the API's base URL `{}`",
+            url.path(),
+            base.as_str()
+        )));
+    }
+    Ok(url)
+}
+
 /// Same scheme, host and port: where a credential may be sent.
 fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
@@ -874,6 +892,36 @@ mod tests {
             "1?x=2",
         ] {
             assert!(id_segment(bad, "report_run_id").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn next_page_links_resolve_against_the_request_and_stay_under_the_base() {
+        let base = Url::parse("https://api.example.com/v1/").unwrap();
+        let current = Url::parse("https://api.example.com/v1/orders?page=1").unwrap();
+        assert_eq!(
+            follow(&base, &current, "orders?page=2").unwrap().as_str(),
+            "https://api.example.com/v1/orders?page=2"
+        );
+        assert_eq!(
+            follow(&base, &current, "https://api.example.com/v1/orders?page=3")
+                .unwrap()
+                .as_str(),
+            "https://api.example.com/v1/orders?page=3"
+        );
+        for hostile in [
+            "https://evil.example/v1/orders?page=2",
+            "//evil.example/v1/x",
+            "http://api.example.com/v1/orders?page=2",
+            "/v2/orders",
+            "../admin",
+        ] {
+            let err = follow(&base, &current, hostile).unwrap_err();
+            assert!(
+                err.message.contains("refused"),
+                "{hostile}: {}",
+                err.message
+            );
         }
     }
 

@@ -42,6 +42,8 @@ pub(super) struct Extraction<'a> {
     pub(super) staged: Mutex<Vec<StagedFile>>,
     /// Records of the finished slices that go to quarantine.
     pub(super) rejected: Mutex<Vec<Rejected>>,
+    /// Cursors the finished slices reported, by slice index.
+    pub(super) cursors: Mutex<BTreeMap<usize, serde_json::Value>>,
     pub(super) live_load: &'a LiveLoad,
 }
 

@@ -73,6 +73,10 @@ impl Executor {
                 dt,
                 path,
             }));
+        if let Some(cursor) = checkpoint.cursor {
+            let mut cursors = extraction.cursors.lock().expect("cursors lock");
+            cursors.insert(index, cursor);
+        }
         extraction.rejected.lock().expect("rejected lock").extend(
             checkpoint
                 .rejected

@@ -45,6 +45,8 @@ pub(super) struct SliceSink<'s, 'a> {
     rows: u64,
     /// Numbers the next staged file, so rotated and reopened files never collide.
     file_seq: u32,
+    /// The cursor the source reported for after this slice.
+    cursor: Option<Value>,
 }
 
 /// One open partition of a slice.
@@ -71,6 +73,7 @@ impl<'s, 'a> SliceSink<'s, 'a> {
             rejected: Vec::new(),
             rows: 0,
             file_seq: 0,
+            cursor: None,
         }
     }
 
@@ -209,6 +212,7 @@ impl<'s, 'a> SliceSink<'s, 'a> {
                     )
                 })
                 .collect(),
+            cursor: self.cursor.clone(),
         };
         if let Err(e) = self
             .extraction
@@ -233,6 +237,10 @@ impl<'s, 'a> SliceSink<'s, 'a> {
             .lock()
             .expect("rejected lock")
             .append(&mut self.rejected);
+        if let Some(cursor) = self.cursor.take() {
+            let mut cursors = self.extraction.cursors.lock().expect("cursors lock");
+            cursors.insert(self.slice, cursor);
+        }
         Ok(self.rows)
     }
 
@@ -499,6 +507,10 @@ impl PageSink for SliceSink<'_, '_> {
             self.write_batch(&dt, part).await?;
         }
         Ok(())
+    }
+
+    fn cursor_reached(&mut self, cursor: Value) {
+        self.cursor = Some(cursor);
     }
 
     fn warn(&mut self, message: String) {

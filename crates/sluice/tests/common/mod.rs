@@ -217,6 +217,23 @@ pub fn python() -> PathBuf {
     path
 }
 
+/// The pinned Singer tap `tap-spreadsheets` (`$SLUICE_TEST_TAP_SPREADSHEETS`, else
+/// target/py-taps); fails loudly, saying how to install it, when it is missing.
+pub fn tap_spreadsheets() -> PathBuf {
+    let path = std::env::var_os("SLUICE_TEST_TAP_SPREADSHEETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py-taps/bin/tap-spreadsheets")
+        });
+    assert!(
+        path.exists(),
+        "{} not found: run ./scripts/test, or `source scripts/lib/python.sh && ensure_tap_python`, \
+         to create the pinned Singer tap venv",
+        path.display()
+    );
+    path
+}
+
 /// The in-process API sandbox on a loopback port, on its own runtime, shut down on drop.
 pub struct TestSandbox {
     runtime: tokio::runtime::Runtime,

@@ -85,6 +85,7 @@ impl Fixture {
             counters: &self.counters,
             staged: Mutex::new(Vec::new()),
             rejected: Mutex::new(Vec::new()),
+            cursors: Mutex::new(BTreeMap::new()),
             live_load: &self.live_load,
         }
     }
@@ -248,4 +249,33 @@ async fn a_new_column_mid_slice_closes_the_old_files_and_types_with_the_new_shap
             .value(0),
         "X"
     );
+}
+
+#[tokio::test]
+async fn a_reported_cursor_reaches_the_stream_and_the_checkpoint_only_when_the_slice_finishes() {
+    let fixture = Fixture::new();
+    let extraction = fixture.extraction();
+    let cursor = serde_json::json!({"field": "updated_at", "value": "2024-07-02T10:00:00Z"});
+
+    // A failed attempt's cursor is forgotten with its rows.
+    let mut failed = SliceSink::new(&extraction, 0, 0);
+    failed.cursor_reached(serde_json::json!({"value": "too far"}));
+    failed.discard().await;
+    assert!(extraction.cursors.lock().unwrap().is_empty());
+
+    let mut sink = SliceSink::new(&extraction, 0, 1);
+    sink.records(records(&[r#"{"id":1,"day":"2024-07-01"}"#]))
+        .await
+        .unwrap();
+    sink.cursor_reached(cursor.clone());
+    sink.finish("all").await.unwrap();
+    assert_eq!(extraction.cursors.lock().unwrap().get(&0), Some(&cursor));
+    // A later run resuming the slice from its checkpoint gets the cursor back too.
+    let checkpoint = fixture
+        .state
+        .checkpoint("shop_orders", "all")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(checkpoint.cursor, Some(cursor));
 }
