@@ -24,6 +24,20 @@ impl StreamInfo<'_> {
     pub fn id(&self) -> String {
         format!("{}.{}", self.source.name, self.spec.name)
     }
+
+    /// A setting as written for the stream, else for its source (`lookback_days`,
+    /// `cursor`, `sync`), as YAML text.
+    pub fn option(&self, key: &str) -> Option<String> {
+        let body = &self.source.body;
+        let from_stream = body
+            .get("streams")
+            .and_then(|s| s.get(self.spec.name.as_str()))
+            .and_then(|s| s.get(key));
+        from_stream
+            .or_else(|| body.get(key))
+            .and_then(|v| serde_yaml::to_string(v).ok())
+            .map(|s| s.trim().to_string())
+    }
 }
 
 pub struct Knowledge<'a> {
@@ -136,6 +150,18 @@ impl<'a> Knowledge<'a> {
             .models
             .get(table)
             .map(|columns| columns.iter().map(|c| c.name.clone()).collect())
+    }
+
+    /// A stream's columns: declared, or the registry's latest when they are inferred
+    /// from data.
+    pub fn stream_fields(&self, stream: &StreamInfo) -> Vec<sluice_core::schema::Field> {
+        let spec = &stream.spec;
+        match self.schema_history.get(&spec.table).and_then(|h| h.last()) {
+            Some(latest) if spec.schema.fields.is_empty() || spec.infer_columns => {
+                latest.value.fields.clone()
+            }
+            _ => spec.schema.fields.clone(),
+        }
     }
 
     /// The plan's check nodes on `model` (`layer.name`).
