@@ -358,8 +358,12 @@ fn the_runbook_has_the_wiki_sections_in_order_filled_from_config_and_run_history
         .find(|l| l.starts_with("| `facebook.insights` |"))
         .unwrap_or_else(|| panic!("{extraction}"));
     assert!(
-        insights.contains("| incremental by day window | 28 |") && insights.contains(" rows, "),
-        "sync, look-back and the last extraction: {insights}"
+        insights.contains("| incremental by day window | ")
+            && !insights.contains("none yet")
+            && insights.contains(" | 28 | ")
+            && insights.contains(" | overwrite_partitions | ")
+            && insights.contains(" rows, "),
+        "sync, stored cursor, look-back, write mode and the last extraction: {insights}"
     );
     assert!(
         section("Transformation")

@@ -53,6 +53,16 @@ pub struct Knowledge<'a> {
     pub schema_history: BTreeMap<String, Vec<SchemaVersion>>,
     /// Run history, oldest first (empty before a first run).
     pub runs: Vec<RunRecord>,
+    /// Each stream's stored cursor (`facebook.insights` → its JSON), where it has one.
+    pub cursors: BTreeMap<String, String>,
+}
+
+/// A write mode as pipeline.yaml writes it (`overwrite_partitions`).
+pub fn write_mode_name(mode: sluice_core::destination::WriteMode) -> String {
+    serde_json::to_value(mode)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 impl<'a> Knowledge<'a> {
@@ -90,6 +100,21 @@ impl<'a> Knowledge<'a> {
             }
         }
         let runs = project.state.runs().await.unwrap_or_default();
+        let mut cursors = BTreeMap::new();
+        for stream in &streams {
+            if let Ok(Some(cursor)) = project
+                .state
+                .cursor(&stream.source.name, &stream.spec.name)
+                .await
+            {
+                let text = cursor.value.to_string();
+                let text = match text.char_indices().nth(120) {
+                    Some((cut, _)) => format!("{}…", &text[..cut]),
+                    None => text,
+                };
+                cursors.insert(stream.id(), text);
+            }
+        }
         Ok(Knowledge {
             plan,
             models,
@@ -99,6 +124,7 @@ impl<'a> Knowledge<'a> {
             reads,
             schema_history,
             runs,
+            cursors,
         })
     }
 

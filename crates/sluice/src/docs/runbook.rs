@@ -81,7 +81,16 @@ fn at(t: chrono::DateTime<chrono::Utc>) -> String {
 /// The `${VAR}` names the pipeline file reads from the environment, sorted.
 fn environment_variables(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut rest = text;
+    // Commented-out lines (an example destination) read nothing.
+    let code: String = text
+        .lines()
+        .map(|line| match line.find('#') {
+            Some(i) if i == 0 || line[..i].ends_with(char::is_whitespace) => &line[..i],
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut rest = code.as_str();
     while let Some(start) = rest.find("${") {
         rest = &rest[start + 2..];
         let name: String = rest
@@ -288,9 +297,14 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
             vec![
                 format!("`{}`", s.id()),
                 sync,
+                knowledge
+                    .cursors
+                    .get(&s.id())
+                    .cloned()
+                    .unwrap_or_else(|| "none yet".into()),
                 option("lookback_days"),
                 option("start_date"),
-                format!("{:?}", s.spec.write_mode).to_lowercase(),
+                super::knowledge::write_mode_name(s.spec.write_mode),
                 last.map(|(run, t)| {
                     format!(
                         "{} rows, {} pages, {} retries ({})",
@@ -393,7 +407,7 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         let table_id = format!("d1.{}", s.spec.table);
         rows.push(load_row(
             &table_id,
-            &format!("{:?}", s.spec.write_mode).to_lowercase(),
+            &super::knowledge::write_mode_name(s.spec.write_mode),
             &s.id(),
             knowledge,
         ));
@@ -902,7 +916,8 @@ mod tests {
     #[test]
     fn environment_variables_are_named_without_files_or_defaults_mistaken() {
         let vars = environment_variables(
-            "a: ${FB_TOKEN}\nb: ${START:-2024-01-01}\nc: ${file:/run/secrets/x}\nd: \"${B_2}\"",
+            "a: ${FB_TOKEN}\nb: ${START:-2024-01-01}\nc: ${file:/run/secrets/x}\nd: \"${B_2}\"\n\
+             # e: ${COMMENTED}\nf: x   # ${TRAILING}",
         );
         assert_eq!(
             vars.into_iter().collect::<Vec<_>>(),

@@ -177,7 +177,7 @@ pub fn render_site(project: &Project, knowledge: &Knowledge) -> std::io::Result<
                 source => &stream.source.name,
                 source_type => &stream.source.kind,
                 table => ser(link(knowledge, &table)),
-                write_mode => format!("{:?}", spec.write_mode).to_lowercase(),
+                write_mode => super::knowledge::write_mode_name(spec.write_mode),
                 primary_key => spec.primary_key.join(", "),
                 partition_column => &spec.partition_column,
                 infer_columns => spec.infer_columns,
@@ -205,7 +205,7 @@ pub fn render_site(project: &Project, knowledge: &Knowledge) -> std::io::Result<
                 id => &table,
                 layer => "d1",
                 produced_by => ser(link(knowledge, &id)),
-                write_mode => format!("{:?}", spec.write_mode).to_lowercase(),
+                write_mode => super::knowledge::write_mode_name(spec.write_mode),
                 primary_key => spec.primary_key.join(", "),
                 partition_column => &spec.partition_column,
                 columns => ser(&columns),
@@ -413,7 +413,7 @@ fn check_results(knowledge: &Knowledge, model: &str) -> Vec<Value> {
 
 pub(super) fn pii_text(action: Option<PiiAction>, marked: bool) -> String {
     match (action, marked) {
-        (Some(action), _) => format!("{action:?}").to_lowercase(),
+        (Some(action), _) => action.name().to_string(),
         (None, true) => "marked".into(),
         (None, false) => String::new(),
     }
