@@ -86,6 +86,7 @@ fn the_docs_site_opens_from_file_and_links_streams_models_tables_with_column_lin
         "{searched}"
     );
     let links = hrefs(&overview);
+    assert!(links.iter().any(|l| l == "runbook.md"), "{links:?}");
     let follow = |href: &str| -> String {
         assert!(
             links.iter().any(|l| l == href),

@@ -117,9 +117,8 @@ fn source_template(kind: &str, name: &str, step: usize) -> Option<(String, Vec<S
         ),
         "generate" => (
             vec![
-                "rows: 1000".into(),
-                "days: 7".into(),
-                format!("start_date: {start}"),
+                "streams:".into(),
+                format!("  rows: {{ rows: 1000, days: 7, start_date: {start} }}"),
             ],
             Vec::new(),
         ),
@@ -543,11 +542,34 @@ mod tests {
         assert_eq!(sql_name("2x"), "\"2x\"");
     }
 
+    /// Every variable is set (to a value a URL or token accepts).
+    struct AllSet;
+
+    impl sluice_core::config::Lookup for AllSet {
+        fn var(&self, name: &str) -> Option<String> {
+            (name != sluice_core::config::TARGET_VAR).then(|| "x".to_string())
+        }
+    }
+
     #[test]
-    fn every_source_type_has_a_template_and_unknown_types_have_none() {
+    fn every_source_type_has_a_template_that_builds_and_unknown_types_have_none() {
+        let dir = tempfile::tempdir().unwrap();
         for kind in SOURCE_TYPES.split(", ") {
-            let (body, _) = source_template(kind, "x", 4).unwrap();
+            let (body, vars) = source_template(kind, "x", 4).unwrap();
             assert!(body.starts_with(&format!("    type: {kind}\n")), "{body}");
+            assert!(vars.iter().all(|v| body.contains(&format!("${{{v}}}"))));
+            let text = format!("name: t\nsources:\n  x:\n{body}");
+            let config =
+                PipelineConfig::parse("pipeline.yaml".into(), text, dir.path(), &AllSet).unwrap();
+            if matches!(kind, "postgres" | "mysql") {
+                continue; // building connects to the database
+            }
+            let ctx = sluice_connectors::BuildContext {
+                root: dir.path().to_path_buf(),
+                lake: sluice_core::lake::Lake::open("lake", dir.path()).unwrap(),
+            };
+            let built = sluice_connectors::build_source(&config.doc, &config.sources[0], &ctx);
+            assert!(built.is_ok(), "{kind}: {}", built.err().unwrap());
         }
         assert!(source_template("facebook", "x", 4).is_none());
     }
