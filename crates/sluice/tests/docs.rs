@@ -874,3 +874,40 @@ fn a_new_source_is_appended_keeping_comments_and_validated_and_bad_ones_are_refu
         "refused additions leave the file as it was"
     );
 }
+
+#[test]
+fn the_runbook_lists_a_failed_task_and_where_to_look() {
+    let project = described_project(
+        "SELECT order_id, amount, order_date FROM d1.shop_orders\n",
+        "description: Orders.\n",
+    );
+    // `order_id` is a number, `amount * 0` is 0: a division by zero when it runs.
+    project.write(
+        "models/d2b/broken.sql",
+        "SELECT CAST(order_id AS BIGINT) / CAST(amount * 0 AS BIGINT) AS ratio FROM d2a.orders\n",
+    );
+    let out = project.run(&[]);
+    assert_exit(&out, 5);
+    let printed = project.cmd().args(["docs", "runbook"]).output().unwrap();
+    assert_exit(&printed, 0);
+    let runbook = stdout(&printed);
+    let sections = sections(&runbook);
+    let section = |title: &str| -> &str { &sections.iter().find(|(t, _)| t == title).unwrap().1 };
+    let errors = section("Error handling");
+    let row = errors
+        .lines()
+        .find(|l| l.contains("| d2b.broken |"))
+        .unwrap_or_else(|| panic!("the failed task is listed:\n{errors}"));
+    assert!(row.to_lowercase().contains("divide by zero"), "{row}");
+    assert!(
+        section("Troubleshooting").contains("Latest run with a failure: `"),
+        "{}",
+        section("Troubleshooting")
+    );
+    // The good model's checks and the broken one's absence of them.
+    assert!(
+        section("Testing").contains("No model has checks."),
+        "{}",
+        section("Testing")
+    );
+}
