@@ -196,7 +196,7 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
          typed records become the D1 tables, SQL models build D2A (standardised) and D2B \
          (business) from them, checks run before each model is published, and each table is \
          published to {} in one transaction.\n",
-        project.lake.location(),
+        lake_location(project),
         project.destination.describe()
     );
     let _ = writeln!(w, "```mermaid\nflowchart LR");
@@ -455,7 +455,7 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
 
     // 8. Deployment
     heading(w);
-    let _ = writeln!(w, "Lake: `{}`.\n", project.lake.location());
+    let _ = writeln!(w, "Lake: `{}`.\n", lake_location(project));
     let vars = environment_variables(&config.doc.text);
     if !vars.is_empty() {
         let _ = writeln!(
@@ -900,6 +900,23 @@ fn load_row(table: &str, mode: &str, task: &str, knowledge: &Knowledge) -> Vec<S
         })
         .unwrap_or_else(|| "never".into()),
     ]
+}
+
+/// The lake as people write it: a URL, or a local folder without `./` parts.
+fn lake_location(project: &Project) -> String {
+    let location = project.lake.location();
+    if location.contains("://") {
+        return location.to_string();
+    }
+    let path: std::path::PathBuf = std::path::Path::new(location)
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    if path.is_absolute() {
+        path.display().to_string()
+    } else {
+        format!("./{}", path.display())
+    }
 }
 
 /// A node id as a Mermaid node name (letters, digits, `_`).
