@@ -24,23 +24,26 @@ use crate::project::Project;
 /// The runbook's file name, in the site and by default for `sluice docs runbook --out`.
 pub const FILE: &str = "runbook.md";
 
-/// The section titles, in order.
-pub const SECTIONS: [&str; 15] = [
-    "Introduction",
-    "Architecture",
-    "Sources",
-    "Extraction",
-    "Transformation",
-    "Loading",
-    "Orchestration",
-    "Deployment",
-    "Monitoring",
-    "Error handling",
-    "Security",
-    "Performance",
-    "Maintenance",
-    "Troubleshooting",
-    "Testing",
+/// Writes one section's body (after its heading).
+type SectionWriter = fn(&mut String, &Project, &Knowledge);
+
+/// The sections, in the order of a data team's wiki page.
+const SECTIONS: [(&str, SectionWriter); 15] = [
+    ("Introduction", introduction),
+    ("Architecture", architecture),
+    ("Sources", sources),
+    ("Extraction", extraction),
+    ("Transformation", transformation),
+    ("Loading", loading),
+    ("Orchestration", orchestration),
+    ("Deployment", deployment),
+    ("Monitoring", monitoring),
+    ("Error handling", error_handling),
+    ("Security", security),
+    ("Performance", performance),
+    ("Maintenance", maintenance),
+    ("Troubleshooting", troubleshooting),
+    ("Testing", testing),
 ];
 
 /// How many recent runs the history-based sections look at.
@@ -129,24 +132,28 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
             .to_string_lossy(),
         knowledge.runs.len()
     );
-    let mut section = 0;
-    let mut heading = |w: &mut String| {
-        let _ = writeln!(w, "## {}. {}\n", section + 1, SECTIONS[section]);
-        section += 1;
-    };
+    for (n, (title, write)) in SECTIONS.iter().enumerate() {
+        let _ = writeln!(w, "## {}. {title}\n", n + 1);
+        write(w, project, knowledge);
+    }
+    out
+}
 
-    // 1. Introduction
-    heading(w);
-    let layers = |layer: &str| -> Vec<String> {
-        knowledge
-            .models
-            .models
-            .iter()
-            .filter(|m| m.layer.as_str() == layer)
-            .map(|m| m.qualified_name())
-            .collect()
-    };
-    let (d2a, d2b) = (layers("d2a"), layers("d2b"));
+/// The models of `layer`, as `layer.name`.
+fn models_in(knowledge: &Knowledge, layer: &str) -> Vec<String> {
+    knowledge
+        .models
+        .models
+        .iter()
+        .filter(|m| m.layer.as_str() == layer)
+        .map(|m| m.qualified_name())
+        .collect()
+}
+
+/// Introduction.
+fn introduction(w: &mut String, project: &Project, knowledge: &Knowledge) {
+    let config = &project.config;
+    let (d2a, d2b) = (models_in(knowledge, "d2a"), models_in(knowledge, "d2b"));
     let _ = writeln!(
         w,
         "Pipeline `{}` moves data from {} source(s) ({}) through {} stream(s) into D1, \
@@ -187,9 +194,11 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         w,
         "who uses this data and for which decisions; the business owner and the technical owner.",
     );
+}
 
-    // 2. Architecture
-    heading(w);
+/// Architecture.
+fn architecture(w: &mut String, project: &Project, knowledge: &Knowledge) {
+    let config = &project.config;
     let _ = writeln!(
         w,
         "Every source page is landed as received in the lake (`{}`) before it is decoded; \
@@ -220,9 +229,11 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         let _ = writeln!(w, "Written for target `{target}`.\n");
     }
     todo(w, "the systems around the pipeline: upstream owners, the BI tool and who reads the warehouse.");
+}
 
-    // 3. Sources
-    heading(w);
+/// Sources.
+fn sources(w: &mut String, project: &Project, knowledge: &Knowledge) {
+    let config = &project.config;
     for source in &config.sources {
         let streams: Vec<_> = knowledge
             .streams
@@ -269,9 +280,11 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         );
     }
     todo(w, "for each source: the account owner, how credentials are issued and rotated, and the vendor's support contact.");
+}
 
-    // 4. Extraction
-    heading(w);
+/// Extraction.
+fn extraction(w: &mut String, project: &Project, knowledge: &Knowledge) {
+    let config = &project.config;
     let exec = &config.execution;
     let _ = writeln!(
         w,
@@ -355,9 +368,10 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         let _ = writeln!(w, "Schema changes in recent runs:\n");
         table(w, &["run", "stream", "change"], &changes);
     }
+}
 
-    // 5. Transformation
-    heading(w);
+/// Transformation.
+fn transformation(w: &mut String, _project: &Project, knowledge: &Knowledge) {
     let rows: Vec<Vec<String>> = knowledge
         .models
         .models
@@ -390,9 +404,11 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
          page of the site, and `sluice docs lineage --format json|dot|openlineage` exports it.\n"
     );
     todo(w, "the business rules behind each D2B table that the SQL does not say (definitions, exclusions, who agreed them).");
+}
 
-    // 6. Loading
-    heading(w);
+/// Loading.
+fn loading(w: &mut String, project: &Project, knowledge: &Knowledge) {
+    let config = &project.config;
     let _ = writeln!(w, "Destination: {}.\n", project.destination.describe());
     if let Some(dest) = &config.destination {
         for key in ["readers", "d1_readers", "schema_prefix"] {
@@ -425,9 +441,11 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         ));
     }
     table(w, &["table", "write mode", "last load"], &rows);
+}
 
-    // 7. Orchestration
-    heading(w);
+/// Orchestration.
+fn orchestration(w: &mut String, project: &Project, knowledge: &Knowledge) {
+    let config = &project.config;
     match &config.schedule {
         Some(s) => {
             let _ = writeln!(
@@ -446,15 +464,18 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         w,
         "Run one part with its upstream: `sluice run --select +{}`. Backfill without moving \
          cursors: `sluice run --since D --until D`.\n",
-        d2b.first()
-            .or(d2a.first())
+        models_in(knowledge, "d2b")
+            .first()
+            .or(models_in(knowledge, "d2a").first())
             .map(String::as_str)
             .unwrap_or("<model>")
     );
     todo(w, "what triggers runs in production (serve, Airflow, CronJob) and what depends on them finishing.");
+}
 
-    // 8. Deployment
-    heading(w);
+/// Deployment.
+fn deployment(w: &mut String, project: &Project, _knowledge: &Knowledge) {
+    let config = &project.config;
     let _ = writeln!(w, "Lake: `{}`.\n", lake_location(project));
     let vars = environment_variables(&config.doc.text);
     if !vars.is_empty() {
@@ -469,9 +490,11 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
     }
     let _ = writeln!(w, "Generate deployment files with `sluice export kubernetes` (CronJob, `sluice serve` Deployment) or `sluice export airflow`.\n");
     todo(w, "where it runs (host, cluster, namespace), how a new version is deployed, and who may deploy.");
+}
 
-    // 9. Monitoring
-    heading(w);
+/// Monitoring.
+fn monitoring(w: &mut String, project: &Project, _knowledge: &Knowledge) {
+    let config = &project.config;
     let _ = writeln!(w, "`sluice serve` exposes:\n");
     table(
         w,
@@ -570,9 +593,10 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         w,
         "the dashboards and alert channels people watch, and who is on call.",
     );
+}
 
-    // 10. Error handling
-    heading(w);
+/// Error handling.
+fn error_handling(w: &mut String, _project: &Project, knowledge: &Knowledge) {
     let _ = writeln!(
         w,
         "A record that does not fit its column is quarantined (`<table>__quarantine` in the \
@@ -626,9 +650,11 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         w,
         "who decides what happens to quarantined records, and how a failed run is escalated.",
     );
+}
 
-    // 11. Security
-    heading(w);
+/// Security.
+fn security(w: &mut String, project: &Project, knowledge: &Knowledge) {
+    let config = &project.config;
     let mut rows = Vec::new();
     for s in &knowledge.streams {
         for f in knowledge.stream_fields(s) {
@@ -668,9 +694,10 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
     }
     let _ = writeln!(w, "Secrets are read from the environment (see Deployment) and never written to logs, the lake or run history. Actions are recorded in the audit log (`sluice audit show`, `sluice audit verify`); `sluice forget --subject <email>` erases a person.\n");
     todo(w, "the data classification, who approves access to D1 and the warehouse, and where the PII key is kept.");
+}
 
-    // 12. Performance
-    heading(w);
+/// Performance.
+fn performance(w: &mut String, _project: &Project, knowledge: &Knowledge) {
     match knowledge
         .runs
         .iter()
@@ -727,9 +754,10 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         w,
         "expected volumes and the time by which the tables must be fresh (SLA).",
     );
+}
 
-    // 13. Maintenance
-    heading(w);
+/// Maintenance.
+fn maintenance(w: &mut String, project: &Project, knowledge: &Knowledge) {
     let notices: BTreeSet<String> = project
         .sources
         .iter()
@@ -773,9 +801,10 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         w,
         "lake retention, key and credential rotation dates, and upgrade steps.",
     );
+}
 
-    // 14. Troubleshooting
-    heading(w);
+/// Troubleshooting.
+fn troubleshooting(w: &mut String, _project: &Project, knowledge: &Knowledge) {
     let _ = writeln!(
         w,
         "1. `sluice runs` then `sluice runs <run id>`: which task failed and why.\n\
@@ -802,9 +831,11 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         w,
         "known problems and their fixes, and whom to call at each source.",
     );
+}
 
-    // 15. Testing
-    heading(w);
+/// Testing.
+fn testing(w: &mut String, project: &Project, knowledge: &Knowledge) {
+    let config = &project.config;
     let rows: Vec<Vec<String>> = knowledge
         .models
         .models
@@ -864,7 +895,6 @@ pub fn render(project: &Project, knowledge: &Knowledge) -> String {
         w,
         "how a change is tested before it reaches production (review, a dev target, sample data).",
     );
-    out
 }
 
 /// The latest run that ran `task` (not skipped), and its record of it.
