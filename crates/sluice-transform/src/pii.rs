@@ -68,6 +68,18 @@ pub enum PiiAction {
 }
 
 impl PiiAction {
+    /// The action as `pii:` rules write it (`mask_last4`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PiiAction::Hash => "hash",
+            PiiAction::MaskLast4 => "mask_last4",
+            PiiAction::Redact => "redact",
+            PiiAction::Encrypt => "encrypt",
+            PiiAction::Drop => "drop",
+            PiiAction::Keep => "keep",
+        }
+    }
+
     /// The SQL expression that transforms `column` (quoted) of `table`, or `None` to drop it.
     pub fn apply(&self, table: &str, column: &str) -> Option<String> {
         let quoted_column = format!("\"{}\"", column.replace('"', "\"\""));

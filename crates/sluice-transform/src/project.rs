@@ -128,6 +128,101 @@ impl Model {
         self.config.table.as_deref().unwrap_or(&self.name)
     }
 
+    /// What the table is: its YAML's `description:`, else the `--` comment lines its
+    /// SQL starts with.
+    pub fn description(&self) -> Option<String> {
+        if let Some(text) = self
+            .config
+            .description
+            .as_ref()
+            .filter(|t| !t.trim().is_empty())
+        {
+            return Some(text.trim().to_string());
+        }
+        let comment: Vec<&str> = self
+            .sql
+            .lines()
+            .map(str::trim)
+            .take_while(|l| l.starts_with("--"))
+            .map(|l| l.trim_start_matches('-').trim())
+            .filter(|l| !l.is_empty())
+            .collect();
+        (!comment.is_empty()).then(|| comment.join(" "))
+    }
+
+    /// What output `column` holds: its YAML's `columns.<name>.description`, else the
+    /// `--` comment ending the SQL line that names it last (`sum(x) AS total, -- why`).
+    pub fn column_description(&self, column: &str) -> Option<String> {
+        if let Some(text) = self
+            .config
+            .columns
+            .get(column)
+            .and_then(|c| c.description.as_ref())
+            .filter(|t| !t.trim().is_empty())
+        {
+            return Some(text.trim().to_string());
+        }
+        sql_column_line(&self.sql, column)
+            .and_then(|(_, comment)| comment)
+            .map(str::to_string)
+    }
+
+    /// Where the SQL names output `column` (the line ending with it), else its first mention.
+    pub fn column_offset(&self, column: &str) -> Option<usize> {
+        sql_column_line(&self.sql, column)
+            .map(|(offset, _)| offset)
+            .or_else(|| find_ignore_case(&self.sql, column))
+    }
+
+    /// With `docs.require_descriptions`: an error (file:line) for the model, if it has no
+    /// description, and for each of `columns` (its output columns) without one.
+    pub fn missing_descriptions<'c>(
+        &self,
+        columns: impl IntoIterator<Item = &'c str>,
+    ) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        let yml = self
+            .yaml
+            .as_ref()
+            .map(|d| d.file.clone())
+            .unwrap_or_else(|| self.sql_path.with_extension("yml"));
+        let yml_name = yml
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        if self.description().is_none() {
+            let message = format!(
+                "model {} has no description: add `description:` to {yml_name}, or start the SQL with a `--` comment",
+                self.qualified_name()
+            );
+            out.push(match &self.yaml {
+                Some(doc) => {
+                    let mut error = doc.error_at(&[], message);
+                    error.position = Some(Position {
+                        line: 1,
+                        column: 1,
+                        offset: 0,
+                    });
+                    error
+                }
+                None => self.sql_error(Some(0), message),
+            });
+        }
+        for column in columns {
+            if self.column_description(column).is_none() {
+                out.push(self.sql_error(
+                    self.column_offset(column),
+                    format!(
+                        "column `{column}` of model {} has no description: add `columns: {{ {column}: {{ description: … }} }}` to {yml_name}, or end the line that names it with a `--` comment",
+                        self.qualified_name()
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
     /// An error in this model's SQL at a byte offset (or at the top of the file).
     pub fn sql_error(&self, offset: Option<usize>, message: impl Into<String>) -> ConfigError {
         sql_error(&self.sql_path, &self.sql, offset, message)
@@ -441,6 +536,50 @@ fn order(models: Vec<Model>) -> Result<Vec<Model>, ConfigError> {
         }
     }
     Ok(ordered)
+}
+
+/// The SQL line whose code ends with `column` (an output column's name, as `AS name`
+/// or a bare reference): the offset of the name and the line's `--` comment, if any.
+fn sql_column_line<'s>(sql: &'s str, column: &str) -> Option<(usize, Option<&'s str>)> {
+    let mut offset = 0;
+    let mut found = None;
+    for line in sql.split_inclusive('\n') {
+        let (code, comment) = split_comment(line);
+        let code_trimmed = code.trim_end().trim_end_matches(',').trim_end();
+        let name = code_trimmed
+            .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '"'))
+            .next()
+            .unwrap_or_default()
+            .trim_matches('"');
+        if name.eq_ignore_ascii_case(column) && !code_trimmed.trim().is_empty() {
+            let at =
+                offset + code_trimmed.len() - name.len() - (code_trimmed.ends_with('"') as usize);
+            let comment = comment.map(str::trim).filter(|c| !c.is_empty());
+            // The last line naming it wins (the outer SELECT of a WITH … SELECT).
+            found = Some((at, comment));
+        }
+        offset += line.len();
+    }
+    found
+}
+
+/// A line's code and its `--` comment (outside single-quoted strings).
+fn split_comment(line: &str) -> (&str, Option<&str>) {
+    let mut quoted = false;
+    let bytes = line.as_bytes();
+    for i in 0..bytes.len() {
+        match bytes[i] {
+            b'\'' => quoted = !quoted,
+            b'-' if !quoted && bytes.get(i + 1) == Some(&b'-') => {
+                return (
+                    &line[..i],
+                    Some(line[i + 2..].trim_end_matches(['\n', '\r'])),
+                )
+            }
+            _ => {}
+        }
+    }
+    (line.trim_end_matches(['\n', '\r']), None)
 }
 
 /// A ConfigError pointing into a SQL file.

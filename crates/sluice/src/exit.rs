@@ -3,6 +3,8 @@
 pub const OK: u8 = 0;
 /// A bug or an environment failure sluice did not expect.
 pub const INTERNAL: u8 = 1;
+/// Arguments that name nothing valid (clap uses the same code for its own errors).
+pub const USAGE: u8 = 2;
 /// The pipeline file or models are invalid (nothing ran).
 pub const CONFIG: u8 = 3;
 /// The run failed: no task succeeded.

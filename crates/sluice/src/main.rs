@@ -111,9 +111,12 @@ enum Command {
     /// The audit log: who ran, replayed, cancelled or queried unmasked data; `verify` checks it.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
-    /// Generated documentation of the pipeline: `sluice docs build` writes a static site.
+    /// Generated documentation: `docs build` (static site + runbook), `docs runbook`, `docs lineage`.
     #[command(subcommand)]
     Docs(docs::DocsCommand),
+    /// Onboard a table: add a source to pipeline.yaml, or a model's SQL and YAML, validated at once.
+    #[command(subcommand)]
+    New(commands::new::NewCommand),
     /// Every model, check and table downstream of a table or column (`d1.facebook_insights.spend`).
     Impact(docs::impact::ImpactArgs),
     /// The local emulator of the Facebook, Google Ads and CleverTap APIs.
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
             Command::Forget(args) => commands::forget::run(&cli.pipeline, args).await,
             Command::Audit(cmd) => commands::audit::run(&cli.pipeline, cmd).await,
             Command::Docs(cmd) => docs::run(&cli.pipeline, cmd).await,
+            Command::New(cmd) => commands::new::run(&cli.pipeline, cmd).await,
             Command::Impact(args) => docs::impact::run(&cli.pipeline, args).await,
             Command::Sandbox(cmd) => match sluice_sandbox::cli::run(cmd).await {
                 Ok(()) => exit::OK,

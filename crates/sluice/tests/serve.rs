@@ -871,7 +871,14 @@ async fn protected_reads_need_a_token_and_probes_do_not() {
         }
         async move { request.send().await.unwrap().status().as_u16() }
     };
-    for path in ["/", "/api/runs", "/api/tables", "/api/plan", "/metrics"] {
+    for path in [
+        "/",
+        "/api/runs",
+        "/api/tables",
+        "/api/plan",
+        "/metrics",
+        "/docs/",
+    ] {
         assert_eq!(get(path, None).await, 401, "{path} without a token");
         assert_eq!(
             get(path, Some("wrong")).await,
@@ -889,6 +896,31 @@ async fn protected_reads_need_a_token_and_probes_do_not() {
     assert_eq!(get("/readyz", None).await, 200);
     let (status, _) = server.trigger(Some(VIEWER_TOKEN), json!({})).await;
     assert_eq!(status, 403);
+
+    // The docs site of `sluice docs build`, served from the same code, viewer token and all.
+    let docs = |path: &'static str| {
+        let request = server.http.get(server.url(path)).bearer_auth(VIEWER_TOKEN);
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, index) = docs("/docs/").await;
+    assert_eq!(status, 200);
+    assert!(
+        index.contains("href=\"models/d2a.orders_daily.html\"") && index.contains("<svg"),
+        "{index}"
+    );
+    let (status, model) = docs("/docs/models/d2a.orders_daily.html").await;
+    assert_eq!(status, 200);
+    assert!(
+        model.contains("from d1.shop_orders group by order_date"),
+        "{model}"
+    );
+    let (status, runbook) = docs("/docs/runbook.md").await;
+    assert_eq!(status, 200);
+    assert!(runbook.starts_with("# private runbook"), "{runbook}");
+    assert_eq!(docs("/docs/models/nope.html").await.0, 404);
 
     // Protecting reads without any token is a config error at its line.
     let project = files_project("private", "serve: { protect_reads: true }\n");

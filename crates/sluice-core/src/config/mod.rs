@@ -258,6 +258,18 @@ struct RawPipeline {
     schema: Option<Value>,
     #[serde(default)]
     lineage: Option<Value>,
+    #[serde(default)]
+    docs: DocsConfig,
+}
+
+/// `docs:`: what the generated documentation demands of the project.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocsConfig {
+    /// `sluice validate` fails, naming file:line, on a model or a model's output column
+    /// without a description (from its `.yml`, or a `--` comment in its SQL).
+    #[serde(default)]
+    pub require_descriptions: bool,
 }
 
 fn default_lake() -> String {
@@ -288,6 +300,8 @@ pub struct PipelineConfig {
     pub schema: Option<Section>,
     /// Where OpenLineage run events go (parsed by the binary's lineage module).
     pub lineage: Option<Section>,
+    /// What the generated documentation demands (`docs:`).
+    pub docs: DocsConfig,
     /// The `targets:` entry in effect (`--target`), whose `lake`/`destination` replaced the top level's.
     pub target: Option<String>,
 }
@@ -444,6 +458,7 @@ impl PipelineConfig {
             pii: raw.pii.map(|v| untyped("pii", v)),
             schema: raw.schema.map(|v| untyped("schema", v)),
             lineage: raw.lineage.map(|v| untyped("lineage", v)),
+            docs: raw.docs,
             target: target.map(|(name, _)| name),
             doc,
         })

@@ -170,14 +170,14 @@ fn stream_name(table: &str) -> String {
 }
 
 /// Indentation of a line; `None` for a blank or comment-only line.
-fn indent_of(line: &str) -> Option<usize> {
+pub(crate) fn indent_of(line: &str) -> Option<usize> {
     let trimmed = line.trim_start();
     (!trimmed.is_empty() && !trimmed.starts_with('#')).then(|| line.len() - trimmed.len())
 }
 
 /// The end (exclusive line index) of the block of lines more indented than `indent`
 /// that starts after `start`; trailing blank and comment lines stay outside.
-fn block_end(lines: &[&str], start: usize, indent: usize) -> usize {
+pub(crate) fn block_end(lines: &[&str], start: usize, indent: usize) -> usize {
     let mut end = start + 1;
     for (i, line) in lines.iter().enumerate().skip(start + 1) {
         match indent_of(line) {
@@ -196,7 +196,12 @@ fn block_end(lines: &[&str], start: usize, indent: usize) -> usize {
 }
 
 /// Finds `key:` as a direct child of the block starting at `parent` (indent `parent_indent`).
-fn child(lines: &[&str], parent: usize, parent_indent: Option<usize>, key: &str) -> Option<usize> {
+pub(crate) fn child(
+    lines: &[&str],
+    parent: usize,
+    parent_indent: Option<usize>,
+    key: &str,
+) -> Option<usize> {
     let end = match parent_indent {
         Some(indent) => block_end(lines, parent, indent),
         None => lines.len(),

@@ -8,6 +8,7 @@ pub mod forget;
 pub mod init;
 pub mod lake_view;
 pub mod ls;
+pub mod new;
 pub mod plan;
 pub mod quarantine;
 pub mod query;

@@ -41,6 +41,11 @@ pub async fn run(pipeline: &Path, args: ValidateArgs) -> u8 {
     {
         return crate::project::report_transform_error(&e);
     }
+    if project.config.docs.require_descriptions {
+        if let Some(code) = check_descriptions(&project, &models, &specs).await {
+            return code;
+        }
+    }
     let mut report = Report {
         summary: format!(
         "{}: pipeline `{}` is valid ({} sources, {} streams, {} models; lake {}; destination {})",
@@ -199,4 +204,40 @@ impl Report {
             }
         }
     }
+}
+
+/// `docs: { require_descriptions: true }`: every model and every output column it can be
+/// planned to have must be described. Prints each gap (file:line) and returns the exit
+/// code when there is one.
+async fn check_descriptions(
+    project: &Project,
+    models: &sluice_transform::ModelProject,
+    specs: &[sluice_core::source::StreamSpec],
+) -> Option<u8> {
+    let (lineage, _) =
+        match sluice_transform::lineage::column_lineage(models, &project.lake, specs).await {
+            Ok(l) => l,
+            Err(e) => return Some(crate::project::report_transform_error(&e)),
+        };
+    let mut missing = Vec::new();
+    for model in &models.models {
+        // A model that cannot be planned yet (it reads inferred columns before a first
+        // run) is checked for what its YAML names.
+        let columns: Vec<&str> = match lineage.models.get(&model.qualified_name()) {
+            Some(columns) => columns.iter().map(|c| c.name.as_str()).collect(),
+            None => model.config.columns.keys().map(String::as_str).collect(),
+        };
+        missing.extend(model.missing_descriptions(columns));
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    for error in &missing {
+        crate::project::print_config_error(error);
+    }
+    crate::logging::print_error!(
+        "{} description(s) missing (`docs.require_descriptions` is on)",
+        missing.len()
+    );
+    Some(exit::CONFIG)
 }

@@ -24,6 +24,20 @@ impl StreamInfo<'_> {
     pub fn id(&self) -> String {
         format!("{}.{}", self.source.name, self.spec.name)
     }
+
+    /// A setting as written for the stream, else for its source (`lookback_days`,
+    /// `cursor`, `sync`), as YAML text.
+    pub fn option(&self, key: &str) -> Option<String> {
+        let body = &self.source.body;
+        let from_stream = body
+            .get("streams")
+            .and_then(|s| s.get(self.spec.name.as_str()))
+            .and_then(|s| s.get(key));
+        from_stream
+            .or_else(|| body.get(key))
+            .and_then(|v| serde_yaml::to_string(v).ok())
+            .map(|s| s.trim().to_string())
+    }
 }
 
 pub struct Knowledge<'a> {
@@ -39,6 +53,16 @@ pub struct Knowledge<'a> {
     pub schema_history: BTreeMap<String, Vec<SchemaVersion>>,
     /// Run history, oldest first (empty before a first run).
     pub runs: Vec<RunRecord>,
+    /// Each stream's stored cursor (`facebook.insights` → its JSON), where it has one.
+    pub cursors: BTreeMap<String, String>,
+}
+
+/// A write mode as pipeline.yaml writes it (`overwrite_partitions`).
+pub fn write_mode_name(mode: sluice_core::destination::WriteMode) -> String {
+    serde_json::to_value(mode)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 impl<'a> Knowledge<'a> {
@@ -76,6 +100,21 @@ impl<'a> Knowledge<'a> {
             }
         }
         let runs = project.state.runs().await.unwrap_or_default();
+        let mut cursors = BTreeMap::new();
+        for stream in &streams {
+            if let Ok(Some(cursor)) = project
+                .state
+                .cursor(&stream.source.name, &stream.spec.name)
+                .await
+            {
+                let text = cursor.value.to_string();
+                let text = match text.char_indices().nth(120) {
+                    Some((cut, _)) => format!("{}…", &text[..cut]),
+                    None => text,
+                };
+                cursors.insert(stream.id(), text);
+            }
+        }
         Ok(Knowledge {
             plan,
             models,
@@ -85,6 +124,7 @@ impl<'a> Knowledge<'a> {
             reads,
             schema_history,
             runs,
+            cursors,
         })
     }
 
@@ -136,6 +176,18 @@ impl<'a> Knowledge<'a> {
             .models
             .get(table)
             .map(|columns| columns.iter().map(|c| c.name.clone()).collect())
+    }
+
+    /// A stream's columns: declared, or the registry's latest when they are inferred
+    /// from data.
+    pub fn stream_fields(&self, stream: &StreamInfo) -> Vec<sluice_core::schema::Field> {
+        let spec = &stream.spec;
+        match self.schema_history.get(&spec.table).and_then(|h| h.last()) {
+            Some(latest) if spec.schema.fields.is_empty() || spec.infer_columns => {
+                latest.value.fields.clone()
+            }
+            _ => spec.schema.fields.clone(),
+        }
     }
 
     /// The plan's check nodes on `model` (`layer.name`).

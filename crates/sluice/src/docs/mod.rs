@@ -9,10 +9,17 @@
 //! their column-level lineage, upstream/downstream, checks) and one per destination
 //! table.
 //!
+//! The same knowledge is also written as a Markdown runbook ([`runbook`], in the
+//! site and by `sluice docs runbook`), exported as lineage for other tools
+//! ([`lineage_export`], `sluice docs lineage`), and served by `sluice serve` under
+//! `/docs/` ([`serve_page`]).
+//!
 //! - [`impact`]: `sluice impact <table|column>`, from the same knowledge.
 
 pub mod impact;
 mod knowledge;
+mod lineage_export;
+pub mod runbook;
 mod site;
 
 use std::path::{Path, PathBuf};
@@ -30,10 +37,22 @@ pub enum DocsCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print the runbook (Markdown, in the section order of a data team's wiki), or write it.
+    Runbook {
+        /// Write it to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the table- and column-level lineage for other tools.
+    Lineage {
+        /// `json` (tables and columns with their inputs), `dot` (Graphviz) or
+        /// `openlineage` (JobEvents with column-lineage facets, one per line).
+        #[arg(long, value_enum, default_value_t = lineage_export::LineageFormat::Json)]
+        format: lineage_export::LineageFormat,
+    },
 }
 
 pub async fn run(pipeline: &Path, command: DocsCommand) -> u8 {
-    let DocsCommand::Build { out } = command;
     let project = match Project::load(pipeline) {
         Ok(p) => p,
         Err(e) => return e.report(),
@@ -42,12 +61,41 @@ pub async fn run(pipeline: &Path, command: DocsCommand) -> u8 {
         Ok(k) => k,
         Err(code) => return code,
     };
+    let out = match command {
+        DocsCommand::Build { out } => out,
+        DocsCommand::Runbook { out } => {
+            let text = runbook::render(&project, &knowledge);
+            return match out {
+                None => {
+                    print!("{text}");
+                    exit::OK
+                }
+                Some(file) => match std::fs::write(&file, text) {
+                    Ok(()) => {
+                        println!("wrote {}", file.display());
+                        exit::OK
+                    }
+                    Err(e) => {
+                        crate::logging::print_error!("cannot write {}: {e}", file.display());
+                        exit::INTERNAL
+                    }
+                },
+            };
+        }
+        DocsCommand::Lineage { format } => {
+            print!("{}", lineage_export::render(&project, &knowledge, format));
+            return exit::OK;
+        }
+    };
     let out = out.unwrap_or_else(|| project.config.root.join("docs-site"));
-    match site::write(&project, &knowledge, &out) {
+    let written =
+        site::render_site(&project, &knowledge).and_then(|pages| site::write(&pages, &out));
+    match written {
         Ok(pages) => {
             println!(
-                "wrote {pages} pages to {}",
-                out.join("index.html").display()
+                "wrote {pages} pages to {} (runbook: {})",
+                out.join("index.html").display(),
+                out.join(runbook::FILE).display()
             );
             exit::OK
         }
@@ -59,4 +107,24 @@ pub async fn run(pipeline: &Path, command: DocsCommand) -> u8 {
             exit::INTERNAL
         }
     }
+}
+
+/// A page of the site for `sluice serve` (`path` relative to `/docs/`, empty for the
+/// overview), rendered from what the project holds now: its content type and body,
+/// or `None` when the site has no such page. Errors are the message to show.
+pub async fn serve_page(
+    project: &Project,
+    path: &str,
+) -> Result<Option<(&'static str, String)>, String> {
+    let knowledge = Knowledge::gather(project)
+        .await
+        .map_err(|_| "the models cannot be planned; see `sluice validate`".to_string())?;
+    let mut pages = site::render_site(project, &knowledge).map_err(|e| e.to_string())?;
+    let path = if path.is_empty() { "index.html" } else { path };
+    let content_type = if path.ends_with(".md") {
+        "text/markdown; charset=utf-8"
+    } else {
+        "text/html; charset=utf-8"
+    };
+    Ok(pages.remove(path).map(|body| (content_type, body)))
 }

@@ -1,6 +1,6 @@
 //! Rendering the site's pages from [`Knowledge`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use minijinja::{context, Environment, Value};
@@ -87,8 +87,19 @@ struct LineageRow {
     data_type: String,
     description: String,
     derives_from: Vec<Link>,
+    /// Inputs that decide the value without flowing into it (a CASE's WHEN, a lookup key).
+    decided_by: Vec<Link>,
     d1: Vec<String>,
     source_fields: Vec<String>,
+}
+
+/// A link to the page of the table holding `column` (`layer.table.column`).
+fn column_link(knowledge: &Knowledge, column: &str) -> Link {
+    let table = column.rsplit_once('.').map_or(column, |(t, _)| t);
+    Link {
+        name: column.to_string(),
+        href: node_href(knowledge, table).map(|h| format!("../{h}")),
+    }
 }
 
 /// A serialisable value as the templates see it.
@@ -96,44 +107,40 @@ fn ser<T: Serialize>(value: T) -> Value {
     Value::from(minijinja::value::Serde(value))
 }
 
+/// The site's files by their path relative to its root (`index.html`,
+/// `models/d2a.x.html`, `runbook.md`).
+pub type Pages = BTreeMap<String, String>;
+
 /// Writes the site into `out`; returns the number of pages written.
-pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::Result<usize> {
+pub fn write(pages: &Pages, out: &Path) -> std::io::Result<usize> {
+    for (path, text) in pages {
+        let file = out.join(path);
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(file, text)?;
+    }
+    Ok(pages.len())
+}
+
+/// Renders every page of the site, and the runbook beside them.
+pub fn render_site(project: &Project, knowledge: &Knowledge) -> std::io::Result<Pages> {
     let env = templates();
     let render = |name: &str, ctx: Value| -> std::io::Result<String> {
         env.get_template(name)
             .and_then(|t| t.render(ctx))
             .map_err(|e| std::io::Error::other(format!("{name}: {e:#}")))
     };
-    for dir in ["streams", "models", "tables"] {
-        std::fs::create_dir_all(out.join(dir))?;
-    }
+    let mut site = Pages::new();
     let pipeline = &project.config.name;
     let mut entries: Vec<Entry> = Vec::new();
-    let mut pages = 0;
     let pii = &knowledge.models.pii;
 
     for stream in &knowledge.streams {
         let id = stream.id();
         let spec = &stream.spec;
-        let body = &stream.source.body;
-        let option = |key: &str| -> Option<String> {
-            let from_stream = body
-                .get("streams")
-                .and_then(|s| s.get(spec.name.as_str()))
-                .and_then(|s| s.get(key));
-            from_stream
-                .or_else(|| body.get(key))
-                .and_then(|v| serde_yaml::to_string(v).ok())
-                .map(|s| s.trim().to_string())
-        };
         let history = knowledge.schema_history.get(&spec.table);
-        // Declared columns, or the registry's latest when they are inferred from data.
-        let fields = match history.and_then(|h| h.last()) {
-            Some(latest) if spec.schema.fields.is_empty() || spec.infer_columns => {
-                latest.value.fields.clone()
-            }
-            _ => spec.schema.fields.clone(),
-        };
+        let fields = knowledge.stream_fields(stream);
         let columns: Vec<ColumnRow> = fields
             .iter()
             .map(|f| ColumnRow {
@@ -170,20 +177,19 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
                 source => &stream.source.name,
                 source_type => &stream.source.kind,
                 table => ser(link(knowledge, &table)),
-                write_mode => format!("{:?}", spec.write_mode).to_lowercase(),
+                write_mode => super::knowledge::write_mode_name(spec.write_mode),
                 primary_key => spec.primary_key.join(", "),
                 partition_column => &spec.partition_column,
                 infer_columns => spec.infer_columns,
                 schedule => project.config.schedule.as_ref().map(|s| s.expression.clone()),
-                start_date => option("start_date"),
-                lookback_days => option("lookback_days"),
+                start_date => stream.option("start_date"),
+                lookback_days => stream.option("lookback_days"),
                 columns => ser(&columns),
                 versions => versions,
                 downstream => ser(knowledge.plan.downstream(&table).iter().map(|d| link(knowledge, d)).collect::<Vec<_>>()),
             },
         )?;
-        std::fs::write(out.join(stream_href(&id)), html)?;
-        pages += 1;
+        site.insert(stream_href(&id), html);
         entries.push(Entry {
             kind: "stream",
             name: id.clone(),
@@ -199,7 +205,7 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
                 id => &table,
                 layer => "d1",
                 produced_by => ser(link(knowledge, &id)),
-                write_mode => format!("{:?}", spec.write_mode).to_lowercase(),
+                write_mode => super::knowledge::write_mode_name(spec.write_mode),
                 primary_key => spec.primary_key.join(", "),
                 partition_column => &spec.partition_column,
                 columns => ser(&columns),
@@ -207,8 +213,7 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
                 read_by => ser(knowledge.plan.downstream(&table).iter().map(|d| link(knowledge, d)).collect::<Vec<_>>()),
             },
         )?;
-        std::fs::write(out.join(table_href(&table)), html)?;
-        pages += 1;
+        site.insert(table_href(&table), html);
         entries.push(Entry {
             kind: "table",
             name: table.clone(),
@@ -232,21 +237,14 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
                 LineageRow {
                     name: c.name.clone(),
                     data_type: c.data_type.clone(),
-                    description: config
-                        .columns
-                        .get(&c.name)
-                        .and_then(|d| d.description.clone())
-                        .unwrap_or_default(),
+                    description: model.column_description(&c.name).unwrap_or_default(),
                     derives_from: c
-                        .derives_from
-                        .iter()
-                        .map(|from| {
-                            let table = from.rsplit_once('.').map_or(from.as_str(), |(t, _)| t);
-                            Link {
-                                name: from.clone(),
-                                href: node_href(knowledge, table).map(|h| format!("../{h}")),
-                            }
-                        })
+                        .derives_from()
+                        .map(|from| column_link(knowledge, from))
+                        .collect(),
+                    decided_by: c
+                        .conditions()
+                        .map(|from| column_link(knowledge, from))
                         .collect(),
                     d1: d1.into_iter().collect(),
                     source_fields: source_fields.into_iter().collect(),
@@ -277,7 +275,7 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
                 root => "../",
                 pipeline => pipeline,
                 id => &id,
-                description => description(model),
+                description => model.description(),
                 materialized => format!("{:?}", config.materialized).to_lowercase(),
                 partition_by => &config.partition_by,
                 primary_key => config.primary_key.join(", "),
@@ -293,13 +291,12 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
                 table => ser(Link { name: table_id.clone(), href: Some(format!("../{}", table_href(&table_id))) }),
             },
         )?;
-        std::fs::write(out.join(model_href(&id)), html)?;
-        pages += 1;
+        site.insert(model_href(&id), html);
         entries.push(Entry {
             kind: "model",
             name: id.clone(),
             href: model_href(&id),
-            summary: description(model).unwrap_or_default(),
+            summary: model.description().unwrap_or_default(),
         });
 
         let table_columns: Vec<ColumnRow> = lineage
@@ -310,11 +307,7 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
                 data_type: c.data_type.clone(),
                 nullable: true,
                 pii: String::new(),
-                description: config
-                    .columns
-                    .get(&c.name)
-                    .and_then(|d| d.description.clone())
-                    .unwrap_or_default(),
+                description: model.column_description(&c.name).unwrap_or_default(),
             })
             .collect();
         let html = render(
@@ -336,8 +329,7 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
                 read_by => ser(downstream.iter().map(|l| &l.name).filter_map(|d| knowledge.plan.node(d)).filter(|n| n.kind == NodeKind::Model).map(|n| link(knowledge, &n.id)).collect::<Vec<_>>()),
             },
         )?;
-        std::fs::write(out.join(table_href(&table_id)), html)?;
-        pages += 1;
+        site.insert(table_href(&table_id), html);
         entries.push(Entry {
             kind: "table",
             name: table_id.clone(),
@@ -375,8 +367,12 @@ pub fn write(project: &Project, knowledge: &Knowledge, out: &Path) -> std::io::R
             sources => project.config.sources.iter().map(|s| format!("{} ({})", s.name, s.kind)).collect::<Vec<_>>(),
         },
     )?;
-    std::fs::write(out.join("index.html"), html)?;
-    Ok(pages + 1)
+    site.insert("index.html".into(), html);
+    site.insert(
+        super::runbook::FILE.into(),
+        super::runbook::render(project, knowledge),
+    );
+    Ok(site)
 }
 
 /// What the latest successful load of `task`'s table says: when and how many rows.
@@ -415,25 +411,9 @@ fn check_results(knowledge: &Knowledge, model: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A model's description: its YAML's `description:`, else the `--` comment lines
-/// its SQL starts with.
-fn description(model: &sluice_transform::Model) -> Option<String> {
-    if let Some(text) = &model.config.description {
-        return Some(text.clone());
-    }
-    let comment: Vec<&str> = model
-        .sql
-        .lines()
-        .map(str::trim)
-        .take_while(|l| l.starts_with("--"))
-        .map(|l| l.trim_start_matches('-').trim())
-        .collect();
-    (!comment.is_empty()).then(|| comment.join(" "))
-}
-
-fn pii_text(action: Option<PiiAction>, marked: bool) -> String {
+pub(super) fn pii_text(action: Option<PiiAction>, marked: bool) -> String {
     match (action, marked) {
-        (Some(action), _) => format!("{action:?}").to_lowercase(),
+        (Some(action), _) => action.name().to_string(),
         (None, true) => "marked".into(),
         (None, false) => String::new(),
     }

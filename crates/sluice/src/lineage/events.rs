@@ -11,12 +11,12 @@ use sluice_core::run::{RunRecord, RunStatus, TaskRecord, TaskStatus};
 use sluice_core::schema::FieldType;
 use sluice_transform::ModelProject;
 
-const SPEC: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json";
+pub const SPEC: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json";
 /// Who produced the events: a URI naming sluice and its version.
-const PRODUCER: &str = concat!("urn:sluice:", env!("CARGO_PKG_VERSION"));
+pub const PRODUCER: &str = concat!("urn:sluice:", env!("CARGO_PKG_VERSION"));
 
 /// The schema URL of a facet at the version openlineage-python 1.54 writes.
-fn facet_schema(name: &str, version: &str) -> String {
+pub fn facet_schema(name: &str, version: &str) -> String {
     format!("https://openlineage.io/spec/facets/{version}/{name}.json#/$defs/{name}")
 }
 
@@ -53,21 +53,25 @@ pub fn run_uuid(run_id: &str, task: Option<&str>) -> String {
     )
 }
 
-fn time(t: DateTime<Utc>) -> String {
+/// The lake's URL: the dataset namespace of every table.
+pub fn lake_namespace(lake: &Lake) -> String {
+    let location = lake.location();
+    if location.contains("://") {
+        return location.trim_end_matches('/').to_string();
+    }
+    let path = std::path::Path::new(location)
+        .canonicalize()
+        .unwrap_or_else(|_| location.into());
+    format!("file://{}", path.display())
+}
+
+pub fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl RunContext<'_> {
-    /// The lake's URL: the dataset namespace of every table.
     fn lake_namespace(&self) -> String {
-        let location = self.lake.location();
-        if location.contains("://") {
-            return location.trim_end_matches('/').to_string();
-        }
-        let path = std::path::Path::new(location)
-            .canonicalize()
-            .unwrap_or_else(|_| location.into());
-        format!("file://{}", path.display())
+        lake_namespace(self.lake)
     }
 
     fn event(

@@ -9,6 +9,7 @@
 //! | `POST /api/runs` | trigger a run, body `{"select": […]}` (optional) | bearer token with role `operator` |
 //! | `POST /api/runs/{id}/cancel` | cancel the run in progress (its loads roll back) | bearer token with role `operator` |
 //! | `GET /`, `/runs/{id}` | the dashboard | anyone who reaches the port |
+//! | `GET /docs/…` | the documentation site of `sluice docs build`, rendered now | anyone who reaches the port |
 //!
 //! Reads are open unless `serve.protect_reads` is set (then any token may read);
 //! triggering and cancelling always need an operator token.
@@ -53,6 +54,12 @@ pub fn router(daemon: Arc<Daemon>, plan: RunPlan) -> Router {
         .route("/api/runs/{id}/cancel", axum::routing::post(cancel_run))
         .route("/api/tables", get(tables))
         .route("/api/plan", get(plan_json))
+        .route(
+            "/docs",
+            get(|| async { axum::response::Redirect::permanent("/docs/") }),
+        )
+        .route("/docs/", get(docs_index))
+        .route("/docs/{*path}", get(docs_page))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             reads_need_a_token,
@@ -78,6 +85,21 @@ async fn reads_need_a_token(
         }
     }
     next.run(request).await
+}
+
+async fn docs_index(state: State<AppState>) -> Response {
+    docs_page(state, Path(String::new())).await
+}
+
+/// A page of the docs site, from the same code as `sluice docs build`.
+async fn docs_page(State(state): State<AppState>, Path(path): Path<String>) -> Response {
+    match crate::docs::serve_page(&state.daemon.project, &path).await {
+        Ok(Some((content_type, body))) => {
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no page /docs/{path}")),
+        Err(message) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
