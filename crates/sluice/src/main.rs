@@ -110,6 +110,9 @@ enum Command {
     /// The audit log: who ran, replayed, cancelled or queried unmasked data; `verify` checks it.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
+    /// The encrypted lake: `verify` authenticates every object, `rotate-key` re-wraps data keys.
+    #[command(subcommand)]
+    Lake(commands::lake::LakeCommand),
     /// Generated documentation of the pipeline: `sluice docs build` writes a static site.
     #[command(subcommand)]
     Docs(docs::DocsCommand),
@@ -179,6 +182,7 @@ fn main() -> ExitCode {
             Command::Export(cmd) => export::run(&cli.pipeline, cmd).await,
             Command::Forget(args) => commands::forget::run(&cli.pipeline, args).await,
             Command::Audit(cmd) => commands::audit::run(&cli.pipeline, cmd).await,
+            Command::Lake(cmd) => commands::lake::run(&cli.pipeline, cmd).await,
             Command::Docs(cmd) => docs::run(&cli.pipeline, cmd).await,
             Command::Impact(args) => docs::impact::run(&cli.pipeline, args).await,
             Command::Sandbox(cmd) => match sluice_sandbox::cli::run(cmd).await {

@@ -239,6 +239,8 @@ struct RawPipeline {
     #[serde(default = "default_lake")]
     lake: String,
     #[serde(default)]
+    lake_encryption: Option<Value>,
+    #[serde(default)]
     destination: Option<Value>,
     #[serde(default)]
     sources: BTreeMap<String, Value>,
@@ -273,6 +275,9 @@ pub struct PipelineConfig {
     pub name: String,
     /// Lake location: a local path (relative to `root`) or an object-store URL.
     pub lake: String,
+    /// Where the lake's master key comes from, when the lake is encrypted (parsed by
+    /// [`crate::lake::configured_master_key`]).
+    pub lake_encryption: Option<Section>,
     /// `None` means the embedded default, SQLite at `<root>/warehouse.db`.
     pub destination: Option<Section>,
     pub sources: Vec<Section>,
@@ -376,9 +381,15 @@ impl PipelineConfig {
             .filter(|v| !v.is_empty() && !v.starts_with(UNSET_MARK));
         let target = targets::select(&doc, targets, target_name.as_deref(), lookup, root)?;
         let mut destination_path = vec!["destination".to_string()];
+        let mut lake_encryption_path = vec!["lake_encryption".to_string()];
         if let Some((name, target)) = &target {
             if let Some(lake) = &target.lake {
                 raw.lake = lake.clone();
+            }
+            if let Some(encryption) = &target.lake_encryption {
+                raw.lake_encryption = Some(encryption.clone());
+                lake_encryption_path =
+                    vec!["targets".into(), name.clone(), "lake_encryption".into()];
             }
             if let Some(destination) = &target.destination {
                 raw.destination = Some(destination.clone());
@@ -434,6 +445,12 @@ impl PipelineConfig {
             root: root.to_path_buf(),
             name: raw.name,
             lake: raw.lake,
+            lake_encryption: raw.lake_encryption.map(|body| Section {
+                name: "lake_encryption".into(),
+                kind: "lake_encryption".into(),
+                path: lake_encryption_path,
+                body,
+            }),
             destination,
             sources,
             execution: raw.execution,
