@@ -400,6 +400,20 @@ fn encryption_settings_are_checked_where_they_are_written() {
     assert!(stderr(&out).contains("pipeline.yaml:4"), "{}", stderr(&out));
     assert!(stderr(&out).contains("at least 32"), "{}", stderr(&out));
 
+    // A command that only reads the lake still needs the key's variable, and says so.
+    std::fs::write(
+        project.path().join("pipeline.yaml"),
+        files_pipeline("lake_encryption:\n  master_key: ${SLUICE_TEST_UNSET_LAKE_KEY}"),
+    )
+    .unwrap();
+    let out = project.cmd().args(["runs"]).output().unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("SLUICE_TEST_UNSET_LAKE_KEY is not set"),
+        "{}",
+        stderr(&out)
+    );
+
     // A key command that fails: its message, at `key_command`.
     std::fs::write(
         project.path().join("pipeline.yaml"),

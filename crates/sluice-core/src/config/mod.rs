@@ -300,6 +300,18 @@ pub struct PipelineConfig {
 /// Marks where an unset variable was used, for [`PipelineConfig::load_for_inspection`].
 const UNSET_MARK: &str = "\u{0}unset:";
 
+/// The variable a value read by [`PipelineConfig::load_for_inspection`] needed and
+/// did not get, if any.
+pub(crate) fn unset_variable(value: &str) -> Option<String> {
+    let start = value.find(UNSET_MARK)?;
+    Some(
+        value[start + UNSET_MARK.len()..]
+            .chars()
+            .take_while(|c| *c != '\u{0}')
+            .collect(),
+    )
+}
+
 struct UnsetAsMark(EnvLookup);
 
 impl Lookup for UnsetAsMark {
@@ -323,11 +335,7 @@ impl PipelineConfig {
     /// operator's laptop) is not an error, unless the lake location needs it.
     pub fn load_for_inspection(file: &Path) -> Result<PipelineConfig, ConfigError> {
         let config = Self::load_with(file, true)?;
-        if let Some(start) = config.lake.find(UNSET_MARK) {
-            let name: String = config.lake[start + UNSET_MARK.len()..]
-                .chars()
-                .take_while(|c| *c != '\u{0}')
-                .collect();
+        if let Some(name) = unset_variable(&config.lake) {
             return Err(config.doc.error_at(
                 &["lake".into()],
                 format!("environment variable {name} is not set (the lake location needs it)"),

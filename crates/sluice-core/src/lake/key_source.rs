@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::envelope::MasterKey;
-use crate::config::{ConfigError, PipelineConfig};
+use crate::config::{unset_variable, ConfigError, PipelineConfig};
 use crate::secret::{key_bytes, redact, Secret};
 
 /// How long a `key_command` may take before it is killed.
@@ -50,6 +50,25 @@ pub fn configured_master_key(config: &PipelineConfig) -> Result<Option<MasterKey
         path.push(key.to_string());
         path
     };
+    // Commands that only inspect the lake load the file leniently; the key they still need.
+    let unset = parsed
+        .master_key
+        .iter()
+        .map(|k| ("master_key", k.expose().to_string()))
+        .chain(
+            parsed
+                .key_command
+                .iter()
+                .flatten()
+                .map(|a| ("key_command", a.clone())),
+        )
+        .find_map(|(key, value)| unset_variable(&value).map(|name| (key, name)));
+    if let Some((key, name)) = unset {
+        return Err(config.doc.error_at(
+            &at(key),
+            format!("environment variable {name} is not set (the lake's master key needs it)"),
+        ));
+    }
     let (text, key) = match (parsed.master_key, parsed.key_command) {
         (Some(_), Some(_)) => {
             return Err(config.doc.error_at(
