@@ -579,6 +579,25 @@ mod tests {
     }
 
     #[test]
+    fn a_targets_lake_encryption_replaces_the_top_levels_and_is_located_there() {
+        struct Prod;
+        impl Lookup for Prod {
+            fn var(&self, name: &str) -> Option<String> {
+                (name == TARGET_VAR).then(|| "prod".to_string())
+            }
+        }
+        let text = "name: m\nlake_encryption: { master_key: dev-key }\ntargets:\n  prod:\n    lake: s3://b/p\n    lake_encryption: { key_command: [vault, read] }\n";
+        let config =
+            PipelineConfig::parse("pipeline.yaml".into(), text.into(), Path::new("."), &Prod)
+                .unwrap();
+        let section = config.lake_encryption.unwrap();
+        assert_eq!(section.path, ["targets", "prod", "lake_encryption"]);
+        assert!(section.body.get("key_command").is_some());
+        let default = parse(text).unwrap().lake_encryption.unwrap();
+        assert_eq!(default.path, ["lake_encryption"]);
+    }
+
+    #[test]
     fn wrong_types_are_reported_at_their_key() {
         let err = parse("name: m\nexecution:\n  concurrency: lots\n").unwrap_err();
         assert_eq!(err.path, "execution.concurrency");
