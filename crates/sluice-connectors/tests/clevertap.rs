@@ -509,3 +509,34 @@ async fn a_redirect_to_another_host_never_carries_the_passcode() {
     task.abort();
     thief_task.abort();
 }
+
+#[tokio::test]
+async fn a_cursor_that_comes_back_fails_the_stream_instead_of_looping() {
+    let sandbox = sluice_sandbox::start(
+        options(Faults {
+            cursor_cycle: true,
+            ..Faults::default()
+        }),
+        0,
+    )
+    .await
+    .unwrap();
+    let ct = source(&sandbox.base_url(), credentials::CLEVERTAP_PASSCODE);
+    let run = backfill(TODAY, SINCE, UNTIL);
+    for stream in ["events", "profiles"] {
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            extract(&ct, stream, None, &run),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{stream}: still reading a cycling cursor after 60 s"));
+        let e = read.err().expect("the cycle fails the stream");
+        assert_eq!(e.class, ErrorClass::Data, "{stream}: {}", e.message);
+        assert!(
+            e.message.contains("paging cycles"),
+            "{stream}: {}",
+            e.message
+        );
+    }
+    sandbox.shutdown().await;
+}

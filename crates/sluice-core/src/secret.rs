@@ -58,6 +58,26 @@ impl Serialize for Secret {
     }
 }
 
+/// The bytes of a configured key (`pii.key`, the lake's master key): 64 hex digits
+/// (or any even number of them) and base64 of 32+ bytes are decoded; other text is
+/// used as is. Callers refuse fewer bytes than they need.
+pub fn key_bytes(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let t = text.trim();
+    let decoded =
+        if t.len().is_multiple_of(2) && !t.is_empty() && t.chars().all(|c| c.is_ascii_hexdigit()) {
+            (0..t.len() / 2)
+                .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .ok()
+                .filter(|b| b.len() >= 32)
+        };
+    decoded.unwrap_or_else(|| t.as_bytes().to_vec())
+}
+
 fn registry() -> &'static RwLock<Vec<String>> {
     static SECRETS: OnceLock<RwLock<Vec<String>>> = OnceLock::new();
     SECRETS.get_or_init(|| RwLock::new(Vec::new()))

@@ -202,7 +202,11 @@ fn read_page(st: &AppState, r: &Req) -> Reply {
     }
     let mut body = json!({"status": "success", "records": records});
     if let Some(n) = next {
-        body["next_cursor"] = json!(n.encode());
+        body["next_cursor"] = if st.opts.faults.cursor_cycle {
+            json!(c.encode())
+        } else {
+            json!(n.encode())
+        };
     }
     Reply::json(200, &body)
 }

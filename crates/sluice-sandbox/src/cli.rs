@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// Every Nth CleverTap cursor read answers "cursor expired".
     #[arg(long, value_name = "N")]
     pub cursor_expire_every: Option<u64>,
+    /// CleverTap pages answer the cursor just read as `next_cursor` (paging that cycles).
+    #[arg(long)]
+    pub cursor_cycle: bool,
     /// Google operations per developer token per day (default 15000).
     #[arg(long, value_name = "N")]
     pub google_daily_quota: Option<u64>,
@@ -146,6 +149,7 @@ pub async fn run(cmd: SandboxCommand) -> anyhow::Result<()> {
                 charged_change_on: s.charged_change_on,
                 version_sunset: s.version_sunset,
                 cursor_expire_every: s.cursor_expire_every,
+                cursor_cycle: s.cursor_cycle,
                 google_daily_quota: s.google_daily_quota,
                 google_token_ttl_secs: s.google_token_ttl_secs,
             };

@@ -60,6 +60,9 @@ pub struct Faults {
     /// Every Nth CleverTap cursor read answers "cursor expired" (a restarted
     /// window is then spared, so restarting converges).
     pub cursor_expire_every: Option<u64>,
+    /// CleverTap pages answer `next_cursor` = the cursor just read, when there are
+    /// more records: a broken API whose paging cycles forever.
+    pub cursor_cycle: bool,
     /// Google operations per developer token per day (default 15,000).
     pub google_daily_quota: Option<u64>,
     /// Lifetime of Google access tokens in seconds (default 3599).

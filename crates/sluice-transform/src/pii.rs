@@ -250,19 +250,7 @@ fn derive_aes(material: &[u8], key_id: &str) -> [u8; 32] {
 /// used as is. Fewer than [`MIN_KEY_BYTES`] is refused: a short key is guessable, and
 /// an empty one (`PII_HMAC_KEY=`) would make every hash a public function.
 fn key_material(name: &str, text: &str) -> Result<Vec<u8>, KeyError> {
-    let t = text.trim();
-    let decoded =
-        if t.len().is_multiple_of(2) && !t.is_empty() && t.chars().all(|c| c.is_ascii_hexdigit()) {
-            (0..t.len() / 2)
-                .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok())
-                .collect::<Option<Vec<u8>>>()
-        } else {
-            base64::engine::general_purpose::STANDARD
-                .decode(t)
-                .ok()
-                .filter(|b| b.len() >= MIN_KEY_BYTES)
-        };
-    let bytes = decoded.unwrap_or_else(|| t.as_bytes().to_vec());
+    let bytes = sluice_core::secret::key_bytes(text);
     if bytes.len() < MIN_KEY_BYTES {
         return Err(KeyError(format!(
             "`{name}` is {} bytes; at least {MIN_KEY_BYTES} are required (generate one with `openssl rand -hex 32`)",

@@ -79,7 +79,7 @@ pub fn emit_error(message: &str) {
         });
         eprintln!("{line}");
     } else {
-        crate::logging::print_error!("{message}");
+        eprintln!("error: {message}");
     }
 }
 

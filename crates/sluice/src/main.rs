@@ -111,6 +111,9 @@ enum Command {
     /// The audit log: who ran, replayed, cancelled or queried unmasked data; `verify` checks it.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
+    /// The encrypted lake: `verify` authenticates every object, `rotate-key` re-wraps data keys.
+    #[command(subcommand)]
+    Lake(commands::lake::LakeCommand),
     /// Generated documentation: `docs build` (static site + runbook), `docs runbook`, `docs lineage`.
     #[command(subcommand)]
     Docs(docs::DocsCommand),
@@ -183,6 +186,7 @@ fn main() -> ExitCode {
             Command::Export(cmd) => export::run(&cli.pipeline, cmd).await,
             Command::Forget(args) => commands::forget::run(&cli.pipeline, args).await,
             Command::Audit(cmd) => commands::audit::run(&cli.pipeline, cmd).await,
+            Command::Lake(cmd) => commands::lake::run(&cli.pipeline, cmd).await,
             Command::Docs(cmd) => docs::run(&cli.pipeline, cmd).await,
             Command::New(cmd) => commands::new::run(&cli.pipeline, cmd).await,
             Command::Impact(args) => docs::impact::run(&cli.pipeline, args).await,

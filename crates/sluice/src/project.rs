@@ -8,7 +8,7 @@ use sluice_connectors::BuildContext;
 use sluice_core::config::{ConfigError, PipelineConfig};
 use sluice_core::destination::Destination;
 use sluice_core::drift::SchemaConfig;
-use sluice_core::lake::Lake;
+use sluice_core::lake::{Lake, OpenError};
 use sluice_core::source::Source;
 use sluice_core::state::StateStore;
 
@@ -47,8 +47,10 @@ impl LoadError {
 impl Project {
     pub fn load(file: &Path) -> Result<Project, LoadError> {
         let config = PipelineConfig::load(file).map_err(LoadError::Config)?;
-        let lake =
-            Lake::open(&config.lake, &config.root).map_err(|e| LoadError::Other(e.to_string()))?;
+        let lake = Lake::open_for(&config).map_err(|e| match e {
+            OpenError::Config(e) => LoadError::Config(e),
+            OpenError::Lake(e) => LoadError::Other(e.to_string()),
+        })?;
         let state = StateStore::new(lake.clone(), &config.name);
         let destination =
             sluice_destinations::build(&config.doc, config.destination.as_ref(), &config.root)
@@ -153,9 +155,20 @@ pub fn config_and_lake(
         print_config_error(&e);
         crate::exit::CONFIG
     })?;
-    let lake = Lake::open(&config.lake, &config.root).map_err(|e| {
-        crate::logging::print_error!("{e}");
-        crate::exit::CONFIG
-    })?;
+    let lake = open_lake(&config)?;
     Ok((config, lake))
+}
+
+/// The pipeline's lake (encrypted if it says so); `Err` is the exit code, the error
+/// already printed.
+pub fn open_lake(config: &PipelineConfig) -> Result<Lake, u8> {
+    Lake::open_for(config).map_err(|e| {
+        match e {
+            OpenError::Config(e) => print_config_error(&e),
+            OpenError::Lake(e) => {
+                crate::logging::print_error!("{}", sluice_core::secret::redact(&e.to_string()))
+            }
+        }
+        crate::exit::CONFIG
+    })
 }

@@ -235,3 +235,82 @@ fn racing_create_only_writes_of_one_state_object_on_s3_have_exactly_one_winner()
     let winner = outcomes.iter().position(|won| *won).unwrap();
     assert_eq!(stored, format!("{{\"writer\": {winner}}}"));
 }
+
+#[test]
+fn an_encrypted_lake_on_s3_loads_verifies_and_keeps_one_winner_of_racing_creates() {
+    let s3 = S3Server::start();
+    s3.create_bucket("sealed");
+    let key = "7a".repeat(32);
+    let project = Project::new(&pipeline().replace(
+        "lake: s3://lake/prod\n",
+        "lake: s3://sealed/prod\nlake_encryption: { master_key: \"${LAKE_KEY}\" }\n",
+    ));
+    project.write("data/orders/a.ndjson", orders_ndjson(1, 250));
+    let sluice = |args: &[&str]| {
+        let mut cmd = project.cmd();
+        cmd.envs(s3.env()).env("LAKE_KEY", &key).args(args);
+        cmd.output().unwrap()
+    };
+    assert_exit(&sluice(&["run"]), 0);
+    let out = sluice(&[
+        "query",
+        "select count(*) as n from d1.shop_orders",
+        "--format",
+        "csv",
+    ]);
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), "n\n250\n");
+    let keys = s3.keys("sealed", "prod/");
+    assert!(
+        keys.iter().any(|k| k == "prod/_encryption.json"),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("prod/d1/") && k.ends_with(".dek")),
+        "{keys:?}"
+    );
+    let out = sluice(&["lake", "verify"]);
+    assert_exit(&out, 0);
+
+    // Racing create-only writes: each writer wraps its own data key, and the one
+    // whose object won is the one whose key opens it.
+    for (name, value) in s3.env() {
+        // SAFETY: set before any thread of this test reads the environment.
+        unsafe { std::env::set_var(name, value) };
+    }
+    let master = sluice_core::lake::master_key_from_text(&key).unwrap();
+    let lake = sluice_core::lake::Lake::open_with(
+        "s3://sealed/prod",
+        std::path::Path::new("."),
+        Some(master),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let path = "_state/shop/cursors/shop/orders/0000000009.json";
+    let outcomes: Vec<bool> = runtime.block_on(async {
+        let writers = (0..8).map(|n| {
+            let lake = lake.clone();
+            tokio::spawn(async move {
+                lake.put_new(path, bytes::Bytes::from(format!("{{\"writer\": {n}}}")))
+                    .await
+                    .unwrap()
+            })
+        });
+        futures::future::join_all(writers)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    });
+    assert_eq!(
+        outcomes.iter().filter(|won| **won).count(),
+        1,
+        "{outcomes:?}"
+    );
+    let winner = outcomes.iter().position(|won| *won).unwrap();
+    let stored = runtime.block_on(lake.get(path)).unwrap().unwrap();
+    assert_eq!(stored, format!("{{\"writer\": {winner}}}"));
+    let report = runtime.block_on(lake.verify()).unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}

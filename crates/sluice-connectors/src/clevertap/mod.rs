@@ -321,6 +321,8 @@ impl CleverTapSource {
             else {
                 return Ok(());
             };
+            // Cursors read in this pass: one coming back means the API's paging cycles.
+            let mut read_cursors = HashSet::from([cursor.clone()]);
             loop {
                 let (response, page) = match self.api.page(what, &cursor).await? {
                     CursorPage::Page(page) => *page,
@@ -361,6 +363,16 @@ impl CleverTapSource {
                     .and_then(Value::as_str)
                     .filter(|c| !c.is_empty())
                 {
+                    Some(next) if !read_cursors.insert(next.to_string()) => {
+                        return Err(SourceError::new(
+                            ErrorClass::Data,
+                            format!(
+                                "{what} {event} {}: after {} page(s) the API answered a cursor it had already given in this read (its paging cycles); stopped instead of reading forever",
+                                window.key(),
+                                state.pages
+                            ),
+                        ));
+                    }
                     Some(next) => cursor = next.to_string(),
                     None => return Ok(()),
                 }

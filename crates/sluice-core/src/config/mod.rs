@@ -239,6 +239,8 @@ struct RawPipeline {
     #[serde(default = "default_lake")]
     lake: String,
     #[serde(default)]
+    lake_encryption: Option<Value>,
+    #[serde(default)]
     destination: Option<Value>,
     #[serde(default)]
     sources: BTreeMap<String, Value>,
@@ -285,6 +287,9 @@ pub struct PipelineConfig {
     pub name: String,
     /// Lake location: a local path (relative to `root`) or an object-store URL.
     pub lake: String,
+    /// Where the lake's master key comes from, when the lake is encrypted (parsed by
+    /// [`crate::lake::configured_master_key`]).
+    pub lake_encryption: Option<Section>,
     /// `None` means the embedded default, SQLite at `<root>/warehouse.db`.
     pub destination: Option<Section>,
     pub sources: Vec<Section>,
@@ -309,6 +314,18 @@ pub struct PipelineConfig {
 /// Marks where an unset variable was used, for [`PipelineConfig::load_for_inspection`].
 const UNSET_MARK: &str = "\u{0}unset:";
 
+/// The variable a value read by [`PipelineConfig::load_for_inspection`] needed and
+/// did not get, if any.
+pub(crate) fn unset_variable(value: &str) -> Option<String> {
+    let start = value.find(UNSET_MARK)?;
+    Some(
+        value[start + UNSET_MARK.len()..]
+            .chars()
+            .take_while(|c| *c != '\u{0}')
+            .collect(),
+    )
+}
+
 struct UnsetAsMark(EnvLookup);
 
 impl Lookup for UnsetAsMark {
@@ -332,11 +349,7 @@ impl PipelineConfig {
     /// operator's laptop) is not an error, unless the lake location needs it.
     pub fn load_for_inspection(file: &Path) -> Result<PipelineConfig, ConfigError> {
         let config = Self::load_with(file, true)?;
-        if let Some(start) = config.lake.find(UNSET_MARK) {
-            let name: String = config.lake[start + UNSET_MARK.len()..]
-                .chars()
-                .take_while(|c| *c != '\u{0}')
-                .collect();
+        if let Some(name) = unset_variable(&config.lake) {
             return Err(config.doc.error_at(
                 &["lake".into()],
                 format!("environment variable {name} is not set (the lake location needs it)"),
@@ -390,9 +403,15 @@ impl PipelineConfig {
             .filter(|v| !v.is_empty() && !v.starts_with(UNSET_MARK));
         let target = targets::select(&doc, targets, target_name.as_deref(), lookup, root)?;
         let mut destination_path = vec!["destination".to_string()];
+        let mut lake_encryption_path = vec!["lake_encryption".to_string()];
         if let Some((name, target)) = &target {
             if let Some(lake) = &target.lake {
                 raw.lake = lake.clone();
+            }
+            if let Some(encryption) = &target.lake_encryption {
+                raw.lake_encryption = Some(encryption.clone());
+                lake_encryption_path =
+                    vec!["targets".into(), name.clone(), "lake_encryption".into()];
             }
             if let Some(destination) = &target.destination {
                 raw.destination = Some(destination.clone());
@@ -448,6 +467,12 @@ impl PipelineConfig {
             root: root.to_path_buf(),
             name: raw.name,
             lake: raw.lake,
+            lake_encryption: raw.lake_encryption.map(|body| Section {
+                name: "lake_encryption".into(),
+                kind: "lake_encryption".into(),
+                path: lake_encryption_path,
+                body,
+            }),
             destination,
             sources,
             execution: raw.execution,
@@ -566,6 +591,25 @@ mod tests {
             .unwrap()
             .to_string();
         assert_eq!(url, "postgres://u:s3cr3t-pw@h/db");
+    }
+
+    #[test]
+    fn a_targets_lake_encryption_replaces_the_top_levels_and_is_located_there() {
+        struct Prod;
+        impl Lookup for Prod {
+            fn var(&self, name: &str) -> Option<String> {
+                (name == TARGET_VAR).then(|| "prod".to_string())
+            }
+        }
+        let text = "name: m\nlake_encryption: { master_key: dev-key }\ntargets:\n  prod:\n    lake: s3://b/p\n    lake_encryption: { key_command: [vault, read] }\n";
+        let config =
+            PipelineConfig::parse("pipeline.yaml".into(), text.into(), Path::new("."), &Prod)
+                .unwrap();
+        let section = config.lake_encryption.unwrap();
+        assert_eq!(section.path, ["targets", "prod", "lake_encryption"]);
+        assert!(section.body.get("key_command").is_some());
+        let default = parse(text).unwrap().lake_encryption.unwrap();
+        assert_eq!(default.path, ["lake_encryption"]);
     }
 
     #[test]

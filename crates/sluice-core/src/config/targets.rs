@@ -29,6 +29,9 @@ pub struct Target {
     /// The lake location of this target (state and run history live there too).
     #[serde(default)]
     pub lake: Option<String>,
+    /// The lake's encryption in this target, a whole `lake_encryption:` section.
+    #[serde(default)]
+    pub lake_encryption: Option<Value>,
     /// The destination of this target, a whole `destination:` section.
     #[serde(default)]
     pub destination: Option<Value>,

@@ -131,7 +131,15 @@ impl Executor {
             .retry(extraction.counters, extraction.cancel, || async {
                 let n = attempt.fetch_add(1, Ordering::Relaxed);
                 let mut sink = SliceSink::new(extraction, index, n);
-                match task.source.read(&task.stream, slice, &mut sink).await {
+                // A cancelled run stops the read where it waits (a 60 s Retry-After,
+                // a pacer, a slow server), not at its next page: the read is dropped.
+                let read = tokio::select! {
+                    read = task.source.read(&task.stream, slice, &mut sink) => read,
+                    () = extraction.cancel.cancelled() => {
+                        Err(SourceError::transient("cancelled while waiting on the source"))
+                    }
+                };
+                match read {
                     Ok(()) => sink.finish(&slice.key).await,
                     Err(e) => {
                         sink.discard().await;

@@ -43,13 +43,7 @@ impl LakeView {
                 return Err(exit::CONFIG);
             }
         };
-        let lake = match Lake::open(&config.lake, &config.root) {
-            Ok(l) => l,
-            Err(e) => {
-                crate::logging::print_error!("{e}");
-                return Err(exit::CONFIG);
-            }
-        };
+        let lake = crate::project::open_lake(&config)?;
         let models = match with_registered_marks(models, &lake, &config.name).await {
             Ok(m) => m,
             Err(e) => {

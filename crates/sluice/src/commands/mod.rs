@@ -6,6 +6,7 @@ pub mod demo;
 pub mod discover;
 pub mod forget;
 pub mod init;
+pub mod lake;
 pub mod lake_view;
 pub mod ls;
 pub mod new;

@@ -14,8 +14,20 @@
 //! Every path is spelled in [`layout`] alone; the rest of sluice asks it.
 //!
 //! The lake owns object storage access; it does not know what a source or a run is.
+//! Every access goes through [`LakeStore`], which encrypts every object when the
+//! pipeline sets `lake_encryption:` ([`envelope`] has the format and why).
 //! State objects are written with create-only puts (see [`Lake::put_new`]) so two
 //! writers cannot silently overwrite each other.
+
+mod envelope;
+mod key_maintenance;
+mod key_source;
+mod sealed_store;
+
+pub use envelope::MasterKey;
+pub use key_maintenance::{RotateReport, VerifyReport};
+pub use key_source::{configured_master_key, master_key_from_text, LakeEncryptionConfig};
+pub use sealed_store::{LakeStore, MARKER as ENCRYPTION_MARKER};
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -81,7 +93,7 @@ pub mod layout {
 pub enum LakeError {
     #[error("lake {location}: {message}")]
     Open { location: String, message: String },
-    #[error("lake object {path}: {source}")]
+    #[error("{}", store_message(path, source))]
     Store {
         path: String,
         #[source]
@@ -89,6 +101,34 @@ pub enum LakeError {
     },
     #[error("lake object {path}: {message}")]
     Data { path: String, message: String },
+}
+
+/// An object store error about `path`; the lake's encryption errors already name
+/// the object and say what is wrong, so they are shown as they are.
+fn store_message(path: &str, source: &object_store::Error) -> String {
+    match source {
+        object_store::Error::Generic {
+            store: sealed_store::STORE_NAME,
+            source,
+        } => {
+            let message = source.to_string();
+            if message.starts_with("lake ") {
+                message
+            } else {
+                format!("lake object {path}: {message}")
+            }
+        }
+        other => format!("lake object {path}: {other}"),
+    }
+}
+
+/// Opening the pipeline's lake failed: its encryption settings, or the lake itself.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Lake(#[from] LakeError),
 }
 
 /// One object under a prefix.
@@ -104,7 +144,9 @@ pub struct LakeObject {
 /// Handle on the lake; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Lake {
+    /// `sealed`, as the trait object every caller is handed.
     store: Arc<dyn ObjectStore>,
+    sealed: LakeStore,
     root: Path,
     location: String,
     /// Bytes a file writer buffers before it sends a part (see [`Lake::parquet_writer`]).
@@ -123,11 +165,28 @@ impl Lake {
     /// `s3://bucket/prefix`, `gs://…`, `az://…`, `file:///…`. Cloud credentials come
     /// from the usual environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
     pub fn open(location: &str, base_dir: &FsPath) -> Result<Lake, LakeError> {
+        Self::open_with(location, base_dir, None)
+    }
+
+    /// Opens the pipeline's lake, encrypted if it sets `lake_encryption:` (running
+    /// its `key_command` if it has one).
+    pub fn open_for(config: &crate::config::PipelineConfig) -> Result<Lake, OpenError> {
+        let master = configured_master_key(config)?;
+        Ok(Self::open_with(&config.lake, &config.root, master)?)
+    }
+
+    /// As [`Lake::open`]; with a master key every object is encrypted (and must be).
+    pub fn open_with(
+        location: &str,
+        base_dir: &FsPath,
+        master: Option<MasterKey>,
+    ) -> Result<Lake, LakeError> {
         let open_err = |message: String| LakeError::Open {
             location: location.to_string(),
             message,
         };
-        if location.contains("://") && !location.starts_with("file://") {
+        let remote = location.contains("://") && !location.starts_with("file://");
+        let (inner, root, shown): (Arc<dyn ObjectStore>, Path, String) = if remote {
             let url = url::Url::parse(location).map_err(|e| open_err(e.to_string()))?;
             let env: Vec<(String, String)> = std::env::vars()
                 .filter(|(k, _)| {
@@ -137,23 +196,45 @@ impl Lake {
                 .collect();
             let (store, root) =
                 object_store::parse_url_opts(&url, env).map_err(|e| open_err(e.to_string()))?;
-            return Ok(Lake {
-                store: Arc::from(store),
-                root,
-                location: location.to_string(),
-                write_part_bytes: REMOTE_PART_BYTES,
-            });
-        }
-        let local = location.strip_prefix("file://").unwrap_or(location);
-        let dir = base_dir.join(local);
-        std::fs::create_dir_all(&dir).map_err(|e| open_err(e.to_string()))?;
-        let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| open_err(e.to_string()))?;
+            (Arc::from(store), root, location.to_string())
+        } else {
+            let local = location.strip_prefix("file://").unwrap_or(location);
+            let dir = base_dir.join(local);
+            std::fs::create_dir_all(&dir).map_err(|e| open_err(e.to_string()))?;
+            let store =
+                LocalFileSystem::new_with_prefix(&dir).map_err(|e| open_err(e.to_string()))?;
+            (Arc::new(store), Path::default(), dir.display().to_string())
+        };
+        let sealed = LakeStore::new(inner, root.clone(), shown.clone(), master);
         Ok(Lake {
-            store: Arc::new(store),
-            root: Path::default(),
-            location: dir.display().to_string(),
-            write_part_bytes: LOCAL_PART_BYTES,
+            store: Arc::new(sealed.clone()),
+            sealed,
+            root,
+            location: shown,
+            write_part_bytes: if remote {
+                REMOTE_PART_BYTES
+            } else {
+                LOCAL_PART_BYTES
+            },
         })
+    }
+
+    /// Whether objects are encrypted (`lake_encryption:`).
+    pub fn is_encrypted(&self) -> bool {
+        self.sealed.is_encrypted()
+    }
+
+    /// Authenticates every object of an encrypted lake (`sluice lake verify`).
+    pub async fn verify(&self) -> Result<VerifyReport, LakeError> {
+        self.sealed.verify().await.map_err(Self::store_err(""))
+    }
+
+    /// Re-wraps every data key under `new` (`sluice lake rotate-key`); data is not rewritten.
+    pub async fn rotate_master_key(&self, new: &MasterKey) -> Result<RotateReport, LakeError> {
+        self.sealed
+            .rotate_master_key(new)
+            .await
+            .map_err(Self::store_err(""))
     }
 
     /// Where the lake is, for messages.
@@ -227,11 +308,18 @@ impl Lake {
     /// Reads an object; `Ok(None)` if it does not exist.
     pub async fn get(&self, relative: &str) -> Result<Option<Bytes>, LakeError> {
         match self.store.get(&self.object_path(relative)).await {
-            Ok(result) => result
-                .bytes()
-                .await
-                .map(Some)
-                .map_err(Self::store_err(relative)),
+            Ok(result) => {
+                let bytes = result.bytes().await.map_err(Self::store_err(relative))?;
+                // A plain lake whose marker was removed must not hand out ciphertext.
+                if !self.is_encrypted() && bytes.starts_with(envelope::DATA_MAGIC) {
+                    return Err(LakeError::Data {
+                        path: relative.to_string(),
+                        message: "the object is encrypted; set `lake_encryption` in pipeline.yaml"
+                            .into(),
+                    });
+                }
+                Ok(Some(bytes))
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(source) => Err(LakeError::Store {
                 path: relative.to_string(),
