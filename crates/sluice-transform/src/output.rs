@@ -18,10 +18,12 @@ use crate::project::Model;
 /// Rows per staged model file: a load reads one file into memory at a time.
 const MODEL_FILE_ROWS: u64 = 256 * 1024;
 /// Row-group bytes all open staged files may buffer together before they are cut.
-/// Measured (bench/model, 2M rows by 30 days, debug build): 48 MiB peaked at 431 MiB
-/// RSS, 8 MiB at 264 MiB, for the same time; the writers' real memory is a few times
-/// what `in_progress_size` reports (encoders, dictionaries).
-const MODEL_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// The writers' real memory is a few times what `in_progress_size` reports (encoders,
+/// dictionaries, page buffers). Measured (bench/model, 30 day partitions, debug build,
+/// peak RSS of the write phase): 2M rows 431 MiB at 48 MiB, 264 at 8 MiB; 10M rows
+/// ~430 MiB at 16 MiB, ~300 at 4 MiB, in the same time. Row groups then hold a few
+/// thousand rows per date, about a DataFusion batch.
+const MODEL_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// A model's output, staged in the lake.
 pub(crate) struct StagedOutput {
