@@ -10,6 +10,7 @@ pub mod lake_view;
 pub mod ls;
 pub mod plan;
 pub mod quarantine;
+pub mod quarantine_retry;
 pub mod query;
 pub mod replay;
 pub mod run;

@@ -85,8 +85,18 @@ pub async fn execute_with(
     args: &RunArgs,
     observer: Arc<dyn RunObserver>,
 ) -> Result<RunRecord, u8> {
+    execute_as(project, sources, args, observer, new_run_id()).await
+}
+
+/// [`execute_with`] as run id `run_id` (a `quarantine retry` names its runs).
+pub async fn execute_as(
+    project: &Project,
+    sources: &[Arc<dyn Source>],
+    args: &RunArgs,
+    observer: Arc<dyn RunObserver>,
+    run_id: String,
+) -> Result<RunRecord, u8> {
     let cancel = CancellationToken::new();
-    let run_id = new_run_id();
     spawn_signal_handler(cancel.clone(), project, &run_id);
     execute_cancellable(project, sources, args, observer, cancel, run_id).await
 }
