@@ -4,6 +4,7 @@ pub mod audit;
 pub mod compile;
 pub mod demo;
 pub mod discover;
+pub mod example;
 pub mod forget;
 pub mod init;
 pub mod lake_view;
