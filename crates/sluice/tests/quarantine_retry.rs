@@ -400,3 +400,71 @@ fn retry_refuses_unknown_tables_models_and_replace_streams_and_says_when_nothing
         stderr(&out)
     );
 }
+
+fn partitioned(amount: &str) -> String {
+    pipeline(
+        "destination: { type: sqlite, path: warehouse.db }",
+        amount,
+        "overwrite_partitions\n        partition_column: day",
+    )
+}
+
+fn sqlite_ids(project: &Project) -> Vec<i64> {
+    let conn = project.sqlite();
+    let mut stmt = conn
+        .prepare("select id from d1__shop_orders order by id")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn overwrite_partitions_rows_are_added_to_their_partition_unless_a_later_run_reloaded_it() {
+    let project = Project::new(&partitioned("numeric(6,2)"));
+    project.write("data/orders.ndjson", ORDERS);
+    assert_exit(&sluice(&project, &["run"]), 0);
+    assert_eq!(sqlite_ids(&project), vec![1]);
+
+    // Recovered order 2 joins order 1 in 2024-07-01; the partition is not replaced.
+    project.write("pipeline.yaml", partitioned("numeric(12,2)"));
+    let out = sluice(&project, &["quarantine", "retry", "shop_orders"]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("1 loaded, 1 still quarantined"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(sqlite_ids(&project), vec![1, 2]);
+    assert_eq!(lake_ids(&project), vec![1, 2]);
+
+    // Another project: the file is reloaded (changed) after the fix, before the retry.
+    let project = Project::new(&partitioned("numeric(6,2)"));
+    project.write("data/orders.ndjson", ORDERS);
+    assert_exit(&sluice(&project, &["run"]), 0);
+    project.write("pipeline.yaml", partitioned("numeric(12,2)"));
+    project.write("data/orders.ndjson", ORDERS.replace("10.5", "11.5"));
+    assert_exit(&sluice(&project, &["run"]), 0);
+    assert_eq!(sqlite_ids(&project), vec![1, 2]);
+    let out = sluice(&project, &["quarantine", "retry", "shop_orders"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        sqlite_ids(&project),
+        vec![1, 2],
+        "order 2 is not loaded twice"
+    );
+    assert_eq!(lake_ids(&project), vec![1, 2]);
+    let left = quarantined(&project);
+    let order_2: Vec<&Value> = left
+        .iter()
+        .filter(|r| r["origin"] == "data/orders.ndjson:2")
+        .collect();
+    assert!(
+        !order_2.is_empty()
+            && order_2
+                .iter()
+                .all(|r| r["reason"].as_str().unwrap().starts_with("superseded")),
+        "{left:?}"
+    );
+}
