@@ -290,8 +290,16 @@ fn postgres_retry_recovers_fixed_records_once_and_keeps_what_still_fails() {
 fn a_merge_record_a_later_run_superseded_stays_quarantined() {
     let destination = "destination: { type: sqlite, path: warehouse.db }";
     let project = Project::new(&pipeline(destination, "numeric(6,2)", "merge"));
-    project.write("data/a.ndjson", ORDERS);
+    // Order 5 twice in one run: `dedupe: last` keeps 7.00 and quarantines 6.00.
+    project.write(
+        "data/a.ndjson",
+        format!(
+            "{ORDERS}{{\"id\": 5, \"amount\": 6, \"day\": \"2024-07-01\"}}\n\
+             {{\"id\": 5, \"amount\": 7, \"day\": \"2024-07-01\"}}\n"
+        ),
+    );
     assert_exit(&sluice(&project, &["run"]), 0);
+    assert_eq!(quarantined(&project).len(), 3);
     // A later file sends order 2 again, with a value that fits: it is the newer row.
     project.write(
         "data/b.ndjson",
@@ -306,7 +314,7 @@ fn a_merge_record_a_later_run_superseded_stays_quarantined() {
     let out = sluice(&project, &["quarantine", "retry", "shop_orders"]);
     assert_exit(&out, 0);
     assert!(
-        stdout(&out).contains("0 loaded, 2 still quarantined"),
+        stdout(&out).contains("0 loaded, 3 still quarantined"),
         "{}",
         stdout(&out)
     );
@@ -319,6 +327,19 @@ fn a_merge_record_a_later_run_superseded_stays_quarantined() {
         )
         .unwrap();
     assert_eq!(amount.parse::<f64>().unwrap(), 5.0, "{amount}");
+    let kept: String = project
+        .sqlite()
+        .query_row(
+            "select cast(amount as text) from d1__shop_orders where id = 5",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        kept.parse::<f64>().unwrap(),
+        7.0,
+        "the row dedupe kept stays"
+    );
     let left = quarantined(&project);
     let superseded = left
         .iter()

@@ -17,9 +17,10 @@
 //!   destination's ledger skips a retry repeated after a kill between the publish
 //!   and the removal of the consumed files, and the lake's D1 files of an append
 //!   are named by load id, so promoting them again replaces them;
-//! - a `merge` record whose key a later run loaded is [`Superseded`]: it would
-//!   overwrite newer data, so it stays quarantined (or, when the later run was a
-//!   retry, it was already recovered and is dropped);
+//! - a `merge` record whose key its own run or a later one loaded is
+//!   [`Superseded`]: it would overwrite a newer row (or the duplicate `dedupe`
+//!   kept), so it stays quarantined (when the later run was a retry, it was
+//!   already recovered and is dropped);
 //! - an `overwrite_partitions` record whose partition a later run reloaded from the
 //!   source is superseded the same way: that reload already holds what the source
 //!   had.
@@ -248,6 +249,11 @@ pub struct Superseded {
     /// The columns' values as text (joined by U+001F) → latest run that loaded
     /// them, and the latest source (not retry) run.
     pub latest: HashMap<String, Latest>,
+    /// A load by the record's own run supersedes it too (merge: that run loaded
+    /// another record of the key — the one its `dedupe` kept, or a duplicate that
+    /// typed — so the quarantined one is not the newer). For partitions it does not:
+    /// the record's own run loaded the partition it was left out of.
+    pub same_run_supersedes: bool,
 }
 
 /// Who last loaded a key or partition.
@@ -289,10 +295,15 @@ impl Superseded {
             return Verdict::Retry;
         };
         match &latest.source {
-            Some(run) if run.as_str() > quarantined_by => Verdict::Superseded(format!(
-                "superseded: run {run} loaded newer data for {} after this record was quarantined; not retried",
+            Some(run)
+                if run.as_str() > quarantined_by
+                    || (self.same_run_supersedes && run.as_str() == quarantined_by) =>
+            {
+                Verdict::Superseded(format!(
+                "superseded: run {run} loaded a row for this {} (the same run or a later one); not retried",
                 self.columns.join(", ")
-            )),
+            ))
+            }
             _ if is_retry_run(&latest.any) && latest.any.as_str() > quarantined_by => {
                 Verdict::AlreadyRecovered
             }
@@ -576,11 +587,23 @@ mod tests {
             superseded.verdict(&fields(r#"{"id": "8"}"#), old),
             Verdict::Retry
         );
-        // The record's own run (or an earlier one) loaded the key: nothing newer.
+        // An earlier run loaded the key: nothing newer.
         assert_eq!(
             superseded.verdict(&fields(r#"{"id": 7}"#), "20240703T000000000Z-cccccc"),
             Verdict::Retry
         );
+        // The record's own run loaded the key: for a partition that is the normal
+        // case; for a merge key it loaded another record of the key.
+        let own = "20240702T000000000Z-bbbbbb";
+        assert_eq!(
+            superseded.verdict(&fields(r#"{"id": 7}"#), own),
+            Verdict::Retry
+        );
+        superseded.same_run_supersedes = true;
+        assert!(matches!(
+            superseded.verdict(&fields(r#"{"id": 7}"#), own),
+            Verdict::Superseded(_)
+        ));
     }
 
     #[test]

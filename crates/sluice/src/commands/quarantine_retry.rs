@@ -271,6 +271,7 @@ async fn superseded(
     };
     let mut superseded = Superseded {
         columns: columns.clone(),
+        same_run_supersedes: stream.write_mode == WriteMode::Merge,
         ..Default::default()
     };
     if columns.is_empty() {
