@@ -177,7 +177,9 @@ fn main() -> ExitCode {
             Command::Show(args) => commands::show::run(&cli.pipeline, args).await,
             Command::Compile(args) => commands::compile::run(&cli.pipeline, args).await,
             Command::Ls(args) => commands::ls::run(&cli.pipeline, args).await,
-            Command::Quarantine(cmd) => commands::quarantine::run(&cli.pipeline, cmd).await,
+            Command::Quarantine(cmd) => {
+                commands::quarantine::run(&cli.pipeline, cmd, interactive).await
+            }
             Command::Runs(args) => commands::runs::run(&cli.pipeline, args).await,
             Command::Schema(cmd) => commands::schema::run(&cli.pipeline, cmd).await,
             Command::Serve(args) => server::run(&cli.pipeline, args).await,

@@ -656,3 +656,133 @@ fn targets_write_dev_and_prod_to_their_own_destinations_and_lakes() {
         stderr(&out)
     );
 }
+
+/// Distinct `date_start` days of the Facebook insights in `db`.
+fn insight_days(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("select distinct cast(date_start as text) from d1__facebook_insights order by 1")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn a_dev_target_with_a_sample_reads_only_its_last_days_and_moves_no_cursor() {
+    let today = chrono::Utc::now().date_naive();
+    let sandbox = TestSandbox::start(sluice_sandbox::SandboxOptions::new(7, 1, today));
+    let start = today - chrono::Duration::days(9);
+    let project = Project::new(&format!(
+        r#"name: ads
+lake: ./lake
+targets:
+  dev:
+    lake: ./lake-dev
+    destination: {{ type: sqlite, path: dev.db }}
+    sample: {{ days: 3 }}
+sources:
+  facebook:
+    type: facebook_ads
+    base_url: {url}
+    access_token: {token}
+    api_version: v26.0
+    accounts: all
+    start_date: "{start}"
+    streams:
+      insights: {{ level: ad, fields: [impressions, clicks, spend] }}
+"#,
+        url = sandbox.url(),
+        token = sluice_sandbox::credentials::FACEBOOK_ACCESS_TOKEN,
+    ));
+    let dir = project.path();
+    let out = project
+        .cmd()
+        .args(["--target", "dev", "run"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let sample: Vec<String> = (0..3)
+        .rev()
+        .map(|n| (today - chrono::Duration::days(n)).to_string())
+        .collect();
+    assert_eq!(insight_days(&dir.join("dev.db")), sample);
+    // The run says so, and its window is the sample's.
+    let out = project
+        .cmd()
+        .args(["--target", "dev", "runs", "--json"])
+        .output()
+        .unwrap();
+    let runs: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        runs[0]["window"]["since"],
+        Value::String(sample[0].clone()),
+        "{runs}"
+    );
+    // No cursor moved: a second dev run reads the same sample again.
+    let cursors = |lake: &str| -> usize {
+        walk(&dir.join(lake))
+            .iter()
+            .filter(|p| p.to_string_lossy().contains("cursor"))
+            .count()
+    };
+    assert_eq!(cursors("lake-dev"), 0);
+    assert_exit(
+        &project
+            .cmd()
+            .args(["--target", "dev", "run"])
+            .output()
+            .unwrap(),
+        0,
+    );
+    assert_eq!(insight_days(&dir.join("dev.db")), sample);
+
+    // Without the target: the whole history from start_date, and a cursor.
+    assert_exit(&project.run(&[]), 0);
+    assert_eq!(insight_days(&dir.join("warehouse.db")).len(), 10);
+    assert!(cursors("lake") > 0);
+    // An explicit window wins over the sample.
+    let out = project
+        .cmd()
+        .args(["--target", "dev", "run", "--since"])
+        .arg((today - chrono::Duration::days(5)).to_string())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(insight_days(&dir.join("dev.db")).len(), 6);
+
+    // A sample of 0 days is a config error at its key.
+    project.write(
+        "pipeline.yaml",
+        std::fs::read_to_string(dir.join("pipeline.yaml"))
+            .unwrap()
+            .replace("days: 3", "days: 0"),
+    );
+    let out = project
+        .cmd()
+        .args(["--target", "dev", "validate"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("targets.dev.sample.days"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}

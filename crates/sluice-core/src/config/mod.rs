@@ -23,7 +23,7 @@ use serde_yaml::Value;
 pub use interpolate::{expand, EnvLookup, Lookup};
 pub use locate::{join_path, Position, SpanMap};
 pub use schedule::{CatchUp, Schedule};
-pub use targets::{Target, TARGET_VAR};
+pub use targets::{Sample, Target, TARGET_VAR};
 
 /// A config error a user can act on: where it is, what is wrong, what to write instead.
 #[derive(Debug, Clone)]
@@ -309,6 +309,8 @@ pub struct PipelineConfig {
     pub docs: DocsConfig,
     /// The `targets:` entry in effect (`--target`), whose `lake`/`destination` replaced the top level's.
     pub target: Option<String>,
+    /// The target's sample window: runs read only its last days (see `targets`).
+    pub sample: Option<Sample>,
 }
 
 /// Marks where an unset variable was used, for [`PipelineConfig::load_for_inspection`].
@@ -484,6 +486,7 @@ impl PipelineConfig {
             schema: raw.schema.map(|v| untyped("schema", v)),
             lineage: raw.lineage.map(|v| untyped("lineage", v)),
             docs: raw.docs,
+            sample: target.as_ref().and_then(|(_, t)| t.sample),
             target: target.map(|(name, _)| name),
             doc,
         })

@@ -3,13 +3,19 @@
 //!
 //! ```yaml
 //! targets:
-//!   dev:  { lake: ./lake-dev, destination: { type: sqlite, path: dev.db } }
+//!   dev:  { lake: ./lake-dev, destination: { type: sqlite, path: dev.db }, sample: { days: 3 } }
 //!   prod: { lake: "s3://acme-lake/shop", destination: { type: postgres, url: "${PROD_URL}" } }
 //! ```
 //!
 //! `--target dev` (or `SLUICE_TARGET=dev`) picks one; without it the top-level `lake`
 //! and `destination` apply. Only the chosen target's `${…}` variables are read: a dev
 //! run neither needs nor sees prod's credentials. Every target's keys are checked.
+//!
+//! `sample: { days: N }` makes the target's runs read only the last N days of every
+//! date-window stream (ads insights, events, GAQL reports): a run without
+//! `--since`/`--until` is the backfill `--since today-(N-1)`, so it moves no cursor
+//! (the target's cursors live in its own lake anyway, never in prod's). Streams that
+//! are not read by date (files, tables) are read as usual.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,6 +41,24 @@ pub struct Target {
     /// The destination of this target, a whole `destination:` section.
     #[serde(default)]
     pub destination: Option<Value>,
+    /// Read only a recent window of date-window streams (a dev target's sample).
+    #[serde(default)]
+    pub sample: Option<Sample>,
+}
+
+/// A target's sample window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sample {
+    /// Days up to and including the run's today (at least 1).
+    pub days: u32,
+}
+
+impl Sample {
+    /// The first day a run on `today` reads.
+    pub fn since(&self, today: chrono::NaiveDate) -> chrono::NaiveDate {
+        today - chrono::Duration::days(i64::from(self.days.max(1)) - 1)
+    }
 }
 
 /// The target `name` selects from the file's `targets:` (removed from `value` by the
@@ -83,6 +107,11 @@ pub(super) fn select(
     interpolate::interpolate(&mut body, lookup, root, &mut at(name))
         .map_err(|e| doc.error_at(&e.path, e.message))?;
     let target: Target = doc.deserialize_at(body, &at(name))?;
+    if target.sample.is_some_and(|s| s.days == 0) {
+        let mut path = at(name);
+        path.extend(["sample".into(), "days".into()]);
+        return Err(doc.error_at(&path, "a sample needs at least 1 day"));
+    }
     Ok(Some((name.to_string(), target)))
 }
 

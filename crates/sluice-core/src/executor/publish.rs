@@ -121,13 +121,19 @@ impl Executor {
         // The quarantine in the lake too: `sluice query` reads it whatever the destination.
         crate::quarantine::write(&self.lake, "d1", table, &options.run_id, staged.rejected).await?;
 
-        // Promote staged files into the D1 table in the lake.
+        // Promote staged files into the D1 table in the lake. Appended files are
+        // named by load id: promoting the same input again (a run repeated after a
+        // kill between publish and state) replaces them instead of adding a copy.
+        let file_prefix = match spec.write_mode {
+            WriteMode::Append => staged.load_id,
+            _ => options.run_id.as_str(),
+        };
         self.promote(
             table,
             spec.write_mode,
             staged.files,
             &partitions,
-            &options.run_id,
+            file_prefix,
         )
         .await?;
 
@@ -206,15 +212,18 @@ impl Executor {
         })
     }
 
-    /// Moves this run's staged files into `d1/<table>/dt=…/` and removes what they replace.
+    /// Moves this run's staged files into `d1/<table>/dt=…/<file_prefix>-NNNNN.parquet`
+    /// and removes what they replace (every file of those folders not named by
+    /// `file_prefix`, the run id of a replacing load).
     pub(super) async fn promote(
         &self,
         table: &str,
         mode: WriteMode,
         staged: &[StagedFile],
         partitions: &[String],
-        run_id: &str,
+        file_prefix: &str,
     ) -> Result<(), LakeError> {
+        let run_id = file_prefix;
         let store = self.lake.store();
         let mut targets = Vec::with_capacity(staged.len());
         for (n, file) in staged.iter().enumerate() {

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use sluice_core::executor::RunObserver;
-use sluice_sandbox::{credentials, SandboxOptions};
+use sluice_sandbox::SandboxOptions;
 
+use super::example::{sandbox_env, MODELS, PIPELINE};
 use super::run::{execute, exit_code, print_summary, RunArgs};
 use super::{print_table, thousands};
 use crate::exit;
@@ -26,48 +27,6 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
 }
-
-/// The example project, compiled into the binary so the demo needs nothing else.
-const PIPELINE: &str = include_str!("../../../../examples/marketing/pipeline.yaml");
-/// The example project's models (path under `models/`, content).
-const MODELS: &[(&str, &str)] = &[
-    (
-        "currency_rates.csv",
-        include_str!("../../../../examples/marketing/models/currency_rates.csv"),
-    ),
-    (
-        "d2a/ad_performance_daily.sql",
-        include_str!("../../../../examples/marketing/models/d2a/ad_performance_daily.sql"),
-    ),
-    (
-        "d2a/ad_performance_daily.yml",
-        include_str!("../../../../examples/marketing/models/d2a/ad_performance_daily.yml"),
-    ),
-    (
-        "d2a/customer_profiles.sql",
-        include_str!("../../../../examples/marketing/models/d2a/customer_profiles.sql"),
-    ),
-    (
-        "d2a/customer_profiles.yml",
-        include_str!("../../../../examples/marketing/models/d2a/customer_profiles.yml"),
-    ),
-    (
-        "d2b/channel_spend_daily.sql",
-        include_str!("../../../../examples/marketing/models/d2b/channel_spend_daily.sql"),
-    ),
-    (
-        "d2b/channel_spend_daily.yml",
-        include_str!("../../../../examples/marketing/models/d2b/channel_spend_daily.yml"),
-    ),
-    (
-        "d2b/customer_address_exceptions.sql",
-        include_str!("../../../../examples/marketing/models/d2b/customer_address_exceptions.sql"),
-    ),
-    (
-        "d2b/customer_address_exceptions.yml",
-        include_str!("../../../../examples/marketing/models/d2b/customer_address_exceptions.yml"),
-    ),
-];
 
 pub async fn run(args: DemoArgs, interactive: bool) -> u8 {
     let started = std::time::Instant::now();
@@ -169,19 +128,7 @@ fn write_project(dir: &Path, base_url: &str, start: chrono::NaiveDate) -> std::i
         std::fs::write(full, content)?;
     }
     std::fs::write(dir.join("pipeline.yaml"), PIPELINE)?;
-    let env = format!(
-        "SANDBOX_URL={base_url}\nGOOGLE_TOKEN_URL={base_url}/token\nSTART_DATE={start}\n\
-         FB_TOKEN={}\nGADS_DEV_TOKEN={}\nGADS_CLIENT_ID={}\nGADS_CLIENT_SECRET={}\nGADS_REFRESH_TOKEN={}\n\
-         GADS_MANAGER_ID={}\nCT_ACCOUNT={}\nCT_PASSCODE={}\n",
-        credentials::FACEBOOK_ACCESS_TOKEN,
-        credentials::GOOGLE_DEVELOPER_TOKEN,
-        credentials::GOOGLE_CLIENT_ID,
-        credentials::GOOGLE_CLIENT_SECRET,
-        credentials::GOOGLE_REFRESH_TOKEN,
-        credentials::GOOGLE_MANAGER_CUSTOMER_ID,
-        credentials::CLEVERTAP_ACCOUNT_ID,
-        credentials::CLEVERTAP_PASSCODE,
-    );
+    let env = sandbox_env(base_url, start);
     std::fs::write(dir.join(".env"), env)?;
     std::fs::write(dir.join(".gitignore"), ".env\n/lake\n/warehouse.db*\n")?;
     Ok(())

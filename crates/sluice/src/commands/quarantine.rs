@@ -1,7 +1,7 @@
 //! `sluice quarantine list`: the records the lake's quarantines hold (rejected by
 //! typing, or failing model checks), filtered by table, run date and reason, with
 //! the `pii:` policy applied to the records as `sluice query` applies it to
-//! `quarantine.<layer>__<table>`.
+//! `quarantine.<layer>__<table>`. `retry` lives in `quarantine_retry`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,6 +17,9 @@ use crate::exit;
 pub enum QuarantineCommand {
     /// List quarantined records: table, run, origin (file:line or check), reason, record.
     List(ListArgs),
+    /// Type a D1 table's quarantined records again with the stream's current config
+    /// (after a fix) and load those that now fit; the rest stay quarantined.
+    Retry(super::quarantine_retry::RetryArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -37,9 +40,12 @@ pub struct ListArgs {
     pub format: Format,
 }
 
-pub async fn run(pipeline: &Path, command: QuarantineCommand) -> u8 {
+pub async fn run(pipeline: &Path, command: QuarantineCommand, interactive: bool) -> u8 {
     match command {
         QuarantineCommand::List(args) => list(pipeline, args).await,
+        QuarantineCommand::Retry(args) => {
+            super::quarantine_retry::run(pipeline, args, interactive).await
+        }
     }
 }
 

@@ -85,8 +85,18 @@ pub async fn execute_with(
     args: &RunArgs,
     observer: Arc<dyn RunObserver>,
 ) -> Result<RunRecord, u8> {
+    execute_as(project, sources, args, observer, new_run_id()).await
+}
+
+/// [`execute_with`] as run id `run_id` (a `quarantine retry` names its runs).
+pub async fn execute_as(
+    project: &Project,
+    sources: &[Arc<dyn Source>],
+    args: &RunArgs,
+    observer: Arc<dyn RunObserver>,
+    run_id: String,
+) -> Result<RunRecord, u8> {
     let cancel = CancellationToken::new();
-    let run_id = new_run_id();
     spawn_signal_handler(cancel.clone(), project, &run_id);
     execute_cancellable(project, sources, args, observer, cancel, run_id).await
 }
@@ -116,9 +126,33 @@ pub async fn execute_cancellable(
             return Err(exit::CONFIG);
         }
     };
+    let today = args
+        .today
+        .unwrap_or_else(|| chrono::Utc::now().date_naive());
+    // A target's sample: without an explicit window, only its last days are read.
+    let sampled = match (project.config.sample, args.since, args.until) {
+        (Some(sample), None, None) => {
+            let since = sample.since(today);
+            tracing::info!(
+                target_name = project.config.target.as_deref().unwrap_or_default(),
+                %since,
+                "sample window of {} day(s): date-window streams read from {since}; cursors do not move",
+                sample.days
+            );
+            Some(since)
+        }
+        _ => None,
+    };
+    let window = RunWindow {
+        since: args.since.or(sampled),
+        until: args.until,
+        today,
+        full_refresh: args.full_refresh,
+    };
     let details = serde_json::json!({
         "run_id": run_id,
         "select": args.select,
+        "sample_since": sampled,
         "since": args.since,
         "until": args.until,
         "full_refresh": args.full_refresh,
@@ -158,14 +192,7 @@ pub async fn execute_cancellable(
     let options = RunOptions {
         run_id,
         select: args.select.clone(),
-        window: RunWindow {
-            since: args.since,
-            until: args.until,
-            today: args
-                .today
-                .unwrap_or_else(|| chrono::Utc::now().date_naive()),
-            full_refresh: args.full_refresh,
-        },
+        window,
         cancel,
     };
     let stage = ModelStage {

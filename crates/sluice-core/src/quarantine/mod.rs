@@ -6,6 +6,8 @@
 
 use bytes::Bytes;
 
+pub mod retry;
+
 use crate::lake::{Lake, LakeError};
 use crate::typing::Rejected;
 
