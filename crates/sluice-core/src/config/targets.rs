@@ -11,6 +11,9 @@
 //! and `destination` apply. Only the chosen target's `${…}` variables are read: a dev
 //! run neither needs nor sees prod's credentials. Every target's keys are checked.
 //!
+//! A target named `dev` that leaves them out gets SQLite `dev.db`, the lake
+//! `./lake-dev` and `sample: { days: 3 }` (see [`Target::fill_dev_defaults`]).
+//!
 //! `sample: { days: N }` makes the target's runs read only the last N days of every
 //! date-window stream (ads insights, events, GAQL reports): a run without
 //! `--since`/`--until` is the backfill `--since today-(N-1)`, so it moves no cursor
@@ -44,6 +47,30 @@ pub struct Target {
     /// Read only a recent window of date-window streams (a dev target's sample).
     #[serde(default)]
     pub sample: Option<Sample>,
+}
+
+/// The target that gets defaults for development (as dbt's `dev`).
+pub const DEV: &str = "dev";
+
+impl Target {
+    /// `dev` without a destination, lake or sample writes to SQLite `dev.db`, its own
+    /// lake `./lake-dev` (so a dev run never moves the real lake's cursors) and reads
+    /// the last 3 days of date-window streams, as a dbt `dev` target or a Meltano
+    /// environment would: a laptop run needs no credentials of the warehouse.
+    fn fill_dev_defaults(&mut self) {
+        if self.destination.is_none() {
+            let mut sqlite = serde_yaml::Mapping::new();
+            sqlite.insert("type".into(), "sqlite".into());
+            sqlite.insert("path".into(), "dev.db".into());
+            self.destination = Some(Value::Mapping(sqlite));
+        }
+        if self.lake.is_none() {
+            self.lake = Some("./lake-dev".into());
+        }
+        if self.sample.is_none() {
+            self.sample = Some(Sample { days: 3 });
+        }
+    }
 }
 
 /// A target's sample window.
@@ -106,7 +133,10 @@ pub(super) fn select(
     let mut body = body.clone();
     interpolate::interpolate(&mut body, lookup, root, &mut at(name))
         .map_err(|e| doc.error_at(&e.path, e.message))?;
-    let target: Target = doc.deserialize_at(body, &at(name))?;
+    let mut target: Target = doc.deserialize_at(body, &at(name))?;
+    if name == DEV {
+        target.fill_dev_defaults();
+    }
     if target.sample.is_some_and(|s| s.days == 0) {
         let mut path = at(name);
         path.extend(["sample".into(), "days".into()]);
@@ -146,6 +176,27 @@ mod tests {
             &Env { target },
         )
         .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_bare_dev_target_writes_to_sqlite_and_its_own_lake_and_samples_three_days() {
+        let text = "name: shop\nlake: s3://acme/shop\ndestination: { type: postgres, url: \"${PROD_URL}\" }\ntargets:\n  dev: {}\n  qa: {}\n";
+        let dev = parse(text, Some("dev")).unwrap();
+        assert_eq!(dev.lake, "./lake-dev");
+        let destination = dev.destination.unwrap();
+        assert_eq!(destination.kind, "sqlite");
+        assert_eq!(dev.sample, Some(super::Sample { days: 3 }));
+        // Only `dev` gets defaults; another target keeps the top level's.
+        let qa = parse(text, Some("qa")).unwrap();
+        assert_eq!(qa.lake, "s3://acme/shop");
+        assert_eq!(qa.destination.unwrap().kind, "postgres");
+        assert_eq!(qa.sample, None);
+        // What dev states wins.
+        let text =
+            "name: shop\nlake: ./lake\ntargets:\n  dev: { lake: ./mine, sample: { days: 10 } }\n";
+        let dev = parse(text, Some("dev")).unwrap();
+        assert_eq!(dev.lake, "./mine");
+        assert_eq!(dev.sample, Some(super::Sample { days: 10 }));
     }
 
     #[test]
