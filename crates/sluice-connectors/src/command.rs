@@ -37,7 +37,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use sluice_core::config::{ConfigDocument, ConfigError, Section};
 use sluice_core::destination::WriteMode;
-use sluice_core::schema::{Field, FieldType, TableSchema};
+use sluice_core::schema::TableSchema;
 use sluice_core::secret::{redact, Secret};
 use sluice_core::source::{
     DecodeState, DecodedPage, ErrorClass, LandedPage, PageSink, RunWindow, Slice, Source,
@@ -46,7 +46,7 @@ use sluice_core::source::{
 use sluice_core::typing::{decode_json_line, Origin, Record, Rejected};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::files::indexmap_like::OrderedColumns;
+use crate::declared_columns::OrderedColumns;
 use crate::BuildContext;
 
 /// `type: command`.
@@ -211,36 +211,18 @@ impl CommandSource {
                     "`tap_stream` picks a Singer stream: set `format: singer`",
                 ));
             }
-            let mut fields = Vec::new();
-            for (column, ty) in &stream.columns.0 {
-                let ty = FieldType::parse(ty)
-                    .map_err(|e| doc.error_at(&at(&["streams", &name, "columns", column]), e))?;
-                let mut field = Field::new(column, ty);
-                if stream.primary_key.contains(column) {
-                    field = field.required();
-                }
-                fields.push(field);
-            }
-            match stream.write_mode {
-                WriteMode::Merge if stream.primary_key.is_empty() => {
-                    return Err(doc.error_at(
-                        &at(&["streams", &name, "write_mode"]),
-                        "write_mode merge needs a primary_key",
-                    ))
-                }
-                WriteMode::OverwritePartitions if stream.partition_column.is_none() => {
-                    return Err(doc.error_at(
-                        &at(&["streams", &name, "write_mode"]),
-                        "write_mode overwrite_partitions needs a partition_column",
-                    ))
-                }
-                _ => {}
-            }
-            if let Some(pc) = &stream.partition_column {
-                if !fields.iter().any(|f| &f.name == pc) {
-                    fields.push(Field::new(pc, FieldType::Date).required());
-                }
-            }
+            let fields = stream
+                .columns
+                .fields(
+                    &stream.primary_key,
+                    stream.partition_column.as_deref(),
+                    stream.write_mode,
+                )
+                .map_err(|(key, message)| {
+                    let mut path = at(&["streams", &name]);
+                    path.extend(key);
+                    doc.error_at(&path, message)
+                })?;
             streams.push(CommandStream {
                 spec: StreamSpec {
                     table: stream

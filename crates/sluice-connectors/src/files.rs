@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use sluice_core::config::{ConfigDocument, ConfigError, Section};
 use sluice_core::destination::WriteMode;
 use sluice_core::line_typer::LineTyper;
-use sluice_core::schema::{Field, FieldType, TableSchema};
+use sluice_core::schema::TableSchema;
 use sluice_core::source::TypedLines;
 use sluice_core::source::{
     DecodeState, DecodedPage, LandedPage, PageSink, RunWindow, Slice, Source, SourceError,
@@ -81,7 +81,7 @@ pub struct FilesStreamConfig {
     pub format: Option<FileFormat>,
     /// Declared column types (`id: bigint`, `amount: numeric(12,2)`); others are inferred.
     #[serde(default)]
-    pub columns: indexmap_like::OrderedColumns,
+    pub columns: crate::declared_columns::OrderedColumns,
     /// Add columns found in the data but not declared (default true).
     #[serde(default = "yes")]
     pub infer_columns: bool,
@@ -127,35 +127,6 @@ fn yes() -> bool {
 
 fn default_delimiter() -> char {
     ','
-}
-
-/// Column declarations keep the order they are written in.
-pub(crate) mod indexmap_like {
-    use serde::de::{MapAccess, Visitor};
-    use serde::{Deserialize, Deserializer};
-
-    #[derive(Debug, Default, Clone)]
-    pub struct OrderedColumns(pub Vec<(String, String)>);
-
-    impl<'de> Deserialize<'de> for OrderedColumns {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = OrderedColumns;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a mapping of column name to type")
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                    let mut out = Vec::new();
-                    while let Some((k, v)) = map.next_entry::<String, String>()? {
-                        out.push((k, v));
-                    }
-                    Ok(OrderedColumns(out))
-                }
-            }
-            d.deserialize_map(V)
-        }
-    }
 }
 
 struct FileStream {
@@ -236,36 +207,14 @@ impl FilesSource {
             } else {
                 list_prefix.join("/")
             };
-            let mut fields = Vec::new();
-            for (column, ty) in &s.columns.0 {
-                let ty = FieldType::parse(ty)
-                    .map_err(|e| doc.error_at(&at(&["streams", &name, "columns", column]), e))?;
-                let mut field = Field::new(column, ty);
-                if s.primary_key.contains(column) {
-                    field = field.required();
-                }
-                fields.push(field);
-            }
-            match s.write_mode {
-                WriteMode::Merge if s.primary_key.is_empty() => {
-                    return Err(doc.error_at(
-                        &at(&["streams", &name, "write_mode"]),
-                        "write_mode merge needs a primary_key",
-                    ))
-                }
-                WriteMode::OverwritePartitions if s.partition_column.is_none() => {
-                    return Err(doc.error_at(
-                        &at(&["streams", &name, "write_mode"]),
-                        "write_mode overwrite_partitions needs a partition_column",
-                    ))
-                }
-                _ => {}
-            }
-            if let Some(pc) = &s.partition_column {
-                if !fields.iter().any(|f| &f.name == pc) {
-                    fields.push(Field::new(pc, FieldType::Date).required());
-                }
-            }
+            let fields = s
+                .columns
+                .fields(&s.primary_key, s.partition_column.as_deref(), s.write_mode)
+                .map_err(|(key, message)| {
+                    let mut path = at(&["streams", &name]);
+                    path.extend(key);
+                    doc.error_at(&path, message)
+                })?;
             let on_changed_file = s
                 .on_changed_file
                 .unwrap_or(OnChangedFile::default_for(s.write_mode));

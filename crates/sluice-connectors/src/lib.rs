@@ -10,6 +10,7 @@ use sluice_core::lake::Lake;
 use sluice_core::source::Source;
 
 pub mod api_versions;
+pub mod declared_columns;
 pub mod file_changes;
 pub mod http;
 pub mod incremental;

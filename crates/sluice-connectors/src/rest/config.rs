@@ -7,7 +7,7 @@ use serde::Deserialize;
 use sluice_core::destination::WriteMode;
 use sluice_core::secret::Secret;
 
-use crate::files::indexmap_like::OrderedColumns;
+use crate::declared_columns::OrderedColumns;
 use crate::http::HttpSettings;
 
 /// A REST API described in YAML.

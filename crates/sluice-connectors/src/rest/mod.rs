@@ -38,8 +38,7 @@ use chrono::NaiveDate;
 use reqwest::header::HeaderName;
 use serde_json::{json, Value};
 use sluice_core::config::{ConfigDocument, ConfigError, Section};
-use sluice_core::destination::WriteMode;
-use sluice_core::schema::{Field, FieldType, TableSchema};
+use sluice_core::schema::TableSchema;
 use sluice_core::source::{
     DecodeState, DecodedPage, ErrorClass, LandedPage, PageSink, RunWindow, Slice, Source,
     SourceError, StreamPlan, StreamSpec,
@@ -300,35 +299,11 @@ impl RestStream {
                 })
             }
         };
-        let mut fields = Vec::new();
-        for (column, ty) in &config.columns.0 {
-            let ty = FieldType::parse(ty).map_err(|e| (keys(&["columns", column]), e))?;
-            let mut field = Field::new(column, ty);
-            if config.primary_key.contains(column) {
-                field = field.required();
-            }
-            fields.push(field);
-        }
-        match config.write_mode {
-            WriteMode::Merge if config.primary_key.is_empty() => {
-                return Err((
-                    keys(&["write_mode"]),
-                    "write_mode merge needs a primary_key".into(),
-                ))
-            }
-            WriteMode::OverwritePartitions if config.partition_column.is_none() => {
-                return Err((
-                    keys(&["write_mode"]),
-                    "write_mode overwrite_partitions needs a partition_column".into(),
-                ))
-            }
-            _ => {}
-        }
-        if let Some(pc) = &config.partition_column {
-            if !fields.iter().any(|f| &f.name == pc) {
-                fields.push(Field::new(pc, FieldType::Date).required());
-            }
-        }
+        let fields = config.columns.fields(
+            &config.primary_key,
+            config.partition_column.as_deref(),
+            config.write_mode,
+        )?;
         Ok(RestStream {
             spec: StreamSpec {
                 name: name.to_string(),
