@@ -201,6 +201,13 @@ fn main() -> ExitCode {
             },
         }
     });
+    if code == exit::CANCELLED {
+        // A cancelled run may leave blocking work behind (a SQLite load waiting on a
+        // lock held elsewhere, up to its busy timeout). Dropping the runtime would wait
+        // for it; the run is over and rolled back, so exit: SQLite's journal and the
+        // server's dropped connection undo what that work had started.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    }
     ExitCode::from(code)
 }
 

@@ -87,3 +87,87 @@ sources:
         signalled.elapsed()
     );
 }
+
+/// SIGINT stops a run whose load waits on a SQLite database another process holds
+/// locked (up to the 30 s busy timeout) within seconds, and the destination keeps
+/// only what was there before.
+#[test]
+fn a_signal_stops_a_run_stuck_on_a_locked_destination() {
+    let project = Project::new(
+        "name: shop\nlake: ./lake\nsources:\n  shop:\n    type: files\n    streams:\n      orders:\n        path: data/*.ndjson\n        columns: { order_id: bigint, amount: \"numeric(12,2)\", order_date: date }\n        primary_key: [order_id]\n",
+    );
+    project.write("data/a.ndjson", orders_ndjson(1, 10));
+    assert_exit(&project.run(&[]), 0);
+    project.write("data/b.ndjson", orders_ndjson(11, 10));
+
+    // Another writer holds the warehouse.
+    let holder = project.sqlite();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let log = project.path().join("run.log");
+    #[allow(deprecated)] // cargo_bin: how common::Project finds the binary too
+    let binary = assert_cmd::cargo::cargo_bin("sluice");
+    let mut child = std::process::Command::new(binary)
+        .current_dir(project.path())
+        .env_remove("RUST_LOG")
+        .env("SLUICE_LOG", "info")
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("extracted; loading")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the run never reached its load:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    let interrupt = || {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    interrupt();
+    let signalled = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if signalled.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!(
+                "still running 10 s after SIGINT:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(130));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        signalled.elapsed()
+    );
+    holder.execute_batch("ROLLBACK").unwrap();
+    let rows: i64 = holder
+        .query_row("select count(*) from d1__shop_orders", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 10, "only the first run's rows");
+    // And a re-run converges.
+    drop(holder);
+    assert_exit(&project.run(&[]), 0);
+    let rows: i64 = project
+        .sqlite()
+        .query_row("select count(*) from d1__shop_orders", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 20);
+}

@@ -260,19 +260,7 @@ fn spawn_signal_handler(cancel: CancellationToken, project: &Project, run_id: &s
     let (lake, pipeline) = (project.lake.clone(), project.config.name.clone());
     let run_id = run_id.to_string();
     tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut term) = signal(SignalKind::terminate()) else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        next_signal().await;
         eprintln!("stopping: finishing nothing new, rolling back in-flight loads…");
         let actor = sluice_core::audit::Actor::local();
         let details = serde_json::json!({ "run_id": run_id, "by": "signal" });
@@ -281,7 +269,32 @@ fn spawn_signal_handler(cancel: CancellationToken, project: &Project, run_id: &s
             eprintln!("warning: the cancel could not be recorded in the audit log: {e}");
         }
         cancel.cancel();
+        // A second signal means now: something did not stop (a load waiting on a
+        // lock, a stuck server). Exiting drops open destination transactions with
+        // their connections, so the destination is still as before; state was not
+        // advanced and staged files are cleaned by a later run, as after kill -9.
+        next_signal().await;
+        eprintln!("stopping now (second signal); in-flight loads are rolled back by the database");
+        std::process::exit(i32::from(exit::CANCELLED));
     });
+}
+
+/// Resolves on the next SIGINT (Ctrl-C) or SIGTERM.
+async fn next_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 pub fn exit_code(record: &RunRecord) -> u8 {
