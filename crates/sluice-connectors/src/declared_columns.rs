@@ -1,5 +1,10 @@
 //! A stream's `columns:` as written in pipeline.yaml, and the D1 fields they declare:
 //! one rule for every source whose streams declare columns (files, rest, command).
+//!
+//! Those sources' stream configs each list the table keys (`columns`, `primary_key`,
+//! `partition_column`, `write_mode`, `table`, `dedupe`) themselves rather than sharing
+//! a struct: serde's `flatten` cannot be combined with `deny_unknown_fields`, which
+//! gives every misspelt key its file:line error. What they share is this derivation.
 
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};

@@ -8,6 +8,10 @@
 //! 3 a.m.) is left as a `> TODO(owner): …` line, so a wiki page copied from it shows
 //! its gaps. Secrets are never written: credentials appear as the names of the
 //! environment variables that hold them.
+//!
+//! Why one file over 700 lines: it is one document, one function per section in the
+//! order above, each reading the shared [`super::Knowledge`]; cutting it by section
+//! would scatter one page's wording over fifteen files.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
