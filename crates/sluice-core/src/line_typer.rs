@@ -9,16 +9,105 @@
 //! bad, a repeated key, a missing required value, a rare JSON shape — returns
 //! `false`, and the caller takes the general path with the record, so results are
 //! identical either way: this is an optimisation, never a second set of rules.
+//!
+//! [`TypedLines`] carries one page's typed lines from a source that opts in (the
+//! `files` connector, for big NDJSON files) to the executor's sink, which hands out
+//! the [`LineTyper`] of the stream's current schema version. Every other source hands
+//! over records and never meets this module.
 
 use std::fmt;
+use std::sync::Arc;
 
+use arrow::record_batch::RecordBatch;
 use rust_decimal::Decimal;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::schema::{FieldType, TableSchema};
+use crate::source::DecodedPage;
 use crate::typing::{
-    decimal_to_unscaled, fits_precision, parse_date, parse_timestamp, BatchBuilder, Scalar,
+    decimal_to_unscaled, decode_json_line, fits_precision, parse_date, parse_timestamp,
+    BatchBuilder, Origin, Scalar,
 };
+
+/// JSON lines of one page typed by a [`LineTyper`] into one batch, on the decoding
+/// thread, in order.
+pub struct TypedLines {
+    /// The schema version the batch follows.
+    pub schema_version: u64,
+    /// Each line's number and byte range in `page`: its origin, and its text for the
+    /// general path when the schema moved on after it was typed.
+    pub lines: Vec<(u64, std::ops::Range<usize>)>,
+    pub origin: Arc<str>,
+    pub page: bytes::Bytes,
+    builder: Option<BatchBuilder>,
+    batch: Option<RecordBatch>,
+    /// Scratch for one line, reused.
+    cells: Vec<Scalar>,
+    seen: Vec<bool>,
+}
+
+impl TypedLines {
+    pub fn new(typer: &LineTyper, origin: Arc<str>, page: bytes::Bytes) -> Self {
+        TypedLines {
+            schema_version: typer.schema_version,
+            lines: Vec::new(),
+            origin,
+            page,
+            builder: Some(typer.batch_builder()),
+            batch: None,
+            cells: Vec::with_capacity(typer.width()),
+            seen: Vec::with_capacity(typer.width()),
+        }
+    }
+
+    /// Types one line into the batch; false (and nothing changed) when the line
+    /// needs the general path.
+    pub fn push(&mut self, typer: &LineTyper, line_no: u64, range: std::ops::Range<usize>) -> bool {
+        self.cells.clear();
+        let Some(builder) = self.builder.as_mut() else {
+            return false;
+        };
+        if !typer.type_line(&self.page[range.clone()], &mut self.cells, &mut self.seen) {
+            return false;
+        }
+        builder.push_cells(&self.cells);
+        self.lines.push((line_no, range));
+        true
+    }
+
+    /// Finishes the batch: no more lines.
+    pub fn seal(mut self) -> Self {
+        if let Some(mut builder) = self.builder.take() {
+            self.batch = Some(builder.finish());
+        }
+        self
+    }
+
+    /// The typed rows, once sealed.
+    pub fn batch(&self) -> Option<RecordBatch> {
+        self.batch.clone()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// The lines as records, for the general path.
+    pub fn decode(&self) -> DecodedPage {
+        let mut decoded = DecodedPage::default();
+        for (line, range) in &self.lines {
+            let origin = Origin {
+                page: self.origin.clone(),
+                line: *line,
+            };
+            match decode_json_line(&self.page[range.clone()], origin) {
+                Ok(record) => decoded.records.push(record),
+                Err(rejected) => decoded.rejected.push(rejected),
+            }
+        }
+        decoded
+    }
+}
 
 /// Types JSON object lines against one version of a table schema.
 #[derive(Debug, Clone)]

@@ -14,10 +14,9 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use crate::destination::WriteMode;
-use crate::line_typer::LineTyper;
+use crate::line_typer::{LineTyper, TypedLines};
 use crate::schema::TableSchema;
-use crate::typing::{decode_json_line, BatchBuilder, Origin, Record, Rejected, Scalar};
-use arrow::record_batch::RecordBatch;
+use crate::typing::{Record, Rejected};
 
 /// One stream of a source and the D1 table it feeds.
 #[derive(Debug, Clone)]
@@ -130,86 +129,6 @@ pub struct DecodedPage {
     pub rejected: Vec<Rejected>,
 }
 
-/// JSON lines of one page typed by a [`LineTyper`] into one batch, on the decoding
-/// thread, in order.
-pub struct TypedLines {
-    /// The schema version the batch follows.
-    pub schema_version: u64,
-    /// Each line's number and byte range in `page`: its origin, and its text for the
-    /// general path when the schema moved on after it was typed.
-    pub lines: Vec<(u64, std::ops::Range<usize>)>,
-    pub origin: Arc<str>,
-    pub page: bytes::Bytes,
-    builder: Option<BatchBuilder>,
-    batch: Option<RecordBatch>,
-    /// Scratch for one line, reused.
-    cells: Vec<Scalar>,
-    seen: Vec<bool>,
-}
-
-impl TypedLines {
-    pub fn new(typer: &LineTyper, origin: Arc<str>, page: bytes::Bytes) -> Self {
-        TypedLines {
-            schema_version: typer.schema_version,
-            lines: Vec::new(),
-            origin,
-            page,
-            builder: Some(typer.batch_builder()),
-            batch: None,
-            cells: Vec::with_capacity(typer.width()),
-            seen: Vec::with_capacity(typer.width()),
-        }
-    }
-
-    /// Types one line into the batch; false (and nothing changed) when the line
-    /// needs the general path.
-    pub fn push(&mut self, typer: &LineTyper, line_no: u64, range: std::ops::Range<usize>) -> bool {
-        self.cells.clear();
-        let Some(builder) = self.builder.as_mut() else {
-            return false;
-        };
-        if !typer.type_line(&self.page[range.clone()], &mut self.cells, &mut self.seen) {
-            return false;
-        }
-        builder.push_cells(&self.cells);
-        self.lines.push((line_no, range));
-        true
-    }
-
-    /// Finishes the batch: no more lines.
-    pub fn seal(mut self) -> Self {
-        if let Some(mut builder) = self.builder.take() {
-            self.batch = Some(builder.finish());
-        }
-        self
-    }
-
-    /// The typed rows, once sealed.
-    pub fn batch(&self) -> Option<RecordBatch> {
-        self.batch.clone()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
-    }
-
-    /// The lines as records, for the general path.
-    pub fn decode(&self) -> DecodedPage {
-        let mut decoded = DecodedPage::default();
-        for (line, range) in &self.lines {
-            let origin = Origin {
-                page: self.origin.clone(),
-                line: *line,
-            };
-            match decode_json_line(&self.page[range.clone()], origin) {
-                Ok(record) => decoded.records.push(record),
-                Err(rejected) => decoded.rejected.push(rejected),
-            }
-        }
-        decoded
-    }
-}
-
 /// What decoding remembers across the pages of one slice, in landing order: the
 /// keys of records already emitted, so a replay drops the same repeats `read` did.
 #[derive(Debug, Default)]
@@ -238,8 +157,9 @@ pub trait PageSink: Send {
     /// Records that could not even be decoded (a malformed line): kept for quarantine.
     async fn rejected(&mut self, rejected: Vec<Rejected>) -> Result<(), SourceError>;
 
-    /// A typer for the stream's current schema, when this sink takes [`TypedLines`]
-    /// (JSON lines typed without building records: the fast path for big files).
+    /// Opt-in fast path (the `files` connector's big NDJSON files; see
+    /// [`crate::line_typer`]): a typer for the stream's current schema, when this sink
+    /// takes [`TypedLines`]. Sources that do not opt in never call it.
     fn line_typer(&self) -> Option<LineTyper> {
         None
     }

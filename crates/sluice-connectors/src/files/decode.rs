@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use sluice_core::line_typer::LineTyper;
-use sluice_core::source::TypedLines;
+use sluice_core::line_typer::TypedLines;
 use sluice_core::source::{DecodedPage, PageSink, SourceError};
 use sluice_core::typing::{decode_json_line, Origin, Record, Rejected};
 

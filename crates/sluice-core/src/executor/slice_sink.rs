@@ -23,8 +23,9 @@ use super::{loaded_at_micros, schema_frozen, BATCH_ROWS, STAGED_FILE_ROWS};
 use crate::drift::{ChangeKind, Misfit, StreamSchema};
 use crate::lake::{LakeError, PagePath, TableFileWriter};
 use crate::line_typer::LineTyper;
+use crate::line_typer::TypedLines;
 use crate::schema::{FieldType, TableSchema, LOADED_AT_COLUMN, RUN_ID_COLUMN};
-use crate::source::{LandedPage, PageSink, SourceError, TypedLines};
+use crate::source::{LandedPage, PageSink, SourceError};
 use crate::state::SliceCheckpoint;
 use crate::typing::{to_scalar, BatchBuilder, Record, Rejected, Scalar};
 
