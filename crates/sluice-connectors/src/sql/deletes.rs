@@ -514,3 +514,74 @@ async fn land_records(
         .collect();
     sink.records(records).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn window(full_refresh: bool) -> RunWindow {
+        RunWindow {
+            since: None,
+            until: None,
+            today: chrono::NaiveDate::from_ymd_opt(2024, 7, 2).unwrap(),
+            full_refresh,
+        }
+    }
+
+    fn reads(cursor_after: Option<Value>) -> StreamPlan {
+        StreamPlan {
+            slices: vec![Slice {
+                key: "a..b".into(),
+                params: json!({}),
+            }],
+            cursor_after,
+        }
+    }
+
+    #[test]
+    fn a_scan_is_planned_last_when_due_and_its_time_rides_with_the_cursor() {
+        let daily = KeyScan {
+            every: chrono::Duration::days(1),
+        };
+        let now = Utc.with_ymd_and_hms(2024, 7, 2, 6, 0, 0).unwrap();
+        let moved = json!({"column": "updated_at", "value": "b"});
+
+        // Never scanned: due, after the reads, and remembered.
+        let plan = daily.plan(reads(Some(moved.clone())), None, &window(false), now);
+        assert_eq!(plan.slices.len(), 2);
+        assert_eq!(
+            scan_time(&plan.slices[1]).as_deref(),
+            Some("2024-07-02T06:00:00.000000Z")
+        );
+        assert!(scan_time(&plan.slices[0]).is_none());
+        let after = plan.cursor_after.unwrap();
+        assert_eq!(after["value"], "b");
+        assert_eq!(after[SCANNED_AT], "2024-07-02T06:00:00.000000Z");
+
+        // Scanned an hour ago: not due; a moved cursor keeps the scan's time, an
+        // unmoved one is left as stored.
+        let stored = json!({"column": "updated_at", "value": "a", SCANNED_AT: "2024-07-02T05:00:00Z"});
+        let plan = daily.plan(reads(Some(moved.clone())), Some(&stored), &window(false), now);
+        assert_eq!(plan.slices.len(), 1);
+        assert_eq!(
+            plan.cursor_after.unwrap()[SCANNED_AT],
+            "2024-07-02T05:00:00.000000Z"
+        );
+        let plan = daily.plan(reads(None), Some(&stored), &window(false), now);
+        assert!(plan.cursor_after.is_none());
+
+        // Due again a day later, with nothing else to read: the stored cursor is
+        // kept and only the scan's time moves.
+        let later = now + chrono::Duration::days(1);
+        let plan = daily.plan(reads(None), Some(&stored), &window(false), later);
+        assert_eq!(plan.slices.len(), 2);
+        let after = plan.cursor_after.unwrap();
+        assert_eq!(after["value"], "a");
+        assert_eq!(after[SCANNED_AT], "2024-07-03T06:00:00.000000Z");
+
+        // A full refresh scans whatever the stored time says.
+        let plan = daily.plan(reads(None), Some(&stored), &window(true), now);
+        assert_eq!(plan.slices.len(), 2);
+    }
+}
