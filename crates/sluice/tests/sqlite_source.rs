@@ -366,3 +366,51 @@ fn discover_lists_a_sqlite_files_tables_and_writes_streams() {
         ]
     );
 }
+
+#[test]
+fn a_key_scan_needs_an_incremental_stream_and_a_period() {
+    let pipeline = |stream: &str| {
+        format!(
+            "name: rel\nlake: ./lake\nsources:\n  sq:\n    type: sqlite\n    path: source.db\n    streams:\n      items:\n{stream}"
+        )
+    };
+    let project = Project::new(&pipeline(
+        "        table: items\n        deletes: { scan: key, every: 1d }\n",
+    ));
+    rusqlite::Connection::open(project.path().join("source.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE items (id INTEGER PRIMARY KEY, updated_at DATETIME)")
+        .unwrap();
+    let out = project.cmd().arg("validate").output().unwrap();
+    assert_exit(&out, 3);
+    let text = stderr(&out);
+    assert!(
+        text.contains("sources.sq.streams.items.deletes") && text.contains("sync: incremental"),
+        "{text}"
+    );
+
+    project.write(
+        "pipeline.yaml",
+        pipeline("        table: items\n        sync: incremental\n        cursor: updated_at\n        deletes: { scan: key, every: soon }\n"),
+    );
+    let out = project.cmd().arg("validate").output().unwrap();
+    assert_exit(&out, 3);
+    let text = stderr(&out);
+    assert!(
+        text.contains("deletes.every") && text.contains("`soon` is not a period"),
+        "{text}"
+    );
+
+    // A database source without its address says which key to give.
+    project.write(
+        "pipeline.yaml",
+        "name: rel\nlake: ./lake\nsources:\n  pg:\n    type: postgres\n    path: source.db\n",
+    );
+    let out = project.cmd().arg("validate").output().unwrap();
+    assert_exit(&out, 3);
+    let text = stderr(&out);
+    assert!(
+        text.contains("sources.pg.path") && text.contains("`path:` is for `type: sqlite`"),
+        "{text}"
+    );
+}
