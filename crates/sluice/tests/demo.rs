@@ -23,7 +23,7 @@ fn demo_loads_everything_and_matches_the_truth() {
         .unwrap();
     assert_exit(&out, 0);
     let text = stdout(&out);
-    for platform in ["facebook", "google"] {
+    for platform in ["facebook", "google", "crm"] {
         assert!(
             text.lines()
                 .any(|l| l.trim_start().starts_with(platform) && l.ends_with("= truth")),
@@ -139,9 +139,58 @@ fn demo_loads_everything_and_matches_the_truth() {
             clear_text.extend([email, phone, address].into_iter().flatten());
         }
     }
+    // The CRM database's customers, read from the file the demo wrote.
+    let mut expected_crm = std::collections::BTreeSet::new();
+    {
+        let crm = rusqlite::Connection::open(demo.join("crm.db")).unwrap();
+        let mut stmt = crm
+            .prepare("select customer_id, email, phone, address from customers")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .unwrap();
+        let mut customers = 0;
+        for row in rows {
+            let (id, email, phone, address) = row.unwrap();
+            customers += 1;
+            if let Some(rule) = address_rule(address.as_deref()) {
+                expected_crm.insert((format!("crm-{id}"), rule.to_string()));
+            }
+            clear_text.extend([Some(email), phone, address].into_iter().flatten());
+        }
+        assert!(customers >= 200, "a few hundred CRM customers: {customers}");
+    }
+    let rules: std::collections::BTreeSet<&str> =
+        expected_crm.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(
+        rules,
+        ["all_digits", "empty", "ssn_shaped"].into(),
+        "every rule fires in the CRM data"
+    );
+    let exceptions = |source: &str| -> std::collections::BTreeSet<(String, String)> {
+        let mut stmt = db
+            .prepare(
+                "select customer_id, rule from d2b__customer_address_exceptions where source = ?1",
+            )
+            .unwrap();
+        let rows = stmt
+            .query_map([source], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows
+    };
+    assert_eq!(exceptions("crm"), expected_crm);
     let actual: std::collections::BTreeSet<(String, String)> = {
         let mut stmt = db
-            .prepare("select customer_id, rule from d2b__customer_address_exceptions")
+            .prepare("select customer_id, rule from d2b__customer_address_exceptions where source = 'app'")
             .unwrap();
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))

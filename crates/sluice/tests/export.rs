@@ -119,11 +119,17 @@ fn export(project: &Project, args: &[&str]) -> std::process::Output {
 fn expected_layer_graph() -> BTreeMap<String, Vec<String>> {
     [
         ("extract_app", vec![]),
+        ("extract_crm", vec![]),
         ("extract_facebook", vec![]),
         ("extract_google", vec![]),
         (
             "models_d2a",
-            vec!["extract_app", "extract_facebook", "extract_google"],
+            vec![
+                "extract_app",
+                "extract_crm",
+                "extract_facebook",
+                "extract_google",
+            ],
         ),
         ("models_d2b", vec!["models_d2a"]),
     ]
@@ -228,13 +234,17 @@ fn airflow_dag_with_kubernetes_pods_reads_credentials_from_the_secret_by_name() 
     let dag = only_dag(&bag);
     let expected: BTreeMap<String, Vec<String>> = [
         ("extract_app", vec![]),
+        ("extract_crm", vec![]),
         ("extract_facebook", vec![]),
         ("extract_google", vec![]),
         (
             "model_d2a_ad_performance_daily",
             vec!["extract_facebook", "extract_google"],
         ),
-        ("model_d2a_customer_profiles", vec!["extract_app"]),
+        (
+            "model_d2a_customer_profiles",
+            vec!["extract_app", "extract_crm"],
+        ),
         (
             "model_d2b_channel_spend_daily",
             vec!["model_d2a_ad_performance_daily"],

@@ -63,7 +63,7 @@ fn plan_json_lists_every_stream_model_and_check_with_its_upstreams() {
             "facebook.ads",
             "facebook.ad_accounts",
         ])
-        .chain(&["app.events", "app.profiles"])
+        .chain(&["app.events", "app.profiles", "crm.customers"])
     {
         assert!(streams.contains(*stream), "{stream} missing: {streams:?}");
     }
@@ -85,7 +85,7 @@ fn plan_json_lists_every_stream_model_and_check_with_its_upstreams() {
             .map(String::from)
         )
     );
-    assert_eq!(ids("check").len(), 4 + 4 + 2 + 1, "{:?}", ids("check"));
+    assert_eq!(ids("check").len(), 4 + 5 + 2 + 1, "{:?}", ids("check"));
 
     // The edges of d2b.channel_spend_daily: it reads d2a.ad_performance_daily, which
     // reads the four ad tables; its two checks read it.

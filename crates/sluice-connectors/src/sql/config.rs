@@ -1,4 +1,5 @@
-//! `type: postgres` / `type: mysql` source configuration: every key, its default and why.
+//! `type: postgres` / `type: mysql` / `type: sqlite` source configuration: every key,
+//! its default and why.
 
 use std::collections::BTreeMap;
 
@@ -11,8 +12,13 @@ use sluice_core::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub struct SqlConfig {
     /// `postgres://user:password@host:5432/db` or `mysql://user:password@host:3306/db`
-    /// (usually `${VAR}`: the URL carries the password).
-    pub url: Secret,
+    /// (usually `${VAR}`: the URL carries the password). Required for postgres and mysql.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// `type: sqlite`: the database file, relative to the pipeline's folder. It is
+    /// opened read-only; each stream reads inside one read transaction (a snapshot).
+    #[serde(default)]
+    pub path: Option<String>,
     /// `disable`, `require` (encrypted, certificate not checked) or `verify-full`
     /// (encrypted, certificate and host name checked against the web PKI roots).
     /// Default: `require`, except `disable` for a loopback host.
@@ -102,6 +108,60 @@ pub struct SqlStreamConfig {
     /// Default: `replace` for full sync, `merge` (on the primary key) for incremental.
     #[serde(default)]
     pub write_mode: Option<WriteMode>,
+    /// Incremental streams without CDC: how rows deleted at the source are found,
+    /// e.g. `deletes: { scan: key, every: 1d }`. Default: not looked for (a merge
+    /// never removes a row the source deleted).
+    #[serde(default)]
+    pub deletes: Option<DeletesConfig>,
+}
+
+/// `deletes:` — a periodic scan of the source's primary keys.
+///
+/// When a scan is due (never done, or the last one is `every` old), the run reads
+/// only the primary-key column(s) of the whole table, in one snapshot and in keyset
+/// pages of `batch_size` keys, and compares them with the latest row of each key in
+/// D1. A key D1 holds that the source no longer has is published again, in the same
+/// load as the run's changed rows, with `_sluice_deleted_at` set to the scan's time;
+/// a key marked so that the source has again is read whole and published unmarked.
+/// Rows are marked, not removed: reports can still join to what a deleted customer
+/// bought, the lake keeps every version, and a deletion the scan saw by mistake
+/// (a table being reloaded at the source) is undone by the next scan.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletesConfig {
+    /// What is scanned: `key` (the primary key columns; the only kind so far).
+    pub scan: DeleteScanKind,
+    /// How often: `1d`, `12 hours`, `30 minutes`; `0` scans on every run. A scan reads
+    /// every key of the table, so large tables want it daily rather than every run.
+    #[serde(default = "default_delete_scan_every")]
+    pub every: Period,
+}
+
+/// A period as written: `1d`, `12 hours`, or a bare number (`0`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Period {
+    Text(String),
+    Number(f64),
+}
+
+impl std::fmt::Display for Period {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Period::Text(text) => f.write_str(text),
+            Period::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+fn default_delete_scan_every() -> Period {
+    Period::Text("1d".into())
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteScanKind {
+    Key,
 }
 
 /// How far before the stored cursor a run starts again.

@@ -102,7 +102,8 @@ pub async fn discover(
 ) -> Result<Result<Vec<DiscoveredTable>, SourceError>, ConfigError> {
     let config: SqlConfig = doc.parse_section(section)?;
     let key_prefix = section.path.join(".");
-    let db = database(&section.kind, &config, &key_prefix)
+    let root = doc.file.parent().unwrap_or(std::path::Path::new("."));
+    let db = database(&section.kind, &config, &key_prefix, root)
         .map_err(|e| crate::error_at_key(doc, section, e))?;
     Ok(async {
         let mut session = db.session().await?;

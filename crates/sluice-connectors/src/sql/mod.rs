@@ -1,14 +1,16 @@
-//! `type: postgres` and `type: mysql` — tables and queries of a relational database.
+//! `type: postgres`, `type: mysql` and `type: sqlite` — tables and queries of a
+//! relational database.
 //!
 //! Owns what both databases share: the [`Source`] (planning: cursor bounds), the
 //! config ([`config`]), the streams built from the catalog (`streams.rs`), reading
-//! one slice as keyset pages (`read.rs`) and `sluice discover` ([`discover`]).
-//! Each database ([`postgres`], [`mysql`]) supplies its SQL dialect, its type
+//! one slice as keyset pages (`read.rs`), soft deletes by key scan ([`deletes`]) and
+//! `sluice discover` ([`discover`]).
+//! Each database ([`postgres`], [`mysql`], [`sqlite`]) supplies its SQL dialect, its type
 //! mapping and a session (one connection holding one snapshot).
 //!
 //! Exactness, and why it holds:
 //! - A slice reads inside one snapshot: PostgreSQL `REPEATABLE READ`, InnoDB
-//!   `START TRANSACTION WITH CONSISTENT SNAPSHOT`. Pages are keyset queries
+//!   `START TRANSACTION WITH CONSISTENT SNAPSHOT`, a SQLite read transaction. Pages are keyset queries
 //!   `WHERE (cursor, pk) > (last row's) ORDER BY cursor, pk LIMIT batch_size`, so
 //!   rows sharing a cursor value across a page boundary are neither lost nor
 //!   repeated, and memory is bounded by the batch size, not the table.
@@ -21,19 +23,23 @@
 //!   read before it is typed, so `sluice replay` types the same rows again.
 
 pub mod config;
+pub mod deletes;
 pub mod discover;
 pub mod mysql;
 pub mod postgres;
 mod read;
+pub mod sqlite;
 mod streams;
 mod tls;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use sluice_core::config::{ConfigDocument, ConfigError, Section};
-use sluice_core::schema::FieldType;
+use sluice_core::lake::Lake;
+use sluice_core::schema::{Field, FieldType};
 use sluice_core::source::{
     DecodeState, DecodedPage, LandedPage, PageSink, RunWindow, Slice, Source, SourceError,
     StreamPlan, StreamSpec,
@@ -43,6 +49,7 @@ use tokio::sync::mpsc;
 
 use crate::BuildContext;
 use config::{SqlConfig, TlsMode};
+use deletes::{KeyScan, DELETED_AT_COLUMN};
 use read::Bounds;
 pub use streams::SqlStream;
 use streams::{build_stream, Mode};
@@ -143,8 +150,12 @@ pub trait Session: Send {
 /// A database: its dialect, its types and its sessions.
 #[async_trait]
 pub trait Database: Send + Sync {
-    /// `postgres` or `mysql`.
+    /// `postgres`, `mysql` or `sqlite`.
     fn kind(&self) -> &'static str;
+    /// The config key that says where the database is (`url`, or `path` for a file).
+    fn location_key(&self) -> &'static str {
+        "url"
+    }
     async fn session(&self) -> Result<Box<dyn Session>, SourceError>;
 
     fn quote(&self, ident: &str) -> String;
@@ -178,6 +189,10 @@ pub struct SqlSource {
     streams: Vec<SqlStream>,
     batch_size: usize,
     max_concurrency: usize,
+    /// The pipeline's lake: a key scan compares the source's keys with D1's.
+    lake: Option<Lake>,
+    /// Streams with `deletes:`, by name.
+    key_scans: HashMap<String, KeyScan>,
     /// Why the catalog could not be read when the source was built (the database
     /// did not answer): the streams are known by name only, and every plan, read
     /// and check fails with this until a later load reaches the database.
@@ -206,13 +221,43 @@ where
     })
 }
 
-/// The database of a section (`type: postgres` / `type: mysql`).
+/// The database of a section (`type: postgres` / `mysql` / `sqlite`); a SQLite
+/// `path:` is relative to `root`, the pipeline's folder.
 pub fn database(
     kind: &str,
     config: &SqlConfig,
     key_prefix: &str,
+    root: &std::path::Path,
 ) -> Result<Arc<dyn Database>, SourceError> {
-    let url = url::Url::parse(config.url.expose()).map_err(|e| {
+    if kind == "sqlite" {
+        if config.url.is_some() || config.tls.is_some() {
+            let key = if config.url.is_some() { "url" } else { "tls" };
+            return Err(SourceError::config(
+                "a SQLite source is a file: give `path:` (no `url:` or `tls:`)",
+                format!("{key_prefix}.{key}"),
+            ));
+        }
+        let Some(path) = &config.path else {
+            return Err(SourceError::config(
+                "give `path:`, the SQLite database file (relative to the pipeline's folder)",
+                key_prefix.to_string(),
+            ));
+        };
+        return Ok(Arc::new(sqlite::Sqlite::new(root.join(path))));
+    }
+    if config.path.is_some() {
+        return Err(SourceError::config(
+            format!("`path:` is for `type: sqlite`; a {kind} source takes `url:`"),
+            format!("{key_prefix}.path"),
+        ));
+    }
+    let Some(url) = &config.url else {
+        return Err(SourceError::config(
+            format!("give `url:` ({kind}://user:password@host/database, usually `${{VAR}}`)"),
+            key_prefix.to_string(),
+        ));
+    };
+    let url = url::Url::parse(url.expose()).map_err(|e| {
         SourceError::config(
             format!("not a valid URL ({e}); expected {kind}://user:password@host/database"),
             format!("{key_prefix}.url"),
@@ -242,7 +287,19 @@ pub fn database(
     })
 }
 
-/// `type: postgres` and `type: mysql` (MariaDB too).
+/// A stream with `deletes:` carries `_sluice_deleted_at` (NULL until a key scan
+/// finds its row gone at the source).
+fn add_deleted_at(stream: &mut SqlStream) {
+    if stream.spec.schema.field(DELETED_AT_COLUMN).is_none() {
+        stream
+            .spec
+            .schema
+            .fields
+            .push(Field::new(DELETED_AT_COLUMN, FieldType::Timestamp));
+    }
+}
+
+/// `type: postgres`, `type: mysql` (MariaDB too) and `type: sqlite`.
 pub const SOURCE_TYPES: &[crate::SourceType] = &[
     crate::SourceType {
         name: "postgres",
@@ -250,6 +307,10 @@ pub const SOURCE_TYPES: &[crate::SourceType] = &[
     },
     crate::SourceType {
         name: "mysql",
+        build: |doc, section, ctx| Ok(Arc::new(SqlSource::build(doc, section, ctx)?)),
+    },
+    crate::SourceType {
+        name: "sqlite",
         build: |doc, section, ctx| Ok(Arc::new(SqlSource::build(doc, section, ctx)?)),
     },
 ];
@@ -260,13 +321,14 @@ impl SqlSource {
     pub fn build(
         doc: &ConfigDocument,
         section: &Section,
-        _ctx: &BuildContext,
+        ctx: &BuildContext,
     ) -> Result<Self, ConfigError> {
         let config: SqlConfig = doc.parse_section(section)?;
         let key_prefix = section.path.join(".");
-        let db = database(&section.kind, &config, &key_prefix)
+        let db = database(&section.kind, &config, &key_prefix, &ctx.root)
             .map_err(|e| crate::error_at_key(doc, section, e))?;
-        block_on(SqlSource::new(&section.name, db, config, &key_prefix))
+        let lake = Some(ctx.lake.clone());
+        block_on(SqlSource::new(&section.name, db, config, &key_prefix, lake))
             .map_err(|e| crate::error_at_key(doc, section, e))
     }
 
@@ -275,6 +337,7 @@ impl SqlSource {
         db: Arc<dyn Database>,
         config: SqlConfig,
         key_prefix: &str,
+        lake: Option<Lake>,
     ) -> Result<Self, SourceError> {
         if config.streams.is_empty() {
             // Nothing to describe (yet: `sluice discover --write` adds streams).
@@ -284,6 +347,8 @@ impl SqlSource {
                 streams: Vec::new(),
                 batch_size: config.batch_size.max(1),
                 max_concurrency: config.max_concurrency.max(1),
+                lake,
+                key_scans: HashMap::new(),
                 unreachable: None,
             });
         }
@@ -297,15 +362,21 @@ impl SqlSource {
                     .iter()
                     .map(|(stream_name, stream)| {
                         let key = format!("{key_prefix}.streams.{stream_name}");
-                        streams::unread_stream(name, stream_name, stream, &key)
+                        let mut unread = streams::unread_stream(name, stream_name, stream, &key)?;
+                        if stream.deletes.is_some() {
+                            add_deleted_at(&mut unread);
+                        }
+                        Ok(unread)
                     })
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .collect::<Result<Vec<_>, SourceError>>()?;
                 return Ok(SqlSource {
                     name: name.to_string(),
                     db,
                     streams,
                     batch_size: config.batch_size.max(1),
                     max_concurrency: config.max_concurrency.max(1),
+                    lake,
+                    key_scans: HashMap::new(),
                     unreachable: Some(SourceError::transient(format!(
                         "the database did not answer when the pipeline was loaded, so its columns are unknown: {}",
                         e.message
@@ -318,14 +389,20 @@ impl SqlSource {
                         "cannot connect to read the columns of its streams: {}",
                         e.message
                     ),
-                    format!("{key_prefix}.url"),
+                    format!("{key_prefix}.{}", db.location_key()),
                 ))
             }
         };
         let mut streams = Vec::new();
+        let mut key_scans = HashMap::new();
         for (stream_name, stream) in &config.streams {
             let key = format!("{key_prefix}.streams.{stream_name}");
-            streams.push(build_stream(&*db, &mut *session, name, stream_name, stream, &key).await?);
+            let mut built = build_stream(&*db, &mut *session, name, stream_name, stream, &key).await?;
+            if let Some(deletes) = &stream.deletes {
+                key_scans.insert(stream_name.clone(), KeyScan::new(deletes, &built, &key)?);
+                add_deleted_at(&mut built);
+            }
+            streams.push(built);
         }
         session.close().await?;
         Ok(SqlSource {
@@ -334,6 +411,8 @@ impl SqlSource {
             streams,
             batch_size: config.batch_size.max(1),
             max_concurrency: config.max_concurrency.max(1),
+            lake,
+            key_scans,
             unreachable: None,
         })
     }
@@ -376,6 +455,86 @@ impl Source for SqlSource {
     }
 
     async fn plan(
+        &self,
+        spec: &StreamSpec,
+        cursor: Option<&Value>,
+        window: &RunWindow,
+    ) -> Result<StreamPlan, SourceError> {
+        let plan = self.plan_reads(spec, cursor, window).await?;
+        Ok(match self.key_scans.get(&spec.name) {
+            Some(scan) => scan.plan(plan, cursor, window, chrono::Utc::now()),
+            None => plan,
+        })
+    }
+
+    async fn read(
+        &self,
+        spec: &StreamSpec,
+        slice: &Slice,
+        sink: &mut dyn PageSink,
+    ) -> Result<(), SourceError> {
+        self.reachable()?;
+        let stream = self.stream(&spec.name)?;
+        let dt = slice
+            .params
+            .get("dt")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string();
+        if let Some(scan_at) = deletes::scan_time(slice) {
+            return self.scan_deletes(stream, &scan_at, &dt, sink).await;
+        }
+        let bounds = Bounds::of(slice);
+        let mut session = self.db.session().await?;
+        let read = self
+            .read_snapshot(stream, &bounds, &dt, &mut *session, sink)
+            .await;
+        let closed = session.close().await;
+        read.and(closed)
+    }
+
+    fn decode(
+        &self,
+        _stream: &StreamSpec,
+        _slice: &Slice,
+        page: &LandedPage,
+        body: &[u8],
+        _state: &mut DecodeState,
+    ) -> Option<Result<DecodedPage, SourceError>> {
+        let mut decoded = DecodedPage::default();
+        let lines = body.strip_suffix(b"\n").unwrap_or(body);
+        if lines.is_empty() {
+            return Some(Ok(decoded));
+        }
+        for (i, line) in lines.split(|&b| b == b'\n').enumerate() {
+            let origin = Origin {
+                page: page.path.clone(),
+                line: i as u64 + 1,
+            };
+            match decode_json_line(line, origin) {
+                Ok(record) => decoded.records.push(record),
+                Err(rejected) => decoded.rejected.push(rejected),
+            }
+        }
+        Some(Ok(decoded))
+    }
+
+    fn max_concurrency(&self) -> usize {
+        self.max_concurrency
+    }
+
+    fn notices(&self) -> Vec<String> {
+        self.unreachable
+            .iter()
+            .map(|e| format!("{} (its streams' columns are not checked)", e.message))
+            .collect()
+    }
+}
+
+impl SqlSource {
+    /// The slices that read rows: one snapshot for a full sync, the rows past the
+    /// cursor up to the cursor column's maximum now for an incremental one.
+    async fn plan_reads(
         &self,
         spec: &StreamSpec,
         cursor: Option<&Value>,
@@ -430,65 +589,5 @@ impl Source for SqlSource {
             }],
             cursor_after: Some(json!({"column": column_name, "value": upper})),
         })
-    }
-
-    async fn read(
-        &self,
-        spec: &StreamSpec,
-        slice: &Slice,
-        sink: &mut dyn PageSink,
-    ) -> Result<(), SourceError> {
-        self.reachable()?;
-        let stream = self.stream(&spec.name)?;
-        let bounds = Bounds::of(slice);
-        let dt = slice
-            .params
-            .get("dt")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown")
-            .to_string();
-        let mut session = self.db.session().await?;
-        let read = self
-            .read_snapshot(stream, &bounds, &dt, &mut *session, sink)
-            .await;
-        let closed = session.close().await;
-        read.and(closed)
-    }
-
-    fn decode(
-        &self,
-        _stream: &StreamSpec,
-        _slice: &Slice,
-        page: &LandedPage,
-        body: &[u8],
-        _state: &mut DecodeState,
-    ) -> Option<Result<DecodedPage, SourceError>> {
-        let mut decoded = DecodedPage::default();
-        let lines = body.strip_suffix(b"\n").unwrap_or(body);
-        if lines.is_empty() {
-            return Some(Ok(decoded));
-        }
-        for (i, line) in lines.split(|&b| b == b'\n').enumerate() {
-            let origin = Origin {
-                page: page.path.clone(),
-                line: i as u64 + 1,
-            };
-            match decode_json_line(line, origin) {
-                Ok(record) => decoded.records.push(record),
-                Err(rejected) => decoded.rejected.push(rejected),
-            }
-        }
-        Some(Ok(decoded))
-    }
-
-    fn max_concurrency(&self) -> usize {
-        self.max_concurrency
-    }
-
-    fn notices(&self) -> Vec<String> {
-        self.unreachable
-            .iter()
-            .map(|e| format!("{} (its streams' columns are not checked)", e.message))
-            .collect()
     }
 }

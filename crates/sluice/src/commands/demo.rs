@@ -1,6 +1,7 @@
 //! `sluice demo`: the example marketing pipeline end to end on the embedded
-//! default — the sandbox APIs (in process, on a loopback port) → lake → SQLite —
-//! then a summary a person can read.
+//! default — the sandbox APIs (in process, on a loopback port) and a CRM database
+//! (a SQLite file it writes) → lake → SQLite — then a summary a person can read,
+//! checked against the sandbox's truth and the CRM rows it generated.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use chrono::{Duration, Utc};
 use sluice_core::executor::RunObserver;
 use sluice_sandbox::SandboxOptions;
 
-use super::example::{sandbox_env, MODELS, PIPELINE};
+use super::example::{
+    crm_customers, sandbox_env, write_crm_database, CrmCustomer, CRM_DATABASE, MODELS, PIPELINE,
+};
 use super::run::{execute, exit_code, print_summary, RunArgs};
 use super::{print_table, thousands};
 use crate::exit;
@@ -23,10 +26,14 @@ pub struct DemoArgs {
     /// Days of history to extract.
     #[arg(long, default_value_t = 30)]
     pub days: i64,
-    /// Sandbox data seed.
+    /// Sandbox data seed (the CRM database's customers too).
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
 }
+
+/// Customers in the demo's CRM database: enough for every address rule to fire
+/// several times, few enough to stay a blink of the demo's time.
+const CRM_CUSTOMERS: usize = 300;
 
 pub async fn run(args: DemoArgs, interactive: bool) -> u8 {
     let started = std::time::Instant::now();
@@ -42,10 +49,12 @@ pub async fn run(args: DemoArgs, interactive: bool) -> u8 {
         "sandbox APIs (Facebook, Google Ads, CleverTap) at {}",
         sandbox.base_url()
     );
+    let customers = crm_customers(args.seed, CRM_CUSTOMERS);
     if let Err(e) = write_project(
         &args.dir,
         &sandbox.base_url(),
         today - Duration::days(args.days - 1),
+        &customers,
     ) {
         crate::logging::print_error!(
             "cannot write the demo project in {}: {e}",
@@ -53,6 +62,11 @@ pub async fn run(args: DemoArgs, interactive: bool) -> u8 {
         );
         return exit::INTERNAL;
     }
+    println!(
+        "CRM database (SQLite file) at {} with {} customers",
+        args.dir.join(CRM_DATABASE).display(),
+        thousands(customers.len() as u64)
+    );
     let pipeline = args.dir.join("pipeline.yaml");
     let project = match Project::load(&pipeline) {
         Ok(p) => p,
@@ -81,9 +95,11 @@ pub async fn run(args: DemoArgs, interactive: bool) -> u8 {
     }
     let start = today - Duration::days(args.days - 1);
     let truth = sluice_sandbox::truth(&SandboxOptions::new(args.seed, 1, today), start, today);
-    let matches_truth = match check_against_truth(&db, &truth) {
+    let matches_truth = match check_against_truth(&db, &truth, &customers) {
         Ok(lines) => {
-            println!("\nwarehouse vs the sandbox's ground truth ({start} .. {today}):");
+            println!(
+                "\nwarehouse vs the sandbox's ground truth ({start} .. {today}) and the CRM rows written:"
+            );
             for line in &lines {
                 println!("  {line}");
             }
@@ -118,7 +134,12 @@ pub async fn run(args: DemoArgs, interactive: bool) -> u8 {
 
 /// Writes pipeline.yaml and a `.env` with the sandbox's address and credentials
 /// (the same `${VAR}` route real credentials take).
-fn write_project(dir: &Path, base_url: &str, start: chrono::NaiveDate) -> std::io::Result<()> {
+fn write_project(
+    dir: &Path,
+    base_url: &str,
+    start: chrono::NaiveDate,
+    customers: &[CrmCustomer],
+) -> std::io::Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
@@ -131,7 +152,7 @@ fn write_project(dir: &Path, base_url: &str, start: chrono::NaiveDate) -> std::i
     let env = sandbox_env(base_url, start);
     std::fs::write(dir.join(".env"), env)?;
     std::fs::write(dir.join(".gitignore"), ".env\n/lake\n/warehouse.db*\n")?;
-    Ok(())
+    write_crm_database(&dir.join(CRM_DATABASE), customers)
 }
 
 /// Spend per platform per day and the address exceptions, read from the warehouse.
@@ -200,8 +221,15 @@ fn print_report(db: &Path) -> rusqlite::Result<()> {
 
     if exists("d2b__customer_address_exceptions") {
         println!("\ncustomers with an invalid postal address (d2b.customer_address_exceptions):");
-        let rows = query("select rule, count(*) from d2b__customer_address_exceptions group by rule order by rule")?;
-        let mut table = vec![vec!["rule".to_string(), "customers".into()]];
+        let rows = query(
+            "select source, rule, count(*) from d2b__customer_address_exceptions \
+             group by source, rule order by source, rule",
+        )?;
+        let mut table = vec![vec![
+            "source".to_string(),
+            "rule".into(),
+            "customers".into(),
+        ]];
         table.extend(rows);
         print_table(&table);
     }
@@ -219,8 +247,13 @@ fn cell(value: rusqlite::types::Value) -> String {
     }
 }
 
-/// Compares loaded totals with `sluice sandbox truth` for the same window.
-fn check_against_truth(db: &Path, truth: &serde_json::Value) -> rusqlite::Result<Vec<String>> {
+/// Compares loaded totals with `sluice sandbox truth` for the same window, and the
+/// CRM customers' address exceptions with those of the rows the demo wrote.
+fn check_against_truth(
+    db: &Path,
+    truth: &serde_json::Value,
+    customers: &[CrmCustomer],
+) -> rusqlite::Result<Vec<String>> {
     let conn = rusqlite::Connection::open(db)?;
     let sum = |field: &str, platform: &str| -> f64 {
         truth[platform]["days"]
@@ -281,5 +314,63 @@ fn check_against_truth(db: &Path, truth: &serde_json::Value) -> rusqlite::Result
             sum("cost_micros", "google") / 1_000_000.0,
         ),
     );
+    lines.push(crm_exceptions_verdict(&conn, customers)?);
     Ok(lines)
+}
+
+/// The CRM rows of `d2b.customer_address_exceptions` against the rule each written
+/// customer's address breaks (classified here, apart from the model's SQL).
+fn crm_exceptions_verdict(
+    conn: &rusqlite::Connection,
+    customers: &[CrmCustomer],
+) -> rusqlite::Result<String> {
+    use std::collections::BTreeSet;
+    let expected: BTreeSet<(String, String)> = customers
+        .iter()
+        .filter_map(|c| {
+            address_rule(c.address.as_deref())
+                .map(|rule| (format!("crm-{}", c.customer_id), rule.to_string()))
+        })
+        .collect();
+    let mut stmt = conn.prepare(
+        "select customer_id, rule from d2b__customer_address_exceptions where source = 'crm'",
+    )?;
+    let loaded = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<BTreeSet<_>>>()?;
+    let verdict = if loaded == expected {
+        "= truth".to_string()
+    } else {
+        let missing = expected.difference(&loaded).count();
+        let extra = loaded.difference(&expected).count();
+        format!("≠ truth ({missing} missing, {extra} not expected)")
+    };
+    Ok(format!(
+        "{:<9} address exceptions {:>4} of {} customers  {verdict}",
+        "crm",
+        loaded.len(),
+        customers.len()
+    ))
+}
+
+/// The rule an address breaks, if any: empty (or blank, or none), shaped like a US
+/// SSN (`123-45-6789` or `123456789`), or all digits.
+fn address_rule(address: Option<&str>) -> Option<&'static str> {
+    let a = address.unwrap_or("").trim();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let dashed = a.len() == 11
+        && a.as_bytes()[3] == b'-'
+        && a.as_bytes()[6] == b'-'
+        && digits(&a[..3])
+        && digits(&a[4..6])
+        && digits(&a[7..]);
+    if a.is_empty() {
+        Some("empty")
+    } else if dashed || (a.len() == 9 && digits(a)) {
+        Some("ssn_shaped")
+    } else if digits(a) {
+        Some("all_digits")
+    } else {
+        None
+    }
 }

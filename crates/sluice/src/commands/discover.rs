@@ -11,7 +11,7 @@ use crate::exit;
 
 #[derive(clap::Args, Debug)]
 pub struct DiscoverArgs {
-    /// The source (`sources.<name>`, of `type: postgres` or `type: mysql`).
+    /// The source (`sources.<name>`, of `type: postgres`, `mysql` or `sqlite`).
     pub source: String,
     /// Only these tables (`schema.table` or `table`); with `--write`, the ones to add.
     pub tables: Vec<String>,
@@ -38,9 +38,9 @@ pub async fn run(pipeline: &Path, args: DiscoverArgs) -> u8 {
         );
         return exit::CONFIG;
     };
-    if !matches!(section.kind.as_str(), "postgres" | "mysql") {
+    if !matches!(section.kind.as_str(), "postgres" | "mysql" | "sqlite") {
         crate::logging::print_error!(
-            "source `{}` is `type: {}`; discover reads databases (postgres, mysql)",
+            "source `{}` is `type: {}`; discover reads databases (postgres, mysql, sqlite)",
             args.source,
             section.kind
         );

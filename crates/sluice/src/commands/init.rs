@@ -193,7 +193,12 @@ pub fn scaffold_marketing(dir: &Path, force: bool) -> std::io::Result<Vec<PathBu
             .map(|(path, content)| (format!("models/{path}"), content.to_string())),
     );
     let files: Vec<(&str, String)> = files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect();
-    write_files(dir, &files, force)
+    let mut created = write_files(dir, &files, force)?;
+    // The `crm` source's database: the same customers `sluice demo` writes.
+    let crm = dir.join(super::example::CRM_DATABASE);
+    super::example::write_crm_database(&crm, &super::example::crm_customers(7, 300))?;
+    created.push(crm);
+    Ok(created)
 }
 
 /// Writes `files` under `dir`; refuses to overwrite any unless `force`.

@@ -294,6 +294,19 @@ pub fn example_project(base_url: &str) -> Project {
         "models/currency_rates.csv",
         std::fs::read(example.join("models/currency_rates.csv")).unwrap(),
     );
+    // The `crm` source's SQLite file (`sluice demo` writes a bigger one): one customer
+    // with a street address, one whose address is shaped like an SSN.
+    rusqlite::Connection::open(project.path().join("crm.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE customers (customer_id INTEGER PRIMARY KEY, email TEXT NOT NULL, phone TEXT,
+               address TEXT, lifetime_value DECIMAL(12,2) NOT NULL, signed_up_on DATE NOT NULL,
+               is_active BOOLEAN NOT NULL, updated_at DATETIME NOT NULL);
+             INSERT INTO customers VALUES
+               (1001, 'ann@example.com', '+1 555 010 0001', '4 Elm St, Cork', 12.5, '2024-01-02', 1, '2024-01-02 09:00:00'),
+               (1002, 'bo@example.com', '+1 555 010 0002', '123-45-6789', 0, '2024-02-03', 0, '2024-02-03 09:00:00');",
+        )
+        .unwrap();
     let start = chrono::Utc::now().date_naive() - chrono::Duration::days(3);
     project.write(
         ".env",
