@@ -35,7 +35,9 @@ impl LakeView {
             // Merge tables show one row per key, as models see them: that needs the
             // streams' keys (when the sources cannot be built, tables show as stored).
             Ok(m) => match crate::project::Project::load(pipeline) {
-                Ok(project) => m.with_streams(project.sources.iter().flat_map(|s| s.streams())),
+                Ok(project) => m
+                    .with_streams(project.sources.iter().flat_map(|s| s.streams()))
+                    .with_aliases(project.aliases),
                 Err(_) => m,
             },
             Err(e) => {

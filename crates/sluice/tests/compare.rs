@@ -1,0 +1,442 @@
+//! Replacing a source: `replaces:` on a stream, `sluice compare` over what both
+//! streams landed, and the switch, after which models reading the replaced D1 name
+//! read the replacing stream without an SQL edit. Real files, lake and SQLite.
+
+mod common;
+
+use common::{assert_exit, pg_url, stderr, stdout, unique_prefix, Pg, Project};
+use serde_json::Value;
+
+const VENDOR_STREAM: &str = r#"  vendor:
+    type: files
+    streams:
+      customers:
+        path: data/vendor.csv
+        columns: { id: bigint, email: text, city: text, balance: "numeric(12,2)", signup_date: date }
+        infer_columns: false
+        primary_key: [id]
+"#;
+
+/// The vendor feed and its in-house replacement, which names two columns otherwise.
+fn pipeline(vendor: bool, switch: bool) -> String {
+    with_destination(vendor, switch, "")
+}
+
+fn with_destination(vendor: bool, switch: bool, destination: &str) -> String {
+    format!(
+        r#"name: migrate
+{destination}
+sources:
+{vendor}  crm:
+    type: files
+    streams:
+      customers:
+        path: data/crm/*.csv
+        columns: {{ customer_id: bigint, email_address: text, city: text, balance: "numeric(12,2)", signup_date: date }}
+        infer_columns: false
+        primary_key: [customer_id]
+        replaces:
+          stream: vendor.customers
+          columns: {{ customer_id: id, email_address: email }}
+          switch: {switch}
+"#,
+        vendor = if vendor { VENDOR_STREAM } else { "" },
+    )
+}
+
+const VENDOR_CSV: &str = "id,email,city,balance,signup_date
+1,ann@example.com,Pune,10.00,2024-07-01
+2,bob@example.com,Pune,20.00,2024-07-01
+3,cy@example.com,Goa,30.00,2024-07-02
+4,dee@example.com,Goa,40.00,2024-07-02
+5,eve@example.com,Agra,10.00,2024-07-03
+6,fay@example.com,Agra,60.00,2024-07-03
+";
+
+/// The in-house copy of `VENDOR_CSV` (renamed columns, same rows).
+fn crm_csv(rows: &str) -> String {
+    format!("customer_id,email_address,city,balance,signup_date\n{rows}")
+}
+
+const SAME_ROWS: &str = "1,ann@example.com,Pune,10.00,2024-07-01
+2,bob@example.com,Pune,20.00,2024-07-01
+3,cy@example.com,Goa,30.00,2024-07-02
+4,dee@example.com,Goa,40.00,2024-07-02
+5,eve@example.com,Agra,10.00,2024-07-03
+6,fay@example.com,Agra,60.00,2024-07-03
+";
+
+/// Known differences: 2's email changed, 4 missing, 5's balance changed, 7 new.
+const DIFFERENT_ROWS: &str = "1,ann@example.com,Pune,10.00,2024-07-01
+2,bob@example.org,Pune,20.00,2024-07-01
+3,cy@example.com,Goa,30.00,2024-07-02
+5,eve@example.com,Agra,12.50,2024-07-03
+6,fay@example.com,Agra,60.00,2024-07-03
+7,gus@example.com,Goa,45.00,2024-07-02
+";
+
+fn landed(rows: &str) -> Project {
+    landed_into(rows, "")
+}
+
+fn landed_into(rows: &str, destination: &str) -> Project {
+    let project = Project::new(&with_destination(true, false, destination));
+    project.write("data/vendor.csv", VENDOR_CSV);
+    project.write("data/crm/1.csv", crm_csv(rows));
+    let out = project.run(&[]);
+    assert_exit(&out, 0);
+    project
+}
+
+fn compare(project: &Project, args: &[&str]) -> std::process::Output {
+    project
+        .cmd()
+        .args(["compare", "vendor.customers", "crm.customers"])
+        .args(args)
+        .output()
+        .expect("run sluice")
+}
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
+}
+
+#[test]
+fn compare_reports_exactly_the_rows_and_days_that_differ() {
+    let project = landed(DIFFERENT_ROWS);
+    let out = compare(
+        &project,
+        &["--day-column", "signup_date", "--format", "json"],
+    );
+    assert_exit(&out, 8);
+    let report = &json(&out)["report"];
+    assert_eq!(report["key"], serde_json::json!(["id"]));
+    assert_eq!(report["old_rows"], 6);
+    assert_eq!(report["new_rows"], 6);
+    assert_eq!(
+        report["only_in_old"],
+        serde_json::json!({ "total": 1, "shown": [["4"]] })
+    );
+    assert_eq!(
+        report["only_in_new"],
+        serde_json::json!({ "total": 1, "shown": [["7"]] })
+    );
+    assert_eq!(
+        report["changed"],
+        serde_json::json!({ "total": 2, "shown": [
+            { "key": ["2"], "columns": [{ "column": "email", "old": "bob@example.com", "new": "bob@example.org" }] },
+            { "key": ["5"], "columns": [{ "column": "balance", "old": "10.00", "new": "12.50" }] },
+        ] })
+    );
+    // 2024-07-01 only changed an email: its count and sums agree, so it is not listed.
+    let days = &report["days"];
+    assert_eq!(days["total"], 2, "{days:#}");
+    let listed: Vec<(String, u64, u64, Vec<(String, String, String)>)> = days["shown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let sums = d["sums"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    let text = |v: &Value| v.as_str().unwrap().to_string();
+                    // Sums of numeric(12,2) keep their scale, whatever the width.
+                    (text(&s["column"]), text(&s["old"]), text(&s["new"]))
+                })
+                .collect();
+            (
+                d["day"].as_str().unwrap().to_string(),
+                d["old_rows"].as_u64().unwrap(),
+                d["new_rows"].as_u64().unwrap(),
+                sums,
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (
+                "2024-07-02".to_string(),
+                2,
+                2,
+                vec![("balance".into(), "70.00".into(), "75.00".into())]
+            ),
+            (
+                "2024-07-03".to_string(),
+                2,
+                2,
+                vec![("balance".into(), "70.00".into(), "72.50".into())]
+            ),
+        ]
+    );
+
+    // The text report says the same for people.
+    let out = compare(&project, &["--day-column", "signup_date"]);
+    assert_exit(&out, 8);
+    let text = stdout(&out);
+    for line in [
+        "Rows only in vendor.customers: 1\n  id=4\n",
+        "Rows only in crm.customers: 1\n  id=7\n",
+        "id=2  email: bob@example.com → bob@example.org",
+        "id=5  balance: 10.00 → 12.50",
+        "2024-07-02  rows 2 → 2; sum(balance) 70.00 → 75.00",
+        "email (← email_address)",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(!text.contains("2024-07-01"), "{text}");
+
+    // A window: only 2024-07-03's rows are compared.
+    let out = compare(
+        &project,
+        &[
+            "--day-column",
+            "signup_date",
+            "--since",
+            "2024-07-03",
+            "--until",
+            "2024-07-03",
+            "--format",
+            "json",
+        ],
+    );
+    assert_exit(&out, 8);
+    let report = &json(&out)["report"];
+    assert_eq!(report["only_in_old"]["total"], 0);
+    assert_eq!(report["only_in_new"]["total"], 0);
+    assert_eq!(report["changed"]["total"], 1);
+    assert_eq!(
+        report["changed"]["shown"][0]["key"],
+        serde_json::json!(["5"])
+    );
+    assert_eq!(report["days"]["total"], 1);
+    assert_eq!(report["days"]["shown"][0]["day"], "2024-07-03");
+
+    // --limit lists fewer and counts the rest.
+    let out = compare(&project, &["--limit", "1"]);
+    assert_exit(&out, 8);
+    assert!(
+        stdout(&out).contains(
+            "Rows that differ: 2\n  id=2  email: bob@example.com → bob@example.org\n  … and 1 more"
+        ),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn identical_streams_exit_zero_with_no_differences() {
+    let project = landed(SAME_ROWS);
+    let out = compare(&project, &["--day-column", "signup_date"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("No differences"), "{}", stdout(&out));
+    let out = compare(&project, &["--format", "json"]);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["identical"], true);
+
+    // Arguments that name nothing are usage errors, not "no differences".
+    let out = project
+        .cmd()
+        .args(["compare", "vendor.custmers", "crm.customers"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("did you mean `vendor.customers`?"),
+        "{}",
+        stderr(&out)
+    );
+    let out = compare(&project, &["--key", "nope"]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("key column `nope`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Rows of the model as the SQLite warehouse holds them, as text.
+fn sqlite_rows(project: &Project) -> Vec<String> {
+    let db = project.sqlite();
+    let mut stmt = db
+        .prepare("SELECT city, customers, CAST(balance AS TEXT), last_email FROM d2b__customers_by_city ORDER BY city")
+        .unwrap();
+    stmt.query_map([], |row| {
+        Ok((0..4)
+            .map(|i| match row.get::<_, rusqlite::types::Value>(i).unwrap() {
+                rusqlite::types::Value::Text(t) => t,
+                rusqlite::types::Value::Integer(n) => n.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+            .join("|"))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+#[test]
+fn after_the_switch_models_read_the_old_name_from_the_new_stream_unedited() {
+    let project = landed(SAME_ROWS);
+    switch_scenario(&project, "", &|| sqlite_rows(&project));
+}
+
+#[test]
+fn after_the_switch_models_load_the_same_rows_into_postgres() {
+    let pg = Pg::connect();
+    let prefix = unique_prefix("compare_switch");
+    let destination = format!(
+        "destination:\n  type: postgres\n  url: {}\n  schema_prefix: {prefix}",
+        pg_url()
+    );
+    let project = landed_into(SAME_ROWS, &destination);
+    switch_scenario(&project, &destination, &|| {
+        pg.strings(&format!(
+            "select concat_ws('|', city, customers::text, balance::text, last_email) from \"{prefix}d2b\".customers_by_city order by city"
+        ))
+    });
+    pg.drop_schemas(&prefix);
+}
+
+/// A model reading `d1.vendor_customers` gives the same rows before and after the
+/// switch (its SQL untouched), and after it follows what the in-house stream loads.
+fn switch_scenario(project: &Project, destination: &str, model_rows: &dyn Fn() -> Vec<String>) {
+    let sql = "SELECT city, count(*) AS customers, sum(balance) AS balance, max(email) AS last_email\nFROM d1.vendor_customers\nGROUP BY city\n";
+    project.write("models/d2b/customers_by_city.sql", sql);
+    assert_exit(&project.run(&[]), 0);
+    let before = model_rows();
+    assert_eq!(
+        before,
+        vec![
+            "Agra|2|70.00|fay@example.com",
+            "Goa|2|70.00|dee@example.com",
+            "Pune|2|30.00|bob@example.com"
+        ]
+    );
+
+    // The switch: the vendor stream goes, the in-house one takes over its D1 name.
+    project.write("pipeline.yaml", with_destination(false, true, destination));
+    let out = project.cmd().arg("validate").output().unwrap();
+    assert_exit(&out, 0);
+    let out = project.run(&[]);
+    assert_exit(&out, 0);
+    assert_eq!(model_rows(), before);
+    assert_eq!(
+        std::fs::read_to_string(project.path().join("models/d2b/customers_by_city.sql")).unwrap(),
+        sql
+    );
+    // The plan wires the model to the stream that now feeds it.
+    let out = project
+        .cmd()
+        .args(["plan", "--select", "+customers_by_city"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("crm.customers"), "{}", stdout(&out));
+
+    // It is the in-house stream they read: a customer it adds shows up.
+    project.write(
+        "data/crm/2.csv",
+        crm_csv("8,hal@example.com,Pune,5.00,2024-07-04\n"),
+    );
+    assert_exit(&project.run(&[]), 0);
+    let after = model_rows();
+    assert_eq!(after[2], "Pune|3|35.00|hal@example.com", "{after:?}");
+    assert_eq!(after[..2], before[..2]);
+    let out = project
+        .cmd()
+        .args([
+            "query",
+            "SELECT id, email FROM d1.vendor_customers WHERE id = 8",
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("hal@example.com"), "{}", stdout(&out));
+
+    // What the vendor landed stays comparable after its stream is gone.
+    let out = compare(project, &["--format", "json"]);
+    assert_exit(&out, 8);
+    assert_eq!(
+        json(&out)["report"]["only_in_new"],
+        serde_json::json!({ "total": 1, "shown": [["8"]] })
+    );
+}
+
+fn validate(pipeline: &str) -> (std::process::Output, String) {
+    let project = Project::new(pipeline);
+    project.write("data/vendor.csv", VENDOR_CSV);
+    project.write("data/crm/1.csv", crm_csv(SAME_ROWS));
+    let out = project.cmd().arg("validate").output().unwrap();
+    let err = stderr(&out);
+    (out, err)
+}
+
+/// The line of `pipeline` holding `needle`, 1-based.
+fn line_of(pipeline: &str, needle: &str) -> usize {
+    pipeline.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn replaces_naming_nothing_is_a_config_error_at_its_line() {
+    let good = pipeline(true, false);
+
+    let bad = good.replace("stream: vendor.customers", "stream: vendor.custmers");
+    let (out, err) = validate(&bad);
+    assert_exit(&out, 3);
+    let at = format!("pipeline.yaml:{}:", line_of(&bad, "vendor.custmers"));
+    assert!(err.contains(&at), "{at} in {err}");
+    assert!(
+        err.contains("source vendor has no stream `custmers`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `vendor.customers`?"), "{err}");
+
+    let bad = good.replace("stream: vendor.customers", "stream: vendr.customers");
+    let (out, err) = validate(&bad);
+    assert_exit(&out, 3);
+    assert!(err.contains("unknown source `vendr`"), "{err}");
+    assert!(err.contains("did you mean `vendor.customers`?"), "{err}");
+
+    let bad = good.replace("customer_id: id,", "customer_idd: id,");
+    let (out, err) = validate(&bad);
+    assert_exit(&out, 3);
+    let at = format!("pipeline.yaml:{}:", line_of(&bad, "customer_idd: id"));
+    assert!(err.contains(&at), "{at} in {err}");
+    assert!(
+        err.contains("crm.customers has no column `customer_idd`"),
+        "{err}"
+    );
+
+    let bad = good.replace("email_address: email }", "email_address: mail }");
+    let (out, err) = validate(&bad);
+    assert_exit(&out, 3);
+    assert!(
+        err.contains("vendor.customers has no column `mail`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `email`?"), "{err}");
+
+    // Switched while the replaced stream still runs: two streams would publish one name.
+    let bad = pipeline(true, true);
+    let (out, err) = validate(&bad);
+    assert_exit(&out, 3);
+    assert!(
+        err.contains("remove stream `customers` from sources.vendor"),
+        "{err}"
+    );
+
+    // Switched away from a stream that never was: a typo must not pass as retired.
+    let bad = pipeline(false, true).replace("stream: vendor.customers", "stream: vendr.customers");
+    let (out, err) = validate(&bad);
+    assert_exit(&out, 3);
+    assert!(err.contains("no model reads it"), "{err}");
+    let at = format!("pipeline.yaml:{}:", line_of(&bad, "vendr.customers"));
+    assert!(err.contains(&at), "{at} in {err}");
+
+    let (out, _) = validate(&good);
+    assert_exit(&out, 0);
+}
