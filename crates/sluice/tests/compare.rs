@@ -101,11 +101,12 @@ fn json(out: &std::process::Output) -> Value {
     serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
 }
 
-#[test]
-fn compare_reports_exactly_the_rows_and_days_that_differ() {
-    let project = landed(DIFFERENT_ROWS);
+/// `sluice compare` of the vendor's rows with `DIFFERENT_ROWS` reports exactly 4 only
+/// in the old, 7 only in the new, 2's email and 5's balance, and the two days whose
+/// sums moved.
+fn assert_known_differences(project: &Project) {
     let out = compare(
-        &project,
+        project,
         &["--day-column", "signup_date", "--format", "json"],
     );
     assert_exit(&out, 8);
@@ -171,6 +172,12 @@ fn compare_reports_exactly_the_rows_and_days_that_differ() {
             ),
         ]
     );
+}
+
+#[test]
+fn compare_reports_exactly_the_rows_and_days_that_differ() {
+    let project = landed(DIFFERENT_ROWS);
+    assert_known_differences(&project);
 
     // The text report says the same for people.
     let out = compare(&project, &["--day-column", "signup_date"]);
@@ -439,4 +446,112 @@ fn replaces_naming_nothing_is_a_config_error_at_its_line() {
 
     let (out, _) = validate(&good);
     assert_exit(&out, 0);
+}
+
+/// MariaDB through its own command-line client (as tests/relational.rs does).
+fn mariadb(sql: &str) {
+    let url = std::env::var("SLUICE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let url = reqwest::Url::parse(&url).expect("SLUICE_TEST_MYSQL_URL is a URL");
+    let port = url.port().unwrap_or(3306).to_string();
+    let mut cmd = std::process::Command::new("mysql");
+    cmd.args(["-h", url.host_str().unwrap_or("127.0.0.1"), "-P", &port])
+        .args([
+            "-u",
+            url.username(),
+            "--protocol=TCP",
+            "-N",
+            "-B",
+            "-e",
+            sql,
+        ]);
+    if let Some(password) = url.password() {
+        cmd.env("MYSQL_PWD", password);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("MariaDB's `mysql` client is required for this test: {e}"));
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The values of `rows` (CSV lines) as SQL tuples.
+fn sql_values(rows: &str) -> String {
+    rows.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            format!("({}, '{}', '{}', {}, '{}')", f[0], f[1], f[2], f[3], f[4])
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[test]
+fn a_postgres_table_replacing_a_mariadb_table_is_compared_and_switched() {
+    let prefix = unique_prefix("compare_rel");
+    let my_db = format!("{prefix}vendor");
+    mariadb(&format!(
+        "DROP DATABASE IF EXISTS {my_db}; CREATE DATABASE {my_db};
+         CREATE TABLE {my_db}.customers (id bigint PRIMARY KEY, email varchar(80), city varchar(40), balance decimal(12,2), signup_date date);
+         INSERT INTO {my_db}.customers VALUES {}",
+        sql_values(VENDOR_CSV.split_once('\n').unwrap().1)
+    ));
+    let pg = Pg::connect();
+    let pg_schema = format!("{prefix}crm");
+    pg.execute(&format!(
+        "CREATE SCHEMA \"{pg_schema}\";
+         CREATE TABLE \"{pg_schema}\".customers (customer_id bigint PRIMARY KEY, email_address text, city text, balance numeric(12,2), signup_date date);
+         INSERT INTO \"{pg_schema}\".customers VALUES {}",
+        sql_values(DIFFERENT_ROWS)
+    ));
+    let mysql_url = std::env::var("SLUICE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let pipeline = |switch: bool| {
+        let vendor = if switch {
+            String::new()
+        } else {
+            format!(
+                "  vendor:\n    type: mysql\n    url: {mysql_url}\n    streams:\n      customers:\n        table: {my_db}.customers\n"
+            )
+        };
+        format!(
+            r#"name: migrate
+sources:
+{vendor}  crm:
+    type: postgres
+    url: {pg}
+    streams:
+      customers:
+        table: {pg_schema}.customers
+        replaces:
+          stream: vendor.customers
+          columns: {{ customer_id: id, email_address: email }}
+          switch: {switch}
+"#,
+            pg = pg_url()
+        )
+    };
+    let project = Project::new(&pipeline(false));
+    assert_exit(&project.run(&[]), 0);
+    assert_known_differences(&project);
+
+    let sql = "SELECT id, email, balance FROM d1.vendor_customers WHERE city = 'Goa'\n";
+    project.write("models/d2b/goa_customers.sql", sql);
+    project.write("pipeline.yaml", pipeline(true));
+    assert_exit(&project.run(&[]), 0);
+    let db = project.sqlite();
+    let rows: Vec<String> = db
+        .prepare("SELECT id || '|' || email || '|' || balance FROM d2b__goa_customers ORDER BY id")
+        .unwrap()
+        .query_map([], |row| row.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // The in-house rows, under the vendor's column names.
+    assert_eq!(rows, ["3|cy@example.com|30.00", "7|gus@example.com|45.00"]);
+    mariadb(&format!("DROP DATABASE IF EXISTS {my_db}"));
+    pg.drop_schemas(&prefix);
 }
