@@ -112,6 +112,10 @@ pub struct CompareReport {
     pub only_new_columns: Vec<String>,
     pub old_rows: u64,
     pub new_rows: u64,
+    /// Keys that occur more than once in the old / new table: rows with them cannot
+    /// be matched one to one (pick a `--key` that is unique).
+    pub duplicate_keys_old: u64,
+    pub duplicate_keys_new: u64,
     /// Keys only the old table has.
     pub only_in_old: Listed<Vec<Option<String>>>,
     /// Keys only the new table has.
@@ -126,7 +130,9 @@ pub struct CompareReport {
 
 impl CompareReport {
     pub fn identical(&self) -> bool {
-        self.only_in_old.total == 0
+        self.duplicate_keys_old == 0
+            && self.duplicate_keys_new == 0
+            && self.only_in_old.total == 0
             && self.only_in_new.total == 0
             && self.changed.total == 0
             && self.days.total == 0
@@ -198,6 +204,24 @@ pub async fn compare(
 
     let old_rows = count(&ctx, &spec.old_table, &old_filter).await?;
     let new_rows = count(&ctx, &spec.new_table, &new_filter).await?;
+    let duplicates = |table: &str, filter: &str, pick: &dyn Fn(&ColumnPair) -> &str| {
+        let key: Vec<String> = key_pairs.iter().map(|p| quote(pick(p))).collect();
+        format!(
+            "(SELECT 1 AS one FROM d1.{}{filter} GROUP BY {} HAVING count(*) > 1) AS dup",
+            quote(table),
+            key.join(", ")
+        )
+    };
+    let duplicate_keys_old = count_of(
+        &ctx,
+        &duplicates(&spec.old_table, &old_filter, &|p| p.old.as_str()),
+    )
+    .await?;
+    let duplicate_keys_new = count_of(
+        &ctx,
+        &duplicates(&spec.new_table, &new_filter, &|p| p.new.as_str()),
+    )
+    .await?;
 
     // Rows by key.
     let side_select = |pick: &dyn Fn(&ColumnPair) -> &str| -> String {
@@ -425,11 +449,13 @@ pub async fn compare(
         old_table: spec.old_table.clone(),
         new_table: spec.new_table.clone(),
         key,
-        columns,
+        columns: columns.into_iter().filter(|p| p.old != "dt").collect(),
         only_old_columns,
         only_new_columns,
         old_rows,
         new_rows,
+        duplicate_keys_old,
+        duplicate_keys_new,
         only_in_old,
         only_in_new,
         changed,
@@ -461,11 +487,12 @@ async fn schema_of(ctx: &SessionContext, table: &str) -> Result<SchemaRef, Trans
 }
 
 async fn count(ctx: &SessionContext, table: &str, filter: &str) -> Result<u64, TransformError> {
-    let batches = collect(
-        ctx,
-        &format!("SELECT count(*) FROM d1.{}{filter}", quote(table)),
-    )
-    .await?;
+    count_of(ctx, &format!("d1.{}{filter}", quote(table))).await
+}
+
+/// `SELECT count(*) FROM <from>`.
+async fn count_of(ctx: &SessionContext, from: &str) -> Result<u64, TransformError> {
+    let batches = collect(ctx, &format!("SELECT count(*) FROM {from}")).await?;
     Ok(batches.first().filter(|b| b.num_rows() > 0).map_or(0, |b| {
         b.column(0)
             .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
@@ -492,6 +519,9 @@ fn texts(batch: &RecordBatch, columns: std::ops::Range<usize>, row: usize) -> Ve
         .collect()
 }
 
+/// The columns both tables have, then those only the old and only the new one has.
+type PairedColumns = (Vec<ColumnPair>, Vec<String>, Vec<String>);
+
 /// The columns both tables have, by old name (mapped ones through `replaces:`), and
 /// those only one side has; a mapping naming a column its table lacks is an error
 /// at its line in the pipeline file.
@@ -499,7 +529,7 @@ fn pair_columns(
     spec: &Comparison<'_>,
     old: &SchemaRef,
     new: &SchemaRef,
-) -> Result<(Vec<ColumnPair>, Vec<String>, Vec<String>), TransformError> {
+) -> Result<PairedColumns, TransformError> {
     let names = |s: &SchemaRef| -> Vec<String> {
         s.fields()
             .iter()

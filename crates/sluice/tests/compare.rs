@@ -132,45 +132,15 @@ fn assert_known_differences(project: &Project) {
     // 2024-07-01 only changed an email: its count and sums agree, so it is not listed.
     let days = &report["days"];
     assert_eq!(days["total"], 2, "{days:#}");
-    let listed: Vec<(String, u64, u64, Vec<(String, String, String)>)> = days["shown"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            let sums = d["sums"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| {
-                    let text = |v: &Value| v.as_str().unwrap().to_string();
-                    // Sums of numeric(12,2) keep their scale, whatever the width.
-                    (text(&s["column"]), text(&s["old"]), text(&s["new"]))
-                })
-                .collect();
-            (
-                d["day"].as_str().unwrap().to_string(),
-                d["old_rows"].as_u64().unwrap(),
-                d["new_rows"].as_u64().unwrap(),
-                sums,
-            )
-        })
-        .collect();
+    // Sums of numeric(12,2) keep their scale.
     assert_eq!(
-        listed,
-        vec![
-            (
-                "2024-07-02".to_string(),
-                2,
-                2,
-                vec![("balance".into(), "70.00".into(), "75.00".into())]
-            ),
-            (
-                "2024-07-03".to_string(),
-                2,
-                2,
-                vec![("balance".into(), "70.00".into(), "72.50".into())]
-            ),
-        ]
+        days["shown"],
+        serde_json::json!([
+            { "day": "2024-07-02", "old_rows": 2, "new_rows": 2,
+              "sums": [{ "column": "balance", "old": "70.00", "new": "75.00" }] },
+            { "day": "2024-07-03", "old_rows": 2, "new_rows": 2,
+              "sums": [{ "column": "balance", "old": "70.00", "new": "72.50" }] },
+        ])
     );
 }
 
@@ -554,4 +524,45 @@ sources:
     assert_eq!(rows, ["3|cy@example.com|30.00", "7|gus@example.com|45.00"]);
     mariadb(&format!("DROP DATABASE IF EXISTS {my_db}"));
     pg.drop_schemas(&prefix);
+}
+
+#[test]
+fn repeated_keys_and_mappings_of_undeclared_columns_are_reported() {
+    // The vendor sent customer 6 twice: rows cannot be matched one to one.
+    let project = Project::new(&pipeline(true, false));
+    project.write(
+        "data/vendor.csv",
+        format!("{VENDOR_CSV}6,fay@example.com,Agra,60.00,2024-07-03\n"),
+    );
+    project.write("data/crm/1.csv", crm_csv(SAME_ROWS));
+    assert_exit(&project.run(&[]), 0);
+    let out = compare(&project, &["--format", "json"]);
+    assert_exit(&out, 8);
+    let report = &json(&out)["report"];
+    assert_eq!(report["duplicate_keys_old"], 1, "{report:#}");
+    assert_eq!(report["duplicate_keys_new"], 0, "{report:#}");
+    assert_eq!(report["only_in_old"]["total"], 0);
+    assert_eq!(report["only_in_new"]["total"], 0);
+    assert_eq!(report["changed"]["total"], 0);
+
+    // A stream inferring its columns is checked against its data: the misspelt
+    // mapping is an error at its line when compare (or the switch) reads it.
+    let declared = "        columns: { customer_id: bigint, email_address: text, city: text, balance: \"numeric(12,2)\", signup_date: date }\n        infer_columns: false\n";
+    let inferred = pipeline(true, false)
+        .replacen(declared, "", 1)
+        .replace("email_address: email }", "email_adress: email }");
+    assert!(!inferred.contains("customer_id: bigint"), "{inferred}");
+    let project = Project::new(&inferred);
+    project.write("data/vendor.csv", VENDOR_CSV);
+    project.write("data/crm/1.csv", crm_csv(SAME_ROWS));
+    assert_exit(&project.run(&[]), 0);
+    let out = compare(&project, &[]);
+    assert_exit(&out, 3);
+    let at = format!("pipeline.yaml:{}:", line_of(&inferred, "email_adress"));
+    assert!(stderr(&out).contains(&at), "{at} in {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("d1.crm_customers has no column `email_adress`"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -229,6 +229,13 @@ fn print_text(old: &StreamRef, new: &StreamRef, alias: Option<&D1Alias>, r: &Com
         Some(day) => println!("  days by: {day}"),
         None => println!("  days not compared (give --day-column)"),
     }
+    for (side, duplicates) in [(old, r.duplicate_keys_old), (new, r.duplicate_keys_new)] {
+        if duplicates > 0 {
+            println!(
+                "\nKeys occurring more than once in {side}: {duplicates} (rows with them cannot be matched one to one: give a unique --key)"
+            );
+        }
+    }
     for (side, listed) in [(old, &r.only_in_old), (new, &r.only_in_new)] {
         if listed.total > 0 {
             println!("\nRows only in {side}: {}", listed.total);
@@ -281,8 +288,12 @@ fn print_text(old: &StreamRef, new: &StreamRef, alias: Option<&D1Alias>, r: &Com
         println!("\nNo differences.");
     } else {
         println!(
-            "\nDifferences: {} only in {old}, {} only in {new}, {} differing, {} days.",
-            r.only_in_old.total, r.only_in_new.total, r.changed.total, r.days.total
+            "\nDifferences: {} only in {old}, {} only in {new}, {} differing, {} days, {} duplicate keys.",
+            r.only_in_old.total,
+            r.only_in_new.total,
+            r.changed.total,
+            r.days.total,
+            r.duplicate_keys_old + r.duplicate_keys_new
         );
     }
 }
