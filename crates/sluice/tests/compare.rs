@@ -566,3 +566,42 @@ fn repeated_keys_and_mappings_of_undeclared_columns_are_reported() {
         stderr(&out)
     );
 }
+
+#[test]
+fn partitioned_streams_are_compared_by_their_partition_date_by_default() {
+    let partitioned = pipeline(true, false)
+        .replace(
+            "primary_key: [id]\n",
+            "primary_key: [id]\n        partition_column: signup_date\n",
+        )
+        .replace(
+            "primary_key: [customer_id]\n",
+            "primary_key: [customer_id]\n        partition_column: signup_date\n",
+        );
+    assert_eq!(partitioned.matches("partition_column").count(), 2);
+    let project = Project::new(&partitioned);
+    project.write("data/vendor.csv", VENDOR_CSV);
+    project.write("data/crm/1.csv", crm_csv(DIFFERENT_ROWS));
+    assert_exit(&project.run(&[]), 0);
+    let out = compare(&project, &["--format", "json", "--since", "2024-07-02"]);
+    assert_exit(&out, 8);
+    let report = &json(&out)["report"];
+    assert_eq!(report["day_column"], "dt");
+    let days: Vec<&str> = report["days"]["shown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["day"].as_str().unwrap())
+        .collect();
+    assert_eq!(days, ["2024-07-02", "2024-07-03"]);
+    // 2's changed email is on 2024-07-01, before the window.
+    assert_eq!(report["changed"]["total"], 1);
+    assert_eq!(report["only_in_old"]["shown"], serde_json::json!([["4"]]));
+    assert_eq!(report["only_in_new"]["shown"], serde_json::json!([["7"]]));
+
+    // Unpartitioned streams have no day unless told: a window then needs one.
+    let project = landed(DIFFERENT_ROWS);
+    let out = compare(&project, &["--since", "2024-07-02"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("--day-column"), "{}", stderr(&out));
+}
