@@ -22,10 +22,11 @@ fn pipeline(vendor: bool, switch: bool) -> String {
     with_destination(vendor, switch, "")
 }
 
-fn with_destination(vendor: bool, switch: bool, destination: &str) -> String {
+/// The pipeline with `top_level` keys (a destination, a `pii:` policy) added.
+fn with_destination(vendor: bool, switch: bool, top_level: &str) -> String {
     format!(
         r#"name: migrate
-{destination}
+{top_level}
 sources:
 {vendor}  crm:
     type: files
@@ -604,4 +605,39 @@ fn partitioned_streams_are_compared_by_their_partition_date_by_default() {
     let out = compare(&project, &["--since", "2024-07-02"]);
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("--day-column"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_pii_rule_written_for_the_old_name_still_holds_after_the_switch() {
+    let pii = "pii:\n  columns: { \"vendor_customers.email\": mask_last4 }";
+    let project = landed_into(SAME_ROWS, pii);
+    let email_of_1 = |project: &Project| {
+        let out = project
+            .cmd()
+            .args([
+                "query",
+                "SELECT email FROM d1.vendor_customers WHERE id = 1",
+                "--format",
+                "csv",
+            ])
+            .output()
+            .unwrap();
+        assert_exit(&out, 0);
+        stdout(&out).lines().nth(1).unwrap_or_default().to_string()
+    };
+    assert_eq!(email_of_1(&project), "***********.com");
+    project.write("pipeline.yaml", with_destination(false, true, pii));
+    assert_exit(&project.run(&[]), 0);
+    // Now read from crm_customers.email_address, which no rule names.
+    assert_eq!(email_of_1(&project), "***********.com");
+    let out = project
+        .cmd()
+        .args([
+            "query",
+            "SELECT email_address FROM d1.crm_customers WHERE customer_id = 1",
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("ann@example.com"), "{}", stdout(&out));
 }
