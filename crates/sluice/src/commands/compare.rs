@@ -43,6 +43,7 @@ pub struct CompareArgs {
     /// Differences of each kind listed; the rest are counted.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// `text` for people, `json` (one document, `identical` plus the report) for tools.
     #[arg(long, value_enum, default_value_t = CompareFormat::Text)]
     pub format: CompareFormat,
 }
@@ -288,7 +289,7 @@ fn print_text(old: &StreamRef, new: &StreamRef, alias: Option<&D1Alias>, r: &Com
         println!("\nNo differences.");
     } else {
         println!(
-            "\nDifferences: {} only in {old}, {} only in {new}, {} differing, {} days, {} duplicate keys.",
+            "\nDifferences: {} only in {old}, {} only in {new}, {} differing, {} day(s), {} duplicate key(s).",
             r.only_in_old.total,
             r.only_in_new.total,
             r.changed.total,
