@@ -18,6 +18,7 @@ pub mod line_typer;
 pub mod plan;
 pub mod publish;
 pub mod quarantine;
+pub mod replace;
 pub mod replay;
 pub mod run;
 pub mod schema;

@@ -80,6 +80,7 @@ pub async fn session(
     for table in lake_tables(lake, "d1").await? {
         register_d1(&ctx, project, lake, &table, view).await?;
     }
+    register_switched_aliases(&ctx, project, view).await?;
     for layer in ["d2a", "d2b"] {
         for table in lake_tables(lake, layer).await? {
             register_lake_table(&ctx, lake, layer, &table).await?;
@@ -231,6 +232,129 @@ async fn register_d1(
     ctx.register_table(TableReference::partial("d1", table), df.into_view())
         .map_err(|e| TransformError::engine("register", e))?;
     Ok(())
+}
+
+/// Makes each switched replacement's old name, `d1.<replaced>`, a view of the
+/// replacing stream's `d1.<table>` with the mapped columns renamed to their old names
+/// (it shadows what the replaced stream landed). Before the replacing stream has
+/// landed, the old name is not registered at all: a model reading it fails loudly
+/// rather than read the retired stream's last data.
+async fn register_switched_aliases(
+    ctx: &SessionContext,
+    project: &ModelProject,
+    view: D1View,
+) -> Result<(), TransformError> {
+    let policy = (view == D1View::Policy).then_some(project);
+    for alias in project.d1_aliases.iter().filter(|a| a.replacement.switch) {
+        let old = TableReference::partial("d1", alias.replaced_table.as_str());
+        let _ = ctx.deregister_table(old.clone());
+        let new = TableReference::partial("d1", alias.table.as_str());
+        let Ok(provider) = ctx.table_provider(new).await else {
+            tracing::warn!(
+                "d1.{} is switched to d1.{}, which has not landed yet",
+                alias.replaced_table,
+                alias.table
+            );
+            continue;
+        };
+        let sql = alias_view_sql(alias, &provider.schema(), policy)?;
+        let df = ctx
+            .sql(&sql)
+            .await
+            .map_err(|e| TransformError::engine(format!("d1.{}", alias.replaced_table), e))?;
+        ctx.register_table(old, df.into_view())
+            .map_err(|e| TransformError::engine("register", e))?;
+    }
+    Ok(())
+}
+
+/// `SELECT "customer_id" AS "id", … FROM d1."crm_customers"`: every column of the
+/// replacing table (`schema`), mapped ones under their old names. An unmapped column
+/// whose name a mapped one takes is left out (the mapping says which one it is).
+/// Under `policy`, a column the replacing table's rules leave in clear gets the
+/// action the `pii:` rules (or marks) of the old name give it, so a rule written for
+/// `vendor_customers.email` still holds for what models read under that name.
+fn alias_view_sql(
+    alias: &sluice_core::replace::D1Alias,
+    schema: &SchemaRef,
+    policy: Option<&ModelProject>,
+) -> Result<String, TransformError> {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    for (new, _) in &alias.replacement.columns {
+        if !names.contains(&new.as_str()) {
+            let mut error = alias.column_error(
+                new,
+                format!(
+                    "{} has no column `{new}` (its D1 table {} has: {})",
+                    alias.replacement.by,
+                    alias.table,
+                    names.join(", ")
+                ),
+            );
+            error.help = sluice_core::config::suggest(new, names.iter().copied())
+                .map(|s| format!("did you mean `{s}`?"));
+            return Err(error.into());
+        }
+    }
+    let taken: BTreeSet<&str> = alias
+        .replacement
+        .columns
+        .iter()
+        .filter(|(new, old)| new != old)
+        .map(|(_, old)| old.as_str())
+        .collect();
+    let kept: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !taken.contains(n) || alias.replacement.columns.iter().any(|(new, _)| new == n))
+        .collect();
+    let select: Vec<String> = kept
+        .iter()
+        .map(|n| match alias.old_name(n) {
+            old if old == *n => quote(n),
+            old => format!("{} AS {}", quote(n), quote(old)),
+        })
+        .collect();
+    let renamed = format!(
+        "SELECT {} FROM d1.{}",
+        select.join(", "),
+        quote(&alias.table)
+    );
+    let Some(project) = policy else {
+        return Ok(renamed);
+    };
+    let marked = |table: &str, column: &str| {
+        project
+            .d1_tables
+            .get(table)
+            .is_some_and(|d| d.pii_columns.iter().any(|c| c == column))
+    };
+    let mut outer = Vec::new();
+    for new in kept {
+        let old = alias.old_name(new);
+        if old == "dt" {
+            outer.push(quote(old));
+            continue;
+        }
+        let applied_as_new = project
+            .pii
+            .action(&alias.table, new, marked(&alias.table, new))
+            .is_some();
+        let as_old = project.pii.action(
+            &alias.replaced_table,
+            old,
+            marked(&alias.replaced_table, old),
+        );
+        match as_old.filter(|_| !applied_as_new) {
+            None => outer.push(quote(old)),
+            Some(action) => {
+                if let Some(expr) = action.apply(&alias.replaced_table, old) {
+                    outer.push(format!("{expr} AS {}", quote(old)));
+                }
+            }
+        }
+    }
+    Ok(format!("SELECT {} FROM ({renamed}) AS t", outer.join(", ")))
 }
 
 /// The SQL of the `d1.<table>` view over `d1_raw.<table>` (the table as landed, with

@@ -11,6 +11,7 @@
 //! - [`functions`]: cleaning helpers usable in any model (money, micros, currencies, safe casts);
 //! - [`catalog`]: the DataFusion session over the lake's tables (`d1.*`, `d2a.*`, `d2b.*`);
 //! - [`checks`]: data-quality checks and quarantine;
+//! - [`compare`]: how a replacing stream's D1 table differs from the one it replaces;
 //! - [`lineage`]: column-level lineage of every model, from its optimised logical plan;
 //! - [`quarantine`]: every quarantine in the lake as `quarantine.<layer>__<table>`;
 //! - [`preflight`]: planning every model before a run or in `sluice validate`;
@@ -26,6 +27,7 @@
 
 pub mod catalog;
 pub mod checks;
+pub mod compare;
 mod conform;
 pub mod error;
 pub mod functions;

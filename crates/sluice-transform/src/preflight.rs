@@ -28,6 +28,7 @@ pub async fn check_models(
     lake: &Lake,
     streams: &[StreamSpec],
 ) -> Result<(), TransformError> {
+    check_switched_names(project, lake).await?;
     if project.models.is_empty() {
         return Ok(());
     }
@@ -44,6 +45,12 @@ pub async fn check_models(
         for dep in &model.depends_on {
             if dep.layer != "d1" {
                 plannable &= !unknown_shape.contains(&dep.to_string());
+                continue;
+            }
+            if let Some(alias) = project.switched_alias(&dep.name) {
+                // The session made it a view of the replacing table once that landed;
+                // before, the model's columns cannot be known yet.
+                plannable &= present.contains(&alias.table);
                 continue;
             }
             if present.contains(&dep.name) {
@@ -83,6 +90,31 @@ pub async fn check_models(
         let schema = crate::run::plan(&ctx, model).await?;
         check_columns(model, &schema)?;
         catalog::register_placeholder(&ctx, model.layer.as_str(), &model.name, schema)?;
+    }
+    Ok(())
+}
+
+/// A switched replacement of a stream gone from the pipeline names its D1 table only
+/// by `source.stream`: a misspelt name would alias a table nothing reads while the
+/// models kept reading the retired stream's data. It must name a table the lake
+/// holds or a model reads.
+async fn check_switched_names(project: &ModelProject, lake: &Lake) -> Result<(), TransformError> {
+    let present = catalog::lake_tables(lake, "d1").await?;
+    for alias in project.d1_aliases.iter().filter(|a| a.replacement.switch) {
+        let read = project.models.iter().any(|m| {
+            m.depends_on
+                .iter()
+                .any(|d| d.layer == "d1" && d.name == alias.replaced_table)
+        });
+        if !read && !present.contains(&alias.replaced_table) {
+            let mut error = alias.stream_error(format!(
+                "{} is not a stream of this pipeline, the lake holds no d1.{} and no model reads it",
+                alias.replacement.replaced, alias.replaced_table
+            ));
+            error.help = suggest(&alias.replaced_table, present.iter().map(String::as_str))
+                .map(|s| format!("the lake holds d1.{s}"));
+            return Err(error.into());
+        }
     }
     Ok(())
 }

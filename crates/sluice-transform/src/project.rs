@@ -250,6 +250,9 @@ pub struct ModelProject {
     pub rates: CurrencyRates,
     /// D1 tables by name; see [`ModelProject::with_streams`].
     pub d1_tables: BTreeMap<String, D1Table>,
+    /// Streams replacing others (`replaces:`); switched ones make the replaced D1
+    /// name read the replacing table (see [`ModelProject::with_aliases`]).
+    pub d1_aliases: Vec<sluice_core::replace::D1Alias>,
     /// Retries and back-off of model publishes (the pipeline's `execution:`).
     pub execution: sluice_core::config::ExecutionConfig,
 }
@@ -297,6 +300,7 @@ impl ModelProject {
             pii,
             rates,
             d1_tables: BTreeMap::new(),
+            d1_aliases: Vec::new(),
             execution: Default::default(),
         })
     }
@@ -323,6 +327,24 @@ impl ModelProject {
             );
         }
         self
+    }
+
+    /// Tells the project which streams replace others: once a replacement is
+    /// switched, `d1.<replaced>` is a view of the replacing stream's table with its
+    /// columns renamed, so models reading the old name keep working unedited.
+    pub fn with_aliases(
+        mut self,
+        aliases: impl IntoIterator<Item = sluice_core::replace::D1Alias>,
+    ) -> Self {
+        self.d1_aliases = aliases.into_iter().collect();
+        self
+    }
+
+    /// The switched replacement whose old D1 name is `table`, if any.
+    pub fn switched_alias(&self, table: &str) -> Option<&sluice_core::replace::D1Alias> {
+        self.d1_aliases
+            .iter()
+            .find(|a| a.replacement.switch && a.replaced_table == table)
     }
 
     /// Marks `columns` of D1 `table` personal, beside what the streams said (e.g. from

@@ -24,7 +24,15 @@ impl ModelProject {
             .map(|model| ModelDescription {
                 layer: model.layer.as_str().to_string(),
                 name: model.name.clone(),
-                reads: model.depends_on.iter().map(|t| t.to_string()).collect(),
+                // A switched replacement's old name is read from the replacing stream.
+                reads: model
+                    .depends_on
+                    .iter()
+                    .map(|t| match self.switched_alias(&t.name) {
+                        Some(alias) if t.layer == "d1" => format!("d1.{}", alias.table),
+                        _ => t.to_string(),
+                    })
+                    .collect(),
                 checks: model
                     .config
                     .checks

@@ -41,7 +41,8 @@ fn return_freed_memory_promptly() {
 /// sluice: marketing and customer data pipelines in one binary.
 ///
 /// Exit codes: 0 success, 2 usage error, 3 config error, 4 run failed,
-/// 5 run partially failed, 6 a connection check failed, 7 a check failed (`test`), 130 cancelled.
+/// 5 run partially failed, 6 a connection check failed, 7 a check failed (`test`),
+/// 8 the streams differ (`compare`), 130 cancelled.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about, long_about = None)]
 struct Cli {
@@ -81,6 +82,8 @@ enum Command {
     Replay(commands::replay::ReplayArgs),
     /// Run SQL over the lake's tables (d1.*, d2a.*, d2b.*) and print a table, CSV or JSON.
     Query(commands::query::QueryArgs),
+    /// Compare a stream with the one it replaces (from the lake): rows by key, and per day.
+    Compare(commands::compare::CompareArgs),
     /// Run the models' checks against what the lake holds, without running anything.
     Test(commands::test::TestArgs),
     /// Preview a model's rows over the lake (PII policy applied); nothing is published.
@@ -174,6 +177,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => commands::replay::run(&cli.pipeline, args, interactive).await,
             Command::Query(args) => commands::query::run(&cli.pipeline, args).await,
             Command::Test(args) => commands::test::run(&cli.pipeline, args).await,
+            Command::Compare(args) => commands::compare::run(&cli.pipeline, args).await,
             Command::Show(args) => commands::show::run(&cli.pipeline, args).await,
             Command::Compile(args) => commands::compile::run(&cli.pipeline, args).await,
             Command::Ls(args) => commands::ls::run(&cli.pipeline, args).await,

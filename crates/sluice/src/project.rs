@@ -9,6 +9,7 @@ use sluice_core::config::{ConfigError, PipelineConfig};
 use sluice_core::destination::Destination;
 use sluice_core::drift::SchemaConfig;
 use sluice_core::lake::{Lake, OpenError};
+use sluice_core::replace::D1Alias;
 use sluice_core::source::Source;
 use sluice_core::state::StateStore;
 
@@ -20,6 +21,8 @@ pub struct Project {
     pub destination: Arc<dyn Destination>,
     pub sources: Vec<Arc<dyn Source>>,
     pub schema_policy: SchemaConfig,
+    /// Streams replacing others (`replaces:`), checked against the sources.
+    pub aliases: Vec<D1Alias>,
 }
 
 /// Why a project could not be loaded.
@@ -65,6 +68,8 @@ impl Project {
             .map(|section| sluice_connectors::build_source(&config.doc, section, &ctx))
             .collect::<Result<Vec<_>, _>>()
             .map_err(LoadError::Config)?;
+        let aliases =
+            sluice_core::replace::resolve(&config, &sources).map_err(LoadError::Config)?;
         let schema_policy = match &config.schema {
             Some(section) => config
                 .doc
@@ -79,6 +84,7 @@ impl Project {
             state,
             destination,
             sources,
+            aliases,
         })
     }
 }

@@ -8,6 +8,7 @@
 
 mod interpolate;
 mod locate;
+mod replaces;
 mod schedule;
 mod targets;
 
@@ -22,6 +23,7 @@ use serde_yaml::Value;
 
 pub use interpolate::{expand, EnvLookup, Lookup};
 pub use locate::{join_path, Position, SpanMap};
+pub use replaces::{Replacement, StreamRef};
 pub use schedule::{CatchUp, Schedule};
 pub use targets::{Sample, Target, TARGET_VAR};
 
@@ -293,6 +295,8 @@ pub struct PipelineConfig {
     /// `None` means the embedded default, SQLite at `<root>/warehouse.db`.
     pub destination: Option<Section>,
     pub sources: Vec<Section>,
+    /// Streams' `replaces:` (taken out of their sources' YAML; see [`Replacement`]).
+    pub replacements: Vec<Replacement>,
     pub execution: ExecutionConfig,
     pub models: Option<PathBuf>,
     /// When `sluice serve` runs the pipeline (and the exported DAG / CronJob).
@@ -445,7 +449,7 @@ impl PipelineConfig {
             .destination
             .map(|v| section("destination", destination_path, v))
             .transpose()?;
-        let sources = raw
+        let mut sources = raw
             .sources
             .into_iter()
             .map(|(name, v)| {
@@ -458,6 +462,7 @@ impl PipelineConfig {
                 section(&name, vec!["sources".into(), name.clone()], v)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let replacements = replaces::extract(&doc, &mut sources)?;
         let schedule = raw.schedule.map(|v| Schedule::parse(&doc, v)).transpose()?;
         let untyped = |key: &str, v: Value| Section {
             name: key.to_string(),
@@ -477,6 +482,7 @@ impl PipelineConfig {
             }),
             destination,
             sources,
+            replacements,
             execution: raw.execution,
             models: raw.models.map(|m| root.join(m)),
             schedule,

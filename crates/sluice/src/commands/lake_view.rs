@@ -35,8 +35,22 @@ impl LakeView {
             // Merge tables show one row per key, as models see them: that needs the
             // streams' keys (when the sources cannot be built, tables show as stored).
             Ok(m) => match crate::project::Project::load(pipeline) {
-                Ok(project) => m.with_streams(project.sources.iter().flat_map(|s| s.streams())),
-                Err(_) => m,
+                Ok(project) => m
+                    .with_streams(project.sources.iter().flat_map(|s| s.streams()))
+                    .with_aliases(project.aliases),
+                Err(_) => {
+                    // Which D1 table a switched replacement aliases is known from the
+                    // built sources only: say so rather than show the old data silently.
+                    for r in config.replacements.iter().filter(|r| r.switch) {
+                        tracing::warn!(
+                            "{} is switched to {}, but the sources cannot be built here to resolve it: its D1 name shows what {} last landed",
+                            r.replaced,
+                            r.by,
+                            r.replaced
+                        );
+                    }
+                    m
+                }
             },
             Err(e) => {
                 crate::project::print_config_error(&e);

@@ -42,7 +42,9 @@ pub async fn run(pipeline: &Path, args: ReplayArgs, interactive: bool) -> u8 {
         Err(e) => return e.report(),
     };
     let models = match ModelProject::load(&project.config) {
-        Ok(m) => m.with_streams(project.sources.iter().flat_map(|s| s.streams())),
+        Ok(m) => m
+            .with_streams(project.sources.iter().flat_map(|s| s.streams()))
+            .with_aliases(project.aliases.clone()),
         Err(e) => {
             crate::project::print_config_error(&e);
             return exit::CONFIG;

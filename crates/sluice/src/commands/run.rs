@@ -238,7 +238,9 @@ pub fn build_plan(
     sources: &[Arc<dyn Source>],
 ) -> Result<(RunPlan, ModelProject), u8> {
     let models = match ModelProject::load(&project.config) {
-        Ok(m) => m.with_streams(sources.iter().flat_map(|s| s.streams())),
+        Ok(m) => m
+            .with_streams(sources.iter().flat_map(|s| s.streams()))
+            .with_aliases(project.aliases.clone()),
         Err(e) => {
             crate::project::print_config_error(&e);
             return Err(exit::CONFIG);

@@ -36,7 +36,9 @@ pub async fn run(pipeline: &Path, args: ValidateArgs) -> u8 {
         return exit::CONFIG;
     }
     let specs: Vec<_> = project.sources.iter().flat_map(|s| s.streams()).collect();
-    let models = models.with_streams(specs.iter().cloned());
+    let models = models
+        .with_streams(specs.iter().cloned())
+        .with_aliases(project.aliases.clone());
     if let Err(e) = sluice_transform::preflight::check_models(&models, &project.lake, &specs).await
     {
         return crate::project::report_transform_error(&e);
