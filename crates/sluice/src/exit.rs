@@ -15,5 +15,7 @@ pub const PARTIAL: u8 = 5;
 pub const CONNECTION: u8 = 6;
 /// `sluice test`: an `error` check failed or could not run.
 pub const CHECKS_FAILED: u8 = 7;
+/// `sluice upgrade-check`: the target API version removes or renames fields the pipeline uses.
+pub const UPGRADE_NEEDED: u8 = 8;
 /// Stopped by SIGINT/SIGTERM; in-flight loads were rolled back.
 pub const CANCELLED: u8 = 130;

@@ -13,6 +13,31 @@ pub const MONEY: FieldType = FieldType::numeric(4);
 /// Action values can be fractional conversions.
 pub const ACTION_VALUE: FieldType = FieldType::numeric(6);
 
+/// Each stream's fields as the config asks the API for them, for
+/// `sluice upgrade-check`: (stream, configured table, fields).
+pub fn configured_fields(
+    config: &super::config::FacebookConfig,
+) -> Vec<(String, Option<String>, Vec<String>)> {
+    use super::config::StreamChoice;
+    super::config::effective_streams(&config.streams)
+        .into_iter()
+        .map(|(stream, choice)| match choice {
+            StreamChoice::Insights(i) => {
+                let table = i.table.clone();
+                (stream.to_string(), table, insights_request_fields(&i))
+            }
+            StreamChoice::Entity(e) => {
+                let mut fields: Vec<String> = entity_fields(stream)
+                    .iter()
+                    .map(|(name, _)| name.to_string())
+                    .collect();
+                fields.extend(e.fields.iter().cloned());
+                (stream.to_string(), e.table, fields)
+            }
+        })
+        .collect()
+}
+
 /// The declared type of an insights field (unknown ones are inferred by the executor).
 pub fn insights_field_type(name: &str) -> FieldType {
     match name {
