@@ -201,8 +201,9 @@ fn freeze_stops_the_stream_naming_the_property_and_its_first_record() {
     let before = change_day() - Duration::days(1);
     assert_exit(&run(&project, before), 0);
     let frozen = run(&project, change_day() + Duration::days(1));
-    // Partial: `app.events` (JSON properties) is published, the typed stream is held.
-    assert_exit(&frozen, 5);
+    // Both streams are held: the typed one on its new column, `app.events` on
+    // the new path inside `event_props` (properties are fields there too).
+    assert_exit(&frozen, 4);
     let text = stdout(&frozen) + &stderr(&frozen);
     assert!(
         (text.contains("`Coupon`") || text.contains("`amount_value`"))
@@ -210,6 +211,205 @@ fn freeze_stops_the_stream_naming_the_property_and_its_first_record() {
             && text.contains(&format!("in data of {}", change_day()))
             && text.contains("freeze"),
         "the failure names the property, its first record and the policy:\n{text}"
+    );
+    assert!(
+        text.contains("`Charged`: new field `event_props.Coupon`")
+            || text.contains("`Charged`: new field `event_props.amount_value`"),
+        "the JSON stream names the property path and its event:\n{text}"
+    );
+}
+
+fn json_pipeline(schema: &str) -> String {
+    pipeline(schema).replace(
+        "{ names: [Charged], typed: [Charged] }",
+        "{ names: [Charged] }",
+    )
+}
+
+/// `event_props` kept as JSON: each event's property paths are fields of the
+/// registry, so `schema history app.events` shows the add, the re-type and the
+/// likely rename with the day each appeared.
+#[test]
+fn json_event_props_history_shows_the_add_retype_and_rename_with_their_day() {
+    let project = Project::new(&json_pipeline(
+        "schema:\n  on_new_field: evolve\n  on_type_change: evolve\n",
+    ));
+    assert_exit(&run(&project, change_day() - Duration::days(1)), 0);
+    let today = change_day() + Duration::days(1);
+    let second = run(&project, today);
+    assert_exit(&second, 0);
+    let report = stdout(&second);
+    assert!(
+        report.contains("event_props.Coupon [Charged]"),
+        "the run reports the new property:\n{report}"
+    );
+    let history = project
+        .cmd()
+        .args(["schema", "history", "app.events"])
+        .output()
+        .unwrap();
+    assert_exit(&history, 0);
+    let history = stdout(&history);
+    let day = change_day().to_string();
+    let line = |needle: &str| {
+        history
+            .lines()
+            .any(|l| l.contains(needle) && l.contains(&day))
+    };
+    assert!(
+        line("new field `event_props.Coupon [Charged]`: text"),
+        "{history}"
+    );
+    assert!(
+        line("`event_props.Items [Charged]`: bigint → text"),
+        "{history}"
+    );
+    assert!(
+        line("likely rename `event_props.Amount [Charged]`: `event_props.amount_value`"),
+        "{history}"
+    );
+    // Every event is loaded, its properties as sent.
+    let db = project.sqlite();
+    let loaded: i64 = db
+        .query_row("select count(*) from d1__app_events", [], |r| r.get(0))
+        .unwrap();
+    let expected: i64 = truth(today).values().map(|(n, _)| n).sum();
+    assert_eq!(loaded, expected);
+}
+
+/// Quarantine on a re-typed property: the JSON stream holds back the events
+/// whose `Items` arrived as text, with their raw record; nothing is lost.
+#[test]
+fn json_event_props_quarantine_holds_back_the_retyped_events() {
+    let project = Project::new(&json_pipeline(
+        "schema:\n  on_new_field: evolve\n  on_type_change: quarantine\n",
+    ));
+    assert_exit(&run(&project, change_day() - Duration::days(1)), 0);
+    let today = change_day() + Duration::days(1);
+    assert_exit(&run(&project, today), 0);
+    let db = project.sqlite();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let truth = truth(today);
+    let after: i64 = truth
+        .iter()
+        .filter(|(d, _)| **d >= change_day().to_string())
+        .map(|(_, (n, _))| n)
+        .sum();
+    assert!(after > 0);
+    assert_eq!(
+        count("select count(*) from d1__app_events__quarantine where reason like '%event_props.Items%' and raw like '%amount_value%'"),
+        after
+    );
+    assert_eq!(
+        count("select count(*) from d1__app_events") + after,
+        truth.values().map(|(n, _)| n).sum::<i64>()
+    );
+}
+
+/// The rename declared only after a run evolved `amount_value` into a column of
+/// its own: the next run folds it back into `Amount` (D1 and the lake), so a D2
+/// model summing `Amount` equals the truth across the change day, unedited.
+#[test]
+fn a_rename_declared_after_evolve_folds_the_new_column_back() {
+    let evolve = "schema:\n  on_new_field: evolve\n  on_type_change: evolve\n";
+    let project = project(evolve);
+    project.write(
+        "models/d2a/charged_daily.sql",
+        "SELECT event_date, count(*) AS orders, sum(\"Amount\") AS amount\n\
+         FROM d1.app_events_charged GROUP BY event_date\n",
+    );
+    assert_exit(&run(&project, change_day() - Duration::days(1)), 0);
+    let today = change_day() + Duration::days(1);
+    // No rename declared: the model reading `Amount` is held, its table kept, and
+    // the run names it and the likely rename.
+    let unmapped = run(&project, today);
+    assert_exit(&unmapped, 5);
+    let report = stdout(&unmapped);
+    assert!(
+        report.lines().any(|l| l.contains("d2a.charged_daily")
+            && l.contains("held")
+            && l.contains("likely rename `Amount`")
+            && l.contains("`amount_value`")),
+        "{report}"
+    );
+    let columns = |project: &Project| -> Vec<String> {
+        let db = project.sqlite();
+        let mut stmt = db
+            .prepare("select name from pragma_table_info('d1__app_events_charged')")
+            .unwrap();
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        names
+    };
+    assert!(columns(&project).contains(&"amount_value".to_string()));
+
+    std::fs::write(
+        project.path().join("pipeline.yaml"),
+        pipeline(&format!(
+            "{evolve}  renames:\n    app.events_charged: {{ amount_value: Amount }}\n"
+        )),
+    )
+    .unwrap();
+    // A later day, so the look-back does not re-read every changed day.
+    let later = today + Duration::days(1);
+    let folded = run(&project, later);
+    assert_exit(&folded, 0);
+    let report = stdout(&folded) + &stderr(&folded);
+    assert!(
+        report.contains("folded back into `Amount`"),
+        "the run says what it folded:\n{report}"
+    );
+    let columns = columns(&project);
+    assert!(
+        columns.contains(&"Amount".to_string()) && !columns.contains(&"amount_value".to_string()),
+        "{columns:?}"
+    );
+    let expected = truth(later);
+    assert!(expected.contains_key(&change_day().to_string()));
+    let db = project.sqlite();
+    let per_day = |sql: &str| -> BTreeMap<String, (i64, i64)> {
+        let mut stmt = db.prepare(sql).unwrap();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    (
+                        r.get::<_, i64>(1)?,
+                        (r.get::<_, f64>(2)? * 100.0).round() as i64,
+                    ),
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows
+    };
+    assert_eq!(
+        per_day(
+            r#"select cast(event_date as text), count(*), sum("Amount") from d1__app_events_charged group by 1"#
+        ),
+        expected,
+        "D1 equals the truth\n{report}"
+    );
+    assert_eq!(
+        per_day("select cast(event_date as text), orders, amount from d2a__charged_daily"),
+        expected,
+        "the unedited model equals the truth\n{report}"
+    );
+    // The lake's files carry one column too, and history keeps the story.
+    let history = stdout(
+        &project
+            .cmd()
+            .args(["schema", "history", "app.events_charged"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        history.contains("`amount_value`") && history.contains("folded back into `Amount`"),
+        "{history}"
     );
 }
 
