@@ -312,7 +312,10 @@ fn json_event_props_quarantine_holds_back_the_retyped_events() {
 #[test]
 fn a_rename_declared_after_evolve_folds_the_new_column_back() {
     let evolve = "schema:\n  on_new_field: evolve\n  on_type_change: evolve\n";
-    let project = project(evolve);
+    // No look-back: the third run does not re-read the change day, so its rows
+    // (loaded with `amount_value`) must be folded where they are.
+    let pipeline = |schema: &str| pipeline(schema).replace("lookback_days: 1", "lookback_days: 0");
+    let project = Project::new(&pipeline(evolve));
     project.write(
         "models/d2a/charged_daily.sql",
         "SELECT event_date, count(*) AS orders, sum(\"Amount\") AS amount\n\
@@ -353,7 +356,6 @@ fn a_rename_declared_after_evolve_folds_the_new_column_back() {
         )),
     )
     .unwrap();
-    // A later day, so the look-back does not re-read every changed day.
     let later = today + Duration::days(1);
     let folded = run(&project, later);
     assert_exit(&folded, 0);
@@ -378,7 +380,9 @@ fn a_rename_declared_after_evolve_folds_the_new_column_back() {
                     r.get::<_, String>(0)?,
                     (
                         r.get::<_, i64>(1)?,
-                        (r.get::<_, f64>(2)? * 100.0).round() as i64,
+                        // A day whose amounts did not fold sums to NULL: shown as -1.
+                        r.get::<_, Option<f64>>(2)?
+                            .map_or(-1, |a| (a * 100.0).round() as i64),
                     ),
                 ))
             })
@@ -445,5 +449,62 @@ fn typed_event_table_equals_the_truth_in_postgres_across_the_change() {
     let expected = truth(today);
     assert!(expected.contains_key(&change_day().to_string()));
     assert_eq!(loaded, expected, "{}", stdout(&second));
+    pg.drop_schemas(&prefix);
+}
+
+/// The fold in PostgreSQL: the evolved `amount_value` column's values move into
+/// `Amount` and the column is dropped, in the load's transaction.
+#[test]
+fn a_folded_column_in_postgres_moves_its_values_and_is_dropped() {
+    let pg = Pg::connect();
+    let prefix = unique_prefix("apichange_fold");
+    let evolve = "schema:\n  on_new_field: evolve\n  on_type_change: evolve\n";
+    let destination = format!(
+        "destination:\n  type: postgres\n  url: {}\n  schema_prefix: {prefix}\n",
+        pg_url()
+    );
+    let pipeline = |schema: &str| {
+        pipeline(&format!("{schema}{destination}")).replace("lookback_days: 1", "lookback_days: 0")
+    };
+    let project = Project::new(&pipeline(evolve));
+    assert_exit(&run(&project, change_day() - Duration::days(1)), 0);
+    let today = change_day() + Duration::days(1);
+    assert_exit(&run(&project, today), 0);
+    let table = format!("\"{prefix}d1\".app_events_charged");
+    let has_column = |name: &str| {
+        pg.scalar_i64(&format!(
+            "select count(*) from information_schema.columns where table_schema = '{prefix}d1' \
+             and table_name = 'app_events_charged' and column_name = '{name}'"
+        )) == 1
+    };
+    assert!(has_column("amount_value"));
+
+    std::fs::write(
+        project.path().join("pipeline.yaml"),
+        pipeline(&format!(
+            "{evolve}  renames:\n    app.events_charged: {{ amount_value: Amount }}\n"
+        )),
+    )
+    .unwrap();
+    let later = today + Duration::days(1);
+    let folded = run(&project, later);
+    assert_exit(&folded, 0);
+    assert!(has_column("Amount") && !has_column("amount_value"));
+    let loaded: BTreeMap<String, (i64, i64)> = pg
+        .strings(&format!(
+            r#"select event_date::text || '|' || count(*) || '|' || coalesce((sum("Amount") * 100)::bigint, -1)
+               from {table} group by event_date"#
+        ))
+        .into_iter()
+        .map(|line| {
+            let parts: Vec<&str> = line.split('|').collect();
+            (
+                parts[0].to_string(),
+                (parts[1].parse().unwrap(), parts[2].parse().unwrap()),
+            )
+        })
+        .collect();
+    let runs = stdout(&project.cmd().args(["runs", "--json"]).output().unwrap());
+    assert_eq!(loaded, truth(later), "{}\n{runs}", stdout(&folded));
     pg.drop_schemas(&prefix);
 }

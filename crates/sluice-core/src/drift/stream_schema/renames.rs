@@ -72,7 +72,8 @@ impl StreamSchema {
             );
             self.schema.folded.insert(sent.clone(), kept.clone());
         }
-        self.version += 1;
+        // No version bump: this runs before any slice types a row (and the live
+        // load only takes rows typed with the first version).
     }
 
     pub(super) fn note_rename(&mut self, old: &str, new: &str, day: Option<String>) {
