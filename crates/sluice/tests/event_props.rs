@@ -508,3 +508,41 @@ fn a_folded_column_in_postgres_moves_its_values_and_is_dropped() {
     assert_eq!(loaded, truth(later), "{}\n{runs}", stdout(&folded));
     pg.drop_schemas(&prefix);
 }
+
+/// No `schema:` section at all: the change day's events are judged by the default
+/// policies, and the model summing `Amount` is held (its table kept, no NULLs
+/// published) with the run naming it and the likely rename.
+#[test]
+fn with_no_policy_the_model_reading_the_renamed_property_is_held_and_named() {
+    let project = project("");
+    project.write(
+        "models/d2a/charged_daily.sql",
+        "SELECT event_date, count(*) AS orders, sum(\"Amount\") AS amount\n\
+         FROM d1.app_events_charged GROUP BY event_date\n",
+    );
+    assert_exit(&run(&project, change_day() - Duration::days(1)), 0);
+    let before: i64 = project
+        .sqlite()
+        .query_row("select count(*) from d2a__charged_daily", [], |r| r.get(0))
+        .unwrap();
+    let after = run(&project, change_day() + Duration::days(1));
+    assert_exit(&after, 5);
+    let report = stdout(&after);
+    assert!(
+        report.lines().any(|l| l.contains("d2a.charged_daily")
+            && l.contains("held")
+            && l.contains("`Amount`")
+            && l.contains("`amount_value`")),
+        "{report}"
+    );
+    // The previous table is kept: no day with a NULL amount was published.
+    let db = project.sqlite();
+    let (rows, nulls): (i64, i64) = db
+        .query_row(
+            "select count(*), count(*) - count(amount) from d2a__charged_daily",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, nulls), (before, 0));
+}
