@@ -265,11 +265,42 @@ pub struct TableSchema {
 /// A JSON column whose keys the registry versions like columns, so a property
 /// renamed, re-typed or added inside it is a schema change. Each value of
 /// `scope_column` (CleverTap's `event_name`) has its own properties.
+/// `JsonPaths::object("event_props")` for an object's keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JsonPaths {
     pub column: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope_column: Option<String>,
+    /// For a list of objects (Facebook's `actions`), the member naming each
+    /// element (`action_type`): each element is the field `column.<name>`, its
+    /// `value` the field's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element_key: Option<String>,
+}
+
+impl JsonPaths {
+    /// The keys of an object column.
+    pub fn object(column: &str) -> Self {
+        JsonPaths {
+            column: column.to_string(),
+            scope_column: None,
+            element_key: None,
+        }
+    }
+
+    /// Per value of `scope_column`.
+    pub fn scoped_by(mut self, scope_column: &str) -> Self {
+        self.scope_column = Some(scope_column.to_string());
+        self
+    }
+
+    /// The elements of a list column, named by their `element_key` member.
+    pub fn list_keyed_by(column: &str, element_key: &str) -> Self {
+        JsonPaths {
+            element_key: Some(element_key.to_string()),
+            ..JsonPaths::object(column)
+        }
+    }
 }
 
 /// How a field inside a JSON column is shown: `event_props.Amount [Charged]`.

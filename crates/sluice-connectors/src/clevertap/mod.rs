@@ -110,10 +110,7 @@ fn events_spec(source: &str, table: Option<String>) -> StreamSpec {
     let mut schema = TableSchema::new(fields);
     // Each event's properties are fields of the registry too (`event_props.Amount
     // [Charged]`), judged by the stream's schema policy like columns.
-    schema.json_paths = vec![JsonPaths {
-        column: "event_props".into(),
-        scope_column: Some("event_name".into()),
-    }];
+    schema.json_paths = vec![JsonPaths::object("event_props").scoped_by("event_name")];
     StreamSpec {
         name: "events".into(),
         table: table.unwrap_or_else(|| format!("{source}_events")),

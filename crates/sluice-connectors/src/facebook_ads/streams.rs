@@ -3,7 +3,7 @@
 //! numeric, ratios double, nested lists jsonb.
 
 use sluice_core::destination::WriteMode;
-use sluice_core::schema::{Field, FieldType, TableSchema};
+use sluice_core::schema::{Field, FieldType, JsonPaths, TableSchema};
 use sluice_core::source::StreamSpec;
 
 use super::config::{EntityConfig, InsightsConfig, Level};
@@ -132,10 +132,19 @@ pub fn insights_spec(source: &str, config: &InsightsConfig) -> StreamSpec {
     for b in &config.breakdowns {
         fields.push(Field::new(b, FieldType::Text));
     }
+    let mut schema = TableSchema::new(fields);
+    // Each action type of an action list is a field of the registry
+    // (`actions.purchase`): one that appears or stops arriving is a schema change.
+    schema.json_paths = config
+        .fields
+        .iter()
+        .filter(|f| is_action_list(f))
+        .map(|f| JsonPaths::list_keyed_by(f, "action_type"))
+        .collect();
     StreamSpec {
         name: "insights".into(),
         table: table_name(source, "insights", &config.table),
-        schema: TableSchema::new(fields),
+        schema,
         infer_columns: true,
         primary_key: insights_key(config),
         partition_column: Some("date_start".into()),

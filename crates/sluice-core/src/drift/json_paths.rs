@@ -1,7 +1,8 @@
 //! Fields inside JSON columns, judged like columns.
 //!
 //! A source that keeps a record's properties in one JSON column (CleverTap's
-//! `event_props`) declares it in its schema ([`JsonPaths`]). Each record's keys
+//! `event_props`; Facebook's `actions`, a list keyed by `action_type`) declares
+//! it in its schema ([`JsonPaths`]). Each record's keys
 //! of that column become a *view* record (`event_props.Amount`, …, plus the
 //! record's data day), and the views of each scope (each event name: `Charged`
 //! has its own properties) go through their own [`StreamSchema`] — the same
@@ -66,9 +67,24 @@ impl PathEngines {
     fn views(&self, record: &Record) -> BTreeMap<String, Record> {
         let mut views: BTreeMap<String, Record> = BTreeMap::new();
         for decl in &self.declared {
-            let Some(Value::Object(object)) = record.fields.get(&decl.column) else {
-                continue;
-            };
+            let fields: Vec<(String, &Value)> =
+                match (record.fields.get(&decl.column), &decl.element_key) {
+                    (Some(Value::Object(object)), _) => {
+                        object.iter().map(|(k, v)| (k.clone(), v)).collect()
+                    }
+                    // `[{action_type: purchase, value: "3"}, …]`: `actions.purchase` = "3".
+                    (Some(Value::Array(items)), Some(key)) => items
+                        .iter()
+                        .filter_map(|item| {
+                            let name = match item.get(key)? {
+                                Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            };
+                            Some((name, item.get("value").unwrap_or(item)))
+                        })
+                        .collect(),
+                    _ => continue,
+                };
             let view = views
                 .entry(self.scope(decl, &record.fields))
                 .or_insert_with(|| {
@@ -83,7 +99,7 @@ impl PathEngines {
                         origin: record.origin.clone(),
                     }
                 });
-            for (key, value) in object {
+            for (key, value) in fields {
                 view.fields
                     .insert(format!("{}.{key}", decl.column), value.clone());
             }

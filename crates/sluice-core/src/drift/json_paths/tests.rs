@@ -14,10 +14,7 @@ fn events() -> StreamSpec {
         Field::new("event_date", FieldType::Date),
         Field::new("event_props", FieldType::Json),
     ]);
-    schema.json_paths = vec![JsonPaths {
-        column: "event_props".into(),
-        scope_column: Some("event_name".into()),
-    }];
+    schema.json_paths = vec![JsonPaths::object("event_props").scoped_by("event_name")];
     StreamSpec {
         name: "events".into(),
         table: "app_events".into(),
@@ -279,5 +276,86 @@ fn a_declared_rename_loads_the_new_property_under_the_old_name_inside_the_json()
         !schema.changes.keys().any(|(_, f)| f.contains("amount")),
         "{:?}",
         schema.changes.keys()
+    );
+}
+
+/// Facebook's `actions`: each action type is a field; one that stops arriving on
+/// the day another starts is a likely rename, a new one is reported with its day.
+#[test]
+fn a_list_keyed_by_action_type_versions_each_action_type() {
+    let mut schema = TableSchema::new(vec![
+        Field::new("date_start", FieldType::Date),
+        Field::new("actions", FieldType::Json),
+    ]);
+    schema.json_paths = vec![JsonPaths::list_keyed_by("actions", "action_type")];
+    let spec = StreamSpec {
+        name: "insights".into(),
+        table: "facebook_insights".into(),
+        schema,
+        infer_columns: true,
+        primary_key: Vec::new(),
+        partition_column: Some("date_start".into()),
+        write_mode: WriteMode::OverwritePartitions,
+        dedupe: Default::default(),
+    };
+    let row = |day: &str, actions: serde_json::Value, line| {
+        let fields = serde_json::json!({"date_start": day, "actions": actions});
+        Record {
+            fields: fields.as_object().unwrap().clone(),
+            origin: Origin {
+                page: "raw/facebook/insights/p1.json".into(),
+                line,
+            },
+        }
+    };
+    let mut first = StreamSchema::new(&spec, None, policy(Policy::Evolve, Policy::Evolve));
+    first
+        .absorb(&[row(
+            "2026-12-01",
+            serde_json::json!([{"action_type": "purchase", "value": "3"}, {"action_type": "link_click", "value": "40"}]),
+            1,
+        )])
+        .unwrap();
+    first.finish().unwrap();
+    let registry = first.schema;
+    let mut names: Vec<&str> = registry.paths[""]
+        .fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["actions.link_click", "actions.purchase"]);
+
+    let mut second = StreamSchema::new(
+        &spec,
+        Some(&registry),
+        policy(Policy::Evolve, Policy::Evolve),
+    );
+    second
+        .absorb(&[
+            row(
+                "2026-12-01",
+                serde_json::json!([{"action_type": "purchase", "value": "2"}, {"action_type": "link_click", "value": "9"}]),
+                1,
+            ),
+            row(
+                "2026-12-02",
+                serde_json::json!([{"action_type": "omni_purchase", "value": "2"}, {"action_type": "link_click", "value": "7"}]),
+                2,
+            ),
+        ])
+        .unwrap();
+    second.finish().unwrap();
+    let added = &second.changes[&(ChangeKind::Added, "actions.omni_purchase".to_string())];
+    assert!(
+        added.detail.contains("in data of 2026-12-02"),
+        "{}",
+        added.detail
+    );
+    let rename = &second.changes[&(ChangeKind::LikelyRename, "actions.purchase".to_string())];
+    assert!(
+        rename.detail.contains("`actions.omni_purchase`"),
+        "{}",
+        rename.detail
     );
 }
