@@ -359,3 +359,60 @@ fn a_list_keyed_by_action_type_versions_each_action_type() {
         rename.detail
     );
 }
+
+/// A property only some events carry, missing from the last days while a new one
+/// starts, is no rename: it was never in every record.
+#[test]
+fn an_optional_property_missing_from_the_last_days_is_no_rename() {
+    let mut first = StreamSchema::new(&events(), None, policy(Policy::Evolve, Policy::Evolve));
+    first
+        .absorb(&[
+            event(
+                "Charged",
+                "2026-12-01",
+                serde_json::json!({"Amount": 1.5, "Note": "gift"}),
+                1,
+            ),
+            event(
+                "Charged",
+                "2026-12-01",
+                serde_json::json!({"Amount": 2.5}),
+                2,
+            ),
+        ])
+        .unwrap();
+    first.finish().unwrap();
+    let mut second = StreamSchema::new(
+        &events(),
+        Some(&first.schema),
+        policy(Policy::Evolve, Policy::Evolve),
+    );
+    second
+        .absorb(&[
+            event(
+                "Charged",
+                "2026-12-01",
+                serde_json::json!({"Amount": 1.5, "Note": "gift"}),
+                1,
+            ),
+            event(
+                "Charged",
+                "2026-12-02",
+                serde_json::json!({"Amount": 3.5, "Memo": "x"}),
+                2,
+            ),
+        ])
+        .unwrap();
+    second.finish().unwrap();
+    assert!(second
+        .changes
+        .contains_key(&(ChangeKind::Added, "event_props.Memo [Charged]".to_string())));
+    assert!(
+        !second
+            .changes
+            .keys()
+            .any(|(k, _)| *k == ChangeKind::LikelyRename),
+        "{:?}",
+        second.changes.keys()
+    );
+}

@@ -89,9 +89,9 @@ impl StreamSchema {
             .insert(old.to_string(), format!("`{new}`{from}"));
     }
 
-    /// A field that stopped arriving on the day a new field of a compatible type
-    /// started (the run also read days before the change, so the old name is not
-    /// absent from every record): a likely rename.
+    /// A field every record carried before that stopped arriving on the day a new
+    /// field of a similar type started (the run also read days before the change,
+    /// so the old name is not absent from every record): a likely rename.
     pub(super) fn renames_by_day(&mut self) {
         let Some(baseline) = &self.baseline else {
             return;
@@ -107,10 +107,12 @@ impl StreamSchema {
             })
             .collect();
         let mut renames = Vec::new();
+        // Only a field every record carried before: one some records omit (an
+        // unset `stop_time`) missing from the last days is no evidence.
         for old in baseline
             .fields
             .iter()
-            .filter(|f| !is_system_column(&f.name))
+            .filter(|f| !is_system_column(&f.name) && !baseline.presence.contains_key(&f.name))
         {
             let Some(last) = self.last_day.get(&old.name) else {
                 continue;
