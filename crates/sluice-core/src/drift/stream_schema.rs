@@ -6,11 +6,15 @@
 //! seen are turned into a decision (evolve, quarantine, freeze) and a
 //! [`SchemaChange`] for the run record. The engine decides; the slice sink acts on
 //! the decision (rebuilds its builders, quarantines the record, fails the slice).
+//! Fields inside JSON columns go through one engine like this per scope
+//! (`super::json_paths`), so they are judged by the same rules.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use arrow::record_batch::RecordBatch;
 use serde_json::Value;
+
+mod renames;
 
 use super::json_paths::PathEngines;
 use super::presence::{self, PresenceTally};
@@ -19,6 +23,7 @@ use crate::schema::{infer_type, is_system_column, unify, Field, FieldType, Table
 use crate::schema::{LOADED_AT_COLUMN, RUN_ID_COLUMN};
 use crate::source::StreamSpec;
 use crate::typing::{FieldError, Record};
+use renames::similar;
 
 /// What to do with a value that did not fit its column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -570,9 +575,6 @@ impl StreamSchema {
         Ok(())
     }
 }
-
-mod renames;
-use renames::similar;
 
 #[cfg(test)]
 mod tests;
