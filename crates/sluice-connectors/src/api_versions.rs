@@ -29,7 +29,7 @@ pub enum Api {
 }
 
 impl Api {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Api::FacebookMarketing => "Facebook Marketing API",
             Api::GoogleAds => "Google Ads API",
@@ -103,7 +103,7 @@ pub enum Lifecycle {
 }
 
 /// The major number of `v26.0`, `v26`, `26`, `v23_1`.
-fn major(version: &str) -> Option<u32> {
+pub fn major(version: &str) -> Option<u32> {
     let digits: String = version
         .trim()
         .trim_start_matches(['v', 'V'])
@@ -142,6 +142,19 @@ pub fn lifecycle(api: Api, version: &str, today: NaiveDate) -> Lifecycle {
         Lifecycle::NearSunset { sunset, days_left }
     } else {
         Lifecycle::Supported
+    }
+}
+
+/// The version after `major` that the table lists (what an upgrade goes to next).
+pub fn next_version(api: Api, major: u32) -> Option<u32> {
+    api.table().iter().map(|(v, _)| *v).find(|v| *v > major)
+}
+
+/// How `api` spells major version `major`: `v22.0` (Graph API), `v22` (Google Ads).
+pub fn spell(api: Api, major: u32) -> String {
+    match api {
+        Api::FacebookMarketing => format!("v{major}.0"),
+        Api::GoogleAds => format!("v{major}"),
     }
 }
 

@@ -9,6 +9,7 @@ use sluice_core::config::{suggest, ConfigDocument, ConfigError, Section};
 use sluice_core::lake::Lake;
 use sluice_core::source::Source;
 
+pub mod api_changes;
 pub mod api_versions;
 pub mod declared_columns;
 pub mod file_changes;

@@ -5,6 +5,8 @@
 //! A change is only judged against a *baseline*: the schema version a previous
 //! run recorded. On a stream's first run every field is simply new.
 
+pub mod fold;
+mod json_paths;
 pub mod presence;
 
 use std::collections::BTreeMap;
@@ -175,12 +177,60 @@ impl std::fmt::Display for SchemaChange {
     }
 }
 
-/// Differences between two recorded schema versions (for `sluice schema diff` and history).
+/// Moves the values a source sends under a new name to the name kept (`renames`
+/// resolved by [`StreamSchema::resolve_renames`], kept → sent). A name inside a
+/// JSON column (`event_props.amount_value`) is moved within that column.
+pub fn apply_renames(
+    renames: &BTreeMap<String, String>,
+    fields: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    for (kept, sent) in renames {
+        if let Some(value) = fields.remove(sent) {
+            fields.insert(kept.clone(), value);
+            continue;
+        }
+        let (Some((column, sent_key)), Some((kept_column, kept_key))) =
+            (sent.split_once('.'), kept.split_once('.'))
+        else {
+            continue;
+        };
+        if column != kept_column {
+            continue;
+        }
+        if let Some(serde_json::Value::Object(object)) = fields.get_mut(column) {
+            if let Some(value) = object.remove(sent_key) {
+                object.insert(kept_key.to_string(), value);
+            }
+        }
+    }
+}
+
+/// Differences between two recorded schema versions (for `sluice schema diff` and
+/// history): columns, then fields inside JSON columns per scope.
 pub fn diff(old: &TableSchema, new: &TableSchema) -> Vec<SchemaChange> {
+    let mut changes = diff_fields(old, new, &|name| name.to_string());
+    let empty = TableSchema::default();
+    let scopes: std::collections::BTreeSet<&String> =
+        old.paths.keys().chain(new.paths.keys()).collect();
+    for scope in scopes {
+        let before = old.paths.get(scope).unwrap_or(&empty);
+        let after = new.paths.get(scope).unwrap_or(&empty);
+        changes.extend(diff_fields(before, after, &|name| {
+            crate::schema::path_label(scope, name)
+        }));
+    }
+    changes
+}
+
+fn diff_fields(
+    old: &TableSchema,
+    new: &TableSchema,
+    label: &dyn Fn(&str) -> String,
+) -> Vec<SchemaChange> {
     let mut changes = Vec::new();
     let change = |kind, field: &str, detail: String| SchemaChange {
         kind,
-        field: field.to_string(),
+        field: label(field),
         detail,
         action: "recorded".into(),
         records: 0,
@@ -205,10 +255,15 @@ pub fn diff(old: &TableSchema, new: &TableSchema) -> Vec<SchemaChange> {
                 } else {
                     ChangeKind::TypeChanged
                 };
+                let day = new
+                    .retyped_on
+                    .get(&field.name)
+                    .map(|d| format!(", first in data of {d}"))
+                    .unwrap_or_default();
                 changes.push(change(
                     kind,
                     &field.name,
-                    format!("{} → {}", before.ty.name(), field.ty.name()),
+                    format!("{} → {}{day}", before.ty.name(), field.ty.name()),
                 ));
             }
             Some(before) if before.nullable != field.nullable => changes.push(change(
@@ -222,6 +277,12 @@ pub fn diff(old: &TableSchema, new: &TableSchema) -> Vec<SchemaChange> {
     for field in &old.fields {
         if new.field(&field.name).is_none() {
             changes.push(change(ChangeKind::Removed, &field.name, field.ty.name()));
+        }
+    }
+    // A rename the registry recorded (`renamed` → the field that replaced it, and the day).
+    for (from, to) in &new.renamed {
+        if old.renamed.get(from) != Some(to) {
+            changes.push(change(ChangeKind::LikelyRename, from, to.clone()));
         }
     }
     changes

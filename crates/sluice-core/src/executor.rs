@@ -278,7 +278,11 @@ impl Executor {
 
         let previous_schema = self.state.schema(&stream.table).await?;
         let policy = self.schema_policy.for_stream(&name);
-        let schema = StreamSchema::new(stream, previous_schema.as_ref().map(|v| &v.value), policy);
+        let mut schema =
+            StreamSchema::new(stream, previous_schema.as_ref().map(|v| &v.value), policy);
+        // A rename declared after a run evolved the new name: its column folds back.
+        let folded = schema.folded_columns();
+        schema.fold(&folded);
         let renames = schema.resolve_renames();
         let write_mode = if options.window.full_refresh {
             WriteMode::Replace
@@ -360,6 +364,22 @@ impl Executor {
         };
         self.publish_stream(published, live, &live_load, options, counters, record)
             .await?;
+        if !folded.is_empty() {
+            // The destination folded its rows in the load; the lake's files follow,
+            // before the schema is recorded (a crash in between folds again).
+            crate::drift::fold::fold_lake_table(&self.lake, &stream.table, &folded)
+                .await
+                .map_err(|e| {
+                    TaskFailure::Source(SourceError::transient(format!(
+                        "folding renamed columns in the lake: {e}"
+                    )))
+                })?;
+            for (kept, sent) in &folded {
+                record.warnings.push(format!(
+                    "column `{sent}` folded back into `{kept}` (schema.renames): its values load as `{kept}`"
+                ));
+            }
+        }
 
         // State last: schema version, then cursor.
         let schema_changed = previous_schema.as_ref().map(|v| &v.value) != Some(&final_schema);

@@ -238,6 +238,78 @@ pub struct TableSchema {
     /// a later run added, for `schema history`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub first_seen: BTreeMap<String, String>,
+    /// JSON columns whose keys are fields too (declared by the source: CleverTap's
+    /// `event_props`, per event name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub json_paths: Vec<JsonPaths>,
+    /// The fields found inside those columns, per scope (the event name; `""`
+    /// when unscoped), named `column.key` (`event_props.Amount`): discovered,
+    /// typed and versioned like columns, never columns of the table.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub paths: BTreeMap<String, TableSchema>,
+    /// The data day from which a re-typed field arrived as its current type.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retyped_on: BTreeMap<String, String>,
+    /// Likely renames seen in the data: the field that stopped arriving → what
+    /// replaced it and from which day (`` `amount_value` from data of 2026-12-02 ``).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub renamed: BTreeMap<String, String>,
+    /// This run's folds (folded column → the column kept): a declared rename whose
+    /// new name an earlier run had evolved into its own column. The destination
+    /// moves that column's values into the kept one and drops it, in the load's
+    /// transaction. Not recorded: the next run has nothing left to fold.
+    #[serde(skip)]
+    pub folded: BTreeMap<String, String>,
+}
+
+/// A JSON column whose keys the registry versions like columns, so a property
+/// renamed, re-typed or added inside it is a schema change. Each value of
+/// `scope_column` (CleverTap's `event_name`) has its own properties.
+/// `JsonPaths::object("event_props")` for an object's keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonPaths {
+    pub column: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_column: Option<String>,
+    /// For a list of objects (Facebook's `actions`), the member naming each
+    /// element (`action_type`): each element is the field `column.<name>`, its
+    /// `value` the field's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element_key: Option<String>,
+}
+
+impl JsonPaths {
+    /// The keys of an object column.
+    pub fn object(column: &str) -> Self {
+        JsonPaths {
+            column: column.to_string(),
+            scope_column: None,
+            element_key: None,
+        }
+    }
+
+    /// Per value of `scope_column`.
+    pub fn scoped_by(mut self, scope_column: &str) -> Self {
+        self.scope_column = Some(scope_column.to_string());
+        self
+    }
+
+    /// The elements of a list column, named by their `element_key` member.
+    pub fn list_keyed_by(column: &str, element_key: &str) -> Self {
+        JsonPaths {
+            element_key: Some(element_key.to_string()),
+            ..JsonPaths::object(column)
+        }
+    }
+}
+
+/// How a field inside a JSON column is shown: `event_props.Amount [Charged]`.
+pub fn path_label(scope: &str, path: &str) -> String {
+    if scope.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path} [{scope}]")
+    }
 }
 
 impl TableSchema {
@@ -246,6 +318,11 @@ impl TableSchema {
             fields,
             presence: BTreeMap::new(),
             first_seen: BTreeMap::new(),
+            json_paths: Vec::new(),
+            paths: BTreeMap::new(),
+            retyped_on: BTreeMap::new(),
+            renamed: BTreeMap::new(),
+            folded: BTreeMap::new(),
         }
     }
 

@@ -17,5 +17,7 @@ pub const CONNECTION: u8 = 6;
 pub const CHECKS_FAILED: u8 = 7;
 /// `compare`: the two streams differ.
 pub const DIFFERENCES: u8 = 8;
+/// `sluice upgrade-check`: the target API version removes or renames fields the pipeline uses.
+pub const UPGRADE_NEEDED: u8 = 9;
 /// Stopped by SIGINT/SIGTERM; in-flight loads were rolled back.
 pub const CANCELLED: u8 = 130;

@@ -42,7 +42,8 @@ fn return_freed_memory_promptly() {
 ///
 /// Exit codes: 0 success, 2 usage error, 3 config error, 4 run failed,
 /// 5 run partially failed, 6 a connection check failed, 7 a check failed (`test`),
-/// 8 the streams differ (`compare`), 130 cancelled.
+/// 8 the streams differ (`compare`), 9 the next API version removes fields the
+/// pipeline uses (`upgrade-check`), 130 cancelled.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about, long_about = None)]
 struct Cli {
@@ -97,6 +98,8 @@ enum Command {
     Quarantine(commands::quarantine::QuarantineCommand),
     /// Show run history.
     Runs(commands::runs::RunsArgs),
+    /// Fields the next (or `--to`) Facebook / Google Ads API version removes or renames that this pipeline uses.
+    UpgradeCheck(commands::upgrade_check::UpgradeCheckArgs),
     /// Inspect the schema registry: versions and changes of every stream.
     #[command(subcommand)]
     Schema(commands::schema::SchemaCommand),
@@ -185,6 +188,7 @@ fn main() -> ExitCode {
                 commands::quarantine::run(&cli.pipeline, cmd, interactive).await
             }
             Command::Runs(args) => commands::runs::run(&cli.pipeline, args).await,
+            Command::UpgradeCheck(args) => commands::upgrade_check::run(&cli.pipeline, args).await,
             Command::Schema(cmd) => commands::schema::run(&cli.pipeline, cmd).await,
             Command::Serve(args) => server::run(&cli.pipeline, args).await,
             Command::Discover(args) => commands::discover::run(&cli.pipeline, args).await,

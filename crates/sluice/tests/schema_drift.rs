@@ -453,3 +453,39 @@ fn files_quarantine_on_type_change_and_reports_the_likely_rename() {
     );
     assert!(runs.contains("nullability_changed"), "{runs}");
 }
+
+/// Facebook's `actions` list: each action type is a field of the registry
+/// (`schema show` lists them), and a second identical run reports nothing about
+/// them, though not every row carries every action type.
+#[test]
+fn insights_action_types_are_registry_fields_and_quiet_when_nothing_changed() {
+    let project = Project::new(&insights_pipeline("evolve").replace(
+        "[impressions, clicks, spend]",
+        "[impressions, spend, actions]",
+    ));
+    let sandbox = Sandbox::start(change_day() - Duration::days(1));
+    assert_exit(&run_against(&project, &sandbox, &[]), 0);
+    let again = run_against(&project, &sandbox, &[]);
+    assert_exit(&again, 0);
+    let text = stdout(&again) + &stderr(&again);
+    assert!(
+        !text.contains("actions.") && !text.contains("schema change"),
+        "an identical run reports no action-type change:\n{text}"
+    );
+    let show = project
+        .cmd()
+        .args(["schema", "show", "facebook.insights"])
+        .output()
+        .unwrap();
+    assert_exit(&show, 0);
+    let show = stdout(&show);
+    assert!(
+        show.contains("fields inside JSON columns")
+            && show
+                .lines()
+                .filter(|l| l.trim_start().starts_with("actions."))
+                .count()
+                >= 2,
+        "{show}"
+    );
+}

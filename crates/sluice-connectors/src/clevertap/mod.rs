@@ -17,7 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use sluice_core::destination::WriteMode;
-use sluice_core::schema::{Field, FieldType, TableSchema};
+use sluice_core::schema::{Field, FieldType, JsonPaths, TableSchema};
 use sluice_core::source::{
     DecodeState, DecodedPage, ErrorClass, LandedPage, PageSink, RunWindow, Slice, Source,
     SourceError, StreamPlan, StreamSpec,
@@ -107,10 +107,14 @@ fn events_spec(source: &str, table: Option<String>) -> StreamSpec {
     let mut fields = event_columns();
     fields.push(Field::new("event_props", FieldType::Json));
     fields.push(Field::new("session_props", FieldType::Json));
+    let mut schema = TableSchema::new(fields);
+    // Each event's properties are fields of the registry too (`event_props.Amount
+    // [Charged]`), judged by the stream's schema policy like columns.
+    schema.json_paths = vec![JsonPaths::object("event_props").scoped_by("event_name")];
     StreamSpec {
         name: "events".into(),
         table: table.unwrap_or_else(|| format!("{source}_events")),
-        schema: TableSchema::new(fields),
+        schema,
         infer_columns: true,
         primary_key: Vec::new(),
         // A re-run replaces the days it re-reads: idempotent without an event id.

@@ -3,7 +3,7 @@
 //! numeric, ratios double, nested lists jsonb.
 
 use sluice_core::destination::WriteMode;
-use sluice_core::schema::{Field, FieldType, TableSchema};
+use sluice_core::schema::{Field, FieldType, JsonPaths, TableSchema};
 use sluice_core::source::StreamSpec;
 
 use super::config::{EntityConfig, InsightsConfig, Level};
@@ -12,6 +12,31 @@ use super::config::{EntityConfig, InsightsConfig, Level};
 pub const MONEY: FieldType = FieldType::numeric(4);
 /// Action values can be fractional conversions.
 pub const ACTION_VALUE: FieldType = FieldType::numeric(6);
+
+/// Each stream's fields as the config asks the API for them, for
+/// `sluice upgrade-check`: (stream, configured table, fields).
+pub fn configured_fields(
+    config: &super::config::FacebookConfig,
+) -> Vec<(String, Option<String>, Vec<String>)> {
+    use super::config::StreamChoice;
+    super::config::effective_streams(&config.streams)
+        .into_iter()
+        .map(|(stream, choice)| match choice {
+            StreamChoice::Insights(i) => {
+                let table = i.table.clone();
+                (stream.to_string(), table, insights_request_fields(&i))
+            }
+            StreamChoice::Entity(e) => {
+                let mut fields: Vec<String> = entity_fields(stream)
+                    .iter()
+                    .map(|(name, _)| name.to_string())
+                    .collect();
+                fields.extend(e.fields.iter().cloned());
+                (stream.to_string(), e.table, fields)
+            }
+        })
+        .collect()
+}
 
 /// The declared type of an insights field (unknown ones are inferred by the executor).
 pub fn insights_field_type(name: &str) -> FieldType {
@@ -107,10 +132,19 @@ pub fn insights_spec(source: &str, config: &InsightsConfig) -> StreamSpec {
     for b in &config.breakdowns {
         fields.push(Field::new(b, FieldType::Text));
     }
+    let mut schema = TableSchema::new(fields);
+    // Each action type of an action list is a field of the registry
+    // (`actions.purchase`): one that appears or stops arriving is a schema change.
+    schema.json_paths = config
+        .fields
+        .iter()
+        .filter(|f| is_action_list(f))
+        .map(|f| JsonPaths::list_keyed_by(f, "action_type"))
+        .collect();
     StreamSpec {
         name: "insights".into(),
         table: table_name(source, "insights", &config.table),
-        schema: TableSchema::new(fields),
+        schema,
         infer_columns: true,
         primary_key: insights_key(config),
         partition_column: Some("date_start".into()),

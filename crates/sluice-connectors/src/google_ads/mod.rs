@@ -350,6 +350,32 @@ impl GoogleSource {
 /// The records of one searchStream answer for a slice with parameters `params`:
 /// rows flattened, the slice's customer context added, repeated rows (a retried
 /// batch, a duplicating proxy) dropped against `seen`. Shared by `read` and replay.
+/// Each stream's selected GAQL fields (a user query's, or the built-in
+/// stream's), for `sluice upgrade-check`: (stream, configured table, fields).
+/// A stream that is neither is left out (building the source reports it).
+pub fn selected_fields(config: &GoogleConfig) -> Vec<(String, Option<String>, Vec<String>)> {
+    let chosen: Vec<(String, Option<String>, Option<String>)> = match &config.streams {
+        Some(streams) => streams
+            .iter()
+            .map(|(name, choice)| {
+                let options = choice.options();
+                (name.clone(), options.gaql, options.table)
+            })
+            .collect(),
+        None => gaql::BUILTINS
+            .iter()
+            .map(|b| (b.name.to_string(), None, None))
+            .collect(),
+    };
+    chosen
+        .into_iter()
+        .filter_map(|(stream, query, table)| {
+            let query = query.or_else(|| gaql::builtin(&stream).map(|b| b.gaql.to_string()))?;
+            Some((stream, table, gaql::selected_fields(&query)))
+        })
+        .collect()
+}
+
 fn page_records(
     s: &GaqlStream,
     params: &Value,

@@ -6,18 +6,24 @@
 //! seen are turned into a decision (evolve, quarantine, freeze) and a
 //! [`SchemaChange`] for the run record. The engine decides; the slice sink acts on
 //! the decision (rebuilds its builders, quarantines the record, fails the slice).
+//! Fields inside JSON columns go through one engine like this per scope
+//! (`super::json_paths`), so they are judged by the same rules.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
+mod renames;
+
+use super::json_paths::PathEngines;
 use super::presence::{self, PresenceTally};
 use super::{ChangeKind, Policy, SchemaChange, StreamPolicy};
 use crate::schema::{infer_type, is_system_column, unify, Field, FieldType, TableSchema};
 use crate::schema::{LOADED_AT_COLUMN, RUN_ID_COLUMN};
 use crate::source::StreamSpec;
 use crate::typing::{FieldError, Record};
+use renames::similar;
 
 /// What to do with a value that did not fit its column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +60,12 @@ pub struct StreamSchema {
     rows_seen: u64,
     /// Declared columns, and which of them no record of this run filled yet.
     declared: crate::declared::DeclaredColumns,
+    /// Fields inside JSON columns, one engine like this one per scope.
+    paths: PathEngines,
+    /// The latest data day on which each field arrived (for renames judged by day).
+    last_day: HashMap<String, String>,
+    /// Columns this run widened, and their type before (for the day they changed).
+    widened_from: HashMap<String, FieldType>,
 }
 
 impl StreamSchema {
@@ -77,7 +89,17 @@ impl StreamSchema {
         if let Some(previous) = previous {
             schema.presence = previous.presence.clone();
             schema.first_seen = previous.first_seen.clone();
+            schema.retyped_on = previous.retyped_on.clone();
+            schema.renamed = previous.renamed.clone();
+            schema.paths = previous.paths.clone();
         }
+        schema.json_paths = stream.schema.json_paths.clone();
+        let paths = PathEngines::new(
+            stream.schema.json_paths.clone(),
+            stream.partition_column.clone(),
+            policy.clone(),
+            schema.paths.clone(),
+        );
         StreamSchema {
             schema,
             version: 0,
@@ -96,6 +118,9 @@ impl StreamSchema {
             held_back: BTreeSet::new(),
             changes: BTreeMap::new(),
             rows_seen: 0,
+            paths,
+            last_day: HashMap::new(),
+            widened_from: HashMap::new(),
         }
     }
 
@@ -118,23 +143,6 @@ impl StreamSchema {
                 action: action.to_string(),
                 records,
             });
-    }
-
-    /// Source-side renames resolved against what the registry knows: `{a: b}`
-    /// keeps whichever of the two names the schema already has and loads the
-    /// other into it (`a` when it has both). While it knows neither (a first
-    /// run), values load under the name the source sends. Returns kept → sent.
-    pub fn resolve_renames(&self) -> BTreeMap<String, String> {
-        let known = |n: &str| self.schema.field(n).is_some();
-        self.policy
-            .renames
-            .iter()
-            .filter_map(|(a, b)| match (known(a), known(b)) {
-                (true, _) => Some((a.clone(), b.clone())),
-                (false, true) => Some((b.clone(), a.clone())),
-                (false, false) => None,
-            })
-            .collect()
     }
 
     /// The earliest data day among `records` carrying `key` (pages need not be in
@@ -165,12 +173,56 @@ impl StreamSchema {
         for record in records {
             self.tally.record(&record.fields);
         }
-        if !self.infer {
-            return Ok(Vec::new());
+        let mut rejects = self.paths.absorb(records)?;
+        if self.infer {
+            self.note_days(records);
+            rejects.extend(self.absorb_kind_changes(records)?);
+            self.absorb_new_fields(records)?;
         }
-        let rejects = self.absorb_kind_changes(records)?;
-        self.absorb_new_fields(records)?;
+        // One reason per record, in record order (the sink walks them in step).
+        rejects.sort_by_key(|(index, _)| *index);
+        rejects.dedup_by_key(|(index, _)| *index);
         Ok(rejects)
+    }
+
+    /// The latest data day each field arrived on, once there is a baseline to
+    /// judge renames against.
+    fn note_days(&mut self, records: &[Record]) {
+        if self.baseline.is_none() {
+            return;
+        }
+        for record in records {
+            let Some(day) = self.day_of(record) else {
+                continue;
+            };
+            for (key, value) in &record.fields {
+                if value.is_null() {
+                    continue;
+                }
+                match self.last_day.get_mut(key) {
+                    Some(last) if *last < day => *last = day.clone(),
+                    Some(_) => {}
+                    None => {
+                        self.last_day.insert(key.clone(), day.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether no field (column or JSON field) is held back by the `quarantine` policy.
+    pub fn holds_back_nothing(&self) -> bool {
+        self.held_back.is_empty() && self.paths.holds_back_nothing()
+    }
+
+    /// A field of `record` held back by the `quarantine` policy (a column, or a
+    /// field inside a JSON column), as the run reports it.
+    pub fn held_back_in(&self, record: &Record) -> Option<String> {
+        self.held_back
+            .iter()
+            .find(|f| record.fields.contains_key(f.as_str()))
+            .cloned()
+            .or_else(|| self.paths.held_back(record))
     }
 
     /// Inferred scalar columns were typed by what the source sent; a value of a
@@ -196,6 +248,21 @@ impl StreamSchema {
                 let Some(seen) = infer_type(value) else {
                     continue;
                 };
+                if let Some(before) = self.widened_from.get(key) {
+                    // Widened earlier in this run: the earliest day of the new kind.
+                    if !seen.widens_to(before) {
+                        if let Some(day) = self.day_of(record) {
+                            let on = self
+                                .schema
+                                .retyped_on
+                                .entry(key.clone())
+                                .or_insert(day.clone());
+                            if day < *on {
+                                *on = day;
+                            }
+                        }
+                    }
+                }
                 if seen.widens_to(&ty) {
                     continue;
                 }
@@ -216,6 +283,10 @@ impl StreamSchema {
                         let wider = unify(ty, seen);
                         self.schema.fields[column].ty = wider;
                         self.version += 1;
+                        self.widened_from.insert(key.clone(), ty);
+                        if let Some(day) = self.day_of(record) {
+                            self.schema.retyped_on.insert(key.clone(), day);
+                        }
                         let origin = record.origin.to_string();
                         self.note(
                             ChangeKind::Widened,
@@ -424,6 +495,22 @@ impl StreamSchema {
         if self.rows_seen == 0 {
             return Ok(());
         }
+        for change in self.paths.finish()? {
+            // The sink counted the records it quarantined under the same label.
+            match self.changes.entry((change.kind, change.field.clone())) {
+                std::collections::btree_map::Entry::Occupied(mut known) => {
+                    let known = known.get_mut();
+                    known.records += change.records;
+                    if known.detail.is_empty() {
+                        known.detail = change.detail;
+                    }
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(change);
+                }
+            }
+        }
+        self.schema.paths = self.paths.registry();
         let report = self.baseline.is_some() && self.infer;
         let mut removed = Vec::new();
         let mut learned = BTreeMap::new();
@@ -474,13 +561,16 @@ impl StreamSchema {
                 .filter(|c| c.kind == ChangeKind::Added)
                 .map(|c| (c.field.clone(), self.schema.field(&c.field).map(|f| f.ty)))
                 .collect();
-            for (new_name, new_ty) in added {
-                let compatible = new_ty.is_none_or(|b| ty.widens_to(&b) || b.widens_to(&ty));
-                if compatible {
-                    let detail = format!("`{name}` → `{new_name}`? map it with schema.renames to keep downstream models working");
-                    self.note(ChangeKind::LikelyRename, &name, || detail, "reported", 0);
-                }
+            // The same type first, then a similar one: one rename per field.
+            let same = added.iter().find(|(_, b)| *b == Some(ty));
+            let like = || added.iter().find(|(_, b)| b.is_none_or(|b| similar(ty, b)));
+            if let Some((new_name, _)) = same.or_else(like) {
+                let day = self.schema.first_seen.get(new_name).cloned();
+                self.note_rename(&name, new_name, day);
             }
+        }
+        if report {
+            self.renames_by_day();
         }
         Ok(())
     }

@@ -336,11 +336,7 @@ impl PageSink for SliceSink<'_, '_> {
     async fn records(&mut self, mut records: Vec<Record>) -> Result<(), SourceError> {
         if !self.extraction.renames.is_empty() {
             for record in &mut records {
-                for (old, new) in self.extraction.renames {
-                    if let Some(value) = record.fields.remove(new) {
-                        record.fields.insert(old.clone(), value);
-                    }
-                }
+                crate::drift::apply_renames(self.extraction.renames, &mut record.fields);
             }
         }
         // New columns first, so every record of this page is typed with them.
@@ -350,23 +346,22 @@ impl PageSink for SliceSink<'_, '_> {
             Ok(())
         })
         .await?;
-        let held_back = self
-            .extraction
-            .schema
-            .lock()
-            .expect("schema lock")
-            .held_back
-            .clone();
+        // The field of each record that the `quarantine` policy holds back, if any.
+        let held_back: Vec<Option<String>> = {
+            let schema = self.extraction.schema.lock().expect("schema lock");
+            if schema.holds_back_nothing() {
+                Vec::new()
+            } else {
+                records.iter().map(|r| schema.held_back_in(r)).collect()
+            }
+        };
         let mut kind_changed = kind_changed.into_iter().peekable();
         for (index, record) in records.iter().enumerate() {
             if let Some((_, reason)) = kind_changed.next_if(|(i, _)| *i == index) {
                 self.reject(record, reason);
                 continue;
             }
-            if let Some(field) = held_back
-                .iter()
-                .find(|f| record.fields.contains_key(f.as_str()))
-            {
+            if let Some(Some(field)) = held_back.get(index) {
                 self.extraction.schema.lock().expect("schema lock").note(
                     ChangeKind::Added,
                     field,

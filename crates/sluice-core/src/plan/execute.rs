@@ -72,7 +72,7 @@ pub async fn run(
     let mut model_ids = Vec::new();
     for task in plan.tasks(selection) {
         match task {
-            PlanTask::Stream(stream) => streams.push(stream),
+            PlanTask::Stream(stream) => streams.push(*stream),
             PlanTask::Model(id) => model_ids.push(id),
         }
     }

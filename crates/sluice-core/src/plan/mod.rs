@@ -130,7 +130,8 @@ impl ModelDescription {
 /// A unit the executor runs: one stream (extract + D1 publish) or one model (+ checks).
 #[derive(Clone)]
 pub enum PlanTask {
-    Stream(StreamTask),
+    /// Boxed: a stream task carries its whole schema (registry knowledge included).
+    Stream(Box<StreamTask>),
     Model(String),
 }
 
@@ -311,7 +312,7 @@ impl RunPlan {
                 continue;
             }
             match self.streams.get(&node.task) {
-                Some(stream) => out.push(PlanTask::Stream(stream.clone())),
+                Some(stream) => out.push(PlanTask::Stream(Box::new(stream.clone()))),
                 None => out.push(PlanTask::Model(node.task.clone())),
             }
         }
@@ -331,7 +332,7 @@ pub fn plan_streams(
         .tasks(&selection)
         .into_iter()
         .filter_map(|task| match task {
-            PlanTask::Stream(s) => Some(s),
+            PlanTask::Stream(s) => Some(*s),
             PlanTask::Model(_) => None,
         })
         .collect())

@@ -456,11 +456,7 @@ pub fn classify(
                 ));
                 continue;
             };
-            for (old, new) in &renames {
-                if let Some(value) = fields.remove(new) {
-                    fields.insert(old.clone(), value);
-                }
-            }
+            crate::drift::apply_renames(&renames, &mut fields);
             let outcome = match superseded.verdict(&fields, &file.run_id) {
                 Verdict::AlreadyRecovered => Outcome::AlreadyRecovered,
                 Verdict::Superseded(reason) => Outcome::StillFails(reason),
@@ -488,11 +484,7 @@ fn type_one(
     if let Some((_, reason)) = schema.absorb(std::slice::from_ref(&record))?.pop() {
         return Err(reason);
     }
-    if let Some(field) = schema
-        .held_back
-        .iter()
-        .find(|f| record.fields.contains_key(f.as_str()))
-    {
+    if let Some(field) = schema.held_back_in(&record) {
         return Err(format!(
             "new field `{field}` held back by schema policy quarantine (schema.on_new_field)"
         ));

@@ -533,6 +533,26 @@ async fn prepare_table(
         .map_err(failed)?;
         existing.extend(new_types);
     }
+    // A declared rename folds the column an earlier run evolved back into the kept one.
+    for (sent, kept) in &spec.schema.folded {
+        let sent = fit(sent, POSTGRES_MAX_IDENTIFIER);
+        let kept = fit(kept, POSTGRES_MAX_IDENTIFIER);
+        let (true, Some(kept_type)) = (existing.contains_key(&sent), existing.get(&kept).cloned())
+        else {
+            continue;
+        };
+        tracing::info!(table = %label, column = %sent, into = %kept, "folding a renamed column back");
+        tx.batch_execute(&format!(
+            "UPDATE {t} SET {k} = COALESCE({k}, CAST({s} AS {kept_type})) WHERE {s} IS NOT NULL; \
+             ALTER TABLE {t} DROP COLUMN {s}",
+            t = plan.qualified,
+            k = quote(&kept),
+            s = quote(&sent),
+        ))
+        .await
+        .map_err(failed)?;
+        existing.remove(&sent);
+    }
     Ok(existing)
 }
 

@@ -392,6 +392,19 @@ fn prepare_table(
         rebuild(tx, table, &columns_of(tx, table)?, &widened)?;
         ensure_partition_index(tx, spec, table)?;
     }
+    // A declared rename folds the column an earlier run evolved back into the kept one.
+    for (sent, kept) in &spec.schema.folded {
+        if !by_name.contains_key(sent.as_str()) || spec.schema.field(kept).is_none() {
+            continue;
+        }
+        tracing::info!(table, column = %sent, into = %kept, "folding a renamed column back");
+        tx.execute_batch(&format!(
+            "UPDATE {qualified} SET {k} = COALESCE({k}, {s}) WHERE {s} IS NOT NULL; \
+             ALTER TABLE {qualified} DROP COLUMN {s}",
+            k = quote(kept),
+            s = quote(sent),
+        ))?;
+    }
     Ok(targets)
 }
 

@@ -22,6 +22,7 @@ pub mod runs;
 pub mod schema;
 pub mod show;
 pub mod test;
+pub mod upgrade_check;
 pub mod validate;
 
 /// Prints rows as an aligned text table (first row is the header).

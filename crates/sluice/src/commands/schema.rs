@@ -75,6 +75,29 @@ pub async fn run(pipeline: &Path, command: SchemaCommand) -> u8 {
                 ]);
             }
             print_table(&rows);
+            // Fields inside JSON columns (`event_props.Amount`), per event.
+            for (scope, paths) in &latest.value.paths {
+                println!();
+                let title = if scope.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{scope}]")
+                };
+                println!("fields inside JSON columns{title}");
+                let mut rows = vec![vec![
+                    "field".to_string(),
+                    "type".into(),
+                    "first seen".into(),
+                ]];
+                for f in &paths.fields {
+                    rows.push(vec![
+                        f.name.clone(),
+                        f.ty.name(),
+                        paths.first_seen.get(&f.name).cloned().unwrap_or_default(),
+                    ]);
+                }
+                print_table(&rows);
+            }
         }
         SchemaCommand::History { .. } => {
             let mut previous: Option<&SchemaVersion> = None;
