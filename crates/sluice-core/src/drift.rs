@@ -51,8 +51,12 @@ pub struct SchemaConfig {
     #[serde(default = "evolve")]
     pub on_new_field: Policy,
     /// A value that does not fit its column's type (default: quarantine; `evolve` widens when possible).
-    #[serde(default = "quarantine")]
-    pub on_type_change: Policy,
+    /// Inside JSON columns (`event_props`) the default is to report: another type is still
+    /// valid JSON and loads unchanged, and apps often send one property as a number from
+    /// one platform and as a string from another. Set it explicitly (here or per stream)
+    /// to freeze or quarantine on property type changes too.
+    #[serde(default)]
+    pub on_type_change: Option<Policy>,
     /// A baseline field absent from every record of a run (default: evolve = keep the column, report it).
     #[serde(default = "evolve")]
     pub on_removed_field: Policy,
@@ -69,15 +73,12 @@ pub struct SchemaConfig {
 fn evolve() -> Policy {
     Policy::Evolve
 }
-fn quarantine() -> Policy {
-    Policy::Quarantine
-}
 
 impl Default for SchemaConfig {
     fn default() -> Self {
         SchemaConfig {
             on_new_field: Policy::Evolve,
-            on_type_change: Policy::Quarantine,
+            on_type_change: None,
             on_removed_field: Policy::Evolve,
             streams: BTreeMap::new(),
             renames: BTreeMap::new(),
@@ -90,6 +91,9 @@ impl Default for SchemaConfig {
 pub struct StreamPolicy {
     pub on_new_field: Policy,
     pub on_type_change: Policy,
+    /// `on_type_change` for fields inside JSON columns: the explicitly configured policy,
+    /// else `evolve` (report and record the new type; the JSON loads unchanged).
+    pub json_on_type_change: Policy,
     pub on_removed_field: Policy,
     /// old field (the column kept) → the new name the source sends.
     pub renames: BTreeMap<String, String>,
@@ -104,9 +108,11 @@ impl Default for StreamPolicy {
 impl SchemaConfig {
     /// Resolves the policies of `task` (`source.stream`); later matching overrides win.
     pub fn for_stream(&self, task: &str) -> StreamPolicy {
+        let mut explicit_type_change = self.on_type_change;
         let mut policy = StreamPolicy {
             on_new_field: self.on_new_field,
-            on_type_change: self.on_type_change,
+            on_type_change: self.on_type_change.unwrap_or(Policy::Quarantine),
+            json_on_type_change: Policy::Evolve,
             on_removed_field: self.on_removed_field,
             renames: self.renames.get(task).cloned().unwrap_or_default(),
         };
@@ -121,9 +127,11 @@ impl SchemaConfig {
             if matches {
                 policy.on_new_field = o.on_new_field.unwrap_or(policy.on_new_field);
                 policy.on_type_change = o.on_type_change.unwrap_or(policy.on_type_change);
+                explicit_type_change = o.on_type_change.or(explicit_type_change);
                 policy.on_removed_field = o.on_removed_field.unwrap_or(policy.on_removed_field);
             }
         }
+        policy.json_on_type_change = explicit_type_change.unwrap_or(Policy::Evolve);
         policy
     }
 }
@@ -309,6 +317,25 @@ mod tests {
         assert_eq!(
             config.for_stream("facebook.insights").on_new_field,
             Policy::Quarantine
+        );
+    }
+
+    #[test]
+    fn json_fields_quarantine_type_changes_only_when_asked_to() {
+        let default = SchemaConfig::default().for_stream("app.events");
+        assert_eq!(default.on_type_change, Policy::Quarantine);
+        assert_eq!(default.json_on_type_change, Policy::Evolve);
+        let config: SchemaConfig = serde_yaml::from_str(
+            "on_type_change: freeze\nstreams:\n  'app.*': { on_type_change: quarantine }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.for_stream("app.events").json_on_type_change,
+            Policy::Quarantine
+        );
+        assert_eq!(
+            config.for_stream("facebook.insights").json_on_type_change,
+            Policy::Freeze
         );
     }
 

@@ -97,7 +97,10 @@ impl StreamSchema {
         let paths = PathEngines::new(
             stream.schema.json_paths.clone(),
             stream.partition_column.clone(),
-            policy.clone(),
+            StreamPolicy {
+                on_type_change: policy.json_on_type_change,
+                ..policy.clone()
+            },
             schema.paths.clone(),
         );
         StreamSchema {

@@ -42,6 +42,7 @@ fn policy(new: Policy, ty: Policy) -> StreamPolicy {
     StreamPolicy {
         on_new_field: new,
         on_type_change: ty,
+        json_on_type_change: ty,
         on_removed_field: Policy::Evolve,
         renames: BTreeMap::new(),
     }

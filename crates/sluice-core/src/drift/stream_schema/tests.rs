@@ -29,6 +29,7 @@ fn policy(new: Policy, ty: Policy, removed: Policy) -> StreamPolicy {
     StreamPolicy {
         on_new_field: new,
         on_type_change: ty,
+        json_on_type_change: ty,
         on_removed_field: removed,
         renames: BTreeMap::new(),
     }
