@@ -106,7 +106,9 @@ impl Database for Mysql {
         sessions: usize,
     ) -> Result<Box<dyn SharedSnapshot>, SourceError> {
         let lock = match relation {
-            Relation::Table { .. } => format!("FLUSH TABLES {} WITH READ LOCK", self.relation_sql(relation)),
+            Relation::Table { .. } => {
+                format!("FLUSH TABLES {} WITH READ LOCK", self.relation_sql(relation))
+            }
             Relation::Query(_) => "FLUSH TABLES WITH READ LOCK".into(),
         };
         let mut locker = self.open_session().await?;
