@@ -113,6 +113,16 @@ pub struct SqlStreamConfig {
     /// never removes a row the source deleted).
     #[serde(default)]
     pub deletes: Option<DeletesConfig>,
+    /// A large table read as this many primary-key ranges, each its own slice (read
+    /// on its own connection, checkpointed, so a killed run re-reads only unfinished
+    /// ranges) and all in one snapshot (see `ranges.rs`). For `sync: full` and an
+    /// incremental stream's first run (or `--full-refresh`). Ranges read
+    /// `max_concurrency` at a time and share `batch_size` (each reads pages of
+    /// `batch_size` / the ranges read at once), so memory stays bounded by it.
+    /// The leading primary-key column (or the append key) must be an integer: the
+    /// ranges split its min..max evenly, at round numbers. Default 1 (no split).
+    #[serde(default)]
+    pub ranges: Option<usize>,
 }
 
 /// `deletes:` — a periodic scan of the source's primary keys.

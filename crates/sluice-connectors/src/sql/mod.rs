@@ -14,6 +14,8 @@
 //!   `WHERE (cursor, pk) > (last row's) ORDER BY cursor, pk LIMIT batch_size`, so
 //!   rows sharing a cursor value across a page boundary are neither lost nor
 //!   repeated, and memory is bounded by the batch size, not the table.
+//! - `ranges: N` reads a large table as N slices of its primary key, each on its own
+//!   connection, all in one snapshot their sessions share (`ranges.rs`).
 //! - An incremental slice is bounded above by the cursor's maximum read when the
 //!   run was planned; that bound becomes the stored cursor only after the publish.
 //!   The next run starts strictly after it (or `overlap` before it: re-read rows
@@ -27,6 +29,7 @@ pub mod deletes;
 pub mod discover;
 pub mod mysql;
 pub mod postgres;
+mod ranges;
 mod read;
 pub mod sqlite;
 mod streams;
@@ -180,6 +183,12 @@ pub trait Database: Send + Sync {
     fn minus(&self, value: String, overlap: config::Overlap) -> String;
     /// The largest value of a column of `q`, as text.
     fn max_text(&self, column: &SqlColumn) -> String;
+    /// A snapshot `sessions` sessions read `relation` in, for parallel key ranges.
+    async fn shared_snapshot(
+        &self,
+        relation: &Relation,
+        sessions: usize,
+    ) -> Result<Box<dyn ranges::SharedSnapshot>, SourceError>;
 }
 
 /// A `postgres` or `mysql` source.
@@ -197,6 +206,8 @@ pub struct SqlSource {
     /// did not answer): the streams are known by name only, and every plan, read
     /// and check fails with this until a later load reaches the database.
     unreachable: Option<SourceError>,
+    /// The snapshots parallel key ranges are being read in.
+    ranges: ranges::Snapshots,
 }
 
 /// Runs a future to completion on a runtime of its own, on a thread of its own: a
@@ -350,6 +361,7 @@ impl SqlSource {
                 lake,
                 key_scans: HashMap::new(),
                 unreachable: None,
+                ranges: Default::default(),
             });
         }
         let mut session = match db.session().await {
@@ -381,6 +393,7 @@ impl SqlSource {
                         "the database did not answer when the pipeline was loaded, so its columns are unknown: {}",
                         e.message
                     ))),
+                    ranges: Default::default(),
                 });
             }
             Err(e) => {
@@ -414,6 +427,7 @@ impl SqlSource {
             lake,
             key_scans,
             unreachable: None,
+            ranges: Default::default(),
         })
     }
 
@@ -485,6 +499,9 @@ impl Source for SqlSource {
             return self.scan_deletes(stream, &scan_at, &dt, sink).await;
         }
         let bounds = Bounds::of(slice);
+        if bounds.is_range() {
+            return self.read_range(stream, slice, &bounds, &dt, sink).await;
+        }
         let mut session = self.db.session().await?;
         let read = self
             .read_snapshot(stream, &bounds, &dt, &mut *session, sink)
@@ -545,11 +562,15 @@ impl SqlSource {
         let dt = window.today.to_string();
         let column = match stream.mode {
             Mode::Full => {
+                let ranged = match stream.ranges {
+                    1 => None,
+                    _ => self.range_slices(stream, &dt, None).await?,
+                };
                 return Ok(StreamPlan {
-                    slices: vec![Slice {
+                    slices: ranged.unwrap_or_else(|| vec![Slice {
                         key: "snapshot".into(),
                         params: json!({"dt": dt}),
-                    }],
+                    }]),
                     cursor_after: None,
                 })
             }
@@ -578,6 +599,16 @@ impl SqlSource {
                 cursor_after: None,
             });
         }
+        let cursor_after = Some(json!({"column": column_name, "value": upper}));
+        if lower.is_none() && stream.ranges > 1 {
+            // A first load: the whole table to `upper`, in parallel key ranges.
+            if let Some(slices) = self.range_slices(stream, &dt, Some(&upper)).await? {
+                return Ok(StreamPlan {
+                    slices,
+                    cursor_after,
+                });
+            }
+        }
         let key = format!("{}..{}", lower.as_deref().unwrap_or("start"), upper).replace(
             |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
             "_",
@@ -587,7 +618,7 @@ impl SqlSource {
                 key,
                 params: json!({"dt": dt, "lower": lower, "upper": upper}),
             }],
-            cursor_after: Some(json!({"column": column_name, "value": upper})),
+            cursor_after,
         })
     }
 }

@@ -20,10 +20,12 @@ use super::{
     CatalogTable, Database, Described, DescribedColumn, ReadAs, Relation, Session, SqlColumn,
     TextRows,
 };
+use super::ranges::SharedSnapshot;
 
 /// The character set number of binary strings (blob, varbinary, binary).
 const BINARY_CHARSET: u16 = 63;
 
+#[derive(Clone)]
 pub struct Mysql {
     opts: Opts,
     described: String,
@@ -89,17 +91,56 @@ impl Database for Mysql {
     }
 
     async fn session(&self) -> Result<Box<dyn Session>, SourceError> {
-        let mut conn = Conn::new(self.opts.clone()).await.map_err(|e| {
-            let e = my_error(e);
-            SourceError::new(e.class, format!("{}: {}", self.described, e.message))
-        })?;
-        // Instants in UTC, whatever the server's zone.
-        conn.query_drop("SET time_zone = '+00:00'")
-            .await
-            .map_err(my_error)?;
-        Ok(Box::new(MySession {
-            conn,
-            in_transaction: false,
+        Ok(Box::new(self.open_session().await?))
+    }
+
+    /// InnoDB exports no snapshot: one session per range starts its consistent
+    /// snapshot while a brief `FLUSH TABLES … WITH READ LOCK` (the whole server for a
+    /// query) holds off commits to the table, so all see the same committed rows.
+    /// Without the RELOAD privilege (or when the lock waits over 10 s), each range
+    /// reads in a snapshot of its own, with a warning: a row's changes are still seen
+    /// whole, but a transaction across two ranges may be seen in one and not the other.
+    async fn shared_snapshot(
+        &self,
+        relation: &Relation,
+        sessions: usize,
+    ) -> Result<Box<dyn SharedSnapshot>, SourceError> {
+        let lock = match relation {
+            Relation::Table { .. } => {
+                format!("FLUSH TABLES {} WITH READ LOCK", self.relation_sql(relation))
+            }
+            Relation::Query(_) => "FLUSH TABLES WITH READ LOCK".into(),
+        };
+        let mut locker = self.open_session().await?;
+        let locked = async {
+            locker.conn.query_drop("SET SESSION lock_wait_timeout = 10").await?;
+            locker.conn.query_drop(&lock).await
+        }
+        .await;
+        let mut opened = Vec::new();
+        match locked {
+            Ok(()) => {
+                let started = async {
+                    for _ in 0..sessions {
+                        let mut session = self.open_session().await?;
+                        session.begin_snapshot().await?;
+                        opened.push(std::sync::Mutex::new(Some(session)));
+                    }
+                    Ok::<(), SourceError>(())
+                }
+                .await;
+                let unlocked = locker.conn.query_drop("UNLOCK TABLES").await.map_err(my_error);
+                started.and(unlocked)?;
+            }
+            Err(e) => tracing::warn!(
+                relation = %relation.describe(), error = %my_error(e).message,
+                "cannot hold off commits while the ranges start their snapshots; each range reads in a snapshot of its own"
+            ),
+        }
+        let _ = locker.conn.disconnect().await;
+        Ok(Box::new(MySharedSnapshot {
+            db: self.clone(),
+            started: opened,
         }))
     }
 
@@ -155,6 +196,50 @@ impl Database for Mysql {
 struct MySession {
     conn: Conn,
     in_transaction: bool,
+}
+
+impl Mysql {
+    /// A new connection in a UTC session.
+    async fn open_session(&self) -> Result<MySession, SourceError> {
+        let mut conn = Conn::new(self.opts.clone()).await.map_err(|e| {
+            let e = my_error(e);
+            SourceError::new(e.class, format!("{}: {}", self.described, e.message))
+        })?;
+        // Instants in UTC, whatever the server's zone.
+        conn.query_drop("SET time_zone = '+00:00'")
+            .await
+            .map_err(my_error)?;
+        Ok(MySession {
+            conn,
+            in_transaction: false,
+        })
+    }
+}
+
+/// Sessions whose snapshots started together, one per range (empty: no lock was had).
+struct MySharedSnapshot {
+    db: Mysql,
+    started: Vec<std::sync::Mutex<Option<MySession>>>,
+}
+
+#[async_trait]
+impl SharedSnapshot for MySharedSnapshot {
+    async fn session(&self, index: usize) -> Result<Box<dyn Session>, SourceError> {
+        let started = self
+            .started
+            .get(index)
+            .and_then(|s| s.lock().expect("session lock").take());
+        if let Some(session) = started {
+            return Ok(Box::new(session));
+        }
+        if !self.started.is_empty() {
+            // A retried range: its session was used up, and InnoDB cannot rejoin it.
+            tracing::warn!(range = index, "a retried range reads in a snapshot of its own");
+        }
+        let mut session = self.db.open_session().await?;
+        session.begin_snapshot().await?;
+        Ok(Box::new(session))
+    }
 }
 
 /// A value of the binary protocol as the text the server would have sent.

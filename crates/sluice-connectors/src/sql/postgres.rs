@@ -20,10 +20,12 @@ use super::{
     CatalogTable, Database, Described, DescribedColumn, ReadAs, Relation, Session, SqlColumn,
     TextRows,
 };
+use super::ranges::SharedSnapshot;
 
 /// The widest decimal scale a D1 column holds (see `FieldType::parse`).
 const MAX_SCALE: i32 = 18;
 
+#[derive(Clone)]
 pub struct Postgres {
     connect: tokio_postgres::Config,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -103,13 +105,9 @@ fn pg_error(e: tokio_postgres::Error) -> SourceError {
     }
 }
 
-#[async_trait]
-impl Database for Postgres {
-    fn kind(&self) -> &'static str {
-        "postgres"
-    }
-
-    async fn session(&self) -> Result<Box<dyn Session>, SourceError> {
+impl Postgres {
+    /// A new connection, set up for exact text forms.
+    async fn open_session(&self) -> Result<PgSession, SourceError> {
         let on_error = |e: tokio_postgres::Error| {
             let e = pg_error(e);
             SourceError::new(e.class, format!("{}: {}", self.described, e.message))
@@ -144,9 +142,44 @@ impl Database for Postgres {
             )
             .await
             .map_err(on_error)?;
-        Ok(Box::new(PgSession {
+        Ok(PgSession {
             client,
             in_transaction: false,
+        })
+    }
+}
+
+#[async_trait]
+impl Database for Postgres {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn session(&self) -> Result<Box<dyn Session>, SourceError> {
+        Ok(Box::new(self.open_session().await?))
+    }
+
+    /// An exported snapshot (`pg_export_snapshot`) held open by a session of its
+    /// own; each range's session imports it (`SET TRANSACTION SNAPSHOT`).
+    async fn shared_snapshot(
+        &self,
+        _relation: &Relation,
+        _sessions: usize,
+    ) -> Result<Box<dyn SharedSnapshot>, SourceError> {
+        let mut holder = self.open_session().await?;
+        holder.begin_snapshot().await?;
+        let rows = holder
+            .rows("SELECT pg_export_snapshot()", Vec::new())
+            .await?;
+        let id = rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten())
+            .ok_or_else(|| SourceError::transient("pg_export_snapshot() returned nothing"))?;
+        Ok(Box::new(PgSharedSnapshot {
+            db: self.clone(),
+            id,
+            _holder: holder,
         }))
     }
 
@@ -191,6 +224,31 @@ impl Database for Postgres {
 struct PgSession {
     client: Client,
     in_transaction: bool,
+}
+
+/// An exported snapshot, valid while the transaction of `_holder` stays open.
+struct PgSharedSnapshot {
+    db: Postgres,
+    id: String,
+    _holder: PgSession,
+}
+
+#[async_trait]
+impl SharedSnapshot for PgSharedSnapshot {
+    async fn session(&self, _index: usize) -> Result<Box<dyn Session>, SourceError> {
+        let mut session = self.db.open_session().await?;
+        // SET TRANSACTION SNAPSHOT must come before the transaction's first query.
+        session
+            .client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                self.id.replace('\'', "''")
+            ))
+            .await
+            .map_err(pg_error)?;
+        session.in_transaction = true;
+        Ok(Box::new(session))
+    }
 }
 
 fn text_rows(rows: Vec<tokio_postgres::Row>) -> Result<TextRows, SourceError> {

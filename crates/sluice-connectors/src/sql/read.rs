@@ -8,15 +8,19 @@ use sluice_core::source::{PageSink, Slice, SourceError};
 use sluice_core::typing::{Origin, Record};
 use tokio::sync::mpsc;
 
+use super::ranges::KeyRange;
 use super::streams::{Mode, SqlStream};
 use super::{Database, ReadAs, Session, SqlColumn, SqlSource, TextRows};
 
-/// An incremental slice's bounds, as the database's text of the cursor column.
+/// A slice's bounds: an incremental slice's, as the database's text of the cursor
+/// column, and a range slice's on the leading key column.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Bounds {
     /// Exclusive, or inclusive after subtracting the overlap.
     lower: Option<String>,
     upper: Option<String>,
+    /// A range slice (`ranges:`): paged by the primary key, not the cursor.
+    range: Option<KeyRange>,
 }
 
 impl Bounds {
@@ -31,7 +35,15 @@ impl Bounds {
         Bounds {
             lower: text("lower"),
             upper: text("upper"),
+            range: slice.params.get("snapshot").map(|_| KeyRange {
+                from: text("key_from"),
+                to: text("key_to"),
+            }),
         }
+    }
+
+    pub(crate) fn is_range(&self) -> bool {
+        self.range.is_some()
     }
 }
 
@@ -43,13 +55,13 @@ pub(crate) fn page_query(
     after: Option<&[String]>,
     limit: usize,
 ) -> (String, Vec<String>) {
+    // A range is read in primary-key order (its snapshot holds every row it will see).
+    let order_key = match bounds.range {
+        Some(_) => &stream.range_columns,
+        None => &stream.order_key,
+    };
     let mut select: Vec<String> = stream.columns.iter().map(|c| db.select_expr(c)).collect();
-    select.extend(
-        stream
-            .order_key
-            .iter()
-            .map(|&i| db.key_expr(&stream.columns[i])),
-    );
+    select.extend(order_key.iter().map(|&i| db.key_expr(&stream.columns[i])));
     let mut sql = format!(
         "SELECT {} FROM {} AS q",
         select.join(", "),
@@ -78,10 +90,20 @@ pub(crate) fn page_query(
             });
         }
     }
+    if let Some(KeyRange { from, to }) = &bounds.range {
+        let col = &stream.columns[stream.range_columns[0]];
+        let name = format!("q.{}", db.quote(&col.name));
+        for (bound, op) in [(from, ">="), (to, "<")] {
+            if let Some(value) = bound {
+                params.push(value.clone());
+                conditions.push(format!("{name} {op} {}", db.param(params.len(), col)));
+            }
+        }
+    }
     if let Some(after) = after {
         let mut left = Vec::new();
         let mut right = Vec::new();
-        for (&i, value) in stream.order_key.iter().zip(after) {
+        for (&i, value) in order_key.iter().zip(after) {
             let col = &stream.columns[i];
             params.push(value.clone());
             left.push(format!("q.{}", db.quote(&col.name)));
@@ -93,9 +115,8 @@ pub(crate) fn page_query(
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
     }
-    if !stream.order_key.is_empty() {
-        let order: Vec<String> = stream
-            .order_key
+    if !order_key.is_empty() {
+        let order: Vec<String> = order_key
             .iter()
             .map(|&i| format!("q.{}", db.quote(&stream.columns[i].name)))
             .collect();
@@ -220,8 +241,20 @@ impl SqlSource {
         sink: &mut dyn PageSink,
     ) -> Result<(), SourceError> {
         session.begin_snapshot().await?;
+        self.read_pages(stream, bounds, dt, session, sink).await
+    }
+
+    /// Reads a slice's pages on a session already inside its snapshot.
+    pub(crate) async fn read_pages(
+        &self,
+        stream: &SqlStream,
+        bounds: &Bounds,
+        dt: &str,
+        session: &mut dyn Session,
+        sink: &mut dyn PageSink,
+    ) -> Result<(), SourceError> {
         let mut page_no = 0;
-        if stream.order_key.is_empty() {
+        if stream.order_key.is_empty() && !bounds.is_range() {
             // No key to page by: one query, streamed in pages through a channel of one.
             let (sql, _) = page_query(&*self.db, stream, bounds, None, self.batch_size);
             let (tx, mut rx) = mpsc::channel::<TextRows>(1);
@@ -240,12 +273,16 @@ impl SqlSource {
             landed?;
             return read;
         }
+        // Ranges read at once share `batch_size`: memory stays bounded by it.
+        let page_rows = match bounds.is_range() {
+            true => (self.batch_size / self.max_concurrency.min(stream.ranges)).max(1),
+            false => self.batch_size,
+        };
         let mut after: Option<Vec<String>> = None;
         loop {
-            let (sql, params) =
-                page_query(&*self.db, stream, bounds, after.as_deref(), self.batch_size);
+            let (sql, params) = page_query(&*self.db, stream, bounds, after.as_deref(), page_rows);
             let rows = session.rows(&sql, params).await?;
-            let full = rows.len() >= self.batch_size;
+            let full = rows.len() >= page_rows;
             if rows.is_empty() {
                 break;
             }
@@ -299,6 +336,8 @@ mod tests {
                 column("updated_at", FieldType::Timestamp, "timestamptz"),
             ],
             order_key: vec![1, 0],
+            range_columns: vec![0],
+            ranges: 1,
             mode: Mode::Cursor {
                 column: 1,
                 overlap: Some(crate::sql::config::Overlap {
@@ -310,6 +349,7 @@ mod tests {
         let bounds = Bounds {
             lower: Some("2024-07-01 10:00:00+00".into()),
             upper: Some("2024-07-02 00:00:00+00".into()),
+            range: None,
         };
         let (sql, params) = page_query(&db, &stream, &bounds, None, 500);
         assert_eq!(
@@ -327,6 +367,26 @@ mod tests {
             "{sql}"
         );
         assert_eq!(params[2..], last);
+
+        // A range of a first incremental load: bounded by the cursor, paged by the key.
+        let range = Bounds {
+            lower: None,
+            upper: Some("2024-07-02 00:00:00+00".into()),
+            range: Some(KeyRange {
+                from: Some("100".into()),
+                to: Some("200".into()),
+            }),
+        };
+        let (sql, params) = page_query(&db, &stream, &range, Some(&["150".to_string()]), 500);
+        assert!(
+            sql.ends_with(
+                "q.\"id\"::text FROM \"public\".\"orders\" AS q \
+                 WHERE q.\"updated_at\" <= $1::text::timestamptz AND q.\"id\" >= $2::text::int8 \
+                 AND q.\"id\" < $3::text::int8 AND (q.\"id\") > ($4::text::int8) ORDER BY q.\"id\" LIMIT 500"
+            ),
+            "{sql}"
+        );
+        assert_eq!(params, ["2024-07-02 00:00:00+00", "100", "200", "150"]);
     }
 
     #[test]

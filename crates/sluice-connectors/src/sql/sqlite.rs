@@ -65,6 +65,22 @@ impl Database for Sqlite {
         "path"
     }
 
+    /// One file has no snapshot to share between connections, and one reader already
+    /// reads it as fast as the disk allows: `ranges:` is refused with its key.
+    async fn shared_snapshot(
+        &self,
+        relation: &Relation,
+        _sessions: usize,
+    ) -> Result<Box<dyn super::ranges::SharedSnapshot>, SourceError> {
+        Err(SourceError::config(
+            format!(
+                "`ranges:` is for PostgreSQL and MySQL sources; `{}` is a SQLite file, read by one connection",
+                relation.describe()
+            ),
+            "ranges",
+        ))
+    }
+
     async fn session(&self) -> Result<Box<dyn Session>, SourceError> {
         let path = self.path.clone();
         let conn = tokio::task::spawn_blocking(move || {

@@ -32,6 +32,10 @@ pub struct SqlStream {
     /// Columns (indices) pages are ordered and paged by; empty: one streamed query.
     pub(crate) order_key: Vec<usize>,
     pub(crate) mode: Mode,
+    /// `ranges:` (1: one slice) and the key a range is paged by (the primary key,
+    /// or the append key), whose leading column is split.
+    pub(crate) ranges: usize,
+    pub(crate) range_columns: Vec<usize>,
 }
 
 /// The relation a stream config names: `schema.table`, `table`, or a query.
@@ -179,6 +183,23 @@ pub(crate) async fn build_stream(
             ));
         }
     }
+    let ranges = config.ranges.unwrap_or(1);
+    let range_columns = match &mode {
+        Mode::AppendKey { column } if pk_indices.is_empty() => vec![*column],
+        _ => pk_indices.clone(),
+    };
+    if ranges == 0 || (ranges > 1 && !range_columns.first().is_some_and(|&i| columns[i].ty == FieldType::Bigint)) {
+        return Err(SourceError::config(
+            format!(
+                "`ranges: {ranges}` needs a number of ranges (1 or more) and a primary key whose first column is an integer to split; `{what}` has {}",
+                match range_columns.first() {
+                    Some(&i) => format!("`{}` ({})", columns[i].name, columns[i].source_type),
+                    None => "no primary key (declare `primary_key:`)".into(),
+                }
+            ),
+            format!("{key}.ranges"),
+        ));
+    }
     // Merge on the primary key (or the append key) so re-read rows replace themselves.
     let merge_key = match (&mode, primary_key.is_empty()) {
         (Mode::AppendKey { column }, true) => vec![columns[*column].name.clone()],
@@ -223,6 +244,8 @@ pub(crate) async fn build_stream(
         columns,
         order_key,
         mode,
+        ranges,
+        range_columns,
     })
 }
 
@@ -270,5 +293,7 @@ pub(crate) fn unread_stream(
         columns,
         order_key: Vec::new(),
         mode: Mode::Full,
+        ranges: 1,
+        range_columns: Vec::new(),
     })
 }
