@@ -152,6 +152,19 @@ fn d1_specs() -> Vec<StreamSpec> {
             None,
             WriteMode::Merge,
         ),
+        spec(
+            "crm_customers",
+            vec![
+                int("customer_id"),
+                text("email").pii(),
+                text("phone").pii(),
+                text("address").pii(),
+                Field::new("_sluice_deleted_at", FieldType::Timestamp),
+            ],
+            &["customer_id"],
+            None,
+            WriteMode::Merge,
+        ),
     ]
 }
 
@@ -267,6 +280,21 @@ async fn land_profiles(lake: &Lake, dt: &str, run: &str) -> TaskRecord {
         })
         .collect();
     write_d1(lake, "app_profiles", dt, run, &rows).await;
+    // The CRM's customers (the demo's SQLite source) are tested by `sluice demo`'s
+    // truth check; here the table exists and is empty, so the counts are the app's.
+    let crm = d1_specs()
+        .into_iter()
+        .find(|s| s.table == "crm_customers")
+        .unwrap();
+    let schema = crm.schema.arrow_schema();
+    let mut w = lake
+        .parquet_writer(
+            &format!("d1/crm_customers/dt={dt}/{run}-00000.parquet"),
+            schema.clone(),
+        )
+        .unwrap();
+    w.write(&RecordBatch::new_empty(schema)).await.unwrap();
+    w.close().await.unwrap();
     d1_task("app_profiles", &[dt])
 }
 
