@@ -17,5 +17,9 @@ pub const CONNECTION: u8 = 6;
 pub const CHECKS_FAILED: u8 = 7;
 /// `compare`: the two streams differ.
 pub const DIFFERENCES: u8 = 8;
+/// `run --finalize`: not every shard of the round has published (nothing ran).
+pub const SHARDS_PENDING: u8 = 9;
+/// `run --shard`: another live process holds the shard (or took it over): nothing published.
+pub const SHARD_HELD: u8 = 10;
 /// Stopped by SIGINT/SIGTERM; in-flight loads were rolled back.
 pub const CANCELLED: u8 = 130;

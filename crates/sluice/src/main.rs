@@ -42,7 +42,8 @@ fn return_freed_memory_promptly() {
 ///
 /// Exit codes: 0 success, 2 usage error, 3 config error, 4 run failed,
 /// 5 run partially failed, 6 a connection check failed, 7 a check failed (`test`),
-/// 8 the streams differ (`compare`), 130 cancelled.
+/// 8 the streams differ (`compare`), 9 shards of the round pending (`run --finalize`),
+/// 10 the shard is held by another process (`run --shard`), 130 cancelled.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about, long_about = None)]
 struct Cli {
