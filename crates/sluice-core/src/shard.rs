@@ -290,7 +290,12 @@ impl ShardLedger {
 
     /// Which shards of `round` have published, per scope (see [`scope_of`]); the
     /// round is complete when every scope that any shard ran in is.
-    pub async fn round_status(&self, round: &str) -> Result<RoundStatus, ShardError> {
+    /// `scopes`: only those (a finalize of some models waits only for their sources).
+    pub async fn round_status(
+        &self,
+        round: &str,
+        scopes: Option<&BTreeSet<String>>,
+    ) -> Result<RoundStatus, ShardError> {
         let dir = format!("{}/", self.round_dir(round));
         let mut done: BTreeMap<String, BTreeMap<u32, BTreeSet<u32>>> = BTreeMap::new();
         for object in self.lake.list(&dir).await? {
@@ -307,6 +312,9 @@ impl ShardLedger {
             else {
                 continue;
             };
+            if scopes.is_some_and(|only| !only.contains(scope)) {
+                continue;
+            }
             if let (Ok(k), Ok(n)) = (k.parse::<u32>(), n.parse::<u32>()) {
                 done.entry(scope.to_string())
                     .or_default()
@@ -319,6 +327,15 @@ impl ShardLedger {
             return Ok(RoundStatus::NoShards);
         }
         let mut missing = Vec::new();
+        // A scope the finalize waits for with no shard published yet (unless the
+        // round was sharded as a whole).
+        if let (Some(only), false) = (scopes, done.contains_key("all")) {
+            missing.extend(
+                only.iter()
+                    .filter(|scope| *scope != "all" && !done.contains_key(*scope))
+                    .map(|scope| format!("all ({scope})")),
+            );
+        }
         let mut total = 0;
         for (scope, counts) in &done {
             if counts.len() > 1 {
@@ -434,14 +451,18 @@ impl ShardLedger {
         round: &str,
         state: &StateStore,
         run_id: &str,
+        scopes: Option<&BTreeSet<String>>,
     ) -> Result<Vec<String>, ShardError> {
         let dir = format!("{}/", self.round_dir(round));
         let mut by_task: BTreeMap<String, Vec<CursorProposal>> = BTreeMap::new();
         for object in self.lake.list(&dir).await? {
             let parts: Vec<&str> = object.path[dir.len()..].split('/').collect();
-            let [_scope, "cursors", task, _label] = parts.as_slice() else {
+            let [scope, "cursors", task, _label] = parts.as_slice() else {
                 continue;
             };
+            if scopes.is_some_and(|only| !only.contains(*scope)) {
+                continue;
+            }
             if let Some(proposal) = self.read::<CursorProposal>(&object.path).await? {
                 by_task.entry(task.to_string()).or_default().push(proposal);
             }

@@ -217,7 +217,7 @@ pub async fn execute_cancellable(
     if let Some(lineage) = &lineage {
         lineage.started(&run_id).await;
     }
-    let part = match run_part(project, args, &run_id).await {
+    let part = match run_part(project, args, &plan, &run_id).await {
         Ok(part) => part,
         Err(code) => return Err(code),
     };
@@ -279,7 +279,12 @@ fn round_of(args: &RunArgs) -> String {
 /// What part of the plan this run executes. A shard takes its lease first (or stops
 /// with [`exit::SHARD_HELD`]); a shard already published in the round, or a finalize
 /// whose shards have not all published, stops here (`Err` is the exit code).
-async fn run_part(project: &Project, args: &RunArgs, run_id: &str) -> Result<RunPart, u8> {
+async fn run_part(
+    project: &Project,
+    args: &RunArgs,
+    plan: &RunPlan,
+    run_id: &str,
+) -> Result<RunPart, u8> {
     let round = round_of(args);
     let ledger = ShardLedger::new(project.lake.clone(), &project.config.name);
     let lake_error = |e: sluice_core::shard::ShardError| {
@@ -287,11 +292,13 @@ async fn run_part(project: &Project, args: &RunArgs, run_id: &str) -> Result<Run
         exit::RUN_FAILED
     };
     if args.finalize {
-        let missing = match ledger.round_status(&round).await.map_err(lake_error)? {
+        let scopes = finalize_scopes(plan, &args.select);
+        let status = ledger.round_status(&round, scopes.as_ref()).await;
+        let missing = match status.map_err(lake_error)? {
             RoundStatus::Complete { shards } => {
                 tracing::info!(%round, "all {shards} shards published; running the models");
                 let moved = ledger
-                    .finalize_cursors(&round, &project.state, run_id)
+                    .finalize_cursors(&round, &project.state, run_id, scopes.as_ref())
                     .await
                     .map_err(lake_error)?;
                 for task in moved {
@@ -342,6 +349,38 @@ async fn run_part(project: &Project, args: &RunArgs, run_id: &str) -> Result<Run
         lease,
         ledger,
     }))
+}
+
+/// The shard scopes a `--finalize --select …` waits for: `all` and those of the sources
+/// the selected models read (an Airflow DAG shards each source as its own task, with
+/// `--select <source>`); every scope without `--select`.
+fn finalize_scopes(
+    plan: &RunPlan,
+    select: &[String],
+) -> Option<std::collections::BTreeSet<String>> {
+    if select.is_empty() {
+        return None;
+    }
+    let upstream: Vec<String> = select
+        .iter()
+        .map(|p| {
+            if p.starts_with('+') {
+                p.clone()
+            } else {
+                format!("+{p}")
+            }
+        })
+        .collect();
+    let selection = plan.select(&upstream).ok()?;
+    let mut scopes: std::collections::BTreeSet<String> = plan
+        .nodes()
+        .iter()
+        .filter(|n| n.kind == sluice_core::plan::NodeKind::Stream && selection.contains(&n.id))
+        .filter_map(|n| n.id.split_once('.'))
+        .map(|(source, _)| sluice_core::shard::scope_of(&[source.to_string()]))
+        .collect();
+    scopes.insert(sluice_core::shard::scope_of(&[]));
+    Some(scopes)
 }
 
 /// Records a shard's completion when every task of its share succeeded, then frees its
