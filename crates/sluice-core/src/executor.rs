@@ -39,6 +39,7 @@ use crate::drift::{SchemaConfig, StreamSchema};
 use crate::lake::{Lake, LakeError};
 use crate::plan::StreamTask;
 use crate::run::{RunRecord, RunStatus, TaskError, TaskRecord, TaskStatus};
+use crate::shard::{RunPart, ShardError, ShardRun};
 use crate::source::{ErrorClass, RunWindow, SourceError};
 use crate::state::{StateError, StateStore};
 
@@ -77,6 +78,8 @@ pub struct RunOptions {
     pub select: Vec<String>,
     pub window: RunWindow,
     pub cancel: CancellationToken,
+    /// The whole plan, a shard's share of its slices, or the finalize's models.
+    pub part: RunPart,
 }
 
 /// Runs streams against one lake, state store and destination.
@@ -102,6 +105,8 @@ enum TaskFailure {
     Lake(#[from] LakeError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
     #[error("cancelled")]
     Cancelled,
     /// A panic in the source or the load, caught so the run record still ends.
@@ -162,7 +167,7 @@ impl Executor {
         for task in &tasks {
             budgets
                 .entry(task.source.name().to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(task.source.max_concurrency().max(1))));
+                .or_insert_with(|| Arc::new(Semaphore::new(slice_budget(task, &options))));
         }
         let concurrency = self.execution.concurrency.max(1);
         let results: Vec<TaskRecord> = futures::stream::iter(tasks)
@@ -261,6 +266,30 @@ impl Executor {
             })
             .await
             .map_err(TaskFailure::Source)?;
+        let shard = match &options.part {
+            RunPart::Shard(run) => Some(run),
+            _ => None,
+        };
+        let mut plan = plan;
+        // Each kept slice's index in the whole plan: the order the shards' cursors compare by.
+        let mut plan_index: Vec<usize> = (0..plan.slices.len()).collect();
+        if let Some(run) = shard {
+            (plan.slices, plan_index) =
+                shard_share(run, &name, stream.write_mode, options, plan.slices);
+            if plan.slices.is_empty() {
+                self.propose_cursor(
+                    run,
+                    &name,
+                    &cursor,
+                    plan.cursor_after.clone(),
+                    None,
+                    options,
+                )
+                .await?;
+                self.observer.task_started(&name, 0);
+                return Ok(TaskStatus::UpToDate);
+            }
+        }
         record.slices = plan.slices.len() as u64;
         self.observer.task_started(&name, plan.slices.len());
         if plan.slices.is_empty() {
@@ -327,13 +356,16 @@ impl Executor {
             .await?;
 
         // A cursor learnt while reading (the last slice's) replaces the planned one.
-        let cursor_reached = extraction
+        let last_learnt = extraction
             .cursors
             .into_inner()
             .expect("cursors lock")
-            .pop_last()
-            .map(|(_, cursor)| cursor);
-        let cursor_after = cursor_reached.or(plan.cursor_after);
+            .pop_last();
+        let planned_cursor = plan.cursor_after.clone();
+        let cursor_after = last_learnt
+            .as_ref()
+            .map(|(_, c)| c.clone())
+            .or(plan.cursor_after);
         // Removed fields and likely renames are only known once every slice is read.
         let mut stream_schema = extraction.schema.into_inner().expect("schema lock");
         stream_schema.declared_typos().map_err(|m| {
@@ -353,6 +385,10 @@ impl Executor {
         let mut rejected = extraction.rejected.into_inner().expect("rejected lock");
         if stream.write_mode == WriteMode::Merge {
             rejected.extend(self.dedupe(task, &staged).await?);
+        }
+        if let Some(run) = shard {
+            // A shard that lost its lease (another process took it over) publishes nothing.
+            run.lease.check().await?;
         }
         self.observer.task_loading(&name);
         let published = publish::Staged {
@@ -384,14 +420,40 @@ impl Executor {
         // State last: schema version, then cursor.
         let schema_changed = previous_schema.as_ref().map(|v| &v.value) != Some(&final_schema);
         if schema_changed {
-            self.state
+            let saved = self
+                .state
                 .save_schema(
                     &stream.table,
                     previous_schema.as_ref().map(|v| v.version),
                     &options.run_id,
                     &final_schema,
                 )
+                .await;
+            match saved {
+                // Shards of one round all publish the stream: another one may have stored it.
+                Err(StateError::Conflict { .. }) if shard.is_some() => {
+                    let latest = self.state.schema(&stream.table).await?;
+                    if latest.as_ref().map(|v| &v.value) != Some(&final_schema) {
+                        self.state
+                            .save_schema(
+                                &stream.table,
+                                latest.map(|v| v.version),
+                                &options.run_id,
+                                &final_schema,
+                            )
+                            .await?;
+                    }
+                }
+                other => {
+                    other?;
+                }
+            }
+        }
+        if let Some(run) = shard {
+            let reached = last_learnt.map(|(index, c)| (plan_index[index], c));
+            self.propose_cursor(run, &name, &cursor, planned_cursor, reached, options)
                 .await?;
+            return Ok(TaskStatus::Succeeded);
         }
         if !options.window.is_backfill() {
             if let Some(cursor_after) = cursor_after {
@@ -444,6 +506,31 @@ impl Executor {
                     .map_err(|e| e.to_string())
             },
         )))
+    }
+
+    /// A shard does not move the cursor (the other shards plan from it): it proposes
+    /// what its share reached, and `--finalize` stores it (see [`crate::shard`]).
+    async fn propose_cursor(
+        &self,
+        run: &ShardRun,
+        task: &str,
+        cursor: &Option<crate::state::Versioned<serde_json::Value>>,
+        planned: Option<serde_json::Value>,
+        reached: Option<(usize, serde_json::Value)>,
+        options: &RunOptions,
+    ) -> Result<(), TaskFailure> {
+        if options.window.is_backfill() || (planned.is_none() && reached.is_none()) {
+            return Ok(());
+        }
+        let proposal = crate::shard::CursorProposal {
+            from_version: cursor.as_ref().map(|c| c.version),
+            planned,
+            reached,
+        };
+        run.ledger
+            .propose_cursor(&run.round, task, run.shard, &proposal)
+            .await?;
+        Ok(())
     }
 
     fn backoff(&self) -> ExponentialBuilder {
@@ -516,4 +603,35 @@ fn loaded_at_micros(run_id: &str) -> i64 {
     )
     .map(|t| t.and_utc().timestamp_micros())
     .unwrap_or_else(|_| Utc::now().timestamp_micros())
+}
+
+/// The slices of `slices` that `run`'s shard owns, with their indexes in the plan. A
+/// stream whose write mode replaces more than a slice's rows goes whole to one shard.
+fn shard_share(
+    run: &ShardRun,
+    task: &str,
+    mode: WriteMode,
+    options: &RunOptions,
+    slices: Vec<crate::source::Slice>,
+) -> (Vec<crate::source::Slice>, Vec<usize>) {
+    let whole = options.window.full_refresh
+        || matches!(mode, WriteMode::Replace | WriteMode::OverwritePartitions);
+    slices
+        .into_iter()
+        .enumerate()
+        .filter(|(_, slice)| {
+            let key = crate::shard::slice_key(task, (!whole).then_some(slice.key.as_str()));
+            run.shard.owns(&key)
+        })
+        .map(|(index, slice)| (slice, index))
+        .unzip()
+}
+
+/// Slices of a source read at once; N shards share one account's concurrency limit.
+fn slice_budget(task: &StreamTask, options: &RunOptions) -> usize {
+    let limit = task.source.max_concurrency().max(1);
+    match &options.part {
+        RunPart::Shard(run) => limit.div_ceil(run.shard.count as usize).max(1),
+        _ => limit,
+    }
 }

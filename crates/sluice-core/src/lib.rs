@@ -23,6 +23,7 @@ pub mod replay;
 pub mod run;
 pub mod schema;
 pub mod secret;
+pub mod shard;
 pub mod source;
 pub mod state;
 pub mod typing;

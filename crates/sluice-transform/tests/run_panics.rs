@@ -113,6 +113,7 @@ fn options(run_id: &str) -> RunOptions {
             full_refresh: false,
         },
         cancel: CancellationToken::new(),
+        part: Default::default(),
     }
 }
 

@@ -19,5 +19,9 @@ pub const CHECKS_FAILED: u8 = 7;
 pub const DIFFERENCES: u8 = 8;
 /// `sluice upgrade-check`: the target API version removes or renames fields the pipeline uses.
 pub const UPGRADE_NEEDED: u8 = 9;
+/// `run --finalize`: not every shard of the round has published (nothing ran).
+pub const SHARDS_PENDING: u8 = 10;
+/// `run --shard`: another live process holds the shard (or took it over): nothing published.
+pub const SHARD_HELD: u8 = 11;
 /// Stopped by SIGINT/SIGTERM; in-flight loads were rolled back.
 pub const CANCELLED: u8 = 130;

@@ -47,7 +47,8 @@ fn cap_malloc_arenas() {
 /// Exit codes: 0 success, 2 usage error, 3 config error, 4 run failed,
 /// 5 run partially failed, 6 a connection check failed, 7 a check failed (`test`),
 /// 8 the streams differ (`compare`), 9 the next API version removes fields the
-/// pipeline uses (`upgrade-check`), 130 cancelled.
+/// pipeline uses (`upgrade-check`), 10 shards of the round pending (`run --finalize`),
+/// 11 the shard is held by another process (`run --shard`), 130 cancelled.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about, long_about = None)]
 struct Cli {

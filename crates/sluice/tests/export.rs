@@ -499,6 +499,22 @@ fn sharded_airflow_dag_maps_each_source_over_its_shards_and_runs_models_after() 
         }
     }
     assert!(dag["tasks"]["models_d2a"].get("mapped").is_none());
+    // Models after sharded sources wait for the shards and move their cursors.
+    let dag_text = std::fs::read_to_string(out_dir.join("sluice_marketing.py"))
+        .or_else(|_| {
+            let file = std::fs::read_dir(&out_dir)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap();
+            std::fs::read_to_string(file.path())
+        })
+        .unwrap();
+    assert!(
+        dag_text.contains("arguments.append(\"--finalize\")"),
+        "{dag_text}"
+    );
+    assert!(dag_text.contains("finalize=True"), "{dag_text}");
 }
 
 #[test]

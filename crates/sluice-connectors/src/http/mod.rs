@@ -250,6 +250,20 @@ impl HttpStats {
     }
 }
 
+/// How many processes share each source's API limits (`sluice run --shard K/N`: N).
+static BUDGET_SHARE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// Divides every client built afterwards's request budget and in-flight cap by
+/// `processes`, so that many sharded workers together stay within one account's limits.
+pub fn divide_budgets(processes: u32) {
+    BUDGET_SHARE.store(processes.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The divisor set by [`divide_budgets`] (1: this process has the whole budget).
+pub fn budget_share() -> u32 {
+    BUDGET_SHARE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The shared client. Cheap to clone.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -265,7 +279,13 @@ pub struct HttpClient {
 
 impl HttpClient {
     /// `max_in_flight` caps concurrent requests across the source (CleverTap allows only a few).
-    pub fn new(settings: HttpSettings, max_in_flight: Option<usize>) -> Result<Self, SourceError> {
+    pub fn new(
+        mut settings: HttpSettings,
+        max_in_flight: Option<usize>,
+    ) -> Result<Self, SourceError> {
+        let share = budget_share();
+        settings.requests_per_second /= f64::from(share);
+        let max_in_flight = max_in_flight.map(|n| n.div_ceil(share as usize).max(1));
         let inner = reqwest::Client::builder()
             .timeout(Duration::from_secs(settings.timeout_secs.max(1)))
             .connect_timeout(Duration::from_secs(settings.connect_timeout_secs.max(1)))

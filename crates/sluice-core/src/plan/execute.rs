@@ -76,6 +76,12 @@ pub async fn run(
             PlanTask::Model(id) => model_ids.push(id),
         }
     }
+    // A shard runs only its share of the extraction; the finalize only the models.
+    match options.part {
+        crate::shard::RunPart::Shard(_) => model_ids.clear(),
+        crate::shard::RunPart::Finalize => streams.clear(),
+        crate::shard::RunPart::Whole => {}
+    }
     let cancel = options.cancel.clone();
     // Notices (an API version nearing its sunset, deprecation headers the API sent
     // while the run read it) are known once the streams ran.

@@ -8,6 +8,7 @@ use sluice_core::executor::{Executor, RunObserver, RunOptions};
 use sluice_core::plan::execute::PlanRunError;
 use sluice_core::plan::RunPlan;
 use sluice_core::run::{new_run_id, RunRecord, RunStatus, TaskStatus};
+use sluice_core::shard::{RoundStatus, RunPart, Shard, ShardCompletion, ShardLedger, ShardRun};
 use sluice_core::source::{RunWindow, Source};
 use sluice_transform::{ModelProject, ModelRunOptions, ModelStage};
 use tokio_util::sync::CancellationToken;
@@ -39,9 +40,29 @@ pub struct RunArgs {
     /// Print the run record as JSON on stdout instead of the summary table.
     #[arg(long)]
     pub json: bool,
+    /// Run shard K of N (`0/3`): a deterministic share of the extraction slices, no
+    /// models; each source's API budget is divided by N.
+    #[arg(long, value_name = "K/N", conflicts_with = "finalize")]
+    pub shard: Option<Shard>,
+    /// Run only the models and checks, once every shard of the round has published.
+    #[arg(long)]
+    pub finalize: bool,
+    /// The sharded run's round: shards and finalize of one run share it (default: `--today`'s date).
+    #[arg(long, env = "SLUICE_ROUND", value_name = "ID")]
+    pub round: Option<String>,
+    /// Take the shard's lease even if its owner looks alive (its process is known dead).
+    #[arg(long, requires = "shard")]
+    pub take_over: bool,
+    /// Seconds without a heartbeat after which a shard's lease can be taken over.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub lease: u64,
 }
 
 pub async fn run(pipeline: &Path, args: RunArgs, interactive: bool) -> u8 {
+    if let Some(shard) = args.shard {
+        // Before the sources are built: their HTTP clients take their share then.
+        sluice_connectors::http::divide_budgets(shard.count);
+    }
     let project = match Project::load(pipeline) {
         Ok(p) => p,
         Err(e) => return e.report(),
@@ -60,6 +81,13 @@ pub async fn run(pipeline: &Path, args: RunArgs, interactive: bool) -> u8 {
                 );
             } else {
                 print_summary(&record);
+                if let Some(shard) = args.shard {
+                    println!(
+                        "  shard {shard} of round {}: each source's request budget and concurrency divided by {}",
+                        round_of(&args),
+                        shard.count
+                    );
+                }
             }
             exit_code(&record)
         }
@@ -189,11 +217,16 @@ pub async fn execute_cancellable(
     if let Some(lineage) = &lineage {
         lineage.started(&run_id).await;
     }
+    let part = match run_part(project, args, &plan, &run_id).await {
+        Ok(part) => part,
+        Err(code) => return Err(code),
+    };
     let options = RunOptions {
         run_id,
         select: args.select.clone(),
         window,
         cancel,
+        part: part.clone(),
     };
     let stage = ModelStage {
         project: models,
@@ -214,6 +247,9 @@ pub async fn execute_cancellable(
         .instrument(span)
         .await;
     let log = crate::run_log::finish();
+    if let (RunPart::Shard(shard), Ok(record)) = (&part, &outcome) {
+        finish_shard(shard, record).await?;
+    }
     match outcome {
         Ok(record) => {
             if let Err(e) = project.state.save_run_log(&record.run_id, &log).await {
@@ -229,6 +265,152 @@ pub async fn execute_cancellable(
             Err(exit::CONFIG)
         }
     }
+}
+
+/// The round of a sharded run: `--round`, else the run's `--today` date.
+fn round_of(args: &RunArgs) -> String {
+    args.round.clone().unwrap_or_else(|| {
+        args.today
+            .unwrap_or_else(|| chrono::Utc::now().date_naive())
+            .to_string()
+    })
+}
+
+/// What part of the plan this run executes. A shard takes its lease first (or stops
+/// with [`exit::SHARD_HELD`]); a shard already published in the round, or a finalize
+/// whose shards have not all published, stops here (`Err` is the exit code).
+async fn run_part(
+    project: &Project,
+    args: &RunArgs,
+    plan: &RunPlan,
+    run_id: &str,
+) -> Result<RunPart, u8> {
+    let round = round_of(args);
+    let ledger = ShardLedger::new(project.lake.clone(), &project.config.name);
+    let lake_error = |e: sluice_core::shard::ShardError| {
+        crate::logging::print_error!("{e}");
+        exit::RUN_FAILED
+    };
+    if args.finalize {
+        let scopes = finalize_scopes(plan, &args.select);
+        let status = ledger.round_status(&round, scopes.as_ref()).await;
+        let missing = match status.map_err(lake_error)? {
+            RoundStatus::Complete { shards } => {
+                tracing::info!(%round, "all {shards} shards published; running the models");
+                let moved = ledger
+                    .finalize_cursors(&round, &project.state, run_id, scopes.as_ref())
+                    .await
+                    .map_err(lake_error)?;
+                for task in moved {
+                    tracing::info!(%task, "cursor advanced to where the shards reached");
+                }
+                return Ok(RunPart::Finalize);
+            }
+            RoundStatus::NoShards => "no shard has published".to_string(),
+            RoundStatus::Pending { missing } => {
+                format!("shards {} have not published", missing.join(", "))
+            }
+            RoundStatus::Mixed(counts) => {
+                format!("shards of different counts ({counts:?}) published")
+            }
+        };
+        crate::logging::print_error!(
+            "--finalize refused: in round {round}, {missing}; run them first (or pass the round's --round)"
+        );
+        return Err(exit::SHARDS_PENDING);
+    }
+    let Some(shard) = args.shard else {
+        return Ok(RunPart::Whole);
+    };
+    let round = format!("{round}/{}", sluice_core::shard::scope_of(&args.select));
+    if let Some(done) = ledger.completion(&round, shard).await.map_err(lake_error)? {
+        eprintln!(
+            "shard {shard} of round {round} was already published by run {}; nothing to do",
+            done.run_id
+        );
+        return Err(exit::OK);
+    }
+    let lease_time = std::time::Duration::from_secs(args.lease.max(1));
+    let lease = match ledger
+        .acquire(&round, shard, run_id, lease_time, args.take_over)
+        .await
+    {
+        Ok(lease) => std::sync::Arc::new(lease),
+        Err(e @ sluice_core::shard::ShardError::Held { .. }) => {
+            crate::logging::print_error!("{e}");
+            return Err(exit::SHARD_HELD);
+        }
+        Err(e) => return Err(lake_error(e)),
+    };
+    lease.keep_alive(lease_time / 4);
+    Ok(RunPart::Shard(ShardRun {
+        shard,
+        round,
+        lease,
+        ledger,
+    }))
+}
+
+/// The shard scopes a `--finalize --select …` waits for: `all` and those of the sources
+/// the selected models read (an Airflow DAG shards each source as its own task, with
+/// `--select <source>`); every scope without `--select`.
+fn finalize_scopes(
+    plan: &RunPlan,
+    select: &[String],
+) -> Option<std::collections::BTreeSet<String>> {
+    if select.is_empty() {
+        return None;
+    }
+    let upstream: Vec<String> = select
+        .iter()
+        .map(|p| {
+            if p.starts_with('+') {
+                p.clone()
+            } else {
+                format!("+{p}")
+            }
+        })
+        .collect();
+    let selection = plan.select(&upstream).ok()?;
+    let mut scopes: std::collections::BTreeSet<String> = plan
+        .nodes()
+        .iter()
+        .filter(|n| n.kind == sluice_core::plan::NodeKind::Stream && selection.contains(&n.id))
+        .filter_map(|n| n.id.split_once('.'))
+        .map(|(source, _)| sluice_core::shard::scope_of(&[source.to_string()]))
+        .collect();
+    scopes.insert(sluice_core::shard::scope_of(&[]));
+    Some(scopes)
+}
+
+/// Records a shard's completion when every task of its share succeeded, then frees its
+/// lease. `Err(SHARD_HELD)` when another process took the shard over during the run.
+async fn finish_shard(run: &ShardRun, record: &RunRecord) -> Result<(), u8> {
+    if let Err(e) = run.lease.check().await {
+        crate::logging::print_error!("{e}");
+        return Err(exit::SHARD_HELD);
+    }
+    if record.status == RunStatus::Succeeded {
+        let completion = ShardCompletion {
+            round: run.round.clone(),
+            shard: run.shard,
+            run_id: record.run_id.clone(),
+            finished_at: chrono::Utc::now(),
+            slices: record
+                .tasks
+                .iter()
+                .map(|t| (t.task.clone(), t.slices))
+                .collect(),
+        };
+        if let Err(e) = run.ledger.complete(&run.round, &completion).await {
+            crate::logging::print_error!("cannot record the shard's completion: {e}");
+            return Err(exit::RUN_FAILED);
+        }
+    }
+    if let Err(e) = run.lease.release().await {
+        tracing::warn!("cannot release the shard lease (it expires on its own): {e}");
+    }
+    Ok(())
 }
 
 /// The run plan of `sources` and the project's models; `Err` is the exit code of a

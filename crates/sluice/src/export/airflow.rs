@@ -74,6 +74,8 @@ struct TaskView<'a> {
     upstream_vars: Vec<String>,
     /// Mapped shard count for source tasks (0: not sharded).
     shards: u32,
+    /// A model task after sharded sources: `--finalize` (waits for them, moves cursors).
+    finalize: bool,
 }
 
 fn task_var(id: &str) -> String {
@@ -103,6 +105,7 @@ pub fn render(
                 TaskKind::Source => shards,
                 TaskKind::Models => 0,
             },
+            finalize: shards > 0 && matches!(t.kind, TaskKind::Models),
         })
         .collect();
     let names = KubeNames::new(&shape.pipeline);

@@ -235,8 +235,8 @@ impl KubeNames {
 }
 
 /// Whether this binary's `sluice run` accepts `--shard K/N` and `--finalize` (issue
-/// #20). Until it does, sharded exports say so in the files they write.
-pub const SHARD_SUPPORTED: bool = false;
+/// #20; `crates/sluice-core/src/shard.rs`). Sharded exports call exactly those flags.
+pub const SHARD_SUPPORTED: bool = true;
 
 /// Where a pod finds the project (the ConfigMap's mount).
 pub const PROJECT_DIR: &str = "/etc/sluice";

@@ -1,0 +1,353 @@
+//! Sharded runs (issue #20): `sluice run --shard K/N` workers against the sandbox,
+//! then `sluice run --finalize`; the lease that keeps two processes off one shard;
+//! a killed worker's shard re-run.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Output, Stdio};
+
+use chrono::{Duration, Utc};
+use common::*;
+use sluice_sandbox::SandboxOptions;
+
+fn sandbox() -> TestSandbox {
+    TestSandbox::start(SandboxOptions::new(7, 1, Utc::now().date_naive()))
+}
+
+fn spawn_run(project: &Project, args: &[&str]) -> Child {
+    Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(project.path())
+        .env_remove("RUST_LOG")
+        .env("SLUICE_LOG", "info")
+        .arg("run")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice")
+}
+
+/// Every row of every table in the warehouse, without sluice's per-run columns,
+/// sorted: two warehouses loaded from the same data compare equal.
+fn warehouse_rows(project: &Project) -> BTreeMap<String, Vec<String>> {
+    let db = project.sqlite();
+    let tables: Vec<String> = {
+        let mut stmt = db
+            .prepare("select name from sqlite_master where type = 'table' and name like 'd%' order by name")
+            .unwrap();
+        let names = stmt.query_map([], |r| r.get(0)).unwrap();
+        names.map(Result::unwrap).collect()
+    };
+    let mut out = BTreeMap::new();
+    for table in tables {
+        let mut stmt = db.prepare(&format!("select * from \"{table}\"")).unwrap();
+        let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+        let keep: Vec<usize> = (0..columns.len())
+            .filter(|&i| !columns[i].starts_with("_sluice_"))
+            .collect();
+        let mut rows: Vec<String> = stmt
+            .query_map([], |r| {
+                let values: Vec<String> = keep
+                    .iter()
+                    .map(|&i| match r.get_ref(i).unwrap() {
+                        rusqlite::types::ValueRef::Text(t) => {
+                            per_run_text(&String::from_utf8_lossy(t))
+                        }
+                        // A float sum depends on the order rows were loaded in.
+                        rusqlite::types::ValueRef::Real(f) => format!("{f:.9e}"),
+                        other => format!("{other:?}"),
+                    })
+                    .collect();
+                Ok(values.join("|"))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.sort();
+        out.insert(table, rows);
+    }
+    out
+}
+
+/// A text value with what differs between two loads of the same data blanked: an
+/// encrypted PII value (a fresh nonce each time), a time written by the run itself.
+fn per_run_text(text: &str) -> String {
+    if text.starts_with("enc:") {
+        return "<encrypted>".into();
+    }
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(t) if Utc::now().signed_duration_since(t) < Duration::hours(1) => "<run time>".into(),
+        _ => text.to_string(),
+    }
+}
+
+/// The `(source/stream, slice key)` of every slice the lake records as extracted.
+fn landed_slices(project: &Project) -> Vec<(String, String)> {
+    let raw = project.path().join("lake/raw");
+    let mut out = Vec::new();
+    for file in project.lake_files() {
+        let Ok(relative) = file.strip_prefix(&raw) else {
+            continue;
+        };
+        let parts: Vec<String> = relative
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        // Only finished manifests: a store writes a temporary file first.
+        if parts.len() == 5 && parts[2] == "_slices" && parts[4].ends_with(".json") {
+            let Ok(manifest) =
+                serde_json::from_slice::<serde_json::Value>(&std::fs::read(&file).unwrap())
+            else {
+                panic!("{} is not a slice manifest", file.display());
+            };
+            // `deletes@<time>`: the time it was planned differs between runs.
+            let key = manifest["key"].as_str().unwrap();
+            out.push((
+                format!("{}/{}", parts[0], parts[1]),
+                key.split('@').next().unwrap().to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// D2B impressions and clicks per (day, platform) equal the sandbox's truth.
+fn assert_spend_equals_truth(project: &Project) {
+    let today = Utc::now().date_naive();
+    let truth = sluice_sandbox::truth(
+        &SandboxOptions::new(7, 1, today),
+        today - Duration::days(3),
+        today,
+    );
+    let mut expected = BTreeMap::<(String, String), (i64, i64)>::new();
+    for platform in ["facebook", "google"] {
+        for day in truth[platform]["days"].as_array().unwrap() {
+            let e = expected
+                .entry((day["date"].as_str().unwrap().into(), platform.into()))
+                .or_default();
+            e.0 += day["impressions"].as_i64().unwrap();
+            e.1 += day["clicks"].as_i64().unwrap();
+        }
+    }
+    let db = project.sqlite();
+    let mut stmt = db
+        .prepare("select cast(date as text), platform, impressions, clicks from d2b__channel_spend_daily")
+        .unwrap();
+    let loaded: BTreeMap<(String, String), (i64, i64)> = stmt
+        .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?))))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(loaded, expected);
+}
+
+/// The two warehouses hold the same rows, table by table (the first difference shown).
+fn assert_same_rows(a: &Project, b: &Project) {
+    let (a, b) = (warehouse_rows(a), warehouse_rows(b));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (table, rows) in &a {
+        let other = &b[table];
+        let only_a: Vec<_> = rows.iter().filter(|r| !other.contains(r)).take(2).collect();
+        let only_b: Vec<_> = other.iter().filter(|r| !rows.contains(r)).take(2).collect();
+        assert!(
+            rows.len() == other.len() && only_a.is_empty(),
+            "{table}: {} vs {} rows; only in the first: {only_a:?}; only in the second: {only_b:?}",
+            rows.len(),
+            other.len()
+        );
+    }
+}
+
+fn finish(child: Child) -> Output {
+    child.wait_with_output().expect("wait for sluice")
+}
+
+#[test]
+fn three_concurrent_shards_then_finalize_load_exactly_the_truth_once() {
+    let sandbox = sandbox();
+    let sharded = example_project(&sandbox.url());
+    let workers: Vec<Child> = (0..3)
+        .map(|k| spawn_run(&sharded, &["--shard", &format!("{k}/3"), "--round", "r1"]))
+        .collect();
+    let outputs: Vec<Output> = workers.into_iter().map(finish).collect();
+    for out in &outputs {
+        assert_exit(out, 0);
+        assert!(
+            stdout(out).contains("request budget and concurrency divided by 3"),
+            "{}",
+            stdout(out)
+        );
+    }
+    // Shards run no models.
+    assert!(!warehouse_rows(&sharded).keys().any(|t| t.starts_with("d2")));
+
+    let slices = landed_slices(&sharded);
+    let distinct: BTreeSet<_> = slices.iter().collect();
+    assert_eq!(distinct.len(), slices.len(), "a slice was landed twice");
+    // Every shard had a share of the work.
+    for k in 0..3 {
+        let completion = sharded
+            .path()
+            .join(format!("lake/_state/marketing/shards/r1/all/{k}-of-3.json"));
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&completion).unwrap()).unwrap();
+        let total: u64 = record["slices"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert!(total > 0, "shard {k} ran no slice: {record}");
+    }
+
+    let out = sharded.run(&["--finalize", "--round", "r1"]);
+    assert_exit(&out, 0);
+    assert_spend_equals_truth(&sharded);
+
+    // The same example run whole, against the same sandbox, loads the same rows.
+    let whole = example_project(&sandbox.url());
+    assert_exit(&whole.run(&[]), 0);
+    assert_same_rows(&sharded, &whole);
+    // Together the shards extracted exactly the slices of the whole run.
+    let sharded_keys: BTreeSet<_> = landed_slices(&sharded).into_iter().collect();
+    let whole_keys: BTreeSet<_> = landed_slices(&whole).into_iter().collect();
+    assert_eq!(
+        sharded_keys.difference(&whole_keys).collect::<Vec<_>>(),
+        whole_keys.difference(&sharded_keys).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn finalize_is_refused_until_every_shard_of_the_round_published() {
+    let sandbox = sandbox();
+    let project = example_project(&sandbox.url());
+    let out = project.run(&["--finalize", "--round", "r2"]);
+    assert_exit(&out, 10);
+    assert!(
+        stderr(&out).contains("no shard has published"),
+        "{}",
+        stderr(&out)
+    );
+
+    assert_exit(&project.run(&["--shard", "0/2", "--round", "r2"]), 0);
+    let out = project.run(&["--finalize", "--round", "r2"]);
+    assert_exit(&out, 10);
+    assert!(stderr(&out).contains("1/2 (all)"), "{}", stderr(&out));
+    assert!(!warehouse_rows(&project).keys().any(|t| t.starts_with("d2")));
+
+    // A shard already published in the round is not run again.
+    let again = project.run(&["--shard", "0/2", "--round", "r2"]);
+    assert_exit(&again, 0);
+    assert!(
+        stderr(&again).contains("already published"),
+        "{}",
+        stderr(&again)
+    );
+
+    assert_exit(&project.run(&["--shard", "1/2", "--round", "r2"]), 0);
+    assert_exit(&project.run(&["--finalize", "--round", "r2"]), 0);
+    assert_spend_equals_truth(&project);
+}
+
+#[test]
+fn of_two_processes_started_on_one_shard_exactly_one_publishes() {
+    let sandbox = sandbox();
+    let project = example_project(&sandbox.url());
+    let a = spawn_run(&project, &["--shard", "0/1", "--round", "r3"]);
+    let b = spawn_run(&project, &["--shard", "0/1", "--round", "r3"]);
+    let outputs = [finish(a), finish(b)];
+    let published: Vec<&Output> = outputs
+        .iter()
+        .filter(|o| o.status.code() == Some(0) && stdout(o).contains("succeeded"))
+        .collect();
+    assert_eq!(published.len(), 1, "{outputs:?}");
+    let other = outputs
+        .iter()
+        .find(|o| !std::ptr::eq(*o, published[0]))
+        .unwrap();
+    // Refused at the lease (exit 10), or, had the first one already finished, told
+    // the shard is published: either way before any extraction.
+    let refused = other.status.code() == Some(11) && stderr(other).contains("is held by run");
+    let skipped = other.status.code() == Some(0) && stderr(other).contains("already published");
+    assert!(refused || skipped, "{}\n{}", stdout(other), stderr(other));
+    assert!(stdout(other).is_empty(), "{}", stdout(other));
+    let slices = landed_slices(&project);
+    let distinct: BTreeSet<_> = slices.iter().collect();
+    assert_eq!(distinct.len(), slices.len(), "a slice was landed twice");
+}
+
+#[test]
+fn a_killed_worker_shard_is_taken_over_after_its_lease_and_the_round_converges() {
+    let sandbox = sandbox();
+    let project = example_project(&sandbox.url());
+    let mut victim = spawn_run(
+        &project,
+        &["--shard", "1/3", "--round", "r4", "--lease", "2"],
+    );
+    // Kill it once it has landed pages (mid-extraction), with no chance to clean up.
+    let started = std::time::Instant::now();
+    while landed_slices(&project).is_empty() && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+
+    // Its lease is still fresh: a retry is refused until it expires.
+    let early = project.run(&["--shard", "1/3", "--round", "r4", "--lease", "600"]);
+    assert_exit(&early, 11);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_exit(
+        &project.run(&["--shard", "1/3", "--round", "r4", "--lease", "2"]),
+        0,
+    );
+    for k in [0, 2] {
+        let shard = format!("{k}/3");
+        assert_exit(&project.run(&["--shard", &shard, "--round", "r4"]), 0);
+    }
+    assert_exit(&project.run(&["--finalize", "--round", "r4"]), 0);
+    assert_spend_equals_truth(&project);
+
+    let whole = example_project(&sandbox.url());
+    assert_exit(&whole.run(&[]), 0);
+    assert_same_rows(&project, &whole);
+}
+
+#[test]
+fn a_finalize_of_some_models_waits_only_for_the_shards_of_their_sources() {
+    let sandbox = sandbox();
+    let project = example_project(&sandbox.url());
+    // As the Airflow export shards them: each source its own task, `--select <source>`.
+    for k in 0..2 {
+        let shard = format!("{k}/2");
+        let out = project.run(&["--select", "facebook", "--shard", &shard, "--round", "r5"]);
+        assert_exit(&out, 0);
+    }
+    // channel_spend_daily also reads google: refused until google's shards published.
+    let out = project.run(&[
+        "--finalize",
+        "--select",
+        "channel_spend_daily",
+        "--round",
+        "r5",
+    ]);
+    assert_exit(&out, 10);
+    assert!(stderr(&out).contains("(google)"), "{}", stderr(&out));
+    for k in 0..2 {
+        let shard = format!("{k}/2");
+        let out = project.run(&["--select", "google", "--shard", &shard, "--round", "r5"]);
+        assert_exit(&out, 0);
+    }
+    // The app and crm sources were not sharded in this round: not waited for.
+    let out = project.run(&[
+        "--finalize",
+        "--select",
+        "+channel_spend_daily",
+        "--round",
+        "r5",
+    ]);
+    assert_exit(&out, 0);
+    assert_spend_equals_truth(&project);
+}
