@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_exit, pg_url, stderr, stdout, unique_prefix, Pg, Project};
+use common::{assert_exit, mariadb_cli, pg_url, stderr, stdout, unique_prefix, Pg, Project};
 use serde_json::Value;
 
 const VENDOR_STREAM: &str = r#"  vendor:
@@ -419,36 +419,6 @@ fn replaces_naming_nothing_is_a_config_error_at_its_line() {
     assert_exit(&out, 0);
 }
 
-/// MariaDB through its own command-line client (as tests/relational.rs does).
-fn mariadb(sql: &str) {
-    let url = std::env::var("SLUICE_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
-    let url = reqwest::Url::parse(&url).expect("SLUICE_TEST_MYSQL_URL is a URL");
-    let port = url.port().unwrap_or(3306).to_string();
-    let mut cmd = std::process::Command::new("mysql");
-    cmd.args(["-h", url.host_str().unwrap_or("127.0.0.1"), "-P", &port])
-        .args([
-            "-u",
-            url.username(),
-            "--protocol=TCP",
-            "-N",
-            "-B",
-            "-e",
-            sql,
-        ]);
-    if let Some(password) = url.password() {
-        cmd.env("MYSQL_PWD", password);
-    }
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("MariaDB's `mysql` client is required for this test: {e}"));
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The values of `rows` (CSV lines) as SQL tuples.
 fn sql_values(rows: &str) -> String {
     rows.lines()
@@ -464,7 +434,7 @@ fn sql_values(rows: &str) -> String {
 fn a_postgres_table_replacing_a_mariadb_table_is_compared_and_switched() {
     let prefix = unique_prefix("compare_rel");
     let my_db = format!("{prefix}vendor");
-    mariadb(&format!(
+    mariadb_cli(&format!(
         "DROP DATABASE IF EXISTS {my_db}; CREATE DATABASE {my_db};
          CREATE TABLE {my_db}.customers (id bigint PRIMARY KEY, email varchar(80), city varchar(40), balance decimal(12,2), signup_date date);
          INSERT INTO {my_db}.customers VALUES {}",
@@ -523,7 +493,7 @@ sources:
         .collect();
     // The in-house rows, under the vendor's column names.
     assert_eq!(rows, ["3|cy@example.com|30.00", "7|gus@example.com|45.00"]);
-    mariadb(&format!("DROP DATABASE IF EXISTS {my_db}"));
+    mariadb_cli(&format!("DROP DATABASE IF EXISTS {my_db}"));
     pg.drop_schemas(&prefix);
 }
 

@@ -9,12 +9,6 @@ use std::process::Command as Process;
 use common::*;
 use serde_json::Value;
 
-/// The test MariaDB / MySQL URL (see scripts/lib/mysql.sh).
-fn mysql_url() -> String {
-    std::env::var("SLUICE_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
-
 /// MariaDB through its own command-line client.
 struct My {
     host: String,

@@ -13,42 +13,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn mysql_url() -> String {
-    std::env::var("SLUICE_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
-
-/// SQL through MariaDB's own client; rows as tab-separated lines.
-fn my(sql: &str) -> Vec<String> {
-    let url = reqwest::Url::parse(&mysql_url()).expect("SLUICE_TEST_MYSQL_URL is a URL");
-    let mut cmd = Process::new("mysql");
-    cmd.args(["-h", url.host_str().unwrap_or("127.0.0.1")])
-        .args(["-P", &url.port().unwrap_or(3306).to_string()])
-        .args([
-            "-u",
-            url.username(),
-            "--protocol=TCP",
-            "-N",
-            "-B",
-            "-e",
-            sql,
-        ])
-        .env("MYSQL_PWD", url.password().unwrap_or_default());
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("MariaDB's `mysql` client is required for this test: {e}"));
-    assert!(
-        out.status.success(),
-        "MariaDB is required for this test and failed at {}: {sql}: {}",
-        mysql_url(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
 fn run_json(project: &Project, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
@@ -167,7 +131,7 @@ fn mysql_ranges_start_their_snapshots_together_while_transfers_commit() {
     let prefix = unique_prefix("myrangesnap");
     let db = format!("{prefix}src");
     let table = format!("{db}.accounts");
-    my(&format!(
+    mariadb_cli(&format!(
         "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db};
          CREATE TABLE {table} (id bigint PRIMARY KEY, balance bigint NOT NULL) ENGINE=InnoDB;
          INSERT INTO {table} SELECT seq, {BALANCE} FROM {db}.seq_1_to_{ACCOUNTS};"
@@ -176,7 +140,7 @@ fn mysql_ranges_start_their_snapshots_together_while_transfers_commit() {
     let written = table.clone();
     ranges_see_one_snapshot(&project, move |n| {
         let (from, to) = (n % 5_000 + 1, ACCOUNTS - n % 5_000);
-        my(&format!(
+        mariadb_cli(&format!(
             "START TRANSACTION;
              UPDATE {written} SET balance = balance - 7 WHERE id = {from};
              UPDATE {written} SET balance = balance + 7 WHERE id = {to};
@@ -184,7 +148,7 @@ fn mysql_ranges_start_their_snapshots_together_while_transfers_commit() {
              COMMIT;"
         ));
     });
-    my(&format!("DROP DATABASE {db}"));
+    mariadb_cli(&format!("DROP DATABASE {db}"));
 }
 
 #[test]
@@ -299,7 +263,7 @@ fn mysql_ranges_without_the_reload_privilege_warn_and_read_each_row_once() {
     let db = format!("{prefix}src");
     let table = format!("{db}.accounts");
     let user = format!("{prefix}ro");
-    my(&format!(
+    mariadb_cli(&format!(
         "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db};
          CREATE TABLE {table} (id bigint PRIMARY KEY, balance bigint NOT NULL) ENGINE=InnoDB;
          INSERT INTO {table} SELECT seq, {BALANCE} FROM {db}.seq_1_to_{ACCOUNTS};
@@ -326,5 +290,5 @@ fn mysql_ranges_without_the_reload_privilege_warn_and_read_each_row_once() {
         one_i64(&project, "SELECT sum(balance) FROM d1__src_accounts"),
         ACCOUNTS * BALANCE
     );
-    my(&format!("DROP USER '{user}'@'%'; DROP DATABASE {db}"));
+    mariadb_cli(&format!("DROP USER '{user}'@'%'; DROP DATABASE {db}"));
 }

@@ -5,44 +5,8 @@
 
 mod common;
 
-use std::process::Command as Process;
-
 use common::*;
 use serde_json::Value;
-
-fn mysql_url() -> String {
-    std::env::var("SLUICE_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
-
-/// SQL through MariaDB's own command-line client.
-fn mysql(sql: &str) {
-    let url = reqwest::Url::parse(&mysql_url()).expect("SLUICE_TEST_MYSQL_URL is a URL");
-    let mut cmd = Process::new("mysql");
-    cmd.args(["-h", url.host_str().unwrap_or("127.0.0.1")])
-        .args(["-P", &url.port().unwrap_or(3306).to_string()])
-        .args([
-            "-u",
-            url.username(),
-            "--protocol=TCP",
-            "-N",
-            "-B",
-            "-e",
-            sql,
-        ]);
-    if let Some(password) = url.password() {
-        cmd.env("MYSQL_PWD", password);
-    }
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("MariaDB's `mysql` client is required for this test: {e}"));
-    assert!(
-        out.status.success(),
-        "MariaDB is required for this test and failed at {}: {sql}: {}",
-        mysql_url(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn run_json(project: &Project) -> Value {
     let out = project.run(&["--json"]);
@@ -209,7 +173,7 @@ fn postgres_deleted_rows_are_marked_into_postgres() {
 #[test]
 fn mariadb_deleted_rows_are_marked_into_sqlite() {
     let db = format!("{}src", unique_prefix("mydeletes"));
-    mysql(&format!(
+    mariadb_cli(&format!(
         "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db};
          CREATE TABLE {db}.items (id bigint PRIMARY KEY, updated_at datetime(6) NOT NULL, v text) ENGINE=InnoDB;"
     ));
@@ -239,7 +203,15 @@ fn mariadb_deleted_rows_are_marked_into_sqlite() {
             .unwrap();
         rows.map(Result::unwrap).collect()
     };
-    scenario(&|sql| mysql(sql), &table, &project, &write, &rows);
+    scenario(
+        &|sql| {
+            mariadb_cli(sql);
+        },
+        &table,
+        &project,
+        &write,
+        &rows,
+    );
 
     // The lake's D1 view (what models read) agrees with the warehouse.
     let out = project
@@ -254,5 +226,5 @@ fn mariadb_deleted_rows_are_marked_into_sqlite() {
         .unwrap();
     assert_exit(&out, 0);
     assert_eq!(stdout(&out).trim().lines().collect::<Vec<_>>(), ["id", "7"]);
-    mysql(&format!("DROP DATABASE {db}"));
+    mariadb_cli(&format!("DROP DATABASE {db}"));
 }

@@ -14,6 +14,44 @@ pub fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// The test MariaDB / MySQL URL (see scripts/lib/mysql.sh).
+pub fn mysql_url() -> String {
+    std::env::var("SLUICE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// SQL through MariaDB's own command-line client on the test server; rows as
+/// tab-separated lines. A missing client or server fails the test.
+pub fn mariadb_cli(sql: &str) -> Vec<String> {
+    let url = reqwest::Url::parse(&mysql_url()).expect("SLUICE_TEST_MYSQL_URL is a URL");
+    let mut cmd = std::process::Command::new("mysql");
+    cmd.args(["-h", url.host_str().unwrap_or("127.0.0.1")])
+        .args(["-P", &url.port().unwrap_or(3306).to_string()])
+        .args([
+            "-u",
+            url.username(),
+            "--protocol=TCP",
+            "-N",
+            "-B",
+            "-e",
+            sql,
+        ])
+        .env("MYSQL_PWD", url.password().unwrap_or_default());
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("MariaDB's `mysql` client is required for this test: {e}"));
+    assert!(
+        out.status.success(),
+        "MariaDB is required for this test and failed at {}: {sql}: {}",
+        mysql_url(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
 /// A schema prefix unique to this test, so parallel tests never share tables.
 pub fn unique_prefix(test: &str) -> String {
     format!("t{}_{}_", std::process::id(), test)
