@@ -9,48 +9,18 @@ use std::process::Command as Process;
 use common::*;
 use serde_json::Value;
 
-/// MariaDB through its own command-line client.
-struct My {
-    host: String,
-    port: String,
-    user: String,
-    password: String,
-}
+/// MariaDB through its own command-line client (`common::mariadb_cli`).
+struct My;
 
 impl My {
     fn connect() -> My {
-        let url = reqwest::Url::parse(&mysql_url()).expect("SLUICE_TEST_MYSQL_URL is a URL");
-        let my = My {
-            host: url.host_str().unwrap_or("127.0.0.1").to_string(),
-            port: url.port().unwrap_or(3306).to_string(),
-            user: url.username().to_string(),
-            password: url.password().unwrap_or_default().to_string(),
-        };
-        my.query("SELECT 1");
-        my
+        mariadb_cli("SELECT 1");
+        My
     }
 
     /// Runs SQL; rows as tab-separated lines.
     fn query(&self, sql: &str) -> Vec<String> {
-        let mut cmd = Process::new("mysql");
-        cmd.args(["-h", &self.host, "-P", &self.port, "-u", &self.user])
-            .args(["--protocol=TCP", "-N", "-B", "-e", sql]);
-        if !self.password.is_empty() {
-            cmd.env("MYSQL_PWD", &self.password);
-        }
-        let out = cmd.output().unwrap_or_else(|e| {
-            panic!("MariaDB's `mysql` client is required for this test: {e} (apt-get install mariadb-client)")
-        });
-        assert!(
-            out.status.success(),
-            "MariaDB is required for this test and failed at {}: {sql}: {}",
-            mysql_url(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(String::from)
-            .collect()
+        mariadb_cli(sql)
     }
 }
 
@@ -78,26 +48,9 @@ fn task<'a>(record: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no task {name} in {record}"))
 }
 
-/// SQLite rows as strings, `|`-joined, NULL as `∅`.
+/// SQLite rows of the project's warehouse as strings, `|`-joined, NULL as `∅`.
 fn sqlite_rows(project: &Project, sql: &str) -> Vec<String> {
-    let db = project.sqlite();
-    let mut statement = db.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let width = statement.column_count();
-    let rows = statement
-        .query_map([], |row| {
-            Ok((0..width)
-                .map(|i| match row.get_ref(i).unwrap() {
-                    rusqlite::types::ValueRef::Null => "∅".to_string(),
-                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
-                    rusqlite::types::ValueRef::Real(f) => format!("{f:?}"),
-                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                    rusqlite::types::ValueRef::Blob(b) => format!("blob:{b:?}"),
-                })
-                .collect::<Vec<_>>()
-                .join("|"))
-        })
-        .unwrap();
-    rows.map(Result::unwrap).collect()
+    sqlite_text_rows(&project.sqlite(), sql)
 }
 
 // ---------------------------------------------------------------- PostgreSQL types

@@ -23,27 +23,6 @@ fn task<'a>(record: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no task {name} in {record}"))
 }
 
-/// Rows of a SQLite database as strings, `|`-joined, NULL as `∅`.
-fn rows_of(db: &rusqlite::Connection, sql: &str) -> Vec<String> {
-    let mut statement = db.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let width = statement.column_count();
-    let rows = statement
-        .query_map([], |row| {
-            Ok((0..width)
-                .map(|i| match row.get_ref(i).unwrap() {
-                    rusqlite::types::ValueRef::Null => "∅".to_string(),
-                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
-                    rusqlite::types::ValueRef::Real(f) => format!("{f:?}"),
-                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                    rusqlite::types::ValueRef::Blob(b) => format!("blob:{b:?}"),
-                })
-                .collect::<Vec<_>>()
-                .join("|"))
-        })
-        .unwrap();
-    rows.map(Result::unwrap).collect()
-}
-
 /// The source database of a project: `source.db` in its folder.
 fn source_db(project: &Project) -> rusqlite::Connection {
     rusqlite::Connection::open(project.path().join("source.db")).unwrap()
@@ -103,13 +82,13 @@ fn sqlite_types_round_trip_into_sqlite_and_postgres() {
 
     let warehouse = project.sqlite();
     assert_eq!(
-        rows_of(&warehouse, "SELECT v, n FROM d1__sq_no_key ORDER BY n"),
+        sqlite_text_rows(&warehouse, "SELECT v, n FROM d1__sq_no_key ORDER BY n"),
         ["a|1", "b|2", "c|3", "d|4", "e|5"]
     );
     // Decimals regain their scale (the real 1234567890.12 SQLite stored, the
     // integer 7), blobs are hex, instants RFC 3339 in UTC, booleans 1/0.
     assert_eq!(
-        rows_of(
+        sqlite_text_rows(
             &warehouse,
             "SELECT id, i, r, f8, t, vc, bl, n, n6, d, dt, ts, b, js FROM d1__sq_every ORDER BY id"
         ),
@@ -182,7 +161,7 @@ fn a_value_that_does_not_fit_its_declared_type_is_quarantined() {
     assert_eq!(every["rows_quarantined"], 1, "{every}");
     let warehouse = project.sqlite();
     // Pages of two rows: id 4 is line 2 of the second page.
-    let quarantined = rows_of(
+    let quarantined = sqlite_text_rows(
         &warehouse,
         "SELECT origin, line, reason, raw FROM d1__sq_every__quarantine",
     );
@@ -193,7 +172,7 @@ fn a_value_that_does_not_fit_its_declared_type_is_quarantined() {
         "{quarantined:?}"
     );
     assert_eq!(
-        rows_of(&warehouse, "SELECT id FROM d1__sq_every ORDER BY id"),
+        sqlite_text_rows(&warehouse, "SELECT id FROM d1__sq_every ORDER BY id"),
         ["1", "2", "3"]
     );
 }
@@ -263,7 +242,7 @@ sources:
     db.execute_batch(&format!("INSERT INTO items VALUES {}", values.join(", ")))
         .unwrap();
     let rows = || {
-        rows_of(
+        sqlite_text_rows(
             &project.sqlite(),
             "SELECT id, v FROM d1__src_items ORDER BY id",
         )
@@ -356,7 +335,7 @@ fn discover_lists_a_sqlite_files_tables_and_writes_streams() {
     let record = run_json(&project, &[]);
     assert_eq!(task(&record, "crm.customers")["rows_extracted"], 2);
     assert_eq!(
-        rows_of(
+        sqlite_text_rows(
             &project.sqlite(),
             "SELECT id, email, balance, updated_at FROM d1__crm_customers ORDER BY id"
         ),

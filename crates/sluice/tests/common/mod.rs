@@ -14,6 +14,27 @@ pub fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// Rows of a SQLite database as strings, `|`-joined, NULL as `∅`.
+pub fn sqlite_text_rows(db: &rusqlite::Connection, sql: &str) -> Vec<String> {
+    let mut statement = db.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let width = statement.column_count();
+    let rows = statement
+        .query_map([], |row| {
+            Ok((0..width)
+                .map(|i| match row.get_ref(i).unwrap() {
+                    rusqlite::types::ValueRef::Null => "∅".to_string(),
+                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                    rusqlite::types::ValueRef::Real(f) => format!("{f:?}"),
+                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    rusqlite::types::ValueRef::Blob(b) => format!("blob:{b:?}"),
+                })
+                .collect::<Vec<_>>()
+                .join("|"))
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
 /// The test MariaDB / MySQL URL (see scripts/lib/mysql.sh).
 pub fn mysql_url() -> String {
     std::env::var("SLUICE_TEST_MYSQL_URL")
@@ -39,7 +60,7 @@ pub fn mariadb_cli(sql: &str) -> Vec<String> {
         .env("MYSQL_PWD", url.password().unwrap_or_default());
     let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("MariaDB's `mysql` client is required for this test: {e}"));
+        .unwrap_or_else(|e| panic!("MariaDB's `mysql` client is required for this test: {e} (apt-get install mariadb-client)"));
     assert!(
         out.status.success(),
         "MariaDB is required for this test and failed at {}: {sql}: {}",
