@@ -46,6 +46,9 @@ use super::{ReadAs, Session, SqlSource};
 
 /// The column a soft-deleted row carries: when the scan found it gone (else NULL).
 pub const DELETED_AT_COLUMN: &str = "_sluice_deleted_at";
+
+/// Returning rows read per query: well under every database's bound-parameter limit.
+const RETURNING_KEYS_PER_QUERY: usize = 200;
 /// Where a stream's cursor remembers its last key scan.
 const SCANNED_AT: &str = "deletes_scanned_at";
 /// The slice parameter that makes a slice a key scan (its value: the scan's time).
@@ -424,28 +427,42 @@ impl SqlSource {
     ) -> Result<Vec<Map<String, Value>>, SourceError> {
         let db = &*self.db;
         let select: Vec<String> = stream.columns.iter().map(|c| db.select_expr(c)).collect();
-        let mut conditions = Vec::new();
-        for (i, name) in stream.spec.primary_key.iter().enumerate() {
-            let column = stream
-                .columns
-                .iter()
-                .find(|c| &c.name == name)
-                .ok_or_else(|| SourceError::data(format!("no key column `{name}`")))?;
-            conditions.push(format!(
-                "q.{} = {}",
-                db.quote(name),
-                db.param(i + 1, column)
-            ));
-        }
-        let sql = format!(
-            "SELECT {} FROM {} AS q WHERE {}",
-            select.join(", "),
-            db.relation_sql(&stream.relation),
-            conditions.join(" AND ")
-        );
+        let key_columns = stream
+            .spec
+            .primary_key
+            .iter()
+            .map(|name| {
+                stream
+                    .columns
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .ok_or_else(|| SourceError::data(format!("no key column `{name}`")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::new();
-        for key in keys {
-            for row in session.rows(&sql, key.clone()).await? {
+        // One query per chunk of keys (`(k1 = ? AND k2 = ?) OR …`), not one per key.
+        for chunk in keys.chunks(RETURNING_KEYS_PER_QUERY) {
+            let mut param = 0;
+            let matches: Vec<String> = chunk
+                .iter()
+                .map(|_| {
+                    let conditions: Vec<String> = key_columns
+                        .iter()
+                        .map(|column| {
+                            param += 1;
+                            format!("q.{} = {}", db.quote(&column.name), db.param(param, column))
+                        })
+                        .collect();
+                    format!("({})", conditions.join(" AND "))
+                })
+                .collect();
+            let sql = format!(
+                "SELECT {} FROM {} AS q WHERE {}",
+                select.join(", "),
+                db.relation_sql(&stream.relation),
+                matches.join(" OR ")
+            );
+            for row in session.rows(&sql, chunk.concat()).await? {
                 let mut map = Map::with_capacity(stream.columns.len() + 1);
                 for (column, cell) in stream.columns.iter().zip(row) {
                     map.insert(column.name.clone(), cell_json(column, cell));
