@@ -1,59 +1,49 @@
-# Creates the test venv target/py from scripts/requirements-test.txt (pinned) and
-# exports SLUICE_TEST_PYTHON, its interpreter. Sourced by scripts/test.
+# Creates the pinned Python venvs the tests run, and exports their entry points.
+# Sourced by scripts/test.
 #
-# The venv is kept between runs: it is rebuilt only when the requirements file changed
+# A venv is kept between runs: it is rebuilt only when its requirements file changed
 # (a hash stamp inside the venv), so a warm run costs a hash. A cold install of the
-# pinned set takes about 45 s here (Airflow is most of it).
+# test set takes about 45 s here (Airflow is most of it), of the taps about 25 s.
 
-ensure_test_python() {
-  local venv="$PWD/target/py" req="$PWD/scripts/requirements-test.txt"
+# ensure_venv DIR REQUIREMENTS ENTRY WHAT: the venv DIR with REQUIREMENTS installed;
+# prints the path of its ENTRY (a file under bin/). WHAT names it in messages.
+ensure_venv() {
+  local venv="$PWD/$1" req="$PWD/$2" entry="$1/bin/$3" what="$4"
   local stamp="$venv/.requirements.sha256" want
   want=$(sha256sum "$req" | cut -d' ' -f1)
-  if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-    export SLUICE_TEST_PYTHON="$venv/bin/python"
+  if [ -x "$PWD/$entry" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    echo "$PWD/$entry"
     return
   fi
   if ! command -v python3 >/dev/null 2>&1; then
-    echo "test: FAILED: python3 is needed for the Airflow/Kubernetes/OpenLineage/Prometheus checks (apt-get install python3 python3-venv)." >&2
+    echo "test: FAILED: python3 is needed for $what (apt-get install python3 python3-venv)." >&2
     exit 1
   fi
-  echo "test: installing pinned Python test packages into target/py (scripts/requirements-test.txt)"
+  echo "test: installing $what into $1 ($2)" >&2
   local started=$SECONDS
   rm -rf "$venv"
-  python3 -m venv "$venv" || { echo "test: FAILED: python3 -m venv (apt-get install python3-venv)" >&2; exit 1; }
-  if ! "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"; then
-    echo "test: FAILED: pip install -r scripts/requirements-test.txt" >&2
+  python3 -m venv "$venv" >&2 || { echo "test: FAILED: python3 -m venv (apt-get install python3-venv)" >&2; exit 1; }
+  if ! "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2; then
+    echo "test: FAILED: pip install -r $2" >&2
     exit 1
   fi
   echo "$want" > "$stamp"
-  echo "test: target/py ready in $((SECONDS - started)) s"
-  export SLUICE_TEST_PYTHON="$venv/bin/python"
+  echo "test: $1 ready in $((SECONDS - started)) s" >&2
+  echo "$PWD/$entry"
 }
 
-# Creates target/py-taps from scripts/requirements-taps.txt (pinned Singer taps, kept
-# apart from the Airflow venv) and exports SLUICE_TEST_TAP_SPREADSHEETS, the tap the
-# `type: command` tests run. Rebuilt only when the requirements file changed.
+# target/py: Airflow, kubernetes-validate, openlineage-python, prometheus-client;
+# tests run its interpreter through $SLUICE_TEST_PYTHON.
+ensure_test_python() {
+  SLUICE_TEST_PYTHON=$(ensure_venv target/py scripts/requirements-test.txt python \
+    "the pinned Python test packages (Airflow/Kubernetes/OpenLineage/Prometheus checks)")
+  export SLUICE_TEST_PYTHON
+}
+
+# target/py-taps: the pinned Singer taps, kept apart from the Airflow venv; the
+# `type: command` tests run the tap through $SLUICE_TEST_TAP_SPREADSHEETS.
 ensure_tap_python() {
-  local venv="$PWD/target/py-taps" req="$PWD/scripts/requirements-taps.txt"
-  local stamp="$venv/.requirements.sha256" want
-  want=$(sha256sum "$req" | cut -d' ' -f1)
-  if [ -x "$venv/bin/tap-spreadsheets" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-    export SLUICE_TEST_TAP_SPREADSHEETS="$venv/bin/tap-spreadsheets"
-    return
-  fi
-  if ! command -v python3 >/dev/null 2>&1; then
-    echo "test: FAILED: python3 is needed for the Singer tap checks (apt-get install python3 python3-venv)." >&2
-    exit 1
-  fi
-  echo "test: installing pinned Singer taps into target/py-taps (scripts/requirements-taps.txt)"
-  local started=$SECONDS
-  rm -rf "$venv"
-  python3 -m venv "$venv" || { echo "test: FAILED: python3 -m venv (apt-get install python3-venv)" >&2; exit 1; }
-  if ! "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"; then
-    echo "test: FAILED: pip install -r scripts/requirements-taps.txt" >&2
-    exit 1
-  fi
-  echo "$want" > "$stamp"
-  echo "test: target/py-taps ready in $((SECONDS - started)) s"
-  export SLUICE_TEST_TAP_SPREADSHEETS="$venv/bin/tap-spreadsheets"
+  SLUICE_TEST_TAP_SPREADSHEETS=$(ensure_venv target/py-taps scripts/requirements-taps.txt \
+    tap-spreadsheets "the pinned Singer taps")
+  export SLUICE_TEST_TAP_SPREADSHEETS
 }
