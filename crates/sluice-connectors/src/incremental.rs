@@ -5,6 +5,17 @@
 //! change: attribution, late conversions) up to the run's "today"; the first
 //! run starts at `start_date`; `--since/--until` override both and leave the
 //! cursor alone (the executor skips `cursor_after` for backfills).
+//!
+//! The keys (`start_date`, `lookback_days`, `slice_days`) are declared in each
+//! API connector's config struct rather than in one `#[serde(flatten)]` struct:
+//! serde's flatten with `deny_unknown_fields` drops the list of valid keys from
+//! "unknown key" errors (so no "did you mean `lookback_days`?") and the key path
+//! from errors inside the flattened values (so no file:line at the bad value).
+//! The defaults differ on purpose, by how long each platform keeps changing recent
+//! days: Facebook 28 (Meta restates ~28 days for attribution and invalid clicks),
+//! Google Ads 30 (late conversions within the default 30-day conversion window),
+//! CleverTap 3 (late-arriving events). After parsing, every connector goes
+//! through [`Incremental`] and [`plan_window`] here.
 
 use chrono::{Days, NaiveDate};
 use serde_json::{json, Value};

@@ -18,17 +18,18 @@
 //! re-reads what a failed job had sent). After an ad-level read, the account-level
 //! totals (fetched alongside) check that the rows add up per day (impressions,
 //! clicks, spend — never reach, frequency or ratios); a mismatch is a warning.
+//!
+//! This file is the read (jobs, splits, polling, merging field groups); turning a
+//! page into records is [`rows`], the account-totals check [`totals`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use reqwest::Method;
-use rust_decimal::Decimal;
-use serde_json::{json, Map, Value};
-use sluice_core::source::{DecodedPage, ErrorClass, PageSink, Slice, SourceError};
-use sluice_core::typing::{Origin, Record, Rejected};
+use serde_json::{json, Value};
+use sluice_core::source::{ErrorClass, PageSink, Slice, SourceError};
 use tokio::task::JoinSet;
 
 use super::api::GraphApi;
@@ -38,6 +39,13 @@ use super::streams::{insights_key, insights_request_fields, is_action_list};
 use super::FacebookSource;
 use crate::incremental::DayWindow;
 use crate::http::{ApiRequest, ApiResponse};
+
+mod rows;
+mod totals;
+
+pub use rows::decode;
+use rows::{page_rows, value_text, RowMerge};
+use totals::{add_totals, fetch_account_totals, reconcile, Totals};
 
 /// The smallest request (one day, one campaign, one field group) is retried this
 /// many times before the slice fails.
@@ -125,14 +133,6 @@ impl JobContext {
             .cloned()
             .collect()
     }
-}
-
-/// Per-day additive totals for reconciliation.
-#[derive(Debug, Default, Clone, PartialEq)]
-struct Totals {
-    impressions: i64,
-    clicks: i64,
-    spend: Decimal,
 }
 
 struct SliceParams {
@@ -496,57 +496,6 @@ async fn consume(
     }
 }
 
-/// Rows of several field groups merged by identity, in first-seen order.
-struct RowMerge {
-    key_fields: Vec<String>,
-    index: HashMap<String, usize>,
-    rows: Vec<Value>,
-}
-
-impl RowMerge {
-    fn new(key_fields: Vec<String>) -> Self {
-        RowMerge {
-            key_fields,
-            index: HashMap::new(),
-            rows: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, rows: &[Value]) {
-        for row in rows {
-            let Some(obj) = row.as_object() else {
-                // Not a row: kept as is, so decoding rejects it as it would unmerged.
-                self.rows.push(row.clone());
-                continue;
-            };
-            let key = row_key(obj, &self.key_fields);
-            match self.index.get(&key) {
-                Some(&i) => {
-                    if let Some(merged) = self.rows[i].as_object_mut() {
-                        merged.extend(obj.clone());
-                    }
-                }
-                None => {
-                    self.index.insert(key, self.rows.len());
-                    self.rows.push(row.clone());
-                }
-            }
-        }
-    }
-
-    fn rows(self) -> Vec<Value> {
-        self.rows
-    }
-}
-
-fn row_key(row: &Map<String, Value>, key_fields: &[String]) -> String {
-    key_fields
-        .iter()
-        .map(|k| row.get(k).map(value_text).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\u{1f}")
-}
-
 /// The common query parameters; `lists_as_json` for form-encoded POST bodies.
 fn insights_params(
     fields: &[String],
@@ -699,197 +648,6 @@ async fn hand_over(
     state.sink.records(rows.records).await
 }
 
-/// The records of one landed insights page.
-struct PageRows {
-    records: Vec<Record>,
-    rejected: Vec<Rejected>,
-    duplicates: u64,
-}
-
-/// Turns a page into records: slice context added, rows already seen in the slice
-/// dropped, actions flattened for `insights_actions`. Shared by `read` and replay.
-fn page_rows(
-    page: &Value,
-    path: &std::sync::Arc<str>,
-    params: &SliceParams,
-    config: &InsightsConfig,
-    key_fields: &[String],
-    actions_only: bool,
-    seen: &mut HashSet<String>,
-) -> PageRows {
-    let mut out = PageRows {
-        records: Vec::new(),
-        rejected: Vec::new(),
-        duplicates: 0,
-    };
-    for (i, row) in data(page).iter().enumerate() {
-        let origin = Origin {
-            page: path.clone(),
-            line: i as u64 + 1,
-        };
-        let Some(obj) = row.as_object() else {
-            out.rejected.push(Rejected {
-                origin,
-                reason: "insights row is not a JSON object".into(),
-                raw: row.to_string(),
-            });
-            continue;
-        };
-        let mut fields = obj.clone();
-        fields
-            .entry("account_currency")
-            .or_insert(params.currency.clone());
-        fields.insert("account_timezone".into(), params.timezone.clone());
-        let key = key_fields
-            .iter()
-            .map(|k| fields.get(k).map(value_text).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\u{1f}");
-        if !seen.insert(key) {
-            out.duplicates += 1;
-            continue;
-        }
-        if actions_only {
-            out.records
-                .extend(flatten_actions(&fields, config, &origin));
-        } else {
-            out.records.push(Record { fields, origin });
-        }
-    }
-    out
-}
-
-/// Decodes a landed insights page for a replay of `slice`.
-pub fn decode(
-    config: &InsightsConfig,
-    actions_only: bool,
-    slice: &Slice,
-    path: &std::sync::Arc<str>,
-    body: &[u8],
-    seen: &mut HashSet<String>,
-) -> Result<DecodedPage, SourceError> {
-    let params = SliceParams::parse(slice)?;
-    if is_field_group_page(path) {
-        // Its rows are decoded from the merged page landed after the groups.
-        return Ok(DecodedPage {
-            records: Vec::new(),
-            rejected: Vec::new(),
-        });
-    }
-    let page: Value = serde_json::from_slice(body)
-        .map_err(|e| SourceError::data(format!("{path}: malformed JSON: {e}")))?;
-    let rows = page_rows(
-        &page,
-        path,
-        &params,
-        config,
-        &insights_key(config),
-        actions_only,
-        seen,
-    );
-    Ok(DecodedPage {
-        records: rows.records,
-        rejected: rows.rejected,
-    })
-}
-
-/// A page holding one field group of a split request (see [`FIELD_GROUP_PAGE`]).
-fn is_field_group_page(path: &str) -> bool {
-    path.rsplit('/')
-        .next()
-        .is_some_and(|file| file.contains(FIELD_GROUP_PAGE))
-}
-
-/// One row per entry of each action list, attribution windows as `value_<window>` columns.
-fn flatten_actions(
-    row: &Map<String, Value>,
-    config: &InsightsConfig,
-    origin: &Origin,
-) -> Vec<Record> {
-    let mut keys: Vec<&str> = vec!["account_id"];
-    if config.level != Level::Account {
-        keys.push(config.level.key_field());
-    }
-    keys.push("date_start");
-    keys.extend(config.breakdowns.iter().map(String::as_str));
-    let mut out = Vec::new();
-    for (metric, list) in row.iter().filter(|(k, _)| is_action_list(k)) {
-        for entry in list.as_array().into_iter().flatten() {
-            let Some(entry) = entry.as_object() else {
-                continue;
-            };
-            let mut fields = Map::new();
-            for k in &keys {
-                fields.insert(k.to_string(), row.get(*k).cloned().unwrap_or(Value::Null));
-            }
-            fields.insert("metric".into(), json!(metric));
-            for (k, v) in entry {
-                let column = match k.as_str() {
-                    "action_type" | "value" => k.clone(),
-                    // Attribution windows (1d_click, 7d_view, …) become value_<window>.
-                    w if w.starts_with(|c: char| c.is_ascii_digit()) || w == "default" => {
-                        format!("value_{w}")
-                    }
-                    other => other.to_string(),
-                };
-                fields.insert(column, v.clone());
-            }
-            fields.insert(
-                "account_currency".into(),
-                row.get("account_currency").cloned().unwrap_or(Value::Null),
-            );
-            fields.insert(
-                "account_timezone".into(),
-                row.get("account_timezone").cloned().unwrap_or(Value::Null),
-            );
-            out.push(Record {
-                fields,
-                origin: origin.clone(),
-            });
-        }
-    }
-    out
-}
-
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-fn int(v: Option<&Value>) -> i64 {
-    v.and_then(|v| {
-        v.as_i64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-    })
-    .unwrap_or(0)
-}
-
-fn money(v: Option<&Value>) -> Decimal {
-    v.and_then(|v| match v {
-        Value::String(s) => s.parse().ok(),
-        Value::Number(n) => n.to_string().parse().ok(),
-        _ => None,
-    })
-    .unwrap_or_default()
-}
-
-fn add_totals(totals: &mut BTreeMap<NaiveDate, Totals>, row: &Map<String, Value>) {
-    let Some(day) = row
-        .get("date_start")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse().ok())
-    else {
-        return;
-    };
-    let t = totals.entry(day).or_default();
-    t.impressions += int(row.get("impressions"));
-    t.clicks += int(row.get("clicks"));
-    t.spend += money(row.get("spend"));
-}
-
 /// The campaigns with insights rows in `window`, from one light campaign-level
 /// request (the campaigns edge would leave out deleted and archived campaigns,
 /// whose rows the account-level request had).
@@ -937,106 +695,4 @@ fn plain_insights_pager(
         base = base.query(&k, v);
     }
     Ok(Pager::new(base.query("limit", ctx.page_size.to_string())))
-}
-
-/// The account-level totals per day for the slice's window (one request, plus pages).
-async fn fetch_account_totals(
-    ctx: Arc<JobContext>,
-    window: DayWindow,
-) -> Result<BTreeMap<NaiveDate, Totals>, SourceError> {
-    let fields = ["impressions", "clicks", "spend", "date_start"].map(String::from);
-    let mut pager = plain_insights_pager(&ctx, &fields, Level::Account, &window)?;
-    let mut reported: BTreeMap<NaiveDate, Totals> = BTreeMap::new();
-    let mut seen_days = HashSet::new();
-    while let Some((_, page)) = pager.next(&ctx.api).await? {
-        for row in data(&page) {
-            if let Some(obj) = row.as_object() {
-                // Account rows can repeat too (duplicate faults): one per day.
-                if seen_days.insert(obj.get("date_start").map(value_text).unwrap_or_default()) {
-                    add_totals(&mut reported, obj);
-                }
-            }
-        }
-    }
-    Ok(reported)
-}
-
-/// Compares the slice's per-day sums with the account-level totals; warns per differing day.
-fn reconcile(state: &mut ReadState<'_>, reported: &BTreeMap<NaiveDate, Totals>) {
-    let account = &state.params.account;
-    let window = state.params.window;
-    let mut day = window.since;
-    while day <= window.until {
-        let ours = state.totals.get(&day).cloned().unwrap_or_default();
-        let theirs = reported.get(&day).cloned().unwrap_or_default();
-        if ours != theirs {
-            state.sink.warn(format!(
-                "facebook {account} {day}: {} rows add up to impressions {}, clicks {}, spend {} but the account totals are impressions {}, clicks {}, spend {}",
-                state.config.level.as_str(),
-                ours.impressions,
-                ours.clicks,
-                ours.spend.normalize(),
-                theirs.impressions,
-                theirs.clicks,
-                theirs.spend.normalize()
-            ));
-        }
-        match day.succ_opt() {
-            Some(d) => day = d,
-            None => break,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn field_groups_merge_by_identity_in_first_seen_order() {
-        let keys = ["account_id", "ad_id", "date_start", "date_stop"].map(String::from);
-        let row = |ad: &str, extra: Value| {
-            let mut r = json!({"account_id": "1", "ad_id": ad, "date_start": "2024-07-01", "date_stop": "2024-07-01"});
-            r.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            r
-        };
-        let mut merge = RowMerge::new(keys.to_vec());
-        merge.add(&[
-            row("7", json!({"impressions": "10", "ad_name": "a"})),
-            row("8", json!({"impressions": "20", "ad_name": "b"})),
-        ]);
-        // The second group repeats a row (the API does) and lists rows in another order.
-        merge.add(&[
-            row("8", json!({"spend": "2.50"})),
-            row("7", json!({"spend": "1.25"})),
-            row("7", json!({"spend": "1.25"})),
-            json!("not a row"),
-        ]);
-        assert_eq!(
-            merge.rows(),
-            vec![
-                row(
-                    "7",
-                    json!({"impressions": "10", "ad_name": "a", "spend": "1.25"})
-                ),
-                row(
-                    "8",
-                    json!({"impressions": "20", "ad_name": "b", "spend": "2.50"})
-                ),
-                json!("not a row"),
-            ]
-        );
-    }
-
-    #[test]
-    fn only_field_group_pages_are_skipped_on_replay() {
-        assert!(is_field_group_page(
-            "raw/fb/insights/dt=2024-07-01/r1/s00001-a1-p00003-fieldgroup.json.zst"
-        ));
-        assert!(!is_field_group_page(
-            "raw/fb/insights/dt=2024-07-01/r1/s00001-a1-p00005.json.zst"
-        ));
-    }
 }
