@@ -131,7 +131,8 @@ pub(crate) async fn build_stream(
         .map(|c| index_of(c, "primary_key"))
         .collect::<Result<Vec<_>, _>>()?;
     let (mode, order_key) = match config.sync {
-        SyncMode::Full => {
+        // A snapshot is a full read; its changes come from the slot (`cdc.rs`).
+        SyncMode::Full | SyncMode::Cdc => {
             if config.cursor.is_some() || config.append_key.is_some() {
                 return Err(SourceError::config(
                     "`cursor:` and `append_key:` are for `sync: incremental`",
@@ -206,6 +207,7 @@ pub(crate) async fn build_stream(
         _ => primary_key.clone(),
     };
     let write_mode = config.write_mode.unwrap_or(match mode {
+        Mode::Full if config.sync == SyncMode::Cdc => WriteMode::Merge,
         Mode::Full => WriteMode::Replace,
         _ => WriteMode::Merge,
     });
@@ -272,7 +274,9 @@ pub(crate) fn unread_stream(
     let primary_key = config.primary_key.clone().unwrap_or_default();
     let write_mode = match (config.write_mode, config.sync) {
         (Some(mode), _) => mode,
-        (None, SyncMode::Incremental) if !primary_key.is_empty() => WriteMode::Merge,
+        (None, SyncMode::Incremental | SyncMode::Cdc) if !primary_key.is_empty() => {
+            WriteMode::Merge
+        }
         _ => WriteMode::Replace,
     };
     Ok(SqlStream {
