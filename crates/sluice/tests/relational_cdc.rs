@@ -244,11 +244,16 @@ fn cdc_changes_arrive_in_sqlite_exactly_with_deletes_marked_and_replay_the_same(
     let raw: Vec<_> = project
         .lake_files()
         .into_iter()
-        .filter(|f| f.to_string_lossy().contains("raw/src/items") && f.to_string_lossy().contains("changes@"))
+        .filter(|f| {
+            let f = f.to_string_lossy();
+            f.contains("raw/src/items") && f.contains(&run_id) && f.contains("-c00001.ndjson")
+        })
         .collect();
     assert!(!raw.is_empty(), "no raw changes pages in the lake");
-    let page = std::fs::read_to_string(&raw[0]).unwrap();
-    assert!(page.contains("\"data\":\""), "{page}");
+    let page = zstd::decode_all(std::fs::File::open(&raw[0]).unwrap()).unwrap();
+    let page = String::from_utf8(page).unwrap();
+    // Relation (R = 0x52) and Begin (B = 0x42) messages carried, then the changes.
+    assert!(page.contains("\"data\":\"52") && page.contains("\"data\":\"42"), "{page}");
     assert_eq!(
         sqlite_text_rows(
             &project.sqlite(),
@@ -352,7 +357,18 @@ fn cdc_under_writes_and_a_sigkill_converges_with_no_lost_or_repeated_change() {
     };
     // Killed once a page has landed, before any publish: first in the snapshot,
     // then (when the run is still going) while reading changes.
+    let pages = |marker: &str| {
+        project
+            .lake_files()
+            .iter()
+            .filter(|f| {
+                let f = f.to_string_lossy();
+                f.contains("raw/src/items") && f.contains(marker)
+            })
+            .count()
+    };
     let kill_when = |marker: &str| {
+        let landed = pages(marker);
         let mut child = Process::new(assert_cmd::cargo::cargo_bin("sluice"))
             .arg("run")
             .current_dir(project.path())
@@ -361,11 +377,7 @@ fn cdc_under_writes_and_a_sigkill_converges_with_no_lost_or_repeated_change() {
             .spawn()
             .unwrap();
         let started = std::time::Instant::now();
-        while !project
-            .lake_files()
-            .iter()
-            .any(|f| f.to_string_lossy().contains(marker))
-        {
+        while pages(marker) == landed {
             assert!(started.elapsed().as_secs() < 60, "no {marker} page in a minute");
             if child.try_wait().unwrap().is_some() {
                 return false;
@@ -377,10 +389,10 @@ fn cdc_under_writes_and_a_sigkill_converges_with_no_lost_or_repeated_change() {
         child.wait().unwrap();
         running
     };
-    assert!(kill_when("snapshot@"), "the snapshot run ended before it could be killed");
+    assert!(kill_when("-p00001."), "the snapshot run ended before it could be killed");
     run_json(&project, &[]);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let killed_in_changes = kill_when("changes@");
+    let killed_in_changes = kill_when("-c00001.");
     run_json(&project, &[]);
     stop.store(true, Ordering::Relaxed);
     let writes = writer.join().unwrap();

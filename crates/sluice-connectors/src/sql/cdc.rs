@@ -52,7 +52,7 @@ use super::deletes::DELETED_AT_COLUMN;
 use super::pgoutput::{self, Message, RelationMessage, Value as PgValue};
 use super::read::cell_json;
 use super::streams::SqlStream;
-use super::{Database, ReadAs, Relation, Session, SqlColumn, SqlSource};
+use super::{Database, ReadAs, Session, SqlColumn, SqlSource};
 
 /// The slice parameter that says what a CDC slice reads: `snapshot` or `changes`.
 const KIND_PARAM: &str = "cdc";
@@ -103,19 +103,7 @@ impl Cdc {
                 format!("{key}.sync"),
             ));
         }
-        if matches!(stream.relation, Relation::Query(_)) {
-            return Err(SourceError::config(
-                "`sync: cdc` replicates a table's changes, and a `query:` has none: give `table:`",
-                format!("{key}.query"),
-            ));
-        }
         let what = stream.relation.describe();
-        if stream.spec.primary_key.is_empty() {
-            return Err(SourceError::config(
-                format!("`sync: cdc` merges changes on the primary key, and `{what}` has none in the catalog: declare `primary_key:`"),
-                format!("{key}.primary_key"),
-            ));
-        }
         if stream.spec.write_mode != WriteMode::Merge {
             return Err(SourceError::config(
                 "`sync: cdc` merges changes on the primary key: leave out `write_mode:` or set it to `merge`",
@@ -488,8 +476,9 @@ impl SqlSource {
                 .and_then(|r| r.first().cloned().flatten())
                 .and_then(|n| n.parse().ok());
             page_no += 1;
+            let body = Bytes::from(body);
             let landed = sink
-                .land(&format!("c{page_no:05}"), "ndjson", dt, &Bytes::from(body.clone()))
+                .land(&format!("c{page_no:05}"), "ndjson", dt, &body)
                 .await?;
             let decoded = decode_page(stream, &landed, &body, &mut state)?;
             sink.records(decoded.records).await?;
@@ -810,6 +799,7 @@ fn push_element(item: &str, element: &str, out: &mut String) -> Result<(), Strin
 
 #[cfg(test)]
 mod tests {
+    use super::super::Relation;
     use super::*;
     use sluice_core::schema::{FieldType, TableSchema};
     use std::sync::Arc;

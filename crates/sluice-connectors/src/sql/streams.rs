@@ -126,6 +126,21 @@ pub(crate) async fn build_stream(
         })
     };
     let primary_key = config.primary_key.clone().unwrap_or(described.primary_key);
+    if config.sync == SyncMode::Cdc {
+        // Checked here, before the merge's own need of a key (see `cdc.rs` for the rest).
+        if matches!(relation, Relation::Query(_)) {
+            return Err(SourceError::config(
+                "`sync: cdc` replicates a table's changes, and a `query:` has none: give `table:`",
+                format!("{key}.query"),
+            ));
+        }
+        if primary_key.is_empty() {
+            return Err(SourceError::config(
+                format!("`sync: cdc` merges changes on the primary key, and `{what}` has none in the catalog: declare `primary_key:`"),
+                format!("{key}.primary_key"),
+            ));
+        }
+    }
     let pk_indices = primary_key
         .iter()
         .map(|c| index_of(c, "primary_key"))
