@@ -411,10 +411,11 @@ impl SqlSource {
                 Vec::new(),
             )
             .await?;
-        const COLUMNS: &str = "n::text, lsn, xid, encode(data, 'hex')";
+        // Ordered by the table's `c.n` (a bare `n` would be the text column selected).
+        const COLUMNS: &str = "c.n::text, c.lsn, c.xid, encode(c.data, 'hex')";
         let relations = session
             .rows(
-                &format!("SELECT {COLUMNS} FROM sluice_cdc WHERE get_byte(data, 0) = 82 ORDER BY n"),
+                &format!("SELECT {COLUMNS} FROM sluice_cdc c WHERE get_byte(c.data, 0) = 82 ORDER BY c.n"),
                 Vec::new(),
             )
             .await?;
@@ -422,13 +423,13 @@ impl SqlSource {
         let mut before: Option<i64> = None;
         let mut page_no = 0;
         loop {
-            let below = before.map(|n| format!(" AND n < {n}")).unwrap_or_default();
+            let below = before.map(|n| format!(" AND c.n < {n}")).unwrap_or_default();
             // Inserts, updates, deletes and truncates, newest first.
             let rows = session
                 .rows(
                     &format!(
-                        "SELECT {COLUMNS} FROM sluice_cdc WHERE get_byte(data, 0) IN (73, 85, 68, 84){below} \
-                         ORDER BY n DESC LIMIT {}",
+                        "SELECT {COLUMNS} FROM sluice_cdc c WHERE get_byte(c.data, 0) IN (73, 85, 68, 84){below} \
+                         ORDER BY c.n DESC LIMIT {}",
                         self.batch_size
                     ),
                     Vec::new(),
@@ -445,8 +446,8 @@ impl SqlSource {
             let begins = session
                 .rows(
                     &format!(
-                        "SELECT {COLUMNS} FROM sluice_cdc WHERE get_byte(data, 0) = 66 \
-                         AND xid = ANY(string_to_array($1::text, ',')) ORDER BY n"
+                        "SELECT {COLUMNS} FROM sluice_cdc c WHERE get_byte(c.data, 0) = 66 \
+                         AND c.xid = ANY(string_to_array($1::text, ',')) ORDER BY c.n"
                     ),
                     vec![xids.join(",")],
                 )
