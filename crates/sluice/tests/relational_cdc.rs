@@ -80,6 +80,18 @@ impl Source {
     }
 }
 
+/// Drops the test's slots, publications and schemas when the test ends, passed or
+/// not: a slot left behind would hold the server's WAL for ever.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Ok(source) = std::panic::catch_unwind(Source::connect) {
+            source.clean(&self.0);
+        }
+    }
+}
+
 fn pipeline(table: &str, slot: &str, destination: &str, extra: &str) -> String {
     format!(
         r#"name: cdc
@@ -134,7 +146,9 @@ fn sqlite_d1(project: &Project) -> (Vec<String>, Vec<String>) {
     let db = project.sqlite();
     let live = sqlite_text_rows(
         &db,
-        &format!("SELECT {COLUMNS} FROM d1__src_items WHERE _sluice_deleted_at IS NULL ORDER BY id"),
+        &format!(
+            "SELECT {COLUMNS} FROM d1__src_items WHERE _sluice_deleted_at IS NULL ORDER BY id"
+        ),
     );
     let deleted = sqlite_text_rows(
         &db,
@@ -143,7 +157,8 @@ fn sqlite_d1(project: &Project) -> (Vec<String>, Vec<String>) {
     (live, deleted)
 }
 
-const TABLE: &str = "(id int PRIMARY KEY, v text, n numeric(10,2), tags int[], by bytea, ts timestamptz)";
+const TABLE: &str =
+    "(id int PRIMARY KEY, v text, n numeric(10,2), tags int[], by bytea, ts timestamptz)";
 
 fn seed(source: &Source, schema: &str, table: &str) {
     source.execute(&format!(
@@ -171,6 +186,7 @@ fn cdc_changes_arrive_in_sqlite_exactly_with_deletes_marked_and_replay_the_same(
     let prefix = unique_prefix("cdcsqlite");
     let source = Source::connect();
     source.clean(&prefix);
+    let _cleanup = Cleanup(prefix.clone());
     let schema = format!("{prefix}src");
     let table = format!("{schema}.items");
     seed(&source, &schema, &table);
@@ -197,7 +213,10 @@ fn cdc_changes_arrive_in_sqlite_exactly_with_deletes_marked_and_replay_the_same(
     let (live, deleted) = sqlite_d1(&project);
     assert_eq!(live, source_rows(&source, &table));
     assert_eq!(deleted, ["2", "7"]);
-    assert!(live.contains(&"1|one|99.99|[7,8]|beef|2024-07-01T08:00:00.123456Z".to_string()), "{live:?}");
+    assert!(
+        live.contains(&"1|one|99.99|[7,8]|beef|2024-07-01T08:00:00.123456Z".to_string()),
+        "{live:?}"
+    );
     // The delete's mark is its commit time: now-ish, not the run's.
     let marked_at = sqlite_text_rows(
         &project.sqlite(),
@@ -224,7 +243,9 @@ fn cdc_changes_arrive_in_sqlite_exactly_with_deletes_marked_and_replay_the_same(
     assert_eq!(before, after);
 
     // A deleted key inserted again is live again.
-    source.execute(&format!("INSERT INTO {table} VALUES (2, 'back', 2, NULL, NULL, NULL)"));
+    source.execute(&format!(
+        "INSERT INTO {table} VALUES (2, 'back', 2, NULL, NULL, NULL)"
+    ));
     let fourth = run_json(&project, &[]);
     assert_eq!(task(&fourth)["rows_extracted"], 1, "{fourth}");
     let (live, deleted) = sqlite_d1(&project);
@@ -255,7 +276,10 @@ fn cdc_changes_arrive_in_sqlite_exactly_with_deletes_marked_and_replay_the_same(
     let page = zstd::decode_all(std::fs::File::open(&raw[0]).unwrap()).unwrap();
     let page = String::from_utf8(page).unwrap();
     // Relation (R = 0x52) and Begin (B = 0x42) messages carried, then the changes.
-    assert!(page.contains("\"data\":\"52") && page.contains("\"data\":\"42"), "{page}");
+    assert!(
+        page.contains("\"data\":\"52") && page.contains("\"data\":\"42"),
+        "{page}"
+    );
     assert_eq!(
         sqlite_text_rows(
             &project.sqlite(),
@@ -271,6 +295,7 @@ fn cdc_changes_arrive_in_postgres_exactly_and_the_slot_warns_when_it_holds_wal()
     let prefix = unique_prefix("cdcpg");
     let source = Source::connect();
     source.clean(&prefix);
+    let _cleanup = Cleanup(prefix.clone());
     let pg = Pg::connect();
     pg.drop_schemas(&prefix);
     let schema = format!("{prefix}src");
@@ -301,7 +326,10 @@ fn cdc_changes_arrive_in_postgres_exactly_and_the_slot_warns_when_it_holds_wal()
     let second = run_json(&project, &[]);
     assert_eq!(loaded(false), source_rows(&source, &table));
     assert_eq!(
-        loaded(true).iter().map(|r| r.split('|').next().unwrap().to_string()).collect::<Vec<_>>(),
+        loaded(true)
+            .iter()
+            .map(|r| r.split('|').next().unwrap().to_string())
+            .collect::<Vec<_>>(),
         ["2", "7"]
     );
     let warnings = task(&second)["warnings"].to_string();
@@ -324,6 +352,7 @@ fn cdc_under_writes_and_a_sigkill_converges_with_no_lost_or_repeated_change() {
     let prefix = unique_prefix("cdcwrites");
     let source = Source::connect();
     source.clean(&prefix);
+    let _cleanup = Cleanup(prefix.clone());
     let schema = format!("{prefix}src");
     let table = format!("{schema}.items");
     source.execute(&format!(
@@ -331,9 +360,8 @@ fn cdc_under_writes_and_a_sigkill_converges_with_no_lost_or_repeated_change() {
          INSERT INTO {table} SELECT g, 0 FROM generate_series(1, {SEEDED}) g;"
     ));
     let slot = format!("{prefix}slot");
-    let project = Project::new(
-        &pipeline(&table, &slot, "", "").replace("batch_size: 2", "batch_size: 100"),
-    );
+    let project =
+        Project::new(&pipeline(&table, &slot, "", "").replace("batch_size: 2", "batch_size: 100"));
 
     // Inserts, updates and deletes committed all the while.
     let stop = Arc::new(AtomicBool::new(false));
@@ -386,7 +414,10 @@ fn cdc_under_writes_and_a_sigkill_converges_with_no_lost_or_repeated_change() {
             .unwrap();
         let started = std::time::Instant::now();
         while pages(marker) == landed {
-            assert!(started.elapsed().as_secs() < 60, "no {marker} page in a minute");
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "no {marker} page in a minute"
+            );
             if child.try_wait().unwrap().is_some() {
                 return false;
             }
@@ -397,14 +428,20 @@ fn cdc_under_writes_and_a_sigkill_converges_with_no_lost_or_repeated_change() {
         child.wait().unwrap();
         running
     };
-    assert!(kill_when("-p00001."), "the snapshot run ended before it could be killed");
+    assert!(
+        kill_when("-p00001."),
+        "the snapshot run ended before it could be killed"
+    );
     run_json(&project, &[]);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let killed_in_changes = kill_when("-c00001.");
     run_json(&project, &[]);
     stop.store(true, Ordering::Relaxed);
     let writes = writer.join().unwrap();
-    assert!(writes > 10, "the writer made only {writes} rounds of changes");
+    assert!(
+        writes > 10,
+        "the writer made only {writes} rounds of changes"
+    );
 
     run_json(&project, &[]);
     let expected = source.strings(&format!("SELECT id || '|' || v FROM {table} ORDER BY id"));
@@ -413,19 +450,32 @@ fn cdc_under_writes_and_a_sigkill_converges_with_no_lost_or_repeated_change() {
         &db,
         "SELECT id, v FROM d1__src_items WHERE _sluice_deleted_at IS NULL ORDER BY id",
     );
-    assert_eq!(live.len(), expected.len(), "killed while reading changes: {killed_in_changes}");
-    let differing: Vec<_> = expected.iter().zip(&live).filter(|(s, l)| s != l).take(5).collect();
+    assert_eq!(
+        live.len(),
+        expected.len(),
+        "killed while reading changes: {killed_in_changes}"
+    );
+    let differing: Vec<_> = expected
+        .iter()
+        .zip(&live)
+        .filter(|(s, l)| s != l)
+        .take(5)
+        .collect();
     assert!(differing.is_empty(), "rows differ: {differing:?}");
     // Every key the source no longer has, and only those, is marked.
-    let source_keys: std::collections::HashSet<String> =
-        expected.iter().map(|r| r.split('|').next().unwrap().to_string()).collect();
+    let source_keys: std::collections::HashSet<String> = expected
+        .iter()
+        .map(|r| r.split('|').next().unwrap().to_string())
+        .collect();
     let deleted = sqlite_text_rows(
         &db,
         "SELECT id FROM d1__src_items WHERE _sluice_deleted_at IS NOT NULL",
     );
     assert!(!deleted.is_empty());
     assert!(deleted.iter().all(|k| !source_keys.contains(k)));
-    let all = sqlite_text_rows(&db, "SELECT count(*) FROM d1__src_items")[0].parse::<usize>().unwrap();
+    let all = sqlite_text_rows(&db, "SELECT count(*) FROM d1__src_items")[0]
+        .parse::<usize>()
+        .unwrap();
     assert_eq!(all, live.len() + deleted.len());
     let last = run_json(&project, &[]);
     assert_eq!(task(&last)["rows_extracted"], 0, "{last}");
@@ -437,6 +487,7 @@ fn cdc_config_mistakes_are_config_errors_naming_the_key() {
     let prefix = unique_prefix("cdcconfig");
     let source = Source::connect();
     source.clean(&prefix);
+    let _cleanup = Cleanup(prefix.clone());
     let schema = format!("{prefix}src");
     source.execute(&format!(
         "CREATE SCHEMA {schema}; CREATE TABLE {schema}.keyless (id int, v text);"
@@ -448,12 +499,20 @@ fn cdc_config_mistakes_are_config_errors_naming_the_key() {
         stderr(&out)
     };
     let text = validate(&pipeline(&format!("{schema}.keyless"), "x", "", ""));
-    assert!(text.contains("primary_key") && text.contains("keyless"), "{text}");
-    let text = validate(
-        &pipeline(&format!("{schema}.keyless"), "x", "", "")
-            .replace(&format!("table: {schema}.keyless"), &format!("query: SELECT * FROM {schema}.keyless")),
+    assert!(
+        text.contains("primary_key") && text.contains("keyless"),
+        "{text}"
     );
-    assert!(text.contains("`query:`") && text.contains("table:"), "{text}");
+    let text = validate(
+        &pipeline(&format!("{schema}.keyless"), "x", "", "").replace(
+            &format!("table: {schema}.keyless"),
+            &format!("query: SELECT * FROM {schema}.keyless"),
+        ),
+    );
+    assert!(
+        text.contains("`query:`") && text.contains("table:"),
+        "{text}"
+    );
 
     // A server without logical decoding (the main test server, when it is not logical).
     let pg = Pg::connect();
