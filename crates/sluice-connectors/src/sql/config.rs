@@ -68,6 +68,9 @@ pub enum SyncMode {
     Full,
     /// Each run reads rows past the stored cursor (`cursor:` or `append_key:`).
     Incremental,
+    /// PostgreSQL logical replication: a snapshot once, then each run reads the
+    /// inserts, updates and deletes committed since (see `cdc.rs`).
+    Cdc,
 }
 
 /// One stream: a table or a query.
@@ -80,9 +83,13 @@ pub struct SqlStreamConfig {
     /// A SELECT read as if it were a table (give `primary_key:` for incremental sync).
     #[serde(default)]
     pub query: Option<String>,
-    /// `full` (default) or `incremental`.
+    /// `full` (default), `incremental`, or `cdc` (PostgreSQL tables with a primary
+    /// key: logical replication, so deletes are seen).
     #[serde(default)]
     pub sync: SyncMode,
+    /// `sync: cdc`: the replication slot and publication (defaults below).
+    #[serde(default)]
+    pub cdc: Option<CdcConfig>,
     /// Incremental: the column that grows when a row changes (`updated_at`). Rows are
     /// read in (cursor, primary key) order, so ties across pages are exact.
     #[serde(default)]
@@ -123,6 +130,27 @@ pub struct SqlStreamConfig {
     /// ranges split its min..max evenly, at round numbers. Default 1 (no split).
     #[serde(default)]
     pub ranges: Option<usize>,
+}
+
+/// `cdc:` — where a `sync: cdc` stream's changes come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdcConfig {
+    /// The logical replication slot (default `sluice_<source>_<stream>`). Two
+    /// pipelines reading one table need one slot each.
+    #[serde(default)]
+    pub slot: Option<String>,
+    /// The publication (default: the slot's name); created `FOR TABLE` the stream's table.
+    #[serde(default)]
+    pub publication: Option<String>,
+    /// The run warns when the slot holds more WAL than this many MiB (the server
+    /// keeps all WAL since the slot's position until a run advances it). Default 1024.
+    #[serde(default = "default_retained_wal_warning_mib")]
+    pub retained_wal_warning_mib: u64,
+}
+
+fn default_retained_wal_warning_mib() -> u64 {
+    1024
 }
 
 /// `deletes:` — a periodic scan of the source's primary keys.

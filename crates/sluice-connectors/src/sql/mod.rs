@@ -24,10 +24,12 @@
 //!   nothing passes through a float; each page is landed as NDJSON rows exactly as
 //!   read before it is typed, so `sluice replay` types the same rows again.
 
+mod cdc;
 pub mod config;
 pub mod deletes;
 pub mod discover;
 pub mod mysql;
+pub mod pgoutput;
 pub mod postgres;
 mod ranges;
 mod read;
@@ -202,6 +204,8 @@ pub struct SqlSource {
     lake: Option<Lake>,
     /// Streams with `deletes:`, by name.
     key_scans: HashMap<String, KeyScan>,
+    /// Streams with `sync: cdc`, by name.
+    cdc: HashMap<String, cdc::Cdc>,
     /// Why the catalog could not be read when the source was built (the database
     /// did not answer): the streams are known by name only, and every plan, read
     /// and check fails with this until a later load reaches the database.
@@ -360,6 +364,7 @@ impl SqlSource {
                 max_concurrency: config.max_concurrency.max(1),
                 lake,
                 key_scans: HashMap::new(),
+                cdc: HashMap::new(),
                 unreachable: None,
                 ranges: Default::default(),
             });
@@ -375,7 +380,7 @@ impl SqlSource {
                     .map(|(stream_name, stream)| {
                         let key = format!("{key_prefix}.streams.{stream_name}");
                         let mut unread = streams::unread_stream(name, stream_name, stream, &key)?;
-                        if stream.deletes.is_some() {
+                        if stream.deletes.is_some() || stream.sync == config::SyncMode::Cdc {
                             add_deleted_at(&mut unread);
                         }
                         Ok(unread)
@@ -389,6 +394,7 @@ impl SqlSource {
                     max_concurrency: config.max_concurrency.max(1),
                     lake,
                     key_scans: HashMap::new(),
+                    cdc: HashMap::new(),
                     unreachable: Some(SourceError::transient(format!(
                         "the database did not answer when the pipeline was loaded, so its columns are unknown: {}",
                         e.message
@@ -408,11 +414,18 @@ impl SqlSource {
         };
         let mut streams = Vec::new();
         let mut key_scans = HashMap::new();
+        let mut cdc_streams = HashMap::new();
         for (stream_name, stream) in &config.streams {
             let key = format!("{key_prefix}.streams.{stream_name}");
             let mut built = build_stream(&*db, &mut *session, name, stream_name, stream, &key).await?;
             if let Some(deletes) = &stream.deletes {
                 key_scans.insert(stream_name.clone(), KeyScan::new(deletes, &built, &key)?);
+                add_deleted_at(&mut built);
+            }
+            if stream.sync == config::SyncMode::Cdc {
+                let cdc = cdc::Cdc::new(&*db, name, stream, &built, &key)?;
+                cdc.check_server(&mut *session).await?;
+                cdc_streams.insert(stream_name.clone(), cdc);
                 add_deleted_at(&mut built);
             }
             streams.push(built);
@@ -426,6 +439,7 @@ impl SqlSource {
             max_concurrency: config.max_concurrency.max(1),
             lake,
             key_scans,
+            cdc: cdc_streams,
             unreachable: None,
             ranges: Default::default(),
         })
@@ -474,6 +488,12 @@ impl Source for SqlSource {
         cursor: Option<&Value>,
         window: &RunWindow,
     ) -> Result<StreamPlan, SourceError> {
+        if let Some(cdc) = self.cdc.get(&spec.name) {
+            self.reachable()?;
+            return self
+                .plan_cdc(cdc, self.stream(&spec.name)?, cursor, window)
+                .await;
+        }
         let plan = self.plan_reads(spec, cursor, window).await?;
         Ok(match self.key_scans.get(&spec.name) {
             Some(scan) => scan.plan(plan, cursor, window, chrono::Utc::now()),
@@ -495,6 +515,9 @@ impl Source for SqlSource {
             .and_then(Value::as_str)
             .unwrap_or("unknown")
             .to_string();
+        if let Some(cdc) = self.cdc.get(&spec.name).filter(|_| cdc::is_changes(slice)) {
+            return self.read_changes(cdc, stream, slice, &dt, sink).await;
+        }
         if let Some(scan_at) = deletes::scan_time(slice) {
             return self.scan_deletes(stream, &scan_at, &dt, sink).await;
         }
@@ -512,12 +535,18 @@ impl Source for SqlSource {
 
     fn decode(
         &self,
-        _stream: &StreamSpec,
-        _slice: &Slice,
+        stream: &StreamSpec,
+        slice: &Slice,
         page: &LandedPage,
         body: &[u8],
-        _state: &mut DecodeState,
+        state: &mut DecodeState,
     ) -> Option<Result<DecodedPage, SourceError>> {
+        if cdc::is_changes(slice) {
+            return Some(
+                self.stream(&stream.name)
+                    .and_then(|s| cdc::decode_page(s, page, body, state)),
+            );
+        }
         let mut decoded = DecodedPage::default();
         let lines = body.strip_suffix(b"\n").unwrap_or(body);
         if lines.is_empty() {

@@ -126,12 +126,28 @@ pub(crate) async fn build_stream(
         })
     };
     let primary_key = config.primary_key.clone().unwrap_or(described.primary_key);
+    if config.sync == SyncMode::Cdc {
+        // Checked here, before the merge's own need of a key (see `cdc.rs` for the rest).
+        if matches!(relation, Relation::Query(_)) {
+            return Err(SourceError::config(
+                "`sync: cdc` replicates a table's changes, and a `query:` has none: give `table:`",
+                format!("{key}.query"),
+            ));
+        }
+        if primary_key.is_empty() {
+            return Err(SourceError::config(
+                format!("`sync: cdc` merges changes on the primary key, and `{what}` has none in the catalog: declare `primary_key:`"),
+                format!("{key}.primary_key"),
+            ));
+        }
+    }
     let pk_indices = primary_key
         .iter()
         .map(|c| index_of(c, "primary_key"))
         .collect::<Result<Vec<_>, _>>()?;
     let (mode, order_key) = match config.sync {
-        SyncMode::Full => {
+        // A snapshot is a full read; its changes come from the slot (`cdc.rs`).
+        SyncMode::Full | SyncMode::Cdc => {
             if config.cursor.is_some() || config.append_key.is_some() {
                 return Err(SourceError::config(
                     "`cursor:` and `append_key:` are for `sync: incremental`",
@@ -206,6 +222,7 @@ pub(crate) async fn build_stream(
         _ => primary_key.clone(),
     };
     let write_mode = config.write_mode.unwrap_or(match mode {
+        Mode::Full if config.sync == SyncMode::Cdc => WriteMode::Merge,
         Mode::Full => WriteMode::Replace,
         _ => WriteMode::Merge,
     });
@@ -272,7 +289,9 @@ pub(crate) fn unread_stream(
     let primary_key = config.primary_key.clone().unwrap_or_default();
     let write_mode = match (config.write_mode, config.sync) {
         (Some(mode), _) => mode,
-        (None, SyncMode::Incremental) if !primary_key.is_empty() => WriteMode::Merge,
+        (None, SyncMode::Incremental | SyncMode::Cdc) if !primary_key.is_empty() => {
+            WriteMode::Merge
+        }
         _ => WriteMode::Replace,
     };
     Ok(SqlStream {
