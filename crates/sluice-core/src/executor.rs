@@ -387,8 +387,10 @@ impl Executor {
             rejected.extend(self.dedupe(task, &staged).await?);
         }
         if let Some(run) = shard {
-            // A shard that lost its lease (another process took it over) publishes nothing.
+            // A shard that lost its lease (another process took it over) publishes nothing;
+            // one that loses it after this check is refused by the destination's fence.
             run.lease.check().await?;
+            crate::shard::test_hold_before_publish().await;
         }
         self.observer.task_loading(&name);
         let published = publish::Staged {
@@ -486,7 +488,10 @@ impl Executor {
         // A merge stream is de-duplicated on its staged files first, even when a
         // full refresh loads it as `replace`.
         let merge = spec.write_mode == WriteMode::Merge || stream_mode == WriteMode::Merge;
-        if !self.destination.streams_loads() || merge {
+        // Not in a shard: a live load holds the table's lock for the whole extraction,
+        // and the round's other shards load the same tables.
+        let shard = matches!(options.part, RunPart::Shard(_));
+        if !self.destination.streams_loads() || merge || shard {
             return None;
         }
         let (batches, tail) = live_load.open();
@@ -531,6 +536,14 @@ impl Executor {
             .propose_cursor(&run.round, task, run.shard, &proposal)
             .await?;
         Ok(())
+    }
+
+    /// The fencing token a shard's loads carry (none outside a shard).
+    fn fence(&self, options: &RunOptions) -> Option<crate::destination::Fence> {
+        match &options.part {
+            RunPart::Shard(run) => Some(run.fence(&self.pipeline)),
+            _ => None,
+        }
     }
 
     fn backoff(&self) -> ExponentialBuilder {
@@ -606,7 +619,9 @@ fn loaded_at_micros(run_id: &str) -> i64 {
 }
 
 /// The slices of `slices` that `run`'s shard owns, with their indexes in the plan. A
-/// stream whose write mode replaces more than a slice's rows goes whole to one shard.
+/// stream whose write mode replaces the whole table goes whole to one shard; one that
+/// overwrites partitions is shared by slice (the shards' overwrites keep each other's
+/// rows: see [`crate::shard`]).
 fn shard_share(
     run: &ShardRun,
     task: &str,
@@ -614,8 +629,7 @@ fn shard_share(
     options: &RunOptions,
     slices: Vec<crate::source::Slice>,
 ) -> (Vec<crate::source::Slice>, Vec<usize>) {
-    let whole = options.window.full_refresh
-        || matches!(mode, WriteMode::Replace | WriteMode::OverwritePartitions);
+    let whole = options.window.full_refresh || mode == WriteMode::Replace;
     slices
         .into_iter()
         .enumerate()

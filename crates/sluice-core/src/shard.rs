@@ -6,9 +6,10 @@
 //!   (SHA-256, so every process and version agrees). Hashing rather than key ranges:
 //!   slice keys are opaque strings (files, `account/window`, key ranges) with no
 //!   order that spreads work evenly, and a hash needs no shared list of all slices.
-//!   A stream whose write mode replaces data wider than one slice (`replace`,
-//!   `overwrite_partitions`) goes whole to one shard (hash of `source.stream`): two
-//!   shards replacing the same table or partition would erase each other's rows.
+//!   A stream whose write mode replaces the whole table (`replace`, any full refresh)
+//!   goes whole to one shard (hash of `source.stream`): two shards replacing the same
+//!   table would erase each other's rows. (`overwrite_partitions` is shared by slice:
+//!   see **Shared partitions**.)
 //! - **Round**: the shards and the finalize of one sharded run share a round id
 //!   (`--round`, default: the run's `--today` date). Per round the lake records each
 //!   shard's completion, `_state/<pipeline>/shards/<round>/<K>-of-<N>.json`, create-only:
@@ -18,7 +19,14 @@
 //!   only one creates it. The owner writes a heartbeat beside it; a lease whose
 //!   heartbeat is older than the lease time (kill -9), or released by its run's end,
 //!   can be taken over (`--take-over` takes it at once). Before each publish the owner
-//!   checks no later generation exists, so a process that lost its lease never publishes.
+//!   checks no later generation exists, and the destination checks the generation again
+//!   as a fencing token inside the publish transaction ([`Fence`]): a process paused
+//!   between the two checks (GC, SIGSTOP, a slow disk) still cannot publish.
+//! - **Shared partitions**: a stream that overwrites date partitions is shared between
+//!   the shards by slice like any other (accounts × windows: every shard has rows of the
+//!   same dates). A shard's overwrite replaces, in the destination and in the lake, what
+//!   earlier runs and its own earlier attempts left there, and keeps what the round's
+//!   other shards published (rows by `_sluice_run_id`, files by run-id prefix).
 //! - **Cursors**: a shard does not move cursors (the other shards plan from the same
 //!   one); it proposes the cursor its share reached, and the finalize stores it.
 
@@ -32,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::destination::Fence;
 use crate::lake::{layout, Lake, LakeError};
 use crate::state::{StateError, StateStore};
 
@@ -133,6 +142,18 @@ pub struct ShardRun {
     pub round: String,
     pub lease: Arc<Lease>,
     pub ledger: ShardLedger,
+}
+
+impl ShardRun {
+    /// The fencing token this shard's loads carry into the destination's transaction:
+    /// its lease generation, per `<pipeline>/<round>/<scope>` and shard.
+    pub fn fence(&self, pipeline: &str) -> Fence {
+        Fence {
+            round: format!("{pipeline}/{}", self.round),
+            shard: self.shard.label(),
+            token: self.lease.generation,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -418,6 +439,31 @@ impl ShardLedger {
         Ok(lease)
     }
 
+    /// The run ids that took a lease on another shard than `shard` in `round`: whose
+    /// files a shard's partition overwrite in the lake keeps (each shard of a round
+    /// owns some slices of the same partitions; see `Fence`).
+    pub async fn other_shards_runs(
+        &self,
+        round: &str,
+        shard: Shard,
+    ) -> Result<BTreeSet<String>, ShardError> {
+        let dir = format!("{}/leases/", self.round_dir(round));
+        let own = format!("{dir}{}/", shard.label());
+        let mut runs = BTreeSet::new();
+        for object in self.lake.list(&dir).await? {
+            if object.path.starts_with(&own)
+                || !object.path.ends_with(".json")
+                || object.path.ends_with(".alive.json")
+            {
+                continue;
+            }
+            if let Some(lease) = self.read::<LeaseRecord>(&object.path).await? {
+                runs.insert(lease.run_id);
+            }
+        }
+        Ok(runs)
+    }
+
     async fn latest_lease(&self, dir: &str) -> Result<Option<LeaseRecord>, ShardError> {
         let objects = self.lake.list(&format!("{dir}/")).await?;
         let Some(last) = objects
@@ -496,6 +542,41 @@ impl ShardLedger {
             moved.push(task);
         }
         Ok(moved)
+    }
+}
+
+/// Test hook: with `SLUICE_TEST_HOLD_BEFORE_PUBLISH=<file>`, the first publish of a
+/// shard (its lease just checked) creates `<file>` and waits until it is removed (at
+/// most 10 minutes); publishes reaching it meanwhile wait with it, later ones pass. How
+/// tests pause a process between its lease check and its publish (the gap the
+/// destination's fence closes).
+pub async fn test_hold_before_publish() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    const IDLE: u8 = 0;
+    const HOLDING: u8 = 1;
+    const RELEASED: u8 = 2;
+    static STATE: AtomicU8 = AtomicU8::new(IDLE);
+    let Some(path) = std::env::var_os("SLUICE_TEST_HOLD_BEFORE_PUBLISH") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let started = std::time::Instant::now();
+    let first = STATE
+        .compare_exchange(IDLE, HOLDING, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok();
+    if first {
+        if std::fs::write(&path, b"held before publish\n").is_err() {
+            STATE.store(RELEASED, Ordering::SeqCst);
+            return;
+        }
+        tracing::warn!(file = %path.display(), "test hook: holding before publish until the file is removed");
+        while path.exists() && started.elapsed() < Duration::from_secs(600) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        STATE.store(RELEASED, Ordering::SeqCst);
+    }
+    while STATE.load(Ordering::SeqCst) != RELEASED && started.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -201,6 +201,7 @@ async fn load(
         tail: LoadTail {
             quarantine: how.quarantine.to_vec(),
             partitions: how.partitions.to_vec(),
+            fence: None,
         }
         .ready(),
         load_id: how.load_id,
@@ -1074,6 +1075,7 @@ fn crash_child() {
             tail: LoadTail {
                 quarantine: vec![rejected(1, "bad")],
                 partitions: vec![],
+                fence: None,
             }
             .ready(),
             load_id: "crash-load",

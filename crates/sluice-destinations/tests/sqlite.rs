@@ -74,6 +74,7 @@ async fn load(
         tail: LoadTail {
             quarantine: quarantine.to_vec(),
             partitions: partitions.to_vec(),
+            fence: None,
         }
         .ready(),
         load_id,

@@ -267,13 +267,25 @@ pub async fn execute_cancellable(
     }
 }
 
-/// The round of a sharded run: `--round`, else the run's `--today` date.
+/// The round of a sharded run: `--round`, else the run's `--today` date. It names lake
+/// folders: anything but `[A-Za-z0-9._-]` becomes `_` (an Airflow run id such as
+/// `scheduled__2026-12-05T05:00:00+00:00` is a fine round).
 fn round_of(args: &RunArgs) -> String {
-    args.round.clone().unwrap_or_else(|| {
+    let round = args.round.clone().unwrap_or_else(|| {
         args.today
             .unwrap_or_else(|| chrono::Utc::now().date_naive())
             .to_string()
-    })
+    });
+    round
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// What part of the plan this run executes. A shard takes its lease first (or stops
