@@ -274,8 +274,14 @@ impl Executor {
         // Each kept slice's index in the whole plan: the order the shards' cursors compare by.
         let mut plan_index: Vec<usize> = (0..plan.slices.len()).collect();
         if let Some(run) = shard {
+            let keys = plan
+                .slices
+                .iter()
+                .map(|s| crate::shard::stable_slice_key(&s.key).to_string())
+                .collect();
+            let order = run.ledger.slice_order(&run.round, &name, keys).await?;
             (plan.slices, plan_index) =
-                shard_share(run, &name, stream.write_mode, options, plan.slices);
+                shard_share(run, &name, stream.write_mode, options, plan.slices, &order);
             if plan.slices.is_empty() {
                 self.propose_cursor(
                     run,
@@ -618,24 +624,36 @@ fn loaded_at_micros(run_id: &str) -> i64 {
     .unwrap_or_else(|_| Utc::now().timestamp_micros())
 }
 
-/// The slices of `slices` that `run`'s shard owns, with their indexes in the plan. A
-/// stream whose write mode replaces the whole table goes whole to one shard; one that
-/// overwrites partitions is shared by slice (the shards' overwrites keep each other's
-/// rows: see [`crate::shard`]).
+/// The slices of `slices` that `run`'s shard owns, with their indexes in the plan: by
+/// position in the round's stored slice list `order`, else by hash (see
+/// [`crate::shard`]). A stream whose write mode replaces the whole table goes whole to
+/// one shard; one that overwrites partitions is shared by slice (the shards' overwrites
+/// keep each other's rows).
 fn shard_share(
     run: &ShardRun,
     task: &str,
     mode: WriteMode,
     options: &RunOptions,
     slices: Vec<crate::source::Slice>,
+    order: &[String],
 ) -> (Vec<crate::source::Slice>, Vec<usize>) {
     let whole = options.window.full_refresh || mode == WriteMode::Replace;
+    let position: HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, key)| (key.as_str(), i))
+        .collect();
     slices
         .into_iter()
         .enumerate()
         .filter(|(_, slice)| {
-            let key = crate::shard::slice_key(task, (!whole).then_some(slice.key.as_str()));
-            run.shard.owns(&key)
+            if whole {
+                return run.shard.owns(task);
+            }
+            match position.get(crate::shard::stable_slice_key(&slice.key)) {
+                Some(&i) => run.shard.owns_position(i),
+                None => run.shard.owns(&crate::shard::slice_key(task, Some(&slice.key))),
+            }
         })
         .map(|(index, slice)| (slice, index))
         .unzip()

@@ -2,10 +2,13 @@
 //! the plan's extraction slices; `sluice run --finalize` runs the models once every
 //! shard of the round has published.
 //!
-//! - **Assignment**: a slice belongs to shard `hash(source.stream/slice key) mod N`
-//!   (SHA-256, so every process and version agrees). Hashing rather than key ranges:
-//!   slice keys are opaque strings (files, `account/window`, key ranges) with no
-//!   order that spreads work evenly, and a hash needs no shared list of all slices.
+//! - **Assignment**: the first shard of a round to plan a stream stores its slice keys
+//!   (create-only, `<round>/plans/<source.stream>.json`); every shard takes the slices
+//!   at positions `K, K+N, K+2N…` of that one list, so the shares differ by at most one
+//!   slice (hashing each key alone gave 2, 3 and 11 of 16 Facebook accounts). A slice
+//!   the stored list lacks (a shard planned differently: an account added meanwhile)
+//!   belongs to shard `hash(source.stream/slice key) mod N` (SHA-256, so every process
+//!   and version agrees): either way each key has exactly one owner.
 //!   A stream whose write mode replaces the whole table (`replace`, any full refresh)
 //!   goes whole to one shard (hash of `source.stream`): two shards replacing the same
 //!   table would erase each other's rows. (`overwrite_partitions` is shared by slice:
@@ -81,6 +84,11 @@ impl Shard {
         u64::from_be_bytes(first) % u64::from(self.count) == u64::from(self.index)
     }
 
+    /// Whether the slice at `position` of a stream's stored slice list is this shard's.
+    pub fn owns_position(&self, position: usize) -> bool {
+        position as u64 % u64::from(self.count) == u64::from(self.index)
+    }
+
     /// `K-of-N`: the file name part of this shard's records.
     pub fn label(&self) -> String {
         format!("{}-of-{}", self.index, self.count)
@@ -93,12 +101,14 @@ impl Shard {
 /// shards' plans, so it is left out: every shard agrees on who runs the slice.
 pub fn slice_key(task: &str, slice: Option<&str>) -> String {
     match slice {
-        Some(slice) => {
-            let stable = slice.split_once('@').map_or(slice, |(what, _)| what);
-            format!("{task}/{stable}")
-        }
+        Some(slice) => format!("{task}/{}", stable_slice_key(slice)),
         None => task.to_string(),
     }
+}
+
+/// A slice key without its `@…` planning-time suffix (see [`slice_key`]).
+pub fn stable_slice_key(slice: &str) -> &str {
+    slice.split_once('@').map_or(slice, |(what, _)| what)
 }
 
 /// The records of a round are kept per `--select` (an Airflow DAG shards each source
@@ -264,6 +274,10 @@ impl ShardLedger {
 
     fn lease_dir(&self, round: &str, shard: Shard) -> String {
         format!("{}/leases/{}", self.round_dir(round), shard.label())
+    }
+
+    fn plan_path(&self, round: &str, task: &str) -> String {
+        format!("{}/plans/{task}.json", self.round_dir(round))
     }
 
     fn proposal_path(&self, round: &str, task: &str, shard: Shard) -> String {
@@ -474,6 +488,22 @@ impl ShardLedger {
             return Ok(None);
         };
         self.read(&last.path).await
+    }
+
+    /// The stable slice keys of `task` in `round` as the first shard to plan it stored
+    /// them (create-only; `keys` themselves when this shard is the first): the list the
+    /// shards assign slices by position in (see the module doc).
+    pub async fn slice_order(
+        &self,
+        round: &str,
+        task: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<String>, ShardError> {
+        let path = self.plan_path(round, task);
+        if self.lake.put_new(&path, to_json(&keys)).await? {
+            return Ok(keys);
+        }
+        Ok(self.read(&path).await?.unwrap_or(keys))
     }
 
     /// Stores the cursor a shard's share of `task` reached (overwritten by a retry).

@@ -106,3 +106,31 @@ async fn the_other_shards_runs_are_every_lease_holder_of_the_other_shards() {
         }
     );
 }
+
+#[tokio::test]
+async fn every_shard_assigns_by_the_first_planners_slice_list_in_even_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap(), dir.path()).unwrap();
+    let ledger = ShardLedger::new(lake, "p");
+    let keys = |list: &[&str]| list.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    let first = ledger
+        .slice_order("r", "fb.insights", keys(&["a/w", "b/w", "c/w", "d/w"]))
+        .await
+        .unwrap();
+    assert_eq!(first, keys(&["a/w", "b/w", "c/w", "d/w"]));
+    // A later shard planned another order (and a new account): the stored list wins.
+    let later = ledger
+        .slice_order("r", "fb.insights", keys(&["b/w", "a/w", "e/w", "c/w", "d/w"]))
+        .await
+        .unwrap();
+    assert_eq!(later, first);
+    let shards: Vec<Shard> = (0..3).map(|k| format!("{k}/3").parse().unwrap()).collect();
+    let shares: Vec<usize> = shards
+        .iter()
+        .map(|s| (0..16).filter(|&i| s.owns_position(i)).count())
+        .collect();
+    assert_eq!(shares, [6, 5, 5]);
+    for i in 0..16 {
+        assert_eq!(shards.iter().filter(|s| s.owns_position(i)).count(), 1);
+    }
+}
