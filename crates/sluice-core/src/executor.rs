@@ -659,11 +659,14 @@ fn shard_share(
         .unzip()
 }
 
-/// Slices of a source read at once; N shards share one account's concurrency limit.
+/// Slices of a source read at once; N shards share the limit of a source whose
+/// concurrency protects the source itself (see `Source::shards_share_concurrency`).
 fn slice_budget(task: &StreamTask, options: &RunOptions) -> usize {
     let limit = task.source.max_concurrency().max(1);
     match &options.part {
-        RunPart::Shard(run) => limit.div_ceil(run.shard.count as usize).max(1),
+        RunPart::Shard(run) if task.source.shards_share_concurrency() => {
+            limit.div_ceil(run.shard.count as usize).max(1)
+        }
         _ => limit,
     }
 }

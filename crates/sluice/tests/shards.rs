@@ -176,7 +176,7 @@ fn three_concurrent_shards_then_finalize_load_exactly_the_truth_once() {
     for out in &outputs {
         assert_exit(out, 0);
         assert!(
-            stdout(out).contains("request budget and concurrency divided by 3"),
+            stdout(out).contains("request budget divided by 3"),
             "{}",
             stdout(out)
         );

@@ -41,7 +41,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     /// Run shard K of N (`0/3`): a deterministic share of the extraction slices, no
-    /// models; each source's API budget is divided by N.
+    /// models; each source's API request budget is divided by N.
     #[arg(long, value_name = "K/N", conflicts_with = "finalize")]
     pub shard: Option<Shard>,
     /// Run only the models and checks, once every shard of the round has published.
@@ -83,7 +83,7 @@ pub async fn run(pipeline: &Path, args: RunArgs, interactive: bool) -> u8 {
                 print_summary(&record);
                 if let Some(shard) = args.shard {
                     println!(
-                        "  shard {shard} of round {}: each source's request budget and concurrency divided by {}",
+                        "  shard {shard} of round {}: each source's request budget divided by {} (and the slice concurrency of sources that protect it: databases, files)",
                         round_of(&args),
                         shard.count
                     );
