@@ -652,7 +652,9 @@ fn shard_share(
             }
             match position.get(crate::shard::stable_slice_key(&slice.key)) {
                 Some(&i) => run.shard.owns_position(i),
-                None => run.shard.owns(&crate::shard::slice_key(task, Some(&slice.key))),
+                None => run
+                    .shard
+                    .owns(&crate::shard::slice_key(task, Some(&slice.key))),
             }
         })
         .map(|(index, slice)| (slice, index))

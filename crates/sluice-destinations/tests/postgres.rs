@@ -580,14 +580,20 @@ async fn shard_loads_are_fenced_in_the_transaction_and_keep_the_other_shards_row
         .await
         .unwrap();
     // Two shards of a round, each with some slices of the same day: both kept.
-    shard_load(&db, &[(1, "run-a")], "0-of-2", 1, "l1").await.unwrap();
-    shard_load(&db, &[(2, "run-b")], "1-of-2", 1, "l2").await.unwrap();
+    shard_load(&db, &[(1, "run-a")], "0-of-2", 1, "l1")
+        .await
+        .unwrap();
+    shard_load(&db, &[(2, "run-b")], "1-of-2", 1, "l2")
+        .await
+        .unwrap();
     assert_eq!(
         rows(&db).await,
         vec![vec![s("1"), s("run-a")], vec![s("2"), s("run-b")]]
     );
     // Shard 0 taken over (generation 2): its publish replaces its own earlier rows.
-    shard_load(&db, &[(1, "run-c")], "0-of-2", 2, "l3").await.unwrap();
+    shard_load(&db, &[(1, "run-c")], "0-of-2", 2, "l3")
+        .await
+        .unwrap();
     assert_eq!(
         rows(&db).await,
         vec![vec![s("1"), s("run-c")], vec![s("2"), s("run-b")]]
@@ -598,7 +604,8 @@ async fn shard_loads_are_fenced_in_the_transaction_and_keep_the_other_shards_row
         .unwrap_err();
     assert!(matches!(err, DestinationError::Fenced { .. }), "{err:?}");
     assert!(
-        err.to_string().contains("fencing token 2 has published, this process holds 1"),
+        err.to_string()
+            .contains("fencing token 2 has published, this process holds 1"),
         "{err}"
     );
     assert_eq!(
@@ -611,7 +618,10 @@ async fn shard_loads_are_fenced_in_the_transaction_and_keep_the_other_shards_row
             db.prefix
         ))
         .await;
-    assert_eq!(ledger, vec![vec![s("l0")], vec![s("l1")], vec![s("l2")], vec![s("l3")]]);
+    assert_eq!(
+        ledger,
+        vec![vec![s("l0")], vec![s("l1")], vec![s("l2")], vec![s("l3")]]
+    );
 }
 
 #[tokio::test]

@@ -351,8 +351,12 @@ async fn shard_loads_are_fenced_in_the_transaction_and_keep_the_other_shards_row
         .await
         .unwrap();
     // Two shards of a round, each with some slices of the same day: both kept.
-    shard_load(&db, &[(1, "run-a")], "0-of-2", 1, "l1").await.unwrap();
-    shard_load(&db, &[(2, "run-b")], "1-of-2", 1, "l2").await.unwrap();
+    shard_load(&db, &[(1, "run-a")], "0-of-2", 1, "l1")
+        .await
+        .unwrap();
+    shard_load(&db, &[(2, "run-b")], "1-of-2", 1, "l2")
+        .await
+        .unwrap();
     assert_eq!(
         rows(),
         vec![
@@ -361,7 +365,9 @@ async fn shard_loads_are_fenced_in_the_transaction_and_keep_the_other_shards_row
         ]
     );
     // Shard 0 taken over (generation 2): its publish replaces its own earlier rows.
-    shard_load(&db, &[(1, "run-c")], "0-of-2", 2, "l3").await.unwrap();
+    shard_load(&db, &[(1, "run-c")], "0-of-2", 2, "l3")
+        .await
+        .unwrap();
     let after_take_over = vec![
         vec![Sql::Integer(1), t("run-c")],
         vec![Sql::Integer(2), t("run-b")],
@@ -373,7 +379,8 @@ async fn shard_loads_are_fenced_in_the_transaction_and_keep_the_other_shards_row
         .unwrap_err();
     assert!(matches!(err, DestinationError::Fenced { .. }), "{err:?}");
     assert!(
-        err.to_string().contains("fencing token 2 has published, this process holds 1"),
+        err.to_string()
+            .contains("fencing token 2 has published, this process holds 1"),
         "{err}"
     );
     assert_eq!(rows(), after_take_over);

@@ -447,7 +447,11 @@ fn kubernetes_manifests_validate_and_carry_no_credential_values() {
     );
     // Every index, every retry and the finalize run one round, from the pods' label
     // (not from the date: a Job crossing midnight would split its shards over two rounds).
-    let jobs: Vec<&Value> = docs.iter().copied().filter(|d| d["kind"] == "Job").collect();
+    let jobs: Vec<&Value> = docs
+        .iter()
+        .copied()
+        .filter(|d| d["kind"] == "Job")
+        .collect();
     for job in &jobs {
         let template = &job["spec"]["template"];
         assert_eq!(
@@ -464,17 +468,34 @@ fn kubernetes_manifests_validate_and_carry_no_credential_values() {
             "metadata.labels['sluice.dev/round']"
         );
     }
-    assert_eq!(jobs[1]["spec"]["template"]["spec"]["containers"][0]["args"][1], "--finalize");
+    assert_eq!(
+        jobs[1]["spec"]["template"]["spec"]["containers"][0]["args"][1],
+        "--finalize"
+    );
 
     // Without --round, the export time; a round that is no label value is refused.
     let out = export(&project, &["kubernetes", "--out", "k8s2", "--shards", "2"]);
     assert_exit(&out, 0);
     let text = std::fs::read_to_string(project.path().join("k8s2/sharded-job.yaml")).unwrap();
     let today = chrono::Utc::now().format("%Y%m%dT").to_string();
-    assert_eq!(text.matches(&format!("sluice.dev/round: \"{today}")).count() + text.matches(&format!("sluice.dev/round: {today}")).count(), 2, "{text}");
+    assert_eq!(
+        text.matches(&format!("sluice.dev/round: \"{today}"))
+            .count()
+            + text.matches(&format!("sluice.dev/round: {today}")).count(),
+        2,
+        "{text}"
+    );
     let out = export(
         &project,
-        &["kubernetes", "--out", "k8s3", "--shards", "2", "--round", "2026-12-05T05:00:00+00:00"],
+        &[
+            "kubernetes",
+            "--out",
+            "k8s3",
+            "--shards",
+            "2",
+            "--round",
+            "2026-12-05T05:00:00+00:00",
+        ],
     );
     assert_exit(&out, 3);
     assert!(stderr(&out).contains("label value"), "{}", stderr(&out));
@@ -565,10 +586,7 @@ fn sharded_airflow_dag_maps_each_source_over_its_shards_and_runs_models_after() 
     );
     assert!(dag_text.contains("finalize=True"), "{dag_text}");
     let d2a = dag["tasks"]["models_d2a"]["bash_command"].as_str().unwrap();
-    assert!(
-        d2a.contains("--finalize --round '{{ run_id }}'"),
-        "{d2a}"
-    );
+    assert!(d2a.contains("--finalize --round '{{ run_id }}'"), "{d2a}");
 }
 
 #[test]

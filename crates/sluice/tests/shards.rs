@@ -386,6 +386,11 @@ fn a_paused_shard_is_refused_by_the_destination(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(hold.exists(), "process A never reached its publish");
+    // B would reuse A's finished slices (their checkpoints name A's staged files) and
+    // move those files into d1/, so A's load would fail on missing files before its
+    // transaction. Without A's checkpoints (as if not yet written), B extracts alone
+    // and A's files stay: A reaches its publish, and only the fence can stop it.
+    std::fs::remove_dir_all(project.path().join("lake/_state/marketing/checkpoints")).unwrap();
     // A is alive and beating: B needs --take-over.
     let held = project.run(&["--shard", "0/1", "--round", "r7"]);
     assert_exit(&held, 11);

@@ -14,12 +14,12 @@ use sha2::{Digest, Sha256};
 
 use super::live_load::{joined_load, LiveLoad, LiveLoadTask};
 use super::{Counters, Executor, RunOptions, TaskFailure};
-use crate::shard::RunPart;
 use crate::destination::{DestinationError, LoadOutcome, LoadTail, TableSpec, WriteMode};
 use crate::lake::{layout, LakeError};
 use crate::publish::StagedLoad;
 use crate::run::TaskRecord;
 use crate::schema::TableSchema;
+use crate::shard::RunPart;
 use crate::typing::Rejected;
 
 /// A run still `running` after this long was killed (kill -9 leaves no record of its
@@ -133,9 +133,7 @@ impl Executor {
         // A shard's partition overwrite keeps the files the round's other shards promoted.
         let keep = match &options.part {
             RunPart::Shard(run) if spec.write_mode == WriteMode::OverwritePartitions => {
-                run.ledger
-                    .other_shards_runs(&run.round, run.shard)
-                    .await?
+                run.ledger.other_shards_runs(&run.round, run.shard).await?
             }
             _ => BTreeSet::new(),
         };
@@ -269,9 +267,7 @@ impl Executor {
             for object in self.lake.list(&prefix).await? {
                 let file = object.path.rsplit('/').next().unwrap_or_default();
                 let kept = file.starts_with(run_id)
-                    || keep
-                        .iter()
-                        .any(|run| file.starts_with(&format!("{run}-")));
+                    || keep.iter().any(|run| file.starts_with(&format!("{run}-")));
                 if !kept {
                     self.lake.delete(&object.path).await?;
                 }

@@ -79,9 +79,18 @@ async fn the_other_shards_runs_are_every_lease_holder_of_the_other_shards() {
     let ledger = ShardLedger::new(lake, "p");
     let (first, second): (Shard, Shard) = ("0/2".parse().unwrap(), "1/2".parse().unwrap());
     let lease = Duration::from_secs(60);
-    ledger.acquire("r", first, "run-a", lease, false).await.unwrap();
-    ledger.acquire("r", second, "run-b", lease, false).await.unwrap();
-    let taken = ledger.acquire("r", second, "run-c", lease, true).await.unwrap();
+    ledger
+        .acquire("r", first, "run-a", lease, false)
+        .await
+        .unwrap();
+    ledger
+        .acquire("r", second, "run-b", lease, false)
+        .await
+        .unwrap();
+    let taken = ledger
+        .acquire("r", second, "run-c", lease, true)
+        .await
+        .unwrap();
     assert_eq!(
         ledger.other_shards_runs("r", first).await.unwrap(),
         BTreeSet::from(["run-b".to_string(), "run-c".to_string()])
@@ -120,7 +129,11 @@ async fn every_shard_assigns_by_the_first_planners_slice_list_in_even_shares() {
     assert_eq!(first, keys(&["a/w", "b/w", "c/w", "d/w"]));
     // A later shard planned another order (and a new account): the stored list wins.
     let later = ledger
-        .slice_order("r", "fb.insights", keys(&["b/w", "a/w", "e/w", "c/w", "d/w"]))
+        .slice_order(
+            "r",
+            "fb.insights",
+            keys(&["b/w", "a/w", "e/w", "c/w", "d/w"]),
+        )
         .await
         .unwrap();
     assert_eq!(later, first);

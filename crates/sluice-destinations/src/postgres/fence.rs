@@ -23,7 +23,10 @@ pub(super) async fn check(
     run_id: &str,
 ) -> Result<(), FenceError> {
     // In a savepoint: two first loads creating the table at once must not abort the load.
-    let savepoint = tx.savepoint("sluice_fences").await.map_err(FenceError::Sql)?;
+    let savepoint = tx
+        .savepoint("sluice_fences")
+        .await
+        .map_err(FenceError::Sql)?;
     let created = savepoint
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {} (round text NOT NULL, shard text NOT NULL, \
