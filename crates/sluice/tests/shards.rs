@@ -352,6 +352,24 @@ fn a_finalize_of_some_models_waits_only_for_the_shards_of_their_sources() {
     assert_spend_equals_truth(&project);
 }
 
+/// Files under `dir`, at any depth (0 when it does not exist).
+fn walkdir_count(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                walkdir_count(&path)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
 /// The run id a finished run printed (`run <id>  succeeded  …`).
 fn printed_run_id(out: &Output) -> String {
     stdout(out)
@@ -390,7 +408,19 @@ fn a_paused_shard_is_refused_by_the_destination(
     // move those files into d1/, so A's load would fail on missing files before its
     // transaction. Without A's checkpoints (as if not yet written), B extracts alone
     // and A's files stay: A reaches its publish, and only the fence can stop it.
-    std::fs::remove_dir_all(project.path().join("lake/_state/marketing/checkpoints")).unwrap();
+    // A's other streams are still reading, and each finished slice writes a checkpoint:
+    // wait until every stream of A waits at the hook (no new checkpoint for 3 s) first.
+    let checkpoints = project.path().join("lake/_state/marketing/checkpoints");
+    let count = || walkdir_count(&checkpoints);
+    let (mut last, mut stable_since) = (count(), std::time::Instant::now());
+    while stable_since.elapsed().as_secs() < 3 && started.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = count();
+        if now != last {
+            (last, stable_since) = (now, std::time::Instant::now());
+        }
+    }
+    std::fs::remove_dir_all(&checkpoints).unwrap();
     // A is alive and beating: B needs --take-over.
     let held = project.run(&["--shard", "0/1", "--round", "r7"]);
     assert_exit(&held, 11);
