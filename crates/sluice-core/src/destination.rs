@@ -75,6 +75,26 @@ pub struct LoadTail {
     pub quarantine: Vec<Rejected>,
     /// Partition values (ISO dates) this load replaces, for `OverwritePartitions`.
     pub partitions: Vec<String>,
+    /// A shard's load (`sluice run --shard`): its fencing token, checked and recorded
+    /// in the load's own transaction. `None` for every other load.
+    pub fence: Option<Fence>,
+}
+
+/// The fencing token of a sharded run's load (see `crate::shard`). In the load's
+/// transaction the destination refuses it ([`DestinationError::Fenced`]) when a higher
+/// token of the same shard and round has published, else records it with the run id:
+/// a process that lost its shard while paused between its lease check and its publish
+/// cannot publish. An `OverwritePartitions` load with a fence keeps, in the partitions
+/// it replaces, the rows published by the round's *other* shards (their recorded run
+/// ids): the shards of one round each own some slices of the same partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// `<pipeline>/<round>/<scope>`: the shards that share the tables.
+    pub round: String,
+    /// `K-of-N`.
+    pub shard: String,
+    /// The shard's lease generation in the round: the highest one published wins.
+    pub token: u64,
 }
 
 impl LoadTail {
@@ -112,6 +132,10 @@ pub enum DestinationError {
     /// The load was cancelled; the transaction was rolled back.
     #[error("load of {table} cancelled; rolled back")]
     Cancelled { table: String },
+    /// A later process took the shard over: its fencing token was refused and the
+    /// transaction rolled back (see [`Fence`]).
+    #[error("load of {table} refused: {message}")]
+    Fenced { table: String, message: String },
 }
 
 impl DestinationError {

@@ -274,8 +274,14 @@ impl Executor {
         // Each kept slice's index in the whole plan: the order the shards' cursors compare by.
         let mut plan_index: Vec<usize> = (0..plan.slices.len()).collect();
         if let Some(run) = shard {
+            let keys = plan
+                .slices
+                .iter()
+                .map(|s| crate::shard::stable_slice_key(&s.key).to_string())
+                .collect();
+            let order = run.ledger.slice_order(&run.round, &name, keys).await?;
             (plan.slices, plan_index) =
-                shard_share(run, &name, stream.write_mode, options, plan.slices);
+                shard_share(run, &name, stream.write_mode, options, plan.slices, &order);
             if plan.slices.is_empty() {
                 self.propose_cursor(
                     run,
@@ -387,8 +393,10 @@ impl Executor {
             rejected.extend(self.dedupe(task, &staged).await?);
         }
         if let Some(run) = shard {
-            // A shard that lost its lease (another process took it over) publishes nothing.
+            // A shard that lost its lease (another process took it over) publishes nothing;
+            // one that loses it after this check is refused by the destination's fence.
             run.lease.check().await?;
+            crate::shard::test_hold_before_publish().await;
         }
         self.observer.task_loading(&name);
         let published = publish::Staged {
@@ -486,7 +494,10 @@ impl Executor {
         // A merge stream is de-duplicated on its staged files first, even when a
         // full refresh loads it as `replace`.
         let merge = spec.write_mode == WriteMode::Merge || stream_mode == WriteMode::Merge;
-        if !self.destination.streams_loads() || merge {
+        // Not in a shard: a live load holds the table's lock for the whole extraction,
+        // and the round's other shards load the same tables.
+        let shard = matches!(options.part, RunPart::Shard(_));
+        if !self.destination.streams_loads() || merge || shard {
             return None;
         }
         let (batches, tail) = live_load.open();
@@ -531,6 +542,14 @@ impl Executor {
             .propose_cursor(&run.round, task, run.shard, &proposal)
             .await?;
         Ok(())
+    }
+
+    /// The fencing token a shard's loads carry (none outside a shard).
+    fn fence(&self, options: &RunOptions) -> Option<crate::destination::Fence> {
+        match &options.part {
+            RunPart::Shard(run) => Some(run.fence(&self.pipeline)),
+            _ => None,
+        }
     }
 
     fn backoff(&self) -> ExponentialBuilder {
@@ -605,33 +624,51 @@ fn loaded_at_micros(run_id: &str) -> i64 {
     .unwrap_or_else(|_| Utc::now().timestamp_micros())
 }
 
-/// The slices of `slices` that `run`'s shard owns, with their indexes in the plan. A
-/// stream whose write mode replaces more than a slice's rows goes whole to one shard.
+/// The slices of `slices` that `run`'s shard owns, with their indexes in the plan: by
+/// position in the round's stored slice list `order`, else by hash (see
+/// [`crate::shard`]). A stream whose write mode replaces the whole table goes whole to
+/// one shard; one that overwrites partitions is shared by slice (the shards' overwrites
+/// keep each other's rows).
 fn shard_share(
     run: &ShardRun,
     task: &str,
     mode: WriteMode,
     options: &RunOptions,
     slices: Vec<crate::source::Slice>,
+    order: &[String],
 ) -> (Vec<crate::source::Slice>, Vec<usize>) {
-    let whole = options.window.full_refresh
-        || matches!(mode, WriteMode::Replace | WriteMode::OverwritePartitions);
+    let whole = options.window.full_refresh || mode == WriteMode::Replace;
+    let position: HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, key)| (key.as_str(), i))
+        .collect();
     slices
         .into_iter()
         .enumerate()
         .filter(|(_, slice)| {
-            let key = crate::shard::slice_key(task, (!whole).then_some(slice.key.as_str()));
-            run.shard.owns(&key)
+            if whole {
+                return run.shard.owns(task);
+            }
+            match position.get(crate::shard::stable_slice_key(&slice.key)) {
+                Some(&i) => run.shard.owns_position(i),
+                None => run
+                    .shard
+                    .owns(&crate::shard::slice_key(task, Some(&slice.key))),
+            }
         })
         .map(|(index, slice)| (slice, index))
         .unzip()
 }
 
-/// Slices of a source read at once; N shards share one account's concurrency limit.
+/// Slices of a source read at once; N shards share the limit of a source whose
+/// concurrency protects the source itself (see `Source::shards_share_concurrency`).
 fn slice_budget(task: &StreamTask, options: &RunOptions) -> usize {
     let limit = task.source.max_concurrency().max(1);
     match &options.part {
-        RunPart::Shard(run) => limit.div_ceil(run.shard.count as usize).max(1),
+        RunPart::Shard(run) if task.source.shards_share_concurrency() => {
+            limit.div_ceil(run.shard.count as usize).max(1)
+        }
         _ => limit,
     }
 }

@@ -2,13 +2,17 @@
 //! the plan's extraction slices; `sluice run --finalize` runs the models once every
 //! shard of the round has published.
 //!
-//! - **Assignment**: a slice belongs to shard `hash(source.stream/slice key) mod N`
-//!   (SHA-256, so every process and version agrees). Hashing rather than key ranges:
-//!   slice keys are opaque strings (files, `account/window`, key ranges) with no
-//!   order that spreads work evenly, and a hash needs no shared list of all slices.
-//!   A stream whose write mode replaces data wider than one slice (`replace`,
-//!   `overwrite_partitions`) goes whole to one shard (hash of `source.stream`): two
-//!   shards replacing the same table or partition would erase each other's rows.
+//! - **Assignment**: the first shard of a round to plan a stream stores its slice keys
+//!   (create-only, `<round>/plans/<source.stream>.json`); every shard takes the slices
+//!   at positions `K, K+N, K+2N…` of that one list, so the shares differ by at most one
+//!   slice (hashing each key alone gave 2, 3 and 11 of 16 Facebook accounts). A slice
+//!   the stored list lacks (a shard planned differently: an account added meanwhile)
+//!   belongs to shard `hash(source.stream/slice key) mod N` (SHA-256, so every process
+//!   and version agrees): either way each key has exactly one owner.
+//!   A stream whose write mode replaces the whole table (`replace`, any full refresh)
+//!   goes whole to one shard (hash of `source.stream`): two shards replacing the same
+//!   table would erase each other's rows. (`overwrite_partitions` is shared by slice:
+//!   see **Shared partitions**.)
 //! - **Round**: the shards and the finalize of one sharded run share a round id
 //!   (`--round`, default: the run's `--today` date). Per round the lake records each
 //!   shard's completion, `_state/<pipeline>/shards/<round>/<K>-of-<N>.json`, create-only:
@@ -18,7 +22,14 @@
 //!   only one creates it. The owner writes a heartbeat beside it; a lease whose
 //!   heartbeat is older than the lease time (kill -9), or released by its run's end,
 //!   can be taken over (`--take-over` takes it at once). Before each publish the owner
-//!   checks no later generation exists, so a process that lost its lease never publishes.
+//!   checks no later generation exists, and the destination checks the generation again
+//!   as a fencing token inside the publish transaction ([`Fence`]): a process paused
+//!   between the two checks (GC, SIGSTOP, a slow disk) still cannot publish.
+//! - **Shared partitions**: a stream that overwrites date partitions is shared between
+//!   the shards by slice like any other (accounts × windows: every shard has rows of the
+//!   same dates). A shard's overwrite replaces, in the destination and in the lake, what
+//!   earlier runs and its own earlier attempts left there, and keeps what the round's
+//!   other shards published (rows by `_sluice_run_id`, files by run-id prefix).
 //! - **Cursors**: a shard does not move cursors (the other shards plan from the same
 //!   one); it proposes the cursor its share reached, and the finalize stores it.
 
@@ -32,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::destination::Fence;
 use crate::lake::{layout, Lake, LakeError};
 use crate::state::{StateError, StateStore};
 
@@ -72,6 +84,11 @@ impl Shard {
         u64::from_be_bytes(first) % u64::from(self.count) == u64::from(self.index)
     }
 
+    /// Whether the slice at `position` of a stream's stored slice list is this shard's.
+    pub fn owns_position(&self, position: usize) -> bool {
+        position as u64 % u64::from(self.count) == u64::from(self.index)
+    }
+
     /// `K-of-N`: the file name part of this shard's records.
     pub fn label(&self) -> String {
         format!("{}-of-{}", self.index, self.count)
@@ -84,12 +101,14 @@ impl Shard {
 /// shards' plans, so it is left out: every shard agrees on who runs the slice.
 pub fn slice_key(task: &str, slice: Option<&str>) -> String {
     match slice {
-        Some(slice) => {
-            let stable = slice.split_once('@').map_or(slice, |(what, _)| what);
-            format!("{task}/{stable}")
-        }
+        Some(slice) => format!("{task}/{}", stable_slice_key(slice)),
         None => task.to_string(),
     }
+}
+
+/// A slice key without its `@…` planning-time suffix (see [`slice_key`]).
+pub fn stable_slice_key(slice: &str) -> &str {
+    slice.split_once('@').map_or(slice, |(what, _)| what)
 }
 
 /// The records of a round are kept per `--select` (an Airflow DAG shards each source
@@ -133,6 +152,18 @@ pub struct ShardRun {
     pub round: String,
     pub lease: Arc<Lease>,
     pub ledger: ShardLedger,
+}
+
+impl ShardRun {
+    /// The fencing token this shard's loads carry into the destination's transaction:
+    /// its lease generation, per `<pipeline>/<round>/<scope>` and shard.
+    pub fn fence(&self, pipeline: &str) -> Fence {
+        Fence {
+            round: format!("{pipeline}/{}", self.round),
+            shard: self.shard.label(),
+            token: self.lease.generation,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +274,10 @@ impl ShardLedger {
 
     fn lease_dir(&self, round: &str, shard: Shard) -> String {
         format!("{}/leases/{}", self.round_dir(round), shard.label())
+    }
+
+    fn plan_path(&self, round: &str, task: &str) -> String {
+        format!("{}/plans/{task}.json", self.round_dir(round))
     }
 
     fn proposal_path(&self, round: &str, task: &str, shard: Shard) -> String {
@@ -418,6 +453,31 @@ impl ShardLedger {
         Ok(lease)
     }
 
+    /// The run ids that took a lease on another shard than `shard` in `round`: whose
+    /// files a shard's partition overwrite in the lake keeps (each shard of a round
+    /// owns some slices of the same partitions; see `Fence`).
+    pub async fn other_shards_runs(
+        &self,
+        round: &str,
+        shard: Shard,
+    ) -> Result<BTreeSet<String>, ShardError> {
+        let dir = format!("{}/leases/", self.round_dir(round));
+        let own = format!("{dir}{}/", shard.label());
+        let mut runs = BTreeSet::new();
+        for object in self.lake.list(&dir).await? {
+            if object.path.starts_with(&own)
+                || !object.path.ends_with(".json")
+                || object.path.ends_with(".alive.json")
+            {
+                continue;
+            }
+            if let Some(lease) = self.read::<LeaseRecord>(&object.path).await? {
+                runs.insert(lease.run_id);
+            }
+        }
+        Ok(runs)
+    }
+
     async fn latest_lease(&self, dir: &str) -> Result<Option<LeaseRecord>, ShardError> {
         let objects = self.lake.list(&format!("{dir}/")).await?;
         let Some(last) = objects
@@ -428,6 +488,22 @@ impl ShardLedger {
             return Ok(None);
         };
         self.read(&last.path).await
+    }
+
+    /// The stable slice keys of `task` in `round` as the first shard to plan it stored
+    /// them (create-only; `keys` themselves when this shard is the first): the list the
+    /// shards assign slices by position in (see the module doc).
+    pub async fn slice_order(
+        &self,
+        round: &str,
+        task: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<String>, ShardError> {
+        let path = self.plan_path(round, task);
+        if self.lake.put_new(&path, to_json(&keys)).await? {
+            return Ok(keys);
+        }
+        Ok(self.read(&path).await?.unwrap_or(keys))
     }
 
     /// Stores the cursor a shard's share of `task` reached (overwritten by a retry).
@@ -496,6 +572,41 @@ impl ShardLedger {
             moved.push(task);
         }
         Ok(moved)
+    }
+}
+
+/// Test hook: with `SLUICE_TEST_HOLD_BEFORE_PUBLISH=<file>`, the first publish of a
+/// shard (its lease just checked) creates `<file>` and waits until it is removed (at
+/// most 10 minutes); publishes reaching it meanwhile wait with it, later ones pass. How
+/// tests pause a process between its lease check and its publish (the gap the
+/// destination's fence closes).
+pub async fn test_hold_before_publish() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    const IDLE: u8 = 0;
+    const HOLDING: u8 = 1;
+    const RELEASED: u8 = 2;
+    static STATE: AtomicU8 = AtomicU8::new(IDLE);
+    let Some(path) = std::env::var_os("SLUICE_TEST_HOLD_BEFORE_PUBLISH") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let started = std::time::Instant::now();
+    let first = STATE
+        .compare_exchange(IDLE, HOLDING, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok();
+    if first {
+        if std::fs::write(&path, b"held before publish\n").is_err() {
+            STATE.store(RELEASED, Ordering::SeqCst);
+            return;
+        }
+        tracing::warn!(file = %path.display(), "test hook: holding before publish until the file is removed");
+        while path.exists() && started.elapsed() < Duration::from_secs(600) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        STATE.store(RELEASED, Ordering::SeqCst);
+    }
+    while STATE.load(Ordering::SeqCst) != RELEASED && started.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -589,78 +700,4 @@ impl std::fmt::Debug for Lease {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_key_has_exactly_one_shard_and_shares_are_even() {
-        let shards: Vec<Shard> = (0..3).map(|k| format!("{k}/3").parse().unwrap()).collect();
-        let mut counts = [0usize; 3];
-        for account in 0..16 {
-            for day in 0..30 {
-                let key = slice_key("facebook.insights", Some(&format!("act_{account}/{day}")));
-                let owners: Vec<usize> = (0..3).filter(|&k| shards[k].owns(&key)).collect();
-                assert_eq!(owners.len(), 1, "{key}");
-                counts[owners[0]] += 1;
-            }
-        }
-        // 480 keys: a hash spreads them within a few percent of 160 each.
-        assert!(
-            counts.iter().all(|&c| (130..190).contains(&c)),
-            "{counts:?}"
-        );
-    }
-
-    #[test]
-    fn a_planning_time_does_not_move_a_slice_to_another_shard() {
-        let shard: Shard = "0/1".parse().unwrap();
-        assert!(shard.owns(&slice_key("crm.customers", Some("deletes@20240701T000000"))));
-        assert_eq!(
-            slice_key("crm.customers", Some("deletes@20240701T000000")),
-            slice_key("crm.customers", Some("deletes@20240702T120000"))
-        );
-    }
-
-    #[test]
-    fn shard_arguments_are_checked() {
-        assert_eq!(
-            "2/3".parse::<Shard>().unwrap(),
-            Shard { index: 2, count: 3 }
-        );
-        for bad in ["3/3", "1", "a/3", "0/0", "-1/3"] {
-            assert!(bad.parse::<Shard>().is_err(), "{bad}");
-        }
-    }
-
-    #[tokio::test]
-    async fn one_of_two_takers_wins_and_a_released_or_taken_over_lease_moves_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open(dir.path().to_str().unwrap(), dir.path()).unwrap();
-        let ledger = ShardLedger::new(lake, "p");
-        let shard: Shard = "1/3".parse().unwrap();
-        let lease = Duration::from_secs(60);
-        let (a, b) = tokio::join!(
-            ledger.acquire("r", shard, "run-a", lease, false),
-            ledger.acquire("r", shard, "run-b", lease, false)
-        );
-        assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
-        let first = a.or(b).unwrap();
-        let held = ledger.acquire("r", shard, "run-c", lease, false).await;
-        assert!(matches!(held, Err(ShardError::Held { .. })), "{held:?}");
-        // --take-over: the first owner is fenced and must not publish.
-        let second = ledger
-            .acquire("r", shard, "run-d", lease, true)
-            .await
-            .unwrap();
-        assert!(matches!(
-            first.check().await,
-            Err(ShardError::Fenced { .. })
-        ));
-        second.check().await.unwrap();
-        second.release().await.unwrap();
-        ledger
-            .acquire("r", shard, "run-e", lease, false)
-            .await
-            .unwrap();
-    }
-}
+mod tests;

@@ -236,6 +236,15 @@ pub trait Source: Send + Sync {
         4
     }
 
+    /// Whether N shards (`sluice run --shard K/N`) divide [`Source::max_concurrency`]
+    /// between them: yes when it protects the source itself (a database's connections).
+    /// An API whose limits are a request-rate budget and an in-flight cap, both divided
+    /// between the shards by the HTTP client, answers no: there each shard keeps its
+    /// slice concurrency, which only hides request latency.
+    fn shards_share_concurrency(&self) -> bool {
+        true
+    }
+
     /// What the user should know that is not an error: a configured API version
     /// nearing its sunset, deprecation notices the API sent on its answers so far.
     /// Shown by `validate` and recorded with every run.

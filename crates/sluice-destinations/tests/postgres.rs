@@ -15,7 +15,7 @@ use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sluice_core::destination::{
-    Destination, DestinationError, LoadOutcome, LoadRequest, LoadTail, TableSpec, WriteMode,
+    Destination, DestinationError, Fence, LoadOutcome, LoadRequest, LoadTail, TableSpec, WriteMode,
 };
 use sluice_core::schema::{Field, FieldType, TableSchema};
 use sluice_core::secret::Secret;
@@ -201,6 +201,7 @@ async fn load(
         tail: LoadTail {
             quarantine: how.quarantine.to_vec(),
             partitions: how.partitions.to_vec(),
+            fence: None,
         }
         .ready(),
         load_id: how.load_id,
@@ -513,6 +514,113 @@ async fn overwrite_partitions_replaces_only_the_touched_days() {
             vec![s("20"), s("2024-07-02"), s("20.00")],
             vec![s("21"), s("2024-07-02"), s("21.00")],
         ]
+    );
+}
+
+/// A shard's load: rows `(id, run)` into `shards` (partition `dt` = 2024-07-01), as
+/// run `run` of shard `shard` with lease generation `token`.
+async fn shard_load(
+    db: &Db,
+    rows: &[(i64, &str)],
+    shard: &str,
+    token: u64,
+    load_id: &str,
+) -> Result<LoadOutcome, DestinationError> {
+    let mut spec = spec(
+        "shards",
+        vec![
+            Field::new("id", FieldType::Bigint),
+            Field::new("dt", FieldType::Date),
+            Field::new("_sluice_run_id", FieldType::Text),
+        ],
+        WriteMode::OverwritePartitions,
+    );
+    spec.partition_column = Some("dt".into());
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|(id, run)| json!({"id": id, "dt": "2024-07-01", "_sluice_run_id": run}))
+        .collect();
+    let run_id = rows
+        .first()
+        .map(|r| r["_sluice_run_id"].as_str().unwrap().to_string())
+        .unwrap_or_default();
+    db.dest
+        .load(LoadRequest {
+            table: &spec,
+            batches: futures::stream::iter(vec![Ok(batch(&spec.schema, &rows))]).boxed(),
+            tail: LoadTail {
+                quarantine: vec![],
+                partitions: vec!["2024-07-01".into()],
+                fence: (!shard.is_empty()).then(|| Fence {
+                    round: "p/r1/all".into(),
+                    shard: shard.into(),
+                    token,
+                }),
+            }
+            .ready(),
+            load_id,
+            run_id: &run_id,
+        })
+        .await
+}
+
+async fn rows(db: &Db) -> Vec<Vec<Option<String>>> {
+    let sql = format!(
+        "SELECT id::text, _sluice_run_id FROM {} ORDER BY id",
+        db.qualified("shards")
+    );
+    db.rows(&sql).await
+}
+
+#[tokio::test]
+async fn shard_loads_are_fenced_in_the_transaction_and_keep_the_other_shards_rows() {
+    let db = Db::new().await;
+    // An earlier, unsharded run's rows of the day.
+    shard_load(&db, &[(1, "old"), (2, "old")], "", 0, "l0")
+        .await
+        .unwrap();
+    // Two shards of a round, each with some slices of the same day: both kept.
+    shard_load(&db, &[(1, "run-a")], "0-of-2", 1, "l1")
+        .await
+        .unwrap();
+    shard_load(&db, &[(2, "run-b")], "1-of-2", 1, "l2")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&db).await,
+        vec![vec![s("1"), s("run-a")], vec![s("2"), s("run-b")]]
+    );
+    // Shard 0 taken over (generation 2): its publish replaces its own earlier rows.
+    shard_load(&db, &[(1, "run-c")], "0-of-2", 2, "l3")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&db).await,
+        vec![vec![s("1"), s("run-c")], vec![s("2"), s("run-b")]]
+    );
+    // Its old owner, resumed after a pause, is refused inside its transaction.
+    let err = shard_load(&db, &[(1, "run-a"), (3, "run-a")], "0-of-2", 1, "l4")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DestinationError::Fenced { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("fencing token 2 has published, this process holds 1"),
+        "{err}"
+    );
+    assert_eq!(
+        rows(&db).await,
+        vec![vec![s("1"), s("run-c")], vec![s("2"), s("run-b")]]
+    );
+    let ledger = db
+        .rows(&format!(
+            "SELECT load_id FROM \"{}_sluice\".loads ORDER BY 1",
+            db.prefix
+        ))
+        .await;
+    assert_eq!(
+        ledger,
+        vec![vec![s("l0")], vec![s("l1")], vec![s("l2")], vec![s("l3")]]
     );
 }
 
@@ -1074,6 +1182,7 @@ fn crash_child() {
             tail: LoadTail {
                 quarantine: vec![rejected(1, "bad")],
                 partitions: vec![],
+                fence: None,
             }
             .ready(),
             load_id: "crash-load",

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use rusqlite::types::Value as Sql;
 use serde_json::{json, Value};
 use sluice_core::destination::{
-    Destination, DestinationError, LoadOutcome, LoadRequest, LoadTail, TableSpec, WriteMode,
+    Destination, DestinationError, Fence, LoadOutcome, LoadRequest, LoadTail, TableSpec, WriteMode,
 };
 use sluice_core::schema::{Field, FieldType, TableSchema};
 use sluice_core::typing::{BatchBuilder, Origin, Rejected};
@@ -74,6 +74,7 @@ async fn load(
         tail: LoadTail {
             quarantine: quarantine.to_vec(),
             partitions: partitions.to_vec(),
+            fence: None,
         }
         .ready(),
         load_id,
@@ -294,6 +295,98 @@ async fn write_modes_ledger_and_quarantine() {
     assert_eq!(
         db.rows("SELECT count(*) FROM _sluice_loads"),
         vec![vec![Sql::Integer(6)]]
+    );
+}
+
+/// A shard's load: rows `(id, run)` into `shards` (partition `dt` = 2024-07-01), as
+/// shard `shard` with lease generation `token` (no fence when `shard` is empty).
+async fn shard_load(
+    db: &Db,
+    rows: &[(i64, &str)],
+    shard: &str,
+    token: u64,
+    load_id: &str,
+) -> Result<LoadOutcome, DestinationError> {
+    let mut spec = spec(
+        "shards",
+        vec![
+            Field::new("id", FieldType::Bigint),
+            Field::new("dt", FieldType::Date),
+            Field::new("_sluice_run_id", FieldType::Text),
+        ],
+        WriteMode::OverwritePartitions,
+    );
+    spec.partition_column = Some("dt".into());
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|(id, run)| json!({"id": id, "dt": "2024-07-01", "_sluice_run_id": run}))
+        .collect();
+    let run_id = rows[0]["_sluice_run_id"].as_str().unwrap().to_string();
+    db.dest
+        .load(LoadRequest {
+            table: &spec,
+            batches: futures::stream::iter(vec![Ok(batch(&spec.schema, &rows))]).boxed(),
+            tail: LoadTail {
+                quarantine: vec![],
+                partitions: vec!["2024-07-01".into()],
+                fence: (!shard.is_empty()).then(|| Fence {
+                    round: "p/r1/all".into(),
+                    shard: shard.into(),
+                    token,
+                }),
+            }
+            .ready(),
+            load_id,
+            run_id: &run_id,
+        })
+        .await
+}
+
+#[tokio::test]
+async fn shard_loads_are_fenced_in_the_transaction_and_keep_the_other_shards_rows() {
+    let db = Db::new();
+    let rows = || db.rows("SELECT id, _sluice_run_id FROM \"d1__shards\" ORDER BY id");
+    // An earlier, unsharded run's rows of the day.
+    shard_load(&db, &[(1, "old"), (2, "old")], "", 0, "l0")
+        .await
+        .unwrap();
+    // Two shards of a round, each with some slices of the same day: both kept.
+    shard_load(&db, &[(1, "run-a")], "0-of-2", 1, "l1")
+        .await
+        .unwrap();
+    shard_load(&db, &[(2, "run-b")], "1-of-2", 1, "l2")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(),
+        vec![
+            vec![Sql::Integer(1), t("run-a")],
+            vec![Sql::Integer(2), t("run-b")]
+        ]
+    );
+    // Shard 0 taken over (generation 2): its publish replaces its own earlier rows.
+    shard_load(&db, &[(1, "run-c")], "0-of-2", 2, "l3")
+        .await
+        .unwrap();
+    let after_take_over = vec![
+        vec![Sql::Integer(1), t("run-c")],
+        vec![Sql::Integer(2), t("run-b")],
+    ];
+    assert_eq!(rows(), after_take_over);
+    // Its old owner, resumed after a pause, is refused inside its transaction.
+    let err = shard_load(&db, &[(1, "run-a"), (3, "run-a")], "0-of-2", 1, "l4")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DestinationError::Fenced { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("fencing token 2 has published, this process holds 1"),
+        "{err}"
+    );
+    assert_eq!(rows(), after_take_over);
+    assert_eq!(
+        db.rows("SELECT load_id FROM _sluice_loads ORDER BY 1"),
+        vec![vec![t("l0")], vec![t("l1")], vec![t("l2")], vec![t("l3")]]
     );
 }
 

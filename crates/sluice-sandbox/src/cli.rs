@@ -41,8 +41,9 @@ pub struct ServeArgs {
     /// Answer a 5xx on every Nth request of each API.
     #[arg(long, value_name = "N")]
     pub server_error_every: Option<u64>,
-    /// Delay responses by this many milliseconds.
-    #[arg(long, value_name = "MS")]
+    /// Delay responses by this many milliseconds: a fixed latency per request
+    /// (`--latency-ms` is the same flag, as the sharding benchmark calls it).
+    #[arg(long, value_name = "MS", visible_alias = "latency-ms")]
     pub slow_ms: Option<u64>,
     /// Only delay every Nth request (default: all).
     #[arg(long, value_name = "N")]

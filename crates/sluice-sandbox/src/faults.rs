@@ -99,6 +99,18 @@ impl Counters {
         };
         c.fetch_add(1, Ordering::SeqCst) + 1
     }
+
+    /// Requests so far: `total` (every path, as [`crate::RunningSandbox::request_count`])
+    /// and per API (Google's token endpoint is not counted as an API request).
+    pub fn snapshot(&self, total: u64) -> serde_json::Value {
+        serde_json::json!({
+            "total": total,
+            "facebook": self.facebook.load(Ordering::SeqCst),
+            "google": self.google.load(Ordering::SeqCst),
+            "clevertap": self.clevertap.load(Ordering::SeqCst),
+            "facebook_report_runs": self.report_runs.load(Ordering::SeqCst),
+        })
+    }
 }
 
 /// True when the `k`-th event is hit by a fault firing every `n`.

@@ -253,7 +253,21 @@ fn route(segments: &[String]) -> Option<faults::Api> {
     }
 }
 
+/// The sandbox's own path: `GET /_sandbox/requests` answers the request counters
+/// (benchmarks compare the requests two runs made). Not an API request: not counted.
+const COUNTERS_PATH: &str = "/_sandbox/requests";
+
 async fn handle(State(st): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
+    if req.uri().path() == COUNTERS_PATH {
+        let body = serde_json::to_vec(&st.counters.snapshot(st.requests.load(Ordering::SeqCst)))
+            .unwrap_or_default();
+        let mut resp = Response::new(Body::from(body));
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return resp;
+    }
     st.requests.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 64 << 20)

@@ -722,6 +722,29 @@ async fn facebook_faults() {
     let t0 = std::time::Instant::now();
     fb_get(&c, &url(&sb), &[]).await;
     assert!(t0.elapsed().as_millis() >= 300);
+    // The counters a benchmark reads: not delayed, not counted themselves.
+    let counters = |c: reqwest::Client, base: String| async move {
+        let r = c
+            .get(format!("{base}/_sandbox/requests"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    let t0 = std::time::Instant::now();
+    let first = counters(c.clone(), sb.base_url()).await;
+    assert!(t0.elapsed().as_millis() < 300);
+    assert_eq!(first["facebook"], 1, "{first}");
+    assert_eq!(first["total"], 1, "{first}");
+    assert_eq!(first["google"], 0, "{first}");
+    fb_get(&c, &url(&sb), &[]).await;
+    let second = counters(c.clone(), sb.base_url()).await;
+    assert_eq!(
+        (second["facebook"].as_u64(), second["total"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(sb.request_count(), 2);
     sb.shutdown().await;
 }
 

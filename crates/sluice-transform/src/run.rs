@@ -600,6 +600,7 @@ async fn run_one(
     let tail = LoadTail {
         quarantine: quarantine.clone(),
         partitions: partitions.clone(),
+        fence: None,
     };
     let on_retry = |e: &sluice_core::destination::DestinationError, delay: std::time::Duration| {
         tracing::warn!(table = %spec.qualified_name(), error = %e, ?delay, "load failed; retrying");

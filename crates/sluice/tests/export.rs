@@ -321,7 +321,18 @@ fn airflow_dag_with_kubernetes_pods_reads_credentials_from_the_secret_by_name() 
 #[test]
 fn kubernetes_manifests_validate_and_carry_no_credential_values() {
     let project = marketing();
-    let out = export(&project, &["kubernetes", "--out", "k8s", "--shards", "3"]);
+    let out = export(
+        &project,
+        &[
+            "kubernetes",
+            "--out",
+            "k8s",
+            "--shards",
+            "3",
+            "--round",
+            "backfill-2026-12",
+        ],
+    );
     assert_exit(&out, 0);
     let dir = project.path().join("k8s");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -434,6 +445,60 @@ fn kubernetes_manifests_validate_and_carry_no_credential_values() {
         args,
         &serde_json::json!(["run", "--shard", "$(SHARD_INDEX)/3", "--log-format", "json"])
     );
+    // Every index, every retry and the finalize run one round, from the pods' label
+    // (not from the date: a Job crossing midnight would split its shards over two rounds).
+    let jobs: Vec<&Value> = docs
+        .iter()
+        .copied()
+        .filter(|d| d["kind"] == "Job")
+        .collect();
+    for job in &jobs {
+        let template = &job["spec"]["template"];
+        assert_eq!(
+            template["metadata"]["labels"]["sluice.dev/round"], "backfill-2026-12",
+            "{job}"
+        );
+        let env = template["spec"]["containers"][0]["env"].as_array().unwrap();
+        let round = env
+            .iter()
+            .find(|e| e["name"] == "SLUICE_ROUND")
+            .unwrap_or_else(|| panic!("no SLUICE_ROUND in {job}"));
+        assert_eq!(
+            round["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.labels['sluice.dev/round']"
+        );
+    }
+    assert_eq!(
+        jobs[1]["spec"]["template"]["spec"]["containers"][0]["args"][1],
+        "--finalize"
+    );
+
+    // Without --round, the export time; a round that is no label value is refused.
+    let out = export(&project, &["kubernetes", "--out", "k8s2", "--shards", "2"]);
+    assert_exit(&out, 0);
+    let text = std::fs::read_to_string(project.path().join("k8s2/sharded-job.yaml")).unwrap();
+    let today = chrono::Utc::now().format("%Y%m%dT").to_string();
+    assert_eq!(
+        text.matches(&format!("sluice.dev/round: \"{today}"))
+            .count()
+            + text.matches(&format!("sluice.dev/round: {today}")).count(),
+        2,
+        "{text}"
+    );
+    let out = export(
+        &project,
+        &[
+            "kubernetes",
+            "--out",
+            "k8s3",
+            "--shards",
+            "2",
+            "--round",
+            "2026-12-05T05:00:00+00:00",
+        ],
+    );
+    assert_exit(&out, 3);
+    assert!(stderr(&out).contains("label value"), "{}", stderr(&out));
 }
 
 #[test]
@@ -496,6 +561,11 @@ fn sharded_airflow_dag_maps_each_source_over_its_shards_and_runs_models_after() 
         assert_eq!(commands.len(), 3);
         for (k, command) in commands.iter().enumerate() {
             assert!(command.ends_with(&format!("--shard {k}/3")), "{command}");
+            // One round per DAG run, whatever the date: Airflow renders its run id.
+            assert!(
+                command.contains("--round '{{ run_id }}' --shard"),
+                "{command}"
+            );
         }
     }
     assert!(dag["tasks"]["models_d2a"].get("mapped").is_none());
@@ -515,6 +585,8 @@ fn sharded_airflow_dag_maps_each_source_over_its_shards_and_runs_models_after() 
         "{dag_text}"
     );
     assert!(dag_text.contains("finalize=True"), "{dag_text}");
+    let d2a = dag["tasks"]["models_d2a"]["bash_command"].as_str().unwrap();
+    assert!(d2a.contains("--finalize --round '{{ run_id }}'"), "{d2a}");
 }
 
 #[test]

@@ -176,7 +176,7 @@ fn three_concurrent_shards_then_finalize_load_exactly_the_truth_once() {
     for out in &outputs {
         assert_exit(out, 0);
         assert!(
-            stdout(out).contains("request budget and concurrency divided by 3"),
+            stdout(out).contains("request budget divided by 3"),
             "{}",
             stdout(out)
         );
@@ -350,4 +350,167 @@ fn a_finalize_of_some_models_waits_only_for_the_shards_of_their_sources() {
     ]);
     assert_exit(&out, 0);
     assert_spend_equals_truth(&project);
+}
+
+/// Files under `dir`, at any depth (0 when it does not exist).
+fn walkdir_count(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                walkdir_count(&path)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// The run id a finished run printed (`run <id>  succeeded  …`).
+fn printed_run_id(out: &Output) -> String {
+    stdout(out)
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no run line in {}", stdout(out)))
+        .to_string()
+}
+
+/// Process A passes its lease check, then is held (test hook) before it publishes;
+/// process B takes the shard over and publishes; A, released, must be refused by the
+/// destination's fence inside its own publish transaction. `published_runs` lists the
+/// run ids in the destination's load ledger.
+fn a_paused_shard_is_refused_by_the_destination(
+    project: &Project,
+    published_runs: &dyn Fn() -> Vec<String>,
+) {
+    let hold = project.path().join("hold-before-publish");
+    let a = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(project.path())
+        .env_remove("RUST_LOG")
+        .env("SLUICE_LOG", "info")
+        .env("SLUICE_TEST_HOLD_BEFORE_PUBLISH", &hold)
+        .args(["run", "--shard", "0/1", "--round", "r7", "--lease", "600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let started = std::time::Instant::now();
+    while !hold.exists() && started.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(hold.exists(), "process A never reached its publish");
+    // B would reuse A's finished slices (their checkpoints name A's staged files) and
+    // move those files into d1/, so A's load would fail on missing files before its
+    // transaction. Without A's checkpoints (as if not yet written), B extracts alone
+    // and A's files stay: A reaches its publish, and only the fence can stop it.
+    // A's other streams are still reading, and each finished slice writes a checkpoint:
+    // wait until every stream of A waits at the hook (no new checkpoint for 3 s) first.
+    let checkpoints = project.path().join("lake/_state/marketing/checkpoints");
+    let count = || walkdir_count(&checkpoints);
+    let (mut last, mut stable_since) = (count(), std::time::Instant::now());
+    while stable_since.elapsed().as_secs() < 3 && started.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = count();
+        if now != last {
+            (last, stable_since) = (now, std::time::Instant::now());
+        }
+    }
+    std::fs::remove_dir_all(&checkpoints).unwrap();
+    // A is alive and beating: B needs --take-over.
+    let held = project.run(&["--shard", "0/1", "--round", "r7"]);
+    assert_exit(&held, 11);
+    let b = project.run(&["--shard", "0/1", "--round", "r7", "--take-over"]);
+    assert_exit(&b, 0);
+    let b_run = printed_run_id(&b);
+    std::fs::remove_file(&hold).unwrap();
+    let a = finish(a);
+    assert_exit(&a, 11);
+    // Refused in the publish transaction (its lease check had passed before B took over).
+    assert!(
+        stderr(&a).contains("fencing token 2 has published, this process holds 1"),
+        "{}",
+        stderr(&a)
+    );
+    let runs: BTreeSet<String> = published_runs().into_iter().collect();
+    assert_eq!(runs, BTreeSet::from([b_run]), "only B published");
+
+    assert_exit(&project.run(&["--finalize", "--round", "r7"]), 0);
+}
+
+#[test]
+fn a_shard_paused_before_its_publish_is_fenced_by_sqlite_and_the_warehouse_equals_the_truth() {
+    let sandbox = sandbox();
+    let project = example_project(&sandbox.url());
+    a_paused_shard_is_refused_by_the_destination(&project, &|| {
+        common::sqlite_text_rows(
+            &project.sqlite(),
+            "select distinct run_id from _sluice_loads where table_name like 'd1.%'",
+        )
+    });
+    assert_spend_equals_truth(&project);
+    let whole = example_project(&sandbox.url());
+    assert_exit(&whole.run(&[]), 0);
+    assert_same_rows(&project, &whole);
+}
+
+#[test]
+fn a_shard_paused_before_its_publish_is_fenced_by_postgres_and_the_warehouse_equals_the_truth() {
+    let sandbox = sandbox();
+    let project = example_project(&sandbox.url());
+    let prefix = unique_prefix("shardops_fence");
+    let pg = Pg::connect();
+    pg.drop_schemas(&prefix);
+    let mut pipeline = std::fs::read_to_string(project.path().join("pipeline.yaml")).unwrap();
+    pipeline += &format!(
+        "\ndestination: {{ type: postgres, url: \"{}\", schema_prefix: \"{prefix}\" }}\n",
+        pg_url()
+    );
+    project.write("pipeline.yaml", pipeline);
+    a_paused_shard_is_refused_by_the_destination(&project, &|| {
+        pg.strings(&format!(
+            "select distinct run_id from \"{prefix}_sluice\".loads where table_name like 'd1.%'"
+        ))
+    });
+    // D2B spend per day and platform equals the truth, as in PostgreSQL.
+    let today = Utc::now().date_naive();
+    let truth = sluice_sandbox::truth(
+        &SandboxOptions::new(7, 1, today),
+        today - Duration::days(3),
+        today,
+    );
+    let mut expected = BTreeSet::new();
+    for platform in ["facebook", "google"] {
+        let mut per_day = BTreeMap::<String, (i64, i64)>::new();
+        for day in truth[platform]["days"].as_array().unwrap() {
+            let e = per_day
+                .entry(day["date"].as_str().unwrap().to_string())
+                .or_default();
+            e.0 += day["impressions"].as_i64().unwrap();
+            e.1 += day["clicks"].as_i64().unwrap();
+        }
+        for (day, (impressions, clicks)) in per_day {
+            expected.insert(format!("{day}|{platform}|{impressions}|{clicks}"));
+        }
+    }
+    let loaded: BTreeSet<String> = pg
+        .strings(&format!(
+            "select date::text || '|' || platform || '|' || impressions::text || '|' || clicks::text \
+             from \"{prefix}d2b\".channel_spend_daily"
+        ))
+        .into_iter()
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(loaded, expected);
+    // Exactly one row per ad and day in D1: nothing published twice.
+    let duplicates = pg.scalar_i64(&format!(
+        "select count(*) from (select 1 from \"{prefix}d1\".facebook_insights \
+         group by ad_id, date_start having count(*) > 1) d"
+    ));
+    assert_eq!(duplicates, 0);
+    pg.drop_schemas(&prefix);
 }

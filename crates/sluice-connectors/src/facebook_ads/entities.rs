@@ -60,12 +60,20 @@ pub async fn list_accounts(
     let mut out = Vec::new();
     match config.accounts.list() {
         Some(ids) => {
-            for id in ids {
-                let request = api
-                    .request(Method::GET, &id, &id)?
-                    .query("fields", ACCOUNT_FIELDS);
-                out.push(api.send_json(&request).await?.1);
-            }
+            // One request per account, `max_concurrency` at once (in order): one after
+            // the other, 16 accounts 100 ms away took 1.6 s of every run's planning.
+            use futures::{StreamExt, TryStreamExt};
+            let accounts: Vec<Value> = futures::stream::iter(ids)
+                .map(|id| async move {
+                    let request = api
+                        .request(Method::GET, &id, &id)?
+                        .query("fields", ACCOUNT_FIELDS);
+                    Ok::<_, SourceError>(api.send_json(&request).await?.1)
+                })
+                .buffered(config.max_concurrency.max(1))
+                .try_collect()
+                .await?;
+            out.extend(accounts);
         }
         None => {
             let base = api

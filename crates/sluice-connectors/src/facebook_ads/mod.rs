@@ -318,6 +318,12 @@ impl Source for FacebookSource {
         self.config.max_concurrency.max(1)
     }
 
+    /// Shards divide the API's request budget (`http.requests_per_second`), not the
+    /// slices each reads at once (see the trait).
+    fn shards_share_concurrency(&self) -> bool {
+        false
+    }
+
     fn notices(&self) -> Vec<String> {
         let mut notices: Vec<String> = self.version_notice.iter().cloned().collect();
         notices.extend(self.api.http.notices());

@@ -19,6 +19,7 @@ use crate::lake::{layout, LakeError};
 use crate::publish::StagedLoad;
 use crate::run::TaskRecord;
 use crate::schema::TableSchema;
+use crate::shard::RunPart;
 use crate::typing::Rejected;
 
 /// A run still `running` after this long was killed (kill -9 leaves no record of its
@@ -71,6 +72,7 @@ impl Executor {
                 live_load.finish(LoadTail {
                     quarantine: staged.rejected.to_vec(),
                     partitions: partitions.clone(),
+                    fence: self.fence(options),
                 });
                 match joined_load(load.await) {
                     Ok(done) => outcome = Some(done),
@@ -128,12 +130,20 @@ impl Executor {
             WriteMode::Append => staged.load_id,
             _ => options.run_id.as_str(),
         };
+        // A shard's partition overwrite keeps the files the round's other shards promoted.
+        let keep = match &options.part {
+            RunPart::Shard(run) if spec.write_mode == WriteMode::OverwritePartitions => {
+                run.ledger.other_shards_runs(&run.round, run.shard).await?
+            }
+            _ => BTreeSet::new(),
+        };
         self.promote(
             table,
             spec.write_mode,
             staged.files,
             &partitions,
             file_prefix,
+            &keep,
         )
         .await?;
 
@@ -186,6 +196,7 @@ impl Executor {
         let tail = LoadTail {
             quarantine: rejected.to_vec(),
             partitions: partitions.to_vec(),
+            fence: self.fence(options),
         };
         let on_retry = |e: &DestinationError, delay: std::time::Duration| {
             counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -214,7 +225,7 @@ impl Executor {
 
     /// Moves this run's staged files into `d1/<table>/dt=…/<file_prefix>-NNNNN.parquet`
     /// and removes what they replace (every file of those folders not named by
-    /// `file_prefix`, the run id of a replacing load).
+    /// `file_prefix`, the run id of a replacing load, nor by one of the run ids in `keep`).
     pub(super) async fn promote(
         &self,
         table: &str,
@@ -222,6 +233,7 @@ impl Executor {
         staged: &[StagedFile],
         partitions: &[String],
         file_prefix: &str,
+        keep: &BTreeSet<String>,
     ) -> Result<(), LakeError> {
         let run_id = file_prefix;
         let store = self.lake.store();
@@ -253,12 +265,10 @@ impl Executor {
         };
         for prefix in prefixes {
             for object in self.lake.list(&prefix).await? {
-                let from_this_run = object
-                    .path
-                    .rsplit('/')
-                    .next()
-                    .is_some_and(|file| file.starts_with(run_id));
-                if !from_this_run {
+                let file = object.path.rsplit('/').next().unwrap_or_default();
+                let kept = file.starts_with(run_id)
+                    || keep.iter().any(|run| file.starts_with(&format!("{run}-")));
+                if !kept {
                     self.lake.delete(&object.path).await?;
                 }
             }

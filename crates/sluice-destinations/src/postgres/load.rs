@@ -12,7 +12,10 @@
 //!    otherwise into a `TEMP … ON COMMIT DROP` staging table whose columns are
 //!    positional (`c0`, `c1`, …, plus a row ordinal for merges), so hostile
 //!    field names only ever appear quoted, in the target table.
-//! 6. Publish by write mode with plain SQL from staging (casting to widened
+//! 6. A shard's load (`sluice run --shard`) checks and records its fencing
+//!    token in `<ledger schema>.shard_fences` (see `Fence`): refused when a
+//!    later owner of the shard has published.
+//! 7. Publish by write mode with plain SQL from staging (casting to widened
 //!    column types on the way), insert quarantined records and the ledger
 //!    row, `COMMIT`.
 //!
@@ -23,7 +26,7 @@ use std::collections::HashMap;
 
 use futures::StreamExt;
 use sluice_core::destination::{DestinationError, LoadOutcome, LoadRequest, TableSpec, WriteMode};
-use sluice_core::schema::{FieldType, MAX_DECIMAL_PRECISION};
+use sluice_core::schema::{FieldType, MAX_DECIMAL_PRECISION, RUN_ID_COLUMN};
 use sluice_core::secret::redact;
 use sluice_core::typing::Rejected;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -71,7 +74,7 @@ pub(super) async fn load(
     .await
     .map_err(failed)?;
 
-    let tx = client.transaction().await.map_err(failed)?;
+    let mut tx = client.transaction().await.map_err(failed)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
         &[&format!("sluice:{}.{}", plan.schema, plan.table)],
@@ -173,6 +176,17 @@ pub(super) async fn load(
     let staged = writer.finish().await.map_err(failed)?;
     // Nothing is published unless the producer of the rows says it is complete.
     let tail = request.tail.await?;
+    if let Some(fence) = &tail.fence {
+        super::fence::check(&mut tx, &plan.fences, fence, request.run_id)
+            .await
+            .map_err(|e| match e {
+                super::fence::FenceError::Sql(e) => failed(e),
+                super::fence::FenceError::Refused(message) => DestinationError::Fenced {
+                    table: label.clone(),
+                    message,
+                },
+            })?;
+    }
 
     // Publish.
     let staged_columns: Vec<String> = (0..spec.schema.fields.len())
@@ -251,14 +265,26 @@ pub(super) async fn load(
                 .unwrap_or_else(|| sql_type(spec.schema.fields[i].ty));
             // The partitions named by the request and those present in the rows:
             // either alone could leave duplicates after a re-run.
-            let sql = format!(
-                "DELETE FROM {} WHERE {col} = ANY($1::text[]::{column_type}[]) \
-                 OR {col} IN (SELECT c{i} FROM {STAGING})",
+            let mut sql = format!(
+                "DELETE FROM {} AS t WHERE (t.{col} = ANY($1::text[]::{column_type}[]) \
+                 OR t.{col} IN (SELECT c{i} FROM {STAGING}))",
                 plan.qualified,
                 col = pg(column)
             );
             let partitions: Vec<&str> = tail.partitions.iter().map(String::as_str).collect();
-            let replaced = tx.execute(&sql, &[&partitions]).await.map_err(failed)?;
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&partitions];
+            // A shard keeps the rows the round's other shards published (see `Fence`).
+            if let (Some(fence), Some(_)) = (&tail.fence, spec.schema.field(RUN_ID_COLUMN)) {
+                sql += &format!(
+                    " AND NOT EXISTS (SELECT 1 FROM {} AS f WHERE f.round = $2 AND f.shard <> $3 \
+                     AND f.run_id = t.{})",
+                    plan.fences,
+                    pg(RUN_ID_COLUMN)
+                );
+                params.push(&fence.round);
+                params.push(&fence.shard);
+            }
+            let replaced = tx.execute(&sql, &params).await.map_err(failed)?;
             (
                 replaced,
                 tx.execute(&insert(STAGING), &[]).await.map_err(failed)?,
@@ -295,7 +321,7 @@ pub(super) async fn load(
 }
 
 /// The names one load uses, fitted to PostgreSQL's limits; `qualified`,
-/// `quarantine` and `ledger` are quoted and ready for SQL.
+/// `quarantine`, `ledger` and `fences` are quoted and ready for SQL.
 struct TablePlan {
     schema: String,
     table: String,
@@ -303,6 +329,8 @@ struct TablePlan {
     quarantine: String,
     ledger_schema: String,
     ledger: String,
+    /// Shards' fencing tokens (see `Fence`), beside the ledger.
+    fences: String,
 }
 
 impl TablePlan {
@@ -371,6 +399,7 @@ impl TablePlan {
                 pg(&format!("{}__quarantine", spec.name))
             ),
             ledger: format!("{}.loads", quote(&ledger_schema)),
+            fences: format!("{}.shard_fences", quote(&ledger_schema)),
             schema,
             table,
             ledger_schema,
@@ -655,21 +684,22 @@ async fn ensure_schema(client: &Client, schema: &str) -> Result<(), tokio_postgr
 /// which means it exists now.
 async fn create_if_missing(client: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
     match client.batch_execute(sql).await {
-        Err(e)
-            if matches!(
-                e.code(),
-                Some(
-                    &SqlState::UNIQUE_VIOLATION
-                        | &SqlState::DUPLICATE_OBJECT
-                        | &SqlState::DUPLICATE_SCHEMA
-                        | &SqlState::DUPLICATE_TABLE
-                )
-            ) =>
-        {
-            Ok(())
-        }
+        Err(e) if is_duplicate(&e) => Ok(()),
         other => other,
     }
+}
+
+/// The error of a `CREATE … IF NOT EXISTS` that raced another creator of the same object.
+pub(super) fn is_duplicate(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(
+            &SqlState::UNIQUE_VIOLATION
+                | &SqlState::DUPLICATE_OBJECT
+                | &SqlState::DUPLICATE_SCHEMA
+                | &SqlState::DUPLICATE_TABLE
+        )
+    )
 }
 
 fn no_nul(text: &str) -> String {

@@ -10,6 +10,7 @@
 //! crashes can never leave a half-published table.
 
 mod copy;
+mod fence;
 pub mod grants;
 mod load;
 

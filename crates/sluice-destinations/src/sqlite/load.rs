@@ -18,8 +18,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension, Statement, Transaction, TransactionBehavior};
-use sluice_core::destination::{DestinationError, LoadOutcome, LoadTail, TableSpec, WriteMode};
-use sluice_core::schema::FieldType;
+use sluice_core::destination::{
+    DestinationError, Fence, LoadOutcome, LoadTail, TableSpec, WriteMode,
+};
+use sluice_core::schema::{FieldType, RUN_ID_COLUMN};
 use sluice_core::typing::Rejected;
 use tokio::sync::mpsc::Receiver;
 
@@ -30,6 +32,9 @@ use crate::names::quote;
 const STAGING: &str = "temp._sluice_staging";
 const ORDINAL: &str = "_sluice_ord";
 const LEDGER: &str = "_sluice_loads";
+/// Shards' fencing tokens (see `Fence`): one row per (round, shard, token) with the
+/// run id that published it.
+const FENCES: &str = "_sluice_shard_fences";
 
 /// What the blocking side needs, owned (it outlives the request's borrows).
 pub(super) struct Job {
@@ -153,6 +158,17 @@ pub(super) fn run(
         };
     }
 
+    if let Some(fence) = &tail.fence {
+        // The write lock is held since BEGIN IMMEDIATE: no other load runs in between.
+        check_fence(&tx, fence, &job.run_id).map_err(|e| match e {
+            FenceError::Sql(e) => failed(e),
+            FenceError::Refused(message) => DestinationError::Fenced {
+                table: label.clone(),
+                message,
+            },
+        })?;
+    }
+
     // Publish.
     let target_columns: Vec<String> = spec.schema.fields.iter().map(|f| quote(&f.name)).collect();
     let insert = |filter: &str| {
@@ -206,15 +222,23 @@ pub(super) fn run(
             let column = spec.partition_column.as_deref().expect("validated");
             let i = spec.schema.index_of(column).expect("validated");
             let named = serde_json::to_string(&tail.partitions).unwrap_or_else(|_| "[]".into());
+            let mut sql = format!(
+                "DELETE FROM {qualified} WHERE ({col} IN (SELECT value FROM json_each(?1)) \
+                 OR {col} IN (SELECT c{i} FROM {STAGING}))",
+                col = quote(column)
+            );
+            let mut values = vec![named];
+            // A shard keeps the rows the round's other shards published (see `Fence`).
+            if let (Some(fence), Some(_)) = (&tail.fence, spec.schema.field(RUN_ID_COLUMN)) {
+                sql += &format!(
+                    " AND NOT EXISTS (SELECT 1 FROM {FENCES} AS f WHERE f.round = ?2 \
+                     AND f.shard <> ?3 AND f.run_id = {qualified}.{})",
+                    quote(RUN_ID_COLUMN)
+                );
+                values.extend([fence.round.clone(), fence.shard.clone()]);
+            }
             let replaced = tx
-                .execute(
-                    &format!(
-                        "DELETE FROM {qualified} WHERE {col} IN (SELECT value FROM json_each(?1)) \
-                         OR {col} IN (SELECT c{i} FROM {STAGING})",
-                        col = quote(column)
-                    ),
-                    [named],
-                )
+                .execute(&sql, rusqlite::params_from_iter(values))
                 .map_err(failed)?;
             (replaced, tx.execute(&insert(""), []).map_err(failed)?)
         }
@@ -238,6 +262,46 @@ pub(super) fn run(
         rows_quarantined: tail.quarantine.len() as u64,
         already_loaded: false,
     })
+}
+
+enum FenceError {
+    Sql(rusqlite::Error),
+    Refused(String),
+}
+
+impl From<rusqlite::Error> for FenceError {
+    fn from(e: rusqlite::Error) -> Self {
+        FenceError::Sql(e)
+    }
+}
+
+/// Checks a shard's fencing token in the load's transaction and records it with the
+/// run id: refused when a higher token of the same shard and round has published.
+fn check_fence(tx: &Transaction<'_>, fence: &Fence, run_id: &str) -> Result<(), FenceError> {
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {FENCES} (round TEXT NOT NULL, shard TEXT NOT NULL, \
+         token INTEGER NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (round, shard, token))"
+    ))?;
+    let token = i64::try_from(fence.token).unwrap_or(i64::MAX);
+    let highest: Option<i64> = tx.query_row(
+        &format!("SELECT max(token) FROM {FENCES} WHERE round = ?1 AND shard = ?2"),
+        params![fence.round, fence.shard],
+        |row| row.get(0),
+    )?;
+    if let Some(highest) = highest.filter(|&h| h > token) {
+        return Err(FenceError::Refused(format!(
+            "shard {} of round {} was taken over: fencing token {highest} has published, \
+             this process holds {token}; nothing published",
+            fence.shard, fence.round
+        )));
+    }
+    tx.execute(
+        &format!(
+            "INSERT OR IGNORE INTO {FENCES} (round, shard, token, run_id) VALUES (?1, ?2, ?3, ?4)"
+        ),
+        params![fence.round, fence.shard, token, run_id],
+    )?;
+    Ok(())
 }
 
 fn validate(spec: &TableSpec) -> Result<(), DestinationError> {

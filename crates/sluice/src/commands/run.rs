@@ -41,7 +41,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     /// Run shard K of N (`0/3`): a deterministic share of the extraction slices, no
-    /// models; each source's API budget is divided by N.
+    /// models; each source's API request budget is divided by N.
     #[arg(long, value_name = "K/N", conflicts_with = "finalize")]
     pub shard: Option<Shard>,
     /// Run only the models and checks, once every shard of the round has published.
@@ -83,7 +83,7 @@ pub async fn run(pipeline: &Path, args: RunArgs, interactive: bool) -> u8 {
                 print_summary(&record);
                 if let Some(shard) = args.shard {
                     println!(
-                        "  shard {shard} of round {}: each source's request budget and concurrency divided by {}",
+                        "  shard {shard} of round {}: each source's request budget divided by {} (and the slice concurrency of sources that protect it: databases, files)",
                         round_of(&args),
                         shard.count
                     );
@@ -267,13 +267,25 @@ pub async fn execute_cancellable(
     }
 }
 
-/// The round of a sharded run: `--round`, else the run's `--today` date.
+/// The round of a sharded run: `--round`, else the run's `--today` date. It names lake
+/// folders: anything but `[A-Za-z0-9._-]` becomes `_` (an Airflow run id such as
+/// `scheduled__2026-12-05T05:00:00+00:00` is a fine round).
 fn round_of(args: &RunArgs) -> String {
-    args.round.clone().unwrap_or_else(|| {
+    let round = args.round.clone().unwrap_or_else(|| {
         args.today
             .unwrap_or_else(|| chrono::Utc::now().date_naive())
             .to_string()
-    })
+    });
+    round
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// What part of the plan this run executes. A shard takes its lease first (or stops

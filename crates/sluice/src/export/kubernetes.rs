@@ -9,7 +9,7 @@
 //! | `cronjob.yaml` | `sluice run` on `schedule:` (not written without a schedule) |
 //! | `deployment.yaml` | `sluice serve`, probes on `/healthz` and `/readyz` |
 //! | `service.yaml`, `pdb.yaml` | its Service and PodDisruptionBudget |
-//! | `sharded-job.yaml` | with `--shards N`: an Indexed Job (`--shard K/N`) and a finalize Job |
+//! | `sharded-job.yaml` | with `--shards N`: an Indexed Job (`--shard K/N`) and a finalize Job, sharing one round (`--round`) |
 //!
 //! Credentials are never written: each variable pipeline.yaml names is read from the
 //! Secret `sluice-<pipeline>-credentials` by key (e.g.
@@ -44,6 +44,12 @@ pub struct KubernetesArgs {
     /// The image of the finalize Job's wait step (needs `kubectl`).
     #[arg(long, default_value = "registry.k8s.io/kubectl:v1.33.0")]
     pub kubectl_image: String,
+    /// The round of the sharded run (`sharded-job.yaml`): the shard Job and the finalize
+    /// Job carry it as the label `sluice.dev/round` and run with it, so a run crossing
+    /// midnight stays one round. Default: the export time (`20261205T0215`). A round
+    /// already published does nothing: export again (or pass a new one) per run.
+    #[arg(long, value_name = "ID", requires = "shards")]
+    pub round: Option<String>,
 }
 
 /// What every template reads.
@@ -67,6 +73,8 @@ struct Context<'a> {
     shards: u32,
     shard_supported: bool,
     kubectl_image: &'a str,
+    /// The sharded run's round: a Kubernetes label value.
+    round: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,6 +90,23 @@ pub fn render(
 ) -> Result<Vec<(String, String)>, ExportError> {
     if args.shards == Some(0) {
         return Err(ExportError::Invalid("--shards must be at least 1".into()));
+    }
+    let round = match &args.round {
+        Some(round) => round.clone(),
+        None => chrono::Utc::now().format("%Y%m%dT%H%M").to_string(),
+    };
+    // A label value: up to 63 of [A-Za-z0-9._-], alphanumeric at both ends.
+    let label_value = round.len() <= 63
+        && round
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && round.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && round.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !label_value {
+        return Err(ExportError::Invalid(format!(
+            "--round {round:?}: a round is a Kubernetes label value: up to 63 letters, digits, \
+             `.`, `_` or `-`, starting and ending with a letter or digit"
+        )));
     }
     // A CronJob starts at most the latest missed time (never all of them), and only
     // within startingDeadlineSeconds of it.
@@ -124,6 +149,7 @@ pub fn render(
         shards: args.shards.unwrap_or(0),
         shard_supported: SHARD_SUPPORTED,
         kubectl_image: &args.kubectl_image,
+        round,
     };
     let env = templates();
     let mut names = vec!["configmap.yaml", "serviceaccount.yaml"];
