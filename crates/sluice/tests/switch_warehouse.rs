@@ -100,15 +100,16 @@ fn scenario(
     // Another incremental run: the view follows, the retired table stays as it was.
     project.write(
         "data/crm/3.csv",
-        crm_csv("4,dee@example.com,40.00,silver\n1,ann@example.org,11.00,gold\n"),
+        crm_csv("4,dee@example.com,40.00,silver\n5,eve@example.com,,gold\n"),
     );
     assert_exit(&project.run(&[]), 0);
     assert_eq!(
         query(&select),
         [
-            "1|ann@example.org|∅|11.00",
+            "1|ann@example.com|∅|10.00",
             "3|cy@example.com|∅|30.00",
-            "4|dee@example.com|∅|40.00"
+            "4|dee@example.com|∅|40.00",
+            "5|eve@example.com|∅|∅"
         ]
     );
     assert_eq!(
@@ -131,7 +132,12 @@ fn sqlite_keeps_the_old_name_as_a_view_of_the_new_table() {
     scenario(&project, "", &query, &|t| format!("\"d1__{t}\""), &report);
     assert_eq!(
         query("SELECT id, email FROM report ORDER BY id"),
-        ["1|ann@example.org", "3|cy@example.com", "4|dee@example.com"]
+        [
+            "1|ann@example.com",
+            "3|cy@example.com",
+            "4|dee@example.com",
+            "5|eve@example.com"
+        ]
     );
     assert_eq!(
         query("SELECT type FROM sqlite_master WHERE name = 'd1__vendor_customers'"),
