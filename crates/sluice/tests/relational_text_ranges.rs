@@ -100,11 +100,12 @@ fn postgres_text_and_uuid_keys_split_in_the_collations_order_and_read_each_row_o
     let pg = Pg::connect();
     pg.drop_schemas(&prefix);
     let schema = format!("{prefix}src");
-    // Mixed case under an ICU collation: an order unlike the bytes'.
+    // Upper- and lower-case first letters under an ICU collation (a < B < c), unlike
+    // byte order (B < a < c): cuts made in byte order would overlap ranges here.
     pg.execute(&format!(
         r#"CREATE SCHEMA {schema};
         CREATE TABLE {schema}.by_text (id text COLLATE "en-x-icu" PRIMARY KEY, balance bigint NOT NULL, seeded int NOT NULL);
-        INSERT INTO {schema}.by_text SELECT CASE WHEN g % 3 = 0 THEN upper(md5(g::text)) ELSE md5(g::text) END, {BALANCE}, 1
+        INSERT INTO {schema}.by_text SELECT chr(CASE WHEN g % 2 = 0 THEN 65 ELSE 97 END + g % 26) || md5(g::text), {BALANCE}, 1
           FROM generate_series(1, {ROWS}) g;
         CREATE TABLE {schema}.by_uuid (id uuid PRIMARY KEY, balance bigint NOT NULL, seeded int NOT NULL);
         INSERT INTO {schema}.by_uuid SELECT md5(g::text)::uuid, {BALANCE}, 1 FROM generate_series(1, {ROWS}) g;"#
@@ -120,7 +121,7 @@ fn postgres_text_and_uuid_keys_split_in_the_collations_order_and_read_each_row_o
     read_while_writing(&project, move |n| {
         let (from, to) = (n % ROWS + 1, (n * 7_919) % ROWS + 1);
         let text = |g: i64| {
-            format!("CASE WHEN {g} % 3 = 0 THEN upper(md5('{g}')) ELSE md5('{g}') END")
+            format!("chr(CASE WHEN {g} % 2 = 0 THEN 65 ELSE 97 END + {g} % 26) || md5('{g}')")
         };
         writer.execute(&format!(
             "BEGIN;
@@ -147,7 +148,7 @@ fn mariadb_text_and_uuid_keys_split_in_the_collations_order_and_read_each_row_on
     mariadb_cli(&format!(
         "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db} COLLATE utf8mb4_general_ci;
          CREATE TABLE {db}.by_text (id varchar(40) PRIMARY KEY, balance bigint NOT NULL, seeded int NOT NULL) ENGINE=InnoDB;
-         INSERT INTO {db}.by_text SELECT IF(seq % 3 = 0, UPPER(MD5(seq)), MD5(seq)), {BALANCE}, 1 FROM {db}.seq_1_to_{ROWS};
+         INSERT INTO {db}.by_text SELECT CONCAT(CHAR(IF(seq % 2 = 0, 65, 97) + seq % 26), MD5(seq)), {BALANCE}, 1 FROM {db}.seq_1_to_{ROWS};
          CREATE TABLE {db}.by_uuid (id uuid PRIMARY KEY, balance bigint NOT NULL, seeded int NOT NULL) ENGINE=InnoDB;
          INSERT INTO {db}.by_uuid SELECT UUID(), {BALANCE}, 1 FROM {db}.seq_1_to_{ROWS};"
     ));
@@ -160,7 +161,7 @@ fn mariadb_text_and_uuid_keys_split_in_the_collations_order_and_read_each_row_on
     let d = db.clone();
     read_while_writing(&project, move |n| {
         let (from, to) = (n % ROWS + 1, (n * 7_919) % ROWS + 1);
-        let text = |g: i64| format!("IF({g} % 3 = 0, UPPER(MD5({g})), MD5({g}))");
+        let text = |g: i64| format!("CONCAT(CHAR(IF({g} % 2 = 0, 65, 97) + {g} % 26), MD5({g}))");
         mariadb_cli(&format!(
             "START TRANSACTION;
              UPDATE {d}.by_text SET balance = balance - 7 WHERE id = {};
