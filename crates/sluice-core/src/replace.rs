@@ -100,7 +100,11 @@ impl D1Alias {
     /// The name the replaced table's last data is kept under after the switch:
     /// `<old>__replaced_<YYYYMMDD>`.
     pub fn retired_name(&self, date: chrono::NaiveDate) -> String {
-        format!("{}__replaced_{}", self.replaced_table, date.format("%Y%m%d"))
+        format!(
+            "{}__replaced_{}",
+            self.replaced_table,
+            date.format("%Y%m%d")
+        )
     }
 
     /// The prefix of every [`D1Alias::retired_name`] of this alias.
@@ -304,7 +308,13 @@ mod tests {
         // `id` of the new table is left out: `customer_id` is the old `id`.
         assert_eq!(
             names(&view),
-            ["customer_id->id", "email_address->email", "null:phone", "dt", "tier"]
+            [
+                "customer_id->id",
+                "email_address->email",
+                "null:phone",
+                "dt",
+                "tier"
+            ]
         );
         // Never in the warehouse before: just the renamed new columns.
         let view = a.view_columns(&["customer_id", "tier"], &[]);
@@ -314,10 +324,16 @@ mod tests {
             &["customer_id", "email_address", "id", "tier", "dt", "score"],
             &["id", "email", "phone", "dt"],
         );
-        assert_eq!(names(&later)[..5], names(&a.view_columns(
-            &["customer_id", "email_address", "id", "tier", "dt"],
-            &["id", "email", "phone", "dt"],
-        ))[..]);
-        assert_eq!(a.retired_name(chrono::NaiveDate::from_ymd_opt(2026, 12, 5).unwrap()), "vendor_customers__replaced_20261205");
+        assert_eq!(
+            names(&later)[..5],
+            names(&a.view_columns(
+                &["customer_id", "email_address", "id", "tier", "dt"],
+                &["id", "email", "phone", "dt"],
+            ))[..]
+        );
+        assert_eq!(
+            a.retired_name(chrono::NaiveDate::from_ymd_opt(2026, 12, 5).unwrap()),
+            "vendor_customers__replaced_20261205"
+        );
     }
 }

@@ -251,7 +251,9 @@ fn ranges_need_an_ordered_leading_key() {
     assert_exit(&out, 3);
     let err = stderr(&out);
     assert!(
-        err.contains("pipeline.yaml:10") && err.contains("ranges") && err.contains("`name` (jsonb)"),
+        err.contains("pipeline.yaml:10")
+            && err.contains("ranges")
+            && err.contains("`name` (jsonb)"),
         "{err}"
     );
     pg.drop_schemas(&prefix);

@@ -61,7 +61,10 @@ fn read_while_writing(project: &Project, write: impl Fn(i64) + Send + 'static) {
     let written = writer.join().unwrap();
     assert_exit(&out, 0);
     let record: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(written > 10, "only {written} transactions committed during the run");
+    assert!(
+        written > 10,
+        "only {written} transactions committed during the run"
+    );
     for stream in ["by_text", "by_uuid"] {
         let task = record["tasks"]
             .as_array()

@@ -69,7 +69,10 @@ fn scenario(
     let select = format!("SELECT id, email, phone, balance FROM {old} ORDER BY id");
     assert_eq!(
         query(&select),
-        ["1|ann@example.com|555-1|10.00", "2|bob@example.com|555-2|20.00"]
+        [
+            "1|ann@example.com|555-1|10.00",
+            "2|bob@example.com|555-2|20.00"
+        ]
     );
 
     before_switch();
@@ -112,10 +115,7 @@ fn scenario(
             "5|eve@example.com|∅|∅"
         ]
     );
-    assert_eq!(
-        query(&format!("SELECT count(*) FROM {retired}")),
-        ["2"]
-    );
+    assert_eq!(query(&format!("SELECT count(*) FROM {retired}")), ["2"]);
 }
 
 #[test]

@@ -28,7 +28,10 @@ pub(super) async fn publish(
         publish_one(tx, alias, schema, spec)
             .await
             .map_err(|e| DestinationError::Load {
-                table: format!("d1.{} (the view of d1.{})", alias.replaced_table, alias.table),
+                table: format!(
+                    "d1.{} (the view of d1.{})",
+                    alias.replaced_table, alias.table
+                ),
                 message: sluice_core::secret::redact(&super::error_text(&e)),
             })?;
     }

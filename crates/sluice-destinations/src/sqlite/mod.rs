@@ -129,8 +129,11 @@ impl Destination for SqliteDestination {
     }
 
     fn set_d1_aliases(&self, aliases: &[sluice_core::replace::D1Alias]) {
-        *self.aliases.lock().expect("aliases lock") =
-            aliases.iter().filter(|a| a.replacement.switch).cloned().collect();
+        *self.aliases.lock().expect("aliases lock") = aliases
+            .iter()
+            .filter(|a| a.replacement.switch)
+            .cloned()
+            .collect();
     }
 
     async fn check(&self) -> Result<(), DestinationError> {
