@@ -163,6 +163,12 @@ pub trait Destination: Send + Sync {
         false
     }
 
+    /// The switched replacements (`replaces: … switch: true`, see [`crate::replace`]):
+    /// from now on each load of a replacing D1 table also makes the replaced table's
+    /// name a view over it, in the load's transaction. Destinations without views
+    /// ignore it.
+    fn set_d1_aliases(&self, _aliases: &[crate::replace::D1Alias]) {}
+
     /// Creates or evolves the table, then publishes `request` atomically.
     async fn load(&self, request: LoadRequest<'_>) -> Result<LoadOutcome, DestinationError>;
 

@@ -70,6 +70,7 @@ impl Project {
             .map_err(LoadError::Config)?;
         let aliases =
             sluice_core::replace::resolve(&config, &sources).map_err(LoadError::Config)?;
+        destination.set_d1_aliases(&aliases);
         let schema_policy = match &config.schema {
             Some(section) => config
                 .doc

@@ -236,12 +236,12 @@ sources:
 }
 
 #[test]
-fn ranges_need_an_integer_leading_key() {
+fn ranges_need_an_ordered_leading_key() {
     let prefix = unique_prefix("rangekey");
     let pg = Pg::connect();
     pg.drop_schemas(&prefix);
     pg.execute(&format!(
-        "CREATE SCHEMA {prefix}src; CREATE TABLE {prefix}src.tags (name text PRIMARY KEY);"
+        "CREATE SCHEMA {prefix}src; CREATE TABLE {prefix}src.tags (name jsonb PRIMARY KEY);"
     ));
     let project = Project::new(&format!(
         "name: ranges\nlake: ./lake\nsources:\n  src:\n    type: postgres\n    url: {}\n    streams:\n      tags:\n        table: {prefix}src.tags\n        ranges: 3\n",
@@ -251,7 +251,9 @@ fn ranges_need_an_integer_leading_key() {
     assert_exit(&out, 3);
     let err = stderr(&out);
     assert!(
-        err.contains("pipeline.yaml:10") && err.contains("ranges") && err.contains("`name` (text)"),
+        err.contains("pipeline.yaml:10")
+            && err.contains("ranges")
+            && err.contains("`name` (jsonb)"),
         "{err}"
     );
     pg.drop_schemas(&prefix);

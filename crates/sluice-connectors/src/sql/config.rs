@@ -126,8 +126,10 @@ pub struct SqlStreamConfig {
     /// incremental stream's first run (or `--full-refresh`). Ranges read
     /// `max_concurrency` at a time and share `batch_size` (each reads pages of
     /// `batch_size` / the ranges read at once), so memory stays bounded by it.
-    /// The leading primary-key column (or the append key) must be an integer: the
-    /// ranges split its min..max evenly, at round numbers. Default 1 (no split).
+    /// The leading primary-key column (or the append key) splits: an integer's
+    /// min..max evenly, at round numbers; any other ordered key (text, uuid, date,
+    /// timestamp, numeric) at quantiles the database computes in its own ordering
+    /// (collation). Default 1 (no split).
     #[serde(default)]
     pub ranges: Option<usize>,
 }

@@ -6,8 +6,16 @@
 //!   digits), so a table that grew a little between a killed run and its re-run is
 //!   cut the same way and the finished ranges' checkpoints are reused. The first and
 //!   last ranges are open-ended: a row outside min..max (inserted after planning) is
-//!   still read. Only integer keys are split (sampled quantiles of other keys would
-//!   cost a scan on MySQL, which has no TABLESAMPLE).
+//!   still read.
+//! - Other ordered keys (text, uuid, dates, timestamps, numerics) split at quantiles
+//!   the database computes in its own ordering: PostgreSQL's `percentile_disc` over
+//!   the key, MySQL / MariaDB / SQLite `ORDER BY key LIMIT 1 OFFSET k`. Ranges are
+//!   `key >= lo AND key < hi` in SQL, so the ordering that cuts them (the column's
+//!   collation) is the one that reads them: the ranges cover every key once, whatever
+//!   the collation, and keys are never compared in Rust. Such cuts move as the table
+//!   changes, so a re-run after a kill re-reads every range (each key still once).
+//!   Boundaries are computed before the shared snapshot opens: they only balance the
+//!   ranges; a row inserted in between falls into one range like any other.
 //! - One snapshot: the first range read opens a [`SharedSnapshot`] that the others
 //!   join (PostgreSQL: an exported snapshot; InnoDB: sessions started together under
 //!   a brief read lock; see each database). It is kept until every range of the plan
@@ -21,6 +29,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
+use sluice_core::schema::FieldType;
 use sluice_core::source::{PageSink, Slice, SourceError};
 
 use super::read::Bounds;
@@ -89,25 +98,34 @@ impl SqlSource {
         dt: &str,
         upper: Option<&str>,
     ) -> Result<Option<Vec<Slice>>, SourceError> {
-        let Some((min, max)) = self.key_extent(stream).await? else {
-            return Ok(None);
+        let column = &stream.columns[stream.range_columns[0]];
+        let cuts: Vec<String> = if column.ty == FieldType::Bigint {
+            let Some((min, max)) = self.key_extent(stream).await? else {
+                return Ok(None);
+            };
+            boundaries(min, max, stream.ranges)
+                .into_iter()
+                .map(|b| b.to_string())
+                .collect()
+        } else {
+            self.key_quantiles(stream).await?
         };
-        let cuts = boundaries(min, max, stream.ranges);
         if cuts.is_empty() {
             return Ok(None);
         }
         let plan = format!("{:016x}", rand::random::<u64>());
         let count = cuts.len() + 1;
-        let edges: Vec<Option<i64>> = std::iter::once(None)
+        let edges: Vec<Option<String>> = std::iter::once(None)
             .chain(cuts.into_iter().map(Some))
             .chain(std::iter::once(None))
             .collect();
-        let key_column = &stream.columns[stream.range_columns[0]].name;
+        let key_column = &column.name;
+        let integer = column.ty == FieldType::Bigint;
         let slices = edges
             .windows(2)
             .enumerate()
             .map(|(index, edge)| {
-                let (from, to) = (edge[0].map(|v| v.to_string()), edge[1].map(|v| v.to_string()));
+                let (from, to) = (edge[0].clone(), edge[1].clone());
                 // Stable across runs (for checkpoints): the range, and the cursor bound
                 // an incremental load stops at (a range read to another bound differs).
                 let mut key = format!(
@@ -116,7 +134,10 @@ impl SqlSource {
                     to.as_deref().unwrap_or("end")
                 );
                 if let Some(upper) = upper {
-                    key = format!("start..{upper} {key}").replace(
+                    key = format!("start..{upper} {key}");
+                }
+                if upper.is_some() || !integer {
+                    key = key.replace(
                         |c: char| !c.is_ascii_alphanumeric() && !" .-_".contains(c),
                         "_",
                     );
@@ -131,6 +152,57 @@ impl SqlSource {
             })
             .collect();
         Ok(Some(slices))
+    }
+
+    /// At most `ranges - 1` cuts of a non-integer leading key, at its quantiles in the
+    /// database's own ordering, ascending and distinct (as the database compares them).
+    async fn key_quantiles(&self, stream: &SqlStream) -> Result<Vec<String>, SourceError> {
+        let column = &stream.columns[stream.range_columns[0]];
+        let name = format!("q.{}", self.db.quote(&column.name));
+        let relation = self.db.relation_sql(&stream.relation);
+        let n = stream.ranges;
+        let mut session = self.db.session().await?;
+        let cuts = if self.db.kind() == "postgres" {
+            let fractions: Vec<String> = (1..n).map(|k| format!("{}", k as f64 / n as f64)).collect();
+            // Cut in the key's own ordering (type and collation) and kept in that
+            // order: percentile_disc's results ascend as the fractions do.
+            let sql = format!(
+                "SELECT u.b::text FROM unnest((SELECT percentile_disc(ARRAY[{}]::float8[]) \
+                 WITHIN GROUP (ORDER BY {name}) FROM {relation} AS q WHERE {name} IS NOT NULL)) \
+                 WITH ORDINALITY AS u(b, i) ORDER BY u.i",
+                fractions.join(", ")
+            );
+            let mut cuts = first_cells(session.rows(&sql, Vec::new()).await?);
+            // Equal neighbours (many rows of one key) would make an empty range.
+            cuts.dedup();
+            cuts
+        } else {
+            // MySQL / MariaDB / SQLite: the k-th key in the key's order, by offset.
+            let count_sql = format!("SELECT COUNT(*) FROM {relation} AS q WHERE {name} IS NOT NULL");
+            let total: u64 = first_cells(session.rows(&count_sql, Vec::new()).await?)
+                .first()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let mut cuts: Vec<String> = Vec::new();
+            if total >= n as u64 {
+                for k in 1..n as u64 {
+                    let sql = format!(
+                        "SELECT {} FROM {relation} AS q WHERE {name} IS NOT NULL ORDER BY {name} LIMIT 1 OFFSET {}",
+                        self.db.key_expr(column),
+                        total * k / n as u64
+                    );
+                    if let Some(cut) = first_cells(session.rows(&sql, Vec::new()).await?).pop() {
+                        // Equal neighbours (many rows of one key) would make an empty range.
+                        if cuts.last() != Some(&cut) {
+                            cuts.push(cut);
+                        }
+                    }
+                }
+            }
+            cuts
+        };
+        session.close().await?;
+        Ok(cuts)
     }
 
     /// The smallest and largest leading key, by two index lookups.
@@ -182,6 +254,13 @@ impl SqlSource {
         self.ranges.finished(&stream.spec.name, &range.plan).await;
         Ok(())
     }
+}
+
+/// The first cell of each row, NULLs left out.
+fn first_cells(rows: super::TextRows) -> Vec<String> {
+    rows.into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect()
 }
 
 fn range_slice(params: &Value) -> Result<RangeSlice, SourceError> {

@@ -204,10 +204,12 @@ pub(crate) async fn build_stream(
         Mode::AppendKey { column } if pk_indices.is_empty() => vec![*column],
         _ => pk_indices.clone(),
     };
-    if ranges == 0 || (ranges > 1 && !range_columns.first().is_some_and(|&i| columns[i].ty == FieldType::Bigint)) {
+    // Any ordered key splits (integers evenly, others at quantiles); JSON has no order.
+    let splittable = |i: usize| columns[i].ty != FieldType::Json && columns[i].read_as == ReadAs::Text;
+    if ranges == 0 || (ranges > 1 && !range_columns.first().is_some_and(|&i| splittable(i))) {
         return Err(SourceError::config(
             format!(
-                "`ranges: {ranges}` needs a number of ranges (1 or more) and a primary key whose first column is an integer to split; `{what}` has {}",
+                "`ranges: {ranges}` needs a number of ranges (1 or more) and a primary key whose first column is ordered (a number, text, uuid, date or timestamp) to split; `{what}` has {}",
                 match range_columns.first() {
                     Some(&i) => format!("`{}` ({})", columns[i].name, columns[i].source_type),
                     None => "no primary key (declare `primary_key:`)".into(),

@@ -296,6 +296,8 @@ pub(super) async fn load(
     insert_quarantine(&tx, &plan.quarantine, request.run_id, &tail.quarantine)
         .await
         .map_err(failed)?;
+    let aliases = destination.aliases.lock().expect("aliases lock").clone();
+    super::alias::publish(&tx, &aliases, &plan.schema, spec).await?;
 
     tx.execute(
         &format!(

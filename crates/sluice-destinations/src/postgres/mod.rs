@@ -9,6 +9,7 @@
 //! connection, and PostgreSQL rolls the transaction back, so cancellation and
 //! crashes can never leave a half-published table.
 
+mod alias;
 mod copy;
 mod fence;
 pub mod grants;
@@ -122,6 +123,8 @@ pub struct PostgresDestination {
     described: String,
     /// Schemas whose grants this process has set (once each: see [`grants`]).
     secured: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Switched replacements: a load of a replacing table also publishes the old name.
+    aliases: std::sync::Mutex<Vec<sluice_core::replace::D1Alias>>,
 }
 
 impl PostgresDestination {
@@ -190,6 +193,7 @@ impl PostgresDestination {
             tls,
             described,
             secured: Default::default(),
+            aliases: Default::default(),
         })
     }
 
@@ -332,6 +336,14 @@ impl Destination for PostgresDestination {
 
     fn streams_loads(&self) -> bool {
         true
+    }
+
+    fn set_d1_aliases(&self, aliases: &[sluice_core::replace::D1Alias]) {
+        *self.aliases.lock().expect("aliases lock") = aliases
+            .iter()
+            .filter(|a| a.replacement.switch)
+            .cloned()
+            .collect();
     }
 
     async fn check(&self) -> Result<(), DestinationError> {

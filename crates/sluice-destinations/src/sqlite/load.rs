@@ -41,6 +41,8 @@ pub(super) struct Job {
     pub spec: TableSpec,
     pub load_id: String,
     pub run_id: String,
+    /// Switched replacements (see [`super::alias`]).
+    pub aliases: Vec<sluice_core::replace::D1Alias>,
 }
 
 /// A column of the target table as it exists.
@@ -93,6 +95,7 @@ pub(super) fn run(
         });
     }
 
+    super::alias::drop_views(&tx, &job.aliases, spec).map_err(failed)?;
     let targets = prepare_table(&tx, spec, &table).map_err(|e| match e {
         Prepare::Sql(e) => failed(e),
         Prepare::Incompatible(message) => DestinationError::Schema {
@@ -250,6 +253,7 @@ pub(super) fn run(
         .format("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string();
     insert_quarantine(&tx, &table, &job.run_id, &tail.quarantine, &now).map_err(failed)?;
+    super::alias::publish(&tx, &job.aliases, spec).map_err(failed)?;
     tx.execute(
         &format!("INSERT INTO {LEDGER} (table_name, load_id, run_id, rows, loaded_at) VALUES (?1, ?2, ?3, ?4, ?5)"),
         params![label, job.load_id, job.run_id, rows_loaded as i64, now],

@@ -9,6 +9,7 @@
 //! Layers are name prefixes (`d1__facebook_insights`), since SQLite has no
 //! schemas inside one file.
 
+mod alias;
 mod load;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,8 @@ impl Default for SqliteConfig {
 pub struct SqliteDestination {
     path: PathBuf,
     busy_timeout: Duration,
+    /// Switched replacements: a load of a replacing table also publishes the old name.
+    aliases: std::sync::Mutex<Vec<sluice_core::replace::D1Alias>>,
 }
 
 /// What the blocking side receives.
@@ -66,6 +69,7 @@ impl SqliteDestination {
         SqliteDestination {
             path: root.join(config.path),
             busy_timeout: Duration::from_millis(config.busy_timeout_ms),
+            aliases: Default::default(),
         }
     }
 
@@ -124,6 +128,14 @@ impl Destination for SqliteDestination {
         format!("sqlite {}", self.path.display())
     }
 
+    fn set_d1_aliases(&self, aliases: &[sluice_core::replace::D1Alias]) {
+        *self.aliases.lock().expect("aliases lock") = aliases
+            .iter()
+            .filter(|a| a.replacement.switch)
+            .cloned()
+            .collect();
+    }
+
     async fn check(&self) -> Result<(), DestinationError> {
         self.with_connection("(check)", |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -142,6 +154,7 @@ impl Destination for SqliteDestination {
             spec: request.table.clone(),
             load_id: request.load_id.to_string(),
             run_id: request.run_id.to_string(),
+            aliases: self.aliases.lock().expect("aliases lock").clone(),
         };
         let label = job.spec.qualified_name();
         let (sender, receiver) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
