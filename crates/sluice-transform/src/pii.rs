@@ -644,6 +644,19 @@ mod tests {
     }
 
     #[test]
+    fn the_padded_key_blocks_give_the_same_hmac_through_plain_sha256() {
+        use sha2::Digest;
+        let keys = PiiKeys::new(KEY_ONE).unwrap();
+        let (inner, outer) = keys.hmac_pads().unwrap();
+        for message in ["", "x@y.z", "ünïcode@example.com"] {
+            let first = Sha256::digest([&inner[..], message.as_bytes()].concat());
+            let second = Sha256::digest([&outer[..], &first[..]].concat());
+            assert_eq!(Some(hex(&second)), keys.hmac_hex(message), "{message}");
+        }
+        assert!(PiiKeys::default().hmac_pads().is_none());
+    }
+
+    #[test]
     fn a_ciphertext_decrypts_only_for_the_column_it_was_encrypted_from() {
         let keys = PiiKeys::new(KEY_ONE).unwrap();
         let enc = keys.encrypt("12 Main St", "profiles.address").unwrap();

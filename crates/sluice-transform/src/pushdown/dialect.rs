@@ -277,3 +277,54 @@ pub(crate) fn policy_expr(
         PiiAction::Encrypt => return Err(unsupported_reason("encrypt").expect("listed")),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    async fn plan(sql: &str) -> LogicalPlan {
+        let ctx = SessionContext::new();
+        let policy = crate::pii::PiiPolicy::new(Some("test-key-one-0123456789abcdef-0123456789"), &[]);
+        for udf in policy.functions() {
+            ctx.register_udf(udf);
+        }
+        for udf in crate::functions::functions(&Default::default()) {
+            ctx.register_udf(udf);
+        }
+        ctx.sql("CREATE TABLE t (email VARCHAR, spend DECIMAL(12, 2), cur VARCHAR, day DATE)")
+            .await
+            .unwrap();
+        ctx.state().create_logical_plan(sql).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn sluice_functions_become_postgresql_and_tables_are_renamed() {
+        let plan = plan(
+            "SELECT hmac_sha256(email) AS h, mask_last4(email) AS m, \
+             convert_currency(spend, cur, 'USD', day) AS usd, upper(cur) AS c FROM t",
+        )
+        .await;
+        assert!(unsupported_functions(&plan).is_empty());
+        let mut relations = Relations::default();
+        relations.insert("", "t", "pg_temp.\"_sluice_d1__t\"".into());
+        let sql = unparse(&plan, &relations).unwrap();
+        assert!(sql.contains("sha256("), "{sql}");
+        assert!(sql.contains(KEYS_TABLE), "{sql}");
+        assert!(sql.contains(CONVERT_FUNCTION), "{sql}");
+        assert!(sql.contains("pg_temp.\"_sluice_d1__t\" AS \"t\""), "{sql}");
+        assert!(!sql.contains("hmac_sha256"), "{sql}");
+        // An unmapped table is refused, not sent to the warehouse.
+        assert!(unparse(&plan, &Relations::default()).is_err());
+    }
+
+    #[tokio::test]
+    async fn functions_without_a_postgresql_form_are_named() {
+        let plan = plan("SELECT decrypt(email, 't.email') AS a, to_char(day, '%Y') AS b FROM t").await;
+        let names: Vec<String> = unsupported_functions(&plan)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names, vec!["decrypt".to_string(), "to_char".to_string()]);
+    }
+}

@@ -480,13 +480,14 @@ async fn setup(
     model: &Model,
     warehouse: &dyn Warehouse,
 ) -> Result<(), TransformError> {
+    // Without a key the table stays empty and `hmac_sha256()` is NULL, as locally.
+    session
+        .execute(
+            "CREATE TEMP TABLE _sluice_keys (ipad bytea NOT NULL, opad bytea NOT NULL) ON COMMIT DROP",
+            &[],
+        )
+        .await?;
     if let Some((inner, outer)) = project.pii.keys.hmac_pads() {
-        session
-            .execute(
-                "CREATE TEMP TABLE _sluice_keys (ipad bytea NOT NULL, opad bytea NOT NULL) ON COMMIT DROP",
-                &[],
-            )
-            .await?;
         session
             .execute(
                 &format!("INSERT INTO {KEYS_TABLE} (ipad, opad) VALUES ($1, $2)"),
