@@ -209,6 +209,10 @@ impl VisitorMut for Rename<'_> {
             [schema, table] => (schema.clone(), table.clone()),
             _ => return ControlFlow::Break(name.to_string()),
         };
+        if schema == "pg_temp" {
+            // sluice's own temporary objects (the key table in `hmac_sha256`).
+            return ControlFlow::Continue(());
+        }
         let Some(object) = self.0.by_name.get(&(schema, table.clone())) else {
             return ControlFlow::Break(name.to_string());
         };

@@ -435,7 +435,7 @@ pub(crate) async fn run_one(
             partitions: partitions.clone(),
         };
         let loaded = session.publish(tail, &record.run_id).await?;
-        Ok(Outcome {
+        Ok::<_, TransformError>(Outcome {
             recomputed: scope.clone(),
             rows,
             rows_loaded: loaded.rows_loaded,
