@@ -112,7 +112,8 @@ pub(crate) async fn validate(
         }
         return Ok(());
     }
-    let plan = logical_plan(ctx, &model.sql, &id).await?;
+    let planner = planning_context(ctx, project, model).await?;
+    let plan = logical_plan(&planner, &model.sql, &id).await?;
     refuse_functions(model, &plan, None)?;
     for dep in model.depends_on.iter().filter(|d| d.layer == "d1") {
         if project.switched_alias(&dep.name).is_some() {
@@ -163,7 +164,7 @@ pub(crate) async fn validate(
     })?;
     let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     for check in &model.config.checks {
-        check_sql(ctx, model, check, schema.clone(), &relations).await?;
+        check_sql(&planner, model, check, schema.clone(), &relations).await?;
     }
     Ok(())
 }
@@ -179,6 +180,56 @@ fn policy_action(
         .get(table)
         .is_some_and(|d| d.pii_columns.iter().any(|c| c == column));
     project.pii.action(table, column, marked)
+}
+
+/// A session in which `model`'s tables are plain tables with the schemas `ctx` gives
+/// them: `ctx`'s `d1.*` are views (policy, de-duplication) that the unparser would
+/// write out over the lake's raw tables; in the warehouse they are replaced whole.
+async fn planning_context(
+    ctx: &SessionContext,
+    project: &ModelProject,
+    model: &Model,
+) -> Result<SessionContext, TransformError> {
+    let planner = SessionContext::new_with_config(ctx.copied_config());
+    for udf in project.pii.functions() {
+        planner.register_udf(udf);
+    }
+    for udf in crate::functions::functions(&project.rates) {
+        planner.register_udf(udf);
+    }
+    let catalog = planner.catalog("datafusion").expect("default catalog");
+    for schema in ["d1", "d2a", "d2b"] {
+        catalog
+            .register_schema(
+                schema,
+                Arc::new(datafusion::catalog::MemorySchemaProvider::new()),
+            )
+            .map_err(|e| TransformError::engine("plan", e))?;
+    }
+    let checked = model.config.checks.iter().filter_map(|c| {
+        let (layer, table) = c.relationships.as_ref()?.to.split_once('.')?;
+        Some((layer.to_string(), table.to_string()))
+    });
+    let tables: BTreeSet<(String, String)> = model
+        .depends_on
+        .iter()
+        .map(|d| (d.layer.clone(), d.name.clone()))
+        .chain(checked)
+        .collect();
+    for (layer, table) in tables {
+        let reference = TableReference::partial(layer.as_str(), table.as_str());
+        let Ok(provider) = ctx.table_provider(reference.clone()).await else {
+            continue;
+        };
+        let empty: Arc<dyn TableProvider> = Arc::new(
+            MemTable::try_new(provider.schema(), vec![vec![]])
+                .map_err(|e| TransformError::engine("plan", e))?,
+        );
+        planner
+            .register_table(reference, empty)
+            .map_err(|e| TransformError::engine("plan", e))?;
+    }
+    Ok(planner)
 }
 
 async fn logical_plan(
@@ -325,6 +376,7 @@ pub(crate) async fn run_one(
         Recomputed::Partitions(dates) => incremental_sql(model, dates.iter().map(String::as_str)),
         _ => model.sql.to_string(),
     };
+    let ctx = &planning_context(ctx, project, model).await?;
     let plan = logical_plan(ctx, &sql, &id).await?;
     let output: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let (table_schema, target) =
