@@ -46,7 +46,8 @@ pub trait WarehouseSession: Send {
     async fn execute(&mut self, sql: &str, secrets: &[&[u8]]) -> Result<u64, DestinationError>;
 
     /// The rows of a query whose columns are all text (NULL as `None`).
-    async fn query_text(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, DestinationError>;
+    async fn query_text(&mut self, sql: &str)
+        -> Result<Vec<Vec<Option<String>>>, DestinationError>;
 
     /// Publishes the staging table as the table (rows of `tail.partitions` replaced for
     /// `overwrite_partitions`, the whole table for `replace`), appends `tail.quarantine`

@@ -16,7 +16,10 @@ fn project(sandbox: &TestSandbox, prefix: &str, engine: &str) -> Project {
     let project = example_project(&sandbox.url());
     let path = project.path().join("pipeline.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("\nmodels: ./models\n"), "the example's models line");
+    assert!(
+        text.contains("\nmodels: ./models\n"),
+        "the example's models line"
+    );
     let text = text.replacen(
         "\nmodels: ./models\n",
         &format!("\nmodels: {{ path: ./models, engine: {engine} }}\n"),
@@ -119,7 +122,10 @@ fn assert_same_warehouse(pg: &Pg, local: &str, warehouse: &str, round: &str) {
     for table in ["spend_blocked__quarantine", "google_flagged__quarantine"] {
         let a = quarantine(pg, &format!("\"{local}d2b\".\"{table}\""));
         let b = quarantine(pg, &format!("\"{warehouse}d2b\".\"{table}\""));
-        assert!(!a.is_empty(), "{round}: {table} is empty with engine: local");
+        assert!(
+            !a.is_empty(),
+            "{round}: {table} is empty with engine: local"
+        );
         assert_eq!(a, b, "{round}: {table} differs");
     }
 }
@@ -137,8 +143,8 @@ fn example_models_in_the_warehouse_equal_the_local_ones_and_check_alike() {
     let warehouse = project(&sandbox, &warehouse_prefix, "destination");
     // AES-GCM has no PostgreSQL form: the model that decrypts addresses stays local,
     // and the model reading it runs in the warehouse over its published table.
-    let yml = std::fs::read_to_string(warehouse.path().join("models/d2a/customer_profiles.yml"))
-        .unwrap();
+    let yml =
+        std::fs::read_to_string(warehouse.path().join("models/d2a/customer_profiles.yml")).unwrap();
     warehouse.write(
         "models/d2a/customer_profiles.yml",
         format!("{yml}engine: local\n"),
@@ -204,9 +210,11 @@ fn example_models_in_the_warehouse_equal_the_local_ones_and_check_alike() {
     // SQLite cannot run models: a config error naming a model's file.
     let sqlite = example_project(&sandbox.url());
     let path = sqlite.path().join("pipeline.yaml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replacen("\nmodels: ./models\n", "\nmodels: { engine: destination }\n", 1);
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "\nmodels: ./models\n",
+        "\nmodels: { engine: destination }\n",
+        1,
+    );
     std::fs::write(&path, text).unwrap();
     let out = sqlite.cmd().arg("validate").output().unwrap();
     assert_exit(&out, 3);

@@ -642,7 +642,10 @@ pub(super) async fn insert_quarantine(
 }
 
 /// `CREATE SCHEMA IF NOT EXISTS`, tolerating a concurrent creator winning the race.
-pub(super) async fn ensure_schema(client: &Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn ensure_schema(
+    client: &Client,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
     create_if_missing(
         client,
         &format!("CREATE SCHEMA IF NOT EXISTS {}", quote(schema)),
@@ -653,7 +656,10 @@ pub(super) async fn ensure_schema(client: &Client, schema: &str) -> Result<(), t
 /// Runs an `IF NOT EXISTS` DDL statement; two sessions running it at once can still
 /// collide in the catalog (a unique violation, or 42710 on the table's row type),
 /// which means it exists now.
-pub(super) async fn create_if_missing(client: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn create_if_missing(
+    client: &Client,
+    sql: &str,
+) -> Result<(), tokio_postgres::Error> {
     match client.batch_execute(sql).await {
         Err(e)
             if matches!(

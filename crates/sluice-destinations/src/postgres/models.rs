@@ -26,8 +26,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::load::{
-    create_if_missing, ensure_schema, insert_quarantine, prepare_table, secure, sql_type,
-    TablePlan,
+    create_if_missing, ensure_schema, insert_quarantine, prepare_table, secure, sql_type, TablePlan,
 };
 use super::{error_text, PostgresDestination};
 use crate::names::{fit, pg, quote, POSTGRES_MAX_IDENTIFIER};
@@ -200,7 +199,10 @@ impl WarehouseSession for ModelSession {
                     col = pg(column)
                 );
                 let partitions: Vec<&str> = tail.partitions.iter().map(String::as_str).collect();
-                client.execute(&sql, &[&partitions]).await.map_err(&failed)?
+                client
+                    .execute(&sql, &[&partitions])
+                    .await
+                    .map_err(&failed)?
             }
             _ => client
                 .execute(&format!("DELETE FROM {}", plan.qualified), &[])

@@ -13,9 +13,7 @@ use std::ops::ControlFlow;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::sql::sqlparser::ast::{
-    self, Ident, TableAlias, TableFactor, VisitMut, VisitorMut,
-};
+use datafusion::sql::sqlparser::ast::{self, Ident, TableAlias, TableFactor, VisitMut, VisitorMut};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect as ParserDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::unparser::dialect::{
@@ -52,8 +50,12 @@ fn sluice_function(name: &str) -> Option<String> {
 /// sluice functions with no PostgreSQL equivalent, and why.
 fn unsupported_reason(name: &str) -> Option<&'static str> {
     Some(match name {
-        "encrypt" | "decrypt" => "AES-256-GCM is not available in PostgreSQL (pgcrypto has no GCM mode)",
-        "redact" | "redact_email" | "redact_phone" => "its shape-keeping rules have no PostgreSQL form yet",
+        "encrypt" | "decrypt" => {
+            "AES-256-GCM is not available in PostgreSQL (pgcrypto has no GCM mode)"
+        }
+        "redact" | "redact_email" | "redact_phone" => {
+            "its shape-keeping rules have no PostgreSQL form yet"
+        }
         "parse_money" => "its money-text parser has no PostgreSQL form yet",
         n if n.starts_with("safe_cast_") || n == "castable" => {
             "its error-free casts have no PostgreSQL form yet"
@@ -65,18 +67,83 @@ fn unsupported_reason(name: &str) -> Option<&'static str> {
 /// DataFusion functions PostgreSQL has under the same name with the same meaning.
 const SAME_IN_POSTGRES: &[&str] = &[
     // scalar
-    "abs", "ceil", "floor", "round", "trunc", "sqrt", "exp", "ln", "log10", "power", "sign",
-    "coalesce", "nullif", "greatest", "least", "lower", "upper", "btrim", "ltrim", "rtrim",
-    "char_length", "character_length", "length", "octet_length", "concat", "concat_ws",
-    "substr", "replace", "left", "right", "lpad", "rpad", "repeat", "reverse", "split_part",
-    "strpos", "starts_with", "initcap", "translate", "md5", "regexp_like", "regexp_replace",
-    "now", "current_date", "date_trunc", "date_part", "make_date", "to_hex", "ascii", "chr",
+    "abs",
+    "ceil",
+    "floor",
+    "round",
+    "trunc",
+    "sqrt",
+    "exp",
+    "ln",
+    "log10",
+    "power",
+    "sign",
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+    "lower",
+    "upper",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "char_length",
+    "character_length",
+    "length",
+    "octet_length",
+    "concat",
+    "concat_ws",
+    "substr",
+    "replace",
+    "left",
+    "right",
+    "lpad",
+    "rpad",
+    "repeat",
+    "reverse",
+    "split_part",
+    "strpos",
+    "starts_with",
+    "initcap",
+    "translate",
+    "md5",
+    "regexp_like",
+    "regexp_replace",
+    "now",
+    "current_date",
+    "date_trunc",
+    "date_part",
+    "make_date",
+    "to_hex",
+    "ascii",
+    "chr",
     // aggregate
-    "count", "sum", "min", "max", "avg", "bool_and", "bool_or", "string_agg", "stddev",
-    "stddev_samp", "stddev_pop", "var_samp", "var_pop", "variance",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "bool_and",
+    "bool_or",
+    "string_agg",
+    "stddev",
+    "stddev_samp",
+    "stddev_pop",
+    "var_samp",
+    "var_pop",
+    "variance",
     // window
-    "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead",
-    "first_value", "last_value", "nth_value",
+    "row_number",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "ntile",
+    "lag",
+    "lead",
+    "first_value",
+    "last_value",
+    "nth_value",
 ];
 
 /// The functions `plan` calls that cannot run in PostgreSQL, each with the reason.
@@ -88,9 +155,8 @@ pub(crate) fn unsupported_functions(plan: &LogicalPlan) -> Vec<(String, String)>
         if sluice_function(name).is_some() || SAME_IN_POSTGRES.contains(&name) {
             return;
         }
-        let reason = unsupported_reason(name).unwrap_or(
-            "it is not on sluice's list of functions that mean the same in PostgreSQL",
-        );
+        let reason = unsupported_reason(name)
+            .unwrap_or("it is not on sluice's list of functions that mean the same in PostgreSQL");
         found.insert(name.to_string(), reason.to_string());
     };
     let _ = plan.apply_with_subqueries(|node| {
@@ -289,7 +355,8 @@ mod tests {
 
     async fn plan(sql: &str) -> LogicalPlan {
         let ctx = SessionContext::new();
-        let policy = crate::pii::PiiPolicy::new(Some("test-key-one-0123456789abcdef-0123456789"), &[]);
+        let policy =
+            crate::pii::PiiPolicy::new(Some("test-key-one-0123456789abcdef-0123456789"), &[]);
         for udf in policy.functions() {
             ctx.register_udf(udf);
         }
@@ -324,7 +391,8 @@ mod tests {
 
     #[tokio::test]
     async fn functions_without_a_postgresql_form_are_named() {
-        let plan = plan("SELECT decrypt(email, 't.email') AS a, to_char(day, '%Y') AS b FROM t").await;
+        let plan =
+            plan("SELECT decrypt(email, 't.email') AS a, to_char(day, '%Y') AS b FROM t").await;
         let names: Vec<String> = unsupported_functions(&plan)
             .into_iter()
             .map(|(name, _)| name)

@@ -23,7 +23,9 @@
 //! action the warehouse cannot compute on a column the model reads. Unlike local
 //! models, the model's table is not copied into the lake's `d2a/`, `d2b/`.
 
+mod checks;
 mod dialect;
+mod objects;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -36,16 +38,17 @@ use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::LogicalPlan;
 use sluice_core::config::ModelEngine;
 use sluice_core::destination::{Destination, LoadTail, TableSpec, WriteMode};
-use sluice_core::pushdown::{Warehouse, WarehouseSession};
+use sluice_core::pushdown::Warehouse;
 use sluice_core::run::RunRecord;
-use sluice_core::typing::{Origin, Rejected};
 use tokio_util::sync::CancellationToken;
 
-use crate::checks::{CheckSpec, Severity, THIS};
+use crate::checks::{Severity, THIS};
 use crate::error::TransformError;
 use crate::project::{find_ignore_case, Model, ModelProject};
 use crate::run::{incremental_sql, Outcome, Recomputed};
-use dialect::{literal, quote, Relations, CONVERT_FUNCTION, KEYS_TABLE};
+use checks::{check_sql, rejected, rows_as_json, run_checks};
+use dialect::{quote, Relations};
+use objects::setup;
 
 /// Whether `model` runs in the warehouse.
 pub(crate) fn in_warehouse(project: &ModelProject, model: &Model) -> bool {
@@ -170,7 +173,7 @@ pub(crate) async fn validate(
 }
 
 /// What the `pii:` policy does to `table.column` (connector marks included).
-fn policy_action(
+pub(super) fn policy_action(
     project: &ModelProject,
     table: &str,
     column: &str,
@@ -232,7 +235,7 @@ async fn planning_context(
     Ok(planner)
 }
 
-async fn logical_plan(
+pub(super) async fn logical_plan(
     ctx: &SessionContext,
     sql: &str,
     context: &str,
@@ -243,7 +246,7 @@ async fn logical_plan(
         .map_err(|e| TransformError::engine(context, e))
 }
 
-fn refuse_functions(
+pub(super) fn refuse_functions(
     model: &Model,
     plan: &LogicalPlan,
     check: Option<&str>,
@@ -254,7 +257,10 @@ fn refuse_functions(
     let place = check.map(|c| format!(" (check {c})")).unwrap_or_default();
     Err(model
         .sql_error(
-            check.is_none().then(|| find_ignore_case(&model.sql, &name)).flatten(),
+            check
+                .is_none()
+                .then(|| find_ignore_case(&model.sql, &name))
+                .flatten(),
             format!(
                 "{}{place} calls `{name}`, which cannot run with engine: destination: {why}",
                 model.qualified_name()
@@ -297,51 +303,8 @@ fn relations(
     relations
 }
 
-fn d1_view(table: &str) -> String {
+pub(super) fn d1_view(table: &str) -> String {
     format!("pg_temp.{}", quote(&format!("_sluice_d1__{table}")))
-}
-
-/// A check's failing-rows (or freshness) query as PostgreSQL over the staging table.
-async fn check_sql(
-    ctx: &SessionContext,
-    model: &Model,
-    check: &CheckSpec,
-    schema: SchemaRef,
-    relations: &Relations,
-) -> Result<Option<String>, TransformError> {
-    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let sql = match (check.failing_rows_sql(&columns), &check.freshness) {
-        (Some(sql), _) => sql,
-        (None, Some(f)) => format!(
-            "SELECT CAST(max(CAST({c} AS TIMESTAMP)) AS VARCHAR) AS latest, \
-             CAST(date_part('epoch', now() - max(CAST({c} AS TIMESTAMP))) AS BIGINT) AS age FROM {THIS}",
-            c = quote(&f.column)
-        ),
-        (None, None) => return Ok(None),
-    };
-    let name = check.display_name();
-    let this = TableReference::bare(THIS);
-    let _ = ctx.deregister_table(this.clone());
-    let empty: Arc<dyn TableProvider> = Arc::new(
-        MemTable::try_new(schema, vec![vec![]]).map_err(|e| TransformError::engine("check", e))?,
-    );
-    ctx.register_table(this.clone(), empty)
-        .map_err(|e| TransformError::engine("check", e))?;
-    let plan = logical_plan(ctx, &sql, &format!("check {name}")).await;
-    let _ = ctx.deregister_table(this);
-    let plan = plan?;
-    refuse_functions(model, &plan, Some(&name))?;
-    dialect::unparse(&plan, relations).map(Some).map_err(|e| {
-        model
-            .sql_error(
-                None,
-                format!(
-                    "check {name} of {} cannot be written as PostgreSQL: {e}",
-                    model.qualified_name()
-                ),
-            )
-            .into()
-    })
 }
 
 /// Whether the warehouse already has `model`'s table.
@@ -385,7 +348,10 @@ pub(crate) async fn run_one(
     let select = dialect::unparse(&plan, &relations).map_err(|e| TransformError::engine(&id, e))?;
     let mut checks = Vec::new();
     for check in &model.config.checks {
-        checks.push((check, check_sql(ctx, model, check, target.clone(), &relations).await?));
+        checks.push((
+            check,
+            check_sql(ctx, model, check, target.clone(), &relations).await?,
+        ));
     }
     let (write_mode, partitions) = match scope {
         Recomputed::Partitions(dates) => (
@@ -411,7 +377,10 @@ pub(crate) async fn run_one(
         setup(session.as_mut(), project, model, warehouse).await?;
         let stage = session.stage().to_string();
         let rows = session
-            .execute(&format!("INSERT INTO {stage} SELECT * FROM ({select}) AS _sluice_m"), &[])
+            .execute(
+                &format!("INSERT INTO {stage} SELECT * FROM ({select}) AS _sluice_m"),
+                &[],
+            )
             .await?;
         let undated = match &model.config.partition_by {
             Some(column) => {
@@ -522,252 +491,4 @@ fn already_published(scope: &Recomputed, partitions: Vec<String>, had_table: boo
         blocked: None,
         had_table,
     }
-}
-
-/// The session's temporary objects: the hash key, the currency rates and
-/// `convert_currency`, and a policy view per D1 table the model reads.
-async fn setup(
-    session: &mut dyn WarehouseSession,
-    project: &ModelProject,
-    model: &Model,
-    warehouse: &dyn Warehouse,
-) -> Result<(), TransformError> {
-    // Without a key the table stays empty and `hmac_sha256()` is NULL, as locally.
-    session
-        .execute(
-            "CREATE TEMP TABLE _sluice_keys (ipad bytea NOT NULL, opad bytea NOT NULL) ON COMMIT DROP",
-            &[],
-        )
-        .await?;
-    if let Some((inner, outer)) = project.pii.keys.hmac_pads() {
-        session
-            .execute(
-                &format!("INSERT INTO {KEYS_TABLE} (ipad, opad) VALUES ($1, $2)"),
-                &[&inner[..], &outer[..]],
-            )
-            .await?;
-    }
-    session
-        .execute(
-            "CREATE TEMP TABLE _sluice_rates (day date NOT NULL, src text NOT NULL, \
-             dst text NOT NULL, rate numeric NOT NULL) ON COMMIT DROP",
-            &[],
-        )
-        .await?;
-    let values: Vec<String> = project
-        .rates
-        .entries()
-        .map(|(day, from, to, rate)| {
-            format!("(DATE '{day}', {}, {}, {rate})", literal(from), literal(to))
-        })
-        .collect();
-    for chunk in values.chunks(1000) {
-        session
-            .execute(
-                &format!("INSERT INTO pg_temp._sluice_rates VALUES {}", chunk.join(", ")),
-                &[],
-            )
-            .await?;
-    }
-    // The rate on or before the day, else the inverse pair; the same rule as local.
-    session
-        .execute(
-            "CREATE FUNCTION pg_temp._sluice_rate(f text, t text, d date) RETURNS numeric \
-             LANGUAGE sql STABLE AS $$ SELECT coalesce( \
-             (SELECT rate FROM pg_temp._sluice_rates WHERE src = f AND dst = t AND day <= d ORDER BY day DESC LIMIT 1), \
-             (SELECT CAST(1 AS numeric(60, 40)) / rate FROM pg_temp._sluice_rates \
-              WHERE src = t AND dst = f AND day <= d AND rate <> 0 ORDER BY day DESC LIMIT 1)) $$",
-            &[],
-        )
-        .await?;
-    session
-        .execute(
-            &format!(
-                "CREATE FUNCTION {CONVERT_FUNCTION}(amount numeric, f text, t text, d date) RETURNS numeric \
-                 LANGUAGE sql STABLE AS $$ SELECT round(amount * CASE WHEN upper(f) = upper(t) THEN 1 \
-                 ELSE coalesce(pg_temp._sluice_rate(upper(f), upper(t), d), \
-                 pg_temp._sluice_rate(upper(f), 'USD', d) * pg_temp._sluice_rate('USD', upper(t), d)) END, 6) $$"
-            ),
-            &[],
-        )
-        .await?;
-    for dep in model.depends_on.iter().filter(|d| d.layer == "d1").map(|d| d.name.as_str()).chain(
-        model.config.checks.iter().filter_map(|c| {
-            c.relationships
-                .as_ref()
-                .and_then(|r| r.to.strip_prefix("d1."))
-        }),
-    ) {
-        create_d1_view(session, project, warehouse, dep).await?;
-    }
-    Ok(())
-}
-
-/// `pg_temp."_sluice_d1__<table>"`: the published D1 table as models see it, with the
-/// `pii:` policy applied and a `dt` date column (the partition column's date, or the
-/// load date of an unpartitioned table, as the lake's `dt=` folders hold).
-async fn create_d1_view(
-    session: &mut dyn WarehouseSession,
-    project: &ModelProject,
-    warehouse: &dyn Warehouse,
-    table: &str,
-) -> Result<(), TransformError> {
-    let published = warehouse.published_table("d1", table);
-    let columns: Vec<String> = session
-        .query_text(&format!(
-            "SELECT CAST(attname AS TEXT) FROM pg_attribute WHERE attrelid = to_regclass({}) \
-             AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            literal(&published)
-        ))
-        .await?
-        .into_iter()
-        .filter_map(|row| row.into_iter().next().flatten())
-        .collect();
-    if columns.is_empty() {
-        return Err(TransformError::engine(
-            format!("d1.{table}"),
-            format!("{published} is not in the destination: run its stream first"),
-        ));
-    }
-    let mut select = Vec::new();
-    for column in columns.iter().filter(|c| *c != "dt") {
-        let value = format!("CAST(t.{} AS TEXT)", quote(column));
-        match policy_action(project, table, column) {
-            None => select.push(format!("t.{}", quote(column))),
-            Some(action) => match dialect::policy_expr(action, &value) {
-                Ok(Some(expr)) => select.push(format!("{expr} AS {}", quote(column))),
-                Ok(None) => {}
-                // Not read by the model (validate refused it otherwise): not shown.
-                Err(_) => select.push(format!("CAST(NULL AS TEXT) AS {}", quote(column))),
-            },
-        }
-    }
-    let dt = project
-        .d1_tables
-        .get(table)
-        .and_then(|d| d.partition_column.clone())
-        .filter(|c| columns.contains(c))
-        .map(|c| format!("CAST(t.{} AS DATE)", quote(&c)))
-        .unwrap_or_else(|| {
-            if columns.iter().any(|c| c == "dt") {
-                "CAST(t.\"dt\" AS DATE)".into()
-            } else {
-                "CAST(t.\"_sluice_loaded_at\" AS DATE)".into()
-            }
-        });
-    select.push(format!("{dt} AS \"dt\""));
-    session
-        .execute(
-            &format!(
-                "CREATE TEMP VIEW {} AS SELECT {} FROM {published} AS t",
-                quote(&format!("_sluice_d1__{table}")),
-                select.join(", ")
-            ),
-            &[],
-        )
-        .await?;
-    Ok(())
-}
-
-/// Rows of `stage` matching `condition`, each as a JSON object.
-async fn rows_as_json(
-    session: &mut dyn WarehouseSession,
-    from: &str,
-    condition: &str,
-) -> Result<Vec<String>, TransformError> {
-    Ok(session
-        .query_text(&format!(
-            "SELECT CAST(row_to_json(r) AS TEXT) FROM (SELECT * FROM {from} WHERE {condition}) AS r"
-        ))
-        .await?
-        .into_iter()
-        .filter_map(|row| row.into_iter().next().flatten())
-        .collect())
-}
-
-fn rejected(origin: &str, reason: &str, rows: Vec<String>) -> Vec<Rejected> {
-    let page: Arc<str> = Arc::from(origin);
-    rows.into_iter()
-        .enumerate()
-        .map(|(i, raw)| Rejected {
-            origin: Origin {
-                page: page.clone(),
-                line: i as u64 + 1,
-            },
-            reason: reason.to_string(),
-            raw,
-        })
-        .collect()
-}
-
-/// The checks over the staging table, as local checks report them:
-/// `(severity, message, failing rows)` per failed check.
-async fn run_checks(
-    session: &mut dyn WarehouseSession,
-    checks: &[(&CheckSpec, Option<String>)],
-    rows: u64,
-) -> Result<Vec<(Severity, String, Vec<Rejected>)>, TransformError> {
-    let mut failures = Vec::new();
-    for (check, sql) in checks {
-        let name = check.display_name();
-        if let (Some(sql), None) = (sql, &check.freshness) {
-            let found = session
-                .query_text(&format!(
-                    "SELECT CAST(row_to_json(r) AS TEXT) FROM ({sql}) AS r"
-                ))
-                .await?
-                .into_iter()
-                .filter_map(|row| row.into_iter().next().flatten())
-                .collect::<Vec<_>>();
-            if !found.is_empty() {
-                let rows = rejected(
-                    &format!("check:{name}"),
-                    &format!("check {name} failed"),
-                    found,
-                );
-                failures.push((
-                    check.severity,
-                    format!("{name}: {} failing rows", rows.len()),
-                    rows,
-                ));
-            }
-        } else if let Some(rc) = &check.row_count {
-            if rc.min.is_some_and(|m| rows < m) || rc.max.is_some_and(|m| rows > m) {
-                let expected = match (rc.min, rc.max) {
-                    (Some(a), Some(b)) => format!("{a}..={b}"),
-                    (Some(a), None) => format!("at least {a}"),
-                    (None, Some(b)) => format!("at most {b}"),
-                    (None, None) => "any".into(),
-                };
-                failures.push((
-                    check.severity,
-                    format!("{name}: {rows} rows, expected {expected}"),
-                    Vec::new(),
-                ));
-            }
-        } else if let (Some(f), Some(sql)) = (&check.freshness, sql) {
-            let max_age = crate::checks::parse_age(&f.max_age)
-                .map_err(|e| TransformError::engine("check", e))?;
-            let found = session
-                .query_text(&format!(
-                    "SELECT CAST(latest AS TEXT), CAST(age AS TEXT) FROM ({sql}) AS r"
-                ))
-                .await?;
-            let row = found.into_iter().next().unwrap_or_default();
-            let latest = row.first().cloned().flatten();
-            let age: Option<i64> = row.get(1).cloned().flatten().and_then(|a| a.parse().ok());
-            if age.is_none_or(|a| a > max_age) {
-                failures.push((
-                    check.severity,
-                    format!(
-                        "{name}: latest {} is older than {}",
-                        latest.unwrap_or_else(|| "(no rows)".into()),
-                        f.max_age
-                    ),
-                    Vec::new(),
-                ));
-            }
-        }
-    }
-    Ok(failures)
 }
