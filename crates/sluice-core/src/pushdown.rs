@@ -23,6 +23,15 @@ pub trait Warehouse: Send + Sync {
     /// (`"d1"."facebook_insights"`, with the destination's schema prefix).
     fn published_table(&self, layer: &str, name: &str) -> String;
 
+    /// The columns of the published table `layer.name` as `(name, type)` in order,
+    /// the type as the warehouse spells it (`numeric(38,6)`); empty when there is no
+    /// such table. How a selected model plans over a model it does not run.
+    async fn columns(
+        &self,
+        layer: &str,
+        name: &str,
+    ) -> Result<Vec<(String, String)>, DestinationError>;
+
     /// Opens the transaction that computes and publishes `spec` (its write mode is
     /// `replace` or `overwrite_partitions`) and creates the empty staging table
     /// ([`WarehouseSession::stage`]) with `spec`'s columns. `None` when the ledger

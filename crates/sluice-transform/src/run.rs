@@ -74,6 +74,7 @@ pub async fn run_models(
     }
     crate::pushdown::check_destination(project, destination)?;
     let ctx = catalog::session(project, lake, D1View::Policy).await?;
+    crate::pushdown::register_published(&ctx, project, destination).await?;
     let d1_present = catalog::lake_tables(lake, "d1").await?;
 
     // 1. Plan everything first.
@@ -220,6 +221,9 @@ pub async fn run_models(
                     catalog::register_placeholder(&ctx, &dep.layer, &dep.name, schema.clone())?;
                 }
             }
+        }
+        if in_warehouse {
+            crate::pushdown::register_published(&ctx, project, destination).await?;
         }
         tracing::info!(task = %name, in_warehouse, "model started");
         let outcome = if in_warehouse {

@@ -195,6 +195,39 @@ fn example_models_in_the_warehouse_equal_the_local_ones_and_check_alike() {
         );
     }
 
+    // A blocked publish keeps the previous table: publish spend_blocked without its
+    // check, then run it again with the failing check.
+    let blocked = format!("\"{warehouse_prefix}d2b\".spend_blocked");
+    warehouse.write(
+        "models/d2b/spend_blocked.yml",
+        "description: no checks yet\n",
+    );
+    let out = warehouse
+        .cmd()
+        .args(["run", "--select", "d2b.spend_blocked"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let published = pg.scalar_i64(&format!("select count(*) from {blocked}"));
+    assert!(published > 0);
+    warehouse.write(
+        "models/d2b/spend_blocked.yml",
+        "checks:\n  - range: { column: spend_usd, max: 0 }\n",
+    );
+    pg.execute(&format!("delete from {blocked} where platform = 'google'"));
+    let kept = pg.scalar_i64(&format!("select count(*) from {blocked}"));
+    let out = warehouse
+        .cmd()
+        .args(["run", "--select", "d2b.spend_blocked"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        pg.scalar_i64(&format!("select count(*) from {blocked}")),
+        kept,
+        "a blocked publish changed the table"
+    );
+
     // With the decrypting model in the warehouse too: refused before anything runs,
     // naming its file and the function.
     warehouse.write("models/d2a/customer_profiles.yml", yml);

@@ -47,6 +47,32 @@ impl Warehouse for PostgresDestination {
         )
     }
 
+    async fn columns(
+        &self,
+        layer: &str,
+        name: &str,
+    ) -> Result<Vec<(String, String)>, DestinationError> {
+        let client = self.connect().await?;
+        let rows = client
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attnum",
+                &[
+                    &fit(&self.schema_name(layer), POSTGRES_MAX_IDENTIFIER),
+                    &fit(name, POSTGRES_MAX_IDENTIFIER),
+                ],
+            )
+            .await
+            .map_err(|e| DestinationError::Load {
+                table: format!("{layer}.{name}"),
+                message: redact(&error_text(&e)),
+            })?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     async fn begin(
         &self,
         spec: &TableSpec,

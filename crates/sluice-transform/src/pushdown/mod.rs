@@ -299,12 +299,87 @@ fn relations(
         };
         relations.insert(layer, &other.name, object);
     }
+    // Models outside this selection (`--select`): published under their own name.
+    for dep in model.depends_on.iter().filter(|d| d.layer != "d1") {
+        let key = (dep.layer.clone(), dep.name.clone());
+        if !relations.by_name.contains_key(&key) {
+            let object = match warehouse {
+                Some(w) => w.published_table(&dep.layer, &dep.name),
+                None => format!("{}.{}", quote(&dep.layer), quote(&dep.name)),
+            };
+            relations.insert(&dep.layer, &dep.name, object);
+        }
+    }
     relations.insert("", THIS, "pg_temp._sluice_model".into());
     relations
 }
 
 pub(super) fn d1_view(table: &str) -> String {
     format!("pg_temp.{}", quote(&format!("_sluice_d1__{table}")))
+}
+
+/// Registers, for planning, the published tables that models running in the warehouse
+/// read but that neither the lake nor this selection of models provides (`sluice run
+/// --select d2b.x` where `d2a.y` also runs in the warehouse): their columns come from
+/// the warehouse.
+pub(crate) async fn register_published(
+    ctx: &SessionContext,
+    project: &ModelProject,
+    destination: &dyn Destination,
+) -> Result<(), TransformError> {
+    let Some(warehouse) = destination.warehouse() else {
+        return Ok(());
+    };
+    for model in project.models.iter().filter(|m| in_warehouse(project, m)) {
+        for dep in model.depends_on.iter().filter(|d| d.layer != "d1") {
+            let selected = project
+                .models
+                .iter()
+                .any(|m| m.layer.as_str() == dep.layer && m.name == dep.name);
+            let reference = TableReference::partial(dep.layer.as_str(), dep.name.as_str());
+            if selected || ctx.table_provider(reference).await.is_ok() {
+                continue;
+            }
+            let columns = warehouse.columns(&dep.layer, &dep.name).await?;
+            if columns.is_empty() {
+                continue;
+            }
+            let fields: Vec<datafusion::arrow::datatypes::Field> = columns
+                .iter()
+                .map(|(name, ty)| {
+                    datafusion::arrow::datatypes::Field::new(name, arrow_type(ty), true)
+                })
+                .collect();
+            let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+            crate::catalog::register_placeholder(ctx, &dep.layer, &dep.name, schema)?;
+        }
+    }
+    Ok(())
+}
+
+/// The Arrow type sluice reads a PostgreSQL column type as (the inverse of the types
+/// the destination creates).
+fn arrow_type(sql: &str) -> datafusion::arrow::datatypes::DataType {
+    use datafusion::arrow::datatypes::{DataType, TimeUnit};
+    match sql {
+        "bigint" | "integer" | "smallint" => DataType::Int64,
+        "double precision" | "real" => DataType::Float64,
+        "boolean" => DataType::Boolean,
+        "date" => DataType::Date32,
+        "timestamp with time zone" => {
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        }
+        "timestamp without time zone" => DataType::Timestamp(TimeUnit::Microsecond, None),
+        s if s.starts_with("numeric(") => {
+            let inner = s.trim_start_matches("numeric(").trim_end_matches(')');
+            let (p, sc) = inner.split_once(',').unwrap_or((inner, "0"));
+            let p: u8 = p.trim().parse().unwrap_or(38);
+            let sc: i8 = sc.trim().parse().unwrap_or(0);
+            DataType::Decimal128(p.min(38), sc)
+        }
+        "numeric" => DataType::Decimal128(38, 10),
+        _ => DataType::Utf8,
+    }
 }
 
 /// Whether the warehouse already has `model`'s table.
