@@ -196,4 +196,10 @@ pub trait Destination: Send + Sync {
 
     /// Row count of a published table, or `None` if it does not exist (summaries, tests).
     async fn row_count(&self, layer: &str, table: &str) -> Result<Option<u64>, DestinationError>;
+
+    /// The warehouse that runs models inside this destination (`models.engine:
+    /// destination`), if it can (see [`crate::pushdown`]).
+    fn warehouse(&self) -> Option<&dyn crate::pushdown::Warehouse> {
+        None
+    }
 }

@@ -17,6 +17,7 @@ pub mod lake;
 pub mod line_typer;
 pub mod plan;
 pub mod publish;
+pub mod pushdown;
 pub mod quarantine;
 pub mod replace;
 pub mod replay;

@@ -226,7 +226,7 @@ impl CheckSpec {
     }
 
     /// The query returning failing rows, for row-level checks.
-    fn failing_rows_sql(&self, columns: &[String]) -> Option<String> {
+    pub(crate) fn failing_rows_sql(&self, columns: &[String]) -> Option<String> {
         let all = columns.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
         if let Some(c) = &self.not_null {
             let cond = c
@@ -308,7 +308,7 @@ fn literal(v: &serde_yaml::Value) -> String {
 }
 
 /// `36h`, `2d`, `90m`, `45s` → seconds.
-fn parse_age(text: &str) -> Result<i64, String> {
+pub(crate) fn parse_age(text: &str) -> Result<i64, String> {
     let t = text.trim();
     let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: i64 = n

@@ -74,6 +74,15 @@ impl CurrencyRates {
             .insert(date, rate);
     }
 
+    /// Every rate: `(date, from, to, rate)`.
+    pub fn entries(&self) -> impl Iterator<Item = (NaiveDate, &str, &str, Decimal)> + '_ {
+        self.rates.iter().flat_map(|((from, to), by_date)| {
+            by_date
+                .iter()
+                .map(move |(date, rate)| (*date, from.as_str(), to.as_str(), *rate))
+        })
+    }
+
     fn direct(&self, from: &str, to: &str, date: NaiveDate) -> Option<Decimal> {
         let on_or_before = |f: &str, t: &str| {
             self.rates

@@ -17,6 +17,8 @@
 //! - [`preflight`]: planning every model before a run or in `sluice validate`;
 //! - [`run`]: running every model into the lake and the destination ([`run_models`]),
 //!   and ad-hoc queries ([`query`]);
+//! - [`pushdown`]: models that run inside the warehouse (`engine: destination`): the
+//!   same plan unparsed to PostgreSQL, checks and publish in one transaction there;
 //! - [`published`]: models' checks over their published tables, previews (`sluice test`, `show`);
 //! - [`stage`]: the models' part of a run plan (describing models to it, running
 //!   the ones it selected).
@@ -37,6 +39,7 @@ pub mod pii;
 pub mod preflight;
 pub mod project;
 pub mod published;
+pub mod pushdown;
 pub mod quarantine;
 pub mod render;
 pub mod run;

@@ -169,6 +169,19 @@ impl PiiKeys {
         })
     }
 
+    /// The HMAC-SHA-256 key of `hash` as its inner and outer padded blocks
+    /// (`K ⊕ ipad`, `K ⊕ opad`, 64 bytes each, RFC 2104), so a warehouse with only
+    /// SHA-256 computes the same hash: `H(opad ‖ H(ipad ‖ message))`. Secret.
+    pub(crate) fn hmac_pads(&self) -> Option<([u8; 64], [u8; 64])> {
+        let key = self.hmac.as_ref()?;
+        let (mut inner, mut outer) = ([0x36u8; 64], [0x5cu8; 64]);
+        for (i, byte) in key.iter().enumerate() {
+            inner[i] ^= byte;
+            outer[i] ^= byte;
+        }
+        Some((inner, outer))
+    }
+
     pub fn hmac_hex(&self, value: &str) -> Option<String> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.hmac.as_ref()?).ok()?;
         mac.update(value.as_bytes());
@@ -628,6 +641,19 @@ mod tests {
             Some("12 Main St")
         );
         assert_eq!(b.decrypt(&enc, "profiles.address"), None);
+    }
+
+    #[test]
+    fn the_padded_key_blocks_give_the_same_hmac_through_plain_sha256() {
+        use sha2::Digest;
+        let keys = PiiKeys::new(KEY_ONE).unwrap();
+        let (inner, outer) = keys.hmac_pads().unwrap();
+        for message in ["", "x@y.z", "ünïcode@example.com"] {
+            let first = Sha256::digest([&inner[..], message.as_bytes()].concat());
+            let second = Sha256::digest([&outer[..], &first[..]].concat());
+            assert_eq!(Some(hex(&second)), keys.hmac_hex(message), "{message}");
+        }
+        assert!(PiiKeys::default().hmac_pads().is_none());
     }
 
     #[test]

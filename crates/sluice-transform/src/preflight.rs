@@ -89,6 +89,8 @@ pub async fn check_models(
         }
         let schema = crate::run::plan(&ctx, model).await?;
         check_columns(model, &schema)?;
+        let read = crate::run::columns_read(&ctx, model).await;
+        crate::pushdown::validate(&ctx, project, model, None, &read).await?;
         catalog::register_placeholder(&ctx, model.layer.as_str(), &model.name, schema)?;
     }
     Ok(())

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::resolve::resolve_table_references;
 use serde::Deserialize;
-use sluice_core::config::{ConfigDocument, ConfigError, PipelineConfig, Position};
+use sluice_core::config::{ConfigDocument, ConfigError, ModelEngine, PipelineConfig, Position};
 use sluice_core::destination::WriteMode;
 use sluice_core::source::StreamSpec;
 
@@ -79,6 +79,10 @@ pub struct ModelConfig {
     /// Labels for `--select tag:<tag>` (e.g. `finance`, `nightly`).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Where this model runs, over the pipeline's `models.engine`: `local` (DataFusion
+    /// in sluice) or `destination` (inside the warehouse, see [`crate::pushdown`]).
+    #[serde(default)]
+    pub engine: Option<ModelEngine>,
 }
 
 /// A column's documentation.
@@ -121,6 +125,11 @@ impl Model {
     /// `d2a.ad_performance_daily`.
     pub fn qualified_name(&self) -> String {
         format!("{}.{}", self.layer.as_str(), self.name)
+    }
+
+    /// Where the model runs: its own `engine:`, else the project's (`project_engine`).
+    pub fn engine(&self, project_engine: ModelEngine) -> ModelEngine {
+        self.config.engine.unwrap_or(project_engine)
     }
 
     /// The destination table name.
@@ -236,6 +245,8 @@ pub struct D1Table {
     pub write_mode: WriteMode,
     /// Whether the table has a partition column (its `dt` is data, not the load date).
     pub partitioned: bool,
+    /// That column, whose date is the table's `dt`.
+    pub partition_column: Option<String>,
     /// Columns the connector marked as personal data.
     pub pii_columns: Vec<String>,
 }
@@ -255,6 +266,8 @@ pub struct ModelProject {
     pub d1_aliases: Vec<sluice_core::replace::D1Alias>,
     /// Retries and back-off of model publishes (the pipeline's `execution:`).
     pub execution: sluice_core::config::ExecutionConfig,
+    /// `models.engine`: where models without their own `engine:` run.
+    pub engine: ModelEngine,
 }
 
 impl ModelProject {
@@ -271,6 +284,7 @@ impl ModelProject {
             .unwrap_or_else(|| config.root.join("models"));
         let mut project = Self::load_dir(&dir, pii)?;
         project.execution = config.execution.clone();
+        project.engine = config.models_engine;
         Ok(project)
     }
 
@@ -302,6 +316,7 @@ impl ModelProject {
             d1_tables: BTreeMap::new(),
             d1_aliases: Vec::new(),
             execution: Default::default(),
+            engine: ModelEngine::Local,
         })
     }
 
@@ -316,6 +331,7 @@ impl ModelProject {
                     primary_key: spec.primary_key.clone(),
                     write_mode: spec.write_mode,
                     partitioned: spec.partition_column.is_some(),
+                    partition_column: spec.partition_column.clone(),
                     pii_columns: spec
                         .schema
                         .fields
@@ -358,6 +374,7 @@ impl ModelProject {
                 primary_key: Vec::new(),
                 write_mode: WriteMode::default(),
                 partitioned: false,
+                partition_column: None,
                 pii_columns: Vec::new(),
             });
         for column in columns {

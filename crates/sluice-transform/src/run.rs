@@ -50,7 +50,7 @@ pub struct ModelRunOptions {
 
 /// What a model's run changed, for the models that read it.
 #[derive(Debug, Clone)]
-enum Recomputed {
+pub(crate) enum Recomputed {
     Full,
     Partitions(BTreeSet<String>),
     Nothing,
@@ -72,7 +72,9 @@ pub async fn run_models(
     if project.models.is_empty() {
         return Ok(());
     }
+    crate::pushdown::check_destination(project, destination)?;
     let ctx = catalog::session(project, lake, D1View::Policy).await?;
+    crate::pushdown::register_published(&ctx, project, destination).await?;
     let d1_present = catalog::lake_tables(lake, "d1").await?;
 
     // 1. Plan everything first.
@@ -100,7 +102,9 @@ pub async fn run_models(
             continue;
         }
         let schema = plan(&ctx, model).await?;
-        reads.insert(model.qualified_name(), columns_read(&ctx, model).await);
+        let read = columns_read(&ctx, model).await;
+        crate::pushdown::validate(&ctx, project, model, destination.warehouse(), &read).await?;
+        reads.insert(model.qualified_name(), read);
         catalog::register_placeholder(&ctx, model.layer.as_str(), &model.name, schema.clone())?;
         planned.insert(model.qualified_name(), schema);
     }
@@ -193,9 +197,14 @@ pub async fn run_models(
             done.insert(name, Recomputed::Failed);
             continue;
         }
-        let existing = catalog::lake_tables(lake, model.layer.as_str())
-            .await?
-            .contains(&model.name);
+        let in_warehouse = crate::pushdown::in_warehouse(project, model);
+        let existing = if in_warehouse {
+            crate::pushdown::published(destination, model).await?
+        } else {
+            catalog::lake_tables(lake, model.layer.as_str())
+                .await?
+                .contains(&model.name)
+        };
         let scope = scope(project, model, options, existing, &touched, &done);
         if let Recomputed::Partitions(p) = &scope {
             if p.is_empty() {
@@ -213,18 +222,35 @@ pub async fn run_models(
                 }
             }
         }
-        tracing::info!(task = %name, "model started");
-        let outcome = run_one(
-            &ctx,
-            project,
-            model,
-            lake,
-            destination,
-            record,
-            &scope,
-            cancel,
-        )
-        .await;
+        if in_warehouse {
+            crate::pushdown::register_published(&ctx, project, destination).await?;
+        }
+        tracing::info!(task = %name, in_warehouse, "model started");
+        let outcome = if in_warehouse {
+            crate::pushdown::run_one(
+                &ctx,
+                project,
+                model,
+                lake,
+                destination,
+                record,
+                &scope,
+                cancel,
+            )
+            .await
+        } else {
+            run_one(
+                &ctx,
+                project,
+                model,
+                lake,
+                destination,
+                record,
+                &scope,
+                cancel,
+            )
+            .await
+        };
         task.duration_ms = timer.elapsed().as_millis() as u64;
         let (model_task, check_task, recomputed) = match outcome {
             Ok(o) => o.into_tasks(task, &name),
@@ -289,7 +315,7 @@ fn finish_task(record: &mut RunRecord, task: TaskRecord) {
 /// The columns `model` reads (`layer.table.column`, D1 views as their D1 table), from
 /// the optimised plan's table scans: only columns the query really uses (projected,
 /// filtered, joined on) count. Empty when the model cannot be planned.
-async fn columns_read(ctx: &SessionContext, model: &Model) -> BTreeSet<String> {
+pub(crate) async fn columns_read(ctx: &SessionContext, model: &Model) -> BTreeSet<String> {
     let state = ctx.state();
     let Ok(plan) = state.create_logical_plan(&model.sql).await else {
         return BTreeSet::new();
@@ -393,21 +419,21 @@ fn scope(
 }
 
 /// A model's computed result, before it becomes task records.
-struct Outcome {
-    recomputed: Recomputed,
-    rows: u64,
-    rows_loaded: u64,
-    rows_replaced: u64,
-    partitions: Vec<String>,
-    has_checks: bool,
-    quarantined: u64,
+pub(crate) struct Outcome {
+    pub(crate) recomputed: Recomputed,
+    pub(crate) rows: u64,
+    pub(crate) rows_loaded: u64,
+    pub(crate) rows_replaced: u64,
+    pub(crate) partitions: Vec<String>,
+    pub(crate) has_checks: bool,
+    pub(crate) quarantined: u64,
     /// Rows withheld because their `partition_by` value is NULL (in the quarantine).
-    undated: u64,
-    warnings: Vec<String>,
+    pub(crate) undated: u64,
+    pub(crate) warnings: Vec<String>,
     /// An `error` check failed: nothing was published.
-    blocked: Option<String>,
+    pub(crate) blocked: Option<String>,
     /// Whether the lake held the model's table before this run.
-    had_table: bool,
+    pub(crate) had_table: bool,
 }
 
 impl Outcome {

@@ -106,4 +106,9 @@ impl Destination for PolicedDestination {
     async fn row_count(&self, layer: &str, table: &str) -> Result<Option<u64>, DestinationError> {
         self.inner.row_count(layer, table).await
     }
+
+    /// Models in the warehouse read D1 through their own policy views (`pushdown`).
+    fn warehouse(&self) -> Option<&dyn sluice_core::pushdown::Warehouse> {
+        self.inner.warehouse()
+    }
 }

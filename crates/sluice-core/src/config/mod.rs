@@ -249,7 +249,7 @@ struct RawPipeline {
     #[serde(default)]
     execution: ExecutionConfig,
     #[serde(default)]
-    models: Option<String>,
+    models: Option<ModelsSetting>,
     #[serde(default)]
     schedule: Option<Value>,
     #[serde(default)]
@@ -264,6 +264,46 @@ struct RawPipeline {
     lineage: Option<Value>,
     #[serde(default)]
     docs: DocsConfig,
+}
+
+/// `models:`: the folder (`models: ./models`), or the folder and the engine
+/// (`models: { path: ./models, engine: destination }`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ModelsSetting {
+    Path(String),
+    Detailed(ModelsConfig),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsConfig {
+    /// The models folder (default `./models`).
+    #[serde(default)]
+    path: Option<String>,
+    /// Where the models' SQL runs (default `local`).
+    #[serde(default)]
+    engine: ModelEngine,
+}
+
+/// Where models run: `local` (in-process DataFusion over the lake, the default) or
+/// `destination` (the same SQL, unparsed to the warehouse's dialect, run inside it
+/// over its published tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelEngine {
+    #[default]
+    Local,
+    Destination,
+}
+
+impl ModelEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelEngine::Local => "local",
+            ModelEngine::Destination => "destination",
+        }
+    }
 }
 
 /// `docs:`: what the generated documentation demands of the project.
@@ -299,6 +339,8 @@ pub struct PipelineConfig {
     pub replacements: Vec<Replacement>,
     pub execution: ExecutionConfig,
     pub models: Option<PathBuf>,
+    /// `models.engine`: where models run unless a model's YAML says otherwise.
+    pub models_engine: ModelEngine,
     /// When `sluice serve` runs the pipeline (and the exported DAG / CronJob).
     pub schedule: Option<Schedule>,
     /// Where failures are announced (parsed by the binary's alerts module).
@@ -484,7 +526,14 @@ impl PipelineConfig {
             sources,
             replacements,
             execution: raw.execution,
-            models: raw.models.map(|m| root.join(m)),
+            models_engine: match &raw.models {
+                Some(ModelsSetting::Detailed(m)) => m.engine,
+                _ => ModelEngine::Local,
+            },
+            models: raw.models.and_then(|m| match m {
+                ModelsSetting::Path(p) => Some(root.join(p)),
+                ModelsSetting::Detailed(m) => m.path.map(|p| root.join(p)),
+            }),
             schedule,
             alerts: raw.alerts.map(|v| untyped("alerts", v)),
             serve: raw.serve.map(|v| untyped("serve", v)),

@@ -31,7 +31,7 @@ use sluice_core::secret::redact;
 use sluice_core::typing::Rejected;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient};
 
 use super::copy::{wire_type, RowCells};
 use super::grants;
@@ -324,19 +324,19 @@ pub(super) async fn load(
 
 /// The names one load uses, fitted to PostgreSQL's limits; `qualified`,
 /// `quarantine`, `ledger` and `fences` are quoted and ready for SQL.
-struct TablePlan {
-    schema: String,
-    table: String,
-    qualified: String,
-    quarantine: String,
-    ledger_schema: String,
-    ledger: String,
+pub(super) struct TablePlan {
+    pub(super) schema: String,
+    pub(super) table: String,
+    pub(super) qualified: String,
+    pub(super) quarantine: String,
+    pub(super) ledger_schema: String,
+    pub(super) ledger: String,
     /// Shards' fencing tokens (see `Fence`), beside the ledger.
-    fences: String,
+    pub(super) fences: String,
 }
 
 impl TablePlan {
-    fn new(
+    pub(super) fn new(
         destination: &PostgresDestination,
         spec: &TableSpec,
     ) -> Result<TablePlan, DestinationError> {
@@ -410,7 +410,7 @@ impl TablePlan {
 }
 
 /// The column type sluice creates for `ty`, spelled as `format_type` prints it.
-fn sql_type(ty: FieldType) -> String {
+pub(super) fn sql_type(ty: FieldType) -> String {
     match ty {
         FieldType::Boolean => "boolean".into(),
         FieldType::Bigint => "bigint".into(),
@@ -456,8 +456,8 @@ fn field_type_of(sql: &str) -> Option<FieldType> {
 
 /// Creates the table, or evolves it to hold the load's columns. Returns the
 /// target's column types by (fitted) name after the change.
-async fn prepare_table(
-    tx: &Transaction<'_>,
+pub(super) async fn prepare_table(
+    tx: &impl GenericClient,
     plan: &TablePlan,
     spec: &TableSpec,
 ) -> Result<HashMap<String, String>, DestinationError> {
@@ -620,7 +620,7 @@ pub(super) async fn record_quarantine(
 
 /// Sets who may read the table's schema (and the ledger's): see [`super::grants`].
 /// A refusal (a listed role that does not exist, no right to grant) is not retried.
-async fn secure(
+pub(super) async fn secure(
     destination: &PostgresDestination,
     client: &mut Client,
     plan: &TablePlan,
@@ -642,8 +642,8 @@ async fn secure(
 }
 
 /// Inserts quarantined records (creating `<table>__quarantine` on first use).
-async fn insert_quarantine(
-    tx: &Transaction<'_>,
+pub(super) async fn insert_quarantine(
+    tx: &impl GenericClient,
     quarantine: &str,
     run_id: &str,
     rows: &[Rejected],
@@ -673,7 +673,10 @@ async fn insert_quarantine(
 }
 
 /// `CREATE SCHEMA IF NOT EXISTS`, tolerating a concurrent creator winning the race.
-async fn ensure_schema(client: &Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn ensure_schema(
+    client: &Client,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
     create_if_missing(
         client,
         &format!("CREATE SCHEMA IF NOT EXISTS {}", quote(schema)),
@@ -684,7 +687,10 @@ async fn ensure_schema(client: &Client, schema: &str) -> Result<(), tokio_postgr
 /// Runs an `IF NOT EXISTS` DDL statement; two sessions running it at once can still
 /// collide in the catalog (a unique violation, or 42710 on the table's row type),
 /// which means it exists now.
-async fn create_if_missing(client: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn create_if_missing(
+    client: &Client,
+    sql: &str,
+) -> Result<(), tokio_postgres::Error> {
     match client.batch_execute(sql).await {
         Err(e) if is_duplicate(&e) => Ok(()),
         other => other,

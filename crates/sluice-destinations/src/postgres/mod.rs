@@ -14,6 +14,7 @@ mod copy;
 mod fence;
 pub mod grants;
 mod load;
+mod models;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -396,6 +397,10 @@ impl Destination for PostgresDestination {
 
     async fn load(&self, request: LoadRequest<'_>) -> Result<LoadOutcome, DestinationError> {
         load::load(self, request).await
+    }
+
+    fn warehouse(&self) -> Option<&dyn sluice_core::pushdown::Warehouse> {
+        Some(self)
     }
 
     async fn record_quarantine(

@@ -192,6 +192,11 @@ pub async fn execute_cancellable(
     {
         return Err(crate::project::report_transform_error(&e));
     }
+    if let Err(e) =
+        sluice_transform::pushdown::check_destination(&models, project.destination.as_ref())
+    {
+        return Err(crate::project::report_transform_error(&e));
+    }
     let lineage = match crate::lineage::RunLineage::for_project(project, &models) {
         Ok(l) => l,
         Err(e) => {

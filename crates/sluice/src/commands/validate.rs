@@ -43,6 +43,11 @@ pub async fn run(pipeline: &Path, args: ValidateArgs) -> u8 {
     {
         return crate::project::report_transform_error(&e);
     }
+    if let Err(e) =
+        sluice_transform::pushdown::check_destination(&models, project.destination.as_ref())
+    {
+        return crate::project::report_transform_error(&e);
+    }
     if project.config.docs.require_descriptions {
         if let Some(code) = check_descriptions(&project, &models, &specs).await {
             return code;
