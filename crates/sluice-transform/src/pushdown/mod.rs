@@ -529,6 +529,8 @@ pub(crate) async fn run_one(
         let tail = LoadTail {
             quarantine,
             partitions: partitions.clone(),
+            // Models run once per round (unsharded, or in `--finalize`): no shard fence.
+            fence: None,
         };
         let loaded = session.publish(tail, &record.run_id).await?;
         Ok::<_, TransformError>(Outcome {
