@@ -55,24 +55,7 @@ pub(super) async fn load(
         message: redact(&error_text(&e)),
     };
     let plan = TablePlan::new(destination, spec)?;
-
-    let mut client = destination.connect().await?;
-    ensure_schema(&client, &plan.schema).await.map_err(failed)?;
-    ensure_schema(&client, &plan.ledger_schema)
-        .await
-        .map_err(failed)?;
-    secure(destination, &mut client, &plan, spec).await?;
-    create_if_missing(
-        &client,
-        &format!(
-            "CREATE TABLE IF NOT EXISTS {} (table_name text NOT NULL, load_id text NOT NULL, \
-             run_id text NOT NULL, rows bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), \
-             PRIMARY KEY (table_name, load_id))",
-            plan.ledger
-        ),
-    )
-    .await
-    .map_err(failed)?;
+    let mut client = connect_for_load(destination, spec, &plan).await?;
 
     let mut tx = client.transaction().await.map_err(failed)?;
     tx.execute(
@@ -320,6 +303,38 @@ pub(super) async fn load(
         rows_quarantined: tail.quarantine.len() as u64,
         already_loaded: false,
     })
+}
+
+/// A connection ready to load `spec`: its schema and the ledger's exist, the
+/// table's grants are applied, and the load ledger table exists (created outside
+/// the load's transaction, so concurrent first loads cannot collide inside it).
+pub(super) async fn connect_for_load(
+    destination: &PostgresDestination,
+    spec: &TableSpec,
+    plan: &TablePlan,
+) -> Result<Client, DestinationError> {
+    let failed = |e: tokio_postgres::Error| DestinationError::Load {
+        table: spec.qualified_name(),
+        message: redact(&error_text(&e)),
+    };
+    let mut client = destination.connect().await?;
+    ensure_schema(&client, &plan.schema).await.map_err(failed)?;
+    ensure_schema(&client, &plan.ledger_schema)
+        .await
+        .map_err(failed)?;
+    secure(destination, &mut client, plan, spec).await?;
+    create_if_missing(
+        &client,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {} (table_name text NOT NULL, load_id text NOT NULL, \
+             run_id text NOT NULL, rows bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), \
+             PRIMARY KEY (table_name, load_id))",
+            plan.ledger
+        ),
+    )
+    .await
+    .map_err(failed)?;
+    Ok(client)
 }
 
 /// The names one load uses, fitted to PostgreSQL's limits; `qualified`,

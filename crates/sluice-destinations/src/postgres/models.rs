@@ -25,9 +25,7 @@ use sluice_core::typing::Rejected;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use super::load::{
-    create_if_missing, ensure_schema, insert_quarantine, prepare_table, secure, sql_type, TablePlan,
-};
+use super::load::{connect_for_load, insert_quarantine, prepare_table, sql_type, TablePlan};
 use super::{error_text, PostgresDestination};
 use crate::names::{fit, pg, quote, POSTGRES_MAX_IDENTIFIER};
 
@@ -93,23 +91,7 @@ impl Warehouse for PostgresDestination {
             });
         }
         let plan = TablePlan::new(self, spec)?;
-        let mut client = self.connect().await?;
-        ensure_schema(&client, &plan.schema).await.map_err(failed)?;
-        ensure_schema(&client, &plan.ledger_schema)
-            .await
-            .map_err(failed)?;
-        secure(self, &mut client, &plan, spec).await?;
-        create_if_missing(
-            &client,
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {} (table_name text NOT NULL, load_id text NOT NULL, \
-                 run_id text NOT NULL, rows bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), \
-                 PRIMARY KEY (table_name, load_id))",
-                plan.ledger
-            ),
-        )
-        .await
-        .map_err(failed)?;
+        let client = connect_for_load(self, spec, &plan).await?;
         client.batch_execute("BEGIN").await.map_err(failed)?;
         client
             .execute(
