@@ -10,27 +10,12 @@ pg_wal_level() {
 }
 
 start_throwaway_cdc_postgres() {
-  local bindir; bindir=$(pg_bindir)
-  if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
-    echo "test: FAILED: no PostgreSQL with wal_level=logical and no initdb to start one for the CDC tests." >&2
+  local port=15433
+  start_throwaway_cluster "$PWD/target/test-pg-cdc" $port "PostgreSQL with wal_level=logical" \
+    -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 || {
     echo "      Set SLUICE_TEST_CDC_DATABASE_URL to a server with wal_level = logical, or install PostgreSQL." >&2
     exit 1
-  fi
-  local dir="$PWD/target/test-pg-cdc" port=15433 run=()
-  if [ "$(id -u)" = 0 ]; then
-    local user=postgres; id "$user" >/dev/null 2>&1 || user=nobody
-    run=(runuser -u "$user" --)
-    mkdir -p "$dir"; chown "$user" "$dir"
-  fi
-  if [ ! -f "$dir/data/PG_VERSION" ]; then
-    "${run[@]}" "$bindir/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
-  fi
-  if ! pg_reachable "postgres://postgres@127.0.0.1:$port/postgres"; then
-    "${run[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20" \
-      start >/dev/null
-  fi
-  "${run[@]}" "$bindir/createdb" -h 127.0.0.1 -p $port -U postgres test 2>/dev/null || true
+  }
   export SLUICE_TEST_CDC_DATABASE_URL="postgres://postgres@127.0.0.1:$port/test"
   echo "test: started a throwaway PostgreSQL with wal_level=logical in target/test-pg-cdc (port $port)"
 }
