@@ -18,6 +18,10 @@
 //!
 //! Each model adds a [`TaskRecord`] to the run record, and each model with checks a
 //! `<model>:checks` record (rows quarantined, warnings, the error that blocked it).
+//!
+//! (Just over 700 lines: planning, scoping and publishing share the per-run maps of
+//! what each model recomputed; output streaming is in `output.rs`, checks in
+//! `checks.rs`, models run inside the warehouse in `pushdown/`.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

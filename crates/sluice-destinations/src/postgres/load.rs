@@ -21,6 +21,9 @@
 //!
 //! Any error, a dropped future or a killed process ends the connection before
 //! `COMMIT`, and PostgreSQL rolls everything back.
+//!
+//! (Just over 700 lines: the seven steps share `TablePlan` and one transaction;
+//! COPY encoding is in `copy.rs`, grants in `grants.rs`, fences in `fence.rs`.)
 
 use std::collections::HashMap;
 
