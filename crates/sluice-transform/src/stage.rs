@@ -41,6 +41,7 @@ impl ModelProject {
                     .collect(),
                 tags: model.config.tags.clone(),
                 description: model.config.description.clone(),
+                engine: Some(model.engine(self.engine).name()),
             })
             .collect()
     }

@@ -28,6 +28,62 @@ const AD_STREAMS: [&str; 4] = [
 ];
 
 #[test]
+fn plan_shows_where_each_model_runs() {
+    let project = example_project("http://127.0.0.1:9");
+    let json = |project: &Project| -> Value {
+        let out = project
+            .cmd()
+            .args(["plan", "--format", "json"])
+            .output()
+            .unwrap();
+        assert_exit(&out, 0);
+        serde_json::from_str(&stdout(&out)).unwrap()
+    };
+    let engine = |plan: &Value, id: &str| -> Value {
+        let nodes = plan["nodes"].as_array().unwrap();
+        let node = nodes.iter().find(|n| n["id"] == id).unwrap();
+        node.get("engine").cloned().unwrap_or(Value::Null)
+    };
+    let plan = json(&project);
+    assert_eq!(engine(&plan, "d2b.channel_spend_daily"), "local");
+    assert_eq!(engine(&plan, "facebook.insights"), Value::Null);
+
+    // The project's engine applies to every model but one that names its own.
+    let pipeline = std::fs::read_to_string(project.path().join("pipeline.yaml")).unwrap();
+    assert!(pipeline.contains("\nmodels: ./models\n"));
+    project.write(
+        "pipeline.yaml",
+        pipeline.replace(
+            "\nmodels: ./models\n",
+            "\nmodels: { path: ./models, engine: destination }\n",
+        ),
+    );
+    let profiles = "models/d2a/customer_profiles.yml";
+    let yml = std::fs::read_to_string(project.path().join(profiles)).unwrap();
+    project.write(profiles, format!("engine: local\n{yml}"));
+    let plan = json(&project);
+    assert_eq!(engine(&plan, "d2b.channel_spend_daily"), "destination");
+    assert_eq!(engine(&plan, "d2a.customer_profiles"), "local");
+    let out = project.cmd().arg("plan").output().unwrap();
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(id))
+            .unwrap_or_else(|| panic!("no line for {id} in\n{text}"))
+            .to_string()
+    };
+    assert!(
+        line("d2b.channel_spend_daily").ends_with("[runs in the warehouse]"),
+        "{text}"
+    );
+    assert!(
+        !line("d2a.customer_profiles").contains("warehouse"),
+        "{text}"
+    );
+}
+
+#[test]
 fn plan_json_lists_every_stream_model_and_check_with_its_upstreams() {
     // Planning never calls a source: an address nothing listens on is fine.
     let project = example_project("http://127.0.0.1:9");

@@ -103,6 +103,10 @@ pub struct Node {
     pub task: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Where a model runs: `local` (DataFusion in sluice) or `destination` (SQL in
+    /// the warehouse); `None` for other nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<&'static str>,
 }
 
 /// What the transform crate tells the plan about one SQL model.
@@ -118,6 +122,8 @@ pub struct ModelDescription {
     pub checks: Vec<String>,
     pub tags: Vec<String>,
     pub description: Option<String>,
+    /// `local` or `destination` (see [`Node::engine`]).
+    pub engine: Option<&'static str>,
 }
 
 impl ModelDescription {
@@ -181,6 +187,7 @@ impl RunPlan {
                     aliases: vec![source.name().to_string(), task.stream.table.clone()],
                     task: id.clone(),
                     description: None,
+                    engine: None,
                 })?;
                 plan.push(Node {
                     id: table,
@@ -190,6 +197,7 @@ impl RunPlan {
                     aliases: vec![source.name().to_string(), task.stream.table.clone()],
                     task: id.clone(),
                     description: None,
+                    engine: None,
                 })?;
                 plan.streams.insert(id, task);
             }
@@ -214,6 +222,7 @@ impl RunPlan {
                 aliases: vec![model.name.clone()],
                 task: id.clone(),
                 description: model.description.clone(),
+                engine: model.engine,
             })?;
             for check in &model.checks {
                 plan.push(Node {
@@ -224,6 +233,7 @@ impl RunPlan {
                     aliases: vec![check.clone()],
                     task: id.clone(),
                     description: None,
+                    engine: None,
                 })?;
             }
         }

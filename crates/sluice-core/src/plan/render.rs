@@ -56,8 +56,12 @@ pub fn text(plan: &RunPlan, selection: &Selection) -> String {
         } else {
             format!("  ← {}", node.upstream.join(", "))
         };
+        let engine = match node.engine {
+            Some("destination") => "  [runs in the warehouse]",
+            _ => "",
+        };
         out.push_str(&format!(
-            "{:<6}  {:<width$}{reads}\n",
+            "{:<6}  {:<width$}{reads}{engine}\n",
             node.kind.as_str(),
             node.id
         ));

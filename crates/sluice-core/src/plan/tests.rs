@@ -73,6 +73,7 @@ fn model(
         checks: checks.iter().map(|s| s.to_string()).collect(),
         tags: tags.iter().map(|s| s.to_string()).collect(),
         description: None,
+        engine: Some("local"),
     }
 }
 
