@@ -190,7 +190,18 @@ sources:
         .path()
         .join("lake/_state/ranges/checkpoints/src_items");
     let started = Instant::now();
-    while std::fs::read_dir(&checkpoints).map_or(0, |d| d.count()) < 2 {
+    // Finished checkpoints only: the lake writes each through a temporary file
+    // beside it (`<digest>.json#<n>`) that is renamed when complete.
+    let finished = || {
+        std::fs::read_dir(&checkpoints).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .count()
+        })
+    };
+    while finished() < 2 {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before two of its ranges were checkpointed"
