@@ -128,7 +128,7 @@ impl Tally {
     }
 
     fn summary(&self) -> (String, u64) {
-        (hex(self.sha.clone().finalize().as_slice()), self.lines)
+        (hex::encode(self.sha.clone().finalize()), self.lines)
     }
 }
 
@@ -209,8 +209,4 @@ pub fn classify(
     } else {
         FileChange::Changed
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -66,9 +66,7 @@ pub fn key_bytes(text: &str) -> Vec<u8> {
     let t = text.trim();
     let decoded =
         if t.len().is_multiple_of(2) && !t.is_empty() && t.chars().all(|c| c.is_ascii_hexdigit()) {
-            (0..t.len() / 2)
-                .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok())
-                .collect::<Option<Vec<u8>>>()
+            hex::decode(t).ok()
         } else {
             base64::engine::general_purpose::STANDARD
                 .decode(t)

@@ -361,14 +361,7 @@ pub(crate) fn encode_cursor(s: &str) -> String {
 }
 
 pub(crate) fn decode_cursor(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+    String::from_utf8(hex::decode(s).ok()?).ok()
 }
 
 /// A per-process id for requests (`requestId`, `fbtrace_id`).

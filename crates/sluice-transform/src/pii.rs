@@ -493,7 +493,7 @@ fn glob(pattern: &str) -> Result<GlobMatcher, String> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// `4111111111111111` → `************1111`.

@@ -531,14 +531,7 @@ fn parse_line(line: &[u8]) -> Result<Line, String> {
     let n = value["n"].as_i64().ok_or("no position `n`")?;
     let xid = value["xid"].as_str().unwrap_or_default().to_string();
     let data = value["data"].as_str().ok_or("no `data`")?;
-    if data.len() % 2 != 0 {
-        return Err("`data` is not hex".into());
-    }
-    let bytes = (0..data.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&data[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| "`data` is not hex".to_string())?;
+    let bytes = hex::decode(data).map_err(|_| "`data` is not hex".to_string())?;
     let message = pgoutput::parse(&bytes).map_err(|e| format!("message {n}: {e}"))?;
     Ok(Line { n, xid, message })
 }
@@ -886,9 +879,8 @@ mod tests {
         let insert = |id, v| [&[b'I', 0, 0, 0, 7, b'N'][..], &tuple(id, Some(v))].concat();
         let update = |id, v| [&[b'U', 0, 0, 0, 7, b'N'][..], &tuple(id, Some(v))].concat();
         let delete = |id| [&[b'D', 0, 0, 0, 7, b'K'][..], &tuple(id, None)].concat();
-        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
         let line = |n: i64, data: &[u8], carried: bool| {
-            let mut v = json!({"n": n, "lsn": "0/1", "xid": "738", "data": hex(data)});
+            let mut v = json!({"n": n, "lsn": "0/1", "xid": "738", "data": hex::encode(data)});
             if carried {
                 v["carried"] = json!(true);
             }

@@ -307,14 +307,12 @@ pub fn parse_sidecar_name(path: &str) -> Option<(&str, [u8; KEY_ID_LEN])> {
         return None;
     }
     let mut id = [0u8; KEY_ID_LEN];
-    for (i, byte) in id.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(id_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(id_hex, &mut id).ok()?;
     Some((data, id))
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 #[cfg(test)]
