@@ -441,6 +441,30 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// An `error` check failed (`errors`): nothing published, the failing rows quarantined.
+    pub(crate) fn blocked(
+        rows: u64,
+        quarantined: u64,
+        undated: u64,
+        warnings: Vec<String>,
+        errors: &[String],
+        had_table: bool,
+    ) -> Outcome {
+        Outcome {
+            recomputed: Recomputed::Failed,
+            rows,
+            rows_loaded: 0,
+            rows_replaced: 0,
+            partitions: Vec::new(),
+            has_checks: true,
+            quarantined,
+            undated,
+            warnings,
+            blocked: Some(errors.join("; ")),
+            had_table,
+        }
+    }
+
     fn into_tasks(
         self,
         mut task: TaskRecord,
@@ -593,19 +617,14 @@ async fn run_one(
         if let Some(pointer) = &kept_at {
             errors.push(pointer.clone());
         }
-        return Ok(Outcome {
-            recomputed: Recomputed::Failed,
+        return Ok(Outcome::blocked(
             rows,
-            rows_loaded: 0,
-            rows_replaced: 0,
-            partitions: Vec::new(),
-            has_checks: true,
-            quarantined: quarantine.len() as u64,
-            undated: undated_rows,
+            quarantine.len() as u64,
+            undated_rows,
             warnings,
-            blocked: Some(errors.join("; ")),
+            &errors,
             had_table,
-        });
+        ));
     }
 
     // Destination: one transaction, streamed from the staged files.

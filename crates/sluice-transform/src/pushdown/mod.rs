@@ -500,19 +500,14 @@ pub(crate) async fn run_one(
         if !errors.is_empty() {
             session.block(&quarantine, &record.run_id).await?;
             errors.extend(kept_at);
-            return Ok(Outcome {
-                recomputed: Recomputed::Failed,
+            return Ok(Outcome::blocked(
                 rows,
-                rows_loaded: 0,
-                rows_replaced: 0,
-                partitions: Vec::new(),
-                has_checks: true,
-                quarantined: quarantine.len() as u64,
-                undated: undated_rows,
+                quarantine.len() as u64,
+                undated_rows,
                 warnings,
-                blocked: Some(errors.join("; ")),
+                &errors,
                 had_table,
-            });
+            ));
         }
         let partitions = match (&spec.write_mode, &spec.partition_column) {
             (WriteMode::Replace, Some(column)) => session
