@@ -28,6 +28,10 @@
 //!     "*.address": encrypt
 //!     "*.gender": keep
 //! ```
+//!
+//! (Over 700 lines with its tests, which are ~190 of them: the policy, the keys and
+//! the functions share the derived keys, and the tests check them against each
+//! other; the code itself is ~620 lines.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
