@@ -23,6 +23,7 @@ LATENCY_MS=${LATENCY_MS:-100}
 DAYS=${DAYS:-28}
 SHARDS=${SHARDS:-3}
 RPS=${RPS:-150}
+TASKS=${TASKS:-4}
 ACCOUNTS=16
 SCALE=6
 TODAY=2026-11-30
@@ -56,6 +57,7 @@ project() { # $1 directory
   cat > "$1/pipeline.yaml" <<YAML
 name: benchshards
 lake: ./lake
+execution: { concurrency: $TASKS }
 sources:
   facebook:
     type: facebook_ads

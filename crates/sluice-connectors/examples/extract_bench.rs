@@ -107,13 +107,13 @@ async fn run(label: &str, faults: Faults, accounts: usize, check: bool) -> Outco
         "sources.facebook",
     )
     .unwrap();
-    let all = probe.accounts().await.expect("accounts");
+    let all = probe.account_ids().await.expect("accounts");
     assert!(
         all.len() >= accounts,
         "the sandbox has {} accounts, {accounts} wanted",
         all.len()
     );
-    config.accounts = Accounts::List(all.iter().take(accounts).map(|a| a.id.clone()).collect());
+    config.accounts = Accounts::List(all.iter().take(accounts).cloned().collect());
     let source = FacebookSource::new("facebook", config, "sources.facebook").unwrap();
 
     let started = Instant::now();
@@ -128,7 +128,8 @@ async fn run(label: &str, faults: Faults, accounts: usize, check: bool) -> Outco
         .into_iter()
         .find(|s| s.name == "insights")
         .unwrap();
-    let plan = source.plan(&spec, None, &window).await.expect("plan");
+    let mut plan = source.plan(&spec, None, &window).await.expect("plan");
+    plan.slices = source.prepare(&spec, plan.slices).await.expect("prepare");
     let sinks: Vec<Counting> = futures::stream::iter(plan.slices.iter())
         .map(|slice| {
             let (source, spec) = (&source, &spec);

@@ -296,6 +296,15 @@ impl Executor {
                 return Ok(TaskStatus::UpToDate);
             }
         }
+        if !plan.slices.is_empty() {
+            let planned = plan.slices;
+            plan.slices = self
+                .retry(counters, &options.cancel, || {
+                    source.prepare(stream, planned.clone())
+                })
+                .await
+                .map_err(TaskFailure::Source)?;
+        }
         record.slices = plan.slices.len() as u64;
         self.observer.task_started(&name, plan.slices.len());
         if plan.slices.is_empty() {

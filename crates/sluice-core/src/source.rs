@@ -209,6 +209,19 @@ pub trait Source: Send + Sync {
         window: &RunWindow,
     ) -> Result<StreamPlan, SourceError>;
 
+    /// Completes the parameters of the slices this process is about to read, with
+    /// details only their readers need (a Facebook account's currency and time zone):
+    /// a `--shard K/N` run plans every slice but prepares only its own share, so N
+    /// shards look each detail up once between them. Called after sharding and before
+    /// a slice is checkpointed or read; the default leaves the slices as planned.
+    async fn prepare(
+        &self,
+        _stream: &StreamSpec,
+        slices: Vec<Slice>,
+    ) -> Result<Vec<Slice>, SourceError> {
+        Ok(slices)
+    }
+
     /// Reads one slice: land every page, then hand over its records.
     async fn read(
         &self,

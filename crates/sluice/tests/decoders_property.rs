@@ -98,8 +98,10 @@ fn fixture() -> &'static Fixture {
                 let plan = runtime
                     .block_on(source.plan(&spec, None, &window))
                     .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
-                let slice = plan
-                    .slices
+                let slices = runtime
+                    .block_on(source.prepare(&spec, plan.slices))
+                    .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+                let slice = slices
                     .into_iter()
                     .next()
                     .unwrap_or_else(|| panic!("{}: no slice planned", spec.name));

@@ -220,6 +220,61 @@ fn three_concurrent_shards_then_finalize_load_exactly_the_truth_once() {
     );
 }
 
+/// Listed ad accounts are looked up only by the shard that reads them: the shards
+/// together make exactly the requests of one whole run (before, every shard looked up
+/// every account to plan: 2 × 3 more requests here).
+#[test]
+fn shards_of_listed_accounts_make_exactly_the_requests_of_one_whole_run() {
+    let sandbox = sandbox();
+    let today = Utc::now().date_naive();
+    // Account i of the sandbox is 284019000000001 + 17·i (docs/sandbox.md); scale 1 has 3.
+    let accounts: Vec<String> = (0..3)
+        .map(|i| format!("act_{}", 284019000000001u64 + 17 * i))
+        .collect();
+    let pipeline = format!(
+        "name: listed\nlake: ./lake\nsources:\n  facebook:\n    type: facebook_ads\n    \
+         base_url: {}\n    access_token: sandbox-facebook-token\n    api_version: v26.0\n    \
+         accounts: [{}]\n    start_date: {}\n    \
+         streams: {{ insights: {{ level: ad }}, campaigns: {{}}, ads: {{}} }}\n",
+        sandbox.url(),
+        accounts.join(", "),
+        today - Duration::days(6)
+    );
+    let today = today.to_string();
+
+    let whole = Project::new(&pipeline);
+    let before = sandbox.request_count();
+    assert_exit(&whole.run(&["--today", &today]), 0);
+    let whole_requests = sandbox.request_count() - before;
+
+    let sharded = Project::new(&pipeline);
+    let before = sandbox.request_count();
+    let workers: Vec<Child> = (0..3)
+        .map(|k| {
+            let shard = format!("{k}/3");
+            spawn_run(
+                &sharded,
+                &["--today", &today, "--shard", &shard, "--round", "r"],
+            )
+        })
+        .collect();
+    for out in workers.into_iter().map(finish) {
+        assert_exit(&out, 0);
+    }
+    assert_exit(
+        &sharded.run(&["--today", &today, "--finalize", "--round", "r"]),
+        0,
+    );
+    let sharded_requests = sandbox.request_count() - before;
+
+    assert_same_rows(&whole, &sharded);
+    assert!(whole_requests > 0);
+    assert_eq!(
+        sharded_requests, whole_requests,
+        "3 shards made {sharded_requests} requests, one whole run {whole_requests}"
+    );
+}
+
 #[test]
 fn finalize_is_refused_until_every_shard_of_the_round_published() {
     let sandbox = sandbox();

@@ -16,7 +16,7 @@ pub mod entities;
 pub mod insights;
 pub mod streams;
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -35,7 +35,8 @@ use config::{effective_streams, FacebookConfig, InsightsConfig, StreamChoice};
 /// Fields read for every ad account (also the `ad_accounts` stream).
 pub const ACCOUNT_FIELDS: &str =
     "id,account_id,name,currency,timezone_name,timezone_offset_hours_utc,account_status";
-/// Accounts are re-listed at most this often (new accounts are picked up by the next run).
+/// Account details are looked up again at most this often (new accounts are picked up
+/// by the next run).
 const ACCOUNT_CACHE_TTL: Duration = Duration::from_secs(600);
 
 /// An ad account as the streams need it.
@@ -63,13 +64,35 @@ impl Account {
     }
 }
 
+/// Ad account details this process has looked up, by `act_<digits>` id.
+#[derive(Default)]
+struct AccountCache {
+    /// When every account the token reaches was last listed (`accounts` not configured).
+    listed: Option<(Instant, Vec<String>)>,
+    details: HashMap<String, (Instant, Account)>,
+}
+
+impl AccountCache {
+    fn fresh(&self, id: &str) -> Option<&Account> {
+        self.details
+            .get(id)
+            .filter(|(at, _)| at.elapsed() < ACCOUNT_CACHE_TTL)
+            .map(|(_, account)| account)
+    }
+
+    fn keep(&mut self, account: Account) {
+        self.details
+            .insert(account.id.clone(), (Instant::now(), account));
+    }
+}
+
 pub struct FacebookSource {
     name: String,
     config: FacebookConfig,
     api: GraphApi,
     specs: Vec<StreamSpec>,
     insights: Option<InsightsConfig>,
-    accounts: Mutex<Option<(Instant, Arc<Vec<Account>>)>>,
+    accounts: Mutex<AccountCache>,
     /// `api_version` sunsets within 90 days (see [`crate::api_versions`]).
     version_notice: Option<String>,
 }
@@ -127,7 +150,7 @@ impl FacebookSource {
             api,
             specs,
             insights,
-            accounts: Mutex::new(None),
+            accounts: Mutex::new(AccountCache::default()),
             version_notice,
         })
     }
@@ -141,23 +164,72 @@ impl FacebookSource {
         self.insights.clone().unwrap_or_default()
     }
 
-    /// The ad accounts to read, with currency and time zone, cached for a few minutes.
-    pub async fn accounts(&self) -> Result<Arc<Vec<Account>>, SourceError> {
+    /// The ids of the ad accounts to read, sorted: the listed ones as configured (no
+    /// request: their details are looked up only for the slices a process reads, see
+    /// [`Source::prepare`]), else every account the token reaches (one listing).
+    pub async fn account_ids(&self) -> Result<Vec<String>, SourceError> {
+        if let Some(listed) = self.config.accounts.list() {
+            let mut ids = BTreeSet::new();
+            for id in listed {
+                crate::http::id_segment(&id, "account id")
+                    .map_err(|e| SourceError::config(e.message, format!("{}.accounts", self.api.key_prefix)))?;
+                ids.insert(id);
+            }
+            return Ok(ids.into_iter().collect());
+        }
         let mut cache = self.accounts.lock().await;
-        if let Some((at, accounts)) = cache.as_ref() {
+        if let Some((at, ids)) = &cache.listed {
             if at.elapsed() < ACCOUNT_CACHE_TTL {
-                return Ok(accounts.clone());
+                return Ok(ids.clone());
             }
         }
-        let mut accounts = Vec::new();
-        for v in entities::list_accounts(&self.api, &self.config).await? {
-            accounts.extend(Account::from_json(&v));
+        let mut ids = BTreeSet::new();
+        for v in entities::list_all_accounts(&self.api, &self.config).await? {
+            if let Some(account) = Account::from_json(&v) {
+                ids.insert(account.id.clone());
+                cache.keep(account);
+            }
         }
-        accounts.sort_by(|a, b| a.id.cmp(&b.id));
-        accounts.dedup_by(|a, b| a.id == b.id);
-        let accounts = Arc::new(accounts);
-        *cache = Some((Instant::now(), accounts.clone()));
-        Ok(accounts)
+        let ids: Vec<String> = ids.into_iter().collect();
+        cache.listed = Some((Instant::now(), ids.clone()));
+        Ok(ids)
+    }
+
+    /// The details (currency, time zone) of the accounts `ids`, each looked up once per
+    /// process (and again after [`ACCOUNT_CACHE_TTL`]), `max_concurrency` at once.
+    pub async fn accounts(&self, ids: &[String]) -> Result<Vec<Account>, SourceError> {
+        // Held across the lookups: streams preparing at once wait for one lookup each.
+        let mut cache = self.accounts.lock().await;
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| cache.fresh(id).is_none())
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            if self.config.accounts.list().is_some() {
+                for (id, v) in entities::lookup_accounts(&self.api, &self.config, &missing).await? {
+                    // Kept under the id asked for: that is the id the slices carry.
+                    let account = Account::from_json(&v).ok_or_else(|| {
+                        SourceError::data(format!("ad account {id}: the API's answer has no valid `id`"))
+                    })?;
+                    cache.keep(Account { id, ..account });
+                }
+            } else {
+                drop(cache);
+                self.accounts.lock().await.listed = None;
+                self.account_ids().await?;
+                cache = self.accounts.lock().await;
+            }
+        }
+        ids.iter()
+            .map(|id| {
+                cache.fresh(id).cloned().ok_or_else(|| {
+                    SourceError::data(format!(
+                        "ad account {id} is no longer among the accounts the access token reaches"
+                    ))
+                })
+            })
+            .collect()
     }
 
     fn incremental(&self) -> Incremental {
@@ -180,7 +252,7 @@ impl Source for FacebookSource {
     }
 
     async fn check(&self) -> Result<(), SourceError> {
-        let accounts = self.accounts().await?;
+        let accounts = self.accounts(&self.account_ids().await?).await?;
         if accounts.is_empty() {
             return Err(SourceError::config(
                 "the access token reaches no ad account: grant it `ads_read` on the accounts or list them in `accounts`",
@@ -196,20 +268,21 @@ impl Source for FacebookSource {
         cursor: Option<&Value>,
         window: &RunWindow,
     ) -> Result<StreamPlan, SourceError> {
-        let accounts = self.accounts().await?;
+        // Currency and time zone are filled in by `prepare`, for the slices read.
+        let accounts = self.account_ids().await?;
         match stream.name.as_str() {
             "insights" | "insights_actions" => {
                 let (days, cursor_after) = plan_window(&self.incremental(), cursor, window);
                 let mut slices = Vec::new();
                 if let Some(days) = days {
-                    for account in accounts.iter() {
+                    for account in &accounts {
                         for w in days.chunks(self.config.slice_days as i64) {
                             slices.push(Slice {
-                                key: format!("{}/{}", account.id, w.key()),
+                                key: format!("{account}/{}", w.key()),
                                 params: json!({
-                                    "account": account.id,
-                                    "currency": account.currency,
-                                    "timezone": account.timezone,
+                                    "account": account,
+                                    "currency": null,
+                                    "timezone": null,
                                     "window": w.to_json(),
                                 }),
                             });
@@ -245,10 +318,10 @@ impl Source for FacebookSource {
                 let slices = accounts
                     .iter()
                     .map(|a| Slice {
-                        key: a.id.clone(),
+                        key: a.clone(),
                         params: json!({
-                            "account": a.id,
-                            "currency": a.currency,
+                            "account": a,
+                            "currency": null,
                             "updated_since": since,
                             "dt": window.today.to_string(),
                         }),
@@ -260,6 +333,38 @@ impl Source for FacebookSource {
                 })
             }
         }
+    }
+
+    /// Fills in each slice's account currency (and, for insights, time zone).
+    async fn prepare(
+        &self,
+        _stream: &StreamSpec,
+        mut slices: Vec<Slice>,
+    ) -> Result<Vec<Slice>, SourceError> {
+        let account_of = |slice: &Slice| {
+            slice.params.get("account").and_then(Value::as_str).map(String::from)
+        };
+        let ids: BTreeSet<String> = slices.iter().filter_map(account_of).collect();
+        if ids.is_empty() {
+            return Ok(slices); // ad_accounts: one slice, no account
+        }
+        let ids: Vec<String> = ids.into_iter().collect();
+        let details: HashMap<String, Account> = self
+            .accounts(&ids)
+            .await?
+            .into_iter()
+            .map(|a| (a.id.clone(), a))
+            .collect();
+        for slice in &mut slices {
+            let account = account_of(slice).and_then(|id| details.get(&id));
+            if let (Some(account), Some(params)) = (account, slice.params.as_object_mut()) {
+                params.insert("currency".into(), json!(account.currency));
+                if params.contains_key("timezone") {
+                    params.insert("timezone".into(), json!(account.timezone));
+                }
+            }
+        }
+        Ok(slices)
     }
 
     async fn read(

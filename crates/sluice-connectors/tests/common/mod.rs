@@ -96,7 +96,8 @@ pub async fn extract(
     window: &RunWindow,
 ) -> Result<Extract, SourceError> {
     let spec = spec(source, stream);
-    let plan = source.plan(&spec, cursor, window).await?;
+    let mut plan = source.plan(&spec, cursor, window).await?;
+    plan.slices = source.prepare(&spec, plan.slices).await?;
     let slices = plan.slices.len();
     let results: Vec<Result<CollectSink, SourceError>> = futures::stream::iter(plan.slices.iter())
         .map(|slice| {
@@ -236,7 +237,8 @@ pub async fn read_then_decode(
     rows_in_page: fn(&[u8]) -> usize,
 ) -> ReplayCounts {
     let spec = spec(source, stream);
-    let plan = source.plan(&spec, None, run).await.unwrap();
+    let mut plan = source.plan(&spec, None, run).await.unwrap();
+    plan.slices = source.prepare(&spec, plan.slices).await.unwrap();
     let reads: Vec<(Slice, AttemptSink, usize)> = futures::stream::iter(plan.slices)
         .map(|slice| {
             let spec = &spec;
