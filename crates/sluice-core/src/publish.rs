@@ -69,7 +69,8 @@ pub fn backoff(execution: &ExecutionConfig) -> ExponentialBuilder {
 }
 
 /// Batches of the staged files, one file open at a time, conformed to the table's
-/// schema (columns that appeared mid-run are null in earlier files).
+/// schema (columns that appeared mid-run are null in earlier files; a column the
+/// schema lacks is an error, never dropped).
 pub fn staged_batches<'a>(
     lake: &'a Lake,
     files: &'a [String],
@@ -101,6 +102,19 @@ fn conform(
     if batch.schema().fields() == schema.fields() {
         return RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
             .map_err(|e| load_err(e.to_string()));
+    }
+    // A staged column the table lacks would be dropped without a word: refuse instead
+    // (the run's schema takes in every column its files have, resumed ones too).
+    if let Some(lost) = batch
+        .schema()
+        .fields()
+        .iter()
+        .find(|f| schema.field_with_name(f.name()).is_err())
+    {
+        return Err(load_err(format!(
+            "staged column `{}` is not in the table's schema: refusing to drop it",
+            lost.name()
+        )));
     }
     let columns: Vec<ArrayRef> = schema
         .fields()

@@ -395,6 +395,59 @@ sources:
     assert_eq!(n, 310);
 }
 
+/// A slice reused from a failed run keeps what it inferred: a column only its rows
+/// carried, and a type only its rows needed (1.5 in a column the other slice reads
+/// as whole numbers), are in the published table, not dropped or cast away.
+#[test]
+fn a_resumed_slice_keeps_the_columns_and_types_it_inferred() {
+    let project = Project::new(
+        r#"name: resume
+sources:
+  shop:
+    type: files
+    max_concurrency: 1
+    streams:
+      events:
+        path: data/*
+        write_mode: append
+"#,
+    );
+    let lines = |ids: std::ops::Range<u64>, extra: &dyn Fn(u64) -> String| {
+        ids.map(|id| format!("{{\"order_id\": {id}{}}}\n", extra(id)))
+            .collect::<String>()
+    };
+    project.write(
+        "data/a.ndjson",
+        lines(1..4, &|id| {
+            format!(", \"coupon\": \"C{id}\", \"weight\": {id}.5")
+        }),
+    );
+    project.write("data/b.parquet", "this is not parquet");
+    assert_exit(&project.run(&[]), 4);
+
+    std::fs::remove_file(project.path().join("data/b.parquet")).unwrap();
+    project.write(
+        "data/b.ndjson",
+        lines(4..6, &|id| format!(", \"weight\": {id}")),
+    );
+    let resumed = project.run(&["--json"]);
+    assert_exit(&resumed, 0);
+    let record: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(
+        record["tasks"][0]["slices_resumed"], 1,
+        "{}",
+        record["tasks"][0]
+    );
+    let rows = sqlite_text_rows(
+        &project.sqlite(),
+        "select order_id, coupon, weight from d1__shop_events order by order_id",
+    );
+    assert_eq!(
+        rows,
+        ["1|C1|1.5", "2|C2|2.5", "3|C3|3.5", "4|∅|4.0", "5|∅|5.0"]
+    );
+}
+
 /// A big NDJSON file is read as several slices in parallel (`split_bytes`), cut at
 /// line ends: every row loads once, bad lines keep their line number in the whole
 /// file, and a replay of the run decodes the same rows and line numbers.

@@ -409,6 +409,48 @@ impl StreamSchema {
         self.tally.batch(batch);
     }
 
+    /// Takes in the columns of a file an earlier attempt staged for a slice this run
+    /// reuses: the columns and wider types that attempt inferred from rows this run
+    /// never reads again. Without them the publish would drop the columns and cast
+    /// the values back (1.5 to 1). The earlier attempt judged them by the same policy.
+    pub fn adopt_staged(&mut self, staged: &TableSchema, origin: &str) {
+        let mut added = Vec::new();
+        for field in staged.fields.iter().filter(|f| !is_system_column(&f.name)) {
+            match self.schema.fields.iter_mut().find(|f| f.name == field.name) {
+                Some(known) => {
+                    if known.ty != field.ty && known.ty.widens_to(&field.ty) {
+                        let from = known.ty;
+                        known.ty = field.ty;
+                        self.version += 1;
+                        self.widened_from.entry(field.name.clone()).or_insert(from);
+                        self.note(
+                            ChangeKind::Widened,
+                            &field.name,
+                            || format!("{} → {} (in {origin})", from.name(), field.ty.name()),
+                            "evolved",
+                            1,
+                        );
+                    }
+                }
+                None => added.push(Field::new(&field.name, field.ty)),
+            }
+        }
+        if added.is_empty() {
+            return;
+        }
+        // Keep sluice's columns last.
+        let system: Vec<Field> = self.schema.fields.split_off(self.schema.fields.len() - 2);
+        for field in added {
+            if self.baseline.is_some() {
+                let detail = format!("{} first seen in {origin}", field.ty.name());
+                self.note(ChangeKind::Added, &field.name, || detail, "evolved", 0);
+            }
+            self.schema.fields.push(field);
+        }
+        self.schema.fields.extend(system);
+        self.version += 1;
+    }
+
     /// Widens `column` to hold `value` if the policy allows and a lossless widening exists.
     pub fn try_widen(&mut self, column: usize, value: &Value) -> bool {
         let Some(field) = self.schema.fields.get(column) else {

@@ -7,8 +7,6 @@
 
 use std::sync::atomic::Ordering;
 
-use object_store::ObjectStoreExt;
-
 use super::extraction::Extraction;
 use super::publish::StagedFile;
 use super::{Executor, TaskFailure};
@@ -37,7 +35,8 @@ impl Executor {
     }
 
     /// Reuses a slice an earlier run finished but did not publish (crash, cancel,
-    /// another slice failing). True if the slice's staged files were all still there.
+    /// another slice failing), with the columns its staged files have. True if the
+    /// slice's staged files were all still there and readable.
     pub(super) async fn resume_slice(
         &self,
         extraction: &Extraction<'_>,
@@ -48,15 +47,23 @@ impl Executor {
         let Ok(Some(checkpoint)) = self.state.checkpoint(table, key).await else {
             return false;
         };
+        // The files' own schemas, read before anything is taken from the checkpoint: a
+        // file that is gone or unreadable means the slice is read again.
+        let mut staged_schemas = Vec::with_capacity(checkpoint.files.len());
         for (_, path) in &checkpoint.files {
-            if self
-                .lake
-                .store()
-                .head(&self.lake.object_path(path))
-                .await
-                .is_err()
-            {
+            let Ok(reader) = crate::lake::parquet_batches(&self.lake, path).await else {
                 return false;
+            };
+            let arrow_schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+            let Ok(schema) = crate::schema::TableSchema::from_arrow(&arrow_schema) else {
+                return false;
+            };
+            staged_schemas.push((path.clone(), schema));
+        }
+        {
+            let mut schema = extraction.schema.lock().expect("schema lock");
+            for (path, staged) in &staged_schemas {
+                schema.adopt_staged(staged, path);
             }
         }
         extraction
