@@ -129,6 +129,10 @@ pub enum DestinationError {
     Schema { table: String, message: String },
     #[error("loading {table}: {message}")]
     Load { table: String, message: String },
+    /// The warehouse refused a statement of a model run there (its SQL failed on the
+    /// data, e.g. a division by zero): running it again gives the same error.
+    #[error("{table}: the warehouse refused the model's SQL: {message}")]
+    Query { table: String, message: String },
     /// The load was cancelled; the transaction was rolled back.
     #[error("load of {table} cancelled; rolled back")]
     Cancelled { table: String },

@@ -121,7 +121,9 @@ impl TaskFailure {
             TaskFailure::Destination(
                 DestinationError::Connect { .. } | DestinationError::Refused { .. },
             ) => (ErrorClass::Configuration, Some("destination".into())),
-            TaskFailure::Destination(DestinationError::Schema { .. }) => (ErrorClass::Data, None),
+            TaskFailure::Destination(
+                DestinationError::Schema { .. } | DestinationError::Query { .. },
+            ) => (ErrorClass::Data, None),
             _ => (ErrorClass::Transient, None),
         };
         TaskError {

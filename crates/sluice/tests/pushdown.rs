@@ -260,3 +260,118 @@ fn example_models_in_the_warehouse_equal_the_local_ones_and_check_alike() {
 
     pg.drop_schemas(&base);
 }
+
+/// A model's warehouse session that loses its connection mid-transaction (the
+/// server terminates it) is retried whole: the run succeeds, the table holds exactly
+/// the rows it held before, and the ledger has one more publish. A model's SQL
+/// failing on the data is not retried.
+#[test]
+fn a_model_session_killed_mid_transaction_is_retried_whole() {
+    let today = chrono::Utc::now().date_naive().to_string();
+    let sandbox = TestSandbox::start(SandboxOptions::new(7, 1, chrono::Utc::now().date_naive()));
+    let pg = Pg::connect();
+    let prefix = format!("pushkill_{}_", std::process::id());
+    pg.drop_schemas(&prefix);
+    let warehouse = project(&sandbox, &prefix, "destination");
+    // Sessions of this test are found by their application name.
+    let app = format!("sluice_{prefix}");
+    let path = warehouse.path().join("pipeline.yaml");
+    let separator = if pg_url().contains('?') { '&' } else { '?' };
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        &format!("url: {}\n", pg_url()),
+        &format!("url: \"{}{separator}application_name={app}\"\n", pg_url()),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let yml =
+        std::fs::read_to_string(warehouse.path().join("models/d2a/customer_profiles.yml")).unwrap();
+    warehouse.write(
+        "models/d2a/customer_profiles.yml",
+        format!("{yml}engine: local\n"),
+    );
+    let out = warehouse.run(&["--today", &today]);
+    let model = "d2a.ad_performance_daily";
+    let table = format!("\"{prefix}d2a\".ad_performance_daily");
+    let before = pg.scalar_i64(&format!("select count(*) from {table}"));
+    assert!(before > 0, "{}\n{}", stdout(&out), stderr(&out));
+    pg.execute(&format!(
+        "create table \"{prefix}d2a\".before_kill as select * from {table}"
+    ));
+
+    let hold = warehouse.path().join("hold");
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(warehouse.path())
+        .env_remove("RUST_LOG")
+        .env("SLUICE_LOG", "info")
+        .env("SLUICE_TEST_HOLD_IN_WAREHOUSE", &hold)
+        .args([
+            "run",
+            "--today",
+            &today,
+            "--full-refresh",
+            "--select",
+            model,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut child = child;
+    while !hold.exists() {
+        if child.try_wait().unwrap().is_some() || started.elapsed().as_secs() > 60 {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the model never reached the hold\n{}\n{}",
+                stdout(&out),
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = pg.scalar_i64(&format!(
+        "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity \
+         where application_name = '{app}' and state like 'idle in transaction%') k"
+    ));
+    assert_eq!(killed, 1, "one open model session to terminate");
+    std::fs::remove_file(&hold).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("retrying"),
+        "the retry is logged\n{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        differing_rows(
+            &pg,
+            (&format!("{prefix}d2a"), "ad_performance_daily"),
+            (&format!("{prefix}d2a"), "before_kill")
+        ),
+        0,
+        "the retried publish changed the rows"
+    );
+    assert_eq!(
+        pg.scalar_i64(&format!(
+            "select count(*) from \"{prefix}_sluice\".loads where table_name = '{model}'"
+        )),
+        2,
+        "publishes of {model}"
+    );
+
+    // A model whose SQL fails on the data fails once, with the warehouse's message.
+    warehouse.write(
+        "models/d2b/divides_by_zero.sql",
+        "SELECT date, clicks / (clicks - clicks) AS ratio FROM d2a.ad_performance_daily\n",
+    );
+    let out = warehouse.run(&["--today", &today, "--select", "d2b.divides_by_zero"]);
+    assert_exit(&out, 4);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.contains("division by zero"), "{said}");
+    assert!(
+        !said.contains("retrying"),
+        "a SQL error was retried: {said}"
+    );
+    pg.drop_schemas(&prefix);
+}

@@ -77,10 +77,7 @@ impl Warehouse for PostgresDestination {
         load_id: &str,
     ) -> Result<Option<Box<dyn WarehouseSession>>, DestinationError> {
         let label = spec.qualified_name();
-        let failed = |e: tokio_postgres::Error| DestinationError::Load {
-            table: label.clone(),
-            message: redact(&error_text(&e)),
-        };
+        let failed = |e: tokio_postgres::Error| session_error(&label, &e);
         if !matches!(
             spec.write_mode,
             WriteMode::Replace | WriteMode::OverwritePartitions
@@ -146,10 +143,34 @@ struct ModelSession {
 
 impl ModelSession {
     fn failed(&self) -> impl Fn(tokio_postgres::Error) -> DestinationError + '_ {
-        move |e| DestinationError::Load {
-            table: self.spec.qualified_name(),
-            message: redact(&error_text(&e)),
+        move |e| session_error(&self.spec.qualified_name(), &e)
+    }
+}
+
+/// A failed statement of a model's session: the connection lost, the server
+/// shutting down or a serialization conflict may pass on a new attempt ([`Load`],
+/// transient); anything else is the model's SQL failing on the data ([`Query`]),
+/// which would fail again.
+///
+/// [`Load`]: DestinationError::Load
+/// [`Query`]: DestinationError::Query
+fn session_error(table: &str, e: &tokio_postgres::Error) -> DestinationError {
+    let (table, message) = (table.to_string(), redact(&error_text(e)));
+    let transient = match e.code() {
+        // No SQLSTATE: the connection closed or broke.
+        None => true,
+        Some(state) => {
+            let code = state.code();
+            // 08 connection, 40 serialization/deadlock, 53 resources, 57P0x shutdown.
+            ["08", "40", "53", "57P0"]
+                .iter()
+                .any(|class| code.starts_with(class))
         }
+    };
+    if transient {
+        DestinationError::Load { table, message }
+    } else {
+        DestinationError::Query { table, message }
     }
 }
 

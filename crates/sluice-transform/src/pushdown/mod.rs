@@ -30,6 +30,8 @@ mod objects;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use backon::Retryable;
+
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::common::TableReference;
@@ -444,12 +446,14 @@ pub(crate) async fn run_one(
         write_mode,
     };
     let load_id = format!("{}:{id}", record.run_id);
-    let work = async {
+    // One attempt is one transaction: a failed one rolled back whole, so it is retried whole.
+    let attempt = || async {
         let Some(mut session) = warehouse.begin(&spec, &load_id).await? else {
             // The ledger has this publish: a retried run, nothing to do.
             return Ok(already_published(scope, partitions.clone(), had_table));
         };
         setup(session.as_mut(), project, model, warehouse).await?;
+        sluice_core::shard::test_hold("SLUICE_TEST_HOLD_IN_WAREHOUSE").await;
         let stage = session.stage().to_string();
         let rows = session
             .execute(
@@ -542,6 +546,14 @@ pub(crate) async fn run_one(
             had_table,
         })
     };
+    let work = attempt
+        .retry(sluice_core::publish::backoff(&project.execution))
+        .when(|e: &TransformError| {
+            matches!(e, TransformError::Destination(d) if d.is_transient()) && !cancel.is_cancelled()
+        })
+        .notify(|e: &TransformError, delay: std::time::Duration| {
+            tracing::warn!(model = %id, error = %e, ?delay, "model failed in the warehouse; retrying");
+        });
     // Cancelling drops the session: its connection closes and PostgreSQL rolls back.
     tokio::select! {
         _ = cancel.cancelled() => Err(TransformError::Cancelled),
