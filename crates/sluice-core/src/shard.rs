@@ -85,6 +85,8 @@ impl Shard {
     }
 
     /// Whether the slice at `position` of a stream's stored slice list is this shard's.
+    /// Every stream counts from shard 0: streams planned per account (Facebook's five)
+    /// then give each shard the same accounts, whose details only it looks up.
     pub fn owns_position(&self, position: usize) -> bool {
         position as u64 % u64::from(self.count) == u64::from(self.index)
     }
