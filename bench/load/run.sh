@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib/postgres.sh
+source bench/load/lib.sh
 ensure_postgres
 ROWS=${1:-1000000}
 ROUNDS=${ROUNDS:-3}
@@ -24,32 +25,9 @@ if [ -z "${BIN:-}" ]; then
   BIN=$PWD/target/release/sluice
 fi
 
-COLUMNS="account_id text, campaign_id text, adset_id text, ad_id text, ad_name text, date_start date, date_stop date, impressions bigint, clicks bigint, spend numeric(12,2), reach bigint, account_currency text, actions jsonb"
 psql "$URL" -qc "drop schema if exists bench_ref cascade; create schema bench_ref; create table bench_ref.insights ($COLUMNS)"
 psql "$URL" -qc "drop schema if exists bench_d1 cascade; drop schema if exists bench__sluice cascade"
-
-measure() { # command… → prints "seconds maxrss_kib" (GNU time writes them to a file)
-  local report="$WORK/time.txt"
-  /usr/bin/time -o "$report" -f '%e %M' "$@" >/dev/null 2>"$WORK/stderr.txt" \
-    || { cat "$WORK/stderr.txt" >&2; echo "bench: command failed: $*" >&2; exit 1; }
-  tail -n 1 "$report"
-}
-
-cat > "$WORK/project/pipeline.yaml" <<YAML
-name: bench
-lake: ./lake
-destination: { type: postgres, url: "$URL", schema_prefix: "bench_" }
-sources:
-  fb:
-    type: files
-    streams:
-      insights:
-        path: data/insights.ndjson
-        table: insights
-        infer_columns: false
-        columns: { account_id: text, campaign_id: text, adset_id: text, ad_id: text, ad_name: text, date_start: date, date_stop: date, impressions: bigint, clicks: bigint, spend: "numeric(12,2)", reach: bigint, account_currency: text, actions: jsonb }
-        write_mode: append
-YAML
+write_pipeline "$WORK/project/pipeline.yaml" ./lake bench_ "$URL"
 # The same pipeline on an encrypted lake (its own schemas, so both loads are alike).
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/project/lake.key"
 sed -e 's|^lake: ./lake$|lake: ./lake-encrypted\nlake_encryption: { master_key: "${file:lake.key}" }|' \

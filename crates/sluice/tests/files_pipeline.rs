@@ -335,10 +335,8 @@ fn zstd_decode(bytes: &[u8]) -> Vec<u8> {
     zstd::stream::decode_all(bytes).expect("zstd page")
 }
 
-#[test]
-fn a_failed_run_resumes_from_its_finished_slices() {
-    let project = Project::new(
-        r#"name: resume
+/// Every file of `data/` as one slice, one slice at a time (the resume tests).
+const RESUME_PIPELINE: &str = r#"name: resume
 sources:
   shop:
     type: files
@@ -347,8 +345,11 @@ sources:
       events:
         path: data/*
         write_mode: append
-"#,
-    );
+"#;
+
+#[test]
+fn a_failed_run_resumes_from_its_finished_slices() {
+    let project = Project::new(RESUME_PIPELINE);
     project.write("data/a.ndjson", orders_ndjson(1, 300));
     // Not Parquet at all: the slice fails with a data error and nothing is published.
     project.write("data/b.parquet", "this is not parquet");
@@ -400,18 +401,7 @@ sources:
 /// as whole numbers), are in the published table, not dropped or cast away.
 #[test]
 fn a_resumed_slice_keeps_the_columns_and_types_it_inferred() {
-    let project = Project::new(
-        r#"name: resume
-sources:
-  shop:
-    type: files
-    max_concurrency: 1
-    streams:
-      events:
-        path: data/*
-        write_mode: append
-"#,
-    );
+    let project = Project::new(RESUME_PIPELINE);
     let lines = |ids: std::ops::Range<u64>, extra: &dyn Fn(u64) -> String| {
         ids.map(|id| format!("{{\"order_id\": {id}{}}}\n", extra(id)))
             .collect::<String>()
