@@ -13,6 +13,10 @@ export CARGO_TARGET_DIR=$WORK/target
 mkdir -p "$WORK"
 
 build() { # source-dir name → $WORK/<name>
+  # Both trees share one target folder and the same workspace layout: cargo would take
+  # the other tree's build of a crate as fresh when this tree's files are older than
+  # it (git archive dates them to the commit). Newer files make cargo look again.
+  find "$1/crates" -name '*.rs' -exec touch {} +
   (cd "$1" && nice cargo build --release --quiet -p sluice-connectors --example extract_bench)
   cp "$CARGO_TARGET_DIR/release/examples/extract_bench" "$WORK/$2"
 }
