@@ -67,7 +67,20 @@ fresh() { # which → drops its schemas and lake, then a CHECKPOINT so no load i
   rm -rf "$WORK/project/lake-$1"
 }
 
-declare -A times peaks
+phases() { # process start (epoch s), its log → "planning_s extract_and_load_s"
+  python3 - "$1" "$2" <<'PY'
+import datetime, re, sys
+start, stamps = float(sys.argv[1]), {}
+for line in open(sys.argv[2]):
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6})\d*Z .*task (started|finished)", line)
+    if m:
+        t = datetime.datetime.strptime(m[1], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc)
+        stamps.setdefault(m[2], t.timestamp())
+print(f"{stamps['started'] - start:.2f} {stamps['finished'] - stamps['started']:.2f}")
+PY
+}
+
+declare -A times peaks plans loads
 ref_times=()
 for round in $(seq "$ROUNDS"); do
   psql "$URL" -qc "truncate bench_ref.insights" -c "checkpoint"
@@ -78,8 +91,14 @@ for round in $(seq "$ROUNDS"); do
   order="base head"; [ $((round % 2)) -eq 0 ] && order="head base"
   for which in $order; do
     fresh "$which"
-    read -r s kib < <(measure "$WORK/$which" -p "$WORK/project/$which.yaml" run)
+    started=$(date +%s.%N)
+    read -r s kib < <(measure env SLUICE_LOG=info NO_COLOR=1 "$WORK/$which" -p "$WORK/project/$which.yaml" run)
     times[$which]="${times[$which]:-} $s"
+    # Where the time went, from the run's own log: start-up and planning (to the task
+    # start; the files source fingerprints a new file by content there), then the
+    # extraction and load (task start to task end).
+    read -r plan_s load_s < <(phases "$started" "$WORK/stderr.txt")
+    plans[$which]="${plans[$which]:-} $plan_s" loads[$which]="${loads[$which]:-} $load_s"
     [ "$kib" -gt "${peaks[$which]:-0}" ] && peaks[$which]=$kib
     line+=", $which ${s} s ($((kib / 1024)) MiB)"
   done
@@ -112,3 +131,8 @@ for which in base head; do
 done
 printf 'head / base: %.2f (time), %.2f (peak memory)\n' "$(echo "$head_s / $base_s" | bc -l)" \
   "$(echo "${peaks[head]} / ${peaks[base]}" | bc -l)"
+for which in base head; do
+  # shellcheck disable=SC2086
+  printf '%s: start-up and planning %s s, extraction and load %s s (medians)\n' "$which" \
+    "$(median ${plans[$which]})" "$(median ${loads[$which]})"
+done
