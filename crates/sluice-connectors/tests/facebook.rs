@@ -454,3 +454,48 @@ async fn too_many_fields_are_read_in_groups_and_merged_exactly() {
     );
     sandbox.shutdown().await;
 }
+
+/// A listed account that is not an id is a config error naming `accounts`, before
+/// any request; one the token cannot reach fails the stream when its slices are
+/// prepared, not silently.
+#[tokio::test]
+async fn a_listed_account_that_is_not_an_id_names_accounts_before_any_request() {
+    let sandbox = sluice_sandbox::start(options(Faults::default()), 0)
+        .await
+        .unwrap();
+    let before = sandbox.request_count();
+    let fb = source(
+        &sandbox.base_url(),
+        credentials::FACEBOOK_ACCESS_TOKEN,
+        |c| {
+            c.accounts =
+                sluice_connectors::facebook_ads::config::Accounts::List(vec!["act_1/../me".into()]);
+        },
+    );
+    let e = extract(&fb, "insights", None, &window(TODAY))
+        .await
+        .err()
+        .expect("a configuration error");
+    assert_eq!(
+        (e.class, e.config_key.as_deref()),
+        (ErrorClass::Configuration, Some("sources.facebook.accounts")),
+        "{e}"
+    );
+    assert!(e.message.contains("act_1/../me"), "{e}");
+    assert_eq!(sandbox.request_count(), before, "no request was made");
+
+    let fb = source(
+        &sandbox.base_url(),
+        credentials::FACEBOOK_ACCESS_TOKEN,
+        |c| {
+            c.accounts =
+                sluice_connectors::facebook_ads::config::Accounts::List(vec!["act_999".into()]);
+        },
+    );
+    let e = extract(&fb, "campaigns", None, &window(TODAY))
+        .await
+        .err()
+        .expect("an unreachable account fails the stream");
+    assert!(e.message.contains("999"), "{e}");
+    sandbox.shutdown().await;
+}

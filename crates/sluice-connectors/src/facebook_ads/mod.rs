@@ -171,8 +171,13 @@ impl FacebookSource {
         if let Some(listed) = self.config.accounts.list() {
             let mut ids = BTreeSet::new();
             for id in listed {
-                crate::http::id_segment(&id, "account id")
-                    .map_err(|e| SourceError::config(e.message, format!("{}.accounts", self.api.key_prefix)))?;
+                // Ids become URL paths: refuse one that is not an id before any request.
+                if crate::http::id_segment(&id, "account id").is_err() {
+                    return Err(SourceError::config(
+                        format!("`{id}` is not an ad account id (act_<digits> or <digits>)"),
+                        format!("{}.accounts", self.api.key_prefix),
+                    ));
+                }
                 ids.insert(id);
             }
             return Ok(ids.into_iter().collect());
