@@ -48,7 +48,8 @@ impl Executor {
             return false;
         };
         // The files' own schemas, read before anything is taken from the checkpoint: a
-        // file that is gone or unreadable means the slice is read again.
+        // file that is gone or unreadable means the slice is read again. Whole files,
+        // one at a time, through the lake (an encrypted lake has no readable footer).
         let mut staged_schemas = Vec::with_capacity(checkpoint.files.len());
         for (_, path) in &checkpoint.files {
             let Ok(reader) = crate::lake::parquet_batches(&self.lake, path).await else {
