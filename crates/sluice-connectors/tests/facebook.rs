@@ -319,11 +319,7 @@ async fn landed_pages_carry_no_credential_and_still_page() {
         use hmac::{Hmac, Mac};
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(app_secret.as_bytes()).unwrap();
         mac.update(credentials::FACEBOOK_ACCESS_TOKEN.as_bytes());
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
+        hex::encode(mac.finalize().into_bytes())
     };
     let run = backfill(TODAY, SINCE, UNTIL);
     let truth = sluice_sandbox::truth(&opts, SINCE.parse().unwrap(), UNTIL.parse().unwrap());

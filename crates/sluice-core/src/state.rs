@@ -208,11 +208,7 @@ impl StateStore {
 
     fn checkpoint_path(&self, table: &str, slice_key: &str) -> String {
         use sha2::{Digest, Sha256};
-        let digest: String = Sha256::digest(slice_key.as_bytes())
-            .iter()
-            .take(12)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = hex::encode(&Sha256::digest(slice_key.as_bytes())[..12]);
         format!("{}/checkpoints/{table}/{digest}.json", self.prefix)
     }
 

@@ -357,7 +357,7 @@ async fn handle(State(st): State<Arc<AppState>>, req: axum::extract::Request) ->
 
 /// Opaque cursor encoding (hex of a short text), stable for the same position.
 pub(crate) fn encode_cursor(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
+    hex::encode(s)
 }
 
 pub(crate) fn decode_cursor(s: &str) -> Option<String> {

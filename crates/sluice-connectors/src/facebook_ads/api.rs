@@ -327,11 +327,7 @@ fn hmac_sha256_hex(key: &str, message: &str) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes())
         .expect("HMAC takes keys of any length");
     mac.update(message.as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(mac.finalize().into_bytes())
 }
 
 #[cfg(test)]

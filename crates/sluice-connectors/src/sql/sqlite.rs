@@ -195,7 +195,7 @@ fn value_text(value: ValueRef<'_>) -> Option<String> {
         // in exponent form: the digits a DECIMAL value was stored from.
         ValueRef::Real(f) => f.to_string(),
         ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-        ValueRef::Blob(b) => b.iter().map(|byte| format!("{byte:02x}")).collect(),
+        ValueRef::Blob(b) => hex::encode(b),
     })
 }
 

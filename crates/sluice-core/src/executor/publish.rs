@@ -285,10 +285,5 @@ pub(super) fn digest<'a>(table: &str, keys: impl Iterator<Item = &'a str>) -> St
         hasher.update([0]);
         hasher.update(key.as_bytes());
     }
-    hasher
-        .finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&hasher.finalize()[..16])
 }

@@ -46,12 +46,11 @@ pub async fn run(pipeline: &Path, args: ForgetArgs) -> u8 {
         crate::logging::print_error!("--subject is empty");
         return exit::CONFIG;
     }
-    let subject_hash = models.pii.keys.hmac_hex(&subject).unwrap_or_else(|| {
-        Sha256::digest(subject.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    });
+    let subject_hash = models
+        .pii
+        .keys
+        .hmac_hex(&subject)
+        .unwrap_or_else(|| hex::encode(Sha256::digest(subject.as_bytes())));
     let actor = sluice_core::audit::Actor::local();
     let details = serde_json::json!({ "subject_hash": subject_hash });
     if let Err(code) = super::audit::record(

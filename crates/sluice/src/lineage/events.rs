@@ -42,7 +42,7 @@ pub fn run_uuid(run_id: &str, task: Option<&str>) -> String {
     let mut b: [u8; 16] = hash.finalize()[..16].try_into().expect("16 of 32 bytes");
     b[6] = (b[6] & 0x0f) | 0x80;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let hex = hex::encode(b);
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],
