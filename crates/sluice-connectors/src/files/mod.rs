@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use globset::{Glob, GlobMatcher};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
@@ -43,6 +43,8 @@ pub(super) const RECORDS_PER_CHUNK: usize = 8192;
 pub(super) const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// NDJSON pages are cut at the first line end after this many bytes.
 const PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Files fingerprinted at once while planning (each reads 4 MiB at a time).
+const FINGERPRINTS_AT_ONCE: usize = 4;
 
 /// A `files` source.
 #[derive(Debug, Deserialize)]
@@ -277,6 +279,34 @@ impl FilesSource {
             path = path.join(part);
         }
         path
+    }
+
+    /// The fingerprint of a file whose size or time differ from the remembered
+    /// `entry` (with its remembered length's prefix, to tell a grown file); `None`
+    /// when it is untouched.
+    async fn fingerprint_if_moved(
+        &self,
+        entry: Option<&Value>,
+        relative: &str,
+        meta: &object_store::ObjectMeta,
+    ) -> Result<Option<file_changes::Fingerprint>, SourceError> {
+        let modified = meta.last_modified.timestamp_micros();
+        if file_changes::untouched(entry, meta.size, modified) {
+            return Ok(None);
+        }
+        let previous_size = SeenFile::from_cursor(entry)
+            .map(|p| p.size)
+            .filter(|p| *p <= meta.size);
+        file_changes::fingerprint(
+            &self.store,
+            &meta.location,
+            relative,
+            meta.size,
+            modified,
+            previous_size,
+        )
+        .await
+        .map(Some)
     }
 
     fn relative(&self, path: &StorePath) -> String {
@@ -542,11 +572,21 @@ impl Source for FilesSource {
                 cursor_after: None,
             });
         }
+        // Files whose size or time moved are read for their fingerprint, a few at once:
+        // one after the other, a first load of a folder waits for each whole file.
+        let reads: Vec<_> = files
+            .iter()
+            .map(|(relative, meta)| self.fingerprint_if_moved(seen.get(relative), relative, meta))
+            .collect();
+        let prints: Vec<Option<file_changes::Fingerprint>> = futures::stream::iter(reads)
+            .buffered(FINGERPRINTS_AT_ONCE)
+            .try_collect()
+            .await?;
         // A replaced table is rebuilt from every file whenever any of them changed.
         let replaces = stream.write_mode == WriteMode::Replace;
         let mut slices = Vec::new();
         let mut all = Vec::new();
-        for (relative, meta) in files {
+        for ((relative, meta), print) in files.into_iter().zip(prints) {
             let modified = meta.last_modified.timestamp_micros();
             let version = format!("{}@{modified}", meta.size);
             let entry = seen.get(&relative);
@@ -559,24 +599,13 @@ impl Source for FilesSource {
                 lines_before: 0,
                 header_bytes: 0,
             };
-            if file_changes::untouched(entry, meta.size, modified) {
+            let Some(print) = print else {
+                // Untouched: same size and time as remembered.
                 current.insert(relative, entry.cloned().unwrap_or(Value::Null));
                 all.push(whole);
                 continue;
-            }
+            };
             let previous = SeenFile::from_cursor(entry);
-            let print = file_changes::fingerprint(
-                &self.store,
-                &meta.location,
-                &relative,
-                meta.size,
-                modified,
-                previous
-                    .as_ref()
-                    .map(|p| p.size)
-                    .filter(|p| *p <= meta.size),
-            )
-            .await?;
             let can_grow = format != FileFormat::Parquet && !replaces;
             let change =
                 file_changes::classify(previous.as_ref(), entry.is_some(), &print, can_grow);
