@@ -97,6 +97,26 @@ pub struct Fence {
     pub token: u64,
 }
 
+impl Fence {
+    /// The token as the destinations store it (a signed 64-bit column).
+    pub fn stored_token(&self) -> i64 {
+        i64::try_from(self.token).unwrap_or(i64::MAX)
+    }
+
+    /// Why the load is refused, given the highest token already published for the
+    /// shard: a higher one means another process took the shard over.
+    pub fn refusal(&self, highest: Option<i64>) -> Option<String> {
+        let token = self.stored_token();
+        highest.filter(|&h| h > token).map(|highest| {
+            format!(
+                "shard {} of round {} was taken over: fencing token {highest} has published, \
+                 this process holds {token}; nothing published",
+                self.shard, self.round
+            )
+        })
+    }
+}
+
 impl LoadTail {
     /// A tail that is already known (every load that does not stream).
     pub fn ready<'a>(self) -> TailFuture<'a> {

@@ -601,7 +601,7 @@ pub async fn test_hold(var: &'static str) {
     let set = |value| HOLDS.lock().expect("holds lock").insert(var, value);
     let first = {
         let mut holds = HOLDS.lock().expect("holds lock");
-        holds.get(var).is_none() && holds.insert(var, HOLDING).is_none()
+        !holds.contains_key(var) && holds.insert(var, HOLDING).is_none()
     };
     if first {
         if std::fs::write(&path, format!("held at {var}\n")).is_err() {

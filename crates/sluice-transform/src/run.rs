@@ -519,6 +519,28 @@ impl Outcome {
     }
 }
 
+/// Keeps a model's failing rows in the lake whatever the severity (local and in the
+/// warehouse alike): `sluice query` reads them as `quarantine.<layer>__<model>`.
+/// Returns the line telling the user so, when there were any.
+pub(crate) async fn keep_failing_rows(
+    lake: &Lake,
+    model: &Model,
+    run_id: &str,
+    rows: &[sluice_core::typing::Rejected],
+) -> Result<Option<String>, TransformError> {
+    let layer = model.layer.as_str();
+    Ok(
+        sluice_core::quarantine::write(lake, layer, &model.name, run_id, rows)
+            .await?
+            .map(|_| {
+                format!(
+                    "failing rows: `sluice query \"select * from quarantine.{layer}__{}\"`",
+                    model.name
+                )
+            }),
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_one(
     ctx: &SessionContext,
@@ -588,17 +610,7 @@ async fn run_one(
     let had_table = catalog::lake_tables(lake, layer)
         .await?
         .contains(&model.name);
-    // Failing rows are kept in the lake whatever the severity: `sluice query`
-    // reads them as `quarantine.<layer>__<model>`.
-    let kept_at =
-        sluice_core::quarantine::write(lake, layer, &model.name, &record.run_id, &quarantine)
-            .await?
-            .map(|_| {
-                format!(
-                    "failing rows: `sluice query \"select * from quarantine.{layer}__{}\"`",
-                    model.name
-                )
-            });
+    let kept_at = keep_failing_rows(lake, model, &record.run_id, &quarantine).await?;
     if !errors.is_empty() {
         // The table is not published, but its failing rows are, next to it
         // (`<model>__quarantine`), like a stream's rejected records.

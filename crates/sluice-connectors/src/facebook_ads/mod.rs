@@ -188,6 +188,11 @@ impl FacebookSource {
                 return Ok(ids.clone());
             }
         }
+        self.list_all(&mut cache).await
+    }
+
+    /// Lists every account the token reaches into `cache`; returns their ids, sorted.
+    async fn list_all(&self, cache: &mut AccountCache) -> Result<Vec<String>, SourceError> {
         let mut ids = BTreeSet::new();
         for v in entities::list_all_accounts(&self.api, &self.config).await? {
             if let Some(account) = Account::from_json(&v) {
@@ -220,10 +225,7 @@ impl FacebookSource {
                     cache.keep(Account { id, ..account });
                 }
             } else {
-                drop(cache);
-                self.accounts.lock().await.listed = None;
-                self.account_ids().await?;
-                cache = self.accounts.lock().await;
+                self.list_all(&mut cache).await?;
             }
         }
         ids.iter()

@@ -372,12 +372,11 @@ impl StreamSchema {
                 }
             }
             Policy::Evolve => {
-                // Keep sluice's columns last.
-                let system: Vec<Field> = self.schema.fields.split_off(self.schema.fields.len() - 2);
+                let mut added = Vec::with_capacity(order.len());
                 for key in &order {
                     let (ty, count, first) = &new[key];
                     let ty = ty.unwrap_or(FieldType::Text);
-                    self.schema.fields.push(Field::new(*key, ty));
+                    added.push(Field::new(*key, ty));
                     if self.baseline.is_some() {
                         let day = self.earliest_day(records, key);
                         let detail = format!(
@@ -394,8 +393,7 @@ impl StreamSchema {
                         self.note(ChangeKind::Added, key, || detail, "evolved", *count);
                     }
                 }
-                self.schema.fields.extend(system);
-                self.version += 1;
+                self.add_columns(added);
             }
         }
         Ok(())
@@ -438,15 +436,19 @@ impl StreamSchema {
         if added.is_empty() {
             return;
         }
-        // Keep sluice's columns last.
-        let system: Vec<Field> = self.schema.fields.split_off(self.schema.fields.len() - 2);
-        for field in added {
-            if self.baseline.is_some() {
+        if self.baseline.is_some() {
+            for field in &added {
                 let detail = format!("{} first seen in {origin}", field.ty.name());
                 self.note(ChangeKind::Added, &field.name, || detail, "evolved", 0);
             }
-            self.schema.fields.push(field);
         }
+        self.add_columns(added);
+    }
+
+    /// Adds new columns before sluice's own two (which stay last) and bumps the version.
+    fn add_columns(&mut self, added: Vec<Field>) {
+        let system: Vec<Field> = self.schema.fields.split_off(self.schema.fields.len() - 2);
+        self.schema.fields.extend(added);
         self.schema.fields.extend(system);
         self.version += 1;
     }

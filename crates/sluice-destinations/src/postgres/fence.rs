@@ -46,7 +46,7 @@ pub(super) async fn check(
     )
     .await
     .map_err(FenceError::Sql)?;
-    let token = i64::try_from(fence.token).unwrap_or(i64::MAX);
+    let token = fence.stored_token();
     let highest: Option<i64> = tx
         .query_one(
             &format!(
@@ -58,12 +58,8 @@ pub(super) async fn check(
         .await
         .map_err(FenceError::Sql)?
         .get(0);
-    if let Some(highest) = highest.filter(|&h| h > token) {
-        return Err(FenceError::Refused(format!(
-            "shard {} of round {} was taken over: fencing token {highest} has published, \
-             this process holds {token}; nothing published",
-            fence.shard, fence.round
-        )));
+    if let Some(refusal) = fence.refusal(highest) {
+        return Err(FenceError::Refused(refusal));
     }
     tx.execute(
         &format!(

@@ -286,18 +286,14 @@ fn check_fence(tx: &Transaction<'_>, fence: &Fence, run_id: &str) -> Result<(), 
         "CREATE TABLE IF NOT EXISTS {FENCES} (round TEXT NOT NULL, shard TEXT NOT NULL, \
          token INTEGER NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (round, shard, token))"
     ))?;
-    let token = i64::try_from(fence.token).unwrap_or(i64::MAX);
+    let token = fence.stored_token();
     let highest: Option<i64> = tx.query_row(
         &format!("SELECT max(token) FROM {FENCES} WHERE round = ?1 AND shard = ?2"),
         params![fence.round, fence.shard],
         |row| row.get(0),
     )?;
-    if let Some(highest) = highest.filter(|&h| h > token) {
-        return Err(FenceError::Refused(format!(
-            "shard {} of round {} was taken over: fencing token {highest} has published, \
-             this process holds {token}; nothing published",
-            fence.shard, fence.round
-        )));
+    if let Some(refusal) = fence.refusal(highest) {
+        return Err(FenceError::Refused(refusal));
     }
     tx.execute(
         &format!(

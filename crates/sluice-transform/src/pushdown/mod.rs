@@ -271,15 +271,9 @@ pub(super) fn refuse_functions(
         .into())
 }
 
-/// The warehouse objects `model` and its checks may name (without a warehouse: the
-/// layers' own schema names, enough to find what cannot be mapped).
-fn relations(
-    project: &ModelProject,
-    model: &Model,
-    warehouse: Option<&dyn Warehouse>,
-) -> Relations {
-    let mut relations = Relations::default();
-    let d1: BTreeSet<&str> = model
+/// The D1 tables `model` reads, itself or through a `relationships` check.
+pub(super) fn d1_tables(model: &Model) -> BTreeSet<&str> {
+    model
         .depends_on
         .iter()
         .filter(|d| d.layer == "d1")
@@ -289,8 +283,18 @@ fn relations(
                 .as_ref()
                 .and_then(|r| r.to.strip_prefix("d1."))
         }))
-        .collect();
-    for table in d1 {
+        .collect()
+}
+
+/// The warehouse objects `model` and its checks may name (without a warehouse: the
+/// layers' own schema names, enough to find what cannot be mapped).
+fn relations(
+    project: &ModelProject,
+    model: &Model,
+    warehouse: Option<&dyn Warehouse>,
+) -> Relations {
+    let mut relations = Relations::default();
+    for table in d1_tables(model) {
         relations.insert("d1", table, d1_view(table));
     }
     for other in &project.models {
@@ -491,16 +495,8 @@ pub(crate) async fn run_one(
                 Severity::Error => errors.push(message),
             }
         }
-        let layer = model.layer.as_str();
         let kept_at =
-            sluice_core::quarantine::write(lake, layer, &model.name, &record.run_id, &quarantine)
-                .await?
-                .map(|_| {
-                    format!(
-                        "failing rows: `sluice query \"select * from quarantine.{layer}__{}\"`",
-                        model.name
-                    )
-                });
+            crate::run::keep_failing_rows(lake, model, &record.run_id, &quarantine).await?;
         if !errors.is_empty() {
             session.block(&quarantine, &record.run_id).await?;
             errors.extend(kept_at);

@@ -80,17 +80,7 @@ pub(super) async fn setup(
             &[],
         )
         .await?;
-    for dep in model
-        .depends_on
-        .iter()
-        .filter(|d| d.layer == "d1")
-        .map(|d| d.name.as_str())
-        .chain(model.config.checks.iter().filter_map(|c| {
-            c.relationships
-                .as_ref()
-                .and_then(|r| r.to.strip_prefix("d1."))
-        }))
-    {
+    for dep in super::d1_tables(model) {
         create_d1_view(session, project, warehouse, dep).await?;
     }
     Ok(())
