@@ -407,7 +407,7 @@ impl Executor {
             // A shard that lost its lease (another process took it over) publishes nothing;
             // one that loses it after this check is refused by the destination's fence.
             run.lease.check().await?;
-            crate::shard::test_hold_before_publish().await;
+            crate::test_hook::hold_before_publish().await;
         }
         self.observer.task_loading(&name);
         let published = publish::Staged {

@@ -27,4 +27,5 @@ pub mod secret;
 pub mod shard;
 pub mod source;
 pub mod state;
+pub mod test_hook;
 pub mod typing;

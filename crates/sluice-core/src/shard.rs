@@ -577,48 +577,6 @@ impl ShardLedger {
     }
 }
 
-/// Test hook: with `SLUICE_TEST_HOLD_BEFORE_PUBLISH=<file>`, the first publish of a
-/// shard (its lease just checked) waits (see [`test_hold`]). How tests pause a process
-/// between its lease check and its publish (the gap the destination's fence closes).
-pub async fn test_hold_before_publish() {
-    test_hold("SLUICE_TEST_HOLD_BEFORE_PUBLISH").await
-}
-
-/// Test hook: when the environment variable `var` names a file, the first caller
-/// creates the file and waits until it is removed (at most 10 minutes); callers
-/// reaching the hook meanwhile wait with it, later ones pass. Unset: returns at once.
-pub async fn test_hold(var: &'static str) {
-    const HOLDING: u8 = 1;
-    const RELEASED: u8 = 2;
-    static HOLDS: std::sync::Mutex<BTreeMap<&'static str, u8>> =
-        std::sync::Mutex::new(BTreeMap::new());
-    let Some(path) = std::env::var_os(var) else {
-        return;
-    };
-    let path = std::path::PathBuf::from(path);
-    let started = std::time::Instant::now();
-    let state = || HOLDS.lock().expect("holds lock").get(var).copied();
-    let set = |value| HOLDS.lock().expect("holds lock").insert(var, value);
-    let first = {
-        let mut holds = HOLDS.lock().expect("holds lock");
-        !holds.contains_key(var) && holds.insert(var, HOLDING).is_none()
-    };
-    if first {
-        if std::fs::write(&path, format!("held at {var}\n")).is_err() {
-            set(RELEASED);
-            return;
-        }
-        tracing::warn!(file = %path.display(), "test hook {var}: holding until the file is removed");
-        while path.exists() && started.elapsed() < Duration::from_secs(600) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        set(RELEASED);
-    }
-    while state() != Some(RELEASED) && started.elapsed() < Duration::from_secs(600) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn lease_path(dir: &str, generation: u64) -> String {
     format!("{dir}/{generation:010}.json")
 }

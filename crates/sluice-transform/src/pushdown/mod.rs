@@ -457,7 +457,7 @@ pub(crate) async fn run_one(
             return Ok(already_published(scope, partitions.clone(), had_table));
         };
         setup(session.as_mut(), project, model, warehouse).await?;
-        sluice_core::shard::test_hold("SLUICE_TEST_HOLD_IN_WAREHOUSE").await;
+        sluice_core::test_hook::hold("SLUICE_TEST_HOLD_IN_WAREHOUSE").await;
         let stage = session.stage().to_string();
         let rows = session
             .execute(
