@@ -6,7 +6,7 @@
 //!
 //! - [`project`]: loading models, reading their dependencies from the SQL's table
 //!   references (`d1.x`, `d2a.y`), ordering them, and reporting SQL errors as file:line;
-//! - [`pii`]: the `pii:` policy and the keyed-hash / mask / redact / AES-GCM functions,
+//! - [`pii`]: the `pii:` policy and the keyed-hash / mask / redact / encrypt functions,
 //!   applied automatically to every D1 column a model reads;
 //! - [`functions`]: cleaning helpers usable in any model (money, micros, currencies, safe casts);
 //! - [`catalog`]: the DataFusion session over the lake's tables (`d1.*`, `d2a.*`, `d2b.*`);

@@ -5,12 +5,13 @@
 //!
 //! What a model reads there: `d1.<table>` is a temporary view over the published D1
 //! table with the `pii:` policy applied as for local models (hash through SHA-256,
-//! masks; an action PostgreSQL cannot compute is an error if the model reads the
-//! column); `d2a.<model>` / `d2b.<model>` are the published tables.
+//! masks, encryption through pgcrypto; an action PostgreSQL cannot compute is an
+//! error if the model reads the column); `d2a.<model>` / `d2b.<model>` are the
+//! published tables.
 //!
 //! One model is one [`WarehouseSession`] (one transaction):
-//! 1. temp objects: the hash key (bound as a parameter, never in SQL text), the
-//!    currency rates and `convert_currency`, the D1 views;
+//! 1. temp objects: the hash and encryption keys (bound as parameters, never in SQL
+//!    text), `encrypt`/`decrypt`, the currency rates and `convert_currency`, the D1 views;
 //! 2. `INSERT INTO` the staging table `SELECT` the model (only the recomputed dates
 //!    for an incremental run); rows whose `partition_by` is NULL go to the quarantine;
 //! 3. the checks, as SQL over the staging table (`this`); failing rows come back as
@@ -144,7 +145,7 @@ pub(crate) async fn validate(
                 continue;
             }
             if let Some(action) = policy_action(project, &dep.name, column) {
-                if let Err(why) = dialect::policy_expr(action, "x") {
+                if let Err(why) = dialect::policy_expr(action, "x", "t.x") {
                     return Err(model
                         .sql_error(
                             find_ignore_case(&model.sql, column),

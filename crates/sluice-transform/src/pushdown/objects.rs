@@ -1,11 +1,14 @@
 //! The temporary objects one model's warehouse session creates before its `SELECT`
-//! runs: the hash key (a bound parameter, never SQL text), the currency rates with
-//! `convert_currency`, and a `pii:` policy view per D1 table the model reads. All
-//! live in `pg_temp` and end with the session.
+//! runs: the hash and encryption keys (bound parameters, never SQL text),
+//! `encrypt`/`decrypt`, the currency rates with `convert_currency`, and a `pii:`
+//! policy view per D1 table the model reads. All live in `pg_temp` and end with the
+//! session.
 
 use sluice_core::pushdown::{Warehouse, WarehouseSession};
 
-use super::dialect::{self, literal, quote, CONVERT_FUNCTION, KEYS_TABLE};
+use super::dialect::{
+    self, literal, quote, CONVERT_FUNCTION, DECRYPT_FUNCTION, ENCRYPT_FUNCTION, KEYS_TABLE,
+};
 use super::policy_action;
 use crate::error::TransformError;
 use crate::project::{Model, ModelProject};
@@ -33,6 +36,7 @@ pub(super) async fn setup(
             )
             .await?;
     }
+    cipher_functions(session, project).await?;
     session
         .execute(
             "CREATE TEMP TABLE _sluice_rates (day date NOT NULL, src text NOT NULL, \
@@ -86,6 +90,123 @@ pub(super) async fn setup(
     Ok(())
 }
 
+/// `encrypt` and `decrypt` of the `enc:v3:` format (AES_256_CBC_HMAC_SHA_512, see
+/// [`crate::pii`]): the same values as locally, so a value encrypted by either engine
+/// is decrypted by both. PostgreSQL computes them with pgcrypto's `encrypt_iv`,
+/// `decrypt_iv` and `hmac`; the keys are in a temp table, bound as parameters.
+/// `enc:v2:` (AES-GCM) values and anything altered or moved decrypt to NULL.
+///
+/// Without pgcrypto in the database, both functions fail with what to do, when a
+/// model calls one or reads an encrypted column; they are IMMUTABLE then, so a view's
+/// encrypted column that nothing reads is dropped by the planner, not evaluated.
+async fn cipher_functions(
+    session: &mut dyn WarehouseSession,
+    project: &ModelProject,
+) -> Result<(), TransformError> {
+    let pgcrypto = session
+        .query_text(
+            "SELECT quote_ident(n.nspname) FROM pg_extension e \
+             JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pgcrypto'",
+        )
+        .await?
+        .into_iter()
+        .find_map(|row| row.into_iter().next().flatten());
+    let Some(p) = pgcrypto else {
+        for (function, args) in [
+            (ENCRYPT_FUNCTION, "value text, context text"),
+            (DECRYPT_FUNCTION, "value text, context text"),
+        ] {
+            session
+                .execute(
+                    &format!(
+                        "CREATE FUNCTION {function}({args}) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$ \
+                         BEGIN RAISE EXCEPTION 'encrypt() and decrypt() in the warehouse need the pgcrypto extension, \
+                         which database % does not have: run CREATE EXTENSION pgcrypto there (once, as a user allowed to), \
+                         or give this model engine: local', current_database(); END $$"
+                    ),
+                    &[],
+                )
+                .await?;
+        }
+        return Ok(());
+    };
+    session
+        .execute(
+            "CREATE TEMP TABLE _sluice_cipher_keys (key_id text PRIMARY KEY, active boolean NOT NULL, \
+             mac_key bytea NOT NULL, aes_key bytea NOT NULL) ON COMMIT DROP",
+            &[],
+        )
+        .await?;
+    for (id, active, key) in project.pii.keys.cipher_keys() {
+        session
+            .execute(
+                &format!(
+                    "INSERT INTO pg_temp._sluice_cipher_keys VALUES ({}, {active}, $1, $2)",
+                    literal(id)
+                ),
+                &[key.mac_key(), key.aes_key()],
+            )
+            .await?;
+    }
+    let v3 = literal(crate::pii::ENCRYPTED_PREFIX);
+    // RFC 7518 §5.2.2.1: T = HMAC-SHA-512(MAC_KEY, A ‖ IV ‖ E ‖ AL) cut to 32 bytes,
+    // A = prefix ‖ key id ‖ ':' ‖ context, AL = A's length in bits (64-bit big-endian).
+    let tag = format!(
+        "substring({p}.hmac(a || iv || e || int8send(8 * octet_length(a)), k.mac_key, 'sha512') FROM 1 FOR 32)"
+    );
+    session
+        .execute(
+            &format!(
+                "CREATE FUNCTION {ENCRYPT_FUNCTION}(value text, context text) RETURNS text \
+                 LANGUAGE plpgsql VOLATILE AS $$ \
+                 DECLARE k record; iv bytea; e bytea; a bytea; \
+                 BEGIN \
+                   IF value IS NULL OR context IS NULL THEN RETURN NULL; END IF; \
+                   SELECT * INTO k FROM pg_temp._sluice_cipher_keys WHERE active; \
+                   IF NOT FOUND THEN RETURN NULL; END IF; \
+                   iv := {p}.gen_random_bytes(16); \
+                   e := {p}.encrypt_iv(convert_to(value, 'UTF8'), k.aes_key, iv, 'aes-cbc/pad:pkcs'); \
+                   a := convert_to({v3} || k.key_id || ':' || context, 'UTF8'); \
+                   RETURN {v3} || k.key_id || ':' || rtrim(translate(replace(encode( \
+                     iv || e || {tag}, 'base64'), E'\\n', ''), '+/', '-_'), '='); \
+                 END $$"
+            ),
+            &[],
+        )
+        .await?;
+    // No exception handler (it would open a subtransaction per row): what could throw
+    // is checked first, and the clear text is only decrypted once the tag matched.
+    session
+        .execute(
+            &format!(
+                "CREATE FUNCTION {DECRYPT_FUNCTION}(value text, context text) RETURNS text \
+                 LANGUAGE plpgsql STABLE AS $$ \
+                 DECLARE k record; rest text; data text; raw bytea; n int; iv bytea; e bytea; a bytea; \
+                 BEGIN \
+                   IF value IS NULL OR context IS NULL OR left(value, {len}) <> {v3} THEN RETURN NULL; END IF; \
+                   rest := substr(value, {len} + 1); \
+                   data := split_part(rest, ':', 2); \
+                   IF data !~ '^[A-Za-z0-9_-]+$' OR length(data) % 4 = 1 \
+                      OR rest <> split_part(rest, ':', 1) || ':' || data THEN RETURN NULL; END IF; \
+                   SELECT * INTO k FROM pg_temp._sluice_cipher_keys WHERE key_id = split_part(rest, ':', 1); \
+                   IF NOT FOUND THEN RETURN NULL; END IF; \
+                   raw := decode(translate(data, '-_', '+/') || repeat('=', (4 - length(data) % 4) % 4), 'base64'); \
+                   n := octet_length(raw); \
+                   IF n < 64 OR (n - 48) % 16 <> 0 THEN RETURN NULL; END IF; \
+                   iv := substring(raw FROM 1 FOR 16); \
+                   e := substring(raw FROM 17 FOR n - 48); \
+                   a := convert_to({v3} || k.key_id || ':' || context, 'UTF8'); \
+                   IF {tag} <> substring(raw FROM n - 31) THEN RETURN NULL; END IF; \
+                   RETURN convert_from({p}.decrypt_iv(e, k.aes_key, iv, 'aes-cbc/pad:pkcs'), 'UTF8'); \
+                 END $$",
+                len = crate::pii::ENCRYPTED_PREFIX.len(),
+            ),
+            &[],
+        )
+        .await?;
+    Ok(())
+}
+
 /// `pg_temp."_sluice_d1__<table>"`: the published D1 table as models see it, with the
 /// `pii:` policy applied and a `dt` date column (the partition column's date, or the
 /// load date of an unpartitioned table, as the lake's `dt=` folders hold).
@@ -117,12 +238,14 @@ async fn create_d1_view(
         let value = format!("CAST(t.{} AS TEXT)", quote(column));
         match policy_action(project, table, column) {
             None => select.push(format!("t.{}", quote(column))),
-            Some(action) => match dialect::policy_expr(action, &value) {
-                Ok(Some(expr)) => select.push(format!("{expr} AS {}", quote(column))),
-                Ok(None) => {}
-                // Not read by the model (validate refused it otherwise): not shown.
-                Err(_) => select.push(format!("CAST(NULL AS TEXT) AS {}", quote(column))),
-            },
+            Some(action) => {
+                match dialect::policy_expr(action, &value, &format!("{table}.{column}")) {
+                    Ok(Some(expr)) => select.push(format!("{expr} AS {}", quote(column))),
+                    Ok(None) => {}
+                    // Not read by the model (validate refused it otherwise): not shown.
+                    Err(_) => select.push(format!("CAST(NULL AS TEXT) AS {}", quote(column))),
+                }
+            }
         }
     }
     let dt = project

@@ -1,7 +1,7 @@
 -- Customers of the app (CleverTap profiles) and of the CRM database, without
 -- clear-text personal data. The pipeline's `pii:` policy has already transformed the
 -- D1 columns this model reads: email → HMAC hash, phone → masked to the last 4
--- digits, address → AES-GCM encrypted.
+-- digits, address → encrypted (AES-256-CBC + HMAC-SHA-512, `enc:v3:`).
 -- The address rule is classified here, inside the engine, from decrypt(address): the clear
 -- address never leaves this query; D2 keeps only the encrypted value and the rule.
 -- A ciphertext is bound to the column it was encrypted from, which decrypt() names.

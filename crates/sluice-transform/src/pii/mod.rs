@@ -9,11 +9,12 @@
 //!
 //! Keys: `key` (and `encryption_key`, `old_keys`) must hold at least 32 bytes (64 hex
 //! digits, base64 of 32+ bytes, or 32+ characters of text). The hash key and each
-//! AES-256 key are derived from them with HKDF-SHA-256 under a distinct label per
+//! encryption key are derived from them with HKDF-SHA-256 under a distinct label per
 //! purpose, so no value a model can hash ever equals a key. Encrypted values are
-//! `enc:v2:<key id>:<base64url(nonce ‖ ciphertext)>` and bound to the `table.column`
-//! they were encrypted from (AES-GCM associated data): `decrypt(value, 'table.column')`
-//! fails for a value copied from another column.
+//! `enc:v3:<key id>:<base64url(iv ‖ ciphertext ‖ tag)>` (AES-256-CBC with HMAC-SHA-512,
+//! the RFC 7518 AEAD that PostgreSQL can compute too; see [`cipher`]) and bound to the
+//! `table.column` they were encrypted from: `decrypt(value, 'table.column')` fails for
+//! a value copied from another column.
 //!
 //! ```yaml
 //! pii:
@@ -31,14 +32,13 @@
 //!
 //! (Over 700 lines with its tests, which are ~190 of them: the policy, the keys and
 //! the functions share the derived keys, and the tests check them against each
-//! other; the code itself is ~620 lines.)
+//! other; the code itself is ~600 lines.)
+
+mod cipher;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
-use base64::Engine as _;
 use datafusion::arrow::array::{Array, ArrayRef, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result as DfResult;
@@ -51,6 +51,8 @@ use sha2::Sha256;
 use sluice_core::config::{ConfigError, PipelineConfig, Section};
 use sluice_core::secret::Secret;
 
+pub(crate) use cipher::{CipherKey, V3 as ENCRYPTED_PREFIX};
+
 /// What happens to a personal column when it leaves D1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,7 +64,7 @@ pub enum PiiAction {
     MaskLast4,
     /// Format-preserving redaction (`j***@e******.com`, `+* ***-***-4567`).
     Redact,
-    /// AES-256-GCM with the active key id, bound to `table.column`: reversible with
+    /// Encrypted with the active key id, bound to `table.column`: reversible with
     /// `decrypt(value, 'table.column')` in a model.
     Encrypt,
     /// The column is not visible to models at all.
@@ -129,10 +131,6 @@ pub const MIN_KEY_BYTES: usize = 32;
 const HKDF_SALT: &[u8] = b"sluice/pii";
 /// HKDF label of the HMAC key behind `hash` / `hmac_sha256()`.
 const HASH_LABEL: &str = "sluice/pii/hash/hmac-sha256";
-/// HKDF label prefix of the AES-256-GCM keys (followed by the key id).
-const AES_LABEL: &str = "sluice/pii/encrypt/aes-256-gcm/";
-/// Prefix of encrypted values; the version changes when the format or binding does.
-const ENCRYPTED_PREFIX: &str = "enc:v2:";
 
 /// A key that cannot be used, in words that name what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,7 +144,7 @@ pub struct PiiKeys {
     hmac: Option<[u8; 32]>,
     active_id: String,
     /// Encryption keys by id; `active_id` encrypts, all of them decrypt.
-    encryption: BTreeMap<String, [u8; 32]>,
+    encryption: BTreeMap<String, CipherKey>,
 }
 
 impl std::fmt::Debug for PiiKeys {
@@ -165,7 +163,7 @@ impl PiiKeys {
         let material = key_material("key", key)?;
         let active_id = default_key_id();
         let mut encryption = BTreeMap::new();
-        encryption.insert(active_id.clone(), derive_aes(&material, &active_id));
+        encryption.insert(active_id.clone(), CipherKey::derive(&material, &active_id));
         Ok(PiiKeys {
             hmac: Some(derive(&material, HASH_LABEL)),
             active_id,
@@ -192,75 +190,38 @@ impl PiiKeys {
         Some(hex(&mac.finalize().into_bytes()))
     }
 
-    /// `enc:v2:<key id>:<base64url(nonce ‖ ciphertext)>`, bound to `context` (`table.column`).
+    /// `value` encrypted with the active key id, bound to `context` (`table.column`).
     pub fn encrypt(&self, value: &str, context: &str) -> Option<String> {
         let key = self.encryption.get(&self.active_id)?;
-        let cipher = Aes256Gcm::new_from_slice(key).ok()?;
-        let nonce_bytes: [u8; 12] = rand::random();
-        let aad = associated_data(&self.active_id, context);
-        let mut out = nonce_bytes.to_vec();
-        out.extend(
-            cipher
-                .encrypt(
-                    Nonce::from_slice(&nonce_bytes),
-                    Payload {
-                        msg: value.as_bytes(),
-                        aad: aad.as_bytes(),
-                    },
-                )
-                .ok()?,
-        );
-        Some(format!(
-            "{ENCRYPTED_PREFIX}{}:{}",
-            self.active_id,
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
-        ))
+        Some(cipher::encrypt(key, &self.active_id, value, context))
     }
 
     /// The clear text of an `encrypt` value of `context`; `None` if the key id is unknown,
     /// the value was tampered with or it was encrypted from another column.
     pub fn decrypt(&self, value: &str, context: &str) -> Option<String> {
-        let rest = value.strip_prefix(ENCRYPTED_PREFIX)?;
-        let (id, data) = rest.split_once(':')?;
-        let key = self.encryption.get(id)?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(data)
-            .ok()?;
-        if bytes.len() < 12 {
-            return None;
-        }
-        let (nonce, ciphertext) = bytes.split_at(12);
-        let cipher = Aes256Gcm::new_from_slice(key).ok()?;
-        let aad = associated_data(id, context);
-        let clear = cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: aad.as_bytes(),
-                },
-            )
-            .ok()?;
-        String::from_utf8(clear).ok()
+        cipher::decrypt(&self.encryption, value, context)
     }
-}
 
-/// What a ciphertext is bound to: format version, key id and the column it came from.
-fn associated_data(key_id: &str, context: &str) -> String {
-    format!("{ENCRYPTED_PREFIX}{key_id}:{context}")
+    /// The encryption keys by id, and whether each is the one that encrypts. Secret.
+    pub(crate) fn cipher_keys(&self) -> impl Iterator<Item = (&str, bool, &CipherKey)> {
+        self.encryption
+            .iter()
+            .map(|(id, key)| (id.as_str(), *id == self.active_id, key))
+    }
 }
 
 /// 32 bytes of `label`'s key from `material` (HKDF-SHA-256).
 fn derive(material: &[u8], label: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
-    Hkdf::<Sha256>::new(Some(HKDF_SALT), material)
-        .expand(label.as_bytes(), &mut out)
-        .expect("32 bytes is a valid HKDF-SHA-256 output length");
+    hkdf(material, label, &mut out);
     out
 }
 
-fn derive_aes(material: &[u8], key_id: &str) -> [u8; 32] {
-    derive(material, &format!("{AES_LABEL}{key_id}"))
+/// Fills `out` with `label`'s key from `material` (HKDF-SHA-256, the fixed salt).
+fn hkdf(material: &[u8], label: &str, out: &mut [u8]) {
+    Hkdf::<Sha256>::new(Some(HKDF_SALT), material)
+        .expand(label.as_bytes(), out)
+        .expect("at most 64 bytes is a valid HKDF-SHA-256 output length");
 }
 
 /// The bytes of a configured key: 64 hex digits and base64 are decoded, other text is
@@ -361,14 +322,15 @@ impl PiiPolicy {
         if let Some(k) = &raw.encryption_key {
             let m = material(&["encryption_key"], k)?;
             keys.encryption
-                .insert(raw.key_id.clone(), derive_aes(&m, &raw.key_id));
+                .insert(raw.key_id.clone(), CipherKey::derive(&m, &raw.key_id));
         } else if let Some(m) = &key {
             keys.encryption
-                .insert(raw.key_id.clone(), derive_aes(m, &raw.key_id));
+                .insert(raw.key_id.clone(), CipherKey::derive(m, &raw.key_id));
         }
         for (id, k) in &raw.old_keys {
             let m = material(&["old_keys", id.as_str()], k)?;
-            keys.encryption.insert(id.clone(), derive_aes(&m, id));
+            keys.encryption
+                .insert(id.clone(), CipherKey::derive(&m, id));
         }
         Ok(PiiPolicy {
             rules,
@@ -638,7 +600,7 @@ mod tests {
         assert_eq!(a.hmac_hex("x@y.z"), a.hmac_hex("x@y.z"));
         assert_ne!(a.hmac_hex("x@y.z"), b.hmac_hex("x@y.z"));
         let enc = a.encrypt("12 Main St", "profiles.address").unwrap();
-        assert!(enc.starts_with("enc:v2:k1:"), "{enc}");
+        assert!(enc.starts_with("enc:v3:k1:"), "{enc}");
         assert!(!enc.contains("Main"));
         assert_eq!(
             a.decrypt(&enc, "profiles.address").as_deref(),
@@ -667,8 +629,31 @@ mod tests {
         assert_eq!(keys.decrypt(&enc, "profiles.notes"), None);
         assert_eq!(keys.decrypt(&enc, "orders.address"), None);
         // Same bytes under another version or key id: refused, not misread.
-        let relabelled = enc.replacen("enc:v2:k1:", "enc:v2:k0:", 1);
-        assert_eq!(keys.decrypt(&relabelled, "profiles.address"), None);
+        for relabelled in [
+            enc.replacen("enc:v3:k1:", "enc:v3:k0:", 1),
+            enc.replacen("enc:v3:k1:", "enc:v2:k1:", 1),
+        ] {
+            assert_eq!(keys.decrypt(&relabelled, "profiles.address"), None);
+        }
+    }
+
+    /// An AES-256-GCM value as earlier versions wrote it, made independently (Python's
+    /// `cryptography`: HKDF-SHA-256 of KEY_ONE, AES-GCM, nonce 0..11): still readable.
+    #[test]
+    fn values_encrypted_by_earlier_versions_still_decrypt() {
+        let v2 = "enc:v2:k1:AAECAwQFBgcICQoLNHY7GjEog_SH_ubC0BY40b8uKwWu3vcCBTg";
+        let keys = PiiKeys::new(KEY_ONE).unwrap();
+        assert_eq!(
+            keys.decrypt(v2, "profiles.address").as_deref(),
+            Some("12 Main St")
+        );
+        assert_eq!(keys.decrypt(v2, "orders.address"), None);
+        assert_eq!(
+            PiiKeys::new(KEY_TWO)
+                .unwrap()
+                .decrypt(v2, "profiles.address"),
+            None
+        );
     }
 
     #[test]
@@ -677,19 +662,30 @@ mod tests {
         // that label in a model published the key. Keys now come from HKDF labels and the
         // hash key is itself derived, so neither the labels nor the raw key hash to a key.
         let keys = PiiKeys::new(KEY_ONE).unwrap();
-        let aes = hex(&keys.encryption["k1"]);
+        // Every 32-byte key: AES-GCM, and the MAC and AES halves of AES-CBC-HMAC.
+        let cipher_keys: Vec<String> = keys.encryption["k1"]
+            .bytes()
+            .iter()
+            .flat_map(|k| k.chunks(32))
+            .map(hex)
+            .collect();
+        assert_eq!(cipher_keys.len(), 3);
         let hash_key = hex(keys.hmac.as_ref().unwrap());
         for label in [
             "sluice/aes-256-gcm/k1",
-            &format!("{AES_LABEL}k1"),
+            "sluice/pii/encrypt/aes-256-gcm/k1",
+            "sluice/pii/encrypt/aes-256-cbc-hmac-sha-512/k1",
             HASH_LABEL,
             KEY_ONE,
         ] {
             let hashed = keys.hmac_hex(label).unwrap();
-            assert_ne!(hashed, aes, "hash of {label:?} is the AES key");
+            assert!(
+                !cipher_keys.contains(&hashed),
+                "hash of {label:?} is an encryption key"
+            );
             assert_ne!(hashed, hash_key, "hash of {label:?} is the hash key");
         }
-        assert_ne!(aes, hash_key);
+        assert!(!cipher_keys.contains(&hash_key));
         let mut raw = <Hmac<Sha256> as Mac>::new_from_slice(KEY_ONE.as_bytes()).unwrap();
         raw.update(b"x@y.z");
         assert_ne!(
