@@ -81,13 +81,20 @@ YAML
 }
 
 now() { date +%s.%N; }
+# Each sluice process's CPU time (user + sys), when GNU time is installed: the shards and
+# the sandbox share this machine's cores, which a shard on a pod of its own would not.
+timed() { # $1 file for the CPU seconds, then the command
+  local out=$1; shift
+  if [ -x /usr/bin/time ]; then /usr/bin/time -f '%U %S' -o "$out" "$@"; else "$@"; fi
+}
+cpu() { [ -s "$1" ] && awk '{printf "%.2f", $1 + $2}' "$1" || echo "?"; }
 fail() { echo "bench: $*" >&2; exit 1; }
 
 # ------------------------------------------------------------ 1 shard
 project "$WORK/one"
 before=$(requests)
 start=$(now)
-(cd "$WORK/one" && "$BIN" run --today $TODAY --shard 0/1 --round bench > run.out 2> run.err) \
+(cd "$WORK/one" && timed cpu.txt "$BIN" run --today $TODAY --shard 0/1 --round bench > run.out 2> run.err) \
   || { cat "$WORK/one/run.err" >&2; fail "the 1-shard run failed"; }
 (cd "$WORK/one" && "$BIN" run --today $TODAY --finalize --round bench > finalize.out 2> finalize.err) \
   || { cat "$WORK/one/finalize.err" >&2; fail "the 1-shard finalize failed"; }
@@ -100,16 +107,18 @@ before=$(requests)
 start=$(now)
 pids=()
 for k in $(seq 0 $((SHARDS - 1))); do
-  (cd "$WORK/many" && exec "$BIN" run --today $TODAY --shard "$k/$SHARDS" --round bench \
+  (cd "$WORK/many" && timed "cpu-$k.txt" "$BIN" run --today $TODAY --shard "$k/$SHARDS" --round bench \
     > "shard-$k.out" 2> "shard-$k.err") &
   pids+=($!)
 done
 for k in "${!pids[@]}"; do
   wait "${pids[$k]}" || { cat "$WORK/many/shard-$k.err" >&2; fail "shard $k/$SHARDS failed"; }
 done
+SHARDS_DONE=$(now)
 (cd "$WORK/many" && "$BIN" run --today $TODAY --finalize --round bench > finalize.out 2> finalize.err) \
   || { cat "$WORK/many/finalize.err" >&2; fail "the $SHARDS-shard finalize failed"; }
 MANY_S=$(echo "$(now) - $start" | bc -l)
+FINALIZE_S=$(echo "$(now) - $SHARDS_DONE" | bc -l)
 MANY_REQ=$(( $(requests) - before ))
 
 # ------------------------------------------------------------ both equal the truth
@@ -175,6 +184,8 @@ printf '  %-30s %9s %9s %10s\n' "" seconds ratio requests
 printf '  %-30s %9.2f %8.2fx %10s\n' "1 shard" "$ONE_S" 1 "$ONE_REQ"
 printf '  %-30s %9.2f %8.2fx %10s\n' "$SHARDS shards (concurrent) + finalize" "$MANY_S" \
   "$(echo "$MANY_S / $ONE_S" | bc -l)" "$MANY_REQ"
+printf '  %-30s %9.2f\n' "  of which the finalize" "$FINALIZE_S"
+echo "  CPU seconds (user+sys): 1 shard $(cpu "$WORK/one/cpu.txt"); shards $(for k in $(seq 0 $((SHARDS - 1))); do printf '%s ' "$(cpu "$WORK/many/cpu-$k.txt")"; done)on $(nproc) cores shared with the sandbox"
 echo "  target: ≤ 0.40x with the same request total"
 for k in $(seq 0 $((SHARDS - 1))); do
   echo "  shard $k/$SHARDS: $(grep -m1 '^run ' "$WORK/many/shard-$k.out" || true); $(grep -c ' ok ' "$WORK/many/shard-$k.out" || true) task(s) ok; $(grep -m1 'api facebook' "$WORK/many/shard-$k.out" | sed 's/^ *//' || true)"
