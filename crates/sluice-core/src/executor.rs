@@ -439,32 +439,35 @@ impl Executor {
         // State last: schema version, then cursor.
         let schema_changed = previous_schema.as_ref().map(|v| &v.value) != Some(&final_schema);
         if schema_changed {
-            let saved = self
-                .state
-                .save_schema(
-                    &stream.table,
-                    previous_schema.as_ref().map(|v| v.version),
-                    &options.run_id,
-                    &final_schema,
-                )
-                .await;
-            match saved {
-                // Shards of one round all publish the stream: another one may have stored it.
-                Err(StateError::Conflict { .. }) if shard.is_some() => {
-                    let latest = self.state.schema(&stream.table).await?;
-                    if latest.as_ref().map(|v| &v.value) != Some(&final_schema) {
-                        self.state
-                            .save_schema(
-                                &stream.table,
-                                latest.map(|v| v.version),
-                                &options.run_id,
-                                &final_schema,
-                            )
-                            .await?;
+            // Shards of one round all publish the stream, so others may store versions
+            // meanwhile (three shards: a retry can meet a third): read the latest again
+            // and stop once it holds every column of ours with our type.
+            let mut previous = previous_schema.as_ref().map(|v| v.version);
+            for attempt in 1.. {
+                let saved = self
+                    .state
+                    .save_schema(&stream.table, previous, &options.run_id, &final_schema)
+                    .await;
+                match saved {
+                    Err(StateError::Conflict { .. })
+                        if shard.is_some() && attempt < SCHEMA_SAVE_ATTEMPTS =>
+                    {
+                        let latest = self.state.schema(&stream.table).await?;
+                        let holds_ours = latest.as_ref().is_some_and(|v| {
+                            final_schema
+                                .fields
+                                .iter()
+                                .all(|f| v.value.field(&f.name).is_some_and(|l| l.ty == f.ty))
+                        });
+                        if holds_ours {
+                            break;
+                        }
+                        previous = latest.map(|v| v.version);
                     }
-                }
-                other => {
-                    other?;
+                    other => {
+                        other?;
+                        break;
+                    }
                 }
             }
         }
@@ -671,6 +674,9 @@ fn shard_share(
         .map(|(index, slice)| (slice, index))
         .unzip()
 }
+
+/// Tries at storing a stream's schema version while other shards store theirs.
+const SCHEMA_SAVE_ATTEMPTS: u32 = 8;
 
 /// Slices of a source read at once; N shards share the limit of a source whose
 /// concurrency protects the source itself (see `Source::shards_share_concurrency`).
