@@ -426,11 +426,11 @@ impl Lake {
         )
         .with_max_concurrency(PARTS_IN_FLIGHT);
         Ok(TableFileWriter {
-            state: WriterState::Pending {
+            state: WriterState::Pending(Box::new(PendingFile {
                 object,
                 schema,
                 batches: Vec::new(),
-            },
+            })),
             path: relative.to_string(),
             rows: 0,
         })
@@ -555,14 +555,16 @@ pub struct TableFileWriter {
 enum WriterState {
     /// Until the file holds [`SMALL_FILE_ROWS`] rows or is closed, its batches wait here:
     /// then it is known whether the file is small.
-    Pending {
-        object: BufWriter,
-        schema: arrow::datatypes::SchemaRef,
-        batches: Vec<RecordBatch>,
-    },
+    Pending(Box<PendingFile>),
     Open(Box<AsyncArrowWriter<BufWriter>>),
     /// While switching from `Pending` to `Open`, and after that failed.
     Switching,
+}
+
+struct PendingFile {
+    object: BufWriter,
+    schema: arrow::datatypes::SchemaRef,
+    batches: Vec<RecordBatch>,
 }
 
 const FAILED_EARLIER: &str = "the Parquet writer could not be created (an earlier error)";
@@ -571,8 +573,8 @@ impl TableFileWriter {
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), LakeError> {
         self.rows += batch.num_rows() as u64;
         match &mut self.state {
-            WriterState::Pending { batches, .. } => {
-                batches.push(batch.clone());
+            WriterState::Pending(pending) => {
+                pending.batches.push(batch.clone());
                 if self.rows >= SMALL_FILE_ROWS {
                     self.open().await?;
                 }
@@ -590,9 +592,11 @@ impl TableFileWriter {
     /// Bytes of the row group being built, held in memory until it is flushed.
     pub fn buffered_bytes(&self) -> usize {
         match &self.state {
-            WriterState::Pending { batches, .. } => {
-                batches.iter().map(RecordBatch::get_array_memory_size).sum()
-            }
+            WriterState::Pending(pending) => pending
+                .batches
+                .iter()
+                .map(RecordBatch::get_array_memory_size)
+                .sum(),
             WriterState::Open(writer) => writer.in_progress_size(),
             WriterState::Switching => 0,
         }
@@ -602,7 +606,7 @@ impl TableFileWriter {
     pub async fn flush(&mut self) -> Result<(), LakeError> {
         match &mut self.state {
             // At most SMALL_FILE_ROWS rows: nothing worth releasing.
-            WriterState::Pending { .. } | WriterState::Switching => Ok(()),
+            WriterState::Pending(_) | WriterState::Switching => Ok(()),
             WriterState::Open(writer) => writer.flush().await.map_err(|e| self.error(e)),
         }
     }
@@ -621,17 +625,19 @@ impl TableFileWriter {
     /// Creates the Parquet writer, compressed unless the file is small, and writes the
     /// batches that waited for it.
     async fn open(&mut self) -> Result<(), LakeError> {
-        if !matches!(self.state, WriterState::Pending { .. }) {
+        if !matches!(self.state, WriterState::Pending(_)) {
             return Ok(());
         }
-        let WriterState::Pending {
-            object,
-            schema,
-            batches,
-        } = std::mem::replace(&mut self.state, WriterState::Switching)
+        let WriterState::Pending(pending) =
+            std::mem::replace(&mut self.state, WriterState::Switching)
         else {
             return Ok(());
         };
+        let PendingFile {
+            object,
+            schema,
+            batches,
+        } = *pending;
         let compression = if self.rows < SMALL_FILE_ROWS {
             Compression::UNCOMPRESSED
         } else {
