@@ -23,11 +23,13 @@ mod envelope;
 mod key_maintenance;
 mod key_source;
 mod sealed_store;
+mod table_file;
 
 pub use envelope::MasterKey;
 pub use key_maintenance::{RotateReport, VerifyReport};
 pub use key_source::{configured_master_key, master_key_from_text, LakeEncryptionConfig};
 pub use sealed_store::{LakeStore, MARKER as ENCRYPTION_MARKER};
+pub use table_file::TableFileWriter;
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -39,12 +41,7 @@ use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use parquet::arrow::async_writer::AsyncArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
-/// Rows per Parquet row group (the unit the writer buffers in memory).
-const ROW_GROUP_ROWS: usize = 64 * 1024;
 /// Raw pages are written on every extraction's path and rarely read. Measured on
 /// 64 MiB of insights NDJSON (`zstd -b`): level 1 660 MB/s at 11.0×; level 3 half
 /// the speed for a few percent of size; `--fast=1` only 10 % faster at 8.8×.
@@ -425,15 +422,7 @@ impl Lake {
             self.write_part_bytes,
         )
         .with_max_concurrency(PARTS_IN_FLIGHT);
-        Ok(TableFileWriter {
-            state: WriterState::Pending(Box::new(PendingFile {
-                object,
-                schema,
-                batches: Vec::new(),
-            })),
-            path: relative.to_string(),
-            rows: 0,
-        })
+        Ok(TableFileWriter::new(object, schema, relative))
     }
 }
 
@@ -539,132 +528,6 @@ pub fn slice_manifest_path(source: &str, stream: &str, run_id: &str, slice: usiz
     )
 }
 
-/// Files of fewer rows are written uncompressed. zstd sets up a context for every page:
-/// ~0.75 ms of CPU for a file of 40 columns, more than the rest of the file costs, to
-/// save ~15 % of a few KB (`bench`: 11 rows × 40 columns, 0.91 against 0.16 ms, 13.9
-/// against 16.2 KB). One-day files of an account are that small, dozens per slice.
-const SMALL_FILE_ROWS: u64 = 128;
-
-/// A Parquet file being written to the lake.
-pub struct TableFileWriter {
-    state: WriterState,
-    path: String,
-    rows: u64,
-}
-
-enum WriterState {
-    /// Until the file holds [`SMALL_FILE_ROWS`] rows or is closed, its batches wait here:
-    /// then it is known whether the file is small.
-    Pending(Box<PendingFile>),
-    Open(Box<AsyncArrowWriter<BufWriter>>),
-    /// While switching from `Pending` to `Open`, and after that failed.
-    Switching,
-}
-
-struct PendingFile {
-    object: BufWriter,
-    schema: arrow::datatypes::SchemaRef,
-    batches: Vec<RecordBatch>,
-}
-
-const FAILED_EARLIER: &str = "the Parquet writer could not be created (an earlier error)";
-
-impl TableFileWriter {
-    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), LakeError> {
-        self.rows += batch.num_rows() as u64;
-        match &mut self.state {
-            WriterState::Pending(pending) => {
-                pending.batches.push(batch.clone());
-                if self.rows >= SMALL_FILE_ROWS {
-                    self.open().await?;
-                }
-                Ok(())
-            }
-            WriterState::Open(writer) => writer.write(batch).await.map_err(|e| self.error(e)),
-            WriterState::Switching => Err(self.error(FAILED_EARLIER)),
-        }
-    }
-
-    pub fn rows(&self) -> u64 {
-        self.rows
-    }
-
-    /// Bytes of the row group being built, held in memory until it is flushed.
-    pub fn buffered_bytes(&self) -> usize {
-        match &self.state {
-            WriterState::Pending(pending) => pending
-                .batches
-                .iter()
-                .map(RecordBatch::get_array_memory_size)
-                .sum(),
-            WriterState::Open(writer) => writer.in_progress_size(),
-            WriterState::Switching => 0,
-        }
-    }
-
-    /// Ends the current row group (a smaller one), releasing its buffers.
-    pub async fn flush(&mut self) -> Result<(), LakeError> {
-        match &mut self.state {
-            // At most SMALL_FILE_ROWS rows: nothing worth releasing.
-            WriterState::Pending(_) | WriterState::Switching => Ok(()),
-            WriterState::Open(writer) => writer.flush().await.map_err(|e| self.error(e)),
-        }
-    }
-
-    /// Finishes the file; it becomes visible in the lake only now.
-    pub async fn close(mut self) -> Result<(String, u64), LakeError> {
-        self.open().await?;
-        let WriterState::Open(writer) = std::mem::replace(&mut self.state, WriterState::Switching)
-        else {
-            return Err(self.error(FAILED_EARLIER));
-        };
-        writer.close().await.map_err(|e| self.error(e))?;
-        Ok((self.path, self.rows))
-    }
-
-    /// Creates the Parquet writer, compressed unless the file is small, and writes the
-    /// batches that waited for it.
-    async fn open(&mut self) -> Result<(), LakeError> {
-        if !matches!(self.state, WriterState::Pending(_)) {
-            return Ok(());
-        }
-        let WriterState::Pending(pending) =
-            std::mem::replace(&mut self.state, WriterState::Switching)
-        else {
-            return Ok(());
-        };
-        let PendingFile {
-            object,
-            schema,
-            batches,
-        } = *pending;
-        let compression = if self.rows < SMALL_FILE_ROWS {
-            Compression::UNCOMPRESSED
-        } else {
-            Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level"))
-        };
-        let props = WriterProperties::builder()
-            .set_compression(compression)
-            // Row groups are buffered in memory until full: keep them small enough to bound RSS.
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .build();
-        let mut writer =
-            AsyncArrowWriter::try_new(object, schema, Some(props)).map_err(|e| self.error(e))?;
-        for batch in &batches {
-            writer.write(batch).await.map_err(|e| self.error(e))?;
-        }
-        self.state = WriterState::Open(Box::new(writer));
-        Ok(())
-    }
-
-    fn error(&self, e: impl std::fmt::Display) -> LakeError {
-        LakeError::Data {
-            path: self.path.clone(),
-            message: e.to_string(),
-        }
-    }
-}
-
 /// Reads every batch of a Parquet object in the lake.
 pub async fn read_parquet(lake: &Lake, relative: &str) -> Result<Vec<RecordBatch>, LakeError> {
     parquet_batches(lake, relative)
@@ -741,55 +604,6 @@ mod tests {
         assert_eq!(split.parts.len(), 1);
         assert_eq!(split.parts[0].0, "2024-07-01");
         assert!(split_by_date(&text(vec!["soon"]), 0).is_err());
-    }
-
-    /// A file known to be small when it closes is written uncompressed, a bigger one
-    /// with zstd; both read back as written.
-    #[tokio::test]
-    async fn small_files_are_written_uncompressed_and_read_back_alike() {
-        use arrow::array::{Int64Array, StringArray};
-        use arrow::datatypes::{DataType, Field, Schema};
-        use parquet::file::reader::{FileReader, SerializedFileReader};
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open("lake", dir.path()).unwrap();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("n", DataType::Int64, false),
-            Field::new("s", DataType::Utf8, true),
-        ]));
-        let batch = |from: i64, rows: i64| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(Int64Array::from_iter_values(from..from + rows)),
-                    Arc::new(StringArray::from_iter_values(
-                        (from..from + rows).map(|i| format!("row {i}")),
-                    )),
-                ],
-            )
-            .unwrap()
-        };
-        for (path, batches) in [
-            ("small.parquet", vec![batch(0, 11)]),
-            ("big.parquet", vec![batch(0, 100), batch(100, 100)]),
-        ] {
-            let mut writer = lake.parquet_writer(path, schema.clone()).unwrap();
-            for b in &batches {
-                writer.write(b).await.unwrap();
-            }
-            writer.close().await.unwrap();
-            let all = |b: &[RecordBatch]| arrow::compute::concat_batches(&schema, b).unwrap();
-            let read = read_parquet(&lake, path).await.unwrap();
-            assert_eq!(all(&read), all(&batches), "{path}");
-            let file = std::fs::File::open(dir.path().join("lake").join(path)).unwrap();
-            let reader = SerializedFileReader::new(file).unwrap();
-            let compression = reader.metadata().row_group(0).column(0).compression();
-            let expected = if path == "small.parquet" {
-                Compression::UNCOMPRESSED
-            } else {
-                Compression::ZSTD(ZstdLevel::try_new(1).unwrap())
-            };
-            assert_eq!(compression, expected, "{path}");
-        }
     }
 
     #[tokio::test]
