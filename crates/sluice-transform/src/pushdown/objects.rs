@@ -111,15 +111,13 @@ async fn cipher_functions(
         .await?
         .into_iter()
         .find_map(|row| row.into_iter().next().flatten());
+    // `p`: pgcrypto's schema, which qualifies its functions below.
     let Some(p) = pgcrypto else {
-        for (function, args) in [
-            (ENCRYPT_FUNCTION, "value text, context text"),
-            (DECRYPT_FUNCTION, "value text, context text"),
-        ] {
+        for function in [ENCRYPT_FUNCTION, DECRYPT_FUNCTION] {
             session
                 .execute(
                     &format!(
-                        "CREATE FUNCTION {function}({args}) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$ \
+                        "CREATE FUNCTION {function}(value text, context text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$ \
                          BEGIN RAISE EXCEPTION 'encrypt() and decrypt() in the warehouse need the pgcrypto extension, \
                          which database % does not have: run CREATE EXTENSION pgcrypto there (once, as a user allowed to), \
                          or give this model engine: local', current_database(); END $$"
