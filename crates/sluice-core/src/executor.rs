@@ -440,29 +440,27 @@ impl Executor {
         let schema_changed = previous_schema.as_ref().map(|v| &v.value) != Some(&final_schema);
         if schema_changed {
             // Shards of one round all publish the stream, so others may store versions
-            // meanwhile (three shards: a retry can meet a third): read the latest again
-            // and stop once it holds every column of ours with our type.
+            // meanwhile (three shards: a retry can meet a third). Ours is stored on top
+            // of the latest, merged with it, until the latest holds all of ours.
             let mut previous = previous_schema.as_ref().map(|v| v.version);
+            let mut schema = final_schema.clone();
             for attempt in 1.. {
                 let saved = self
                     .state
-                    .save_schema(&stream.table, previous, &options.run_id, &final_schema)
+                    .save_schema(&stream.table, previous, &options.run_id, &schema)
                     .await;
                 match saved {
                     Err(StateError::Conflict { .. })
                         if shard.is_some() && attempt < SCHEMA_SAVE_ATTEMPTS =>
                     {
-                        let latest = self.state.schema(&stream.table).await?;
-                        let holds_ours = latest.as_ref().is_some_and(|v| {
-                            final_schema
-                                .fields
-                                .iter()
-                                .all(|f| v.value.field(&f.name).is_some_and(|l| l.ty == f.ty))
-                        });
-                        if holds_ours {
-                            break;
+                        let Some(latest) = self.state.schema(&stream.table).await? else {
+                            continue;
+                        };
+                        schema = latest.value.merged_with(&final_schema);
+                        if schema == latest.value {
+                            break; // it holds ours already (or wider)
                         }
-                        previous = latest.map(|v| v.version);
+                        previous = Some(latest.version);
                     }
                     other => {
                         other?;

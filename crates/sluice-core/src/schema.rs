@@ -335,6 +335,45 @@ impl TableSchema {
         self.fields.iter().find(|f| f.name == name)
     }
 
+    /// This schema with what `other` adds: its columns this one lacks (before sluice's
+    /// own `_sluice_*` columns, which stay last), and its type where it widens ours.
+    /// The rest of the registry knowledge is this schema's. For shards of one round,
+    /// which each store the version their own share of the data led to.
+    pub fn merged_with(&self, other: &TableSchema) -> TableSchema {
+        let mut merged = self.clone();
+        for field in &other.fields {
+            match merged.fields.iter_mut().find(|f| f.name == field.name) {
+                Some(mine) => {
+                    if mine.ty.widens_to(&field.ty) {
+                        mine.ty = field.ty;
+                    }
+                    mine.nullable |= field.nullable;
+                    mine.pii |= field.pii;
+                }
+                None => {
+                    let at = merged
+                        .fields
+                        .iter()
+                        .position(|f| f.name.starts_with("_sluice_"))
+                        .unwrap_or(merged.fields.len());
+                    merged.fields.insert(at, field.clone());
+                    for (map, theirs) in [
+                        (&mut merged.first_seen, &other.first_seen),
+                        (&mut merged.retyped_on, &other.retyped_on),
+                    ] {
+                        if let Some(v) = theirs.get(&field.name) {
+                            map.insert(field.name.clone(), v.clone());
+                        }
+                    }
+                    if let Some(p) = other.presence.get(&field.name) {
+                        merged.presence.insert(field.name.clone(), *p);
+                    }
+                }
+            }
+        }
+        merged
+    }
+
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.fields.iter().position(|f| f.name == name)
     }
@@ -478,5 +517,45 @@ mod tests {
             Some(FieldType::Text)
         );
         assert_eq!(infer_type(&serde_json::json!([1])), Some(FieldType::Json));
+    }
+
+    /// Two shards' versions of one stream: the one stored last keeps the other's columns.
+    #[test]
+    fn a_merged_schema_keeps_both_shares_columns_and_the_wider_type() {
+        let latest = TableSchema::new(vec![
+            Field::new("id", FieldType::Bigint).required(),
+            Field::new("only_latest", FieldType::Text),
+            Field::new(LOADED_AT_COLUMN, FieldType::Timestamp),
+        ]);
+        let mut ours = TableSchema::new(vec![
+            Field::new("id", FieldType::Double),
+            Field::new("only_ours", FieldType::Date),
+            Field::new(LOADED_AT_COLUMN, FieldType::Timestamp),
+        ]);
+        ours.first_seen
+            .insert("only_ours".into(), "2026-12-01".into());
+        let merged = latest.merged_with(&ours);
+        let shape: Vec<(&str, &FieldType, bool)> = merged
+            .fields
+            .iter()
+            .map(|f| (f.name.as_str(), &f.ty, f.nullable))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("id", &FieldType::Double, true),
+                ("only_latest", &FieldType::Text, true),
+                ("only_ours", &FieldType::Date, true),
+                (LOADED_AT_COLUMN, &FieldType::Timestamp, true),
+            ]
+        );
+        assert_eq!(merged.first_seen["only_ours"], "2026-12-01");
+        // Merging again changes nothing: the stored version already holds ours.
+        assert_eq!(merged.merged_with(&ours), merged);
+        // A narrower type of ours does not narrow the stored one.
+        assert_eq!(
+            ours.merged_with(&latest).field("id").unwrap().ty,
+            FieldType::Double
+        );
     }
 }
