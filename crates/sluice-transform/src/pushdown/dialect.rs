@@ -29,6 +29,13 @@ pub(crate) const CONVERT_FUNCTION: &str = "pg_temp._sluice_convert_currency";
 /// The temp functions behind `encrypt` and `decrypt` (see [`super::objects`]).
 pub(crate) const ENCRYPT_FUNCTION: &str = "pg_temp._sluice_encrypt";
 pub(crate) const DECRYPT_FUNCTION: &str = "pg_temp._sluice_decrypt";
+/// Their key arguments: uncorrelated subqueries, which PostgreSQL evaluates once per
+/// query (init plans), so no row looks its key up.
+pub(crate) const CIPHER_KEY_ARGS: &str = "\
+    (SELECT array_agg(key_id ORDER BY key_id) FROM pg_temp._sluice_cipher_keys), \
+    (SELECT array_agg(mac_key ORDER BY key_id) FROM pg_temp._sluice_cipher_keys), \
+    (SELECT array_agg(aes_key ORDER BY key_id) FROM pg_temp._sluice_cipher_keys), \
+    (SELECT key_id FROM pg_temp._sluice_cipher_keys WHERE active)";
 
 /// sluice's functions that have a PostgreSQL form: `{0}`, `{1}`, … are the arguments.
 fn sluice_function(name: &str) -> Option<String> {
@@ -43,8 +50,12 @@ fn sluice_function(name: &str) -> Option<String> {
             .into(),
         "micros_to_units" => "CAST(CAST({0} AS NUMERIC) / 1000000 AS NUMERIC(38, 6))".into(),
         // The `enc:v3:` format, through pgcrypto (see `objects::cipher_functions`).
-        "encrypt" => format!("{ENCRYPT_FUNCTION}(CAST({{0}} AS TEXT), CAST({{1}} AS TEXT))"),
-        "decrypt" => format!("{DECRYPT_FUNCTION}(CAST({{0}} AS TEXT), CAST({{1}} AS TEXT))"),
+        "encrypt" => format!(
+            "{ENCRYPT_FUNCTION}(CAST({{0}} AS TEXT), CAST({{1}} AS TEXT), {CIPHER_KEY_ARGS})"
+        ),
+        "decrypt" => format!(
+            "{DECRYPT_FUNCTION}(CAST({{0}} AS TEXT), CAST({{1}} AS TEXT), {CIPHER_KEY_ARGS})"
+        ),
         "convert_currency" => format!(
             "{CONVERT_FUNCTION}(CAST({{0}} AS NUMERIC), CAST({{1}} AS TEXT), CAST({{2}} AS TEXT), \
              CAST({{3}} AS DATE))"
