@@ -460,14 +460,15 @@ async fn a_listed_account_that_is_not_an_id_names_accounts_before_any_request() 
         .await
         .unwrap();
     let before = sandbox.request_count();
-    let fb = source(
-        &sandbox.base_url(),
-        credentials::FACEBOOK_ACCESS_TOKEN,
-        |c| {
-            c.accounts =
-                sluice_connectors::facebook_ads::config::Accounts::List(vec!["act_1/../me".into()]);
-        },
-    );
+    let listing = |id: &str| {
+        let accounts = vec![id.to_string()];
+        source(
+            &sandbox.base_url(),
+            credentials::FACEBOOK_ACCESS_TOKEN,
+            move |c| c.accounts = sluice_connectors::facebook_ads::config::Accounts::List(accounts),
+        )
+    };
+    let fb = listing("act_1/../me");
     let e = extract(&fb, "insights", None, &window(TODAY))
         .await
         .err()
@@ -480,14 +481,7 @@ async fn a_listed_account_that_is_not_an_id_names_accounts_before_any_request() 
     assert!(e.message.contains("act_1/../me"), "{e}");
     assert_eq!(sandbox.request_count(), before, "no request was made");
 
-    let fb = source(
-        &sandbox.base_url(),
-        credentials::FACEBOOK_ACCESS_TOKEN,
-        |c| {
-            c.accounts =
-                sluice_connectors::facebook_ads::config::Accounts::List(vec!["act_999".into()]);
-        },
-    );
+    let fb = listing("act_999");
     let e = extract(&fb, "campaigns", None, &window(TODAY))
         .await
         .err()
