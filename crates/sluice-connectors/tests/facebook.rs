@@ -153,6 +153,42 @@ async fn insights_match_truth_under_faults() {
     assert_exact(faults).await;
 }
 
+/// `max_concurrency` caps the requests in flight, not the slices: a slice waiting on
+/// its report run leaves the requests to the others, so more report runs are open at
+/// once than requests are in flight, and the rows are still exactly the truth.
+#[tokio::test]
+async fn max_concurrency_caps_requests_while_more_report_runs_wait() {
+    let opts = options(Faults {
+        slow_ms: Some(15),
+        ..Faults::default()
+    });
+    let sandbox = sluice_sandbox::start(opts.clone(), 0).await.unwrap();
+    let fb = source(
+        &sandbox.base_url(),
+        credentials::FACEBOOK_ACCESS_TOKEN,
+        |c| {
+            c.max_concurrency = 2;
+        },
+    );
+    let insights = extract(&fb, "insights", None, &backfill(TODAY, SINCE, UNTIL))
+        .await
+        .unwrap();
+    let truth = sluice_sandbox::truth(&opts, SINCE.parse().unwrap(), UNTIL.parse().unwrap());
+    assert_eq!(nonzero(sums(&insights.rows)), truth_sums(&truth));
+    let counters = sandbox.counters();
+    let in_flight = int(counters.get("peak_in_flight"));
+    let open_runs = int(counters.get("facebook_peak_open_report_runs"));
+    assert!(
+        (1..=2).contains(&in_flight),
+        "{in_flight} requests at once with max_concurrency 2"
+    );
+    assert!(
+        open_runs > 2,
+        "only {open_runs} report runs open at once: waiting slices held the requests"
+    );
+    sandbox.shutdown().await;
+}
+
 async fn config_error(faults: Faults, token: &str) -> sluice_core::source::SourceError {
     let opts = options(faults);
     let sandbox = sluice_sandbox::start(opts, 0).await.unwrap();

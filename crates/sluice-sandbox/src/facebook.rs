@@ -82,6 +82,8 @@ struct Job {
     fate: Fate,
     polls: u32,
     created: i64,
+    /// Its results were asked for (it no longer counts as open).
+    results_read: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1276,8 +1278,10 @@ fn create_job(st: &AppState, r: &Req, query: Query) -> Reply {
                 fate,
                 polls: 0,
                 created,
+                results_read: false,
             },
         );
+        st.counters.open_report_runs.raise();
     }
     let _ = r;
     Reply::json(200, &json!({ "report_run_id": id }))
@@ -1295,6 +1299,9 @@ fn job_status(st: &AppState, r: &Req, id: &str) -> Option<Reply> {
         (Fate::Fail | Fate::TooMuchData, _) => ("Job Failed", 55),
         (Fate::Complete, _) => ("Job Completed", 100),
     };
+    if status == "Job Failed" && !std::mem::replace(&mut job.results_read, true) {
+        st.counters.open_report_runs.lower();
+    }
     let acc = &st.world.fb_accounts[job.account];
     let mut body = json!({
         "id": id,
@@ -1331,12 +1338,13 @@ fn job_status(st: &AppState, r: &Req, id: &str) -> Option<Reply> {
 
 fn job_insights(st: &AppState, r: &Req, id: &str) -> Option<Reply> {
     let (query, ready) = {
-        let jobs = st.facebook.jobs.lock().ok()?;
-        let job = jobs.get(id)?;
-        (
-            job.query.clone(),
-            job.fate == Fate::Complete && job.polls >= 3,
-        )
+        let mut jobs = st.facebook.jobs.lock().ok()?;
+        let job = jobs.get_mut(id)?;
+        let ready = job.fate == Fate::Complete && job.polls >= 3;
+        if ready && !std::mem::replace(&mut job.results_read, true) {
+            st.counters.open_report_runs.lower();
+        }
+        (job.query.clone(), ready)
     };
     if !ready {
         return Some(error(400, 100, Some(2446191), "(#100) The report run is not complete: poll it until async_status is \"Job Completed\"", false, r.seq));

@@ -87,6 +87,35 @@ pub struct Counters {
     pub report_runs: AtomicU64,
     /// CleverTap cursor reads, for `cursor_expire_every`.
     pub cursor_reads: AtomicU64,
+    /// API requests being answered now, and the most ever at once.
+    pub in_flight: Gauge,
+    /// Facebook report runs created whose results were not asked for yet, and the
+    /// most ever at once.
+    pub open_report_runs: Gauge,
+}
+
+/// A count of things going on now that remembers its highest value.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Gauge {
+    pub fn raise(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+
+    pub fn lower(&self) {
+        let _ = self
+            .now
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
+    }
 }
 
 impl Counters {
@@ -109,6 +138,8 @@ impl Counters {
             "google": self.google.load(Ordering::SeqCst),
             "clevertap": self.clevertap.load(Ordering::SeqCst),
             "facebook_report_runs": self.report_runs.load(Ordering::SeqCst),
+            "peak_in_flight": self.in_flight.peak(),
+            "facebook_peak_open_report_runs": self.open_report_runs.peak(),
         })
     }
 }

@@ -181,6 +181,11 @@ impl RunningSandbox {
         self.state.requests.load(Ordering::SeqCst)
     }
 
+    /// What `GET /_sandbox/requests` answers: request counts and peaks.
+    pub fn counters(&self) -> serde_json::Value {
+        self.state.counters.snapshot(self.request_count())
+    }
+
     /// Stop accepting connections and wait for in-flight requests.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
@@ -309,6 +314,8 @@ async fn handle(State(st): State<Arc<AppState>>, req: axum::extract::Request) ->
         .unwrap_or("127.0.0.1")
         .to_string();
     let api = route(&segments);
+    // Lowered when this request's answer is ready to go (after any delay).
+    let _in_flight = api.map(|_| InFlight::new(&st.counters.in_flight));
     let seq = match api {
         Some(faults::Api::Google) if segments.first().is_some_and(|s| s == "token") => 0,
         Some(a) => st.counters.next(a),
@@ -354,6 +361,22 @@ async fn handle(State(st): State<Arc<AppState>>, req: axum::extract::Request) ->
 }
 
 // ------------------------------------------------------------ small helpers
+
+/// One request counted in a [`faults::Gauge`] while it lives.
+struct InFlight<'a>(&'a faults::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a faults::Gauge) -> Self {
+        gauge.raise();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.lower();
+    }
+}
 
 /// Opaque cursor encoding (hex of a short text), stable for the same position.
 pub(crate) fn encode_cursor(s: &str) -> String {

@@ -39,7 +39,9 @@ pub struct FacebookConfig {
     /// async report run (one that fails or stalls is read again at once as windows of this size).
     #[serde(default = "default_sync_max_days")]
     pub sync_max_days: u64,
-    /// Slices (accounts × windows) read at once.
+    /// Requests in flight at once (per process: each shard has its own). Four times as
+    /// many slices (accounts × windows) are open, so that a slice waiting on its async
+    /// report run leaves the requests to the others.
     #[serde(default = "default_concurrency")]
     pub max_concurrency: usize,
     /// Longest time an async job may sit at the same completion percentage before it is split.

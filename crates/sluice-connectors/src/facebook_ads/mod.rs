@@ -38,6 +38,9 @@ pub const ACCOUNT_FIELDS: &str =
 /// Account details are looked up again at most this often (new accounts are picked up
 /// by the next run).
 const ACCOUNT_CACHE_TTL: Duration = Duration::from_secs(600);
+/// Slices open at once per request in flight: an insights slice spends most of its
+/// time waiting on its report run (polls with pauses), using no request.
+const OPEN_SLICES_PER_REQUEST: usize = 4;
 
 /// An ad account as the streams need it.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,7 +123,8 @@ impl FacebookSource {
         .map_err(|m| SourceError::config(m, format!("{key_prefix}.api_version")))?;
         let base = parse_base_url(&config.base_url, &format!("{key_prefix}.base_url"))?;
         let root = crate::http::join(&base, &format!("{}/", config.api_version.trim_matches('/')))?;
-        let http = HttpClient::new(config.http.clone(), None)?;
+        let http = HttpClient::new(config.http.clone(), None)?
+            .with_requests_in_flight(config.max_concurrency);
         let api = GraphApi::new(
             http,
             root,
@@ -144,6 +148,9 @@ impl FacebookSource {
                 StreamChoice::Entity(e) => specs.push(streams::entity_spec(name, stream, e)),
             }
         }
+        // The insights streams first: the executor starts streams in this order, and
+        // their report runs are the run's long pole.
+        specs.sort_by_key(|spec| !spec.name.starts_with("insights"));
         Ok(FacebookSource {
             name: name.to_string(),
             config,
@@ -426,8 +433,10 @@ impl Source for FacebookSource {
         })
     }
 
+    /// Slices open at once: more than requests in flight (`max_concurrency`), so
+    /// that slices waiting on their async report runs leave the requests to others.
     fn max_concurrency(&self) -> usize {
-        self.config.max_concurrency.max(1)
+        self.config.max_concurrency.max(1) * OPEN_SLICES_PER_REQUEST
     }
 
     /// Shards divide the API's request budget (`http.requests_per_second`), not the

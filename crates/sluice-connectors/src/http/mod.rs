@@ -321,6 +321,14 @@ impl HttpClient {
         })
     }
 
+    /// Caps this process's requests in flight at `n`, whatever the shard count: a cap
+    /// that only hides latency (the API's limits are its request budget), so each shard
+    /// keeps it, unlike `max_in_flight` of [`HttpClient::new`].
+    pub fn with_requests_in_flight(mut self, n: usize) -> Self {
+        self.in_flight = Some(Arc::new(Semaphore::new(n.max(1))));
+        self
+    }
+
     pub fn pacer(&self) -> &Pacer {
         &self.pacer
     }
