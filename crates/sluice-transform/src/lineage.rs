@@ -268,7 +268,8 @@ fn scanned_table(plan: &LogicalPlan) -> Option<String> {
     Some(format!("{layer}.{}", scan.table_name.table()))
 }
 
-/// Every column the plan's table scans read, as `layer.table.column`.
+/// Every column the plan's table scans read, as `layer.table.column`: those they
+/// output and those of the filters pushed into them (which need not be output).
 pub(crate) fn scanned_columns(plan: &LogicalPlan) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let _ = plan.apply(|node| {
@@ -279,6 +280,14 @@ pub(crate) fn scanned_columns(plan: &LogicalPlan) -> BTreeSet<String> {
                     .iter()
                     .map(|f| format!("{table}.{}", f.name())),
             );
+            for filter in &scan.filters {
+                out.extend(
+                    filter
+                        .column_refs()
+                        .into_iter()
+                        .map(|c| format!("{table}.{}", c.name)),
+                );
+            }
         }
         Ok(TreeNodeRecursion::Continue)
     });

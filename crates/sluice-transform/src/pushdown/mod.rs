@@ -272,6 +272,59 @@ pub(super) fn refuse_functions(
         .into())
 }
 
+/// The columns (`d1.table.column`) of the D1 tables the model's own query reads that it
+/// does not read: a view leaves out such a column it would encrypt (see
+/// [`objects::setup`]). `None` when that is not known for sure (the plan does not
+/// optimize); a table a check reads is never listed.
+async fn unread_columns(
+    ctx: &SessionContext,
+    plan: &LogicalPlan,
+    model: &Model,
+) -> Option<BTreeSet<String>> {
+    let checked: BTreeSet<&str> = model
+        .config
+        .checks
+        .iter()
+        .filter_map(|c| {
+            c.relationships
+                .as_ref()
+                .and_then(|r| r.to.strip_prefix("d1."))
+        })
+        .collect();
+    let tables: Vec<&str> = model
+        .depends_on
+        .iter()
+        .filter(|d| d.layer == "d1" && !checked.contains(d.name.as_str()))
+        .map(|d| d.name.as_str())
+        .collect();
+    unread_in(ctx, plan, &tables).await
+}
+
+/// The columns of the D1 `tables` that `plan` does not read, once optimized (its
+/// scans then list the columns read).
+async fn unread_in(
+    ctx: &SessionContext,
+    plan: &LogicalPlan,
+    tables: &[&str],
+) -> Option<BTreeSet<String>> {
+    let optimized = ctx.state().optimize(plan).ok()?;
+    let read = crate::lineage::scanned_columns(&optimized);
+    let mut unread = BTreeSet::new();
+    for table in tables {
+        let provider = ctx
+            .table_provider(TableReference::partial("d1", *table))
+            .await
+            .ok()?;
+        for field in provider.schema().fields() {
+            let column = format!("d1.{table}.{}", field.name());
+            if !read.contains(&column) {
+                unread.insert(column);
+            }
+        }
+    }
+    Some(unread)
+}
+
 /// The D1 tables `model` reads, itself or through a `relationships` check.
 pub(super) fn d1_tables(model: &Model) -> BTreeSet<&str> {
     model
@@ -428,6 +481,7 @@ pub(crate) async fn run_one(
         crate::conform::table_schema(&output).map_err(|m| TransformError::engine(&id, m))?;
     let relations = relations(project, model, Some(warehouse));
     let select = dialect::unparse(&plan, &relations).map_err(|e| TransformError::engine(&id, e))?;
+    let unread = unread_columns(ctx, &plan, model).await;
     let mut checks = Vec::new();
     for check in &model.config.checks {
         checks.push((
@@ -457,7 +511,7 @@ pub(crate) async fn run_one(
             // The ledger has this publish: a retried run, nothing to do.
             return Ok(already_published(scope, partitions.clone(), had_table));
         };
-        setup(session.as_mut(), project, model, warehouse).await?;
+        setup(session.as_mut(), project, model, warehouse, unread.as_ref()).await?;
         sluice_core::test_hook::hold("SLUICE_TEST_HOLD_IN_WAREHOUSE").await;
         let stage = session.stage().to_string();
         let rows = session
@@ -571,5 +625,36 @@ fn already_published(scope: &Recomputed, partitions: Vec<String>, had_table: boo
         warnings: vec!["already published by this run (load ledger)".into()],
         blocked: None,
         had_table,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn unread(sql: &str) -> BTreeSet<String> {
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE SCHEMA d1").await.unwrap();
+        ctx.sql("CREATE TABLE d1.profiles (id VARCHAR, email VARCHAR, address VARCHAR)")
+            .await
+            .unwrap();
+        let plan = logical_plan(&ctx, sql, "test").await.unwrap();
+        unread_in(&ctx, &plan, &["profiles"]).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_column_is_unread_only_when_nothing_in_the_query_uses_it() {
+        let address = BTreeSet::from(["d1.profiles.address".to_string()]);
+        assert_eq!(unread("SELECT id, email FROM d1.profiles").await, address);
+        assert!(unread("SELECT * FROM d1.profiles").await.is_empty());
+        for sql in [
+            "SELECT id FROM d1.profiles WHERE address IS NOT NULL",
+            "SELECT id, email FROM d1.profiles ORDER BY address",
+            "SELECT count(DISTINCT address) AS n FROM d1.profiles",
+            "SELECT p.id FROM d1.profiles AS p JOIN d1.profiles AS q ON p.address = q.id",
+        ] {
+            let unread = unread(sql).await;
+            assert!(!unread.contains("d1.profiles.address"), "{sql}: {unread:?}");
+        }
     }
 }

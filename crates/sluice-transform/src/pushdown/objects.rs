@@ -4,6 +4,8 @@
 //! policy view per D1 table the model reads. All live in `pg_temp` and end with the
 //! session.
 
+use std::collections::BTreeSet;
+
 use sluice_core::pushdown::{Warehouse, WarehouseSession};
 
 use super::dialect::{
@@ -11,6 +13,7 @@ use super::dialect::{
 };
 use super::policy_action;
 use crate::error::TransformError;
+use crate::pii::PiiAction;
 use crate::project::{Model, ModelProject};
 
 /// The session's temporary objects: the hash key, the currency rates and
@@ -20,6 +23,7 @@ pub(super) async fn setup(
     project: &ModelProject,
     model: &Model,
     warehouse: &dyn Warehouse,
+    unread: Option<&BTreeSet<String>>,
 ) -> Result<(), TransformError> {
     // Without a key the table stays empty and `hmac_sha256()` is NULL, as locally.
     session
@@ -85,7 +89,7 @@ pub(super) async fn setup(
         )
         .await?;
     for dep in super::d1_tables(model) {
-        create_d1_view(session, project, warehouse, dep).await?;
+        create_d1_view(session, project, warehouse, dep, unread).await?;
     }
     Ok(())
 }
@@ -211,12 +215,16 @@ async fn cipher_functions(
 
 /// `pg_temp."_sluice_d1__<table>"`: the published D1 table as models see it, with the
 /// `pii:` policy applied and a `dt` date column (the partition column's date, or the
-/// load date of an unpartitioned table, as the lake's `dt=` folders hold).
+/// load date of an unpartitioned table, as the lake's `dt=` folders hold). A column
+/// the policy encrypts is left out when the model does not read it (`unread`): the
+/// encryption is VOLATILE (a random IV), so PostgreSQL would compute it for every
+/// row of the view even though nothing reads it.
 async fn create_d1_view(
     session: &mut dyn WarehouseSession,
     project: &ModelProject,
     warehouse: &dyn Warehouse,
     table: &str,
+    unread: Option<&BTreeSet<String>>,
 ) -> Result<(), TransformError> {
     let published = warehouse.published_table("d1", table);
     let columns: Vec<String> = session
@@ -240,6 +248,8 @@ async fn create_d1_view(
         let value = format!("CAST(t.{} AS TEXT)", quote(column));
         match policy_action(project, table, column) {
             None => select.push(format!("t.{}", quote(column))),
+            Some(PiiAction::Encrypt)
+                if unread.is_some_and(|u| u.contains(&format!("d1.{table}.{column}"))) => {}
             Some(action) => {
                 match dialect::policy_expr(action, &value, &format!("{table}.{column}")) {
                     Ok(Some(expr)) => select.push(format!("{expr} AS {}", quote(column))),
