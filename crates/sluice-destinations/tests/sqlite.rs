@@ -620,3 +620,122 @@ fn default_destination_lives_beside_the_pipeline() {
     let dest = SqliteDestination::new(SqliteConfig::default(), Path::new("/p"));
     assert_eq!(dest.describe(), "sqlite /p/warehouse.db");
 }
+
+/// A load stages its rows without the write lock: another load publishes meanwhile
+/// (here one that widens a column). The staging load then finds the column types it
+/// bound for changed, fails as transient (the executor runs it again), and the
+/// retry publishes.
+#[tokio::test]
+async fn a_load_stages_without_the_write_lock_and_retries_when_the_table_changed_meanwhile() {
+    let db = Db::new();
+    let mut v1 = spec(
+        "scores",
+        vec![
+            Field::new("id", FieldType::Bigint),
+            Field::new("score", FieldType::Bigint),
+        ],
+        WriteMode::Merge,
+    );
+    v1.primary_key = vec!["id".into()];
+    let row = |id: i64, score: Value| json!({"id": id, "score": score});
+    load(
+        &db.dest,
+        &v1,
+        vec![Ok(batch(&v1.schema, &[row(1, json!(5))]))],
+        &[],
+        &[],
+        "l1",
+    )
+    .await
+    .unwrap();
+
+    // Load A: more batches than the destination's channel holds, then it waits. Once
+    // the batch after them is asked for, its worker has taken a batch: it is staging.
+    let batches_before_waiting = 6;
+    let (staging_tx, staging_rx) = tokio::sync::oneshot::channel::<()>();
+    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
+    let schema = v1.schema.clone();
+    let a_batches = futures::stream::unfold(
+        (0, Some(staging_tx), Some(finish_rx)),
+        move |(n, mut staging, mut finish)| {
+            let schema = schema.clone();
+            async move {
+                if n < batches_before_waiting {
+                    let batch = batch(&schema, &[row(10 + n, json!(n))]);
+                    return Some((Ok(batch), (n + 1, staging, finish)));
+                }
+                let _ = staging.take()?.send(());
+                let _ = finish.take()?.await;
+                None
+            }
+        },
+    )
+    .boxed();
+    let a = db.dest.load(LoadRequest {
+        table: &v1,
+        batches: a_batches,
+        tail: LoadTail::default().ready(),
+        load_id: "a",
+        run_id: "run-a",
+    });
+
+    // Load B widens `score` to a decimal while A stages. A short busy timeout: if A
+    // held the write lock, B would fail with "database is locked" instead of waiting.
+    let b_dest = SqliteDestination::new(
+        SqliteConfig {
+            path: "nested/warehouse.db".into(),
+            busy_timeout_ms: 2_000,
+            ..SqliteConfig::default()
+        },
+        db.dir.path(),
+    );
+    let mut v2 = spec(
+        "scores",
+        vec![
+            Field::new("id", FieldType::Bigint),
+            Field::new("score", FieldType::numeric(2)),
+        ],
+        WriteMode::Merge,
+    );
+    v2.primary_key = vec!["id".into()];
+    let b = async {
+        staging_rx.await.unwrap();
+        let outcome = load(
+            &b_dest,
+            &v2,
+            vec![Ok(batch(&v2.schema, &[row(2, json!("7.25"))]))],
+            &[],
+            &[],
+            "b",
+        )
+        .await;
+        finish_tx.send(()).unwrap();
+        outcome
+    };
+    let (a, b) = tokio::join!(a, b);
+    assert_eq!(b.expect("B published while A staged").rows_loaded, 1);
+    let error = a.expect_err("A staged for the old column type");
+    assert!(error.is_transient(), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("changed the table's column types"),
+        "{error}"
+    );
+
+    // Run again (as the executor does), A binds for the decimal column.
+    let again: Vec<_> = (0..batches_before_waiting)
+        .map(|n| Ok(batch(&v1.schema, &[row(10 + n, json!(n))])))
+        .collect();
+    let outcome = load(&db.dest, &v1, again, &[], &[], "a").await.unwrap();
+    assert_eq!(outcome.rows_loaded, batches_before_waiting as u64);
+    assert_eq!(
+        db.rows("SELECT id, score FROM d1__scores WHERE id IN (1, 2, 10, 15) ORDER BY id"),
+        vec![
+            vec![Sql::Integer(1), t("5.00")],
+            vec![Sql::Integer(2), t("7.25")],
+            vec![Sql::Integer(10), t("0.00")],
+            vec![Sql::Integer(15), t("5.00")],
+        ]
+    );
+}

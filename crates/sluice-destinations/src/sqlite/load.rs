@@ -1,8 +1,13 @@
-//! One load into SQLite, on a blocking thread, in one `BEGIN IMMEDIATE` transaction.
+//! One load into SQLite, on a blocking thread: every row staged first, then published
+//! in one `BEGIN IMMEDIATE` transaction.
 //!
-//! The same steps as PostgreSQL's load: ledger check, create or evolve the
-//! table, stage every row in a temporary table (positional columns `c0`, `c1`,
-//! …), publish by write mode with SQL, quarantine, ledger row, commit.
+//! Staging fills a temporary table (positional columns `c0`, `c1`, …) of the load's
+//! own connection without taking the database's write lock, so concurrent loads
+//! (streams of one run, a round's shards) stage side by side and take the lock in
+//! turn only to publish. The publish: ledger check, create or evolve the table,
+//! publish by write mode with SQL, quarantine, ledger row, commit. Rows are bound
+//! for the column types the table will have; if another load changed them in
+//! between, the load fails as transient and is run again.
 //!
 //! SQLite stores what it is given, so types live in the declared column type:
 //! `INTEGER`, `REAL`, `BOOLEAN` (0/1), `TEXT`, and text-affinity names that
@@ -70,6 +75,33 @@ pub(super) fn run(
     let qualified = quote(&table);
 
     let mut conn = open(path, busy_timeout).map_err(failed)?;
+    let incompatible = |message| DestinationError::Schema {
+        table: label.clone(),
+        message,
+    };
+
+    // Stage, outside the write lock: a deferred transaction that writes only the
+    // temporary database takes no lock other writers wait on.
+    let tail: LoadTail;
+    let n = spec.schema.fields.len();
+    let staging_columns: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let staged_for = {
+        let tx = conn.transaction().map_err(failed)?;
+        let targets = planned_targets(&columns_of(&tx, &table).map_err(failed)?, spec)
+            .map_err(incompatible)?;
+        tx.execute_batch(&format!(
+            "DROP TABLE IF EXISTS {STAGING}; CREATE TEMP TABLE _sluice_staging ({}, {ORDINAL} INTEGER)",
+            staging_columns.join(", ")
+        ))
+        .map_err(failed)?;
+        tail = stage(&tx, spec, &targets, &mut batches, &label).map_err(|e| match e {
+            Stage::Sql(e) => failed(e),
+            Stage::Other(e) => e,
+        })?;
+        tx.commit().map_err(failed)?;
+        targets
+    };
+
     // IMMEDIATE takes the write lock now: the ledger check and DDL below cannot race.
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -98,67 +130,14 @@ pub(super) fn run(
     super::alias::drop_views(&tx, &job.aliases, spec).map_err(failed)?;
     let targets = prepare_table(&tx, spec, &table).map_err(|e| match e {
         Prepare::Sql(e) => failed(e),
-        Prepare::Incompatible(message) => DestinationError::Schema {
-            table: label.clone(),
-            message,
-        },
+        Prepare::Incompatible(message) => incompatible(message),
     })?;
-
-    // Stage. Untyped columns keep exactly the values bound below.
-    let tail: LoadTail;
-    let n = spec.schema.fields.len();
-    let staging_columns: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
-    tx.execute_batch(&format!(
-        "DROP TABLE IF EXISTS {STAGING}; CREATE TEMP TABLE _sluice_staging ({}, {ORDINAL} INTEGER)",
-        staging_columns.join(", ")
-    ))
-    .map_err(failed)?;
-    {
-        let placeholders: Vec<String> = (1..=n + 1).map(|i| format!("?{i}")).collect();
-        let mut insert = tx
-            .prepare(&format!(
-                "INSERT INTO {STAGING} VALUES ({})",
-                placeholders.join(", ")
-            ))
-            .map_err(failed)?;
-        let mut scratch = String::new();
-        let mut ordinal: i64 = 0;
-        tail = loop {
-            match batches.blocking_recv() {
-                Some(Message::Batch(batch)) => {
-                    let columns = BatchColumns::new(&batch, &spec.schema).map_err(|message| {
-                        DestinationError::Load {
-                            table: label.clone(),
-                            message,
-                        }
-                    })?;
-                    let views = columns.views();
-                    for row in 0..columns.rows() {
-                        for (i, column) in views.iter().enumerate() {
-                            bind(
-                                &mut insert,
-                                i + 1,
-                                column.cell(row),
-                                targets[i],
-                                &mut scratch,
-                            )
-                            .map_err(failed)?;
-                        }
-                        insert.raw_bind_parameter(n + 1, ordinal).map_err(failed)?;
-                        insert.raw_execute().map_err(failed)?;
-                        ordinal += 1;
-                    }
-                }
-                Some(Message::End(tail)) => break tail,
-                // The sender went away without `End`: the load was cancelled or the
-                // stream failed. Returning drops the transaction, which rolls back.
-                None => {
-                    return Err(DestinationError::Cancelled {
-                        table: label.clone(),
-                    });
-                }
-            }
-        };
+    if targets != staged_for {
+        // Another load retyped a column since this one staged: bound wrongly, so again.
+        return Err(DestinationError::Load {
+            table: label.clone(),
+            message: "another load changed the table's column types while this one staged its rows; loading again".into(),
+        });
     }
 
     if let Some(fence) = &tail.fence {
@@ -416,34 +395,21 @@ fn prepare_table(
     }
 
     let by_name: HashMap<&str, &Existing> = existing.iter().map(|c| (c.name.as_str(), c)).collect();
+    let targets = planned_targets(&existing, spec).map_err(Prepare::Incompatible)?;
     let mut added = Vec::new();
     let mut widened: HashMap<String, (Option<FieldType>, FieldType)> = HashMap::new();
-    let mut targets = Vec::new();
-    for field in &spec.schema.fields {
-        let Some(column) = by_name.get(field.name.as_str()) else {
-            added.push(format!(
+    for (field, target) in spec.schema.fields.iter().zip(&targets) {
+        match by_name.get(field.name.as_str()) {
+            None => added.push(format!(
                 "{} {}",
                 quote(&field.name),
                 declared_type(field.ty)
-            ));
-            targets.push(field.ty);
-            continue;
-        };
-        match field_type_of(&column.declared) {
-            None => targets.push(field.ty),
-            Some(have) if field.ty.widens_to(&have) => targets.push(have),
-            Some(have) if have.widens_to(&field.ty) => {
-                widened.insert(field.name.clone(), (Some(have), field.ty));
-                targets.push(field.ty);
-            }
-            Some(have) => {
-                return Err(Prepare::Incompatible(format!(
-                "column `{}` is {} in the table but {} in this load, and neither type holds the \
-                     other's values; rename the field or migrate the column",
-                field.name,
-                have.name(),
-                field.ty.name()
-            )))
+            )),
+            Some(column) => {
+                let have = field_type_of(&column.declared);
+                if have.is_some_and(|have| have != *target) {
+                    widened.insert(field.name.clone(), (have, *target));
+                }
             }
         }
     }
@@ -470,6 +436,99 @@ fn prepare_table(
         ))?;
     }
     Ok(targets)
+}
+
+/// The type each field is stored as once the table is evolved for `spec`: the
+/// column's own when it holds the field's values, the field's when the column is
+/// new, untyped or widened to it; an error naming a column neither type holds.
+fn planned_targets(existing: &[Existing], spec: &TableSpec) -> Result<Vec<FieldType>, String> {
+    let by_name: HashMap<&str, &Existing> = existing.iter().map(|c| (c.name.as_str(), c)).collect();
+    spec.schema
+        .fields
+        .iter()
+        .map(|field| {
+            let Some(column) = by_name.get(field.name.as_str()) else {
+                return Ok(field.ty);
+            };
+            match field_type_of(&column.declared) {
+                None => Ok(field.ty),
+                Some(have) if field.ty.widens_to(&have) => Ok(have),
+                Some(have) if have.widens_to(&field.ty) => Ok(field.ty),
+                Some(have) => Err(format!(
+                    "column `{}` is {} in the table but {} in this load, and neither type holds the \
+                     other's values; rename the field or migrate the column",
+                    field.name,
+                    have.name(),
+                    field.ty.name()
+                )),
+            }
+        })
+        .collect()
+}
+
+enum Stage {
+    Sql(rusqlite::Error),
+    Other(DestinationError),
+}
+
+impl From<rusqlite::Error> for Stage {
+    fn from(e: rusqlite::Error) -> Self {
+        Stage::Sql(e)
+    }
+}
+
+/// Inserts every batch into the staging table, bound for `targets`; returns the
+/// load's tail. Untyped columns keep exactly the values bound.
+fn stage(
+    tx: &Transaction<'_>,
+    spec: &TableSpec,
+    targets: &[FieldType],
+    batches: &mut Receiver<Message>,
+    label: &str,
+) -> Result<LoadTail, Stage> {
+    let n = spec.schema.fields.len();
+    let placeholders: Vec<String> = (1..=n + 1).map(|i| format!("?{i}")).collect();
+    let mut insert = tx.prepare(&format!(
+        "INSERT INTO {STAGING} VALUES ({})",
+        placeholders.join(", ")
+    ))?;
+    let mut scratch = String::new();
+    let mut ordinal: i64 = 0;
+    loop {
+        match batches.blocking_recv() {
+            Some(Message::Batch(batch)) => {
+                let columns = BatchColumns::new(&batch, &spec.schema).map_err(|message| {
+                    Stage::Other(DestinationError::Load {
+                        table: label.to_string(),
+                        message,
+                    })
+                })?;
+                let views = columns.views();
+                for row in 0..columns.rows() {
+                    for (i, column) in views.iter().enumerate() {
+                        bind(
+                            &mut insert,
+                            i + 1,
+                            column.cell(row),
+                            targets[i],
+                            &mut scratch,
+                        )?;
+                    }
+                    insert.raw_bind_parameter(n + 1, ordinal)?;
+                    insert.raw_execute()?;
+                    ordinal += 1;
+                }
+            }
+            Some(Message::End(tail)) => return Ok(tail),
+            // The sender went away without `End`: the load was cancelled or the
+            // stream failed. Returning drops the transaction, which rolls back.
+            None => {
+                return Err(Stage::Other(DestinationError::Cancelled {
+                    table: label.to_string(),
+                }))
+            }
+        }
+    }
 }
 
 fn columns_of(tx: &Transaction<'_>, table: &str) -> rusqlite::Result<Vec<Existing>> {
