@@ -685,7 +685,6 @@ async fn a_load_stages_without_the_write_lock_and_retries_when_the_table_changed
         SqliteConfig {
             path: "nested/warehouse.db".into(),
             busy_timeout_ms: 2_000,
-            ..SqliteConfig::default()
         },
         db.dir.path(),
     );
