@@ -86,9 +86,14 @@ pub(super) fn run(
     let n = spec.schema.fields.len();
     let staging_columns: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     let staged_for = {
+        // Read in a transaction of its own: staging then holds no snapshot of the
+        // main database (which would keep a checkpoint from passing it).
+        let existing = {
+            let tx = conn.transaction().map_err(failed)?;
+            columns_of(&tx, &table).map_err(failed)?
+        };
+        let targets = planned_targets(&existing, spec).map_err(incompatible)?;
         let tx = conn.transaction().map_err(failed)?;
-        let targets = planned_targets(&columns_of(&tx, &table).map_err(failed)?, spec)
-            .map_err(incompatible)?;
         tx.execute_batch(&format!(
             "DROP TABLE IF EXISTS {STAGING}; CREATE TEMP TABLE _sluice_staging ({}, {ORDINAL} INTEGER)",
             staging_columns.join(", ")
