@@ -268,6 +268,15 @@ fn scanned_table(plan: &LogicalPlan) -> Option<String> {
     Some(format!("{layer}.{}", scan.table_name.table()))
 }
 
+/// The columns `plan` reads (see [`scanned_columns`]), once optimized: its scans then
+/// list only those. `None` when it does not optimize.
+pub(crate) fn columns_read_by(
+    ctx: &datafusion::execution::context::SessionContext,
+    plan: &LogicalPlan,
+) -> Option<BTreeSet<String>> {
+    Some(scanned_columns(&ctx.state().optimize(plan).ok()?))
+}
+
 /// Every column the plan's table scans read, as `layer.table.column`: those they
 /// output and those of the filters pushed into them (which need not be output).
 pub(crate) fn scanned_columns(plan: &LogicalPlan) -> BTreeSet<String> {

@@ -320,14 +320,10 @@ fn finish_task(record: &mut RunRecord, task: TaskRecord) {
 /// the optimised plan's table scans: only columns the query really uses (projected,
 /// filtered, joined on) count. Empty when the model cannot be planned.
 pub(crate) async fn columns_read(ctx: &SessionContext, model: &Model) -> BTreeSet<String> {
-    let state = ctx.state();
-    let Ok(plan) = state.create_logical_plan(&model.sql).await else {
+    let Ok(plan) = ctx.state().create_logical_plan(&model.sql).await else {
         return BTreeSet::new();
     };
-    match state.optimize(&plan) {
-        Ok(plan) => crate::lineage::scanned_columns(&plan),
-        Err(_) => BTreeSet::new(),
-    }
+    crate::lineage::columns_read_by(ctx, &plan).unwrap_or_default()
 }
 
 pub(crate) async fn plan(ctx: &SessionContext, model: &Model) -> Result<SchemaRef, TransformError> {

@@ -114,13 +114,12 @@ impl TableFileWriter {
     /// Creates the Parquet writer, compressed unless the file is small, and writes the
     /// batches that waited for it.
     async fn open(&mut self) -> Result<(), LakeError> {
-        if !matches!(self.state, WriterState::Pending(_)) {
-            return Ok(());
-        }
-        let WriterState::Pending(pending) =
-            std::mem::replace(&mut self.state, WriterState::Switching)
-        else {
-            return Ok(());
+        let pending = match std::mem::replace(&mut self.state, WriterState::Switching) {
+            WriterState::Pending(pending) => pending,
+            other => {
+                self.state = other;
+                return Ok(());
+            }
         };
         let PendingFile {
             object,

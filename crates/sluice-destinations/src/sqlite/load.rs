@@ -75,10 +75,6 @@ pub(super) fn run(
     let qualified = quote(&table);
 
     let mut conn = open(path, busy_timeout).map_err(failed)?;
-    let incompatible = |message| DestinationError::Schema {
-        table: label.clone(),
-        message,
-    };
 
     // Stage, outside the write lock: a deferred transaction that writes only the
     // temporary database takes no lock other writers wait on.
@@ -92,17 +88,15 @@ pub(super) fn run(
             let tx = conn.transaction().map_err(failed)?;
             columns_of(&tx, &table).map_err(failed)?
         };
-        let targets = planned_targets(&existing, spec).map_err(incompatible)?;
+        let targets = planned_targets(&existing, spec)?;
         let tx = conn.transaction().map_err(failed)?;
         tx.execute_batch(&format!(
             "DROP TABLE IF EXISTS {STAGING}; CREATE TEMP TABLE _sluice_staging ({}, {ORDINAL} INTEGER)",
             staging_columns.join(", ")
         ))
         .map_err(failed)?;
-        tail = stage(&tx, spec, &targets, &mut batches, &label).map_err(|e| match e {
-            Stage::Sql(e) => failed(e),
-            Stage::Other(e) => e,
-        })?;
+        tail =
+            stage(&tx, spec, &targets, &mut batches, &label).map_err(|e| e.into_error(failed))?;
         tx.commit().map_err(failed)?;
         targets
     };
@@ -133,10 +127,7 @@ pub(super) fn run(
     }
 
     super::alias::drop_views(&tx, &job.aliases, spec).map_err(failed)?;
-    let targets = prepare_table(&tx, spec, &table).map_err(|e| match e {
-        Prepare::Sql(e) => failed(e),
-        Prepare::Incompatible(message) => incompatible(message),
-    })?;
+    let targets = prepare_table(&tx, spec, &table).map_err(|e| e.into_error(failed))?;
     if targets != staged_for {
         // Another load retyped a column since this one staged: bound wrongly, so again.
         return Err(DestinationError::Load {
@@ -147,13 +138,7 @@ pub(super) fn run(
 
     if let Some(fence) = &tail.fence {
         // The write lock is held since BEGIN IMMEDIATE: no other load runs in between.
-        check_fence(&tx, fence, &job.run_id).map_err(|e| match e {
-            FenceError::Sql(e) => failed(e),
-            FenceError::Refused(message) => DestinationError::Fenced {
-                table: label.clone(),
-                message,
-            },
-        })?;
+        check_fence(&tx, fence, &job.run_id, &label).map_err(|e| e.into_error(failed))?;
     }
 
     // Publish.
@@ -252,20 +237,31 @@ pub(super) fn run(
     })
 }
 
-enum FenceError {
+/// Why a step of the load stopped: SQL (reported with the database's path by the
+/// caller) or a reason of its own, already said.
+enum Step {
     Sql(rusqlite::Error),
-    Refused(String),
+    Failed(DestinationError),
 }
 
-impl From<rusqlite::Error> for FenceError {
+impl From<rusqlite::Error> for Step {
     fn from(e: rusqlite::Error) -> Self {
-        FenceError::Sql(e)
+        Step::Sql(e)
+    }
+}
+
+impl Step {
+    fn into_error(self, failed: impl Fn(rusqlite::Error) -> DestinationError) -> DestinationError {
+        match self {
+            Step::Sql(e) => failed(e),
+            Step::Failed(e) => e,
+        }
     }
 }
 
 /// Checks a shard's fencing token in the load's transaction and records it with the
 /// run id: refused when a higher token of the same shard and round has published.
-fn check_fence(tx: &Transaction<'_>, fence: &Fence, run_id: &str) -> Result<(), FenceError> {
+fn check_fence(tx: &Transaction<'_>, fence: &Fence, run_id: &str, label: &str) -> Result<(), Step> {
     tx.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {FENCES} (round TEXT NOT NULL, shard TEXT NOT NULL, \
          token INTEGER NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (round, shard, token))"
@@ -277,7 +273,10 @@ fn check_fence(tx: &Transaction<'_>, fence: &Fence, run_id: &str) -> Result<(), 
         |row| row.get(0),
     )?;
     if let Some(refusal) = fence.refusal(highest) {
-        return Err(FenceError::Refused(refusal));
+        return Err(Step::Failed(DestinationError::Fenced {
+            table: label.to_string(),
+            message: refusal,
+        }));
     }
     tx.execute(
         &format!(
@@ -360,24 +359,13 @@ fn field_type_of(declared: &str) -> Option<FieldType> {
     })
 }
 
-enum Prepare {
-    Sql(rusqlite::Error),
-    Incompatible(String),
-}
-
-impl From<rusqlite::Error> for Prepare {
-    fn from(e: rusqlite::Error) -> Self {
-        Prepare::Sql(e)
-    }
-}
-
 /// Creates or evolves the table; returns, per load column, the type its values
 /// must be written as (the column's type, which may be wider than the field's).
 fn prepare_table(
     tx: &Transaction<'_>,
     spec: &TableSpec,
     table: &str,
-) -> Result<Vec<FieldType>, Prepare> {
+) -> Result<Vec<FieldType>, Step> {
     let qualified = quote(table);
     let existing = columns_of(tx, table)?;
     if existing.is_empty() {
@@ -400,7 +388,7 @@ fn prepare_table(
     }
 
     let by_name: HashMap<&str, &Existing> = existing.iter().map(|c| (c.name.as_str(), c)).collect();
-    let targets = planned_targets(&existing, spec).map_err(Prepare::Incompatible)?;
+    let targets = planned_targets(&existing, spec).map_err(Step::Failed)?;
     let mut added = Vec::new();
     let mut widened: HashMap<String, (Option<FieldType>, FieldType)> = HashMap::new();
     for (field, target) in spec.schema.fields.iter().zip(&targets) {
@@ -446,7 +434,10 @@ fn prepare_table(
 /// The type each field is stored as once the table is evolved for `spec`: the
 /// column's own when it holds the field's values, the field's when the column is
 /// new, untyped or widened to it; an error naming a column neither type holds.
-fn planned_targets(existing: &[Existing], spec: &TableSpec) -> Result<Vec<FieldType>, String> {
+fn planned_targets(
+    existing: &[Existing],
+    spec: &TableSpec,
+) -> Result<Vec<FieldType>, DestinationError> {
     let by_name: HashMap<&str, &Existing> = existing.iter().map(|c| (c.name.as_str(), c)).collect();
     spec.schema
         .fields
@@ -459,27 +450,19 @@ fn planned_targets(existing: &[Existing], spec: &TableSpec) -> Result<Vec<FieldT
                 None => Ok(field.ty),
                 Some(have) if field.ty.widens_to(&have) => Ok(have),
                 Some(have) if have.widens_to(&field.ty) => Ok(field.ty),
-                Some(have) => Err(format!(
-                    "column `{}` is {} in the table but {} in this load, and neither type holds the \
-                     other's values; rename the field or migrate the column",
-                    field.name,
-                    have.name(),
-                    field.ty.name()
-                )),
+                Some(have) => Err(DestinationError::Schema {
+                    table: spec.qualified_name(),
+                    message: format!(
+                        "column `{}` is {} in the table but {} in this load, and neither type \
+                         holds the other's values; rename the field or migrate the column",
+                        field.name,
+                        have.name(),
+                        field.ty.name()
+                    ),
+                }),
             }
         })
         .collect()
-}
-
-enum Stage {
-    Sql(rusqlite::Error),
-    Other(DestinationError),
-}
-
-impl From<rusqlite::Error> for Stage {
-    fn from(e: rusqlite::Error) -> Self {
-        Stage::Sql(e)
-    }
 }
 
 /// Inserts every batch into the staging table, bound for `targets`; returns the
@@ -490,7 +473,7 @@ fn stage(
     targets: &[FieldType],
     batches: &mut Receiver<Message>,
     label: &str,
-) -> Result<LoadTail, Stage> {
+) -> Result<LoadTail, Step> {
     let n = spec.schema.fields.len();
     let placeholders: Vec<String> = (1..=n + 1).map(|i| format!("?{i}")).collect();
     let mut insert = tx.prepare(&format!(
@@ -503,7 +486,7 @@ fn stage(
         match batches.blocking_recv() {
             Some(Message::Batch(batch)) => {
                 let columns = BatchColumns::new(&batch, &spec.schema).map_err(|message| {
-                    Stage::Other(DestinationError::Load {
+                    Step::Failed(DestinationError::Load {
                         table: label.to_string(),
                         message,
                     })
@@ -528,7 +511,7 @@ fn stage(
             // The sender went away without `End`: the load was cancelled or the
             // stream failed. Returning drops the transaction, which rolls back.
             None => {
-                return Err(Stage::Other(DestinationError::Cancelled {
+                return Err(Step::Failed(DestinationError::Cancelled {
                     table: label.to_string(),
                 }))
             }

@@ -300,15 +300,13 @@ async fn unread_columns(
     unread_in(ctx, plan, &tables).await
 }
 
-/// The columns of the D1 `tables` that `plan` does not read, once optimized (its
-/// scans then list the columns read).
+/// The columns of the D1 `tables` that `plan` does not read.
 async fn unread_in(
     ctx: &SessionContext,
     plan: &LogicalPlan,
     tables: &[&str],
 ) -> Option<BTreeSet<String>> {
-    let optimized = ctx.state().optimize(plan).ok()?;
-    let read = crate::lineage::scanned_columns(&optimized);
+    let read = crate::lineage::columns_read_by(ctx, plan)?;
     let mut unread = BTreeSet::new();
     for table in tables {
         let provider = ctx
