@@ -7,10 +7,9 @@
 //! object. Every metric is a string, money an exact decimal string.
 //!
 //! Why one file over 700 lines: one emulated API (routes, paging, usage headers,
-//! async jobs, faults). The next cut is the async report-run flow into its own module.
+//! insights, entities, faults); the async report-run flow is in [`report_runs`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -19,8 +18,12 @@ use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
 
 use crate::data::{self, FbMetrics, World};
-use crate::faults::{every, Hit};
+use crate::faults::Hit;
 use crate::{credentials, decode_cursor, encode_cursor, AppState, Reply, Req};
+
+mod report_runs;
+
+use report_runs::{create_job, job_insights, job_status, Job};
 
 /// Versions below this answer 2635 (deprecated).
 pub const MIN_VERSION: u32 = 22;
@@ -63,28 +66,9 @@ pub struct FbState {
     usage: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fate {
-    Complete,
-    Fail,
-    Stall,
-    /// Fails because the request asks for too much data (`reduce_data_fields_above`).
-    TooMuchData,
-}
-
 /// The Graph error for a request that asks for too much at once.
 const REDUCE_DATA: &str =
     "Please reduce the amount of data you're asking for, then retry your request";
-
-struct Job {
-    query: Query,
-    account: usize,
-    fate: Fate,
-    polls: u32,
-    created: i64,
-    /// Its results were asked for (it no longer counts as open).
-    results_read: bool,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Level {
@@ -1243,114 +1227,6 @@ fn entity_by_id(st: &AppState, id: &str, fields: &[String]) -> Option<Value> {
     }
     let i = w.fb_ads.iter().position(|c| c.id == id)?;
     entity_json(st, "ads", i, fields)
-}
-
-// ------------------------------------------------------------ async report runs
-
-fn create_job(st: &AppState, r: &Req, query: Query) -> Reply {
-    let n = st.counters.report_runs.fetch_add(1, Ordering::SeqCst) + 1;
-    let f = &st.opts.faults;
-    let fate = if f.too_many_fields(query.fields.len()) {
-        Fate::TooMuchData
-    } else if every(f.async_fail_every, n) {
-        Fate::Fail
-    } else if every(f.async_stall_every, n) {
-        Fate::Stall
-    } else {
-        Fate::Complete
-    };
-    // Above 2^53 like every Graph id.
-    let id = (6_120_000_000_000_000u64 + st.world.seed % 1_000 * 1_000_000_000 + n).to_string();
-    let account = scope_account(&st.world, query.scope);
-    let created = st
-        .opts
-        .today
-        .and_hms_opt(12, 0, 0)
-        .map(|t| t.and_utc().timestamp())
-        .unwrap_or(0)
-        + n as i64;
-    if let Ok(mut jobs) = st.facebook.jobs.lock() {
-        jobs.insert(
-            id.clone(),
-            Job {
-                query,
-                account,
-                fate,
-                polls: 0,
-                created,
-                results_read: false,
-            },
-        );
-        st.counters.open_report_runs.raise();
-    }
-    let _ = r;
-    Reply::json(200, &json!({ "report_run_id": id }))
-}
-
-fn job_status(st: &AppState, r: &Req, id: &str) -> Option<Reply> {
-    let mut jobs = st.facebook.jobs.lock().ok()?;
-    let job = jobs.get_mut(id)?;
-    job.polls += 1;
-    let (status, pct) = match (job.fate, job.polls) {
-        (Fate::Stall, 1) => ("Job Started", 0),
-        (Fate::Stall, _) => ("Job Running", 42),
-        (_, 1) => ("Job Not Started", 0),
-        (_, 2) => ("Job Running", 55),
-        (Fate::Fail | Fate::TooMuchData, _) => ("Job Failed", 55),
-        (Fate::Complete, _) => ("Job Completed", 100),
-    };
-    if status == "Job Failed" && !std::mem::replace(&mut job.results_read, true) {
-        st.counters.open_report_runs.lower();
-    }
-    let acc = &st.world.fb_accounts[job.account];
-    let mut body = json!({
-        "id": id,
-        "report_run_id": id,
-        "account_id": acc.id,
-        "async_status": status,
-        "async_percent_completion": pct,
-        "date_start": job.query.since.to_string(),
-        "date_stop": job.query.until.to_string(),
-        "time_ref": job.created,
-        "is_running": matches!(status, "Job Started" | "Job Running"),
-    });
-    if status == "Job Completed" {
-        body["time_completed"] = json!(job.created + 3);
-    }
-    if job.fate == Fate::TooMuchData && status == "Job Failed" {
-        body["error_code"] = json!(1);
-        body["error_subcode"] = json!(1487534);
-        body["error_message"] = json!(REDUCE_DATA);
-        body["error_user_title"] = json!("Too much data");
-        body["error_user_msg"] = json!(REDUCE_DATA);
-    } else if status == "Job Failed" {
-        body["error_code"] = json!(2601);
-        body["error_subcode"] = json!(1815107);
-        body["error_message"] = json!("Error accessing adreport job.");
-        body["error_user_title"] = json!("Report job failed");
-        body["error_user_msg"] = json!(
-            "The report could not be computed. Retry with a shorter time range or fewer fields."
-        );
-    }
-    let _ = r;
-    Some(Reply::json(200, &body))
-}
-
-fn job_insights(st: &AppState, r: &Req, id: &str) -> Option<Reply> {
-    let (query, ready) = {
-        let mut jobs = st.facebook.jobs.lock().ok()?;
-        let job = jobs.get_mut(id)?;
-        let ready = job.fate == Fate::Complete && job.polls >= 3;
-        if ready && !std::mem::replace(&mut job.results_read, true) {
-            st.counters.open_report_runs.lower();
-        }
-        (job.query.clone(), ready)
-    };
-    if !ready {
-        return Some(error(400, 100, Some(2446191), "(#100) The report run is not complete: poll it until async_status is \"Job Completed\"", false, r.seq));
-    }
-    let rows = insights(st, &query);
-    Some(page(st, r, rows, query.limit))
 }
 
 // ------------------------------------------------------------ batch
