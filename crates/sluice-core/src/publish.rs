@@ -1,5 +1,5 @@
 //! The one way a table reaches the destination: staged Parquet files in the lake,
-//! read back one batch at a time and published in one destination transaction,
+//! read back in order (a few files ahead) and published in one destination transaction,
 //! retried with back-off on transient failures, rolled back on cancel. D1 streams
 //! (the executor) and models (sluice-transform) both publish through here, so
 //! retries, cancellation and memory bounds are the same for every table.
@@ -68,9 +68,14 @@ pub fn backoff(execution: &ExecutionConfig) -> ExponentialBuilder {
         .with_jitter()
 }
 
-/// Batches of the staged files, one file open at a time, conformed to the table's
-/// schema (columns that appeared mid-run are null in earlier files; a column the
-/// schema lacks is an error, never dropped).
+/// Staged files fetched ahead of the one being loaded: a load of many small files
+/// (a month of one-day partitions per account) would otherwise wait on each read in
+/// turn, which on S3 is a round trip per file. Memory stays bounded by a few files.
+const FILES_READ_AHEAD: usize = 4;
+
+/// Batches of the staged files, in order, conformed to the table's schema (columns
+/// that appeared mid-run are null in earlier files; a column the schema lacks is an
+/// error, never dropped).
 pub fn staged_batches<'a>(
     lake: &'a Lake,
     files: &'a [String],
@@ -78,11 +83,12 @@ pub fn staged_batches<'a>(
 ) -> LoadBatches<'a> {
     let arrow_schema = spec.schema.arrow_schema();
     futures::stream::iter(files)
-        .then(move |path| async move {
+        .map(move |path| async move {
             parquet_batches(lake, path)
                 .await
                 .map_err(|e| load_err(e.to_string()))
         })
+        .buffered(FILES_READ_AHEAD)
         .map_ok(move |reader| {
             let arrow_schema = arrow_schema.clone();
             futures::stream::iter(reader.map(move |batch| {

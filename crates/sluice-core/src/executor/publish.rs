@@ -2,9 +2,9 @@
 //! back-off, dropped on cancel = rolled back), then promotion of the staged files
 //! into the lake's D1 table.
 //!
-//! Staged files are read back one at a time and conformed to the stream's final
-//! schema (columns that appeared mid-run are null in earlier files), so a load's
-//! memory is bounded by one file, not by the stream.
+//! Staged files are read back in order, a few ahead, and conformed to the stream's
+//! final schema (columns that appeared mid-run are null in earlier files), so a
+//! load's memory is bounded by a few files, not by the stream.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
