@@ -282,8 +282,20 @@ impl Executor {
                 .map(|s| crate::shard::stable_slice_key(&s.key).to_string())
                 .collect();
             let order = run.ledger.slice_order(&run.round, &name, keys).await?;
-            (plan.slices, plan_index) =
-                shard_share(run, &name, stream.write_mode, options, plan.slices, &order);
+            let place = source
+                .streams()
+                .iter()
+                .position(|s| s.name == stream.name)
+                .unwrap_or(0);
+            (plan.slices, plan_index) = shard_share(
+                run,
+                &name,
+                place,
+                stream.write_mode,
+                options,
+                plan.slices,
+                &order,
+            );
             if plan.slices.is_empty() {
                 self.propose_cursor(
                     run,
@@ -640,10 +652,12 @@ fn loaded_at_micros(run_id: &str) -> i64 {
 /// position in the round's stored slice list `order`, else by hash (see
 /// [`crate::shard`]). A stream whose write mode replaces the whole table goes whole to
 /// one shard; one that overwrites partitions is shared by slice (the shards' overwrites
-/// keep each other's rows).
+/// keep each other's rows). `stream` is the stream's place among its source's streams
+/// (see [`crate::shard::Shard::owns_position`]).
 fn shard_share(
     run: &ShardRun,
     task: &str,
+    stream: usize,
     mode: WriteMode,
     options: &RunOptions,
     slices: Vec<crate::source::Slice>,
@@ -663,7 +677,7 @@ fn shard_share(
                 return run.shard.owns(task);
             }
             match position.get(crate::shard::stable_slice_key(&slice.key)) {
-                Some(&i) => run.shard.owns_position(i),
+                Some(&i) => run.shard.owns_position(i, order.len(), stream),
                 None => run
                     .shard
                     .owns(&crate::shard::slice_key(task, Some(&slice.key))),

@@ -5,7 +5,9 @@
 //! - **Assignment**: the first shard of a round to plan a stream stores its slice keys
 //!   (create-only, `<round>/plans/<source.stream>.json`); every shard takes the slices
 //!   at positions `K, K+N, K+2N…` of that one list, so the shares differ by at most one
-//!   slice (hashing each key alone gave 2, 3 and 11 of 16 Facebook accounts). A slice
+//!   slice (hashing each key alone gave 2, 3 and 11 of 16 Facebook accounts); the few
+//!   left over after the last full round start at a shard that depends on the stream,
+//!   so that they spread (see [`Shard::owns_position`]). A slice
 //!   the stored list lacks (a shard planned differently: an account added meanwhile)
 //!   belongs to shard `hash(source.stream/slice key) mod N` (SHA-256, so every process
 //!   and version agrees): either way each key has exactly one owner.
@@ -84,11 +86,23 @@ impl Shard {
         u64::from_be_bytes(first) % u64::from(self.count) == u64::from(self.index)
     }
 
-    /// Whether the slice at `position` of a stream's stored slice list is this shard's.
-    /// Every stream counts from shard 0: streams planned per account (Facebook's five)
-    /// then give each shard the same accounts, whose details only it looks up.
-    pub fn owns_position(&self, position: usize) -> bool {
-        position as u64 % u64::from(self.count) == u64::from(self.index)
+    /// Whether the slice at `position` of a stream's stored slice list (`len` slices)
+    /// is this shard's. Slices go round the shards from shard 0, so streams planned per
+    /// account (Facebook's five) give each shard the same accounts, whose details only
+    /// it looks up. The `len mod N` slices left over after the last full round start
+    /// at shard `stream mod N` instead (`stream`: the stream's place among its source's
+    /// streams): 16 accounts on 3 shards then split each stream 6/5/5 with the sixth
+    /// account's streams on different shards, not every stream's on shard 0 (which made
+    /// it the last to finish by a sixth of the work).
+    pub fn owns_position(&self, position: usize, len: usize, stream: usize) -> bool {
+        let count = self.count as usize;
+        let full_rounds = len - len % count;
+        let owner = if position < full_rounds {
+            position % count
+        } else {
+            (position - full_rounds + stream) % count
+        };
+        owner == self.index as usize
     }
 
     /// `K-of-N`: the file name part of this shard's records.

@@ -12,7 +12,7 @@ use super::api::{next_after, GraphApi};
 use super::config::FacebookConfig;
 use super::streams::entity_fields;
 use super::ACCOUNT_FIELDS;
-use crate::http::{ApiRequest, ApiResponse};
+use crate::http::{ApiRequest, ApiResponse, Urgency};
 
 /// Walks a cursor-paged list: `after` until there is no `paging.next`.
 pub struct Pager {
@@ -40,7 +40,7 @@ impl Pager {
         }
         let mut request = self.base.clone();
         if let Some(after) = &self.after {
-            request = request.query("after", after.clone());
+            request = request.query("after", after.clone()).urgency(Urgency::Continues);
         }
         let (response, page) = api.send_json(&request).await?;
         match next_after(&page) {

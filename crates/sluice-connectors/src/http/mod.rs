@@ -18,8 +18,10 @@
 //! its tests. Pacing already lives apart (`pacer.rs`); the next cut, if it grows, is the
 //! URL rules into `http/urls.rs`.
 
+mod in_flight;
 mod pacer;
 
+pub use in_flight::{InFlight, Urgency};
 pub use pacer::Pacer;
 
 use std::num::NonZeroU32;
@@ -35,7 +37,6 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::Method;
 use serde::Deserialize;
 use sluice_core::source::{ErrorClass, SourceError};
-use tokio::sync::Semaphore;
 use url::Url;
 
 /// Transport settings shared by the API sources; every field has a default.
@@ -123,6 +124,8 @@ pub struct ApiRequest {
     pub body: Body,
     /// The account whose budget this request spends (pacing and in-flight caps).
     pub pace_key: Option<String>,
+    /// Which requests waiting for an in-flight slot go first ([`InFlight`]).
+    pub urgency: Urgency,
 }
 
 impl ApiRequest {
@@ -134,6 +137,7 @@ impl ApiRequest {
             headers: Vec::new(),
             body: Body::None,
             pace_key: None,
+            urgency: Urgency::Other,
         }
     }
     pub fn get(url: Url) -> Self {
@@ -161,6 +165,11 @@ impl ApiRequest {
     }
     pub fn paced(mut self, key: impl Into<String>) -> Self {
         self.pace_key = Some(key.into());
+        self
+    }
+    /// How soon the request takes a free in-flight slot (see [`InFlight`]).
+    pub fn urgency(mut self, urgency: Urgency) -> Self {
+        self.urgency = urgency;
         self
     }
     /// `GET /v26.0/act_1/insights`: what logs and errors show (never the query string).
@@ -271,7 +280,7 @@ pub struct HttpClient {
     settings: Arc<HttpSettings>,
     budget: Option<Arc<DefaultDirectRateLimiter>>,
     pacer: Pacer,
-    in_flight: Option<Arc<Semaphore>>,
+    in_flight: Option<InFlight>,
     stats: Arc<HttpStats>,
     /// Deprecation notices answers carried, once each (see [`deprecation_notice`]).
     notices: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
@@ -315,7 +324,7 @@ impl HttpClient {
             settings: Arc::new(settings),
             budget,
             pacer: Pacer::default(),
-            in_flight: max_in_flight.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            in_flight: max_in_flight.map(InFlight::new),
             stats: Arc::new(HttpStats::default()),
             notices: Arc::default(),
         })
@@ -325,7 +334,7 @@ impl HttpClient {
     /// that only hides latency (the API's limits are its request budget), so each shard
     /// keeps it, unlike `max_in_flight` of [`HttpClient::new`].
     pub fn with_requests_in_flight(mut self, n: usize) -> Self {
-        self.in_flight = Some(Arc::new(Semaphore::new(n.max(1))));
+        self.in_flight = Some(InFlight::new(n));
         self
     }
 
@@ -419,9 +428,9 @@ impl HttpClient {
     async fn attempt(&self, request: &ApiRequest, label: &str) -> Result<ApiResponse, Attempt> {
         let wait_start = Instant::now();
         let _slot = match &self.in_flight {
-            Some(s) => Some(
-                s.clone()
-                    .acquire_owned()
+            Some(limit) => Some(
+                limit
+                    .acquire(request.urgency)
                     .await
                     .map_err(|_| Attempt::Retry("client closed".into()))?,
             ),

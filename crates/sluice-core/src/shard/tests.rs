@@ -138,12 +138,29 @@ async fn every_shard_assigns_by_the_first_planners_slice_list_in_even_shares() {
         .unwrap();
     assert_eq!(later, first);
     let shards: Vec<Shard> = (0..3).map(|k| format!("{k}/3").parse().unwrap()).collect();
-    let shares: Vec<usize> = shards
-        .iter()
-        .map(|s| (0..16).filter(|&i| s.owns_position(i)).count())
-        .collect();
-    assert_eq!(shares, [6, 5, 5]);
-    for i in 0..16 {
-        assert_eq!(shards.iter().filter(|s| s.owns_position(i)).count(), 1);
+    // Five streams of 16 accounts each: every slice has one owner, the first 15
+    // accounts go round the shards the same way in every stream, and the 16th
+    // account's five slices spread over the shards (2, 2, 1) instead of all on shard 0.
+    let mut slices_per_shard = [0; 3];
+    let mut sixteenth_per_shard = [0; 3];
+    for stream in 0..5 {
+        for i in 0..16 {
+            let owners: Vec<usize> = (0..3)
+                .filter(|&k| shards[k].owns_position(i, 16, stream))
+                .collect();
+            assert_eq!(
+                owners.len(),
+                1,
+                "slice {i} of stream {stream}: owners {owners:?}"
+            );
+            slices_per_shard[owners[0]] += 1;
+            if i < 15 {
+                assert_eq!(owners[0], i % 3, "account {i} of stream {stream}");
+            } else {
+                sixteenth_per_shard[owners[0]] += 1;
+            }
+        }
     }
+    assert_eq!(sixteenth_per_shard, [2, 2, 1]);
+    assert_eq!(slices_per_shard, [27, 27, 26]);
 }

@@ -38,7 +38,7 @@ use super::entities::{data, land_json, Pager};
 use super::streams::{insights_key, insights_request_fields, is_action_list};
 use super::FacebookSource;
 use crate::incremental::DayWindow;
-use crate::http::{ApiRequest, ApiResponse};
+use crate::http::{ApiRequest, ApiResponse, Urgency};
 
 mod rows;
 mod totals;
@@ -395,6 +395,7 @@ async fn open_job(ctx: &JobContext, job: &Job) -> Result<Opened, SourceError> {
         let run_id = run_report(ctx, job).await?;
         ctx.api
             .request(Method::GET, &format!("{run_id}/insights"), &ctx.account)?
+            .urgency(Urgency::Continues)
             .query("limit", ctx.page_size.to_string())
     };
     first_page(ctx, Pager::new(request)).await
@@ -540,6 +541,7 @@ async fn run_report(ctx: &JobContext, job: &Job) -> Result<String, SourceError> 
     let submit = ctx
         .api
         .request(Method::POST, &format!("{}/insights", job.object), account)?
+        .urgency(Urgency::StartsJob)
         .form(insights_params(
             &ctx.fields,
             &ctx.config,
@@ -566,10 +568,14 @@ async fn run_report(ctx: &JobContext, job: &Job) -> Result<String, SourceError> 
     loop {
         tokio::time::sleep(pause).await;
         pause = (pause.mul_f64(1.5)).min(ctx.max_poll);
-        let poll = ctx.api.request(Method::GET, &run_id, account)?.query(
-            "fields",
-            "id,async_status,async_percent_completion,error_code,error_message",
-        );
+        let poll = ctx
+            .api
+            .request(Method::GET, &run_id, account)?
+            .urgency(Urgency::Continues)
+            .query(
+                "fields",
+                "id,async_status,async_percent_completion,error_code,error_message",
+            );
         let (_, status) = ctx.api.send_json(&poll).await?;
         let state_name = status
             .get("async_status")
