@@ -422,6 +422,7 @@ impl Executor {
             crate::test_hook::hold_before_publish().await;
         }
         self.observer.task_loading(&name);
+        tracing::info!(task = %name, "TIMING loading");
         let published = publish::Staged {
             spec: &spec,
             schema: &final_schema,

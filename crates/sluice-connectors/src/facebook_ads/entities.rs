@@ -52,25 +52,12 @@ impl Pager {
     }
 }
 
-/// The accounts `ids` (`act_<digits>`), one request each, `max_concurrency` at once:
-/// `(id, the account object)` in the order asked.
-pub async fn lookup_accounts(
-    api: &GraphApi,
-    config: &FacebookConfig,
-    ids: &[String],
-) -> Result<Vec<(String, Value)>, SourceError> {
-    use futures::{StreamExt, TryStreamExt};
-    futures::stream::iter(ids.to_vec())
-        .map(|id| async move {
-            let request = api
-                .request(Method::GET, &id, &id)?
-                .query("fields", ACCOUNT_FIELDS);
-            let account = api.send_json(&request).await?.1;
-            Ok::<_, SourceError>((id, account))
-        })
-        .buffered(config.max_concurrency.max(1))
-        .try_collect()
-        .await
+/// The account `id` (`act_<digits>`): its details, one request.
+pub async fn lookup_account(api: &GraphApi, id: &str) -> Result<Value, SourceError> {
+    let request = api
+        .request(Method::GET, id, id)?
+        .query("fields", ACCOUNT_FIELDS);
+    Ok(api.send_json(&request).await?.1)
 }
 
 /// Every ad account the access token reaches (`me/adaccounts`, paged).

@@ -17,6 +17,7 @@ pub mod insights;
 pub mod streams;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -25,7 +26,7 @@ use sluice_core::source::{
     DecodeState, DecodedPage, LandedPage, PageSink, RunWindow, Slice, Source, SourceError,
     StreamPlan, StreamSpec,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 
 use crate::incremental::{plan_window, Incremental};
 use crate::http::{parse_base_url, HttpClient};
@@ -72,20 +73,35 @@ impl Account {
 struct AccountCache {
     /// When every account the token reaches was last listed (`accounts` not configured).
     listed: Option<(Instant, Vec<String>)>,
-    details: HashMap<String, (Instant, Account)>,
+    /// Each account's details, or its lookup under way: streams preparing at once
+    /// share one lookup per account, and look up different accounts at once.
+    details: HashMap<String, (Instant, Arc<OnceCell<Account>>)>,
 }
 
 impl AccountCache {
+    /// The account's entry: the cached one while fresh, else a new, empty one.
+    fn entry(&mut self, id: &str) -> Arc<OnceCell<Account>> {
+        match self.details.get(id) {
+            Some((at, cell)) if at.elapsed() < ACCOUNT_CACHE_TTL => cell.clone(),
+            _ => {
+                let cell = Arc::new(OnceCell::new());
+                self.details
+                    .insert(id.to_string(), (Instant::now(), cell.clone()));
+                cell
+            }
+        }
+    }
+
     fn fresh(&self, id: &str) -> Option<&Account> {
         self.details
             .get(id)
             .filter(|(at, _)| at.elapsed() < ACCOUNT_CACHE_TTL)
-            .map(|(_, account)| account)
+            .and_then(|(_, cell)| cell.get())
     }
 
     fn keep(&mut self, account: Account) {
-        self.details
-            .insert(account.id.clone(), (Instant::now(), account));
+        let cell = Arc::new(OnceCell::new_with(Some(account.clone())));
+        self.details.insert(account.id, (Instant::now(), cell));
     }
 }
 
@@ -215,35 +231,48 @@ impl FacebookSource {
     /// The details (currency, time zone) of the accounts `ids`, each looked up once per
     /// process (and again after [`ACCOUNT_CACHE_TTL`]), `max_concurrency` at once.
     pub async fn accounts(&self, ids: &[String]) -> Result<Vec<Account>, SourceError> {
-        // Held across the lookups: streams preparing at once wait for one lookup each.
-        let mut cache = self.accounts.lock().await;
-        let missing: Vec<String> = ids
-            .iter()
-            .filter(|id| cache.fresh(id).is_none())
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            if self.config.accounts.list().is_some() {
-                for (id, v) in entities::lookup_accounts(&self.api, &self.config, &missing).await? {
-                    // Kept under the id asked for: that is the id the slices carry.
-                    let account = Account::from_json(&v).ok_or_else(|| {
-                        SourceError::data(format!("ad account {id}: the API's answer has no valid `id`"))
-                    })?;
-                    cache.keep(Account { id, ..account });
-                }
-            } else {
+        use futures::{StreamExt, TryStreamExt};
+        if self.config.accounts.list().is_none() {
+            // Every account the token reaches: one listing gives them all.
+            let mut cache = self.accounts.lock().await;
+            if ids.iter().any(|id| cache.fresh(id).is_none()) {
                 self.list_all(&mut cache).await?;
             }
-        }
-        ids.iter()
-            .map(|id| {
-                cache.fresh(id).cloned().ok_or_else(|| {
-                    SourceError::data(format!(
-                        "ad account {id} is no longer among the accounts the access token reaches"
-                    ))
+            return ids
+                .iter()
+                .map(|id| {
+                    cache.fresh(id).cloned().ok_or_else(|| {
+                        SourceError::data(format!(
+                            "ad account {id} is no longer among the accounts the access token reaches"
+                        ))
+                    })
                 })
+                .collect();
+        }
+        // Not held across the lookups: a stream waits only for its own accounts.
+        let entries: Vec<(String, Arc<OnceCell<Account>>)> = {
+            let mut cache = self.accounts.lock().await;
+            ids.iter().map(|id| (id.clone(), cache.entry(id))).collect()
+        };
+        futures::stream::iter(entries)
+            .map(|(id, entry)| async move {
+                let account = entry
+                    .get_or_try_init(|| async {
+                        let v = entities::lookup_account(&self.api, &id).await?;
+                        // Kept under the id asked for: that is the id the slices carry.
+                        let account = Account::from_json(&v).ok_or_else(|| {
+                            SourceError::data(format!(
+                                "ad account {id}: the API's answer has no valid `id`"
+                            ))
+                        })?;
+                        Ok::<_, SourceError>(Account { id: id.clone(), ..account })
+                    })
+                    .await?;
+                Ok::<_, SourceError>(account.clone())
             })
-            .collect()
+            .buffered(self.config.max_concurrency.max(1))
+            .try_collect()
+            .await
     }
 
     fn incremental(&self) -> Incremental {

@@ -7,15 +7,15 @@
 //! for a while), then any other (a listing's first page, a lookup). Started work so
 //! finishes sooner, and long jobs start early enough for the one-request work to fill
 //! the time they take instead of delaying them. Any kind takes a slot no more urgent
-//! request waits for, so the cap stays fully used.
+//! request waits for, so the cap stays fully used; and a job has few polls and pages,
+//! so other requests wait for the work in progress, never for ever.
 //!
-//! How: the slots are first come, first served. Less urgent requests first line up
-//! for a one-permit gate per kind (the other kind's gate, then the job starters'), so
-//! at most one of them at a time waits among the more urgent ones.
+//! The slots are a priority semaphore: the most urgent waiting request takes the next
+//! free one, and requests of one urgency take them in the order they asked.
 
 use std::sync::Arc;
 
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+use priority_semaphore::{AcquireError, Permit, PrioritySemaphore};
 
 /// How soon a request should take a free slot (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,34 +29,32 @@ pub enum Urgency {
     Continues,
 }
 
+impl Urgency {
+    fn priority(self) -> i32 {
+        match self {
+            Urgency::Other => 0,
+            Urgency::StartsJob => 1,
+            Urgency::Continues => 2,
+        }
+    }
+}
+
 /// At most `n` requests in flight, the most urgent first (see the module doc).
 #[derive(Clone)]
 pub struct InFlight {
-    slots: Arc<Semaphore>,
-    job_starts: Arc<Semaphore>,
-    others: Arc<Semaphore>,
+    slots: Arc<PrioritySemaphore>,
 }
 
 impl InFlight {
     pub fn new(n: usize) -> Self {
         InFlight {
-            slots: Arc::new(Semaphore::new(n.max(1))),
-            job_starts: Arc::new(Semaphore::new(1)),
-            others: Arc::new(Semaphore::new(1)),
+            slots: Arc::new(PrioritySemaphore::new(n.max(1))),
         }
     }
 
     /// Waits for a slot; the request is in flight while the permit lives.
-    pub async fn acquire(&self, urgency: Urgency) -> Result<OwnedSemaphorePermit, AcquireError> {
-        let _other_turn = match urgency {
-            Urgency::Other => Some(self.others.acquire().await?),
-            _ => None,
-        };
-        let _job_turn = match urgency {
-            Urgency::Other | Urgency::StartsJob => Some(self.job_starts.acquire().await?),
-            Urgency::Continues => None,
-        };
-        self.slots.clone().acquire_owned().await
+    pub async fn acquire(&self, urgency: Urgency) -> Result<Permit, AcquireError> {
+        self.slots.acquire(urgency.priority()).await
     }
 }
 
@@ -67,8 +65,8 @@ mod tests {
     use std::time::Duration;
 
     /// One slot, held; requests queue in the order listed, each once the one before
-    /// waits. The first (`other 1`) already waits for the slot itself, so it goes
-    /// first; after it, the continuation, the job starts, then the other request.
+    /// waits. They take the slot the most urgent first, in the order they asked within
+    /// one urgency.
     #[tokio::test]
     async fn the_most_urgent_waiting_request_takes_the_next_free_slot() {
         let limit = InFlight::new(1);
@@ -96,7 +94,7 @@ mod tests {
         }
         assert_eq!(
             *started.lock().unwrap(),
-            ["other 1", "poll", "job 1", "job 2", "other 2"]
+            ["poll", "job 1", "job 2", "other 1", "other 2"]
         );
     }
 
