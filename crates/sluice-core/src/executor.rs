@@ -57,6 +57,9 @@ pub use crate::schema::{LOADED_AT_COLUMN, RUN_ID_COLUMN};
 
 /// Rows per Arrow batch: bounds memory per open partition.
 const BATCH_ROWS: usize = 8192;
+/// Bytes of a stream's staged batches kept in memory for its load, so it does not
+/// read back the files it just wrote (see [`crate::publish::KeptBatches`]).
+const KEPT_BYTES_PER_STREAM: usize = 16 << 20;
 /// Rows per staged Parquet file before it is rotated.
 const STAGED_FILE_ROWS: u64 = 256 * 1024;
 /// Hooks for progress display; every method has a no-op default.
@@ -376,6 +379,7 @@ impl Executor {
             renames: &renames,
             counters,
             staged: Mutex::new(Vec::new()),
+            kept: crate::publish::KeptBatches::new(KEPT_BYTES_PER_STREAM),
             rejected: Mutex::new(Vec::new()),
             cursors: Mutex::new(Default::default()),
             live_load: &live_load,
@@ -412,8 +416,14 @@ impl Executor {
         let mut staged = extraction.staged.into_inner().expect("staged lock");
         staged.sort_by(|a, b| (a.slice, &a.path).cmp(&(b.slice, &b.path)));
         let mut rejected = extraction.rejected.into_inner().expect("rejected lock");
+        let kept = extraction.kept;
         if stream.write_mode == WriteMode::Merge {
-            rejected.extend(self.dedupe(task, &staged).await?);
+            let losers = self.dedupe(task, &staged).await?;
+            if !losers.is_empty() {
+                // De-duplication rewrote the files that held them.
+                kept.forget_all();
+            }
+            rejected.extend(losers);
         }
         if let Some(run) = shard {
             // A shard that lost its lease (another process took it over) publishes nothing;
@@ -422,11 +432,11 @@ impl Executor {
             crate::test_hook::hold_before_publish().await;
         }
         self.observer.task_loading(&name);
-        tracing::info!(task = %name, "TIMING loading");
         let published = publish::Staged {
             spec: &spec,
             schema: &final_schema,
             files: &staged,
+            kept: &kept,
             rejected: &rejected,
             load_id: &load_id,
         };

@@ -668,6 +668,7 @@ async fn run_one(
         StagedLoad {
             spec: &spec,
             files: &files,
+            kept: None,
             tail: &tail,
             load_id: &load_id,
             run_id,

@@ -40,6 +40,8 @@ pub(super) struct Extraction<'a> {
     pub(super) counters: &'a Counters,
     /// Files of the finished slices (and of slices resumed from a checkpoint).
     pub(super) staged: Mutex<Vec<StagedFile>>,
+    /// What this run wrote to its staged files, while it fits in memory.
+    pub(super) kept: crate::publish::KeptBatches,
     /// Records of the finished slices that go to quarantine.
     pub(super) rejected: Mutex<Vec<Rejected>>,
     /// Cursors the finished slices reported, by slice index.

@@ -16,7 +16,7 @@ use super::live_load::{joined_load, LiveLoad, LiveLoadTask};
 use super::{Counters, Executor, RunOptions, TaskFailure};
 use crate::destination::{DestinationError, LoadOutcome, LoadTail, TableSpec, WriteMode};
 use crate::lake::{layout, LakeError};
-use crate::publish::StagedLoad;
+use crate::publish::{KeptBatches, StagedLoad};
 use crate::run::TaskRecord;
 use crate::schema::TableSchema;
 use crate::shard::RunPart;
@@ -43,6 +43,8 @@ pub(super) struct Staged<'a> {
     pub(super) schema: &'a TableSchema,
     /// In plan order.
     pub(super) files: &'a [StagedFile],
+    /// Batches of those files still in memory (not read back).
+    pub(super) kept: &'a KeptBatches,
     pub(super) rejected: &'a [Rejected],
     pub(super) load_id: &'a str,
 }
@@ -94,6 +96,7 @@ impl Executor {
                 self.load_with_retries(
                     &spec,
                     staged.files,
+                    Some(staged.kept),
                     staged.rejected,
                     &partitions,
                     staged.load_id,
@@ -186,6 +189,7 @@ impl Executor {
         &self,
         spec: &TableSpec,
         staged: &[StagedFile],
+        kept: Option<&KeptBatches>,
         rejected: &[Rejected],
         partitions: &[String],
         load_id: &str,
@@ -208,6 +212,7 @@ impl Executor {
             StagedLoad {
                 spec,
                 files: &files,
+                kept,
                 tail: &tail,
                 load_id,
                 run_id: &options.run_id,

@@ -164,6 +164,7 @@ impl<'s, 'a> SliceSink<'s, 'a> {
         }
         let writer = partition.writer.as_mut().expect("writer just set");
         writer.write(&batch).await.map_err(lake_to_source)?;
+        self.extraction.kept.keep(writer.path(), &batch);
         if self.schema_version == 0 {
             self.extraction.live_load.send(&batch).await;
         }
@@ -253,6 +254,7 @@ impl<'s, 'a> SliceSink<'s, 'a> {
             drop(partition.writer);
         }
         for file in &self.files {
+            self.extraction.kept.forget(&file.path);
             let _ = self.extraction.lake.delete(&file.path).await;
         }
     }

@@ -78,6 +78,11 @@ impl TableFileWriter {
         self.rows
     }
 
+    /// The file's path in the lake, as given to `Lake::parquet_writer`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// Bytes of the row group being built, held in memory until it is flushed.
     pub fn buffered_bytes(&self) -> usize {
         match &self.state {

@@ -101,12 +101,10 @@ pub(super) fn run(
         targets
     };
 
-    tracing::info!(table = %label, "TIMING staged");
     // IMMEDIATE takes the write lock now: the ledger check and DDL below cannot race.
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(failed)?;
-    tracing::info!(table = %label, "TIMING locked");
     tx.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {LEDGER} (table_name TEXT NOT NULL, load_id TEXT NOT NULL, \
          run_id TEXT NOT NULL, rows INTEGER NOT NULL, loaded_at TEXT NOT NULL, \
@@ -230,9 +228,7 @@ pub(super) fn run(
         params![label, job.load_id, job.run_id, rows_loaded as i64, now],
     )
     .map_err(failed)?;
-    tracing::info!(table = %label, "TIMING publishing");
     tx.commit().map_err(failed)?;
-    tracing::info!(table = %label, "TIMING committed");
     Ok(LoadOutcome {
         rows_loaded: rows_loaded as u64,
         rows_replaced: rows_replaced as u64,

@@ -84,6 +84,7 @@ impl Fixture {
             renames: &self.renames,
             counters: &self.counters,
             staged: Mutex::new(Vec::new()),
+            kept: crate::publish::KeptBatches::new(0),
             rejected: Mutex::new(Vec::new()),
             cursors: Mutex::new(BTreeMap::new()),
             live_load: &self.live_load,
