@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use sha2::{Digest, Sha256};
 
@@ -25,6 +26,9 @@ use crate::typing::Rejected;
 /// A run still `running` after this long was killed (kill -9 leaves no record of its
 /// end): its staged files are leftovers, not a live run's.
 const LIVE_RUN_HORIZON: chrono::Duration = chrono::Duration::hours(24);
+
+/// Staged files promoted into the D1 table at once.
+const FILES_RENAMED_AT_ONCE: usize = 8;
 
 /// A Parquet file staged by a finished slice.
 #[derive(Debug, Clone)]
@@ -242,24 +246,28 @@ impl Executor {
     ) -> Result<(), LakeError> {
         let run_id = file_prefix;
         let store = self.lake.store();
-        let mut targets = Vec::with_capacity(staged.len());
-        for (n, file) in staged.iter().enumerate() {
-            let target = format!(
-                "{}{run_id}-{n:05}.parquet",
-                layout::table_partition("d1", table, &file.dt)
-            );
-            store
-                .rename(
-                    &self.lake.object_path(&file.path),
-                    &self.lake.object_path(&target),
-                )
-                .await
-                .map_err(|source| LakeError::Store {
-                    path: target.clone(),
-                    source,
-                })?;
-            targets.push(target);
-        }
+        let store = &store;
+        // Renamed several at once: on S3 a rename is a copy and a delete.
+        futures::stream::iter(staged.iter().enumerate())
+            .map(|(n, file)| async move {
+                let target = format!(
+                    "{}{run_id}-{n:05}.parquet",
+                    layout::table_partition("d1", table, &file.dt)
+                );
+                store
+                    .rename(
+                        &self.lake.object_path(&file.path),
+                        &self.lake.object_path(&target),
+                    )
+                    .await
+                    .map_err(|source| LakeError::Store {
+                        path: target,
+                        source,
+                    })
+            })
+            .buffer_unordered(FILES_RENAMED_AT_ONCE)
+            .try_collect::<Vec<()>>()
+            .await?;
         let prefixes: Vec<String> = match mode {
             WriteMode::Replace => vec![format!("{}/", layout::table("d1", table))],
             WriteMode::OverwritePartitions => partitions

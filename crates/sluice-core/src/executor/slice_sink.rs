@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
 use super::extraction::Extraction;
@@ -28,6 +29,9 @@ use crate::schema::{FieldType, TableSchema, LOADED_AT_COLUMN, RUN_ID_COLUMN};
 use crate::source::{LandedPage, PageSink, SourceError};
 use crate::state::SliceCheckpoint;
 use crate::typing::{to_scalar, BatchBuilder, Record, Rejected, Scalar};
+
+/// Staged files of a slice closed (encoded and written to the lake) at once.
+const FILES_CLOSED_AT_ONCE: usize = 8;
 
 /// One attempt at one slice: lands pages, types records, stages Parquet per partition.
 pub(super) struct SliceSink<'s, 'a> {
@@ -181,11 +185,16 @@ impl<'s, 'a> SliceSink<'s, 'a> {
         for dt in &dts {
             self.flush_partition(dt).await?;
         }
-        for (_, partition) in std::mem::take(&mut self.partitions) {
-            if let Some(writer) = partition.writer {
-                writer.close().await.map_err(lake_to_source)?;
-            }
-        }
+        // A slice of a month has a file per day: written at once, not one after another.
+        let writers = std::mem::take(&mut self.partitions)
+            .into_values()
+            .filter_map(|partition| partition.writer);
+        futures::stream::iter(writers)
+            .map(|writer| writer.close())
+            .buffer_unordered(FILES_CLOSED_AT_ONCE)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(lake_to_source)?;
         Ok(())
     }
 
