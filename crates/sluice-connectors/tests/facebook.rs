@@ -525,3 +525,44 @@ async fn a_listed_account_that_is_not_an_id_names_accounts_before_any_request() 
     assert!(e.message.contains("999"), "{e}");
     sandbox.shutdown().await;
 }
+
+/// Streams that prepare at once share each account's lookup and look up different
+/// accounts at once: two callers asking for accounts {0, 1} and {1, 2} make three
+/// requests, all in flight together (before, the second waited for the first's
+/// lookups, so at most two were in flight).
+#[tokio::test]
+async fn streams_preparing_at_once_look_up_each_account_once_and_together() {
+    let opts = options(Faults {
+        slow_ms: Some(150),
+        ..Faults::default()
+    });
+    let sandbox = sluice_sandbox::start(opts, 0).await.unwrap();
+    // Account i of the sandbox is 284019000000001 + 17·i (docs/sandbox.md); scale 1 has 3.
+    let ids: Vec<String> = (0..3)
+        .map(|i| format!("act_{}", 284019000000001u64 + 17 * i))
+        .collect();
+    let listed = ids.clone();
+    let fb = source(
+        &sandbox.base_url(),
+        credentials::FACEBOOK_ACCESS_TOKEN,
+        move |c| c.accounts = sluice_connectors::facebook_ads::config::Accounts::List(listed),
+    );
+    let before = sandbox.request_count();
+    let (first, second) = tokio::join!(fb.accounts(&ids[..2]), fb.accounts(&ids[1..]));
+    let names = |accounts: Vec<sluice_connectors::facebook_ads::Account>| -> Vec<String> {
+        accounts.into_iter().map(|a| a.id).collect()
+    };
+    assert_eq!(names(first.unwrap()), ids[..2]);
+    assert_eq!(names(second.unwrap()), ids[1..]);
+    assert_eq!(
+        sandbox.request_count() - before,
+        3,
+        "one lookup per account"
+    );
+    let in_flight = int(sandbox.counters().get("peak_in_flight"));
+    assert_eq!(
+        in_flight, 3,
+        "the three lookups were not all in flight together"
+    );
+    sandbox.shutdown().await;
+}
