@@ -8,7 +8,7 @@ use sluice_core::secret::Secret;
 use sluice_core::source::{ErrorClass, SourceError};
 use url::Url;
 
-use crate::http::{generic_retry, join, ApiRequest, ApiResponse, HttpClient, Verdict};
+use crate::http::{generic_retry, join, ApiRequest, ApiResponse, HttpClient, Urgency, Verdict};
 
 pub struct CleverTapApi {
     pub http: HttpClient,
@@ -154,11 +154,16 @@ impl CleverTapApi {
         Ok(body.get("cursor").and_then(Value::as_str).map(String::from))
     }
 
-    /// Step 2: one page for `cursor`.
+    /// Step 2: one page for `cursor`. It takes a free in-flight slot before requests
+    /// that open cursors: an open cursor expires if it is not read on.
     pub async fn page(&self, what: &str, cursor: &str) -> Result<CursorPage, SourceError> {
         let url = join(&self.root, &format!("1/{what}.json"))?;
         let (response, body) = self
-            .send(ApiRequest::get(url).query("cursor", cursor))
+            .send(
+                ApiRequest::get(url)
+                    .query("cursor", cursor)
+                    .urgency(Urgency::Continues),
+            )
             .await?;
         if body.get("status").and_then(Value::as_str) == Some("fail") {
             let m = body
@@ -195,7 +200,11 @@ impl CleverTapApi {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
             body = self
-                .send(ApiRequest::post(url.clone()).query("req_id", req_id))
+                .send(
+                    ApiRequest::post(url.clone())
+                        .query("req_id", req_id)
+                        .urgency(Urgency::Continues),
+                )
                 .await?
                 .1;
         }

@@ -2,7 +2,8 @@
 //! first.
 //!
 //! Requests come in three kinds ([`Urgency`]): one that continues started work (an
-//! async report run's poll or results, a listing's next page) goes first, then one
+//! async report run's poll or results, a listing's or a CleverTap cursor's next page,
+//! a count being polled) goes first, then one
 //! that starts a long job (an async report run submitted, which the API then computes
 //! for a while), then any other (a listing's first page, a lookup). Started work so
 //! finishes sooner, and long jobs start early enough for the one-request work to fill
@@ -25,7 +26,7 @@ pub enum Urgency {
     Other,
     /// Starts a long job: an async report run submitted.
     StartsJob,
-    /// Continues started work: a report run's poll or results, a next page.
+    /// Continues started work: a report run's poll or results, a next page, a poll.
     Continues,
 }
 
