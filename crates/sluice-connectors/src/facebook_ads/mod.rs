@@ -100,8 +100,9 @@ impl AccountCache {
     }
 
     fn keep(&mut self, account: Account) {
-        let cell = Arc::new(OnceCell::new_with(Some(account.clone())));
-        self.details.insert(account.id, (Instant::now(), cell));
+        let id = account.id.clone();
+        let cell = Arc::new(OnceCell::new_with(Some(account)));
+        self.details.insert(id, (Instant::now(), cell));
     }
 }
 

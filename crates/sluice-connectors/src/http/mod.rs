@@ -15,8 +15,8 @@
 //! Why one file over 700 lines: everything here is the one request path (send, judge,
 //! retry, pace) and the URL rules it enforces on every request (HTTPS, same-origin
 //! joins and redirects, ids validated before they enter a path); about 200 lines are
-//! its tests. Pacing already lives apart (`pacer.rs`); the next cut, if it grows, is the
-//! URL rules into `http/urls.rs`.
+//! its tests. Pacing and the in-flight cap already live apart (`pacer.rs`,
+//! `in_flight.rs`); the next cut, if it grows, is the URL rules into `http/urls.rs`.
 
 mod in_flight;
 mod pacer;

@@ -325,6 +325,19 @@ fn unknown_object(r: &Req, id: &str) -> Reply {
     )
 }
 
+/// A `filtering` value as strings: an array's items, or the one value.
+fn filter_values(value: &Value) -> Vec<String> {
+    let text = |x: &Value| {
+        x.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| x.to_string())
+    };
+    match value {
+        Value::Array(items) => items.iter().map(text).collect(),
+        x => vec![text(x)],
+    }
+}
+
 /// Which account a request is about, for the usage headers.
 fn account_of(st: &AppState, r: &Req) -> Option<usize> {
     let w = &st.world;
@@ -573,19 +586,7 @@ fn parse_query(st: &AppState, r: &Req, scope: Scope) -> Result<Query, Reply> {
             {
                 return Err(bad_param(r.seq, &format!("Filtering field {field} with operation {op} is not supported (sandbox: campaign.id/adset.id/ad.id with IN/EQUAL)")));
             }
-            let vals = match f.get("value") {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|x| {
-                        x.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| x.to_string())
-                    })
-                    .collect(),
-                Some(Value::String(s)) => vec![s.clone()],
-                Some(x) => vec![x.to_string()],
-                None => vec![],
-            };
+            let vals = f.get("value").map(filter_values).unwrap_or_default();
             id_filters.push((field.to_string(), vals));
         }
     }
@@ -1185,18 +1186,7 @@ fn entities(st: &AppState, r: &Req, account: usize, kind: &str) -> Reply {
                             .and_then(Value::as_str)
                             .unwrap_or_default()
                             .to_string();
-                        let vals: Vec<String> = match val {
-                            Value::Array(a) => a
-                                .iter()
-                                .map(|x| {
-                                    x.as_str()
-                                        .map(str::to_string)
-                                        .unwrap_or_else(|| x.to_string())
-                                })
-                                .collect(),
-                            Value::String(s) => vec![s.clone()],
-                            x => vec![x.to_string()],
-                        };
+                        let vals = filter_values(val);
                         let inside = vals.contains(&have);
                         if op == "NOT_IN" {
                             !inside
