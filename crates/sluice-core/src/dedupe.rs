@@ -6,14 +6,19 @@
 //! staged files, before either is written. Rows are ordered as staged — by slice
 //! (file name), then partition, then line — the order the destination loads in.
 //! The rows that lose are quarantined with the key and the policy, never dropped.
+//!
+//! It runs between a stream's last response and its publish, so it reads what the
+//! run still holds in memory ([`KeptBatches`]) and the other files a few ahead.
 
 use std::collections::{HashMap, HashSet};
 
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::row::{RowConverter, SortField};
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
-use crate::lake::{parquet_batches, read_parquet, Lake, LakeError};
+use crate::lake::{read_parquet, Lake, LakeError};
+use crate::publish::KeptBatches;
 use crate::typing::{Origin, Rejected};
 
 /// Which of several rows with the same primary key in one run is kept.
@@ -50,11 +55,16 @@ pub enum DedupeError {
     Data { path: String, message: String },
 }
 
+/// Staged files read from the lake at once when they are not kept in memory.
+const FILES_READ_AHEAD: usize = 4;
+
 /// Removes repeated keys from `staged` (lake paths, in load order), rewriting the
-/// files that held losing rows. Returns the losers, for quarantine.
+/// files that held losing rows (and forgetting them in `kept`). Returns the losers,
+/// for quarantine.
 pub async fn dedupe_staged(
     lake: &Lake,
     staged: &[String],
+    kept: &KeptBatches,
     key: &[String],
     policy: Dedupe,
 ) -> Result<Vec<Rejected>, DedupeError> {
@@ -64,10 +74,18 @@ pub async fn dedupe_staged(
     // Pass 1: where each key occurs, in order.
     let mut occurrences: HashMap<Vec<u8>, Vec<(usize, usize)>> = HashMap::new();
     let mut converter: Option<RowConverter> = None;
-    for (file, path) in staged.iter().enumerate() {
+    let mut read = futures::stream::iter(staged.iter().enumerate())
+        .map(|(file, path)| async move {
+            let batches = match kept.batches(path) {
+                Some(batches) => batches,
+                None => read_parquet(lake, path).await?,
+            };
+            Ok::<_, DedupeError>((file, path, batches))
+        })
+        .buffered(FILES_READ_AHEAD);
+    while let Some((file, path, batches)) = read.try_next().await? {
         let mut offset = 0;
-        for batch in parquet_batches(lake, path).await? {
-            let batch = batch.map_err(|e| data(path, e))?;
+        for batch in batches {
             let columns = key_columns(&batch, key).map_err(|m| data(path, m))?;
             if converter.is_none() {
                 let fields = columns
@@ -117,7 +135,11 @@ pub async fn dedupe_staged(
     files.sort_by_key(|(file, _)| *file);
     for (file, rows) in files {
         let path = &staged[file];
-        let batches = read_parquet(lake, path).await?;
+        let batches = match kept.batches(path) {
+            Some(batches) => batches,
+            None => read_parquet(lake, path).await?,
+        };
+        kept.forget(path);
         let Some(schema) = batches.first().map(|b| b.schema()) else {
             continue;
         };
@@ -208,4 +230,84 @@ async fn describe_key(
         offset += batch.num_rows();
     }
     Ok(String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn batch(ids: &[i64], names: &[&str]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())),
+                Arc::new(StringArray::from(names.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    async fn write(lake: &Lake, path: &str, batch: &RecordBatch) {
+        let mut writer = lake.parquet_writer(path, batch.schema()).unwrap();
+        writer.write(batch).await.unwrap();
+        writer.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn kept_files_are_read_from_memory_and_a_rewritten_one_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open("lake", dir.path()).unwrap();
+        let (on_disk, in_memory) = ("_staging/r/t/a.parquet", "_staging/r/t/b.parquet");
+        write(&lake, on_disk, &batch(&[1, 2], &["a1", "a2"])).await;
+        // `b.parquet` is only in memory: if de-duplication read it from the lake, it
+        // would fail; key 2 repeats across the two files.
+        let kept = KeptBatches::new(1 << 20);
+        kept.keep(in_memory, &batch(&[2, 3], &["b2", "b3"]));
+        let staged = [on_disk.to_string(), in_memory.to_string()];
+        let key = ["id".to_string()];
+
+        let losers = dedupe_staged(&lake, &staged, &kept, &key, Dedupe::Last)
+            .await
+            .unwrap();
+        assert_eq!(losers.len(), 1);
+        assert!(losers[0].raw.contains("\"a2\""), "{}", losers[0].raw);
+        assert_eq!(&*losers[0].origin.page, on_disk);
+        // The file that held the loser is rewritten without it and no longer kept
+        // (it was not); the other stays kept and unwritten.
+        let rewritten = read_parquet(&lake, on_disk).await.unwrap();
+        let ids: Vec<i64> = rewritten
+            .iter()
+            .flat_map(|b| {
+                let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                ids.values().to_vec()
+            })
+            .collect();
+        assert_eq!(ids, [1]);
+        assert!(kept.batches(in_memory).is_some());
+        assert!(lake.get(in_memory).await.unwrap().is_none());
+
+        // `first` keeps file a's row and rewrites the in-memory file: now it is
+        // written to the lake and forgotten in memory.
+        let kept = KeptBatches::new(1 << 20);
+        kept.keep(in_memory, &batch(&[1, 3], &["b1", "b3"]));
+        let losers = dedupe_staged(&lake, &staged, &kept, &key, Dedupe::First)
+            .await
+            .unwrap();
+        assert_eq!(losers.len(), 1);
+        assert!(losers[0].raw.contains("\"b1\""), "{}", losers[0].raw);
+        assert!(kept.batches(in_memory).is_none());
+        assert_eq!(
+            read_parquet(&lake, in_memory).await.unwrap()[0].num_rows(),
+            1
+        );
+    }
 }

@@ -172,6 +172,21 @@ impl DestinationError {
     }
 }
 
+/// How a destination's loads can run while the extraction still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamedLoads {
+    /// Each load starts once its stream is extracted.
+    No,
+    /// A streamed load holds the table's lock from its start (PostgreSQL: the
+    /// advisory lock that makes its DDL race-free): other loads of the table wait
+    /// for the whole extraction, so a round's shards, which load the same tables,
+    /// do not stream.
+    LockingTable,
+    /// A streamed load stages where no other load waits on it and takes the write
+    /// lock only to publish (SQLite: a temporary table of its own connection).
+    Unlocked,
+}
+
 #[async_trait]
 pub trait Destination: Send + Sync {
     /// What it is, without secrets: `postgres 127.0.0.1:5432/test`, `sqlite ./warehouse.db`.
@@ -180,11 +195,10 @@ pub trait Destination: Send + Sync {
     /// Connects and checks it can create schemas and tables (`sluice validate --connections`).
     async fn check(&self) -> Result<(), DestinationError>;
 
-    /// Whether a load may stream while the extraction runs: its transaction then
-    /// stays open for the whole extraction, which needs a destination that lets
-    /// other loads commit meanwhile (PostgreSQL, not SQLite's single writer).
-    fn streams_loads(&self) -> bool {
-        false
+    /// Whether a load may stream while the extraction runs (its transaction then
+    /// stays open for the whole extraction), and what it holds meanwhile.
+    fn streams_loads(&self) -> StreamedLoads {
+        StreamedLoads::No
     }
 
     /// The switched replacements (`replaces: … switch: true`, see [`crate::replace`]):

@@ -34,7 +34,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ExecutionConfig;
-use crate::destination::{Destination, DestinationError, LoadRequest, TableSpec, WriteMode};
+use crate::destination::{
+    Destination, DestinationError, LoadRequest, StreamedLoads, TableSpec, WriteMode,
+};
 use crate::drift::{SchemaConfig, StreamSchema};
 use crate::lake::{Lake, LakeError};
 use crate::plan::StreamTask;
@@ -366,7 +368,7 @@ impl Executor {
             _ => options.run_id.clone(),
         };
         let live_load = LiveLoad::new();
-        let live = self.start_live_load(stream.write_mode, &spec, &load_id, options, &live_load);
+        let live = self.start_live_load(&spec, &load_id, options, &live_load);
         let extraction = Extraction {
             lake: &self.lake,
             state: &self.state,
@@ -418,10 +420,10 @@ impl Executor {
         let mut rejected = extraction.rejected.into_inner().expect("rejected lock");
         let kept = extraction.kept;
         if stream.write_mode == WriteMode::Merge {
-            let losers = self.dedupe(task, &staged).await?;
+            let losers = self.dedupe(task, &staged, &kept).await?;
             if !losers.is_empty() {
-                // De-duplication rewrote the files that held them.
-                kept.forget_all();
+                // The live load has them too: the staged files, rewritten, load instead.
+                live_load.abort();
             }
             rejected.extend(losers);
         }
@@ -515,25 +517,27 @@ impl Executor {
     }
 
     /// Starts a load that takes rows while the extraction runs, when the destination
-    /// allows a long transaction and the row order does not matter (merges keep the
-    /// last row per key). The load runs as its own task, so encoding rows for the
-    /// destination uses another core than typing them.
+    /// allows a long transaction. Row order does not matter: a merge's repeated keys
+    /// are settled on the staged files, which then load instead. The load runs as its
+    /// own task, so encoding rows for the destination overlaps the requests and uses
+    /// another core than typing them.
     fn start_live_load(
         &self,
-        stream_mode: WriteMode,
         spec: &TableSpec,
         load_id: &str,
         options: &RunOptions,
         live_load: &LiveLoad,
     ) -> Option<LiveLoadTask> {
-        // A merge stream is de-duplicated on its staged files first, even when a
-        // full refresh loads it as `replace`.
-        let merge = spec.write_mode == WriteMode::Merge || stream_mode == WriteMode::Merge;
-        // Not in a shard: a live load holds the table's lock for the whole extraction,
-        // and the round's other shards load the same tables.
-        let shard = matches!(options.part, RunPart::Shard(_));
-        if !self.destination.streams_loads() || merge || shard {
-            return None;
+        // A merge stream streams too (even when a full refresh loads it as
+        // `replace`): de-duplication calls the live load off if it finds repeats.
+        match self.destination.streams_loads() {
+            StreamedLoads::No => return None,
+            // The round's other shards load the same tables: they would wait for
+            // this shard's whole extraction.
+            StreamedLoads::LockingTable if matches!(options.part, RunPart::Shard(_)) => {
+                return None
+            }
+            StreamedLoads::LockingTable | StreamedLoads::Unlocked => {}
         }
         let (batches, tail) = live_load.open();
         let destination = self.destination.clone();
@@ -596,10 +600,11 @@ impl Executor {
         &self,
         task: &StreamTask,
         staged: &[publish::StagedFile],
+        kept: &crate::publish::KeptBatches,
     ) -> Result<Vec<crate::typing::Rejected>, TaskFailure> {
         let stream = &task.stream;
         let paths: Vec<String> = staged.iter().map(|f| f.path.clone()).collect();
-        crate::dedupe::dedupe_staged(&self.lake, &paths, &stream.primary_key, stream.dedupe)
+        crate::dedupe::dedupe_staged(&self.lake, &paths, kept, &stream.primary_key, stream.dedupe)
             .await
             .map_err(|e| {
                 let key = format!(

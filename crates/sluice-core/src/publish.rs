@@ -165,15 +165,6 @@ impl KeptBatches {
             .forget(path);
     }
 
-    /// Forgets every file (their batches no longer match what is staged).
-    pub fn forget_all(&self) {
-        let mut kept = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let paths: Vec<String> = kept.files.keys().cloned().collect();
-        for path in paths {
-            kept.forget(&path);
-        }
-    }
-
     /// The batches of `path`, in the order written, if all of them are kept.
     pub fn batches(&self, path: &str) -> Option<Vec<RecordBatch>> {
         let kept = self.inner.lock().unwrap_or_else(|e| e.into_inner());

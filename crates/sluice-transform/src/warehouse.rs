@@ -63,7 +63,7 @@ impl Destination for PolicedDestination {
         self.inner.check().await
     }
 
-    fn streams_loads(&self) -> bool {
+    fn streams_loads(&self) -> sluice_core::destination::StreamedLoads {
         self.inner.streams_loads()
     }
 

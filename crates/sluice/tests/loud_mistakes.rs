@@ -96,15 +96,46 @@ fn merge_with_a_repeated_key_keeps_the_declared_row_in_the_warehouse_and_the_lak
     );
     pg.drop_schemas(&prefix);
 
+    // SQLite streams a merge's load during the extraction; with a repeated key the
+    // streamed rows hold both, so the rewritten staged files load instead (else
+    // SQLite's merge would keep the later row, 2, against `first`).
     let first = Project::new(&customers_pipeline("", "        dedupe: first"));
     first.write("data/customers.csv", REPEATED);
-    run_json(&first, 0);
+    let out = first.run(&["--log", "sluice_core=debug"]);
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("publishing from the staged files"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         query_csv(
             &first,
             "select visits from d1.shop_customers where customer_id = 'C-1'"
         ),
         "visits\n1\n"
+    );
+    assert_eq!(
+        sqlite_text_rows(
+            &first.sqlite(),
+            "select customer_id || '=' || visits from d1__shop_customers order by 1"
+        ),
+        ["C-1=1", "C-2=5"]
+    );
+    first.write("data/customers.csv", "customer_id,visits\nC-1,7\nC-3,1\n");
+    let out = first.run(&["--log", "sluice_core=debug"]);
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("published the load that streamed during the extraction"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        sqlite_text_rows(
+            &first.sqlite(),
+            "select customer_id || '=' || visits from d1__shop_customers order by 1"
+        ),
+        ["C-1=7", "C-2=5", "C-3=1"]
     );
     let strict = Project::new(&customers_pipeline("", "        dedupe: error"));
     strict.write("data/customers.csv", REPEATED);

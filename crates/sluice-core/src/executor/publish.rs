@@ -80,8 +80,17 @@ impl Executor {
                     partitions: partitions.clone(),
                     fence: self.fence(options),
                 });
-                match joined_load(load.await) {
-                    Ok(done) => outcome = Some(done),
+                // A cancel drops the load (it may wait on a locked destination), which
+                // rolls its transaction back, as a staged load's does.
+                let joined = tokio::select! {
+                    joined = load => joined,
+                    () = options.cancel.cancelled() => return Err(TaskFailure::Cancelled),
+                };
+                match joined_load(joined) {
+                    Ok(done) => {
+                        tracing::debug!(table = %table, "published the load that streamed during the extraction");
+                        outcome = Some(done)
+                    }
                     Err(e) => {
                         tracing::warn!(table = %table, error = %e, "live load failed; loading from staged files")
                     }
@@ -97,6 +106,7 @@ impl Executor {
         let outcome = match outcome {
             Some(outcome) => outcome,
             None => {
+                tracing::debug!(table = %table, "publishing from the staged files");
                 self.load_with_retries(
                     &spec,
                     staged.files,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use sluice_core::destination::{
-    Destination, DestinationError, LoadOutcome, LoadRequest, TableSpec,
+    Destination, DestinationError, LoadOutcome, LoadRequest, StreamedLoads, TableSpec,
 };
 use sluice_core::secret::{redact, Secret};
 use sluice_core::typing::Rejected;
@@ -335,8 +335,8 @@ impl Destination for PostgresDestination {
         self.described.clone()
     }
 
-    fn streams_loads(&self) -> bool {
-        true
+    fn streams_loads(&self) -> StreamedLoads {
+        StreamedLoads::LockingTable
     }
 
     fn set_d1_aliases(&self, aliases: &[sluice_core::replace::D1Alias]) {

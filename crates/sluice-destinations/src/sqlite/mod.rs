@@ -20,7 +20,7 @@ use futures::StreamExt;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Deserialize;
 use sluice_core::destination::{
-    Destination, DestinationError, LoadOutcome, LoadRequest, TableSpec,
+    Destination, DestinationError, LoadOutcome, LoadRequest, StreamedLoads, TableSpec,
 };
 use sluice_core::typing::Rejected;
 
@@ -126,6 +126,12 @@ pub(crate) fn table_name(layer: &str, name: &str) -> String {
 impl Destination for SqliteDestination {
     fn describe(&self) -> String {
         format!("sqlite {}", self.path.display())
+    }
+
+    /// Staging fills a temporary table without the database's write lock (see
+    /// `load.rs`): other loads, a round's other shards among them, commit meanwhile.
+    fn streams_loads(&self) -> StreamedLoads {
+        StreamedLoads::Unlocked
     }
 
     fn set_d1_aliases(&self, aliases: &[sluice_core::replace::D1Alias]) {
