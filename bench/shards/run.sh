@@ -17,12 +17,14 @@
 # 240 requests need ≥ 4.8 s whatever the sharding, and at 150/s a shard's 50/s
 # alone makes its 90 requests take ≥ 1.8 s.
 #
-# Usage: [BIN=…] [LATENCY_MS=100] [DAYS=28] [SHARDS=3] [RPS=600] [TASKS=4] bench/shards/run.sh
+# Usage: [BIN=…] [WORK=dir] [LATENCY_MS=100] [DAYS=28] [SHARDS=3] [RPS=600] [TASKS=4] bench/shards/run.sh
+# WORK (default target/bench-shards) is emptied first and holds both projects; under
+# /dev/shm the lakes are on tmpfs, away from a disk whose file creation varies.
 # BIN defaults to target/release/sluice when it exists, else a debug build of this
 # checkout (the run is dominated by request latency, not by CPU: say which was used).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-WORK=$PWD/target/bench-shards
+WORK=${WORK:-$PWD/target/bench-shards}
 LATENCY_MS=${LATENCY_MS:-100}
 DAYS=${DAYS:-28}
 SHARDS=${SHARDS:-3}
