@@ -35,6 +35,13 @@ fn run_json(project: &Project, code: i32) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("run record")
 }
 
+/// A run that succeeds and logs `line` (the executor's debug log).
+fn run_logging(project: &Project, line: &str) {
+    let out = project.run(&["--log", "sluice_core=debug"]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains(line), "{}", stderr(&out));
+}
+
 fn customers_pipeline(destination: &str, dedupe: &str) -> String {
     format!(
         r#"name: shop
@@ -101,13 +108,7 @@ fn merge_with_a_repeated_key_keeps_the_declared_row_in_the_warehouse_and_the_lak
     // SQLite's merge would keep the later row, 2, against `first`).
     let first = Project::new(&customers_pipeline("", "        dedupe: first"));
     first.write("data/customers.csv", REPEATED);
-    let out = first.run(&["--log", "sluice_core=debug"]);
-    assert_exit(&out, 0);
-    assert!(
-        stderr(&out).contains("publishing from the staged files"),
-        "{}",
-        stderr(&out)
-    );
+    run_logging(&first, "publishing from the staged files");
     assert_eq!(
         query_csv(
             &first,
@@ -123,12 +124,9 @@ fn merge_with_a_repeated_key_keeps_the_declared_row_in_the_warehouse_and_the_lak
         ["C-1=1", "C-2=5"]
     );
     first.write("data/customers.csv", "customer_id,visits\nC-1,7\nC-3,1\n");
-    let out = first.run(&["--log", "sluice_core=debug"]);
-    assert_exit(&out, 0);
-    assert!(
-        stderr(&out).contains("published the load that streamed during the extraction"),
-        "{}",
-        stderr(&out)
+    run_logging(
+        &first,
+        "published the load that streamed during the extraction",
     );
     assert_eq!(
         sqlite_text_rows(

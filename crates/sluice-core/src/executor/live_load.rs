@@ -1,11 +1,12 @@
 //! A load that runs while the extraction still runs: the executor's end of it.
 //!
-//! When the destination allows a long transaction (PostgreSQL) and row order does
-//! not matter, a stream's rows go to the destination as slices flush them, so
-//! encoding rows for the destination uses another core than typing them. Anything
-//! that would make the live rows differ from the staged ones (a failed attempt, a
-//! resumed slice, a schema that moved on) calls the live load off; it then sees
-//! its inputs close and rolls back, and the staged load publishes instead.
+//! When the destination allows a long transaction (PostgreSQL, SQLite: see
+//! `StreamedLoads`), a stream's rows go to the destination as slices flush them, so
+//! encoding rows for the destination overlaps the requests and uses another core
+//! than typing them. Anything that would make the live rows differ from the staged
+//! ones (a failed attempt, a resumed slice, a schema that moved on, a merge's
+//! repeated keys) calls the live load off; it then sees its inputs close and rolls
+//! back, and the staged load publishes instead.
 
 use std::sync::Mutex;
 
