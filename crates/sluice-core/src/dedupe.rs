@@ -18,7 +18,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
 use crate::lake::{read_parquet, Lake, LakeError};
-use crate::publish::KeptBatches;
+use crate::publish::{KeptBatches, FILES_READ_AHEAD};
 use crate::typing::{Origin, Rejected};
 
 /// Which of several rows with the same primary key in one run is kept.
@@ -55,9 +55,6 @@ pub enum DedupeError {
     Data { path: String, message: String },
 }
 
-/// Staged files read from the lake at once when they are not kept in memory.
-const FILES_READ_AHEAD: usize = 4;
-
 /// Removes repeated keys from `staged` (lake paths, in load order), rewriting the
 /// files that held losing rows (and forgetting them in `kept`). Returns the losers,
 /// for quarantine.
@@ -76,11 +73,7 @@ pub async fn dedupe_staged(
     let mut converter: Option<RowConverter> = None;
     let mut read = futures::stream::iter(staged.iter().enumerate())
         .map(|(file, path)| async move {
-            let batches = match kept.batches(path) {
-                Some(batches) => batches,
-                None => read_parquet(lake, path).await?,
-            };
-            Ok::<_, DedupeError>((file, path, batches))
+            Ok::<_, DedupeError>((file, path, kept.batches_or_read(lake, path).await?))
         })
         .buffered(FILES_READ_AHEAD);
     while let Some((file, path, batches)) = read.try_next().await? {
@@ -135,10 +128,7 @@ pub async fn dedupe_staged(
     files.sort_by_key(|(file, _)| *file);
     for (file, rows) in files {
         let path = &staged[file];
-        let batches = match kept.batches(path) {
-            Some(batches) => batches,
-            None => read_parquet(lake, path).await?,
-        };
+        let batches = kept.batches_or_read(lake, path).await?;
         kept.forget(path);
         let Some(schema) = batches.first().map(|b| b.schema()) else {
             continue;

@@ -18,7 +18,7 @@ use crate::config::ExecutionConfig;
 use crate::destination::{
     Destination, DestinationError, LoadBatches, LoadOutcome, LoadRequest, LoadTail, TableSpec,
 };
-use crate::lake::{parquet_batches, Lake};
+use crate::lake::{parquet_batches, read_parquet, Lake, LakeError};
 
 /// A publish of staged files.
 pub struct StagedLoad<'a> {
@@ -75,7 +75,7 @@ pub fn backoff(execution: &ExecutionConfig) -> ExponentialBuilder {
 /// Staged files fetched ahead of the one being loaded: a load of many small files
 /// (a month of one-day partitions per account) would otherwise wait on each read in
 /// turn, which on S3 is a round trip per file. Memory stays bounded by a few files.
-const FILES_READ_AHEAD: usize = 4;
+pub(crate) const FILES_READ_AHEAD: usize = 4;
 
 /// One staged file's batches: decoded as they are taken, or kept in memory.
 type FileBatches = Box<dyn Iterator<Item = Result<RecordBatch, DestinationError>> + Send>;
@@ -169,6 +169,18 @@ impl KeptBatches {
     pub fn batches(&self, path: &str) -> Option<Vec<RecordBatch>> {
         let kept = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         kept.files.get(path).cloned()
+    }
+
+    /// The batches of `path`: from memory if kept, else read back from the lake.
+    pub async fn batches_or_read(
+        &self,
+        lake: &Lake,
+        path: &str,
+    ) -> Result<Vec<RecordBatch>, LakeError> {
+        match self.batches(path) {
+            Some(batches) => Ok(batches),
+            None => read_parquet(lake, path).await,
+        }
     }
 }
 
