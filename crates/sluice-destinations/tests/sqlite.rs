@@ -738,3 +738,51 @@ async fn a_load_stages_without_the_write_lock_and_retries_when_the_table_changed
         ]
     );
 }
+
+/// A live load (batches as the extraction flushes them, the tail only once it is
+/// over) whose worker stops early returns its error at once and lets go of the
+/// batches: the sender learns it on its next batch instead of waiting for ever on a
+/// full channel, which would also keep the tail from ever coming.
+#[tokio::test]
+async fn a_live_load_that_stops_early_says_so_at_once_and_lets_go_of_its_batches() {
+    let db = Db::new();
+    // `merge` without a primary key: refused by the worker before it stages anything.
+    let refused = spec("orders", order_fields(), WriteMode::Merge);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<RecordBatch, DestinationError>>(1);
+    let batches = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|batch| (batch, receiver))
+    })
+    .boxed();
+    let (_tail_sender, tail) = tokio::sync::oneshot::channel::<LoadTail>();
+    let request = LoadRequest {
+        table: &refused,
+        batches,
+        tail: Box::pin(async move {
+            tail.await.map_err(|_| DestinationError::Cancelled {
+                table: "d1.orders".into(),
+            })
+        }),
+        load_id: "l1",
+        run_id: "r",
+    };
+    let rows = batch(
+        &refused.schema,
+        &[json!({"id": 1, "dt": "2024-07-01", "amount": "1.50"})],
+    );
+    let extraction = async {
+        let mut sent = 0;
+        while sender.send(Ok(rows.clone())).await.is_ok() {
+            sent += 1;
+        }
+        sent
+    };
+    let (outcome, sent) = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::future::join(db.dest.load(request), extraction),
+    )
+    .await
+    .expect("the load and its sender both end once the worker has stopped");
+    let err = outcome.unwrap_err().to_string();
+    assert!(err.contains("needs a primary_key"), "{err}");
+    assert!(sent >= 1, "batches were sent before the load let go");
+}

@@ -174,7 +174,11 @@ impl Destination for SqliteDestination {
                 // already loaded); its result says which.
                 Ok(batch) => {
                     if sender.send(Message::Batch(batch)).await.is_err() {
-                        break;
+                        // Its result stands at once: dropping the batches tells a live
+                        // load's sender, whose slices would otherwise wait for ever on a
+                        // load that no longer reads them (and never send the tail).
+                        drop(batches);
+                        return worker.await.map_err(|e| self.error(&label, e))?;
                     }
                 }
                 Err(e) => {
