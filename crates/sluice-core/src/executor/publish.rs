@@ -174,22 +174,30 @@ impl Executor {
     /// them. Files of another run that is still going (another process on the same
     /// pipeline: a second pod, a shard) are its own and stay.
     async fn remove_leftovers(&self, table: &str, run_id: &str) -> Result<(), TaskFailure> {
-        let mut live: std::collections::BTreeMap<String, bool> = Default::default();
-        for object in self.lake.list("_staging/").await? {
-            if !object.path.contains(&format!("/{table}/")) {
+        // Run by run, and only this table's folder: `_staging/` also holds the files of
+        // the round's other shards, thousands of them while they publish.
+        for owner in self.lake.folders("_staging/").await? {
+            if owner == run_id {
                 continue;
             }
-            let Some(owner) = object.path.split('/').nth(1).map(str::to_string) else {
+            let leftovers = self
+                .lake
+                .list(&format!(
+                    "{}/{table}/",
+                    crate::lake::layout::staging(&owner)
+                ))
+                .await?;
+            if leftovers.is_empty() {
                 continue;
-            };
-            if owner != run_id && !live.contains_key(&owner) {
-                let running = self.state.run(&owner).await?.is_some_and(|run| {
-                    run.status == crate::run::RunStatus::Running
-                        && chrono::Utc::now() - run.started_at < LIVE_RUN_HORIZON
-                });
-                live.insert(owner.clone(), running);
             }
-            if !live.get(&owner).copied().unwrap_or(false) {
+            let running = self.state.run(&owner).await?.is_some_and(|run| {
+                run.status == crate::run::RunStatus::Running
+                    && chrono::Utc::now() - run.started_at < LIVE_RUN_HORIZON
+            });
+            if running {
+                continue;
+            }
+            for object in leftovers {
                 self.lake.delete(&object.path).await?;
             }
         }

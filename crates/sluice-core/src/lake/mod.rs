@@ -344,6 +344,22 @@ impl Lake {
         Ok(objects)
     }
 
+    /// The names of the folders directly under `prefix` (one level, not their contents).
+    pub async fn folders(&self, prefix: &str) -> Result<Vec<String>, LakeError> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.object_path(prefix)))
+            .await
+            .map_err(Self::store_err(prefix))?;
+        let mut names: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(String::from))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Moves an object (a staged file into its table), replacing what is at `to`.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), LakeError> {
         self.store
