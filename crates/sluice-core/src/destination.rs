@@ -53,6 +53,9 @@ pub struct LoadRequest<'a> {
     pub table: &'a TableSpec,
     /// The rows, streamed so memory stays bounded by the batch size. Batches carry
     /// `table.schema`'s columns in order (columns added by schema evolution included).
+    /// A load that stops before their end (an error, a load already published) returns
+    /// at once, dropping them: while a live load's extraction runs, its slices wait on
+    /// them, and its tail comes only after the last batch.
     pub batches: LoadBatches<'a>,
     /// What is only known once every batch has been produced; awaited after the last
     /// batch. A load whose tail fails (or is dropped) rolls back: this is how a load
