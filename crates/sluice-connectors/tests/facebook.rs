@@ -526,6 +526,51 @@ async fn a_listed_account_that_is_not_an_id_names_accounts_before_any_request() 
     sandbox.shutdown().await;
 }
 
+/// An insights slice looks its account up alongside its first request, not before
+/// it: with each request taking 150 ms, the lookup and the slice's request are in
+/// flight together (before, the stream's slices waited for their accounts' lookups).
+#[tokio::test]
+async fn an_insights_slice_looks_its_account_up_alongside_its_first_request() {
+    let opts = options(Faults {
+        slow_ms: Some(150),
+        ..Faults::default()
+    });
+    let sandbox = sluice_sandbox::start(opts, 0).await.unwrap();
+    let account = "act_284019000000001".to_string();
+    let listed = vec![account.clone()];
+    let fb = source(
+        &sandbox.base_url(),
+        credentials::FACEBOOK_ACCESS_TOKEN,
+        move |c| {
+            c.accounts = sluice_connectors::facebook_ads::config::Accounts::List(listed);
+            // No account totals alongside: the slice's only other request is the lookup.
+            if let Some(insights) = c.streams.as_mut().and_then(|s| s.insights.as_mut()) {
+                insights.reconcile = false;
+            }
+        },
+    );
+    let before = sandbox.request_count();
+    // One day: one slice, read with one synchronous request.
+    let run = backfill(TODAY, UNTIL, UNTIL);
+    let insights = extract(&fb, "insights", None, &run).await.unwrap();
+    assert_eq!(insights.slices, 1);
+    assert!(!insights.rows.is_empty());
+    for row in &insights.rows {
+        assert!(!text(row.get("account_timezone")).is_empty(), "{row:?}");
+    }
+    assert_eq!(
+        sandbox.request_count() - before,
+        2,
+        "one lookup, one page of rows"
+    );
+    assert_eq!(
+        int(sandbox.counters().get("peak_in_flight")),
+        2,
+        "the lookup and the slice's request were not in flight together"
+    );
+    sandbox.shutdown().await;
+}
+
 /// Streams that prepare at once share each account's lookup and look up different
 /// accounts at once: two callers asking for accounts {0, 1} and {1, 2} make three
 /// requests, all in flight together (before, the second waited for the first's

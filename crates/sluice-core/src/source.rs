@@ -136,6 +136,9 @@ pub struct DecodeState {
     pub seen: std::collections::HashSet<String>,
     /// Lines decoded so far, for sources that number records by line.
     pub lines: Option<u64>,
+    /// What an earlier page of the slice told that later pages' records need (a
+    /// Facebook insights slice's account details, landed before its rows).
+    pub context: Option<Value>,
 }
 
 /// Where a source puts what it reads. Implemented by the executor.

@@ -50,6 +50,9 @@ pub struct Account {
     pub id: String,
     pub currency: Option<String>,
     pub timezone: Option<String>,
+    /// The account as the API sent it (a lookup's answer or a listing's item): an
+    /// insights slice lands it as the page its rows take these details from.
+    pub raw: Value,
 }
 
 impl Account {
@@ -64,6 +67,7 @@ impl Account {
                 .get("timezone_name")
                 .and_then(Value::as_str)
                 .map(String::from),
+            raw: v.clone(),
         })
     }
 }
@@ -276,6 +280,14 @@ impl FacebookSource {
             .await
     }
 
+    /// The details of one account (see [`FacebookSource::accounts`]).
+    pub async fn account(&self, id: &str) -> Result<Account, SourceError> {
+        let mut found = self.accounts(&[id.to_string()]).await?;
+        found.pop().ok_or_else(|| {
+            SourceError::data(format!("ad account {id}: no details were found"))
+        })
+    }
+
     fn incremental(&self) -> Incremental {
         Incremental {
             start_date: self.config.start_date,
@@ -312,7 +324,8 @@ impl Source for FacebookSource {
         cursor: Option<&Value>,
         window: &RunWindow,
     ) -> Result<StreamPlan, SourceError> {
-        // Currency and time zone are filled in by `prepare`, for the slices read.
+        // An entity slice's currency is filled in by `prepare`; an insights slice lands
+        // its account's details as it reads.
         let accounts = self.account_ids().await?;
         match stream.name.as_str() {
             "insights" | "insights_actions" => {
@@ -325,8 +338,6 @@ impl Source for FacebookSource {
                                 key: format!("{account}/{}", w.key()),
                                 params: json!({
                                     "account": account,
-                                    "currency": null,
-                                    "timezone": null,
                                     "window": w.to_json(),
                                 }),
                             });
@@ -379,12 +390,18 @@ impl Source for FacebookSource {
         }
     }
 
-    /// Fills in each slice's account currency (and, for insights, time zone).
+    /// Fills in each entity slice's account currency. Insights slices are left as
+    /// planned: they look their account up alongside their first request and land its
+    /// details as a page of the slice (see [`insights::read`]), so a report run is not
+    /// held up by the lookup.
     async fn prepare(
         &self,
-        _stream: &StreamSpec,
+        stream: &StreamSpec,
         mut slices: Vec<Slice>,
     ) -> Result<Vec<Slice>, SourceError> {
+        if stream.name.starts_with("insights") {
+            return Ok(slices);
+        }
         let account_of = |slice: &Slice| {
             slice.params.get("account").and_then(Value::as_str).map(String::from)
         };
@@ -403,9 +420,6 @@ impl Source for FacebookSource {
             let account = account_of(slice).and_then(|id| details.get(&id));
             if let (Some(account), Some(params)) = (account, slice.params.as_object_mut()) {
                 params.insert("currency".into(), json!(account.currency));
-                if params.contains_key("timezone") {
-                    params.insert("timezone".into(), json!(account.timezone));
-                }
             }
         }
         Ok(slices)
@@ -447,7 +461,7 @@ impl Source for FacebookSource {
                 slice,
                 path,
                 body,
-                &mut state.seen,
+                state,
             ),
             "ad_accounts" => json().map(|page| DecodedPage {
                 records: entities::account_records(&page, path.clone(), &mut state.seen),

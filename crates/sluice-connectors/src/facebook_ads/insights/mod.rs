@@ -36,7 +36,7 @@ use super::api::GraphApi;
 use super::config::{InsightsConfig, Level};
 use super::entities::{data, land_json, Pager};
 use super::streams::{insights_key, insights_request_fields, is_action_list};
-use super::FacebookSource;
+use super::{Account, FacebookSource};
 use crate::incremental::DayWindow;
 use crate::http::{ApiRequest, ApiResponse, Urgency};
 
@@ -57,6 +57,9 @@ const FIRST_POLL: Duration = Duration::from_millis(50);
 /// Names the landed pages of a field group: they are kept as received, and the
 /// page of merged rows landed right after them is the one that decodes.
 const FIELD_GROUP_PAGE: &str = "-fieldgroup";
+/// Names the page a slice lands before its rows: its account as the API described it
+/// (currency, time zone), which every row carries.
+const ACCOUNT_PAGE: &str = "account";
 
 /// One request's worth of work inside a slice.
 #[derive(Debug, Clone)]
@@ -137,6 +140,8 @@ impl JobContext {
 
 struct SliceParams {
     account: String,
+    /// The account's, from its landed page (in slices planned before that page was
+    /// landed, from the slice's parameters).
     currency: Value,
     timezone: Value,
     window: DayWindow,
@@ -159,6 +164,12 @@ impl SliceParams {
                 slice.key
             ))),
         }
+    }
+
+    /// Takes the currency and time zone from the account's landed page.
+    fn learn(&mut self, account: &Account) {
+        self.currency = json!(account.currency);
+        self.timezone = json!(account.timezone);
     }
 }
 
@@ -237,6 +248,7 @@ pub async fn read(
         retries: 0,
     }]);
     let mut jobs = JoinSet::new();
+    let mut account_landed = false;
     loop {
         if state.sink.is_cancelled() {
             return Err(SourceError::transient("cancelled"));
@@ -245,7 +257,18 @@ pub async fn read(
             let Some(job) = queue.pop_front() else { break };
             jobs.spawn(open(ctx.clone(), job));
         }
-        let Some(joined) = jobs.join_next().await else {
+        // The account is looked up alongside the first request, not before it: its
+        // rows need the details only once a page has come.
+        let joined = if account_landed {
+            jobs.join_next().await
+        } else {
+            let (account, joined) =
+                tokio::join!(source.account(&state.params.account), jobs.join_next());
+            land_account(&account?, &mut state).await?;
+            account_landed = true;
+            joined
+        };
+        let Some(joined) = joined else {
             break;
         };
         let (job, opened) = joined.map_err(|e| {
@@ -614,6 +637,17 @@ async fn run_report(ctx: &JobContext, job: &Job) -> Result<String, SourceError> 
             ));
         }
     }
+}
+
+/// Lands the account's details as the slice's first page; its rows take them from it.
+async fn land_account(account: &Account, state: &mut ReadState<'_>) -> Result<(), SourceError> {
+    let body = serde_json::to_vec(&account.raw)
+        .map(bytes::Bytes::from)
+        .map_err(|e| SourceError::data(format!("{}: account details: {e}", account.id)))?;
+    let dt = state.params.window.since.to_string();
+    state.sink.land(ACCOUNT_PAGE, "json", &dt, &body).await?;
+    state.params.learn(account);
+    Ok(())
 }
 
 /// Lands a page, then hands over its new rows (or their flattened actions).

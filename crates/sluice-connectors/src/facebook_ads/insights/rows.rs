@@ -6,13 +6,14 @@
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Map, Value};
-use sluice_core::source::{DecodedPage, Slice, SourceError};
+use sluice_core::source::{DecodeState, DecodedPage, Slice, SourceError};
 use sluice_core::typing::{Origin, Record, Rejected};
 
 use super::super::config::{InsightsConfig, Level};
 use super::super::entities::data;
 use super::super::streams::{insights_key, is_action_list};
-use super::{SliceParams, FIELD_GROUP_PAGE};
+use super::super::Account;
+use super::{SliceParams, ACCOUNT_PAGE, FIELD_GROUP_PAGE};
 
 /// The records of one landed insights page.
 pub(super) struct PageRows {
@@ -81,9 +82,25 @@ pub fn decode(
     slice: &Slice,
     path: &std::sync::Arc<str>,
     body: &[u8],
-    seen: &mut HashSet<String>,
+    state: &mut DecodeState,
 ) -> Result<DecodedPage, SourceError> {
-    let params = SliceParams::parse(slice)?;
+    let mut params = SliceParams::parse(slice)?;
+    if is_account_page(path) {
+        // Not rows: the details the rows after it take (see `read`).
+        let page: Value = serde_json::from_slice(body)
+            .map_err(|e| SourceError::data(format!("{path}: malformed JSON: {e}")))?;
+        Account::from_json(&page).ok_or_else(|| {
+            SourceError::data(format!("{path}: the account's page has no valid `id`"))
+        })?;
+        state.context = Some(page);
+        return Ok(DecodedPage {
+            records: Vec::new(),
+            rejected: Vec::new(),
+        });
+    }
+    if let Some(account) = state.context.as_ref().and_then(Account::from_json) {
+        params.learn(&account);
+    }
     if is_field_group_page(path) {
         // Its rows are decoded from the merged page landed after the groups.
         return Ok(DecodedPage {
@@ -100,12 +117,20 @@ pub fn decode(
         config,
         &insights_key(config),
         actions_only,
-        seen,
+        &mut state.seen,
     );
     Ok(DecodedPage {
         records: rows.records,
         rejected: rows.rejected,
     })
+}
+
+/// The page of the slice's account details (see [`ACCOUNT_PAGE`]).
+pub(super) fn is_account_page(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .and_then(|file| file.split('.').next())
+        .is_some_and(|stem| stem.rsplit('-').next() == Some(ACCOUNT_PAGE))
 }
 
 /// A page holding one field group of a split request (see [`FIELD_GROUP_PAGE`]).
@@ -265,6 +290,66 @@ mod tests {
                 json!("not a row"),
             ]
         );
+    }
+
+    #[test]
+    fn only_the_account_page_is_taken_for_the_account_details() {
+        assert!(is_account_page(
+            "raw/fb/insights/dt=2024-07-01/r1/s00001-a1-account.json.zst"
+        ));
+        assert!(is_account_page("raw/fb/insights/dt=2024-07-01/account.json"));
+        assert!(!is_account_page(
+            "raw/fb/insights/dt=2024-07-01/r1/s00001-a1-p00001.json.zst"
+        ));
+    }
+
+    /// A slice read by this version takes its rows' currency and time zone from the
+    /// account page landed before them; one landed by an earlier version (no such
+    /// page) from the details its parameters were prepared with.
+    #[test]
+    fn replayed_rows_take_the_account_details_from_its_page_or_an_older_slices_parameters() {
+        let config = InsightsConfig::default();
+        let window = json!({"since": "2024-07-01", "until": "2024-07-01"});
+        let rows = json!({"data": [{"account_id": "1", "ad_id": "7", "date_start": "2024-07-01",
+            "date_stop": "2024-07-01", "impressions": "10"}]});
+        let body = serde_json::to_vec(&rows).unwrap();
+        let page: std::sync::Arc<str> = "raw/fb/insights/dt=2024-07-01/r1/s00001-a1-p00001.json".into();
+        let decode_rows = |slice: &Slice, pages: &[(&str, Vec<u8>)]| {
+            let mut state = DecodeState::default();
+            let mut records = Vec::new();
+            for (path, body) in pages {
+                let path: std::sync::Arc<str> = (*path).into();
+                records.extend(decode(&config, false, slice, &path, body, &mut state).unwrap().records);
+            }
+            records
+        };
+        let detail = |records: &[sluice_core::typing::Record], field: &str| {
+            records.iter().map(|r| r.fields[field].clone()).collect::<Vec<_>>()
+        };
+
+        let new = Slice {
+            key: "act_1/2024-07-01".into(),
+            params: json!({"account": "act_1", "window": window}),
+        };
+        let account = json!({"id": "act_1", "currency": "EUR", "timezone_name": "Europe/Berlin"});
+        let records = decode_rows(
+            &new,
+            &[
+                ("raw/fb/insights/dt=2024-07-01/r1/s00001-a1-account.json", serde_json::to_vec(&account).unwrap()),
+                (&page, body.clone()),
+            ],
+        );
+        assert_eq!(detail(&records, "account_timezone"), [json!("Europe/Berlin")]);
+        assert_eq!(detail(&records, "account_currency"), [json!("EUR")]);
+
+        let old = Slice {
+            key: "act_1/2024-07-01".into(),
+            params: json!({"account": "act_1", "currency": "USD",
+                "timezone": "America/New_York", "window": window}),
+        };
+        let records = decode_rows(&old, &[(&page, body)]);
+        assert_eq!(detail(&records, "account_timezone"), [json!("America/New_York")]);
+        assert_eq!(detail(&records, "account_currency"), [json!("USD")]);
     }
 
     #[test]
