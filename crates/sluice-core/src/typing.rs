@@ -380,6 +380,12 @@ impl Column {
     }
 }
 
+/// Rows the column builders have room for at first; they grow as rows come. A slice
+/// keeps a builder per day it holds (dozens at once, a few rows each for an ad
+/// account's day): with room for 1,024 rows, allocating them was ~7% of a sharded
+/// Facebook run's CPU.
+const FIRST_ROWS: usize = 64;
+
 /// Builds typed batches for one table from records, rejecting what does not fit.
 pub struct BatchBuilder {
     schema: TableSchema,
@@ -395,7 +401,7 @@ impl BatchBuilder {
         let columns = schema
             .fields
             .iter()
-            .map(|f| Column::new(f.ty, 1024))
+            .map(|f| Column::new(f.ty, FIRST_ROWS))
             .collect();
         let constants = vec![None; schema.fields.len()];
         let row = Vec::with_capacity(schema.fields.len());
