@@ -484,9 +484,10 @@ async fn consume(
 ) -> Result<(), SourceError> {
     match opened {
         Opened::Paged { mut pager, first } => {
-            consume_page(&first.0, &first.1, state).await?;
+            let (response, page) = *first;
+            consume_page(&response, page, state).await?;
             while let Some((response, page)) = pager.next(&ctx.api).await? {
-                consume_page(&response, &page, state).await?;
+                consume_page(&response, page, state).await?;
             }
             Ok(())
         }
@@ -515,7 +516,7 @@ async fn consume(
             let path = state.sink.land(&name, "json", &dt, &body).await?.path;
             state.field_group_reads += 1;
             state.field_group_requests += groups;
-            hand_over(&page, &path, state).await
+            hand_over(page, &path, state).await
         }
     }
 }
@@ -653,7 +654,7 @@ async fn land_account(account: &Account, state: &mut ReadState<'_>) -> Result<()
 /// Lands a page, then hands over its new rows (or their flattened actions).
 async fn consume_page(
     response: &ApiResponse,
-    page: &Value,
+    page: Value,
     state: &mut ReadState<'_>,
 ) -> Result<(), SourceError> {
     let dt = state.params.window.since.to_string();
@@ -663,7 +664,7 @@ async fn consume_page(
 
 /// Hands over the new rows of a landed page.
 async fn hand_over(
-    page: &Value,
+    page: Value,
     path: &Arc<str>,
     state: &mut ReadState<'_>,
 ) -> Result<(), SourceError> {

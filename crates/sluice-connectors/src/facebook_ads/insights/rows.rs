@@ -10,7 +10,6 @@ use sluice_core::source::{DecodeState, DecodedPage, Slice, SourceError};
 use sluice_core::typing::{Origin, Record, Rejected};
 
 use super::super::config::{InsightsConfig, Level};
-use super::super::entities::data;
 use super::super::streams::{insights_key, is_action_list};
 use super::super::Account;
 use super::{SliceParams, ACCOUNT_PAGE, FIELD_GROUP_PAGE};
@@ -24,8 +23,9 @@ pub(super) struct PageRows {
 
 /// Turns a page into records: slice context added, rows already seen in the slice
 /// dropped, actions flattened for `insights_actions`. Shared by `read` and replay.
+/// Takes the page: its rows become the records without being copied.
 pub(super) fn page_rows(
-    page: &Value,
+    page: Value,
     path: &std::sync::Arc<str>,
     params: &SliceParams,
     config: &InsightsConfig,
@@ -38,12 +38,12 @@ pub(super) fn page_rows(
         rejected: Vec::new(),
         duplicates: 0,
     };
-    for (i, row) in data(page).iter().enumerate() {
+    for (i, row) in into_data(page).into_iter().enumerate() {
         let origin = Origin {
             page: path.clone(),
             line: i as u64 + 1,
         };
-        let Some(obj) = row.as_object() else {
+        let Value::Object(mut fields) = row else {
             out.rejected.push(Rejected {
                 origin,
                 reason: "insights row is not a JSON object".into(),
@@ -51,7 +51,6 @@ pub(super) fn page_rows(
             });
             continue;
         };
-        let mut fields = obj.clone();
         fields
             .entry("account_currency")
             .or_insert(params.currency.clone());
@@ -73,6 +72,17 @@ pub(super) fn page_rows(
         }
     }
     out
+}
+
+/// The page's `data` array, taken out of it (empty when absent).
+fn into_data(page: Value) -> Vec<Value> {
+    match page {
+        Value::Object(mut page) => match page.remove("data") {
+            Some(Value::Array(rows)) => rows,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
 }
 
 /// Decodes a landed insights page for a replay of `slice`.
@@ -111,7 +121,7 @@ pub fn decode(
     let page: Value = serde_json::from_slice(body)
         .map_err(|e| SourceError::data(format!("{path}: malformed JSON: {e}")))?;
     let rows = page_rows(
-        &page,
+        page,
         path,
         &params,
         config,
