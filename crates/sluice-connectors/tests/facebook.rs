@@ -536,8 +536,7 @@ async fn an_insights_slice_looks_its_account_up_alongside_its_first_request() {
         ..Faults::default()
     });
     let sandbox = sluice_sandbox::start(opts, 0).await.unwrap();
-    let account = "act_284019000000001".to_string();
-    let listed = vec![account.clone()];
+    let listed = vec!["act_284019000000001".to_string()];
     let fb = source(
         &sandbox.base_url(),
         credentials::FACEBOOK_ACCESS_TOKEN,

@@ -241,14 +241,21 @@ pub async fn read(
         field_group_requests: 0,
         params,
     };
-    let mut queue = VecDeque::from([Job {
-        window: state.params.window,
-        object: state.params.account.clone(),
-        in_field_groups: false,
-        retries: 0,
-    }]);
     let mut jobs = JoinSet::new();
-    let mut account_landed = false;
+    jobs.spawn(open(
+        ctx.clone(),
+        Job {
+            window: state.params.window,
+            object: state.params.account.clone(),
+            in_field_groups: false,
+            retries: 0,
+        },
+    ));
+    // The account is looked up while the first request (a task of its own) runs, not
+    // before it: the rows need its details only once a page has come.
+    let account = source.account(&state.params.account).await?;
+    land_account(&account, &mut state).await?;
+    let mut queue = VecDeque::new();
     loop {
         if state.sink.is_cancelled() {
             return Err(SourceError::transient("cancelled"));
@@ -257,18 +264,7 @@ pub async fn read(
             let Some(job) = queue.pop_front() else { break };
             jobs.spawn(open(ctx.clone(), job));
         }
-        // The account is looked up alongside the first request, not before it: its
-        // rows need the details only once a page has come.
-        let joined = if account_landed {
-            jobs.join_next().await
-        } else {
-            let (account, joined) =
-                tokio::join!(source.account(&state.params.account), jobs.join_next());
-            land_account(&account?, &mut state).await?;
-            account_landed = true;
-            joined
-        };
-        let Some(joined) = joined else {
+        let Some(joined) = jobs.join_next().await else {
             break;
         };
         let (job, opened) = joined.map_err(|e| {
