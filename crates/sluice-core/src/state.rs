@@ -206,9 +206,12 @@ impl StateStore {
         .await
     }
 
+    /// Named by the key without its planning-time suffix: a later run's plan of the
+    /// same slice (`deletes@<time>`) replaces or clears it rather than leaving it behind.
     fn checkpoint_path(&self, table: &str, slice_key: &str) -> String {
         use sha2::{Digest, Sha256};
-        let digest = hex::encode(&Sha256::digest(slice_key.as_bytes())[..12]);
+        let stable = crate::shard::stable_slice_key(slice_key);
+        let digest = hex::encode(&Sha256::digest(stable.as_bytes())[..12]);
         format!("{}/checkpoints/{table}/{digest}.json", self.prefix)
     }
 
@@ -240,6 +243,19 @@ impl StateStore {
                 Bytes::from(crate::secret::redact(&String::from_utf8_lossy(&text))),
             )
             .await?;
+        Ok(())
+    }
+
+    /// Forgets the checkpoints of these slices of a table (after a shard published
+    /// them): the round's other shards, still reading, keep theirs.
+    pub async fn clear_slice_checkpoints<'k>(
+        &self,
+        table: &str,
+        slice_keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<(), StateError> {
+        for key in slice_keys {
+            self.lake.delete(&self.checkpoint_path(table, key)).await?;
+        }
         Ok(())
     }
 

@@ -426,6 +426,107 @@ fn walkdir_count(dir: &std::path::Path) -> usize {
 }
 
 /// The run id a finished run printed (`run <id>  succeeded  …`).
+/// The checkpoints folder once no checkpoint has been added for 3 s (a held process's
+/// streams have all reached the hook).
+fn checkpoints_once_settled(project: &Project) -> std::path::PathBuf {
+    let checkpoints = project.path().join("lake/_state/marketing/checkpoints");
+    let count = || walkdir_count(&checkpoints);
+    let started = std::time::Instant::now();
+    let (mut last, mut stable_since) = (count(), std::time::Instant::now());
+    while stable_since.elapsed().as_secs() < 3 && started.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = count();
+        if now != last {
+            (last, stable_since) = (now, std::time::Instant::now());
+        }
+    }
+    checkpoints
+}
+
+/// Every file under `dir`, relative to it.
+fn files_under(dir: &std::path::Path) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).unwrap();
+                found.insert(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found
+}
+
+/// A shard that publishes forgets only its own slices' checkpoints: a worker of the
+/// same round killed before its publish resumes its finished slices on the retry.
+#[test]
+fn a_shards_publish_keeps_the_checkpoints_of_the_rounds_other_shards() {
+    let sandbox = sandbox();
+    let project = example_project(&sandbox.url());
+    let hold = project.path().join("hold-before-publish");
+    let mut held = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(project.path())
+        .env_remove("RUST_LOG")
+        .env("SLUICE_TEST_HOLD_BEFORE_PUBLISH", &hold)
+        .args(["run", "--shard", "1/2", "--round", "r8"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sluice");
+    let started = std::time::Instant::now();
+    while !hold.exists() && started.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(hold.exists(), "shard 1 never reached its publish");
+    let checkpoints = checkpoints_once_settled(&project);
+    let held_checkpoints = files_under(&checkpoints);
+    // Slices planned anew each run (`deletes@<time>`) are read again, not resumed.
+    let resumable: BTreeSet<String> = held_checkpoints
+        .iter()
+        .map(|file| {
+            let text = std::fs::read(checkpoints.join(file)).unwrap();
+            let checkpoint: serde_json::Value = serde_json::from_slice(&text).unwrap();
+            checkpoint["slice_key"].as_str().unwrap().to_string()
+        })
+        .filter(|key| !key.contains('@'))
+        .collect();
+    assert!(!resumable.is_empty());
+
+    assert_exit(&project.run(&["--shard", "0/2", "--round", "r8"]), 0);
+    let after = files_under(&checkpoints);
+    let lost: Vec<_> = held_checkpoints.difference(&after).collect();
+    assert!(
+        lost.is_empty(),
+        "shard 0's publish deleted shard 1's checkpoints {lost:?}"
+    );
+
+    // Shard 1 dies before its publish; its retry reuses every slice it had finished.
+    held.kill().unwrap();
+    held.wait().unwrap();
+    let retry = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(project.path())
+        .env_remove("RUST_LOG")
+        .env("SLUICE_LOG", "info")
+        .args(["run", "--shard", "1/2", "--round", "r8", "--take-over"])
+        .output()
+        .unwrap();
+    assert_exit(&retry, 0);
+    let resumed: BTreeSet<String> = stderr(&retry)
+        .lines()
+        .filter(|l| l.contains("resumed slice from an earlier run's checkpoint"))
+        .filter_map(|l| l.split(" slice=").nth(1))
+        .map(String::from)
+        .collect();
+    assert_eq!(resumed, resumable, "{}", stderr(&retry));
+    assert!(files_under(&checkpoints).is_empty());
+    assert_exit(&project.run(&["--finalize", "--round", "r8"]), 0);
+    assert_spend_equals_truth(&project);
+}
+
 fn printed_run_id(out: &Output) -> String {
     stdout(out)
         .lines()
@@ -465,16 +566,7 @@ fn a_paused_shard_is_refused_by_the_destination(
     // and A's files stay: A reaches its publish, and only the fence can stop it.
     // A's other streams are still reading, and each finished slice writes a checkpoint:
     // wait until every stream of A waits at the hook (no new checkpoint for 3 s) first.
-    let checkpoints = project.path().join("lake/_state/marketing/checkpoints");
-    let count = || walkdir_count(&checkpoints);
-    let (mut last, mut stable_since) = (count(), std::time::Instant::now());
-    while stable_since.elapsed().as_secs() < 3 && started.elapsed().as_secs() < 300 {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let now = count();
-        if now != last {
-            (last, stable_since) = (now, std::time::Instant::now());
-        }
-    }
+    let checkpoints = checkpoints_once_settled(project);
     std::fs::remove_dir_all(&checkpoints).unwrap();
     // A is alive and beating: B needs --take-over.
     let held = project.run(&["--shard", "0/1", "--round", "r7"]);

@@ -51,6 +51,8 @@ pub(super) struct Staged<'a> {
     pub(super) kept: &'a KeptBatches,
     pub(super) rejected: &'a [Rejected],
     pub(super) load_id: &'a str,
+    /// The keys of the slices this run read (or resumed): their checkpoints go at publish.
+    pub(super) slice_keys: Vec<&'a str>,
 }
 
 impl Executor {
@@ -164,8 +166,16 @@ impl Executor {
         )
         .await?;
 
-        // Checkpoints and leftovers of earlier, unpublished runs are now obsolete.
-        self.state.clear_checkpoints(table).await?;
+        // Checkpoints and leftovers of earlier, unpublished runs are now obsolete; a
+        // shard's only for its own slices (the other shards may still resume theirs).
+        match &options.part {
+            RunPart::Shard(_) => {
+                self.state
+                    .clear_slice_checkpoints(table, staged.slice_keys.iter().copied())
+                    .await?
+            }
+            _ => self.state.clear_checkpoints(table).await?,
+        }
         self.remove_leftovers(table, &options.run_id).await?;
         Ok(())
     }
