@@ -426,6 +426,32 @@ fn walkdir_count(dir: &std::path::Path) -> usize {
 }
 
 /// The run id a finished run printed (`run <id>  succeeded  …`).
+/// `sluice run ARGS`, held by the test hook once its lease is checked before its first
+/// publish: returns when the process waits there, with the file whose removal lets it go.
+fn run_held_before_publish(project: &Project, args: &[&str]) -> (Child, std::path::PathBuf) {
+    let hold = project.path().join("hold-before-publish");
+    let child = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .current_dir(project.path())
+        .env_remove("RUST_LOG")
+        .env("SLUICE_LOG", "info")
+        .env("SLUICE_TEST_HOLD_BEFORE_PUBLISH", &hold)
+        .arg("run")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let started = std::time::Instant::now();
+    while !hold.exists() && started.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        hold.exists(),
+        "sluice run {args:?} never reached its publish"
+    );
+    (child, hold)
+}
+
 /// The checkpoints folder once no checkpoint has been added for 3 s (a held process's
 /// streams have all reached the hook).
 fn checkpoints_once_settled(project: &Project) -> std::path::PathBuf {
@@ -467,21 +493,7 @@ fn files_under(dir: &std::path::Path) -> BTreeSet<String> {
 fn a_shards_publish_keeps_the_checkpoints_of_the_rounds_other_shards() {
     let sandbox = sandbox();
     let project = example_project(&sandbox.url());
-    let hold = project.path().join("hold-before-publish");
-    let mut held = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
-        .current_dir(project.path())
-        .env_remove("RUST_LOG")
-        .env("SLUICE_TEST_HOLD_BEFORE_PUBLISH", &hold)
-        .args(["run", "--shard", "1/2", "--round", "r8"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn sluice");
-    let started = std::time::Instant::now();
-    while !hold.exists() && started.elapsed().as_secs() < 300 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(hold.exists(), "shard 1 never reached its publish");
+    let (mut held, _hold) = run_held_before_publish(&project, &["--shard", "1/2", "--round", "r8"]);
     let checkpoints = checkpoints_once_settled(&project);
     let held_checkpoints = files_under(&checkpoints);
     // Slices planned anew each run (`deletes@<time>`) are read again, not resumed.
@@ -544,22 +556,10 @@ fn a_paused_shard_is_refused_by_the_destination(
     project: &Project,
     published_runs: &dyn Fn() -> Vec<String>,
 ) {
-    let hold = project.path().join("hold-before-publish");
-    let a = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
-        .current_dir(project.path())
-        .env_remove("RUST_LOG")
-        .env("SLUICE_LOG", "info")
-        .env("SLUICE_TEST_HOLD_BEFORE_PUBLISH", &hold)
-        .args(["run", "--shard", "0/1", "--round", "r7", "--lease", "600"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluice");
-    let started = std::time::Instant::now();
-    while !hold.exists() && started.elapsed().as_secs() < 300 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(hold.exists(), "process A never reached its publish");
+    let (a, hold) = run_held_before_publish(
+        project,
+        &["--shard", "0/1", "--round", "r7", "--lease", "600"],
+    );
     // B would reuse A's finished slices (their checkpoints name A's staged files) and
     // move those files into d1/, so A's load would fail on missing files before its
     // transaction. Without A's checkpoints (as if not yet written), B extracts alone
