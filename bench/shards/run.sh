@@ -17,7 +17,11 @@
 # 240 requests need ≥ 4.8 s whatever the sharding, and at 150/s a shard's 50/s
 # alone makes its 90 requests take ≥ 1.8 s.
 #
-# Usage: [BIN=…] [WORK=dir] [LATENCY_MS=100] [DAYS=28] [SHARDS=3] [RPS=600] [TASKS=4] bench/shards/run.sh
+# Usage: [BIN=…] [WORK=dir] [LATENCY_MS=100] [DAYS=28] [SHARDS=3] [RPS=600] [TASKS=4] [REPEAT=1] bench/shards/run.sh
+# REPEAT measures the pair (1 shard, then the shards) that many times in turn, each on
+# fresh projects and checked like the first: the 3-shard time varies between runs of one
+# binary on a shared 2-core machine by more than a change moves it, so every pair's
+# ratio is printed, then their median.
 # WORK (default target/bench-shards) is emptied first and holds both projects; under
 # /dev/shm the lakes are on tmpfs, away from a disk whose file creation varies.
 # BIN defaults to target/release/sluice when it exists, else a debug build of this
@@ -30,6 +34,7 @@ DAYS=${DAYS:-28}
 SHARDS=${SHARDS:-3}
 RPS=${RPS:-600}
 TASKS=${TASKS:-4}
+REPEAT=${REPEAT:-1}
 ACCOUNTS=16
 SCALE=6
 TODAY=2026-11-30
@@ -95,41 +100,44 @@ timed() { # $1 file for the CPU seconds, then the command
 cpu() { [ -s "$1" ] && awk '{printf "%.2f", $1 + $2}' "$1" || echo "?"; }
 fail() { echo "bench: $*" >&2; exit 1; }
 
-# ------------------------------------------------------------ 1 shard
-project "$WORK/one"
-before=$(requests)
-start=$(now)
-(cd "$WORK/one" && timed cpu.txt "$BIN" run --today $TODAY --shard 0/1 --round bench > run.out 2> run.err) \
-  || { cat "$WORK/one/run.err" >&2; fail "the 1-shard run failed"; }
-(cd "$WORK/one" && "$BIN" run --today $TODAY --finalize --round bench > finalize.out 2> finalize.err) \
-  || { cat "$WORK/one/finalize.err" >&2; fail "the 1-shard finalize failed"; }
-ONE_S=$(echo "$(now) - $start" | bc -l)
-ONE_REQ=$(( $(requests) - before ))
-
-# ------------------------------------------------------------ N shards, started together
-project "$WORK/many"
-before=$(requests)
-start=$(now)
-pids=()
-for k in $(seq 0 $((SHARDS - 1))); do
-  (cd "$WORK/many" && timed "cpu-$k.txt" "$BIN" run --today $TODAY --shard "$k/$SHARDS" --round bench \
-    > "shard-$k.out" 2> "shard-$k.err") &
-  pids+=($!)
-done
-for k in "${!pids[@]}"; do
-  wait "${pids[$k]}" || { cat "$WORK/many/shard-$k.err" >&2; fail "shard $k/$SHARDS failed"; }
-done
-SHARDS_DONE=$(now)
-(cd "$WORK/many" && "$BIN" run --today $TODAY --finalize --round bench > finalize.out 2> finalize.err) \
-  || { cat "$WORK/many/finalize.err" >&2; fail "the $SHARDS-shard finalize failed"; }
-MANY_S=$(echo "$(now) - $start" | bc -l)
-FINALIZE_S=$(echo "$(now) - $SHARDS_DONE" | bc -l)
-MANY_REQ=$(( $(requests) - before ))
-
-# ------------------------------------------------------------ both equal the truth
 "$BIN" sandbox truth --seed 42 --scale $SCALE --today $TODAY --since "$SINCE" --until $TODAY > "$WORK/truth.json"
 EXACT=0
-python3 - "$WORK/truth.json" "$ACCOUNTS" "$WORK/one/warehouse.db" "$WORK/many/warehouse.db" <<'PY' || EXACT=$?
+# One pair: 1 shard in $ONE, then the shards in $MANY; sets ONE_S, MANY_S, FINALIZE_S,
+# ONE_REQ and MANY_REQ, and EXACT=1 when either warehouse differs from the truth.
+measure_pair() {
+  # ------------------------------------------------------------ 1 shard
+  project "$ONE"
+  before=$(requests)
+  start=$(now)
+  (cd "$ONE" && timed cpu.txt "$BIN" run --today $TODAY --shard 0/1 --round bench > run.out 2> run.err) \
+    || { cat "$ONE/run.err" >&2; fail "the 1-shard run failed"; }
+  (cd "$ONE" && "$BIN" run --today $TODAY --finalize --round bench > finalize.out 2> finalize.err) \
+    || { cat "$ONE/finalize.err" >&2; fail "the 1-shard finalize failed"; }
+  ONE_S=$(echo "$(now) - $start" | bc -l)
+  ONE_REQ=$(( $(requests) - before ))
+
+  # ------------------------------------------------------------ N shards, started together
+  project "$MANY"
+  before=$(requests)
+  start=$(now)
+  pids=()
+  for k in $(seq 0 $((SHARDS - 1))); do
+    (cd "$MANY" && timed "cpu-$k.txt" "$BIN" run --today $TODAY --shard "$k/$SHARDS" --round bench \
+      > "shard-$k.out" 2> "shard-$k.err") &
+    pids+=($!)
+  done
+  for k in "${!pids[@]}"; do
+    wait "${pids[$k]}" || { cat "$MANY/shard-$k.err" >&2; fail "shard $k/$SHARDS failed"; }
+  done
+  SHARDS_DONE=$(now)
+  (cd "$MANY" && "$BIN" run --today $TODAY --finalize --round bench > finalize.out 2> finalize.err) \
+    || { cat "$MANY/finalize.err" >&2; fail "the $SHARDS-shard finalize failed"; }
+  MANY_S=$(echo "$(now) - $start" | bc -l)
+  FINALIZE_S=$(echo "$(now) - $SHARDS_DONE" | bc -l)
+  MANY_REQ=$(( $(requests) - before ))
+
+  # ------------------------------------------------------------ both equal the truth
+  python3 - "$WORK/truth.json" "$ACCOUNTS" "$ONE/warehouse.db" "$MANY/warehouse.db" <<'PY' || EXACT=$?
 import json, sqlite3, sys
 from decimal import Decimal
 truth_path, accounts, one, many = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -182,6 +190,28 @@ print(f"  every D1 table equal between the two warehouses: {'yes' if a == b else
 sys.exit(0 if ok else 1)
 PY
 
+  # Each shard looks up the details of the accounts it reads (Source::prepare). The first
+  # ACCOUNTS - ACCOUNTS % SHARDS accounts go round the shards the same way in every stream,
+  # so each is looked up once; the streams of the accounts left over spread across the
+  # shards (Shard::owns_position), so each of those may be looked up by every shard.
+  EXTRA_LOOKUPS=$(( (ACCOUNTS % SHARDS) * (SHARDS - 1) ))
+  if [ "$MANY_REQ" -lt "$ONE_REQ" ] || [ "$MANY_REQ" -gt $((ONE_REQ + EXTRA_LOOKUPS)) ]; then
+    echo "  request totals differ by $((MANY_REQ - ONE_REQ)) (at most $EXTRA_LOOKUPS more account lookups expected)"
+    EXACT=1
+  elif [ "$MANY_REQ" != "$ONE_REQ" ]; then
+    echo "  the shards sent $((MANY_REQ - ONE_REQ)) more requests: lookups of the $((ACCOUNTS % SHARDS)) account(s) left over after full rounds, whose streams spread across the shards"
+  fi
+}
+
+ONE_TIMES=() MANY_TIMES=() RATIOS=()
+for pair in $(seq 1 "$REPEAT"); do
+  suffix=$([ "$pair" = 1 ] || echo "-$pair")
+  ONE=$WORK/one$suffix MANY=$WORK/many$suffix
+  measure_pair
+  ONE_TIMES+=("$ONE_S") MANY_TIMES+=("$MANY_S")
+  RATIOS+=("$(echo "$MANY_S / $ONE_S" | bc -l)")
+done
+
 echo
 echo "binary: $BIN"
 echo "Facebook, $ACCOUNTS accounts × $DAYS days, sandbox latency ${LATENCY_MS} ms per request, request budget $RPS/s (each of $SHARDS shards: $RPS/$SHARDS)"
@@ -190,20 +220,17 @@ printf '  %-30s %9.2f %8.2fx %10s\n' "1 shard" "$ONE_S" 1 "$ONE_REQ"
 printf '  %-30s %9.2f %8.2fx %10s\n' "$SHARDS shards (concurrent) + finalize" "$MANY_S" \
   "$(echo "$MANY_S / $ONE_S" | bc -l)" "$MANY_REQ"
 printf '  %-30s %9.2f\n' "  of which the finalize" "$FINALIZE_S"
-echo "  CPU seconds (user+sys): 1 shard $(cpu "$WORK/one/cpu.txt"); shards $(for k in $(seq 0 $((SHARDS - 1))); do printf '%s ' "$(cpu "$WORK/many/cpu-$k.txt")"; done)on $(nproc) cores shared with the sandbox"
+echo "  CPU seconds (user+sys): 1 shard $(cpu "$ONE/cpu.txt"); shards $(for k in $(seq 0 $((SHARDS - 1))); do printf '%s ' "$(cpu "$MANY/cpu-$k.txt")"; done)on $(nproc) cores shared with the sandbox"
 echo "  target: ≤ 0.40x within the same request budget"
 for k in $(seq 0 $((SHARDS - 1))); do
-  echo "  shard $k/$SHARDS: $(grep -m1 '^run ' "$WORK/many/shard-$k.out" || true); $(grep -c ' ok ' "$WORK/many/shard-$k.out" || true) task(s) ok; $(grep -m1 'api facebook' "$WORK/many/shard-$k.out" | sed 's/^ *//' || true)"
+  echo "  shard $k/$SHARDS: $(grep -m1 '^run ' "$MANY/shard-$k.out" || true); $(grep -c ' ok ' "$MANY/shard-$k.out" || true) task(s) ok; $(grep -m1 'api facebook' "$MANY/shard-$k.out" | sed 's/^ *//' || true)"
 done
-# Each shard looks up the details of the accounts it reads (Source::prepare). The first
-# ACCOUNTS - ACCOUNTS % SHARDS accounts go round the shards the same way in every stream,
-# so each is looked up once; the streams of the accounts left over spread across the
-# shards (Shard::owns_position), so each of those may be looked up by every shard.
-EXTRA_LOOKUPS=$(( (ACCOUNTS % SHARDS) * (SHARDS - 1) ))
-if [ "$MANY_REQ" -lt "$ONE_REQ" ] || [ "$MANY_REQ" -gt $((ONE_REQ + EXTRA_LOOKUPS)) ]; then
-  echo "  request totals differ by $((MANY_REQ - ONE_REQ)) (at most $EXTRA_LOOKUPS more account lookups expected)"
-  EXACT=1
-elif [ "$MANY_REQ" != "$ONE_REQ" ]; then
-  echo "  the shards sent $((MANY_REQ - ONE_REQ)) more requests: lookups of the $((ACCOUNTS % SHARDS)) account(s) left over after full rounds, whose streams spread across the shards"
+if [ "$REPEAT" -gt 1 ]; then
+  echo "  every pair (the last is detailed above), seconds: 1 shard / $SHARDS shards = ratio"
+  for i in "${!RATIOS[@]}"; do
+    printf '    pair %d: %.2f / %.2f = %.3fx\n' $((i + 1)) "${ONE_TIMES[$i]}" "${MANY_TIMES[$i]}" "${RATIOS[$i]}"
+  done
+  MEDIAN=$(printf '%s\n' "${RATIOS[@]}" | sort -g | awk '{r[NR] = $1} END {print (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2}')
+  printf '  median ratio of %d pairs: %.3fx\n' "$REPEAT" "$MEDIAN"
 fi
 exit $EXACT
