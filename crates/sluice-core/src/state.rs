@@ -206,12 +206,9 @@ impl StateStore {
         .await
     }
 
-    /// Named by the key without its planning-time suffix: a later run's plan of the
-    /// same slice (`deletes@<time>`) replaces or clears it rather than leaving it behind.
     fn checkpoint_path(&self, table: &str, slice_key: &str) -> String {
         use sha2::{Digest, Sha256};
-        let stable = crate::shard::stable_slice_key(slice_key);
-        let digest = hex::encode(&Sha256::digest(stable.as_bytes())[..12]);
+        let digest = hex::encode(&Sha256::digest(slice_key.as_bytes())[..12]);
         format!("{}/checkpoints/{table}/{digest}.json", self.prefix)
     }
 
