@@ -112,6 +112,8 @@ enum Command {
     Serve(server::ServeArgs),
     /// List a database source's tables, columns, types, keys and suggested sync; `--write` adds streams.
     Discover(commands::discover::DiscoverArgs),
+    /// Drop a retired `sync: cdc` stream's replication slot (and its publication) on the source.
+    DropSlot(commands::drop_slot::DropSlotArgs),
     /// Run the example pipeline end to end on the embedded default and print a summary.
     Demo(commands::demo::DemoArgs),
     /// Generate files that run the pipeline elsewhere: an Airflow DAG, Kubernetes manifests.
@@ -198,6 +200,7 @@ fn main() -> ExitCode {
             Command::Schema(cmd) => commands::schema::run(&cli.pipeline, cmd).await,
             Command::Serve(args) => server::run(&cli.pipeline, args).await,
             Command::Discover(args) => commands::discover::run(&cli.pipeline, args).await,
+            Command::DropSlot(args) => commands::drop_slot::run(&cli.pipeline, args).await,
             Command::Demo(args) => commands::demo::run(args, interactive).await,
             Command::Export(cmd) => export::run(&cli.pipeline, cmd).await,
             Command::Forget(args) => commands::forget::run(&cli.pipeline, args).await,

@@ -334,7 +334,8 @@ fn cdc_changes_arrive_in_postgres_exactly_and_the_slot_warns_when_it_holds_wal()
     );
     let warnings = task(&second)["warnings"].to_string();
     assert!(
-        warnings.contains(&format!("pg_drop_replication_slot('{slot}')")),
+        warnings.contains(&format!("pg_drop_replication_slot('{slot}')"))
+            && warnings.contains("sluice drop-slot src.items"),
         "{second}"
     );
     let third = run_json(&project, &[]);
@@ -531,4 +532,104 @@ fn cdc_config_mistakes_are_config_errors_naming_the_key() {
         pg.drop_schemas(&prefix);
     }
     source.clean(&prefix);
+}
+
+#[test]
+fn drop_slot_retires_a_cdc_stream_on_its_server_and_a_full_refresh_brings_it_back() {
+    let prefix = unique_prefix("cdcdrop");
+    let source = Source::connect();
+    source.clean(&prefix);
+    let _cleanup = Cleanup(prefix.clone());
+    let schema = format!("{prefix}src");
+    let table = format!("{schema}.items");
+    seed(&source, &schema, &table);
+    let slot = format!("{prefix}slot");
+    let shared = format!("{prefix}shared");
+    // `kept` reads the same table through a publication it shares with another table.
+    let extra = format!(
+        "      kept:\n        table: {table}\n        sync: cdc\n        cdc:\n          slot: {prefix}kept\n          publication: {shared}\n"
+    );
+    let project = Project::new(&pipeline(&table, &slot, "", &extra));
+    source.execute(&format!(
+        "CREATE TABLE {schema}.other (id int PRIMARY KEY); CREATE PUBLICATION {shared} FOR TABLE {schema}.other"
+    ));
+    assert_exit(&project.run(&[]), 0);
+    let slots = |name: &str| {
+        source.strings(&format!(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = '{name}'"
+        ))
+    };
+    let publications = |name: &str| {
+        source.strings(&format!(
+            "SELECT pubname::text FROM pg_publication WHERE pubname = '{name}'"
+        ))
+    };
+    let published_tables = |name: &str| {
+        source.strings(&format!(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = '{name}' ORDER BY 1"
+        ))
+    };
+    assert_eq!(slots(&slot), vec![slot.clone()]);
+    assert_eq!(publications(&slot), vec![slot.clone()]);
+    assert_eq!(
+        published_tables(&shared),
+        [table.clone(), format!("{schema}.other")]
+    );
+
+    // sluice's own publication goes with the slot.
+    let out = project
+        .cmd()
+        .args(["drop-slot", "src.items"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains(&format!("dropped replication slot {slot}")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(slots(&slot).is_empty());
+    assert!(publications(&slot).is_empty());
+    let again = project
+        .cmd()
+        .args(["drop-slot", "src.items"])
+        .output()
+        .unwrap();
+    assert_exit(&again, 0);
+    assert!(
+        stdout(&again).contains("no replication slot or publication left to drop"),
+        "{}",
+        stdout(&again)
+    );
+
+    // A declared publication is shared: only the stream's table leaves it.
+    let out = project
+        .cmd()
+        .args(["drop-slot", "src.kept"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert!(slots(&format!("{prefix}kept")).is_empty());
+    assert_eq!(published_tables(&shared), [format!("{schema}.other")]);
+
+    // Not a CDC stream, or no such stream: config errors naming it.
+    let out = project
+        .cmd()
+        .args(["drop-slot", "src.nope"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("nope") && stderr(&out).contains("items"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Brought back with --full-refresh, the stream reads a new snapshot into a new slot,
+    // and D1 equals the source again, rows deleted while it had no slot included.
+    change(&source, &table);
+    let record = run_json(&project, &["--full-refresh"]);
+    assert_eq!(task(&record)["rows_quarantined"], 0, "{record}");
+    assert_eq!(slots(&slot), vec![slot.clone()]);
+    assert_eq!(sqlite_d1(&project).0, source_rows(&source, &table));
 }

@@ -80,6 +80,21 @@ pub(crate) fn is_changes(slice: &Slice) -> bool {
     slice.params.get(KIND_PARAM).and_then(Value::as_str) == Some("changes")
 }
 
+/// A CDC stream's replication slot and publication: as declared under `cdc:`, else
+/// `sluice_<source>_<stream>` for both.
+pub(crate) fn slot_and_publication(
+    source: &str,
+    stream: &str,
+    declared: &CdcConfig,
+) -> (String, String) {
+    let slot = declared
+        .slot
+        .clone()
+        .unwrap_or_else(|| format!("sluice_{source}_{stream}").to_lowercase());
+    let publication = declared.publication.clone().unwrap_or_else(|| slot.clone());
+    (slot, publication)
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -129,10 +144,7 @@ impl Cdc {
             }
         }
         let declared = config.cdc.clone().unwrap_or_default();
-        let slot = declared
-            .slot
-            .clone()
-            .unwrap_or_else(|| format!("sluice_{source}_{}", stream.spec.name).to_lowercase());
+        let (slot, publication) = slot_and_publication(source, &stream.spec.name, &declared);
         let slot_key = match declared.slot {
             Some(_) => format!("{key}.cdc.slot"),
             None => format!("{key}.cdc"),
@@ -143,7 +155,6 @@ impl Cdc {
                 slot_key,
             ));
         }
-        let publication = declared.publication.clone().unwrap_or_else(|| slot.clone());
         if !valid_name(&publication) {
             return Err(SourceError::config(
                 format!("`{publication}` is not a publication name sluice uses: lowercase letters, digits and `_`, at most 63"),
@@ -509,9 +520,12 @@ impl SqlSource {
             sink.warn(format!(
                 "replication slot `{}` holds {} MiB of WAL on the source server (it keeps every change since the slot's position \
                  until a run reads it); run this stream more often, or if it is no longer run drop the slot: \
-                 SELECT pg_drop_replication_slot('{}');",
+                 `sluice drop-slot {}` (or SELECT pg_drop_replication_slot('{}');)",
                 cdc.slot,
                 retained >> 20,
+                cdc.key
+                    .trim_start_matches("sources.")
+                    .replacen(".streams.", ".", 1),
                 cdc.slot
             ));
         }

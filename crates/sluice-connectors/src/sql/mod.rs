@@ -28,6 +28,7 @@ mod cdc;
 pub mod config;
 pub mod deletes;
 pub mod discover;
+pub mod drop_slot;
 pub mod mysql;
 pub mod pgoutput;
 pub mod postgres;

@@ -5,6 +5,7 @@ pub mod compare;
 pub mod compile;
 pub mod demo;
 pub mod discover;
+pub mod drop_slot;
 pub mod example;
 pub mod forget;
 pub mod init;
