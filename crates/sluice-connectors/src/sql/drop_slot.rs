@@ -62,9 +62,8 @@ pub async fn drop_slot(
             .await?;
         if let Some(row) = slot_found.into_iter().next() {
             if row.first().cloned().flatten().as_deref() == Some("true") {
-                return Err(SourceError::data(format!(
-                    "replication slot `{slot}` is in use by a session now (a run of this stream?): drop it once that ends"
-                )));
+                let why = "is in use (a run of this stream?): drop it once that run ends";
+                return Err(SourceError::data(format!("replication slot `{slot}` {why}")));
             }
             session
                 .rows(
@@ -74,9 +73,8 @@ pub async fn drop_slot(
                 .await?;
             done.push(format!("dropped replication slot {slot}"));
         }
-        let quoted = db.quote(&publication);
-        drop_publication(&mut *session, (&publication, &quoted), &table, shared_publication, &mut done)
-            .await?;
+        let names = (publication.as_str(), db.quote(&publication));
+        drop_publication(&mut *session, names, &table, shared_publication, &mut done).await?;
         session.close().await?;
         Ok(done)
     }
@@ -86,7 +84,7 @@ pub async fn drop_slot(
 /// Drops sluice's own publication, or takes the stream's table out of a shared one.
 async fn drop_publication(
     session: &mut dyn Session,
-    (publication, quoted): (&str, &str),
+    (publication, quoted): (&str, String),
     table: &str,
     shared: bool,
     done: &mut Vec<String>,
