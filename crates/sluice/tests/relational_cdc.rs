@@ -80,6 +80,35 @@ impl Source {
     }
 }
 
+/// A test's own source table, `<prefix>src.items` (seeded), and slot name; everything
+/// under the prefix is dropped when `_cleanup` goes.
+struct Seeded {
+    source: Source,
+    prefix: String,
+    schema: String,
+    table: String,
+    slot: String,
+    _cleanup: Cleanup,
+}
+
+fn seeded(name: &str) -> Seeded {
+    let prefix = unique_prefix(name);
+    let source = Source::connect();
+    source.clean(&prefix);
+    let _cleanup = Cleanup(prefix.clone());
+    let schema = format!("{prefix}src");
+    let table = format!("{schema}.items");
+    seed(&source, &schema, &table);
+    Seeded {
+        source,
+        slot: format!("{prefix}slot"),
+        prefix,
+        schema,
+        table,
+        _cleanup,
+    }
+}
+
 /// Drops the test's slots, publications and schemas when the test ends, passed or
 /// not: a slot left behind would hold the server's WAL for ever.
 struct Cleanup(String);
@@ -183,14 +212,13 @@ fn change(source: &Source, table: &str) {
 
 #[test]
 fn cdc_changes_arrive_in_sqlite_exactly_with_deletes_marked_and_replay_the_same() {
-    let prefix = unique_prefix("cdcsqlite");
-    let source = Source::connect();
-    source.clean(&prefix);
-    let _cleanup = Cleanup(prefix.clone());
-    let schema = format!("{prefix}src");
-    let table = format!("{schema}.items");
-    seed(&source, &schema, &table);
-    let slot = format!("{prefix}slot");
+    let Seeded {
+        source,
+        table,
+        slot,
+        _cleanup,
+        ..
+    } = seeded("cdcsqlite");
     let project = Project::new(&pipeline(&table, &slot, "", ""));
 
     // First run: the slot and publication are created, then a snapshot.
@@ -292,16 +320,16 @@ fn cdc_changes_arrive_in_sqlite_exactly_with_deletes_marked_and_replay_the_same(
 
 #[test]
 fn cdc_changes_arrive_in_postgres_exactly_and_the_slot_warns_when_it_holds_wal() {
-    let prefix = unique_prefix("cdcpg");
-    let source = Source::connect();
-    source.clean(&prefix);
-    let _cleanup = Cleanup(prefix.clone());
+    let Seeded {
+        source,
+        prefix,
+        table,
+        slot,
+        _cleanup,
+        ..
+    } = seeded("cdcpg");
     let pg = Pg::connect();
     pg.drop_schemas(&prefix);
-    let schema = format!("{prefix}src");
-    let table = format!("{schema}.items");
-    seed(&source, &schema, &table);
-    let slot = format!("{prefix}slot");
     let destination = format!(
         "destination:\n  type: postgres\n  url: {}\n  schema_prefix: {prefix}\n",
         pg_url()
@@ -536,14 +564,14 @@ fn cdc_config_mistakes_are_config_errors_naming_the_key() {
 
 #[test]
 fn drop_slot_retires_a_cdc_stream_on_its_server_and_a_full_refresh_brings_it_back() {
-    let prefix = unique_prefix("cdcdrop");
-    let source = Source::connect();
-    source.clean(&prefix);
-    let _cleanup = Cleanup(prefix.clone());
-    let schema = format!("{prefix}src");
-    let table = format!("{schema}.items");
-    seed(&source, &schema, &table);
-    let slot = format!("{prefix}slot");
+    let Seeded {
+        source,
+        prefix,
+        schema,
+        table,
+        slot,
+        _cleanup,
+    } = seeded("cdcdrop");
     let shared = format!("{prefix}shared");
     // `kept` reads the same table through a publication it shares with another table.
     let extra = format!(
