@@ -214,6 +214,7 @@ fn change(source: &Source, table: &str) {
 fn cdc_changes_arrive_in_sqlite_exactly_with_deletes_marked_and_replay_the_same() {
     let Seeded {
         source,
+        prefix,
         table,
         slot,
         _cleanup,
