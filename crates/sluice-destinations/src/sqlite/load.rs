@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension, Statement, Transaction, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, Statement, Transaction};
 use sluice_core::destination::{
     DestinationError, Fence, LoadOutcome, LoadTail, TableSpec, WriteMode,
 };
@@ -102,7 +102,7 @@ pub(super) fn run(
     };
 
     // IMMEDIATE takes the write lock now: the ledger check and DDL below cannot race.
-    let tx = begin_immediate(&conn, busy_timeout).map_err(failed)?;
+    let tx = super::begin_immediate(&conn, busy_timeout).map_err(failed)?;
     tx.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {LEDGER} (table_name TEXT NOT NULL, load_id TEXT NOT NULL, \
          run_id TEXT NOT NULL, rows INTEGER NOT NULL, loaded_at TEXT NOT NULL, \
@@ -712,89 +712,4 @@ pub(super) fn insert_quarantine(
         ])?;
     }
     Ok(())
-}
-
-/// Longest pause between two tries at the write lock.
-const LOCK_RETRY_MAX: Duration = Duration::from_millis(4);
-
-/// `BEGIN IMMEDIATE`, waiting up to `busy_timeout` for the write lock. SQLite's own busy
-/// handler sleeps in growing steps (1, 2, 5, 10, 15, 20, 25… ms), so a load waiting on
-/// another's publish of 10 ms could sleep 30 more (up to 80 ms was seen between a
-/// round's shards); this one tries again every 1–4 ms. Once in, the connection's
-/// `busy_timeout` applies again.
-fn begin_immediate(
-    conn: &rusqlite::Connection,
-    busy_timeout: Duration,
-) -> rusqlite::Result<Transaction<'_>> {
-    let deadline = std::time::Instant::now() + busy_timeout;
-    let mut pause = Duration::from_millis(1);
-    conn.busy_timeout(Duration::ZERO)?;
-    let tx = loop {
-        // Unchecked: takes `&Connection`, so the loop can borrow it again; no other
-        // transaction is open on it here.
-        match Transaction::new_unchecked(conn, TransactionBehavior::Immediate) {
-            Ok(tx) => break tx,
-            Err(e)
-                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(LOCK_RETRY_MAX);
-            }
-            Err(e) => {
-                conn.busy_timeout(busy_timeout)?;
-                return Err(e);
-            }
-        }
-    };
-    tx.busy_timeout(busy_timeout)?;
-    Ok(tx)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Another connection holds the write lock for `hold`, then commits.
-    fn hold_write_lock(path: &Path, hold: Duration) -> std::thread::JoinHandle<()> {
-        let holder = super::super::open(path, Duration::from_secs(5)).unwrap();
-        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-        std::thread::spawn(move || {
-            std::thread::sleep(hold);
-            holder.execute_batch("COMMIT").unwrap();
-        })
-    }
-
-    #[test]
-    fn the_write_lock_is_taken_once_another_load_releases_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.db");
-        let released = hold_write_lock(&path, Duration::from_millis(150));
-        let conn = super::super::open(&path, Duration::from_secs(5)).unwrap();
-        let tx = begin_immediate(&conn, Duration::from_secs(5)).unwrap();
-        tx.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
-        tx.commit().unwrap();
-        released.join().unwrap();
-    }
-
-    #[test]
-    fn waiting_for_the_write_lock_ends_at_the_busy_timeout() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.db");
-        let released = hold_write_lock(&path, Duration::from_secs(3));
-        let conn = super::super::open(&path, Duration::from_secs(5)).unwrap();
-        let asked = std::time::Instant::now();
-        let err = begin_immediate(&conn, Duration::from_millis(300))
-            .expect_err("the lock is held past the timeout");
-        let waited = asked.elapsed();
-        assert_eq!(
-            err.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseBusy)
-        );
-        assert!(waited >= Duration::from_millis(300), "{waited:?}");
-        assert!(waited < Duration::from_secs(3), "{waited:?}");
-        // The connection's own timeout is back for what comes next.
-        released.join().unwrap();
-        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
-    }
 }
