@@ -80,6 +80,42 @@ pub(crate) fn is_changes(slice: &Slice) -> bool {
     slice.params.get(KIND_PARAM).and_then(Value::as_str) == Some("changes")
 }
 
+/// A publication on the server, as seen for one table.
+pub(crate) struct FoundPublication {
+    /// `FOR ALL TABLES`.
+    pub(crate) all_tables: bool,
+    /// It lists `table` itself.
+    pub(crate) lists_table: bool,
+}
+
+/// The publication `name`, if the server has it; `table` is an SQL relation.
+pub(crate) async fn find_publication(
+    session: &mut dyn Session,
+    name: &str,
+    table: &str,
+) -> Result<Option<FoundPublication>, SourceError> {
+    let found = session
+        .rows(
+            "SELECT puballtables::text FROM pg_publication WHERE pubname = $1::text",
+            vec![name.to_string()],
+        )
+        .await?;
+    let Some(all_tables) = first(found) else {
+        return Ok(None);
+    };
+    let listed = session
+        .rows(
+            "SELECT '1' FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
+             WHERE p.pubname = $1::text AND r.prrelid = $2::text::regclass",
+            vec![name.to_string(), table.to_string()],
+        )
+        .await?;
+    Ok(Some(FoundPublication {
+        all_tables: all_tables == "true",
+        lists_table: !listed.is_empty(),
+    }))
+}
+
 /// A CDC stream's replication slot and publication: as declared under `cdc:`, else
 /// `sluice_<source>_<stream>` for both.
 pub(crate) fn slot_and_publication(
@@ -203,39 +239,12 @@ impl Cdc {
     ) -> Result<(), SourceError> {
         let table = db.relation_sql(&stream.relation);
         let publication = db.quote(&self.publication);
-        let found = session
-            .rows(
-                "SELECT puballtables::text FROM pg_publication WHERE pubname = $1::text",
-                vec![self.publication.clone()],
-            )
-            .await?;
-        let Some(all_tables) = first(found) else {
-            session
-                .rows(
-                    &format!("CREATE PUBLICATION {publication} FOR TABLE {table}"),
-                    Vec::new(),
-                )
-                .await?;
-            return Ok(());
+        let change = match find_publication(session, &self.publication, &table).await? {
+            None => format!("CREATE PUBLICATION {publication} FOR TABLE {table}"),
+            Some(found) if found.all_tables || found.lists_table => return Ok(()),
+            Some(_) => format!("ALTER PUBLICATION {publication} ADD TABLE {table}"),
         };
-        if all_tables == "true" {
-            return Ok(());
-        }
-        let listed = session
-            .rows(
-                "SELECT '1' FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
-                 WHERE p.pubname = $1::text AND r.prrelid = $2::text::regclass",
-                vec![self.publication.clone(), table.clone()],
-            )
-            .await?;
-        if listed.is_empty() {
-            session
-                .rows(
-                    &format!("ALTER PUBLICATION {publication} ADD TABLE {table}"),
-                    Vec::new(),
-                )
-                .await?;
-        }
+        session.rows(&change, Vec::new()).await?;
         Ok(())
     }
 

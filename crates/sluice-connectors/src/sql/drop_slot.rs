@@ -8,7 +8,7 @@
 use sluice_core::config::{ConfigDocument, ConfigError, Section};
 use sluice_core::source::SourceError;
 
-use super::cdc::slot_and_publication;
+use super::cdc::{find_publication, slot_and_publication};
 use super::config::{SqlConfig, SyncMode};
 use super::streams::relation_of;
 use super::{database, Session};
@@ -89,30 +89,15 @@ async fn drop_publication(
     shared: bool,
     done: &mut Vec<String>,
 ) -> Result<(), SourceError> {
-    let found = session
-        .rows(
-            "SELECT puballtables::text FROM pg_publication WHERE pubname = $1::text",
-            vec![publication.to_string()],
-        )
-        .await?;
-    if found.is_empty() {
+    let Some(found) = find_publication(session, publication, table).await? else {
         return Ok(());
-    }
+    };
     if !shared {
         session
             .rows(&format!("DROP PUBLICATION {quoted}"), Vec::new())
             .await?;
         done.push(format!("dropped publication {publication}"));
-        return Ok(());
-    }
-    let listed = session
-        .rows(
-            "SELECT '1' FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
-             WHERE p.pubname = $1::text AND r.prrelid = $2::text::regclass",
-            vec![publication.to_string(), table.to_string()],
-        )
-        .await?;
-    if !listed.is_empty() {
+    } else if found.lists_table {
         session
             .rows(
                 &format!("ALTER PUBLICATION {quoted} DROP TABLE {table}"),
