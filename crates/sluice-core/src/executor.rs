@@ -441,7 +441,7 @@ impl Executor {
             kept: &kept,
             rejected: &rejected,
             load_id: &load_id,
-            slice_keys: plan.slices.iter().map(|s| s.key.as_str()).collect(),
+            slices: &plan.slices,
         };
         self.publish_stream(published, live, &live_load, options, counters, record)
             .await?;

@@ -6,12 +6,16 @@
 //! that run's progress. This works on every object store and needs no coordinator.
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::lake::{Lake, LakeError};
 use crate::run::RunRecord;
 use crate::schema::TableSchema;
+
+/// Checkpoints deleted at once after a shard's publish.
+const CHECKPOINTS_DELETED_AT_ONCE: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -250,9 +254,15 @@ impl StateStore {
         table: &str,
         slice_keys: impl IntoIterator<Item = &'k str>,
     ) -> Result<(), StateError> {
-        for key in slice_keys {
-            self.lake.delete(&self.checkpoint_path(table, key)).await?;
-        }
+        // A few at once: on S3 each delete is a round trip, and a shard may have thousands.
+        let paths: Vec<String> = slice_keys
+            .into_iter()
+            .map(|key| self.checkpoint_path(table, key))
+            .collect();
+        futures::stream::iter(paths.iter().map(|path| self.lake.delete(path)))
+            .buffer_unordered(CHECKPOINTS_DELETED_AT_ONCE)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 

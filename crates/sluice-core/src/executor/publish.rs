@@ -51,8 +51,8 @@ pub(super) struct Staged<'a> {
     pub(super) kept: &'a KeptBatches,
     pub(super) rejected: &'a [Rejected],
     pub(super) load_id: &'a str,
-    /// The keys of the slices this run read (or resumed): their checkpoints go at publish.
-    pub(super) slice_keys: Vec<&'a str>,
+    /// The slices this run read (or resumed): their checkpoints go at publish.
+    pub(super) slices: &'a [crate::source::Slice],
 }
 
 impl Executor {
@@ -171,7 +171,7 @@ impl Executor {
         match &options.part {
             RunPart::Shard(_) => {
                 self.state
-                    .clear_slice_checkpoints(table, staged.slice_keys.iter().copied())
+                    .clear_slice_checkpoints(table, staged.slices.iter().map(|s| s.key.as_str()))
                     .await?
             }
             _ => self.state.clear_checkpoints(table).await?,
