@@ -99,6 +99,24 @@ impl Project {
 ///     ·         ──┬──
 ///     ·           ╰── did you mean `level`?
 /// ```
+/// The source section named `name`, or an error listing the sources there are.
+pub fn source_section<'a>(
+    config: &'a PipelineConfig,
+    pipeline: &Path,
+    name: &str,
+) -> Option<&'a sluice_core::config::Section> {
+    let found = config.sources.iter().find(|s| s.name == name);
+    if found.is_none() {
+        let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+        crate::logging::print_error!(
+            "no source `{name}` in {} (sources: {})",
+            pipeline.display(),
+            names.join(", ")
+        );
+    }
+    found
+}
+
 pub fn print_config_error(error: &ConfigError) {
     if crate::logging::format() == crate::logging::LogFormat::Json {
         let line = serde_json::json!({

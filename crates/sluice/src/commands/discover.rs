@@ -28,14 +28,7 @@ pub async fn run(pipeline: &Path, args: DiscoverArgs) -> u8 {
             return exit::CONFIG;
         }
     };
-    let Some(section) = config.sources.iter().find(|s| s.name == args.source) else {
-        let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
-        crate::logging::print_error!(
-            "no source `{}` in {} (sources: {})",
-            args.source,
-            pipeline.display(),
-            names.join(", ")
-        );
+    let Some(section) = crate::project::source_section(&config, pipeline, &args.source) else {
         return exit::CONFIG;
     };
     if !matches!(section.kind.as_str(), "postgres" | "mysql" | "sqlite") {

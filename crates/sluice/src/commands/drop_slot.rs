@@ -30,13 +30,7 @@ pub async fn run(pipeline: &Path, args: DropSlotArgs) -> u8 {
         );
         return exit::USAGE;
     };
-    let Some(section) = config.sources.iter().find(|s| s.name == source) else {
-        let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
-        crate::logging::print_error!(
-            "no source `{source}` in {} (sources: {})",
-            pipeline.display(),
-            names.join(", ")
-        );
+    let Some(section) = crate::project::source_section(&config, pipeline, source) else {
         return exit::CONFIG;
     };
     if section.kind != "postgres" {
