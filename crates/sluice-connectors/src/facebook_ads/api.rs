@@ -37,9 +37,23 @@ pub struct GraphError {
 
 impl GraphError {
     pub fn parse(body: &[u8]) -> Option<GraphError> {
-        let v: Value = serde_json::from_slice(body).ok()?;
-        let e = v.get("error")?;
-        Some(GraphError {
+        Self::in_object(body).flatten()
+    }
+
+    /// For a well-formed JSON object `body`, its error object if it has one; `None`
+    /// for any other body. Only the error is built: a page of rows (hundreds of KB) is
+    /// scanned, not turned into values, so checking every answer costs little.
+    fn in_object(body: &[u8]) -> Option<Option<GraphError>> {
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            error: Option<Value>,
+        }
+        // serde would also read a struct from an array (`[error]`).
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return None;
+        }
+        let Envelope { error } = serde_json::from_slice(body).ok()?;
+        Some(error.map(|e| GraphError {
             code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
             subcode: e.get("error_subcode").and_then(Value::as_i64).unwrap_or(0),
             message: e
@@ -56,7 +70,7 @@ impl GraphError {
                 .get("is_transient")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-        })
+        }))
     }
 
     /// "Please reduce the amount of data you're asking for, then retry your request".
@@ -189,11 +203,15 @@ pub fn judge(response: &ApiResponse, pacer: &Pacer, pace_key: &str, key_prefix: 
         pacer.block(pace_key, regain);
     }
     if response.is_success() {
-        // A 200 can still carry an error object (batch calls, some proxies).
-        if let Some(error) = GraphError::parse(&response.body) {
-            return classify(&error, response.status, regain, key_prefix, &response.label);
-        }
-        return require_json(response);
+        // A 200 can still carry an error object (batch calls, some proxies). The one
+        // pass over the body that finds it also shows an object is well-formed JSON.
+        return match GraphError::in_object(&response.body) {
+            Some(Some(error)) => {
+                classify(&error, response.status, regain, key_prefix, &response.label)
+            }
+            Some(None) => Verdict::Accept,
+            None => require_json(response),
+        };
     }
     match GraphError::parse(&response.body) {
         Some(error) => classify(
@@ -420,6 +438,34 @@ mod tests {
             j(200, r#"{"data":[{"a":"#.into()),
             Verdict::Retry { .. }
         ));
+    }
+
+    /// A 200 is judged by its error object alone: a page of rows is accepted, an error
+    /// in a 200 is classified like one in a 4xx, JSON that is not an object is still
+    /// JSON, and a cut-off body is retried.
+    #[test]
+    fn a_200_is_judged_by_its_error_object() {
+        let p = Pacer::default();
+        let j = |body: &str| judge(&response(200, body, &[]), &p, "act_1", "sources.fb");
+        let page = r#"{"data":[{"error":"a field named error","spend":"1.5"}],"paging":{"cursors":{"after":"x"}}}"#;
+        assert!(matches!(j(page), Verdict::Accept));
+        assert!(matches!(j(r#"{"error":null,"data":[]}"#), Verdict::Accept));
+        assert_eq!(
+            fail_class(j(
+                r#"{"data":[],"error":{"code":190,"error_subcode":463,"message":"Session has expired"}}"#
+            )),
+            (
+                ErrorClass::Configuration,
+                Some("sources.fb.access_token".into())
+            )
+        );
+        assert!(matches!(j(r#"[{"code":200}]"#), Verdict::Accept));
+        assert!(matches!(j(r#"{"data":[{"a":"#), Verdict::Retry { .. }));
+        assert_eq!(
+            GraphError::parse(br#"{"error":{"code":"17","message":7}}"#),
+            Some(GraphError::default()),
+            "fields of unexpected types read as absent, as before"
+        );
     }
 
     #[test]
