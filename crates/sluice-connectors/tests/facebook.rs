@@ -189,6 +189,47 @@ async fn max_concurrency_caps_requests_while_more_report_runs_wait() {
     sandbox.shutdown().await;
 }
 
+/// A report run's polls are spaced from one request's start to the next's: when the
+/// API answers more slowly than the poll interval, the next poll follows the answer
+/// at once instead of waiting the interval again. Without latency they are still at
+/// least the first interval (50 ms) apart, so a fast API is not polled harder.
+#[tokio::test]
+async fn report_runs_are_polled_at_intervals_from_start_to_start() {
+    for (latency_ms, shortest_allowed, shortest_expected_below) in
+        [(None, 50, None), (Some(300), 290, Some(345))]
+    {
+        let opts = options(Faults {
+            slow_ms: latency_ms,
+            ..Faults::default()
+        });
+        let sandbox = sluice_sandbox::start(opts.clone(), 0).await.unwrap();
+        let fb = source(
+            &sandbox.base_url(),
+            credentials::FACEBOOK_ACCESS_TOKEN,
+            |_| {},
+        );
+        let insights = extract(&fb, "insights", None, &backfill(TODAY, SINCE, UNTIL))
+            .await
+            .unwrap();
+        let truth = sluice_sandbox::truth(&opts, SINCE.parse().unwrap(), UNTIL.parse().unwrap());
+        assert_eq!(nonzero(sums(&insights.rows)), truth_sums(&truth));
+        let shortest = int(sandbox.counters().get("facebook_shortest_poll_interval_ms"));
+        assert!(
+            shortest >= shortest_allowed,
+            "latency {latency_ms:?}: two requests about one report run {shortest} ms apart"
+        );
+        // Waiting the interval after each answer made every poll at least latency +
+        // 50 ms after the one before.
+        if let Some(below) = shortest_expected_below {
+            assert!(
+                shortest < below,
+                "latency {latency_ms:?}: every poll waited a pause after the answer before it ({shortest} ms apart at the closest)"
+            );
+        }
+        sandbox.shutdown().await;
+    }
+}
+
 async fn config_error(faults: Faults, token: &str) -> sluice_core::source::SourceError {
     let opts = options(faults);
     let sandbox = sluice_sandbox::start(opts, 0).await.unwrap();

@@ -92,6 +92,29 @@ pub struct Counters {
     /// Facebook report runs created whose results were not asked for yet, and the
     /// most ever at once.
     pub open_report_runs: Gauge,
+    /// The shortest time between two requests about one report run (its creation
+    /// and its polls, by arrival), in ms: how hard a client polls.
+    pub shortest_poll_interval: Shortest,
+}
+
+/// The smallest of the values seen (none yet: `null` in the counters).
+#[derive(Debug)]
+pub struct Shortest(AtomicU64);
+
+impl Default for Shortest {
+    fn default() -> Self {
+        Shortest(AtomicU64::new(u64::MAX))
+    }
+}
+
+impl Shortest {
+    pub fn see(&self, value: u64) {
+        self.0.fetch_min(value, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::SeqCst)).filter(|v| *v != u64::MAX)
+    }
 }
 
 /// A count of things going on now that remembers its highest value.
@@ -140,6 +163,7 @@ impl Counters {
             "facebook_report_runs": self.report_runs.load(Ordering::SeqCst),
             "peak_in_flight": self.in_flight.peak(),
             "facebook_peak_open_report_runs": self.open_report_runs.peak(),
+            "facebook_shortest_poll_interval_ms": self.shortest_poll_interval.get(),
         })
     }
 }

@@ -364,6 +364,7 @@ mod tests {
             headers: map,
             body: Bytes::from(body.to_string()),
             label: "GET /v26.0/act_1/insights".into(),
+            sent: std::time::Instant::now(),
         }
     }
 

@@ -531,6 +531,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: Bytes::from(body.to_string()),
             label: "POST /v26/customers/1/googleAds:searchStream".into(),
+            sent: std::time::Instant::now(),
         }
     }
 

@@ -185,6 +185,8 @@ pub struct ApiResponse {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub label: String,
+    /// When the request went out (once it had a slot and its budget).
+    pub sent: Instant,
 }
 
 impl ApiResponse {
@@ -470,7 +472,7 @@ impl HttpClient {
         };
         let started = Instant::now();
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let result = self.receive(builder, label).await;
+        let result = self.receive(builder, label, started).await;
         self.stats
             .latency_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -484,6 +486,7 @@ impl HttpClient {
         &self,
         builder: reqwest::RequestBuilder,
         label: &str,
+        sent: Instant,
     ) -> Result<ApiResponse, Attempt> {
         // `without_url` keeps the query string (and its token) out of the message.
         let response = builder
@@ -538,6 +541,7 @@ impl HttpClient {
             headers,
             body: body.freeze(),
             label: label.to_string(),
+            sent,
         })
     }
 }

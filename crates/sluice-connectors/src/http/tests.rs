@@ -24,6 +24,7 @@ fn hostile_retry_after_values_are_clamped_not_a_panic() {
             headers,
             body: Bytes::new(),
             label: "GET /x".into(),
+            sent: std::time::Instant::now(),
         }
         .retry_after()
     };
@@ -245,6 +246,7 @@ fn truncated_json_is_retried() {
         headers: HeaderMap::new(),
         body: Bytes::from_static(b"{\"data\":[{\"a\":1"),
         label: "GET /x".into(),
+        sent: std::time::Instant::now(),
     };
     assert!(matches!(require_json(&r), Verdict::Retry { .. }));
 }

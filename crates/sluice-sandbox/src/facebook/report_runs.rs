@@ -26,6 +26,8 @@ pub(super) struct Job {
     fate: Fate,
     polls: u32,
     created: i64,
+    /// When it was last asked about (created, then polled).
+    last_asked: std::time::Instant,
     /// Its results were asked for (it no longer counts as open).
     results_read: bool,
 }
@@ -61,6 +63,7 @@ pub(super) fn create_job(st: &AppState, r: &Req, query: Query) -> Reply {
                 fate,
                 polls: 0,
                 created,
+                last_asked: std::time::Instant::now(),
                 results_read: false,
             },
         );
@@ -74,6 +77,11 @@ pub(super) fn job_status(st: &AppState, r: &Req, id: &str) -> Option<Reply> {
     let mut jobs = st.facebook.jobs.lock().ok()?;
     let job = jobs.get_mut(id)?;
     job.polls += 1;
+    let asked = std::time::Instant::now();
+    let interval = asked.duration_since(std::mem::replace(&mut job.last_asked, asked));
+    st.counters
+        .shortest_poll_interval
+        .see(interval.as_millis() as u64);
     let (status, pct) = match (job.fate, job.polls) {
         (Fate::Stall, 1) => ("Job Started", 0),
         (Fate::Stall, _) => ("Job Running", 42),

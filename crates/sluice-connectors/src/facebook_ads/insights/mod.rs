@@ -52,7 +52,8 @@ use totals::{add_totals, fetch_account_totals, reconcile, Totals};
 const MAX_SAME_JOB_RETRIES: u32 = 4;
 /// Requests of one slice opened at once (the API runs several report runs per account).
 const JOBS_IN_FLIGHT: usize = 4;
-/// First pause between async job polls; it grows by half each poll up to `async_max_poll_ms`.
+/// First interval between async job polls; it grows by half each poll up to
+/// `async_max_poll_ms`. Intervals run from one request's start to the next's.
 const FIRST_POLL: Duration = Duration::from_millis(50);
 /// Names the landed pages of a field group: they are kept as received, and the
 /// page of merged rows landed right after them is the one that decodes.
@@ -554,7 +555,7 @@ fn insights_params(
     p
 }
 
-/// Creates an async report run for `job` and polls it with short, growing pauses
+/// Creates an async report run for `job` and polls it at short, growing intervals
 /// until it completes (its id) or fails or stalls (`NeedsSplitting`).
 async fn run_report(ctx: &JobContext, job: &Job) -> Result<String, SourceError> {
     let account = &ctx.account;
@@ -569,7 +570,8 @@ async fn run_report(ctx: &JobContext, job: &Job) -> Result<String, SourceError> 
             &job.window,
             true,
         ));
-    let (_, created) = ctx.api.send_json(&submit).await?;
+    let (submitted, created) = ctx.api.send_json(&submit).await?;
+    let mut asked = submitted.sent;
     let Some(run_id) = created.get("report_run_id").and_then(|v| {
         v.as_str()
             .map(String::from)
@@ -586,7 +588,10 @@ async fn run_report(ctx: &JobContext, job: &Job) -> Result<String, SourceError> 
     let mut pause = FIRST_POLL;
     let mut last_progress = (-1i64, Instant::now());
     loop {
-        tokio::time::sleep(pause).await;
+        // Requests about the run go `pause` apart from one's sending to the next's, as
+        // the API sees them: the time an answer took is part of the pause, not added
+        // to it, so a slow API does not make each poll wait twice.
+        tokio::time::sleep(pause.saturating_sub(asked.elapsed())).await;
         pause = (pause.mul_f64(1.5)).min(ctx.max_poll);
         let poll = ctx
             .api
@@ -596,7 +601,8 @@ async fn run_report(ctx: &JobContext, job: &Job) -> Result<String, SourceError> 
                 "fields",
                 "id,async_status,async_percent_completion,error_code,error_message",
             );
-        let (_, status) = ctx.api.send_json(&poll).await?;
+        let (polled, status) = ctx.api.send_json(&poll).await?;
+        asked = polled.sent;
         let state_name = status
             .get("async_status")
             .and_then(Value::as_str)
