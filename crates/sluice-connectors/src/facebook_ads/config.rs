@@ -47,7 +47,8 @@ pub struct FacebookConfig {
     /// Longest time an async job may sit at the same completion percentage before it is split.
     #[serde(default = "default_stall_secs")]
     pub async_stall_secs: u64,
-    /// Longest interval between two polls of an async job, from one poll's sending to the next's (intervals start at 50 ms and grow by half).
+    /// Longest interval between two polls of an async job, from one poll's sending to
+    /// the next's (intervals start at 50 ms and grow by half).
     #[serde(default = "default_max_poll_ms")]
     pub async_max_poll_ms: u64,
     /// Rows per page asked for (`limit`).
