@@ -53,7 +53,7 @@ const MAX_SAME_JOB_RETRIES: u32 = 4;
 /// Requests of one slice opened at once (the API runs several report runs per account).
 const JOBS_IN_FLIGHT: usize = 4;
 /// First interval between async job polls; it grows by half each poll up to
-/// `async_max_poll_ms`. Intervals run from one request's start to the next's.
+/// `async_max_poll_ms`. Intervals run from one request's sending to the next's.
 const FIRST_POLL: Duration = Duration::from_millis(50);
 /// Names the landed pages of a field group: they are kept as received, and the
 /// page of merged rows landed right after them is the one that decodes.
