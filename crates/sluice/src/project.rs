@@ -90,15 +90,14 @@ impl Project {
     }
 }
 
-/// Renders a config error with the offending line underlined (miette), e.g.
-///
-/// ```text
-///   × sources.facebook.streams.insights: unknown key `levle`
-///    ╭─[pipeline.yaml:12:9]
-///  12 │         levle: ad
-///     ·         ──┬──
-///     ·           ╰── did you mean `level`?
-/// ```
+/// The pipeline file's config; `Err` is the exit code, the error already printed.
+pub fn load_config(pipeline: &Path) -> Result<PipelineConfig, u8> {
+    PipelineConfig::load(pipeline).map_err(|e| {
+        print_config_error(&e);
+        crate::exit::CONFIG
+    })
+}
+
 /// The source section named `name`, or an error listing the sources there are.
 pub fn source_section<'a>(
     config: &'a PipelineConfig,
@@ -117,6 +116,15 @@ pub fn source_section<'a>(
     found
 }
 
+/// Renders a config error with the offending line underlined (miette), e.g.
+///
+/// ```text
+///   × sources.facebook.streams.insights: unknown key `levle`
+///    ╭─[pipeline.yaml:12:9]
+///  12 │         levle: ad
+///     ·         ──┬──
+///     ·           ╰── did you mean `level`?
+/// ```
 pub fn print_config_error(error: &ConfigError) {
     if crate::logging::format() == crate::logging::LogFormat::Json {
         let line = serde_json::json!({

@@ -21,12 +21,9 @@ pub struct DiscoverArgs {
 }
 
 pub async fn run(pipeline: &Path, args: DiscoverArgs) -> u8 {
-    let config = match PipelineConfig::load(pipeline) {
+    let config = match crate::project::load_config(pipeline) {
         Ok(c) => c,
-        Err(e) => {
-            crate::project::print_config_error(&e);
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
     let Some(section) = crate::project::source_section(&config, pipeline, &args.source) else {
         return exit::CONFIG;

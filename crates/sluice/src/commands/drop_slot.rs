@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use sluice_connectors::sql::drop_slot::drop_slot;
-use sluice_core::config::PipelineConfig;
 
 use crate::exit;
 
@@ -16,12 +15,9 @@ pub struct DropSlotArgs {
 }
 
 pub async fn run(pipeline: &Path, args: DropSlotArgs) -> u8 {
-    let config = match PipelineConfig::load(pipeline) {
+    let config = match crate::project::load_config(pipeline) {
         Ok(c) => c,
-        Err(e) => {
-            crate::project::print_config_error(&e);
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
     let Some((source, stream)) = args.stream.split_once('.') else {
         crate::logging::print_error!(

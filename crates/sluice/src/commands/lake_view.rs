@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use sluice_core::config::PipelineConfig;
 use sluice_core::lake::Lake;
 use sluice_core::state::StateStore;
 use sluice_transform::{Model, ModelProject};
@@ -24,13 +23,7 @@ pub struct LakeView {
 impl LakeView {
     /// Loads the pipeline; `Err` is the exit code of an error already printed.
     pub async fn open(pipeline: &Path) -> Result<LakeView, u8> {
-        let config = match PipelineConfig::load(pipeline) {
-            Ok(c) => c,
-            Err(e) => {
-                crate::project::print_config_error(&e);
-                return Err(exit::CONFIG);
-            }
-        };
+        let config = crate::project::load_config(pipeline)?;
         let models = match ModelProject::load(&config) {
             // Merge tables show one row per key, as models see them: that needs the
             // streams' keys (when the sources cannot be built, tables show as stored).
